@@ -1,0 +1,1 @@
+//! Sources and sinks for Sardonyx, with checkpointable positions.
