@@ -1,0 +1,206 @@
+//! JSON-lines files: one JSON document per line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{ConnectorError, Position, Record, Sink, Source, SourceBatch};
+
+/// Reads a JSON-lines file. Positions are byte offsets just after a line; blank lines are
+/// skipped but still counted, so record indices are the file's line numbers.
+pub struct JsonLinesSource {
+    path: PathBuf,
+    reader: BufReader<File>,
+    offset: u64,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl JsonLinesSource {
+    /// Opens `path` for reading from its start.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path)
+            .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), &e))?;
+        Ok(JsonLinesSource {
+            path,
+            reader: BufReader::with_capacity(1 << 16, file),
+            offset: 0,
+            line: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Source for JsonLinesSource {
+    fn poll_batch(&mut self, max: usize, _timeout: Duration) -> Result<SourceBatch, ConnectorError> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        while out.len() < max {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), &e))?;
+            if n == 0 {
+                break;
+            }
+            self.offset += n as u64;
+            self.line += 1;
+            let mut payload = self.buf.as_slice();
+            while let Some((b'\n' | b'\r', rest)) = payload.split_last() {
+                payload = rest;
+            }
+            if payload.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.push(Record {
+                position: Position {
+                    partition: 0,
+                    offset: self.offset,
+                },
+                index: self.line,
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(if out.is_empty() {
+            SourceBatch::Done
+        } else {
+            SourceBatch::Records(out)
+        })
+    }
+
+    fn seek(&mut self, position: Position) -> Result<(), ConnectorError> {
+        let context = || format!("seeking {} to byte {}", self.path.display(), position.offset);
+        // Line numbers must stay true after a seek, so count the lines before the position.
+        self.reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| ConnectorError::io(context(), &e))?;
+        let mut lines = 0;
+        let mut read = 0;
+        while read < position.offset {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| ConnectorError::io(context(), &e))?;
+            if n == 0 {
+                return Err(ConnectorError::fatal(context(), "position is past the end of the file"));
+            }
+            read += n as u64;
+            lines += 1;
+        }
+        if read != position.offset {
+            return Err(ConnectorError::fatal(context(), "position is not at a line boundary"));
+        }
+        self.offset = read;
+        self.line = lines;
+        Ok(())
+    }
+}
+
+/// Appends records to a JSON-lines file, one per line.
+pub struct JsonLinesSink {
+    path: PathBuf,
+    writer: BufWriter<File>,
+}
+
+impl JsonLinesSink {
+    /// Creates (truncating) `path`, making its parent folders.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        Self::open(path, false)
+    }
+
+    /// Opens `path` for appending (creating it if needed).
+    pub fn append(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        Self::open(path, true)
+    }
+
+    fn open(path: impl AsRef<Path>, append: bool) -> Result<Self, ConnectorError> {
+        let path = path.as_ref().to_path_buf();
+        let context = || format!("opening {}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ConnectorError::io(context(), &e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)
+            .map_err(|e| ConnectorError::io(context(), &e))?;
+        Ok(JsonLinesSink {
+            path,
+            writer: BufWriter::with_capacity(1 << 16, file),
+        })
+    }
+}
+
+impl Sink for JsonLinesSink {
+    fn write_batch(&mut self, records: &[Vec<u8>]) -> Result<(), ConnectorError> {
+        for r in records {
+            self.writer
+                .write_all(r)
+                .and_then(|()| self.writer.write_all(b"\n"))
+                .map_err(|e| ConnectorError::io(format!("writing {}", self.path.display()), &e))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.writer
+            .flush()
+            .map_err(|e| ConnectorError::io(format!("flushing {}", self.path.display()), &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(src: &mut JsonLinesSource, max: usize) -> Vec<Record> {
+        match src.poll_batch(max, Duration::ZERO).unwrap() {
+            SourceBatch::Records(r) => r,
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_lines_with_numbers_and_resumes_from_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
+        let mut src = JsonLinesSource::open(&path).unwrap();
+        let first = records(&mut src, 2);
+        assert_eq!(first.len(), 2);
+        assert_eq!((first[0].index, first[0].payload.as_slice()), (1, &b"{\"a\":1}"[..]));
+        assert_eq!((first[1].index, first[1].payload.as_slice()), (3, &b"{\"a\":2}"[..]));
+        assert_eq!(first[1].position.offset, 18);
+        let rest = records(&mut src, 10);
+        assert_eq!((rest[0].index, rest[0].payload.as_slice()), (4, &b"{\"a\":3}"[..]));
+        assert!(matches!(src.poll_batch(10, Duration::ZERO).unwrap(), SourceBatch::Done));
+
+        let mut again = JsonLinesSource::open(&path).unwrap();
+        again.seek(first[1].position).unwrap();
+        let resumed = records(&mut again, 10);
+        assert_eq!(resumed, rest);
+        assert!(again.seek(Position { partition: 0, offset: 5 }).is_err());
+    }
+
+    #[test]
+    fn sink_writes_one_record_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.jsonl");
+        let mut sink = JsonLinesSink::create(&path).unwrap();
+        sink.write_batch(&[b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        let missing = JsonLinesSource::open(dir.path().join("nope.jsonl")).err().unwrap();
+        assert!(!missing.is_retryable());
+    }
+}
