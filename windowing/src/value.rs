@@ -252,8 +252,8 @@ impl fmt::Display for Value {
             Value::Int(i) => write!(f, "{i}"),
             Value::UInt(u) => write!(f, "{u}"),
             Value::Float(x) if !x.is_finite() => f.write_str("null"),
-            Value::Float(x) if x.fract() == 0.0 && x.abs() < 1e16 => write!(f, "{x:.1}"),
-            Value::Float(x) => write!(f, "{x}"),
+            // Debug always writes a `.` or an exponent, so the text parses back as a float.
+            Value::Float(x) => write!(f, "{x:?}"),
             Value::Str(s) => write_json_string(f, s),
             Value::List(l) => {
                 f.write_str("[")?;
@@ -308,10 +308,7 @@ impl Map {
     /// The value of field `key`, if present.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// A mutable reference to the value of field `key`, if present.
@@ -591,7 +588,10 @@ mod tests {
 
     #[test]
     fn event_times() {
-        assert_eq!(Value::Int(1_700_000_000_000).as_event_time(), Some(1_700_000_000_000));
+        assert_eq!(
+            Value::Int(1_700_000_000_000).as_event_time(),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(
             Value::from("2023-11-14T22:13:20Z").as_event_time(),
             Some(1_700_000_000_000)

@@ -1,0 +1,1184 @@
+//! The window operator: the sans-I/O heart of a windowed task slot.
+//!
+//! A [`WindowOperator`] holds every window and trigger of one task slot. It takes events
+//! ([`WindowOperator::on_segment`], [`WindowOperator::on_watermark`],
+//! [`WindowOperator::on_timer`], [`WindowOperator::on_job_completed`],
+//! [`WindowOperator::on_recovered`]) and returns a [`Step`]: the [`Transition`]s it made, the
+//! [`Firing`]s for sync, and the [`Late`] segments.
+//!
+//! **Exactly-once invariant.** All operator state — extent states per group, sessions, segment
+//! trigger counters, "changed since last fired" marks, refinement resets, evictions, the
+//! watermark, timer deadlines, late counts and the group table — changes only through
+//! [`WindowOperator::apply`], and every change the operator makes is returned as a
+//! [`Transition`]. Replaying the returned transitions in order into a fresh operator with the
+//! same specs rebuilds exactly the same state ([`WindowOperator::snapshot`] compares equal).
+//!
+//! **Semantics chosen here** (DESIGN §4 leaves them open):
+//! - A trigger fires per (window, extent, group). "Changed since last fired" is a bit per
+//!   trigger on each extent: set by every update, cleared when that trigger fires the extent.
+//! - Segment trigger: a counter per (window, trigger, group), kept modulo the threshold; it
+//!   fires when it wraps to 0. With `fire_all_extents`, segment and punctuation triggers fire all
+//!   extents of the segment's group; timer, watermark, completion and recovery consider all
+//!   groups.
+//! - Watermark and percentile triggers fire an extent once its deadline is reached **and** its
+//!   state changed since that trigger last fired it; they are checked on watermark advances
+//!   (all extents) and on new segments (the segment's extents, so an update allowed by
+//!   `allowed_lateness` fires again at once). Global windows have no bounds: these triggers fire
+//!   them only at job completion.
+//! - Timer: the first [`WindowOperator::on_timer`] call starts the clock (no firing); after that
+//!   every extent of every group fires whenever `now_ms` reaches the deadline, which then moves
+//!   to the next multiple of the period.
+//! - Late data: a fixed/sliding segment is late when v < `min_value` or the watermark is past
+//!   `upper + allowed_lateness` for all its extents (extents already past it are not updated).
+//!   A session segment is late when v < `min_value` or the watermark is past
+//!   `upper + timeout_gap + allowed_lateness`, where `upper` is the upper bound of the session it
+//!   would end up in (so an event joining a live session is never late).
+//! - Eviction: on a watermark advance, an extent whose horizon has passed (`upper +
+//!   allowed_lateness`; sessions `upper + timeout_gap + allowed_lateness`) is fired one last time
+//!   by every trigger whose changed bit is set (event `watermark`), then evicted. A group whose
+//!   last extent in every window is evicted leaves the group table (its segment counters go
+//!   with it). Global windows are never evicted.
+//! - Job completion: every trigger fires every extent and group it has not fired since the last
+//!   change (event `job_completed`); then the watermark becomes +∞ (`i64::MAX`) and all
+//!   non-global extents are evicted, so later segments are late.
+//! - Recovery: every trigger fires every extent and group changed since it last fired it (event
+//!   `recovered`); nothing else changes.
+//! - Firing order within a step: events in the order processed; within one event, windows in
+//!   spec order, triggers in spec order (per window), groups by value, extents ascending.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WindowError;
+use crate::session;
+use crate::trigger::{FireEvent, Firing, PunctuationCtx, Refinement, TriggerOn, TriggerSpec};
+use crate::value::{Map, Value};
+use crate::window::{Units, WindowKind, WindowSpec};
+
+/// One logged state change. Windows, triggers and groups are small indices: `w` indexes the
+/// windows as given to [`WindowOperator::new`], `tr` the triggers of that window in the order
+/// given, `g` the group table (filled by [`Transition::Group`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Transition {
+    /// Interns group key `key` under id `id`.
+    Group {
+        /// The group id.
+        id: u32,
+        /// The group key.
+        key: Value,
+    },
+    /// One segment's update `u` of one extent: extent id `e` (fixed/sliding), 0 (global) or the
+    /// event time (session: merges the sessions it touches, then applies).
+    Update {
+        /// Window index.
+        w: u16,
+        /// Group id.
+        g: u32,
+        /// Extent id, or event time for sessions.
+        e: i64,
+        /// The aggregation update.
+        u: Value,
+    },
+    /// One segment's update `u` of the `n` extents `e, e+1, …` of a sliding window.
+    UpdateRange {
+        /// Window index.
+        w: u16,
+        /// Group id.
+        g: u32,
+        /// First extent id.
+        e: i64,
+        /// Number of extents.
+        n: u32,
+        /// The aggregation update.
+        u: Value,
+    },
+    /// One segment's updates of the extents `e, e+1, …` of a sliding window, one each.
+    UpdateEach {
+        /// Window index.
+        w: u16,
+        /// Group id.
+        g: u32,
+        /// First extent id.
+        e: i64,
+        /// The updates, in extent order.
+        us: Vec<Value>,
+    },
+    /// Trigger `tr` fired extent `e` of group `g`: clears its changed bit; a discarding trigger
+    /// resets the state to init.
+    Fired {
+        /// Window index.
+        w: u16,
+        /// Trigger index within the window.
+        tr: u16,
+        /// Group id.
+        g: u32,
+        /// Extent id (session: lower bound).
+        e: i64,
+    },
+    /// Removes extent `e` of group `g` (and the group when nothing else holds it).
+    Evict {
+        /// Window index.
+        w: u16,
+        /// Group id.
+        g: u32,
+        /// Extent id (session: lower bound).
+        e: i64,
+    },
+    /// The watermark advanced to this value.
+    Watermark(i64),
+    /// Timer trigger `tr` next fires at processing time `at`.
+    TimerNext {
+        /// Window index.
+        w: u16,
+        /// Trigger index within the window.
+        tr: u16,
+        /// Processing time in epoch milliseconds.
+        at: i64,
+    },
+    /// One more late segment for window `w`.
+    Late {
+        /// Window index.
+        w: u16,
+    },
+}
+
+/// A segment that came too late for a window; it updated nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Late {
+    /// The window id.
+    pub window: String,
+    /// The segment.
+    pub segment: Map,
+    /// Why it is late, e.g. `value 5 of "event_time" is below min_value 10`.
+    pub reason: String,
+}
+
+/// What one event did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// The state changes, in the order applied (log them; replay them with `apply`).
+    pub transitions: Vec<Transition>,
+    /// The trigger firings, in a deterministic order.
+    pub firings: Vec<Firing>,
+    /// The late segments.
+    pub late: Vec<Late>,
+}
+
+impl Step {
+    /// Appends `other` to this step.
+    pub fn extend(&mut self, other: Step) {
+        self.transitions.extend(other.transitions);
+        self.firings.extend(other.firings);
+        self.late.extend(other.late);
+    }
+
+    /// True when nothing happened.
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty() && self.firings.is_empty() && self.late.is_empty()
+    }
+}
+
+/// A read-only view of one live extent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtentView {
+    /// Inclusive lower bound (`None` for global windows).
+    pub lower: Option<i64>,
+    /// Inclusive upper bound (`None` for global windows).
+    pub upper: Option<i64>,
+    /// The aggregation state.
+    pub state: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Extent {
+    upper: i64,
+    state: Value,
+    changed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct GroupState {
+    extents: BTreeMap<i64, Extent>,
+    counters: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WindowState {
+    groups: BTreeMap<u32, GroupState>,
+    timers: Vec<Option<i64>>,
+    late: u64,
+}
+
+/// The complete operator state, serializable (for compaction snapshots and comparisons).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    groups: Vec<Option<Value>>,
+    watermark: i64,
+    windows: Vec<WindowState>,
+}
+
+/// The window operator of one task slot. See the [module docs](self).
+pub struct WindowOperator {
+    windows: Vec<WindowSpec>,
+    triggers: Vec<Vec<TriggerSpec>>,
+    state: Snapshot,
+    group_ids: HashMap<Value, u32>,
+    free_groups: BTreeSet<u32>,
+}
+
+impl std::fmt::Debug for WindowOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowOperator")
+            .field("windows", &self.windows)
+            .field("triggers", &self.triggers)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+const MAX_TRIGGERS_PER_WINDOW: usize = 64;
+
+fn all_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+fn fmt_wm(wm: i64) -> String {
+    if wm == i64::MAX {
+        "+inf".to_owned()
+    } else {
+        wm.to_string()
+    }
+}
+
+/// What a segment does to one window, decided before anything changes.
+enum Plan {
+    Late(String),
+    Update { e: i64, us: Vec<Value> },
+}
+
+impl WindowOperator {
+    /// An operator for `windows` and their `triggers` (each trigger names its window by id).
+    /// Errors name the window or trigger and what is wrong with it.
+    pub fn new(windows: Vec<WindowSpec>, triggers: Vec<TriggerSpec>) -> Result<Self, WindowError> {
+        if windows.len() > usize::from(u16::MAX) {
+            return Err(WindowError::InvalidWindow {
+                window: String::new(),
+                message: format!("at most {} windows per task", u16::MAX),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for w in &windows {
+            if !seen.insert(w.id.as_str()) {
+                return Err(WindowError::InvalidWindow {
+                    window: w.id.clone(),
+                    message: "duplicate window id".into(),
+                });
+            }
+            w.check().map_err(|message| WindowError::InvalidWindow {
+                window: w.id.clone(),
+                message,
+            })?;
+        }
+        let mut per_window: Vec<Vec<TriggerSpec>> = vec![Vec::new(); windows.len()];
+        for t in triggers {
+            let invalid = |message: String| WindowError::InvalidTrigger {
+                window: t.window.clone(),
+                trigger: t.id.clone(),
+                message,
+            };
+            let Some(w) = windows.iter().position(|w| w.id == t.window) else {
+                return Err(invalid("unknown window".into()));
+            };
+            t.check().map_err(invalid)?;
+            if per_window[w].iter().any(|o| o.id == t.id) {
+                return Err(invalid("duplicate trigger id in this window".into()));
+            }
+            if per_window[w].len() == MAX_TRIGGERS_PER_WINDOW {
+                return Err(invalid(format!(
+                    "at most {MAX_TRIGGERS_PER_WINDOW} triggers per window"
+                )));
+            }
+            per_window[w].push(t);
+        }
+        let state = Snapshot {
+            groups: Vec::new(),
+            watermark: i64::MIN,
+            windows: per_window
+                .iter()
+                .map(|ts| WindowState {
+                    groups: BTreeMap::new(),
+                    timers: vec![None; ts.len()],
+                    late: 0,
+                })
+                .collect(),
+        };
+        Ok(WindowOperator {
+            windows,
+            triggers: per_window,
+            state,
+            group_ids: HashMap::new(),
+            free_groups: BTreeSet::new(),
+        })
+    }
+
+    /// The windows, in index order (the `w` of transitions).
+    pub fn windows(&self) -> &[WindowSpec] {
+        &self.windows
+    }
+
+    /// The triggers of window index `w`, in index order (the `tr` of transitions).
+    pub fn triggers(&self, w: usize) -> &[TriggerSpec] {
+        self.triggers.get(w).map_or(&[], Vec::as_slice)
+    }
+
+    /// The current watermark (`i64::MIN` before any, `i64::MAX` after job completion).
+    pub fn watermark(&self) -> i64 {
+        self.state.watermark
+    }
+
+    /// How many segments were late for window `window` (`None` for an unknown window).
+    pub fn late_count(&self, window: &str) -> Option<u64> {
+        let w = self.windows.iter().position(|s| s.id == window)?;
+        Some(self.state.windows[w].late)
+    }
+
+    /// The number of live extents, over all windows and groups.
+    pub fn live_extents(&self) -> usize {
+        self.state
+            .windows
+            .iter()
+            .flat_map(|w| w.groups.values())
+            .map(|g| g.extents.len())
+            .sum()
+    }
+
+    /// The number of groups in the group table.
+    pub fn live_groups(&self) -> usize {
+        self.group_ids.len()
+    }
+
+    /// The live extents of `window` for `group`, ascending.
+    pub fn extents(&self, window: &str, group: &Value) -> Vec<ExtentView> {
+        let Some(w) = self.windows.iter().position(|s| s.id == window) else {
+            return Vec::new();
+        };
+        let Some(g) = self.group_ids.get(group) else {
+            return Vec::new();
+        };
+        let Some(gs) = self.state.windows[w].groups.get(g) else {
+            return Vec::new();
+        };
+        gs.extents
+            .iter()
+            .map(|(&e, x)| {
+                let (lower, upper) = self.bounds(w, e, x);
+                ExtentView {
+                    lower,
+                    upper,
+                    state: x.state.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The complete state, for snapshots and comparisons.
+    pub fn snapshot(&self) -> Snapshot {
+        self.state.clone()
+    }
+
+    /// Replaces the state with `snapshot` (taken from an operator with the same specs).
+    pub fn restore(&mut self, snapshot: Snapshot) -> Result<(), WindowError> {
+        let bad = |m: String| Err(WindowError::BadSnapshot(m));
+        if snapshot.windows.len() != self.windows.len() {
+            return bad(format!(
+                "{} windows, expected {}",
+                snapshot.windows.len(),
+                self.windows.len()
+            ));
+        }
+        let mut group_ids = HashMap::new();
+        let mut free_groups = BTreeSet::new();
+        for (id, key) in snapshot.groups.iter().enumerate() {
+            let id = id as u32;
+            match key {
+                Some(k) => {
+                    if group_ids.insert(k.clone(), id).is_some() {
+                        return bad(format!("group {k} appears twice"));
+                    }
+                }
+                None => {
+                    free_groups.insert(id);
+                }
+            }
+        }
+        for (w, ws) in snapshot.windows.iter().enumerate() {
+            let n = self.triggers[w].len();
+            if ws.timers.len() != n {
+                return bad(format!(
+                    "window {:?}: {} timers",
+                    self.windows[w].id,
+                    ws.timers.len()
+                ));
+            }
+            for (g, gs) in &ws.groups {
+                if !matches!(snapshot.groups.get(*g as usize), Some(Some(_))) {
+                    return bad(format!(
+                        "window {:?}: unknown group id {g}",
+                        self.windows[w].id
+                    ));
+                }
+                if gs.counters.len() != n {
+                    return bad(format!(
+                        "window {:?}: {} counters",
+                        self.windows[w].id,
+                        gs.counters.len()
+                    ));
+                }
+            }
+        }
+        self.state = snapshot;
+        self.group_ids = group_ids;
+        self.free_groups = free_groups;
+        Ok(())
+    }
+
+    // ----- applying transitions -----
+
+    /// Applies one transition (from this operator, or replayed from the log). An error means the
+    /// transition does not fit the state (a corrupt or foreign log); the state is then unchanged.
+    pub fn apply(&mut self, t: &Transition) -> Result<(), WindowError> {
+        let bad = |m: String| Err(WindowError::BadTransition(m));
+        match t {
+            Transition::Group { id, key } => {
+                let i = *id as usize;
+                if self.state.groups.get(i).is_some_and(Option::is_some) {
+                    return bad(format!("group id {id} is taken"));
+                }
+                if self.group_ids.contains_key(key) {
+                    return bad(format!("group {key} is already interned"));
+                }
+                while self.state.groups.len() <= i {
+                    self.free_groups.insert(self.state.groups.len() as u32);
+                    self.state.groups.push(None);
+                }
+                self.state.groups[i] = Some(key.clone());
+                self.free_groups.remove(id);
+                self.group_ids.insert(key.clone(), *id);
+                Ok(())
+            }
+            Transition::Update { w, g, e, u } => {
+                self.check_wg(*w, *g)?;
+                let w = usize::from(*w);
+                if matches!(self.windows[w].kind, WindowKind::Session { .. }) {
+                    self.apply_session(w, *g, *e, u);
+                } else {
+                    self.apply_extent(w, *g, *e, u);
+                }
+                self.count_segment(w, *g);
+                Ok(())
+            }
+            Transition::UpdateRange { w, g, e, n, u } => {
+                self.check_wg(*w, *g)?;
+                self.check_sliding(*w)?;
+                let w = usize::from(*w);
+                for i in 0..i64::from(*n) {
+                    self.apply_extent(w, *g, e.saturating_add(i), u);
+                }
+                self.count_segment(w, *g);
+                Ok(())
+            }
+            Transition::UpdateEach { w, g, e, us } => {
+                self.check_wg(*w, *g)?;
+                self.check_sliding(*w)?;
+                let w = usize::from(*w);
+                for (i, u) in us.iter().enumerate() {
+                    self.apply_extent(w, *g, e.saturating_add(i as i64), u);
+                }
+                self.count_segment(w, *g);
+                Ok(())
+            }
+            Transition::Fired { w, tr, g, e } => {
+                self.check_wg(*w, *g)?;
+                let wi = usize::from(*w);
+                let ti = usize::from(*tr);
+                let Some(trigger) = self.triggers[wi].get(ti) else {
+                    return bad(format!("window {w} has no trigger {tr}"));
+                };
+                let discard = trigger.refinement == Refinement::Discarding;
+                let init = discard.then(|| self.windows[wi].aggregation.init());
+                let Some(x) = self.state.windows[wi]
+                    .groups
+                    .get_mut(g)
+                    .and_then(|gs| gs.extents.get_mut(e))
+                else {
+                    return bad(format!("window {w} group {g} has no extent {e}"));
+                };
+                x.changed &= !(1u64 << ti);
+                if let Some(init) = init {
+                    x.state = init;
+                }
+                Ok(())
+            }
+            Transition::Evict { w, g, e } => {
+                self.check_wg(*w, *g)?;
+                let wi = usize::from(*w);
+                let ws = &mut self.state.windows[wi];
+                let Some(gs) = ws.groups.get_mut(g) else {
+                    return bad(format!("window {w} group {g} has no extent {e}"));
+                };
+                if gs.extents.remove(e).is_none() {
+                    return bad(format!("window {w} group {g} has no extent {e}"));
+                }
+                if gs.extents.is_empty() {
+                    ws.groups.remove(g);
+                    if self
+                        .state
+                        .windows
+                        .iter()
+                        .all(|ws| !ws.groups.contains_key(g))
+                    {
+                        if let Some(key) = self.state.groups[*g as usize].take() {
+                            self.group_ids.remove(&key);
+                        }
+                        self.free_groups.insert(*g);
+                    }
+                }
+                Ok(())
+            }
+            Transition::Watermark(wm) => {
+                self.state.watermark = self.state.watermark.max(*wm);
+                Ok(())
+            }
+            Transition::TimerNext { w, tr, at } => {
+                let Some(slot) = self
+                    .state
+                    .windows
+                    .get_mut(usize::from(*w))
+                    .and_then(|ws| ws.timers.get_mut(usize::from(*tr)))
+                else {
+                    return bad(format!("window {w} has no trigger {tr}"));
+                };
+                *slot = Some(*at);
+                Ok(())
+            }
+            Transition::Late { w } => {
+                let Some(ws) = self.state.windows.get_mut(usize::from(*w)) else {
+                    return bad(format!("no window {w}"));
+                };
+                ws.late += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn check_wg(&self, w: u16, g: u32) -> Result<(), WindowError> {
+        if usize::from(w) >= self.windows.len() {
+            return Err(WindowError::BadTransition(format!("no window {w}")));
+        }
+        if !matches!(self.state.groups.get(g as usize), Some(Some(_))) {
+            return Err(WindowError::BadTransition(format!("no group {g}")));
+        }
+        Ok(())
+    }
+
+    fn check_sliding(&self, w: u16) -> Result<(), WindowError> {
+        match self.windows[usize::from(w)].kind {
+            WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => Ok(()),
+            _ => Err(WindowError::BadTransition(format!(
+                "window {w} has no numbered extents"
+            ))),
+        }
+    }
+
+    fn group_state(&mut self, w: usize, g: u32) -> &mut GroupState {
+        let n = self.triggers[w].len();
+        self.state.windows[w]
+            .groups
+            .entry(g)
+            .or_insert_with(|| GroupState {
+                extents: BTreeMap::new(),
+                counters: vec![0; n],
+            })
+    }
+
+    fn count_segment(&mut self, w: usize, g: u32) {
+        let thresholds: Vec<Option<u64>> = self.triggers[w]
+            .iter()
+            .map(|t| match t.on {
+                TriggerOn::Segment { threshold } => Some(threshold),
+                _ => None,
+            })
+            .collect();
+        let gs = self.group_state(w, g);
+        for (c, th) in gs.counters.iter_mut().zip(thresholds) {
+            if let Some(th) = th {
+                *c = (*c + 1) % th;
+            }
+        }
+    }
+
+    fn apply_extent(&mut self, w: usize, g: u32, e: i64, u: &Value) {
+        let spec = &self.windows[w];
+        let agg = spec.aggregation.clone();
+        let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
+        let bits = all_bits(self.triggers[w].len());
+        let gs = self.group_state(w, g);
+        let x = gs.extents.entry(e).or_insert_with(|| Extent {
+            upper,
+            state: agg.init(),
+            changed: 0,
+        });
+        x.state = agg.apply_update(std::mem::take(&mut x.state), u);
+        x.changed = bits;
+    }
+
+    fn apply_session(&mut self, w: usize, g: u32, t: i64, u: &Value) {
+        let WindowKind::Session { gap } = self.windows[w].kind else {
+            return;
+        };
+        let agg = self.windows[w].aggregation.clone();
+        let bits = all_bits(self.triggers[w].len());
+        let gs = self.group_state(w, g);
+        let keys = session::touching(&gs.extents, |x| x.upper, t, gap);
+        let mut lower = t;
+        let mut merged: Option<Extent> = None;
+        for k in keys {
+            let x = gs.extents.remove(&k).expect("touching keys exist");
+            lower = lower.min(k);
+            merged = Some(match merged {
+                None => x,
+                Some(m) => Extent {
+                    upper: m.upper.max(x.upper),
+                    state: agg.merge(m.state, x.state),
+                    changed: m.changed | x.changed,
+                },
+            });
+        }
+        let mut x = merged.unwrap_or_else(|| Extent {
+            upper: t,
+            state: agg.init(),
+            changed: 0,
+        });
+        x.upper = x.upper.max(t);
+        x.state = agg.apply_update(x.state, u);
+        x.changed = bits;
+        gs.extents.insert(lower, x);
+    }
+
+    /// Applies a transition the operator made itself and records it in `step`.
+    fn commit(&mut self, step: &mut Step, t: Transition) {
+        self.apply(&t)
+            .expect("a transition made by the operator fits its state");
+        step.transitions.push(t);
+    }
+
+    // ----- helpers -----
+
+    fn bounds(&self, w: usize, e: i64, x: &Extent) -> (Option<i64>, Option<i64>) {
+        let spec = &self.windows[w];
+        match spec.kind {
+            WindowKind::Global => (None, None),
+            WindowKind::Session { .. } => (Some(e), Some(x.upper)),
+            WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
+                let ext = spec.extents().expect("numbered extents");
+                (Some(ext.lower(e)), Some(ext.upper(e)))
+            }
+        }
+    }
+
+    /// The watermark past which extent `x` is closed and evicted (`i64::MAX`: never).
+    fn horizon(&self, w: usize, x: &Extent) -> i64 {
+        let spec = &self.windows[w];
+        match spec.kind {
+            WindowKind::Global => i64::MAX,
+            WindowKind::Session { gap } => x
+                .upper
+                .saturating_add(gap)
+                .saturating_add(spec.allowed_lateness),
+            _ => x.upper.saturating_add(spec.allowed_lateness),
+        }
+    }
+
+    /// True when the watermark trigger `tr` of window `w` has reached its deadline for extent `e`.
+    fn deadline_reached(&self, w: usize, tr: usize, e: i64, x: &Extent) -> bool {
+        let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
+            return self.state.watermark == i64::MAX;
+        };
+        let wm = self.state.watermark;
+        match self.triggers[w][tr].on {
+            TriggerOn::Watermark { delay } => wm >= upper.saturating_add(delay),
+            TriggerOn::PercentileWatermark { percentage } => {
+                let offset = ((upper - lower) as f64 * percentage).ceil() as i64;
+                wm >= lower.saturating_add(offset)
+            }
+            _ => false,
+        }
+    }
+
+    fn is_watermark_trigger(&self, w: usize, tr: usize) -> bool {
+        matches!(
+            self.triggers[w][tr].on,
+            TriggerOn::Watermark { .. } | TriggerOn::PercentileWatermark { .. }
+        )
+    }
+
+    fn extent(&self, w: usize, g: u32, e: i64) -> Option<&Extent> {
+        self.state.windows[w].groups.get(&g)?.extents.get(&e)
+    }
+
+    fn changed(&self, w: usize, tr: usize, g: u32, e: i64) -> bool {
+        self.extent(w, g, e)
+            .is_some_and(|x| x.changed & (1u64 << tr) != 0)
+    }
+
+    /// Group ids of window `w`, ordered by group value.
+    fn sorted_groups(&self, w: usize) -> Vec<u32> {
+        let mut gs: Vec<u32> = self.state.windows[w].groups.keys().copied().collect();
+        gs.sort_by(|a, b| self.state.groups[*a as usize].cmp(&self.state.groups[*b as usize]));
+        gs
+    }
+
+    fn extent_keys(&self, w: usize, g: u32) -> Vec<i64> {
+        self.state.windows[w]
+            .groups
+            .get(&g)
+            .map_or_else(Vec::new, |gs| gs.extents.keys().copied().collect())
+    }
+
+    /// Fires extent `e` of group `g` with trigger `tr`: records the firing with the state before
+    /// refinement, then the `Fired` transition when it changes anything.
+    fn fire(&mut self, step: &mut Step, w: usize, tr: usize, g: u32, e: i64, event: FireEvent) {
+        let Some(x) = self.extent(w, g, e) else {
+            return;
+        };
+        let (lower, upper) = self.bounds(w, e, x);
+        let trigger = &self.triggers[w][tr];
+        let needs_transition =
+            x.changed & (1u64 << tr) != 0 || trigger.refinement == Refinement::Discarding;
+        step.firings.push(Firing {
+            window: self.windows[w].id.clone(),
+            trigger: trigger.id.clone(),
+            event,
+            group: self.state.groups[g as usize].clone().unwrap_or_default(),
+            lower,
+            upper,
+            state: x.state.clone(),
+        });
+        if needs_transition {
+            self.commit(
+                step,
+                Transition::Fired {
+                    w: w as u16,
+                    tr: tr as u16,
+                    g,
+                    e,
+                },
+            );
+        }
+    }
+
+    /// Fires, for every trigger of every window, every extent and group changed since that
+    /// trigger last fired it.
+    fn fire_changed(&mut self, step: &mut Step, event: FireEvent) {
+        for w in 0..self.windows.len() {
+            for tr in 0..self.triggers[w].len() {
+                for g in self.sorted_groups(w) {
+                    for e in self.extent_keys(w, g) {
+                        if self.changed(w, tr, g, e) {
+                            self.fire(step, w, tr, g, e, event);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Final firings and eviction of the extents of window `w` whose horizon has passed.
+    fn evict_passed(&mut self, step: &mut Step, w: usize, event: FireEvent) {
+        let wm = self.state.watermark;
+        for g in self.sorted_groups(w) {
+            for e in self.extent_keys(w, g) {
+                let passed = self
+                    .extent(w, g, e)
+                    .is_some_and(|x| wm > self.horizon(w, x));
+                if !passed {
+                    continue;
+                }
+                for tr in 0..self.triggers[w].len() {
+                    if self.changed(w, tr, g, e) {
+                        self.fire(step, w, tr, g, e, event);
+                    }
+                }
+                self.commit(step, Transition::Evict { w: w as u16, g, e });
+            }
+        }
+    }
+
+    // ----- events -----
+
+    /// The window key value of `segment` for window `w` (`None` for global windows).
+    fn key_value(&self, w: usize, segment: &Map) -> Result<Option<i64>, WindowError> {
+        let spec = &self.windows[w];
+        if spec.kind == WindowKind::Global {
+            return Ok(None);
+        }
+        let key = spec.window_key.as_deref().unwrap_or_default();
+        let err = |message: String| WindowError::WindowKey {
+            window: spec.id.clone(),
+            message,
+        };
+        let Some(v) = segment.get(key) else {
+            return Err(err(format!("field {key:?} is missing")));
+        };
+        match spec.units {
+            Units::Millis => match v {
+                Value::Str(s) => v
+                    .as_event_time()
+                    .map(Some)
+                    .ok_or_else(|| err(format!("field {key:?} is not an RFC 3339 time: {s:?}"))),
+                _ => v.as_event_time().map(Some).ok_or_else(|| {
+                    err(format!(
+                        "field {key:?} is a {}, expected epoch milliseconds or an RFC 3339 time",
+                        v.type_name()
+                    ))
+                }),
+            },
+            Units::Elements => v.as_i64().map(Some).ok_or_else(|| {
+                err(format!(
+                    "field {key:?} is a {}, expected an integer",
+                    v.type_name()
+                ))
+            }),
+        }
+    }
+
+    fn plan(&self, w: usize, segment: &Map, g: Option<u32>) -> Result<Plan, WindowError> {
+        let spec = &self.windows[w];
+        let v = self.key_value(w, segment)?;
+        let wm = self.state.watermark;
+        let gs = g.and_then(|g| self.state.windows[w].groups.get(&g));
+        let agg = &spec.aggregation;
+        let create = |state: &Value| {
+            agg.create_update(state, segment)
+                .map_err(|source| WindowError::Aggregation {
+                    window: spec.id.clone(),
+                    source,
+                })
+        };
+        let key = spec.window_key.as_deref().unwrap_or_default();
+        if let Some(v) = v {
+            if v < spec.min_value {
+                return Ok(Plan::Late(format!(
+                    "value {v} of {key:?} is below min_value {}",
+                    spec.min_value
+                )));
+            }
+        }
+        match spec.kind {
+            WindowKind::Global => {
+                let state = gs
+                    .and_then(|gs| gs.extents.get(&0))
+                    .map_or_else(|| agg.init(), |x| x.state.clone());
+                Ok(Plan::Update {
+                    e: 0,
+                    us: vec![create(&state)?],
+                })
+            }
+            WindowKind::Session { gap } => {
+                let t = v.expect("sessions have a window key");
+                let mut upper = t;
+                let mut state: Option<Value> = None;
+                if let Some(gs) = gs {
+                    for k in session::touching(&gs.extents, |x| x.upper, t, gap) {
+                        let x = &gs.extents[&k];
+                        upper = upper.max(x.upper);
+                        state = Some(match state {
+                            None => x.state.clone(),
+                            Some(s) => agg.merge(s, x.state.clone()),
+                        });
+                    }
+                }
+                let horizon = upper
+                    .saturating_add(gap)
+                    .saturating_add(spec.allowed_lateness);
+                if wm > horizon {
+                    return Ok(Plan::Late(format!(
+                        "value {t} of {key:?} is late: watermark {} > {upper} + timeout_gap {gap} + allowed_lateness {}",
+                        fmt_wm(wm),
+                        spec.allowed_lateness
+                    )));
+                }
+                let state = state.unwrap_or_else(|| agg.init());
+                Ok(Plan::Update {
+                    e: t,
+                    us: vec![create(&state)?],
+                })
+            }
+            WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
+                let v = v.expect("fixed and sliding windows have a window key");
+                let ext = spec.extents().expect("numbered extents");
+                let ids = ext.ids(v).expect("v >= min_value");
+                let live: Vec<i64> = ids
+                    .filter(|&id| wm <= ext.upper(id).saturating_add(spec.allowed_lateness))
+                    .collect();
+                if live.is_empty() {
+                    let upper = ext.last_upper(v).unwrap_or(v);
+                    return Ok(Plan::Late(format!(
+                        "value {v} of {key:?} is late: watermark {} > upper {upper} + allowed_lateness {}",
+                        fmt_wm(wm),
+                        spec.allowed_lateness
+                    )));
+                }
+                let mut us = Vec::with_capacity(live.len());
+                for &id in &live {
+                    let state = gs
+                        .and_then(|gs| gs.extents.get(&id))
+                        .map_or_else(|| agg.init(), |x| x.state.clone());
+                    us.push(create(&state)?);
+                }
+                Ok(Plan::Update { e: live[0], us })
+            }
+        }
+    }
+
+    /// A new segment of `group` (`Value::Null` without grouping). On error (a bad window key, or
+    /// an aggregation rejecting the segment) nothing changes and the segment belongs on the error
+    /// path with the error's message.
+    pub fn on_segment(&mut self, segment: &Map, group: &Value) -> Result<Step, WindowError> {
+        let known = self.group_ids.get(group).copied();
+        let plans = (0..self.windows.len())
+            .map(|w| self.plan(w, segment, known))
+            .collect::<Result<Vec<Plan>, WindowError>>()?;
+        let mut step = Step::default();
+        let mut gid = known;
+        for (w, plan) in plans.into_iter().enumerate() {
+            match plan {
+                Plan::Late(reason) => {
+                    self.commit(&mut step, Transition::Late { w: w as u16 });
+                    step.late.push(Late {
+                        window: self.windows[w].id.clone(),
+                        segment: segment.clone(),
+                        reason,
+                    });
+                }
+                Plan::Update { e, mut us } => {
+                    let g = match gid {
+                        Some(g) => g,
+                        None => {
+                            let id = self
+                                .free_groups
+                                .first()
+                                .copied()
+                                .unwrap_or(self.state.groups.len() as u32);
+                            self.commit(
+                                &mut step,
+                                Transition::Group {
+                                    id,
+                                    key: group.clone(),
+                                },
+                            );
+                            gid = Some(id);
+                            id
+                        }
+                    };
+                    let w16 = w as u16;
+                    let n = us.len();
+                    let t = if n == 1 {
+                        Transition::Update {
+                            w: w16,
+                            g,
+                            e,
+                            u: us.pop().expect("one update"),
+                        }
+                    } else if us.iter().all(|u| *u == us[0]) {
+                        Transition::UpdateRange {
+                            w: w16,
+                            g,
+                            e,
+                            n: n as u32,
+                            u: us.swap_remove(0),
+                        }
+                    } else {
+                        Transition::UpdateEach { w: w16, g, e, us }
+                    };
+                    self.commit(&mut step, t);
+                    let touched: Vec<i64> = match self.windows[w].kind {
+                        WindowKind::Session { .. } => self.state.windows[w]
+                            .groups
+                            .get(&g)
+                            .and_then(|gs| session::containing(&gs.extents, |x| x.upper, e))
+                            .into_iter()
+                            .collect(),
+                        _ => (0..n as i64).map(|i| e + i).collect(),
+                    };
+                    self.segment_triggers(&mut step, w, g, &touched, segment);
+                }
+            }
+        }
+        Ok(step)
+    }
+
+    /// Evaluates the triggers of window `w` after a segment of group `g` updated `touched`.
+    fn segment_triggers(
+        &mut self,
+        step: &mut Step,
+        w: usize,
+        g: u32,
+        touched: &[i64],
+        segment: &Map,
+    ) {
+        for tr in 0..self.triggers[w].len() {
+            let candidates = if self.triggers[w][tr].fire_all_extents {
+                self.extent_keys(w, g)
+            } else {
+                touched.to_vec()
+            };
+            let trigger = &self.triggers[w][tr];
+            let (fire_all, event) = match &trigger.on {
+                TriggerOn::Segment { .. } => {
+                    let counter = self.state.windows[w]
+                        .groups
+                        .get(&g)
+                        .map_or(0, |gs| gs.counters[tr]);
+                    (counter == 0, FireEvent::Segment)
+                }
+                TriggerOn::Punctuation(pred) => {
+                    let group = self.state.groups[g as usize].clone().unwrap_or_default();
+                    let ctx = PunctuationCtx {
+                        window: &self.windows[w].id,
+                        trigger: &trigger.id,
+                        group: &group,
+                    };
+                    (pred(&ctx, segment), FireEvent::Punctuation)
+                }
+                TriggerOn::Timer { .. } => continue,
+                TriggerOn::Watermark { .. } | TriggerOn::PercentileWatermark { .. } => {
+                    for e in candidates {
+                        let due = self.extent(w, g, e).is_some_and(|x| {
+                            x.changed & (1u64 << tr) != 0 && self.deadline_reached(w, tr, e, x)
+                        });
+                        if due {
+                            self.fire(step, w, tr, g, e, FireEvent::Segment);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if fire_all {
+                for e in candidates {
+                    self.fire(step, w, tr, g, e, event);
+                }
+            }
+        }
+    }
+
+    /// Several segments, each with its group. Returns the combined step and the segments that
+    /// were rejected (by index, with the error); a rejected segment changes nothing.
+    pub fn on_batch<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = (&'a Map, &'a Value)>,
+    ) -> (Step, Vec<(usize, WindowError)>) {
+        let mut step = Step::default();
+        let mut errors = Vec::new();
+        for (i, (segment, group)) in batch.into_iter().enumerate() {
+            match self.on_segment(segment, group) {
+                Ok(s) => step.extend(s),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        (step, errors)
+    }
+
+    /// The task watermark advanced to `wm`: watermark triggers fire, then extents past their
+    /// horizon get their final firings and are evicted. A watermark not above the current one
+    /// does nothing.
+    pub fn on_watermark(&mut self, wm: i64) -> Step {
+        let mut step = Step::default();
+        if wm <= self.state.watermark {
+            return step;
+        }
+        self.commit(&mut step, Transition::Watermark(wm));
+        for w in 0..self.windows.len() {
+            for tr in 0..self.triggers[w].len() {
+                if !self.is_watermark_trigger(w, tr) {
+                    continue;
+                }
+                for g in self.sorted_groups(w) {
+                    for e in self.extent_keys(w, g) {
+                        let due = self.extent(w, g, e).is_some_and(|x| {
+                            x.changed & (1u64 << tr) != 0 && self.deadline_reached(w, tr, e, x)
+                        });
+                        if due {
+                            self.fire(&mut step, w, tr, g, e, FireEvent::Watermark);
+                        }
+                    }
+                }
+            }
+            self.evict_passed(&mut step, w, FireEvent::Watermark);
+        }
+        step
+    }
+
+    /// Processing time is `now_ms`: timer triggers whose deadline has come fire every extent of
+    /// every group. The first call only starts the timers.
+    pub fn on_timer(&mut self, now_ms: i64) -> Step {
+        let mut step = Step::default();
+        for w in 0..self.windows.len() {
+            for tr in 0..self.triggers[w].len() {
+                let TriggerOn::Timer { period_ms } = self.triggers[w][tr].on else {
+                    continue;
+                };
+                let next = match self.state.windows[w].timers[tr] {
+                    None => now_ms.saturating_add(period_ms),
+                    Some(at) if now_ms >= at => {
+                        for g in self.sorted_groups(w) {
+                            for e in self.extent_keys(w, g) {
+                                self.fire(&mut step, w, tr, g, e, FireEvent::Timer);
+                            }
+                        }
+                        let periods = (now_ms - at) / period_ms + 1;
+                        at.saturating_add(periods.saturating_mul(period_ms))
+                    }
+                    Some(_) => continue,
+                };
+                self.commit(
+                    &mut step,
+                    Transition::TimerNext {
+                        w: w as u16,
+                        tr: tr as u16,
+                        at: next,
+                    },
+                );
+            }
+        }
+        step
+    }
+
+    /// The job's inputs are exhausted: every trigger fires every extent and group changed since
+    /// it last fired it (event `job_completed`); then the watermark becomes +∞ and all
+    /// non-global extents are evicted.
+    pub fn on_job_completed(&mut self) -> Step {
+        let mut step = Step::default();
+        self.fire_changed(&mut step, FireEvent::JobCompleted);
+        if self.state.watermark < i64::MAX {
+            self.commit(&mut step, Transition::Watermark(i64::MAX));
+        }
+        for w in 0..self.windows.len() {
+            self.evict_passed(&mut step, w, FireEvent::JobCompleted);
+        }
+        step
+    }
+
+    /// The slot was recovered (state rebuilt from the log): every trigger fires every extent and
+    /// group changed since it last fired it (event `recovered`).
+    pub fn on_recovered(&mut self) -> Step {
+        let mut step = Step::default();
+        self.fire_changed(&mut step, FireEvent::Recovered);
+        step
+    }
+}
