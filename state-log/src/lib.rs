@@ -1,6 +1,85 @@
 //! The durable, Raft-replicated state log of Sardonyx.
 //!
-//! It will hold openraft log servers whose Raft log and ledger state machine live in RocksDB,
-//! the ledgers (one per task slot) with group commit, snapshots and compaction, the dedup filter
-//! (a bloom filter in front of RocksDB, in rotating buckets), and its own TCP transport.
-//! Records are opaque bytes here: this crate knows nothing of windows.
+//! A **ledger** is an append-only sequence of opaque records (one ledger per task slot; this
+//! crate knows nothing of windows). The [`Ledgers`] API appends a record atomically and returns
+//! its position only once Raft has committed it on a quorum, with the log fsynced; reads return
+//! the latest snapshot and the entries after it; snapshots compact a ledger's prefix.
+//!
+//! Two implementations share all their code:
+//! - [`EmbeddedLog`]: a single-member Raft cluster in this process, on a local directory (the
+//!   default of `sardonyx run`).
+//! - [`LogServer`] + [`LogClient`]: a cluster of log servers (3 for fault tolerance) speaking
+//!   the crate's own TCP protocol (length-delimited bincode frames); the client follows the
+//!   leader and retries retryable errors.
+//!
+//! Under the hood each node runs openraft 0.9 with its Raft log, its vote and the ledger state
+//! machine (and its Raft snapshots) in column families of one RocksDB. Concurrent appends are
+//! **group-committed**: a node packs every command queued while earlier ones are in flight into
+//! one Raft entry, and the log store coalesces the fsyncs of entries appended together. Each
+//! record carries a crc32 computed where it was appended; a mismatch on read is
+//! [`Error::Corrupt`] naming the ledger and position, never a silent replay. Appends carry a
+//! [`RequestId`]; the state machine remembers the position of each (the last
+//! [`REQUEST_ID_WINDOW`] per client), so a retry after a leader change is applied once.
+//!
+//! The [`DedupFilter`] is a separate, local component: a peer's set of recently applied segment
+//! ids in rotating RocksDB buckets with bloom filters in front.
+
+mod client;
+mod codec;
+mod dedup;
+mod embedded;
+mod error;
+mod net;
+mod node;
+mod raft_net;
+mod raft_types;
+mod server;
+mod store;
+mod types;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use client::{ClientOptions, LogClient};
+pub use dedup::{DedupConfig, DedupFilter};
+pub use embedded::EmbeddedLog;
+pub use error::{Error, Result};
+pub use node::Tuning;
+pub use server::{status, LogServer, ServerConfig};
+pub use store::REQUEST_ID_WINDOW;
+pub use types::{CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus};
+
+/// A boxed, sendable future (keeps [`Ledgers`] usable as `dyn Ledgers`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The ledger API the engine uses, implemented by [`EmbeddedLog`] and [`LogClient`].
+pub trait Ledgers: Send + Sync {
+    /// Appends `record` to `ledger` as one atomic entry and returns its position (0, 1, 2, …
+    /// per ledger) once it is committed on a quorum and fsynced. Appending again with a
+    /// `request` id that was already applied returns the original position and appends nothing.
+    fn append<'a>(
+        &'a self,
+        ledger: &'a str,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Reads `ledger` from `from_position`: the latest snapshot if it covers `from_position` or
+    /// later, then every stored entry after it (or from `from_position` if there is no such
+    /// snapshot). Recovery calls `read(ledger, 0)`. Linearizable: sees every completed append.
+    fn read<'a>(&'a self, ledger: &'a str, from_position: u64)
+        -> BoxFuture<'a, Result<LedgerRead>>;
+
+    /// Stores `bytes` as the ledger's snapshot reflecting every entry at positions
+    /// `<= covers_position`, and drops those entries. `covers_position` must be an appended
+    /// position; a snapshot not newer than the stored one is ignored (so retries are safe).
+    fn snapshot<'a>(
+        &'a self,
+        ledger: &'a str,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Size of `ledger` (entries and bytes since the last snapshot), to decide when to compact.
+    fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>>;
+}

@@ -1,0 +1,252 @@
+//! The client of a log-server cluster: finds the leader, follows leader changes and retries
+//! retryable errors (appends keep their `RequestId`, so a retry is applied once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use crate::codec::crc;
+use crate::error::{Error, Result};
+use crate::net::{Request, Response, RpcClient};
+use crate::types::{LedgerInfo, LedgerRead, RequestId};
+use crate::{BoxFuture, Ledgers};
+
+/// Timeouts of a [`LogClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Time limit of one request to one server.
+    pub request_timeout: Duration,
+    /// Total time a call keeps retrying retryable errors before giving up with the last one.
+    pub retry_for: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A handle to a log-server cluster implementing [`Ledgers`]. Cheap to clone; clones share
+/// connections and the known leader.
+#[derive(Clone)]
+pub struct LogClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    options: ClientOptions,
+    leader: Mutex<Option<String>>,
+    next: Mutex<usize>,
+    conns: Mutex<HashMap<String, Arc<RpcClient>>>,
+}
+
+impl LogClient {
+    /// A client for the servers at `addrs` (any subset of the cluster; leader hints are
+    /// followed to other members). Connections are made lazily, so this does not fail on an
+    /// unreachable server.
+    pub fn connect<S: Into<String>>(addrs: impl IntoIterator<Item = S>) -> Result<LogClient> {
+        Self::with_options(addrs, ClientOptions::default())
+    }
+
+    /// Like [`LogClient::connect`] with explicit timeouts.
+    pub fn with_options<S: Into<String>>(
+        addrs: impl IntoIterator<Item = S>,
+        options: ClientOptions,
+    ) -> Result<LogClient> {
+        let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        if addrs.is_empty() {
+            return Err(Error::InvalidRequest("no log server address given".into()));
+        }
+        Ok(LogClient {
+            inner: Arc::new(Inner {
+                addrs,
+                options,
+                leader: Mutex::new(None),
+                next: Mutex::new(0),
+                conns: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The leader address this client currently sends to, if known.
+    pub fn known_leader(&self) -> Option<String> {
+        self.inner.leader.lock().expect("leader lock").clone()
+    }
+
+    fn conn(&self, addr: &str) -> Arc<RpcClient> {
+        self.inner
+            .conns
+            .lock()
+            .expect("conns lock")
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(RpcClient::new(addr)))
+            .clone()
+    }
+
+    fn target(&self) -> String {
+        if let Some(l) = self.inner.leader.lock().expect("leader lock").clone() {
+            return l;
+        }
+        let mut next = self.inner.next.lock().expect("next lock");
+        let a = self.inner.addrs[*next % self.inner.addrs.len()].clone();
+        *next += 1;
+        a
+    }
+
+    /// Sends `make()` to the leader, following hints and retrying retryable errors until
+    /// `retry_for` has passed.
+    async fn call<T>(
+        &self,
+        make: impl Fn() -> Request,
+        unpack: impl Fn(Response) -> Result<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.inner.options.retry_for;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let addr = self.target();
+            let result = match self
+                .conn(&addr)
+                .call(make(), self.inner.options.request_timeout)
+                .await
+            {
+                Ok(Response::Failed(e)) => Err(e),
+                Ok(resp) => unpack(resp),
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(v) => {
+                    *self.inner.leader.lock().expect("leader lock") = Some(addr);
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            if !err.is_retryable() || Instant::now() >= deadline {
+                return Err(err);
+            }
+            let hint = match &err {
+                Error::NotLeader {
+                    leader_addr: Some(a),
+                    ..
+                } if *a != addr => Some(a.clone()),
+                _ => None,
+            };
+            let follow = hint.is_some();
+            *self.inner.leader.lock().expect("leader lock") = hint;
+            if !follow {
+                // No usable hint: an election is probably under way. Back off, then try the
+                // next server.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Appends one record (see [`Ledgers::append`]).
+    pub async fn append(&self, ledger: &str, request: RequestId, record: Vec<u8>) -> Result<u64> {
+        let sum = crc(&record);
+        let record = ByteBuf::from(record);
+        self.call(
+            || Request::Append {
+                ledger: ledger.to_string(),
+                request,
+                record: record.clone(),
+                crc: sum,
+            },
+            |r| match r {
+                Response::Appended(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Reads a ledger (see [`Ledgers::read`]).
+    pub async fn read(&self, ledger: &str, from: u64) -> Result<LedgerRead> {
+        self.call(
+            || Request::Read {
+                ledger: ledger.to_string(),
+                from,
+            },
+            |r| match r {
+                Response::Read(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Stores a snapshot and compacts (see [`Ledgers::snapshot`]).
+    pub async fn snapshot(&self, ledger: &str, covers_position: u64, bytes: Vec<u8>) -> Result<()> {
+        let sum = crc(&bytes);
+        let bytes = ByteBuf::from(bytes);
+        self.call(
+            || Request::Snapshot {
+                ledger: ledger.to_string(),
+                covers: covers_position,
+                bytes: bytes.clone(),
+                crc: sum,
+            },
+            |r| match r {
+                Response::Snapshotted(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Ledger size (see [`Ledgers::info`]).
+    pub async fn info(&self, ledger: &str) -> Result<LedgerInfo> {
+        self.call(
+            || Request::Info {
+                ledger: ledger.to_string(),
+            },
+            |r| match r {
+                Response::Info(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+}
+
+fn unexpected(r: Response) -> Error {
+    Error::Fatal(format!("unexpected response: {r:?}"))
+}
+
+impl Ledgers for LogClient {
+    fn append<'a>(
+        &'a self,
+        ledger: &'a str,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(LogClient::append(self, ledger, request, record))
+    }
+
+    fn read<'a>(
+        &'a self,
+        ledger: &'a str,
+        from_position: u64,
+    ) -> BoxFuture<'a, Result<LedgerRead>> {
+        Box::pin(LogClient::read(self, ledger, from_position))
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        ledger: &'a str,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(LogClient::snapshot(self, ledger, covers_position, bytes))
+    }
+
+    fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {
+        Box::pin(LogClient::info(self, ledger))
+    }
+}

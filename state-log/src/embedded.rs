@@ -1,0 +1,167 @@
+//! The embedded default: the same Raft node, storage and group commit as a log server, as a
+//! single-member cluster in this process with no network, on a local data directory.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use serde_bytes::ByteBuf;
+
+use crate::codec::crc;
+use crate::error::Result;
+use crate::node::{Node, Tuning};
+use crate::types::{CommitStats, LedgerInfo, LedgerRead, RequestId};
+use crate::{BoxFuture, Ledgers};
+
+/// The node id of the single embedded member.
+const EMBEDDED_ID: u64 = 1;
+
+/// How long an embedded call waits out a transient state (the election right after open).
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// A single-node state log in this process. Cheap to clone (clones share the node).
+///
+/// Every append is fsynced before it returns; after a crash, [`EmbeddedLog::open`] on the same
+/// directory finds every acknowledged record.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    node: Arc<Node>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir` and waits until it accepts appends.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<EmbeddedLog> {
+        Self::open_with(dir, Tuning::default()).await
+    }
+
+    /// Like [`EmbeddedLog::open`] with explicit tuning.
+    pub async fn open_with(dir: impl AsRef<Path>, tuning: Tuning) -> Result<EmbeddedLog> {
+        let tuning = Tuning {
+            // Alone, there is no one to wait for: campaign right away after a restart.
+            election_timeout: (Duration::from_millis(20), Duration::from_millis(40)),
+            heartbeat_interval: Duration::from_millis(10),
+            ..tuning
+        };
+        let node = Arc::new(Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning).await?);
+        let mut members = BTreeMap::new();
+        members.insert(EMBEDDED_ID, BasicNode::new(""));
+        let ready = async {
+            node.initialize(members).await?;
+            node.wait_leader(RETRY_FOR).await
+        };
+        if let Err(e) = ready.await {
+            let _ = node.close().await;
+            return Err(e);
+        }
+        Ok(EmbeddedLog { node })
+    }
+
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            match f().await {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    let _ = self.node.wait_leader(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Appends one record (see [`Ledgers::append`]).
+    pub async fn append(&self, ledger: &str, request: RequestId, record: Vec<u8>) -> Result<u64> {
+        let sum = crc(&record);
+        let record = ByteBuf::from(record);
+        self.retry(|| {
+            self.node
+                .append_checked(ledger.to_string(), request, record.clone(), sum)
+        })
+        .await
+    }
+
+    /// Reads a ledger (see [`Ledgers::read`]).
+    pub async fn read(&self, ledger: &str, from_position: u64) -> Result<LedgerRead> {
+        self.retry(|| self.node.read(ledger, from_position)).await
+    }
+
+    /// Stores a snapshot and compacts (see [`Ledgers::snapshot`]).
+    pub async fn snapshot(&self, ledger: &str, covers_position: u64, bytes: Vec<u8>) -> Result<()> {
+        let sum = crc(&bytes);
+        let bytes = ByteBuf::from(bytes);
+        self.retry(|| {
+            self.node
+                .snapshot_checked(ledger.to_string(), covers_position, bytes.clone(), sum)
+        })
+        .await
+    }
+
+    /// Ledger size (see [`Ledgers::info`]).
+    pub async fn info(&self, ledger: &str) -> Result<LedgerInfo> {
+        self.retry(|| self.node.info(ledger)).await
+    }
+
+    /// Group-commit counters: ledger commands submitted and the Raft entries they became.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.node.commit_stats()
+    }
+
+    /// Index of the last Raft log entry (every entry, including Raft's own).
+    pub fn raft_last_log_index(&self) -> Option<u64> {
+        self.node.raft.metrics().borrow().last_log_index
+    }
+
+    /// WAL syncs (fsyncs) made so far.
+    pub fn wal_syncs(&self) -> u64 {
+        self.node.wal_syncs()
+    }
+
+    /// Stops the node and closes its database. Fails if other clones of this handle are still
+    /// alive after a bounded wait.
+    pub async fn close(self) -> Result<()> {
+        self.node.close().await
+    }
+}
+
+impl std::fmt::Debug for EmbeddedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLog").finish_non_exhaustive()
+    }
+}
+
+impl Ledgers for EmbeddedLog {
+    fn append<'a>(
+        &'a self,
+        ledger: &'a str,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(EmbeddedLog::append(self, ledger, request, record))
+    }
+
+    fn read<'a>(
+        &'a self,
+        ledger: &'a str,
+        from_position: u64,
+    ) -> BoxFuture<'a, Result<LedgerRead>> {
+        Box::pin(EmbeddedLog::read(self, ledger, from_position))
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        ledger: &'a str,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(EmbeddedLog::snapshot(self, ledger, covers_position, bytes))
+    }
+
+    fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {
+        Box::pin(EmbeddedLog::info(self, ledger))
+    }
+}

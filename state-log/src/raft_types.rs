@@ -1,0 +1,86 @@
+//! The openraft type configuration and the commands replicated through the Raft log.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::error::Error;
+use crate::types::RequestId;
+
+openraft::declare_raft_types!(
+    /// Raft types of the state log: a log entry carries a [`CommandBatch`].
+    pub TypeConfig:
+        D = CommandBatch,
+        R = BatchOutcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle type of a state-log node.
+pub(crate) type LogRaft = openraft::Raft<TypeConfig>;
+
+/// One ledger operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Append `record` (whose crc32 is `crc`) to `ledger` unless `request` was applied before.
+    Append {
+        /// Target ledger.
+        ledger: String,
+        /// Idempotency key.
+        request: RequestId,
+        /// Opaque payload.
+        record: ByteBuf,
+        /// crc32 of `record`, computed where the append was made.
+        crc: u32,
+    },
+    /// Store a snapshot covering positions `<= covers` and drop those entries.
+    Snapshot {
+        /// Target ledger.
+        ledger: String,
+        /// Last position the snapshot reflects.
+        covers: u64,
+        /// Opaque snapshot payload.
+        bytes: ByteBuf,
+        /// crc32 of `bytes`.
+        crc: u32,
+    },
+}
+
+impl Command {
+    /// Approximate payload size, for batch limits.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Command::Append { record, ledger, .. } => record.len() + ledger.len() + 32,
+            Command::Snapshot { bytes, ledger, .. } => bytes.len() + ledger.len() + 32,
+        }
+    }
+}
+
+/// The application data of one Raft entry: commands group-committed together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandBatch {
+    /// The commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
+/// Result of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Appended (or found already appended, for a repeated request id) at this position.
+    Appended(u64),
+    /// Snapshot stored (or an equal or newer one was already there).
+    Snapshotted,
+    /// Rejected deterministically by the state machine.
+    Rejected(Error),
+}
+
+/// The response of one Raft entry: one outcome per command (empty for blank/membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// Outcomes in command order.
+    pub outcomes: Vec<Outcome>,
+}

@@ -1,0 +1,251 @@
+//! Log servers: a [`Node`] served over TCP, and the operator's `status` query.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+
+use crate::error::{Error, Result};
+use crate::net::{serve, Handler, Request, Response, RpcClient, StatusReply};
+use crate::node::{Node, Tuning};
+use crate::types::{CommitStats, Role, ServerStatus};
+
+/// How to start one log server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Raft node id, unique in the cluster and stable across restarts.
+    pub id: u64,
+    /// Address to listen on (`host:port`; port 0 picks a free one, see [`LogServer::local_addr`]).
+    pub listen_addr: String,
+    /// Directory of this server's RocksDB (created if missing; reused on restart).
+    pub data_dir: PathBuf,
+    /// Every member: id → address other servers and clients reach it at. Must contain `id`.
+    pub cluster: BTreeMap<u64, String>,
+    /// Raft and group-commit tuning.
+    pub tuning: Tuning,
+}
+
+impl ServerConfig {
+    /// A config with default tuning.
+    pub fn new(
+        id: u64,
+        listen_addr: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        cluster: BTreeMap<u64, String>,
+    ) -> Self {
+        Self {
+            id,
+            listen_addr: listen_addr.into(),
+            data_dir: data_dir.into(),
+            cluster,
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// A running log server. Drop does not stop it cleanly: call [`LogServer::shutdown`].
+pub struct LogServer {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    serve_task: tokio::task::JoinHandle<()>,
+}
+
+impl LogServer {
+    /// Opens the data directory, starts Raft and serves on `listen_addr`.
+    ///
+    /// On its first start the member with the lowest id initializes the cluster with every
+    /// member of `cluster` (a no-op on later starts, since its log is then initialized); a
+    /// restarted server rejoins with the data in `data_dir` and catches up from the leader.
+    pub async fn start(config: ServerConfig) -> Result<LogServer> {
+        let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+            .await
+            .map_err(|e| Error::Io(format!("bind {}: {e}", config.listen_addr)))?;
+        Self::start_on(listener, config).await
+    }
+
+    /// Like [`LogServer::start`] on an already bound listener (`listen_addr` is ignored).
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        config: ServerConfig,
+    ) -> Result<LogServer> {
+        let advertised = config.cluster.get(&config.id).cloned().ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "cluster map does not contain this server's id {}",
+                config.id
+            ))
+        })?;
+        let local_addr = listener.local_addr()?;
+        let node =
+            Arc::new(Node::open(config.id, advertised, &config.data_dir, &config.tuning).await?);
+        let serve_task = tokio::spawn(serve(listener, node.clone()));
+        let lowest = config.cluster.keys().next().copied();
+        if lowest == Some(config.id) {
+            let members: BTreeMap<u64, BasicNode> = config
+                .cluster
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            if let Err(e) = node.initialize(members).await {
+                serve_task.abort();
+                let _ = node.close().await;
+                return Err(e);
+            }
+        }
+        Ok(LogServer {
+            node,
+            local_addr,
+            serve_task,
+        })
+    }
+
+    /// Raft node id.
+    pub fn id(&self) -> u64 {
+        self.node.id
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This server's status line.
+    pub fn status(&self) -> ServerStatus {
+        self.node.status().0
+    }
+
+    /// Group-commit counters of this server (counting the commands it received as leader).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.node.commit_stats()
+    }
+
+    /// WAL syncs (fsyncs) made by this server's Raft log store.
+    pub fn wal_syncs(&self) -> u64 {
+        self.node.wal_syncs()
+    }
+
+    /// Waits (bounded) until this server has applied the Raft log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        self.node
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "wait applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("server {}: {e}", self.id())))
+    }
+
+    /// Waits (bounded) until some server is known to this one as leader; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
+        let m = self
+            .node
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "wait for a leader")
+            .await
+            .map_err(|e| Error::Unavailable(format!("server {}: {e}", self.id())))?;
+        Ok(m.current_leader.expect("checked"))
+    }
+
+    /// Stops serving and Raft, and closes the database (the directory can be reopened at once).
+    pub async fn shutdown(self) -> Result<()> {
+        self.serve_task.abort();
+        let _ = self.serve_task.await;
+        self.node.close().await
+    }
+}
+
+impl Handler for Node {
+    fn handle(
+        self: Arc<Self>,
+        req: Request,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        async move {
+            match req {
+                Request::AppendEntries(rpc) => {
+                    Response::AppendEntries(self.raft.append_entries(rpc).await)
+                }
+                Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+                Request::InstallSnapshot(rpc) => {
+                    Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                }
+                Request::Append {
+                    ledger,
+                    request,
+                    record,
+                    crc,
+                } => Response::Appended(self.append_checked(ledger, request, record, crc).await),
+                Request::Snapshot {
+                    ledger,
+                    covers,
+                    bytes,
+                    crc,
+                } => Response::Snapshotted(self.snapshot_checked(ledger, covers, bytes, crc).await),
+                Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
+                Request::Info { ledger } => Response::Info(self.info(&ledger).await),
+                Request::Status => {
+                    let (status, members) = self.status();
+                    Response::Status(StatusReply { status, members })
+                }
+            }
+        }
+    }
+}
+
+/// Asks every server (those in `addrs`, plus members they name) for its status, for an
+/// operator's `log-status` command. Servers that do not answer within a second are
+/// [`Role::Unreachable`].
+pub async fn status(addrs: &[String]) -> Vec<ServerStatus> {
+    async fn ask(addr: String) -> (String, Option<StatusReply>) {
+        let client = RpcClient::new(addr.clone());
+        match client.call(Request::Status, Duration::from_secs(1)).await {
+            Ok(Response::Status(r)) => (addr, Some(r)),
+            _ => (addr, None),
+        }
+    }
+    let mut asked = BTreeSet::new();
+    let mut answers: Vec<(String, Option<StatusReply>)> = Vec::new();
+    let mut todo: Vec<String> = addrs.to_vec();
+    while !todo.is_empty() {
+        let round: Vec<String> = todo.drain(..).filter(|a| asked.insert(a.clone())).collect();
+        let mut set = tokio::task::JoinSet::new();
+        for a in round {
+            set.spawn(ask(a));
+        }
+        while let Some(Ok(ans)) = set.join_next().await {
+            if let Some(r) = &ans.1 {
+                todo.extend(
+                    r.members
+                        .iter()
+                        .map(|(_, a)| a.clone())
+                        .filter(|a| !asked.contains(a)),
+                );
+            }
+            answers.push(ans);
+        }
+    }
+    let ids: BTreeMap<String, u64> = answers
+        .iter()
+        .filter_map(|(_, r)| r.as_ref())
+        .flat_map(|r| r.members.iter().map(|(id, a)| (a.clone(), *id)))
+        .collect();
+    let mut out: Vec<ServerStatus> = answers
+        .into_iter()
+        .map(|(addr, r)| match r {
+            Some(r) => ServerStatus { addr, ..r.status },
+            None => ServerStatus {
+                id: ids.get(&addr).copied(),
+                addr,
+                role: Role::Unreachable,
+                current_leader: None,
+                current_term: 0,
+                last_log_index: None,
+                last_applied: None,
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| (a.id, &a.addr).cmp(&(b.id, &b.addr)));
+    out
+}
