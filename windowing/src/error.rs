@@ -15,7 +15,7 @@ pub enum AggregationError {
         field: String,
     },
     /// The field holds a value that is not a number.
-    #[error("field {field:?} is a {found}, expected a number")]
+    #[error("field {field:?} is {}, expected a number", a_type(found))]
     NotANumber {
         /// The field name.
         field: String,
@@ -25,6 +25,15 @@ pub enum AggregationError {
     /// Any other reason, from a user aggregation.
     #[error("{0}")]
     Other(String),
+}
+
+/// A type name with its article, for messages: `null`, `an integer`, `a string`.
+pub(crate) fn a_type(type_name: &str) -> String {
+    match type_name {
+        "null" => "null".to_owned(),
+        t if t.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {t}"),
+        t => format!("a {t}"),
+    }
 }
 
 /// Errors of the window operator.

@@ -50,7 +50,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::WindowError;
+use crate::error::{a_type, WindowError};
 use crate::session;
 use crate::trigger::{FireEvent, Firing, PunctuationCtx, Refinement, TriggerOn, TriggerSpec};
 use crate::value::{Map, Value};
@@ -843,15 +843,15 @@ impl WindowOperator {
                     .ok_or_else(|| err(format!("field {key:?} is not an RFC 3339 time: {s:?}"))),
                 _ => v.as_event_time().map(Some).ok_or_else(|| {
                     err(format!(
-                        "field {key:?} is a {}, expected epoch milliseconds or an RFC 3339 time",
-                        v.type_name()
+                        "field {key:?} is {}, expected epoch milliseconds or an RFC 3339 time",
+                        a_type(v.type_name())
                     ))
                 }),
             },
             Units::Elements => v.as_i64().map(Some).ok_or_else(|| {
                 err(format!(
-                    "field {key:?} is a {}, expected an integer",
-                    v.type_name()
+                    "field {key:?} is {}, expected an integer",
+                    a_type(v.type_name())
                 ))
             }),
         }
