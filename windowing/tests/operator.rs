@@ -1,8 +1,11 @@
 //! The window operator, with expected firings worked out by hand from DESIGN §4.
 
+use std::sync::Arc;
+
 use sardonyx_windowing::aggregation::{collect, count, sum};
 use sardonyx_windowing::{
-    ExtentView, FireEvent, Firing, Map, Step, TriggerSpec, Value, WindowOperator, WindowSpec,
+    Aggregation, AggregationError, ExtentView, FireEvent, Firing, Map, Step, Transition,
+    TriggerSpec, Value, WindowOperator, WindowSpec,
 };
 
 fn seg(t: i64) -> Map {
@@ -450,6 +453,78 @@ fn eviction_fires_changed_extents_once_more_so_nothing_is_lost() {
     assert_eq!(fired(&step), vec![(Some(0), Some(9), i(1), Watermark)]);
     assert_eq!(o.live_extents(), 0);
     assert_eq!(o.live_groups(), 0);
+    // The freed group id is reused by the next new group.
+    let step = o.on_segment(&seg(15), &"z".into()).unwrap();
+    assert_eq!(
+        step.transitions[0],
+        Transition::Group {
+            id: 0,
+            key: "z".into()
+        }
+    );
+}
+
+/// A user aggregation whose update depends on the state: it logs the new absolute value.
+struct Ordinal;
+
+impl Aggregation for Ordinal {
+    fn name(&self) -> &str {
+        "ordinal"
+    }
+    fn init(&self) -> Value {
+        Value::Int(0)
+    }
+    fn create_update(&self, state: &Value, _segment: &Map) -> Result<Value, AggregationError> {
+        Ok(Value::Int(state.as_i64().unwrap_or(0) + 1))
+    }
+    fn apply_update(&self, _state: Value, update: &Value) -> Value {
+        update.clone()
+    }
+    fn merge(&self, a: Value, b: Value) -> Value {
+        Value::Int(a.as_i64().unwrap_or(0) + b.as_i64().unwrap_or(0))
+    }
+}
+
+#[test]
+fn user_aggregation_with_state_dependent_updates() {
+    let specs = || vec![WindowSpec::sliding("w", "t", 10, 5, Arc::new(Ordinal))];
+    let mut o = op(specs(), vec![]);
+    // 3 is in [0,4] and [0,9]; 7 is in [0,9] and [5,14]: the updates of 7 differ (2 and 1).
+    let step = feed(&mut o, &[3, 7]);
+    assert_eq!(
+        step.transitions.last(),
+        Some(&Transition::UpdateEach {
+            w: 0,
+            g: 0,
+            e: 1,
+            us: vec![i(2), i(1)]
+        })
+    );
+    assert_eq!(
+        o.extents("w", &Value::Null),
+        vec![ext(0, 4, 1), ext(0, 9, 2), ext(5, 14, 1)]
+    );
+    let mut r = op(specs(), vec![]);
+    for t in &step.transitions {
+        r.apply(t).unwrap();
+    }
+    assert_eq!(r.snapshot(), o.snapshot());
+}
+
+#[test]
+fn corrupt_transitions_are_rejected() {
+    let mut o = op(vec![WindowSpec::fixed("w", "t", 10, count())], vec![]);
+    let e = o
+        .apply(&Transition::Update {
+            w: 0,
+            g: 3,
+            e: 0,
+            u: i(1),
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "transition does not apply: no group 3");
+    assert!(o.apply(&Transition::Late { w: 9 }).is_err());
+    assert_eq!(o.live_extents(), 0);
 }
 
 #[test]
