@@ -607,17 +607,23 @@ impl WindowOperator {
     }
 
     fn count_segment(&mut self, w: usize, g: u32) {
-        let thresholds: Vec<Option<u64>> = self.triggers[w]
+        if !self.triggers[w]
             .iter()
-            .map(|t| match t.on {
-                TriggerOn::Segment { threshold } => Some(threshold),
-                _ => None,
-            })
-            .collect();
-        let gs = self.group_state(w, g);
-        for (c, th) in gs.counters.iter_mut().zip(thresholds) {
-            if let Some(th) = th {
-                *c = (*c + 1) % th;
+            .any(|t| matches!(t.on, TriggerOn::Segment { .. }))
+        {
+            return;
+        }
+        let n = self.triggers[w].len();
+        let gs = self.state.windows[w]
+            .groups
+            .entry(g)
+            .or_insert_with(|| GroupState {
+                extents: BTreeMap::new(),
+                counters: vec![0; n],
+            });
+        for (c, t) in gs.counters.iter_mut().zip(&self.triggers[w]) {
+            if let TriggerOn::Segment { threshold } = t.on {
+                *c = (*c + 1) % threshold;
             }
         }
     }
@@ -881,28 +887,21 @@ impl WindowOperator {
         }
         match spec.kind {
             WindowKind::Global => {
-                let state = gs
-                    .and_then(|gs| gs.extents.get(&0))
-                    .map_or_else(|| agg.init(), |x| x.state.clone());
-                Ok(Plan::Update {
-                    e: 0,
-                    us: vec![create(&state)?],
-                })
+                let u = match gs.and_then(|gs| gs.extents.get(&0)) {
+                    Some(x) => create(&x.state)?,
+                    None => create(&agg.init())?,
+                };
+                Ok(Plan::Update { e: 0, us: vec![u] })
             }
             WindowKind::Session { gap } => {
                 let t = v.expect("sessions have a window key");
-                let mut upper = t;
-                let mut state: Option<Value> = None;
-                if let Some(gs) = gs {
-                    for k in session::touching(&gs.extents, |x| x.upper, t, gap) {
-                        let x = &gs.extents[&k];
-                        upper = upper.max(x.upper);
-                        state = Some(match state {
-                            None => x.state.clone(),
-                            Some(s) => agg.merge(s, x.state.clone()),
-                        });
-                    }
-                }
+                let touching: Vec<&Extent> = gs.map_or_else(Vec::new, |gs| {
+                    session::touching(&gs.extents, |x| x.upper, t, gap)
+                        .iter()
+                        .map(|k| &gs.extents[k])
+                        .collect()
+                });
+                let upper = touching.iter().map(|x| x.upper).fold(t, i64::max);
                 let horizon = upper
                     .saturating_add(gap)
                     .saturating_add(spec.allowed_lateness);
@@ -913,11 +912,17 @@ impl WindowOperator {
                         spec.allowed_lateness
                     )));
                 }
-                let state = state.unwrap_or_else(|| agg.init());
-                Ok(Plan::Update {
-                    e: t,
-                    us: vec![create(&state)?],
-                })
+                // Only an event bridging two sessions pays for a merged copy of their states.
+                let u = match touching.as_slice() {
+                    [] => create(&agg.init())?,
+                    [x] => create(&x.state)?,
+                    [x, rest @ ..] => create(
+                        &rest
+                            .iter()
+                            .fold(x.state.clone(), |acc, y| agg.merge(acc, y.state.clone())),
+                    )?,
+                };
+                Ok(Plan::Update { e: t, us: vec![u] })
             }
             WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
                 let v = v.expect("fixed and sliding windows have a window key");
@@ -936,10 +941,10 @@ impl WindowOperator {
                 }
                 let mut us = Vec::with_capacity(live.len());
                 for &id in &live {
-                    let state = gs
-                        .and_then(|gs| gs.extents.get(&id))
-                        .map_or_else(|| agg.init(), |x| x.state.clone());
-                    us.push(create(&state)?);
+                    us.push(match gs.and_then(|gs| gs.extents.get(&id)) {
+                        Some(x) => create(&x.state)?,
+                        None => create(&agg.init())?,
+                    });
                 }
                 Ok(Plan::Update { e: live[0], us })
             }
