@@ -158,37 +158,32 @@ impl LogServer {
 }
 
 impl Handler for Node {
-    fn handle(
-        self: Arc<Self>,
-        req: Request,
-    ) -> impl std::future::Future<Output = Response> + Send + 'static {
-        async move {
-            match req {
-                Request::AppendEntries(rpc) => {
-                    Response::AppendEntries(self.raft.append_entries(rpc).await)
-                }
-                Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
-                Request::InstallSnapshot(rpc) => {
-                    Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
-                }
-                Request::Append {
-                    ledger,
-                    request,
-                    record,
-                    crc,
-                } => Response::Appended(self.append_checked(ledger, request, record, crc).await),
-                Request::Snapshot {
-                    ledger,
-                    covers,
-                    bytes,
-                    crc,
-                } => Response::Snapshotted(self.snapshot_checked(ledger, covers, bytes, crc).await),
-                Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
-                Request::Info { ledger } => Response::Info(self.info(&ledger).await),
-                Request::Status => {
-                    let (status, members) = self.status();
-                    Response::Status(StatusReply { status, members })
-                }
+    async fn handle(self: Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => {
+                Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            Request::Append {
+                ledger,
+                request,
+                record,
+                crc,
+            } => Response::Appended(self.append_checked(ledger, request, record, crc).await),
+            Request::Snapshot {
+                ledger,
+                covers,
+                bytes,
+                crc,
+            } => Response::Snapshotted(self.snapshot_checked(ledger, covers, bytes, crc).await),
+            Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
+            Request::Info { ledger } => Response::Info(self.info(&ledger).await),
+            Request::Status => {
+                let (status, members) = self.status();
+                Response::Status(StatusReply { status, members })
             }
         }
     }

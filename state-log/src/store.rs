@@ -8,6 +8,9 @@
 //! write is followed in the same WAL by a synced log write or is re-applied from the synced log
 //! after a crash (each entry's changes and its `last_applied` are one atomic write batch).
 
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io::Cursor;

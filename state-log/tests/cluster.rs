@@ -68,14 +68,25 @@ async fn three_nodes_failover_catch_up_and_dedup() {
     let mut servers: BTreeMap<u64, LogServer> = BTreeMap::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
-        let s = LogServer::start_on(l, config(id, &dirs, &cluster)).await.unwrap();
+        let s = LogServer::start_on(l, config(id, &dirs, &cluster))
+            .await
+            .unwrap();
         servers.insert(id, s);
     }
 
     let st = wait_status(&addrs, 3).await;
     assert_eq!(st.len(), 3);
-    assert_eq!(st.iter().filter(|s| s.role == Role::Follower).count(), 2, "{st:#?}");
-    let leader = st.iter().find(|s| s.role == Role::Leader).unwrap().id.unwrap();
+    assert_eq!(
+        st.iter().filter(|s| s.role == Role::Follower).count(),
+        2,
+        "{st:#?}"
+    );
+    let leader = st
+        .iter()
+        .find(|s| s.role == Role::Leader)
+        .unwrap()
+        .id
+        .unwrap();
 
     let client = LogClient::connect(addrs.clone()).unwrap();
     for i in 0..10u64 {
@@ -97,36 +108,81 @@ async fn three_nodes_failover_catch_up_and_dedup() {
     }
     let st = wait_status(&addrs, 2).await;
     let down = st.iter().find(|s| s.role == Role::Unreachable).unwrap();
-    assert_eq!(down.id, Some(leader), "status names the unreachable member: {st:#?}");
-    let new_leader = st.iter().find(|s| s.role == Role::Leader).unwrap().id.unwrap();
+    assert_eq!(
+        down.id,
+        Some(leader),
+        "status names the unreachable member: {st:#?}"
+    );
+    let new_leader = st
+        .iter()
+        .find(|s| s.role == Role::Leader)
+        .unwrap()
+        .id
+        .unwrap();
     assert_ne!(new_leader, leader);
 
     // A retried request id (same client and seq) is applied once, before and after failover.
-    assert_eq!(client.append("slot-1", RequestId::new(7, 3), b"again".to_vec()).await.unwrap(), 3);
-    assert_eq!(client.append("slot-1", RequestId::new(7, 15), b"again".to_vec()).await.unwrap(), 15);
+    assert_eq!(
+        client
+            .append("slot-1", RequestId::new(7, 3), b"again".to_vec())
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        client
+            .append("slot-1", RequestId::new(7, 15), b"again".to_vec())
+            .await
+            .unwrap(),
+        15
+    );
     assert_eq!(client.info("slot-1").await.unwrap().next_position, 20);
 
     // Compaction through the cluster.
-    client.snapshot("slot-1", 9, b"state@9".to_vec()).await.unwrap();
+    client
+        .snapshot("slot-1", 9, b"state@9".to_vec())
+        .await
+        .unwrap();
 
     // Restart the old leader on its data directory and address; it catches up.
-    let restarted = LogServer::start(config(leader, &dirs, &cluster)).await.unwrap();
+    let restarted = LogServer::start(config(leader, &dirs, &cluster))
+        .await
+        .unwrap();
     let target = servers[&new_leader].status().last_log_index.unwrap();
-    restarted.wait_applied(target, Duration::from_secs(20)).await.unwrap();
-    assert_eq!(restarted.wait_for_leader(Duration::from_secs(5)).await.unwrap(), new_leader);
+    restarted
+        .wait_applied(target, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted
+            .wait_for_leader(Duration::from_secs(5))
+            .await
+            .unwrap(),
+        new_leader
+    );
     servers.insert(leader, restarted);
     let st = wait_status(&addrs, 3).await;
     assert!(st.iter().all(|s| s.last_applied >= Some(target)), "{st:#?}");
 
     let read = client.read("slot-1", 0).await.unwrap();
     assert_eq!(read.snapshot, Some((9, b"state@9".to_vec())));
-    let want: Vec<(u64, Vec<u8>)> = (10..20).map(|i| (i, format!("r{i}").into_bytes())).collect();
+    let want: Vec<(u64, Vec<u8>)> = (10..20)
+        .map(|i| (i, format!("r{i}").into_bytes()))
+        .collect();
     assert_eq!(read.entries, want);
     assert_eq!(read.stats.records_scanned, 10);
 
     // The restarted node can lead: stop the current leader; the ledger is intact on the others.
-    servers.remove(&new_leader).unwrap().shutdown().await.unwrap();
-    let p = client.append("slot-1", RequestId::new(8, 0), b"r20".to_vec()).await.unwrap();
+    servers
+        .remove(&new_leader)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    let p = client
+        .append("slot-1", RequestId::new(8, 0), b"r20".to_vec())
+        .await
+        .unwrap();
     assert_eq!(p, 20);
     let read = client.read("slot-1", 0).await.unwrap();
     assert_eq!(read.entries.len(), 11);

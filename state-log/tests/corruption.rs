@@ -31,9 +31,13 @@ async fn flipped_record_byte_is_reported_with_ledger_and_position() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path()).await.unwrap();
     for i in 0..3u64 {
-        log.append("votes/0", RequestId::new(1, i), format!("record-{i}").into_bytes())
-            .await
-            .unwrap();
+        log.append(
+            "votes/0",
+            RequestId::new(1, i),
+            format!("record-{i}").into_bytes(),
+        )
+        .await
+        .unwrap();
     }
     log.close().await.unwrap();
 
@@ -53,7 +57,12 @@ async fn flipped_record_byte_is_reported_with_ledger_and_position() {
     // Reading past the damaged record works; the error is not retryable.
     let tail = log.read("votes/0", 2).await.unwrap();
     assert_eq!(tail.entries, vec![(2, b"record-2".to_vec())]);
-    assert!(!Error::Corrupt { ledger: String::new(), position: 0, detail: String::new() }.is_retryable());
+    assert!(!Error::Corrupt {
+        ledger: String::new(),
+        position: 0,
+        detail: String::new()
+    }
+    .is_retryable());
     log.close().await.unwrap();
 }
 
@@ -62,16 +71,22 @@ async fn flipped_snapshot_byte_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path()).await.unwrap();
     for i in 0..3u64 {
-        log.append("s", RequestId::new(1, i), vec![i as u8]).await.unwrap();
+        log.append("s", RequestId::new(1, i), vec![i as u8])
+            .await
+            .unwrap();
     }
-    log.snapshot("s", 1, b"snapshot-bytes".to_vec()).await.unwrap();
+    log.snapshot("s", 1, b"snapshot-bytes".to_vec())
+        .await
+        .unwrap();
     log.close().await.unwrap();
 
     flip_byte(dir.path(), "ledger_snapshots", b"s", 14);
 
     let log = EmbeddedLog::open(dir.path()).await.unwrap();
     match log.read("s", 0).await {
-        Err(Error::Corrupt { ledger, position, .. }) => {
+        Err(Error::Corrupt {
+            ledger, position, ..
+        }) => {
             assert_eq!((ledger.as_str(), position), ("s", 1));
         }
         other => panic!("expected Corrupt, got {other:?}"),

@@ -47,7 +47,8 @@ proptest! {
 fn rotation_drops_the_oldest_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let mut f = DedupFilter::open(dir.path(), cfg(2, 3)).unwrap();
-    f.insert_batch([b"a", b"b", b"c", b"d", b"e", b"f"]).unwrap();
+    f.insert_batch([b"a", b"b", b"c", b"d", b"e", b"f"])
+        .unwrap();
     assert_eq!(f.bucket_count(), 3);
     assert!(f.contains(b"a").unwrap());
     // The 7th id starts a 4th bucket: the first bucket ({a, b}) is dropped.
@@ -96,14 +97,24 @@ fn export_import_round_trip_and_clear() {
     let mut b = DedupFilter::open(b_dir.path(), cfg(4, 3)).unwrap();
     b.insert_batch(["stale"]).unwrap();
     b.import(&bytes).unwrap();
-    assert!(!b.contains(b"stale").unwrap(), "import replaces the contents");
+    assert!(
+        !b.contains(b"stale").unwrap(),
+        "import replaces the contents"
+    );
     assert_eq!(b.bucket_count(), a.bucket_count());
     assert_eq!(b.len(), a.len());
     for id in &ids {
-        assert_eq!(b.contains(id.as_bytes()).unwrap(), a.contains(id.as_bytes()).unwrap());
+        assert_eq!(
+            b.contains(id.as_bytes()).unwrap(),
+            a.contains(id.as_bytes()).unwrap()
+        );
         assert!(b.contains(id.as_bytes()).unwrap());
     }
-    assert_eq!(b.export().unwrap(), bytes, "export of the import is identical");
+    assert_eq!(
+        b.export().unwrap(),
+        bytes,
+        "export of the import is identical"
+    );
     // Rotation continues from the imported buckets: 2 more ids fill the last bucket, the 3rd
     // drops the oldest bucket (vote-0..3).
     b.insert_batch(["x", "y", "z"]).unwrap();

@@ -18,7 +18,8 @@ async fn concurrent_appends_share_raft_entries() {
         let log = log.clone();
         tasks.spawn(async move {
             let ledger = format!("slot-{}", i % 4);
-            log.append(&ledger, RequestId::new(9, i), vec![i as u8; 100]).await
+            log.append(&ledger, RequestId::new(9, i), vec![i as u8; 100])
+                .await
         });
     }
     let mut positions = Vec::new();
