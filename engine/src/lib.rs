@@ -1,1 +1,29 @@
-//! Sardonyx.
+//! Sardonyx: a stateful stream-processing engine where jobs are data.
+//!
+//! A [`Job`] — workflow, catalog, windows, triggers, flow conditions, lifecycles — is read from
+//! JSON or TOML or built in Rust, checked against a [`Registry`] of named code, and run by the
+//! local [`runtime`]: every task on its peers, batches flowing over bounded channels, grouped
+//! segments routed so one key always lands on one peer, failures sent to the error output.
+//!
+//! ```
+//! use sardonyx::{Job, Registry};
+//!
+//! let job = Job::from_json_str(r#"{
+//!   "workflow": [["in", "out"]],
+//!   "catalog": [
+//!     {"name": "in", "type": "input", "plugin": "sardonyx/jsonl", "params": {"path": "in.jsonl"}},
+//!     {"name": "out", "type": "output", "plugin": "sardonyx/null"}
+//!   ]
+//! }"#).unwrap();
+//! job.validate(&Registry::new()).unwrap();
+//! ```
+
+pub mod job;
+pub mod registry;
+pub mod runtime;
+pub mod segment;
+
+pub use job::{Job, Problem, ValidationError};
+pub use registry::Registry;
+pub use runtime::{run_job, JobReport, RunError, RunOptions};
+pub use segment::{Map, Segment, Value};

@@ -1,0 +1,1 @@
+//! Typed builders for jobs (filled in below).

@@ -1,0 +1,251 @@
+//! Reading job files (JSON or TOML) with every structural problem reported at once.
+//!
+//! The document is first read as a tree; then each catalog entry, window, trigger, flow
+//! condition and lifecycle is decoded on its own, so one bad entry does not hide the others,
+//! and each problem names its entry and the field at fault.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value as Doc;
+
+use super::validate::Problem;
+use super::Job;
+
+/// A job file that could not be read: the file itself, or one problem per bad entry.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    /// The file could not be read.
+    #[error("cannot read job file {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        message: String,
+    },
+    /// The file is not valid JSON/TOML.
+    #[error("job file is not valid {format}: {message}")]
+    Syntax {
+        /// `JSON` or `TOML`.
+        format: &'static str,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// Entries that do not fit the job schema, all of them.
+    #[error("{}", super::validate::render(.0))]
+    Schema(Vec<Problem>),
+}
+
+impl JobFileError {
+    /// The schema problems (empty for I/O and syntax errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            JobFileError::Schema(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+impl Job {
+    /// Reads a job from a `.json` or `.toml` file (by extension; JSON otherwise).
+    pub fn load(path: impl AsRef<Path>) -> Result<Job, JobFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| JobFileError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+        {
+            Job::from_toml_str(&text)
+        } else {
+            Job::from_json_str(&text)
+        }
+    }
+
+    /// Reads a job from JSON text.
+    pub fn from_json_str(text: &str) -> Result<Job, JobFileError> {
+        let doc: Doc = serde_json::from_str(text).map_err(|e| JobFileError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        from_document(doc)
+    }
+
+    /// Reads a job from TOML text (the same schema as JSON).
+    pub fn from_toml_str(text: &str) -> Result<Job, JobFileError> {
+        let doc: Doc = toml::from_str(text).map_err(|e| JobFileError::Syntax {
+            format: "TOML",
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        from_document(doc)
+    }
+}
+
+const TOP_KEYS: [&str; 8] = [
+    "id",
+    "workflow",
+    "catalog",
+    "windows",
+    "triggers",
+    "flow_conditions",
+    "lifecycles",
+    "errors",
+];
+
+fn from_document(doc: Doc) -> Result<Job, JobFileError> {
+    let mut problems = Vec::new();
+    let Doc::Object(mut top) = doc else {
+        return Err(JobFileError::Schema(vec![Problem::new(
+            "job",
+            None,
+            "a job is a map with workflow and catalog",
+        )]));
+    };
+    for key in top.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            problems.push(Problem::new(
+                "job",
+                Some(key),
+                format!("unknown field, expected one of {}", TOP_KEYS.join(", ")),
+            ));
+        }
+    }
+    let id = decode_field::<Option<String>>(&mut top, "id", &mut problems).flatten();
+    let workflow = match top.remove("workflow") {
+        None => {
+            problems.push(Problem::new("job", Some("workflow"), "missing"));
+            Vec::new()
+        }
+        Some(w) => decode(w, "job", Some("workflow"), &mut problems).unwrap_or_default(),
+    };
+    let catalog = match top.remove("catalog") {
+        None => {
+            problems.push(Problem::new("job", Some("catalog"), "missing"));
+            Vec::new()
+        }
+        Some(c) => decode_entries(c, "catalog", &mut problems, |e, i| {
+            named(e, "name", "task", || format!("catalog[{i}]"))
+        }),
+    };
+    let windows = top.remove("windows").map_or_else(Vec::new, |w| {
+        decode_entries(w, "windows", &mut problems, |e, i| {
+            named(e, "id", "window", || format!("windows[{i}]"))
+        })
+    });
+    let triggers = top.remove("triggers").map_or_else(Vec::new, |t| {
+        decode_entries(t, "triggers", &mut problems, |e, i| {
+            match (
+                e.get("id").and_then(Doc::as_str),
+                e.get("window").and_then(Doc::as_str),
+            ) {
+                (Some(id), Some(w)) => format!("trigger \"{id}\" of window \"{w}\""),
+                (Some(id), None) => format!("trigger \"{id}\""),
+                _ => format!("triggers[{i}]"),
+            }
+        })
+    });
+    let flow_conditions = top.remove("flow_conditions").map_or_else(Vec::new, |f| {
+        decode_entries(f, "flow_conditions", &mut problems, |e, i| {
+            match e.get("from").and_then(Doc::as_str) {
+                Some(from) => format!("flow_conditions[{i}] (from \"{from}\")"),
+                None => format!("flow_conditions[{i}]"),
+            }
+        })
+    });
+    let lifecycles = top.remove("lifecycles").map_or_else(Vec::new, |l| {
+        decode_entries(l, "lifecycles", &mut problems, |_, i| {
+            format!("lifecycles[{i}]")
+        })
+    });
+    let errors = decode_field(&mut top, "errors", &mut problems).flatten();
+    if problems.is_empty() {
+        Ok(Job {
+            id,
+            workflow,
+            catalog,
+            windows,
+            triggers,
+            flow_conditions,
+            lifecycles,
+            errors,
+        })
+    } else {
+        Err(JobFileError::Schema(problems))
+    }
+}
+
+fn named(entry: &Doc, key: &str, kind: &str, fallback: impl FnOnce() -> String) -> String {
+    match entry.get(key).and_then(Doc::as_str) {
+        Some(name) => format!("{kind} \"{name}\""),
+        None => fallback(),
+    }
+}
+
+fn decode_field<T: DeserializeOwned>(
+    top: &mut serde_json::Map<String, Doc>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    top.remove(key)
+        .and_then(|v| decode(v, "job", Some(key), problems))
+}
+
+fn decode_entries<T: DeserializeOwned>(
+    list: Doc,
+    section: &str,
+    problems: &mut Vec<Problem>,
+    locate: impl Fn(&Doc, usize) -> String,
+) -> Vec<T> {
+    let Doc::Array(entries) = list else {
+        problems.push(Problem::new("job", Some(section), "expected a list"));
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let location = locate(&entry, i);
+        if let Some(v) = decode(entry, &location, None, problems) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Decodes `value`, recording a problem that names the field (from serde's path) on failure.
+fn decode<T: DeserializeOwned>(
+    value: Doc,
+    location: &str,
+    field: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let inner = (path != ".").then_some(path);
+            let field = match (field, inner) {
+                (Some(f), Some(p)) => Some(format!(
+                    "{f}{}",
+                    if p.starts_with('[') {
+                        p
+                    } else {
+                        format!(".{p}")
+                    }
+                )),
+                (Some(f), None) => Some(f.to_owned()),
+                (None, Some(p)) => Some(p),
+                (None, None) => missing_field(&message),
+            };
+            problems.push(Problem::new(location, field.as_deref(), message));
+            None
+        }
+    }
+}
+
+/// serde reports a missing field at the parent's path; pull the name out of its message.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}

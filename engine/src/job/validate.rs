@@ -1,0 +1,768 @@
+//! Validation of a job against a registry, reporting every problem at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+
+use super::{
+    AggregationDef, ErrorsTarget, FlowTo, Job, TaskKind, TriggerDef, TriggerOn, WindowDef,
+    WindowKind,
+};
+use crate::registry::{PluginKind, Registry};
+
+/// One problem in a job: where it is (a task, window, trigger …), the field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The entry at fault: `task "count"`, `window "per-minute"`, `workflow`, `job` …
+    pub location: String,
+    /// The field at fault, if one field is.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `location`, optionally in `field`.
+    pub fn new(
+        location: impl Into<String>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem {
+            location: location.into(),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}, field {}: {}", self.location, field, self.message),
+            None => write!(f, "{}: {}", self.location, self.message),
+        }
+    }
+}
+
+pub(crate) fn render(problems: &[Problem]) -> String {
+    let mut s = format!(
+        "{} problem{} in the job:",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str("\n  - ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+/// A job that failed validation, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.problems))]
+pub struct ValidationError {
+    /// The problems, in the order the job's sections are checked.
+    pub problems: Vec<Problem>,
+}
+
+impl ValidationError {
+    /// The problems, each rendered as one line.
+    pub fn messages(&self) -> Vec<String> {
+        self.problems.iter().map(Problem::to_string).collect()
+    }
+}
+
+impl Job {
+    /// Checks the job against `registry`; every problem is reported, not only the first.
+    pub fn validate(&self, registry: &Registry) -> Result<(), ValidationError> {
+        let mut v = Validator {
+            job: self,
+            registry,
+            problems: Vec::new(),
+        };
+        v.catalog();
+        v.workflow();
+        v.windows();
+        v.triggers();
+        v.flow_conditions();
+        v.lifecycles();
+        v.errors();
+        if v.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError {
+                problems: v.problems,
+            })
+        }
+    }
+}
+
+struct Validator<'a> {
+    job: &'a Job,
+    registry: &'a Registry,
+    problems: Vec<Problem>,
+}
+
+fn task_loc(name: &str) -> String {
+    format!("task \"{name}\"")
+}
+
+fn window_loc(id: &str) -> String {
+    format!("window \"{id}\"")
+}
+
+fn trigger_loc(t: &TriggerDef) -> String {
+    format!("trigger \"{}\" of window \"{}\"", t.id, t.window)
+}
+
+impl<'a> Validator<'a> {
+    fn problem(&mut self, location: String, field: Option<&str>, message: impl Into<String>) {
+        self.problems.push(Problem::new(location, field, message));
+    }
+
+    fn task_names(&self) -> BTreeSet<&'a str> {
+        self.job.catalog.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    fn catalog(&mut self) {
+        let mut seen = HashSet::new();
+        for t in &self.job.catalog {
+            let loc = task_loc(&t.name);
+            if !seen.insert(t.name.as_str()) {
+                self.problem(loc.clone(), Some("name"), "duplicate task name");
+            }
+            match t.kind {
+                TaskKind::Function => {
+                    match &t.function {
+                        None => self.problem(
+                            loc.clone(),
+                            Some("fn"),
+                            "a function task needs a registered function name",
+                        ),
+                        Some(f) if !self.registry.has_function(f) => self.problem(
+                            loc.clone(),
+                            Some("fn"),
+                            format!("function \"{f}\" is not registered"),
+                        ),
+                        Some(_) => {}
+                    }
+                    if let Some(p) = &t.plugin {
+                        self.problem(
+                            loc.clone(),
+                            Some("plugin"),
+                            format!("a function task takes no plugin (found \"{p}\")"),
+                        );
+                    }
+                }
+                TaskKind::Input | TaskKind::Output => {
+                    let kind = if t.kind == TaskKind::Input {
+                        PluginKind::Input
+                    } else {
+                        PluginKind::Output
+                    };
+                    match &t.plugin {
+                        None => self.problem(
+                            loc.clone(),
+                            Some("plugin"),
+                            format!("an {} task needs a plugin", t.kind.name()),
+                        ),
+                        Some(p) => match self.registry.plugin_params_problems(p, kind, &t.params) {
+                            None => self.problem(
+                                loc.clone(),
+                                Some("plugin"),
+                                format!("{} plugin \"{p}\" is not registered", t.kind.name()),
+                            ),
+                            Some(problems) => {
+                                for (field, msg) in problems {
+                                    self.problem(
+                                        loc.clone(),
+                                        Some(&format!("params.{field}")),
+                                        msg,
+                                    );
+                                }
+                            }
+                        },
+                    }
+                    if let Some(f) = &t.function {
+                        self.problem(
+                            loc.clone(),
+                            Some("fn"),
+                            format!(
+                                "an {} task takes no function (found \"{f}\")",
+                                t.kind.name()
+                            ),
+                        );
+                    }
+                }
+            }
+            if t.batch_size == Some(0) {
+                self.problem(loc.clone(), Some("batch_size"), "must be at least 1");
+            }
+            if let Some(span) = t.batch_timeout {
+                if !span.is_time() {
+                    self.problem(
+                        loc.clone(),
+                        Some("batch_timeout"),
+                        format!("{span} is not a time (use milliseconds … days)"),
+                    );
+                }
+            }
+            if t.n_peers.is_some() && (t.min_peers.is_some() || t.max_peers.is_some()) {
+                self.problem(
+                    loc.clone(),
+                    Some("n_peers"),
+                    "give either n_peers or min_peers/max_peers, not both",
+                );
+            }
+            if t.n_peers == Some(0) || t.min_peers == Some(0) {
+                self.problem(
+                    loc.clone(),
+                    Some(if t.n_peers == Some(0) {
+                        "n_peers"
+                    } else {
+                        "min_peers"
+                    }),
+                    "must be at least 1",
+                );
+            }
+            if let (Some(min), Some(max)) = (t.min_peers, t.max_peers) {
+                if min > max {
+                    self.problem(
+                        loc.clone(),
+                        Some("max_peers"),
+                        format!("max_peers {max} is below min_peers {min}"),
+                    );
+                }
+            }
+            if t.group_by_key.is_some() && t.group_by_fn.is_some() {
+                self.problem(
+                    loc.clone(),
+                    Some("group_by_key"),
+                    "give either group_by_key or group_by_fn, not both",
+                );
+            }
+            if let Some(f) = &t.group_by_fn {
+                if !self.registry.has_group_fn(f) {
+                    self.problem(
+                        loc.clone(),
+                        Some("group_by_fn"),
+                        format!("group function \"{f}\" is not registered"),
+                    );
+                }
+            }
+            if let Some(super::GroupKey::Many(fields)) = &t.group_by_key {
+                if fields.is_empty() {
+                    self.problem(loc.clone(), Some("group_by_key"), "an empty list of fields");
+                }
+            }
+            if t.group_by_key.is_some() || t.group_by_fn.is_some() {
+                if t.kind == TaskKind::Input {
+                    self.problem(
+                        loc.clone(),
+                        Some("group_by_key"),
+                        "an input task cannot be grouped (group its downstream task)",
+                    );
+                }
+            }
+            if let Some(w) = &t.watermark {
+                if t.kind != TaskKind::Input {
+                    self.problem(
+                        loc.clone(),
+                        Some("watermark"),
+                        "only input tasks derive watermarks",
+                    );
+                }
+                for (field, span) in [
+                    ("watermark.max_out_of_order", w.max_out_of_order),
+                    ("watermark.idle_timeout", w.idle_timeout),
+                ] {
+                    if let Some(span) = span {
+                        if !span.is_time() {
+                            self.problem(
+                                loc.clone(),
+                                Some(field),
+                                format!("{span} is not a time (use milliseconds … days)"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn workflow(&mut self) {
+        let names = self.task_names();
+        let mut used = BTreeSet::new();
+        for (from, to) in &self.job.workflow {
+            let loc = format!("workflow edge [\"{from}\", \"{to}\"]");
+            for end in [from, to] {
+                if !names.contains(end.as_str()) {
+                    self.problem(loc.clone(), None, format!("unknown task \"{end}\""));
+                }
+                used.insert(end.as_str());
+            }
+            if from == to {
+                self.problem(loc.clone(), None, "a task cannot feed itself");
+            }
+        }
+        for t in &self.job.catalog {
+            let loc = task_loc(&t.name);
+            if !used.contains(t.name.as_str()) {
+                self.problem(loc.clone(), None, "not in the workflow");
+                continue;
+            }
+            let ups = self.job.upstream(&t.name);
+            let downs = self.job.downstream(&t.name);
+            match t.kind {
+                TaskKind::Input if !ups.is_empty() => self.problem(
+                    loc,
+                    None,
+                    format!("an input task has an incoming edge (from \"{}\")", ups[0]),
+                ),
+                TaskKind::Output if !downs.is_empty() => self.problem(
+                    loc,
+                    None,
+                    format!("an output task has an outgoing edge (to \"{}\")", downs[0]),
+                ),
+                TaskKind::Function if ups.is_empty() => {
+                    self.problem(loc, None, "a function task has no incoming edge")
+                }
+                TaskKind::Function if downs.is_empty() => self.problem(
+                    loc,
+                    None,
+                    "a function task has no outgoing edge (end the flow in an output task)",
+                ),
+                _ => {}
+            }
+        }
+        if let Some(cycle) = find_cycle(&self.job.workflow) {
+            self.problem(
+                "workflow".into(),
+                None,
+                format!("cycle {}", cycle.join(" → ")),
+            );
+        }
+    }
+
+    fn windows(&mut self) {
+        let names = self.task_names();
+        let mut seen = HashSet::new();
+        for w in &self.job.windows {
+            let loc = window_loc(&w.id);
+            if !seen.insert(w.id.as_str()) {
+                self.problem(loc.clone(), Some("id"), "duplicate window id");
+            }
+            match self.job.task(&w.task) {
+                None => self.problem(
+                    loc.clone(),
+                    Some("task"),
+                    format!("unknown task \"{}\"", w.task),
+                ),
+                Some(t) => {
+                    if t.kind == TaskKind::Input {
+                        self.problem(
+                            loc.clone(),
+                            Some("task"),
+                            format!(
+                                "task \"{}\" is an input; windows go on function or output tasks",
+                                t.name
+                            ),
+                        );
+                    }
+                    if t.deduplicates() && t.uniqueness_key.is_none() {
+                        // Reported once per task, at its first window.
+                        if self
+                            .job
+                            .windows_of(&t.name)
+                            .next()
+                            .is_some_and(|first| first.id == w.id)
+                        {
+                            self.problem(task_loc(&t.name), Some("uniqueness_key"), "a task with windows needs a uniqueness_key (or \"deduplicate\": false)");
+                        }
+                    }
+                }
+            }
+            self.aggregation(&loc, w);
+            self.extent_fields(&loc, w);
+            if let Some(late) = &w.late {
+                if !names.contains(late.as_str()) {
+                    self.problem(
+                        loc.clone(),
+                        Some("late"),
+                        format!("unknown task \"{late}\""),
+                    );
+                }
+            }
+            if let Some(span) = w.allowed_lateness {
+                if w.range.is_some_and(|r| r.is_time() != span.is_time()) {
+                    self.problem(
+                        loc.clone(),
+                        Some("allowed_lateness"),
+                        format!("{span} is not in the same units as range"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn aggregation(&mut self, loc: &str, w: &WindowDef) {
+        let name = w.aggregation.name();
+        let needs_field = matches!(name, "sum" | "min" | "max" | "average" | "collect_by_key");
+        let builtin = needs_field || matches!(name, "count" | "collect");
+        if !builtin && !self.registry.has_aggregation(name) {
+            self.problem(
+                loc.to_owned(),
+                Some("aggregation"),
+                format!("aggregation \"{name}\" is not registered"),
+            );
+            return;
+        }
+        match (&w.aggregation, needs_field) {
+            (AggregationDef::Name(_), true) => self.problem(
+                loc.to_owned(),
+                Some("aggregation"),
+                format!("\"{name}\" needs a field: [\"{name}\", \"field\"]"),
+            ),
+            (AggregationDef::WithField(_, f), false) if builtin => self.problem(
+                loc.to_owned(),
+                Some("aggregation"),
+                format!("\"{name}\" takes no field (found \"{f}\")"),
+            ),
+            _ => {}
+        }
+    }
+
+    fn extent_fields(&mut self, loc: &str, w: &WindowDef) {
+        let loc = loc.to_owned();
+        if w.kind != WindowKind::Global && w.window_key.is_none() {
+            self.problem(
+                loc.clone(),
+                Some("window_key"),
+                format!("a {} window needs a window_key", w.kind.name()),
+            );
+        }
+        match w.kind {
+            WindowKind::Fixed | WindowKind::Sliding => match w.range {
+                None => self.problem(
+                    loc.clone(),
+                    Some("range"),
+                    format!("a {} window needs a range", w.kind.name()),
+                ),
+                Some(r) if r.n == 0 => {
+                    self.problem(loc.clone(), Some("range"), "must be greater than 0")
+                }
+                Some(_) => {}
+            },
+            _ => {
+                if let Some(r) = w.range {
+                    self.problem(
+                        loc.clone(),
+                        Some("range"),
+                        format!("a {} window takes no range (found {r})", w.kind.name()),
+                    );
+                }
+            }
+        }
+        match (w.kind, w.slide) {
+            (WindowKind::Sliding, None) => {
+                self.problem(loc.clone(), Some("slide"), "a sliding window needs a slide")
+            }
+            (WindowKind::Sliding, Some(s)) => {
+                if s.n == 0 {
+                    self.problem(loc.clone(), Some("slide"), "must be greater than 0");
+                }
+                if let Some(r) = w.range {
+                    if r.is_time() != s.is_time() {
+                        self.problem(
+                            loc.clone(),
+                            Some("slide"),
+                            format!("{s} is not in the same units as range {r}"),
+                        );
+                    } else if s.base_amount() > r.base_amount() {
+                        self.problem(
+                            loc.clone(),
+                            Some("slide"),
+                            format!("{s} is longer than range {r}"),
+                        );
+                    }
+                }
+            }
+            (_, Some(s)) => self.problem(
+                loc.clone(),
+                Some("slide"),
+                format!("a {} window takes no slide (found {s})", w.kind.name()),
+            ),
+            _ => {}
+        }
+        match (w.kind, w.timeout_gap) {
+            (WindowKind::Session, None) => self.problem(
+                loc.clone(),
+                Some("timeout_gap"),
+                "a session window needs a timeout_gap",
+            ),
+            (WindowKind::Session, Some(_)) | (_, None) => {}
+            (_, Some(g)) => self.problem(
+                loc.clone(),
+                Some("timeout_gap"),
+                format!(
+                    "a {} window takes no timeout_gap (found {g})",
+                    w.kind.name()
+                ),
+            ),
+        }
+    }
+
+    fn triggers(&mut self) {
+        let mut seen = HashSet::new();
+        let window_ids: BTreeSet<&str> = self.job.windows.iter().map(|w| w.id.as_str()).collect();
+        for t in &self.job.triggers {
+            let loc = trigger_loc(t);
+            if !window_ids.contains(t.window.as_str()) {
+                self.problem(
+                    loc.clone(),
+                    Some("window"),
+                    format!("unknown window \"{}\"", t.window),
+                );
+            }
+            if !seen.insert((t.window.as_str(), t.id.as_str())) {
+                self.problem(
+                    loc.clone(),
+                    Some("id"),
+                    "duplicate trigger id in this window",
+                );
+            }
+            let unexpected = |field: &str, present: bool| present.then(|| field.to_owned());
+            let mut stray = Vec::new();
+            match t.on {
+                TriggerOn::Segment => match t.threshold {
+                    None => self.problem(loc.clone(), Some("threshold"), "a segment trigger needs a threshold such as [10, \"elements\"]"),
+                    Some(s) if s.is_time() => self.problem(loc.clone(), Some("threshold"), format!("{s} is a time; a segment trigger counts [n, \"elements\"]")),
+                    Some(s) if s.n == 0 => self.problem(loc.clone(), Some("threshold"), "must be at least 1"),
+                    Some(_) => {}
+                },
+                TriggerOn::Timer => match t.period {
+                    None => self.problem(loc.clone(), Some("period"), "a timer trigger needs a period such as [5, \"seconds\"]"),
+                    Some(s) if !s.is_time() => self.problem(loc.clone(), Some("period"), format!("{s} is not a time; a timer needs milliseconds … days")),
+                    Some(s) if s.n == 0 => self.problem(loc.clone(), Some("period"), "must be greater than 0"),
+                    Some(_) => {}
+                },
+                TriggerOn::Punctuation => match &t.pred {
+                    None => self.problem(loc.clone(), Some("pred"), "a punctuation trigger needs a registered predicate"),
+                    Some(p) if !self.registry.has_predicate(p) => self.problem(loc.clone(), Some("pred"), format!("predicate \"{p}\" is not registered")),
+                    Some(_) => {}
+                },
+                TriggerOn::Watermark => {
+                    if let Some(d) = t.delay {
+                        if !d.is_time() && self.window_is_time(&t.window) {
+                            self.problem(loc.clone(), Some("delay"), format!("{d} is not a time"));
+                        }
+                    }
+                }
+                TriggerOn::PercentileWatermark => match t.watermark_percentage {
+                    None => self.problem(loc.clone(), Some("watermark_percentage"), "a percentile_watermark trigger needs a watermark_percentage between 0 and 1"),
+                    Some(p) if !(0.0..=1.0).contains(&p) => self.problem(loc.clone(), Some("watermark_percentage"), format!("{p} is not between 0 and 1")),
+                    Some(_) => {}
+                },
+            }
+            stray.extend(unexpected(
+                "threshold",
+                t.threshold.is_some() && t.on != TriggerOn::Segment,
+            ));
+            stray.extend(unexpected(
+                "period",
+                t.period.is_some() && t.on != TriggerOn::Timer,
+            ));
+            stray.extend(unexpected(
+                "pred",
+                t.pred.is_some() && t.on != TriggerOn::Punctuation,
+            ));
+            stray.extend(unexpected(
+                "delay",
+                t.delay.is_some() && t.on != TriggerOn::Watermark,
+            ));
+            stray.extend(unexpected(
+                "watermark_percentage",
+                t.watermark_percentage.is_some() && t.on != TriggerOn::PercentileWatermark,
+            ));
+            for field in stray {
+                self.problem(
+                    loc.clone(),
+                    Some(&field),
+                    format!("not used by a {} trigger", t.on.name()),
+                );
+            }
+            match &t.sync {
+                None if t.emit != Some(true) => self.problem(
+                    loc.clone(),
+                    Some("sync"),
+                    "a trigger needs a sync function or \"emit\": true",
+                ),
+                None => {}
+                Some(s) => match self.registry.sync_params_problems(s, &t.params) {
+                    None => self.problem(
+                        loc.clone(),
+                        Some("sync"),
+                        format!("sync function \"{s}\" is not registered"),
+                    ),
+                    Some(problems) => {
+                        for (field, msg) in problems {
+                            self.problem(loc.clone(), Some(&format!("params.{field}")), msg);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn window_is_time(&self, id: &str) -> bool {
+        self.job
+            .windows
+            .iter()
+            .find(|w| w.id == id)
+            .and_then(|w| w.range.or(w.timeout_gap))
+            .is_none_or(|s| s.is_time())
+    }
+
+    fn flow_conditions(&mut self) {
+        let names = self.task_names();
+        let mut after_plain: BTreeMap<&str, bool> = BTreeMap::new();
+        for (i, fc) in self.job.flow_conditions.iter().enumerate() {
+            let loc = format!("flow_conditions[{i}] (from \"{}\")", fc.from);
+            if fc.from != "all" && !names.contains(fc.from.as_str()) {
+                self.problem(
+                    loc.clone(),
+                    Some("from"),
+                    format!("unknown task \"{}\"", fc.from),
+                );
+            }
+            if let FlowTo::Tasks(tasks) = &fc.to {
+                for to in tasks {
+                    if !names.contains(to.as_str()) {
+                        self.problem(loc.clone(), Some("to"), format!("unknown task \"{to}\""));
+                    } else if fc.from != "all"
+                        && names.contains(fc.from.as_str())
+                        && !self.job.downstream(&fc.from).contains(&to.as_str())
+                    {
+                        self.problem(
+                            loc.clone(),
+                            Some("to"),
+                            format!("\"{to}\" is not downstream of \"{}\"", fc.from),
+                        );
+                    }
+                }
+            }
+            for name in fc.predicate.names() {
+                if !self.registry.has_predicate(name) {
+                    self.problem(
+                        loc.clone(),
+                        Some("predicate"),
+                        format!("predicate \"{name}\" is not registered"),
+                    );
+                }
+            }
+            let short = fc.short_circuit == Some(true);
+            if fc.thrown_exception == Some(true) && !short {
+                self.problem(
+                    loc.clone(),
+                    Some("thrown_exception"),
+                    "a thrown_exception condition must also be short_circuit",
+                );
+            }
+            let seen_plain = after_plain.entry(fc.from.as_str()).or_insert(false);
+            if short && *seen_plain {
+                self.problem(loc.clone(), Some("short_circuit"), "short_circuit conditions must come before the other conditions of the same task");
+            }
+            if !short {
+                *seen_plain = true;
+            }
+        }
+    }
+
+    fn lifecycles(&mut self) {
+        let names = self.task_names();
+        for (i, l) in self.job.lifecycles.iter().enumerate() {
+            let loc = format!("lifecycles[{i}]");
+            if l.task != "all" && !names.contains(l.task.as_str()) {
+                self.problem(
+                    loc.clone(),
+                    Some("task"),
+                    format!("unknown task \"{}\"", l.task),
+                );
+            }
+            if !self.registry.has_lifecycle(&l.calls) {
+                self.problem(
+                    loc,
+                    Some("calls"),
+                    format!("lifecycle \"{}\" is not registered", l.calls),
+                );
+            }
+        }
+    }
+
+    fn errors(&mut self) {
+        if let Some(ErrorsTarget::Task(t)) = &self.job.errors {
+            match self.job.task(t) {
+                None => self.problem(
+                    "job".into(),
+                    Some("errors"),
+                    format!("unknown task \"{t}\""),
+                ),
+                Some(spec) if spec.kind == TaskKind::Input => self.problem(
+                    "job".into(),
+                    Some("errors"),
+                    format!("\"{t}\" is an input task"),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A cycle in the workflow, as the task names along it (first repeated at the end).
+fn find_cycle(edges: &[(String, String)]) -> Option<Vec<String>> {
+    let mut adj: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (a, b) in edges {
+        adj.entry(a).or_default().push(b);
+    }
+    // 0 = unseen, 1 = on the stack, 2 = done.
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+    let mut stack: Vec<&str> = Vec::new();
+    fn visit<'a>(
+        n: &'a str,
+        adj: &BTreeMap<&'a str, Vec<&'a str>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        state.insert(n, 1);
+        stack.push(n);
+        for &m in adj.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+            match state.get(m).copied().unwrap_or(0) {
+                1 => {
+                    let start = stack.iter().position(|&x| x == m).expect("on stack");
+                    let mut c: Vec<String> =
+                        stack[start..].iter().map(|s| (*s).to_owned()).collect();
+                    c.push(m.to_owned());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = visit(m, adj, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+        None
+    }
+    let nodes: Vec<&str> = adj.keys().copied().collect();
+    for n in nodes {
+        if state.get(n).copied().unwrap_or(0) == 0 {
+            if let Some(c) = visit(n, &adj, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,540 @@
+//! The registry: everything a job names, by name.
+//!
+//! Job files refer to code by name — functions, predicates, group functions, aggregations, sync
+//! functions, lifecycles, plugins. A [`Registry`] maps those names to Rust values. The built-ins
+//! are registered by [`Registry::new`]; validation rejects a job that names anything missing,
+//! so nothing unregistered is discovered at run time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use sardonyx_connectors::jsonl::{JsonLinesSink, JsonLinesSource};
+use sardonyx_connectors::{ConnectorError, Sink, Source};
+use sardonyx_windowing::aggregation::Aggregation;
+use tokio::sync::mpsc;
+
+use crate::job::TaskSpec;
+use crate::segment::{Map, Segment, Value};
+
+/// A function task's code: one segment in, zero or more out; an `Err` sends the segment to the
+/// error path with the message. The second argument is the task's `params`.
+pub type FunctionFn = Arc<dyn Fn(Segment, &Map) -> Result<Vec<Segment>, String> + Send + Sync>;
+/// A predicate for flow conditions and punctuation triggers: the segment and the parameters
+/// given in the job (`Value::Null` if none).
+pub type PredicateFn = Arc<dyn Fn(&Segment, &Value) -> bool + Send + Sync>;
+/// Computes the grouping key of a segment (`group_by_fn`).
+pub type GroupFn = Arc<dyn Fn(&Segment) -> Value + Send + Sync>;
+/// Checks a plugin's or sync's `params`, returning `(field, message)` for each problem.
+pub type ParamsCheck = Arc<dyn Fn(&Map) -> Vec<(String, String)> + Send + Sync>;
+
+/// Receives trigger firings. Each firing is the map `{"window","trigger","group","lower",
+/// "upper","state","event"}` (the state before refinement).
+pub trait SyncSink: Send {
+    /// Handles one firing.
+    fn sync(&mut self, firing: &Map) -> Result<(), String>;
+    /// Makes handled firings durable (called at the end of each batch and of the job).
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A registered sync function: a parameter check and a constructor (one sink per peer).
+#[derive(Clone)]
+pub struct SyncPlugin {
+    /// Checks the trigger's `params`.
+    pub check: ParamsCheck,
+    /// Opens a sink given the trigger's `params`.
+    pub open: Arc<dyn Fn(&Map) -> Result<Box<dyn SyncSink>, String> + Send + Sync>,
+}
+
+/// Where an input peer reads from.
+pub enum InputReader {
+    /// Raw records (each one JSON document) from a connector source.
+    Records(Box<dyn Source>),
+    /// Segments handed over in memory.
+    Segments(mpsc::Receiver<Segment>),
+    /// This peer has nothing to read (e.g. the extra peers of a one-partition source).
+    Nothing,
+}
+
+/// Writes segments out of the job.
+pub trait SegmentSink: Send {
+    /// Writes a batch.
+    fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError>;
+    /// Makes what was written durable.
+    fn flush(&mut self) -> Result<(), ConnectorError>;
+}
+
+/// What a plugin is told when one of its peers starts.
+pub struct PluginContext<'a> {
+    /// The task's catalog entry.
+    pub task: &'a TaskSpec,
+    /// This peer's index among the task's peers.
+    pub peer: usize,
+    /// The number of peers of the task.
+    pub n_peers: usize,
+}
+
+/// Which side of a job a plugin serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Reads into the job.
+    Input,
+    /// Writes out of the job.
+    Output,
+}
+
+type InputOpen = Arc<dyn Fn(&PluginContext<'_>) -> Result<InputReader, String> + Send + Sync>;
+type OutputOpen =
+    Arc<dyn Fn(&PluginContext<'_>) -> Result<Box<dyn SegmentSink>, String> + Send + Sync>;
+
+/// A registered input plugin.
+#[derive(Clone)]
+pub struct InputPlugin {
+    /// Checks the task's `params`.
+    pub check: ParamsCheck,
+    /// Opens one peer's reader.
+    pub open: InputOpen,
+}
+
+/// A registered output plugin.
+#[derive(Clone)]
+pub struct OutputPlugin {
+    /// Checks the task's `params`.
+    pub check: ParamsCheck,
+    /// Opens one peer's sink.
+    pub open: OutputOpen,
+}
+
+/// What a lifecycle's `handle_exception` decides for a failed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionAction {
+    /// Send the segment to the error path and go on (the default).
+    Defer,
+    /// Restart the task peer (its `before_task_start` runs again), then go on.
+    Restart,
+    /// Stop the whole job with the error.
+    Kill,
+}
+
+/// Where a lifecycle hook is called from.
+#[derive(Debug, Clone)]
+pub struct TaskEvent<'a> {
+    /// The task.
+    pub task: &'a str,
+    /// The peer's index.
+    pub peer: usize,
+}
+
+type Hook = Arc<dyn Fn(&TaskEvent<'_>) + Send + Sync>;
+type BatchHook = Arc<dyn Fn(&TaskEvent<'_>, usize) + Send + Sync>;
+type ExceptionHook = Arc<dyn Fn(&TaskEvent<'_>, &Segment, &str) -> ExceptionAction + Send + Sync>;
+
+/// Hooks around a task's life; every hook is optional.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Before the peer takes its first batch (and after a restart).
+    pub before_task_start: Option<Hook>,
+    /// Before each batch, with its size.
+    pub before_batch: Option<BatchHook>,
+    /// After each batch, with its size.
+    pub after_batch: Option<BatchHook>,
+    /// After the peer has finished (or before a restart).
+    pub after_task_stop: Option<Hook>,
+    /// Decides what a failed segment does: defer (error path), restart or kill.
+    pub handle_exception: Option<ExceptionHook>,
+}
+
+/// Named code for jobs: functions, predicates, group functions, aggregations, sync functions,
+/// lifecycles and plugins.
+#[derive(Clone)]
+pub struct Registry {
+    functions: HashMap<String, FunctionFn>,
+    predicates: HashMap<String, PredicateFn>,
+    group_fns: HashMap<String, GroupFn>,
+    aggregations: HashMap<String, Arc<dyn Aggregation>>,
+    syncs: HashMap<String, SyncPlugin>,
+    lifecycles: HashMap<String, Lifecycle>,
+    inputs: HashMap<String, InputPlugin>,
+    outputs: HashMap<String, OutputPlugin>,
+    channels: Arc<Mutex<Channels>>,
+}
+
+#[derive(Default)]
+struct Channels {
+    inputs: HashMap<String, mpsc::Receiver<Segment>>,
+    outputs: HashMap<String, mpsc::Sender<Segment>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    /// A registry holding the built-ins: the function `sardonyx/identity`, the predicates
+    /// `sardonyx/always` and `sardonyx/never`, the plugins `sardonyx/jsonl` (input and output),
+    /// `sardonyx/channel` (input and output) and `sardonyx/null` (output), and the sync
+    /// function `sardonyx/jsonl`.
+    pub fn new() -> Self {
+        let mut r = Registry {
+            functions: HashMap::new(),
+            predicates: HashMap::new(),
+            group_fns: HashMap::new(),
+            aggregations: HashMap::new(),
+            syncs: HashMap::new(),
+            lifecycles: HashMap::new(),
+            inputs: HashMap::new(),
+            outputs: HashMap::new(),
+            channels: Arc::default(),
+        };
+        r.register_function("sardonyx/identity", |s, _| Ok(vec![s]));
+        r.register_predicate("sardonyx/always", |_, _| true);
+        r.register_predicate("sardonyx/never", |_, _| false);
+        r.register_input(
+            "sardonyx/jsonl",
+            InputPlugin {
+                check: Arc::new(|p| require_string(p, "path")),
+                open: Arc::new(|ctx| {
+                    if ctx.peer > 0 {
+                        return Ok(InputReader::Nothing);
+                    }
+                    let path = param_path(ctx.task)?;
+                    JsonLinesSource::open(&path)
+                        .map(|s| InputReader::Records(Box::new(s)))
+                        .map_err(|e| e.to_string())
+                }),
+            },
+        );
+        r.register_output(
+            "sardonyx/jsonl",
+            OutputPlugin {
+                check: Arc::new(|p| require_string(p, "path")),
+                open: Arc::new(|ctx| {
+                    let path = peer_path(param_path(ctx.task)?, ctx.peer, ctx.n_peers);
+                    let sink = JsonLinesSink::create(&path).map_err(|e| e.to_string())?;
+                    Ok(Box::new(JsonLinesOutput(sink)) as Box<dyn SegmentSink>)
+                }),
+            },
+        );
+        r.register_output(
+            "sardonyx/null",
+            OutputPlugin {
+                check: Arc::new(|_| Vec::new()),
+                open: Arc::new(|_| Ok(Box::new(NullOutput) as Box<dyn SegmentSink>)),
+            },
+        );
+        let channels = r.channels.clone();
+        r.register_input(
+            "sardonyx/channel",
+            InputPlugin {
+                check: Arc::new(|p| require_string(p, "channel")),
+                open: Arc::new(move |ctx| {
+                    let name = ctx
+                        .task
+                        .params
+                        .get("channel")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let mut ch = channels.lock().expect("channel registry poisoned");
+                    if ctx.peer > 0 {
+                        return Ok(InputReader::Nothing);
+                    }
+                    ch.inputs
+                        .remove(name)
+                        .map(InputReader::Segments)
+                        .ok_or_else(|| {
+                            format!(
+                                "no input channel \"{name}\" was opened (Registry::input_channel)"
+                            )
+                        })
+                }),
+            },
+        );
+        let channels = r.channels.clone();
+        r.register_output("sardonyx/channel", OutputPlugin {
+            check: Arc::new(|p| require_string(p, "channel")),
+            open: Arc::new(move |ctx| {
+                let name = ctx.task.params.get("channel").and_then(Value::as_str).unwrap_or_default();
+                let ch = channels.lock().expect("channel registry poisoned");
+                ch.outputs
+                    .get(name)
+                    .map(|tx| Box::new(ChannelOutput(tx.clone())) as Box<dyn SegmentSink>)
+                    .ok_or_else(|| format!("no output channel \"{name}\" was opened (Registry::output_channel)"))
+            }),
+        });
+        r.register_sync(
+            "sardonyx/jsonl",
+            SyncPlugin {
+                check: Arc::new(|p| require_string(p, "path")),
+                open: Arc::new(|params| {
+                    let path = params
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    JsonLinesSink::append(path)
+                        .map(|s| Box::new(JsonLinesSync(s)) as Box<dyn SyncSink>)
+                        .map_err(|e| e.to_string())
+                }),
+            },
+        );
+        r
+    }
+
+    /// Registers a function task's code under `name`.
+    pub fn register_function<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(Segment, &Map) -> Result<Vec<Segment>, String> + Send + Sync + 'static,
+    {
+        self.functions.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Registers a predicate under `name`.
+    pub fn register_predicate<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(&Segment, &Value) -> bool + Send + Sync + 'static,
+    {
+        self.predicates.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Registers a grouping function under `name`.
+    pub fn register_group_fn<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(&Segment) -> Value + Send + Sync + 'static,
+    {
+        self.group_fns.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Registers a user aggregation under `name`.
+    pub fn register_aggregation(&mut self, name: &str, a: Arc<dyn Aggregation>) -> &mut Self {
+        self.aggregations.insert(name.to_owned(), a);
+        self
+    }
+
+    /// Registers a sync function under `name`.
+    pub fn register_sync(&mut self, name: &str, s: SyncPlugin) -> &mut Self {
+        self.syncs.insert(name.to_owned(), s);
+        self
+    }
+
+    /// Registers a lifecycle under `name`.
+    pub fn register_lifecycle(&mut self, name: &str, l: Lifecycle) -> &mut Self {
+        self.lifecycles.insert(name.to_owned(), l);
+        self
+    }
+
+    /// Registers an input plugin under `name`.
+    pub fn register_input(&mut self, name: &str, p: InputPlugin) -> &mut Self {
+        self.inputs.insert(name.to_owned(), p);
+        self
+    }
+
+    /// Registers an output plugin under `name`.
+    pub fn register_output(&mut self, name: &str, p: OutputPlugin) -> &mut Self {
+        self.outputs.insert(name.to_owned(), p);
+        self
+    }
+
+    /// Opens the in-memory input channel `name` (for `sardonyx/channel` inputs with
+    /// `params.channel = name`): segments sent here enter the job; dropping every sender ends
+    /// the input. `capacity` bounds it, so a full job pushes back on the sender.
+    pub fn input_channel(&self, name: &str, capacity: usize) -> mpsc::Sender<Segment> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.channels
+            .lock()
+            .expect("channel registry poisoned")
+            .inputs
+            .insert(name.to_owned(), rx);
+        tx
+    }
+
+    /// Opens the in-memory output channel `name` (for `sardonyx/channel` outputs): the job's
+    /// segments arrive here; the channel closes when the job ends.
+    pub fn output_channel(&self, name: &str, capacity: usize) -> mpsc::Receiver<Segment> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.channels
+            .lock()
+            .expect("channel registry poisoned")
+            .outputs
+            .insert(name.to_owned(), tx);
+        rx
+    }
+
+    pub(crate) fn drop_output_channels(&self) {
+        self.channels
+            .lock()
+            .expect("channel registry poisoned")
+            .outputs
+            .clear();
+    }
+
+    /// True if a function is registered under `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+    /// True if a predicate is registered under `name`.
+    pub fn has_predicate(&self, name: &str) -> bool {
+        self.predicates.contains_key(name)
+    }
+    /// True if a group function is registered under `name`.
+    pub fn has_group_fn(&self, name: &str) -> bool {
+        self.group_fns.contains_key(name)
+    }
+    /// True if a user aggregation is registered under `name`.
+    pub fn has_aggregation(&self, name: &str) -> bool {
+        self.aggregations.contains_key(name)
+    }
+    /// True if a lifecycle is registered under `name`.
+    pub fn has_lifecycle(&self, name: &str) -> bool {
+        self.lifecycles.contains_key(name)
+    }
+
+    /// The function `name`.
+    pub fn function(&self, name: &str) -> Option<&FunctionFn> {
+        self.functions.get(name)
+    }
+    /// The predicate `name`.
+    pub fn predicate(&self, name: &str) -> Option<&PredicateFn> {
+        self.predicates.get(name)
+    }
+    /// The group function `name`.
+    pub fn group_fn(&self, name: &str) -> Option<&GroupFn> {
+        self.group_fns.get(name)
+    }
+    /// The user aggregation `name`.
+    pub fn aggregation(&self, name: &str) -> Option<&Arc<dyn Aggregation>> {
+        self.aggregations.get(name)
+    }
+    /// The sync function `name`.
+    pub fn sync(&self, name: &str) -> Option<&SyncPlugin> {
+        self.syncs.get(name)
+    }
+    /// The lifecycle `name`.
+    pub fn lifecycle(&self, name: &str) -> Option<&Lifecycle> {
+        self.lifecycles.get(name)
+    }
+    /// The input plugin `name`.
+    pub fn input(&self, name: &str) -> Option<&InputPlugin> {
+        self.inputs.get(name)
+    }
+    /// The output plugin `name`.
+    pub fn output(&self, name: &str) -> Option<&OutputPlugin> {
+        self.outputs.get(name)
+    }
+
+    /// Problems with a plugin's params, or `None` if no such plugin is registered.
+    pub fn plugin_params_problems(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        params: &Map,
+    ) -> Option<Vec<(String, String)>> {
+        match kind {
+            PluginKind::Input => self.inputs.get(name).map(|p| (p.check)(params)),
+            PluginKind::Output => self.outputs.get(name).map(|p| (p.check)(params)),
+        }
+    }
+
+    /// Problems with a sync function's params, or `None` if it is not registered.
+    pub fn sync_params_problems(&self, name: &str, params: &Map) -> Option<Vec<(String, String)>> {
+        self.syncs.get(name).map(|s| (s.check)(params))
+    }
+}
+
+/// A check that `params[field]` is a string.
+pub fn require_string(params: &Map, field: &str) -> Vec<(String, String)> {
+    match params.get(field) {
+        None => vec![(field.to_owned(), "missing".to_owned())],
+        Some(Value::Str(s)) if !s.is_empty() => Vec::new(),
+        Some(Value::Str(_)) => vec![(field.to_owned(), "is empty".to_owned())],
+        Some(other) => vec![(
+            field.to_owned(),
+            format!("expected a string, found {}", other.type_name()),
+        )],
+    }
+}
+
+fn param_path(task: &TaskSpec) -> Result<PathBuf, String> {
+    task.params
+        .get("path")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("task \"{}\": params.path is missing", task.name))
+}
+
+/// With several peers, each output peer writes its own file: `out.jsonl` → `out.1.jsonl` …
+/// (peer 0 keeps the plain name).
+fn peer_path(path: PathBuf, peer: usize, n_peers: usize) -> PathBuf {
+    if n_peers <= 1 || peer == 0 {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{peer}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{peer}"),
+    };
+    path.with_file_name(name)
+}
+
+struct JsonLinesOutput(JsonLinesSink);
+
+impl SegmentSink for JsonLinesOutput {
+    fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
+        let lines: Vec<Vec<u8>> = segments
+            .iter()
+            .map(|s| s.to_string().into_bytes())
+            .collect();
+        self.0.write_batch(&lines)
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.0.flush()
+    }
+}
+
+struct NullOutput;
+
+impl SegmentSink for NullOutput {
+    fn write(&mut self, _: &[Segment]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+struct ChannelOutput(mpsc::Sender<Segment>);
+
+impl SegmentSink for ChannelOutput {
+    fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
+        for s in segments {
+            self.0
+                .blocking_send(s.clone())
+                .map_err(|_| ConnectorError::fatal("output channel", "the receiver was dropped"))?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+struct JsonLinesSync(JsonLinesSink);
+
+impl SyncSink for JsonLinesSync {
+    fn sync(&mut self, firing: &Map) -> Result<(), String> {
+        self.0
+            .write_batch(&[firing.to_string().into_bytes()])
+            .map_err(|e| e.to_string())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        self.0.flush().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,269 @@
+//! The local runtime: every task of a job runs on its peers (tokio tasks) in one process.
+//!
+//! Peers exchange batches over bounded channels, so a slow task pushes back on everything
+//! upstream of it. Segments are routed per segment: flow conditions pick the downstream tasks,
+//! and a grouped task gets each key on one peer (jump consistent hashing). Finite inputs end
+//! the job: each peer, once all its upstream peers are done, finishes its work and tells its
+//! own downstream peers. A segment a function fails (or panics) on goes to the error output
+//! with the cause, unless a lifecycle decides to restart or kill.
+
+pub mod ack;
+pub mod errors;
+mod peer;
+pub mod routing;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sardonyx_connectors::Position;
+use tokio::sync::mpsc;
+
+use crate::job::{ErrorsTarget, Job, TaskKind, ValidationError};
+use crate::registry::Registry;
+use crate::segment::Segment;
+
+pub use errors::Rejection;
+
+/// How to run a job.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run every task on this many peers, whatever the catalog says (used by tests to check
+    /// that answers do not depend on the peer count).
+    pub peers_override: Option<usize>,
+    /// Where rejected segments go when the job does not say (default `sardonyx-errors.jsonl`).
+    pub errors_path: PathBuf,
+    /// Messages buffered per peer before senders wait (backpressure).
+    pub channel_capacity: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            peers_override: None,
+            errors_path: PathBuf::from("sardonyx-errors.jsonl"),
+            channel_capacity: 8,
+        }
+    }
+}
+
+/// Live counters of a running job, for progress displays.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records read by input tasks.
+    pub read: AtomicU64,
+    /// Segments written by output tasks.
+    pub written: AtomicU64,
+    /// Segments (or input lines) sent to the error output.
+    pub rejected: Arc<AtomicU64>,
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// Records read by input tasks.
+    pub read: u64,
+    /// Segments written by output tasks.
+    pub written: u64,
+    /// Segments (or input lines) sent to the error output.
+    pub rejected: u64,
+    /// Per input task and peer, the committed position: everything before it is fully processed.
+    pub committed: BTreeMap<(String, usize), Position>,
+    /// The error file, if any rejection was written to one.
+    pub errors_path: Option<PathBuf>,
+}
+
+/// Why a job could not run to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job is not valid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A plugin could not be opened or failed.
+    #[error("task \"{task}\": {message}")]
+    Plugin {
+        /// The task.
+        task: String,
+        /// The cause.
+        message: String,
+    },
+    /// A lifecycle's `handle_exception` chose to kill the job.
+    #[error("task \"{task}\" killed the job: {reason}")]
+    Killed {
+        /// The task.
+        task: String,
+        /// The error that led to it.
+        reason: String,
+    },
+    /// The error output itself failed.
+    #[error("cannot write the error output: {0}")]
+    ErrorOutput(String),
+    /// A bug: a peer ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A message between peers.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Segments, the sender's watermark, and the acks of the input batches they derive from.
+    Batch {
+        segments: Vec<Segment>,
+        watermark: Option<i64>,
+        acks: Vec<Arc<ack::AckToken>>,
+    },
+    /// The sender has finished and will send nothing more.
+    Done,
+}
+
+/// The static shape of a running job: tasks, their peers' channels, and who sends to whom.
+pub(crate) struct Topology {
+    pub senders: BTreeMap<String, Vec<mpsc::Sender<Msg>>>,
+    pub expected_done: BTreeMap<String, usize>,
+}
+
+/// Runs `job` to completion in this process: validates it, starts every peer, waits until the
+/// finite inputs are drained and every peer has finished.
+pub async fn run_job(
+    job: &Job,
+    registry: &Registry,
+    options: RunOptions,
+) -> Result<JobReport, RunError> {
+    run_job_with_progress(job, registry, options, Arc::new(Progress::default())).await
+}
+
+/// [`run_job`] with live counters the caller can watch.
+pub async fn run_job_with_progress(
+    job: &Job,
+    registry: &Registry,
+    options: RunOptions,
+    progress: Arc<Progress>,
+) -> Result<JobReport, RunError> {
+    job.validate(registry)?;
+    let peers_of = |name: &str| {
+        options
+            .peers_override
+            .unwrap_or_else(|| job.task(name).map_or(1, |t| t.peers()))
+    };
+    let error_task = match &job.errors {
+        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let error_path = match &job.errors {
+        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
+        _ => options.errors_path.clone(),
+    };
+    let error_file = errors::ErrorFile::new(error_path, progress.rejected.clone());
+
+    // Channels: one bounded channel per peer.
+    let mut senders = BTreeMap::new();
+    let mut receivers: BTreeMap<String, Vec<mpsc::Receiver<Msg>>> = BTreeMap::new();
+    for t in &job.catalog {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..peers_of(&t.name))
+            .map(|_| mpsc::channel(options.channel_capacity.max(1)))
+            .unzip();
+        senders.insert(t.name.clone(), txs);
+        receivers.insert(t.name.clone(), rxs);
+    }
+    // Who sends to whom: downstream edges, plus the error task (from every other task).
+    let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &job.catalog {
+        let mut ts: Vec<String> = job
+            .downstream(&t.name)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if let Some(e) = &error_task {
+            if *e != t.name && !ts.contains(e) {
+                ts.push(e.clone());
+            }
+        }
+        targets.insert(t.name.clone(), ts);
+    }
+    let mut expected_done: BTreeMap<String, usize> = BTreeMap::new();
+    for (from, ts) in &targets {
+        for to in ts {
+            *expected_done.entry(to.clone()).or_default() += peers_of(from);
+        }
+    }
+    let topology = Arc::new(Topology {
+        senders,
+        expected_done,
+    });
+
+    let mut handles = Vec::new();
+    let mut committers = Vec::new();
+    for t in &job.catalog {
+        let n = peers_of(&t.name);
+        let rxs = receivers.remove(&t.name).expect("made above");
+        for (peer, rx) in rxs.into_iter().enumerate() {
+            let ctx = peer::PeerContext {
+                job: Arc::new(job.clone()),
+                registry: registry.clone(),
+                task: t.clone(),
+                peer,
+                n_peers: n,
+                topology: topology.clone(),
+                targets: targets[&t.name].clone(),
+                error_task: error_task.clone().filter(|e| *e != t.name),
+                error_file: error_file.clone(),
+                progress: progress.clone(),
+            };
+            match t.kind {
+                TaskKind::Input => {
+                    let (issuer, done) = ack::channel();
+                    let key = (t.name.clone(), peer);
+                    committers.push(tokio::spawn(async move { (key, commit_loop(done).await) }));
+                    handles.push(tokio::spawn(peer::run_input(ctx, issuer)));
+                }
+                TaskKind::Function | TaskKind::Output => {
+                    handles.push(tokio::spawn(peer::run_worker(ctx, rx)));
+                }
+            }
+        }
+    }
+    drop(topology);
+
+    let mut first_error = None;
+    for h in handles {
+        let result = h
+            .await
+            .unwrap_or_else(|e| Err(RunError::Internal(format!("a peer panicked: {e}"))));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "peer failed");
+            first_error.get_or_insert(e);
+        }
+    }
+    registry.drop_output_channels();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    error_file.flush().map_err(RunError::ErrorOutput)?;
+    let mut committed = BTreeMap::new();
+    for c in committers {
+        let (key, pos) = c.await.map_err(|e| RunError::Internal(e.to_string()))?;
+        if let Some(pos) = pos {
+            committed.insert(key, pos);
+        }
+    }
+    let rejected = progress.rejected.load(Ordering::Relaxed);
+    Ok(JobReport {
+        read: progress.read.load(Ordering::Relaxed),
+        written: progress.written.load(Ordering::Relaxed),
+        rejected,
+        committed,
+        errors_path: (rejected > 0 && error_task.is_none())
+            .then(|| error_file.path().to_path_buf()),
+    })
+}
+
+async fn commit_loop(mut done: mpsc::UnboundedReceiver<(u64, Position)>) -> Option<Position> {
+    let mut c = ack::Committer::default();
+    while let Some((seq, pos)) = done.recv().await {
+        if let Some(p) = c.complete(seq, pos) {
+            tracing::trace!(offset = p.offset, "input position committed");
+        }
+    }
+    c.committed()
+}

@@ -1,0 +1,600 @@
+//! Task peers: input peers read from a plugin; worker peers (function and output tasks) take
+//! batches, apply the task's code and route what comes out.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sardonyx_connectors::SourceBatch;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ack::{AckIssuer, AckToken};
+use super::errors::{ErrorFile, Rejection};
+use super::routing::{group_key, jump_hash, key_hash, FlowPlan};
+use super::{Msg, Progress, RunError, Topology};
+use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
+use crate::registry::{
+    ExceptionAction, GroupFn, InputReader, Lifecycle, PluginContext, Registry, SegmentSink,
+    TaskEvent,
+};
+use crate::segment::{self, Segment, Value};
+
+/// Everything a peer needs to know about its place in the job.
+pub(crate) struct PeerContext {
+    pub job: Arc<Job>,
+    pub registry: Registry,
+    pub task: TaskSpec,
+    pub peer: usize,
+    pub n_peers: usize,
+    pub topology: Arc<Topology>,
+    pub targets: Vec<String>,
+    pub error_task: Option<String>,
+    pub error_file: ErrorFile,
+    pub progress: Arc<Progress>,
+}
+
+impl PeerContext {
+    fn lifecycles(&self) -> Vec<Lifecycle> {
+        self.job
+            .lifecycles
+            .iter()
+            .filter(|l| l.task == self.task.name || l.task == "all")
+            .filter_map(|l| self.registry.lifecycle(&l.calls).cloned())
+            .collect()
+    }
+
+    fn event(&self) -> TaskEvent<'_> {
+        TaskEvent {
+            task: &self.task.name,
+            peer: self.peer,
+        }
+    }
+
+    fn plugin_ctx(&self) -> PluginContext<'_> {
+        PluginContext {
+            task: &self.task,
+            peer: self.peer,
+            n_peers: self.n_peers,
+        }
+    }
+
+    fn plugin_error(&self, message: impl Into<String>) -> RunError {
+        RunError::Plugin {
+            task: self.task.name.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How segments are spread over one downstream task's peers.
+enum Spread {
+    RoundRobin(usize),
+    Key(GroupKey),
+    Fn(GroupFn),
+}
+
+struct Destination {
+    senders: Vec<mpsc::Sender<Msg>>,
+    spread: Spread,
+    buffers: Vec<Vec<Segment>>,
+    /// The last watermark each peer was sent.
+    sent_watermark: Vec<Option<i64>>,
+}
+
+/// Routes one peer's output to its downstream peers, the error task and the error file.
+struct Router {
+    task: String,
+    registry: Registry,
+    plan: FlowPlan,
+    /// Downstream tasks in workflow order, then the error task (if it is not downstream).
+    destinations: Vec<Destination>,
+    error_destination: Option<usize>,
+    error_file: ErrorFile,
+}
+
+impl Router {
+    fn new(ctx: &PeerContext) -> Self {
+        let downstream: Vec<String> = ctx
+            .job
+            .downstream(&ctx.task.name)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let plan = FlowPlan::new(&ctx.task.name, downstream.clone(), &ctx.job.flow_conditions);
+        let destinations = ctx
+            .targets
+            .iter()
+            .map(|name| {
+                let senders = ctx.topology.senders[name].clone();
+                let spec = ctx.job.task(name).expect("validated");
+                let spread = match (&spec.group_by_key, &spec.group_by_fn) {
+                    (Some(k), _) => Spread::Key(k.clone()),
+                    (None, Some(f)) => {
+                        Spread::Fn(ctx.registry.group_fn(f).expect("validated").clone())
+                    }
+                    // Start each sender at a different peer so load spreads from the first batch.
+                    (None, None) => Spread::RoundRobin(ctx.peer),
+                };
+                let n = senders.len();
+                Destination {
+                    senders,
+                    spread,
+                    buffers: vec![Vec::new(); n],
+                    sent_watermark: vec![None; n],
+                }
+            })
+            .collect();
+        let error_destination = ctx
+            .error_task
+            .as_ref()
+            .and_then(|e| ctx.targets.iter().position(|t| t == e));
+        Router {
+            task: ctx.task.name.clone(),
+            registry: ctx.registry.clone(),
+            plan,
+            destinations,
+            error_destination,
+            error_file: ctx.error_file.clone(),
+        }
+    }
+
+    /// Puts a segment the task produced into the buffers of its destinations.
+    fn route(&mut self, segment: Segment) -> Result<(), RunError> {
+        let route = self
+            .plan
+            .route(&self.registry, &segment, false)
+            .expect("successful segments always get a route");
+        self.place(segment, route.destinations)
+    }
+
+    fn place(
+        &mut self,
+        segment: Segment,
+        destinations: Vec<(usize, Vec<String>)>,
+    ) -> Result<(), RunError> {
+        let n = destinations.len();
+        let mut segment = Some(segment);
+        for (i, (d, exclude)) in destinations.into_iter().enumerate() {
+            let mut s = if i + 1 == n {
+                segment.take().expect("moved once")
+            } else {
+                segment.clone().expect("still here")
+            };
+            for k in &exclude {
+                s.remove(k);
+            }
+            let dest = &mut self.destinations[d];
+            let n_peers = dest.senders.len();
+            let peer = match &mut dest.spread {
+                Spread::RoundRobin(next) => {
+                    *next = (*next + 1) % n_peers;
+                    *next
+                }
+                Spread::Key(k) => match group_key(k, &s) {
+                    Ok(key) => jump_hash(key_hash(&key), n_peers),
+                    Err(reason) => {
+                        self.reject(Rejection::segment(&self.task, reason, s))?;
+                        continue;
+                    }
+                },
+                Spread::Fn(f) => {
+                    let f = f.clone();
+                    match catch_unwind(AssertUnwindSafe(|| f(&s))) {
+                        Ok(key) => jump_hash(key_hash(&key), n_peers),
+                        Err(p) => {
+                            let reason = format!("group_by_fn panicked: {}", panic_message(&p));
+                            self.reject(Rejection::segment(&self.task, reason, s))?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.destinations[d].buffers[peer].push(s);
+        }
+        Ok(())
+    }
+
+    /// Sends a segment the task's function failed on to a thrown-exception route, the error
+    /// task or the error file.
+    fn fail(&mut self, segment: Segment, reason: String) -> Result<(), RunError> {
+        let rejection = Rejection::segment(&self.task, reason, segment);
+        let record = rejection.to_segment();
+        if let Some(route) = self.plan.route(&self.registry, &record, true) {
+            return self.place(record, route.destinations);
+        }
+        self.reject(rejection)
+    }
+
+    /// Sends a rejection to the error task, or else the error file.
+    fn reject(&mut self, rejection: Rejection) -> Result<(), RunError> {
+        match self.error_destination {
+            Some(d) => {
+                let record = rejection.to_segment();
+                self.error_file.count_only();
+                self.place(record, vec![(d, Vec::new())])
+            }
+            None => self
+                .error_file
+                .write(&rejection)
+                .map_err(RunError::ErrorOutput),
+        }
+    }
+
+    /// Sends every buffered segment, with the watermark and the acks of the batch they came
+    /// from. Peers that got nothing still learn a watermark that moved.
+    async fn flush(&mut self, watermark: Option<i64>, acks: &[Arc<AckToken>]) {
+        for dest in &mut self.destinations {
+            for (peer, buffer) in dest.buffers.iter_mut().enumerate() {
+                let moved = watermark.is_some() && dest.sent_watermark[peer] != watermark;
+                if buffer.is_empty() && !moved {
+                    continue;
+                }
+                dest.sent_watermark[peer] = watermark;
+                let msg = Msg::Batch {
+                    segments: std::mem::take(buffer),
+                    watermark,
+                    acks: acks.to_vec(),
+                };
+                // A closed receiver means that peer failed; the job reports its error.
+                let _ = dest.senders[peer].send(msg).await;
+            }
+        }
+    }
+
+    /// Tells every destination peer this peer is done.
+    async fn finish(&mut self) {
+        for dest in &self.destinations {
+            for s in &dest.senders {
+                let _ = s.send(Msg::Done).await;
+            }
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_owned())
+}
+
+/// Runs one input peer: reads batches from the plugin, parses records into segments (malformed
+/// ones go to the error output with their line number), tracks the watermark, routes.
+pub(crate) async fn run_input(ctx: PeerContext, mut issuer: AckIssuer) -> Result<(), RunError> {
+    let plugin = ctx
+        .registry
+        .input(ctx.task.plugin.as_deref().unwrap_or_default())
+        .expect("validated")
+        .clone();
+    let reader = (plugin.open)(&ctx.plugin_ctx()).map_err(|e| ctx.plugin_error(e))?;
+    let lifecycles = ctx.lifecycles();
+    call_hooks(&lifecycles, |l| {
+        l.before_task_start.as_ref().map(|h| h(&ctx.event()))
+    });
+    let mut router = Router::new(&ctx);
+    let batch_size = ctx.task.batch_size();
+    let timeout = ctx.task.batch_timeout();
+    let mut watermark = InputWatermark::new(&ctx.task);
+    match reader {
+        InputReader::Nothing => {}
+        InputReader::Records(mut source) => loop {
+            let (back, polled) = tokio::task::spawn_blocking(move || {
+                let r = source.poll_batch(batch_size, timeout);
+                (source, r)
+            })
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?;
+            source = back;
+            let records = match polled.map_err(|e| ctx.plugin_error(e.to_string()))? {
+                SourceBatch::Done => break,
+                SourceBatch::Idle => continue,
+                SourceBatch::Records(r) => r,
+            };
+            let position = records.last().expect("never empty").position;
+            ctx.progress
+                .read
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            call_hooks(&lifecycles, |l| {
+                l.before_batch
+                    .as_ref()
+                    .map(|h| h(&ctx.event(), records.len()))
+            });
+            for r in &records {
+                match segment::from_json_slice(&r.payload) {
+                    Ok(s) => {
+                        watermark.observe(&s);
+                        router.route(s)?;
+                    }
+                    Err(reason) => {
+                        let raw = String::from_utf8_lossy(&r.payload).into_owned();
+                        router.reject(Rejection::input(&ctx.task.name, reason, r.index, raw))?;
+                    }
+                }
+            }
+            let ack = issuer.issue(position);
+            router.flush(watermark.current(), &[ack]).await;
+            call_hooks(&lifecycles, |l| {
+                l.after_batch
+                    .as_ref()
+                    .map(|h| h(&ctx.event(), records.len()))
+            });
+        },
+        InputReader::Segments(mut rx) => {
+            let mut n = 0_u64;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                let deadline = Instant::now() + timeout;
+                while batch.len() < batch_size {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(s)) => batch.push(s),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                n += batch.len() as u64;
+                ctx.progress
+                    .read
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                call_hooks(&lifecycles, |l| {
+                    l.before_batch
+                        .as_ref()
+                        .map(|h| h(&ctx.event(), batch.len()))
+                });
+                let len = batch.len();
+                for s in batch {
+                    watermark.observe(&s);
+                    router.route(s)?;
+                }
+                let ack = issuer.issue(sardonyx_connectors::Position {
+                    partition: 0,
+                    offset: n,
+                });
+                router.flush(watermark.current(), &[ack]).await;
+                call_hooks(&lifecycles, |l| {
+                    l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
+                });
+            }
+        }
+    }
+    router.finish().await;
+    call_hooks(&lifecycles, |l| {
+        l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
+    });
+    Ok(())
+}
+
+fn call_hooks(lifecycles: &[Lifecycle], f: impl Fn(&Lifecycle) -> Option<()>) {
+    for l in lifecycles {
+        let _ = f(l);
+    }
+}
+
+/// The watermark an input derives from the segments it reads (greatest event time seen minus
+/// `max_out_of_order`), if the task declares one.
+struct InputWatermark {
+    key: Option<String>,
+    max_out_of_order: i64,
+    greatest: Option<i64>,
+}
+
+impl InputWatermark {
+    fn new(task: &TaskSpec) -> Self {
+        let wm = task.watermark.as_ref();
+        InputWatermark {
+            key: wm.map(|w| w.key.clone()),
+            max_out_of_order: wm
+                .and_then(|w| w.max_out_of_order)
+                .and_then(|s| s.as_millis())
+                .unwrap_or(0),
+            greatest: None,
+        }
+    }
+
+    fn observe(&mut self, s: &Segment) {
+        if let Some(t) = self
+            .key
+            .as_deref()
+            .and_then(|k| s.get(k))
+            .and_then(Value::as_event_time)
+        {
+            self.greatest = Some(self.greatest.map_or(t, |g| g.max(t)));
+        }
+    }
+
+    fn current(&self) -> Option<i64> {
+        self.greatest
+            .map(|g| g.saturating_sub(self.max_out_of_order))
+    }
+}
+
+/// Runs one function or output peer until every upstream peer is done.
+pub(crate) async fn run_worker(
+    ctx: PeerContext,
+    mut rx: mpsc::Receiver<Msg>,
+) -> Result<(), RunError> {
+    let lifecycles = ctx.lifecycles();
+    call_hooks(&lifecycles, |l| {
+        l.before_task_start.as_ref().map(|h| h(&ctx.event()))
+    });
+    let mut router = Router::new(&ctx);
+    let mut sink: Option<Box<dyn SegmentSink>> = match ctx.task.kind {
+        TaskKind::Output => {
+            let plugin = ctx
+                .registry
+                .output(ctx.task.plugin.as_deref().unwrap_or_default())
+                .expect("validated")
+                .clone();
+            Some((plugin.open)(&ctx.plugin_ctx()).map_err(|e| ctx.plugin_error(e))?)
+        }
+        _ => None,
+    };
+    let function = ctx
+        .task
+        .function
+        .as_deref()
+        .and_then(|f| ctx.registry.function(f))
+        .cloned();
+    let batch_size = ctx.task.batch_size();
+    let timeout = ctx.task.batch_timeout();
+    let mut pending_done = ctx
+        .topology
+        .expected_done
+        .get(&ctx.task.name)
+        .copied()
+        .unwrap_or(0);
+    let mut watermark = None;
+    while pending_done > 0 {
+        // Gather a batch: whatever is queued, then wait until it is full or the timeout ends.
+        let mut segments = Vec::new();
+        let mut acks = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let msg = match deadline {
+                None => rx.recv().await,
+                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match msg {
+                None => {
+                    pending_done = 0;
+                    break;
+                }
+                Some(Msg::Done) => {
+                    pending_done -= 1;
+                    if pending_done == 0 {
+                        break;
+                    }
+                }
+                Some(Msg::Batch {
+                    segments: s,
+                    watermark: w,
+                    acks: a,
+                }) => {
+                    if segments.is_empty() {
+                        segments = s;
+                    } else {
+                        segments.extend(s);
+                    }
+                    acks.extend(a);
+                    if w.is_some() {
+                        watermark = watermark.max(w);
+                    }
+                    if segments.len() >= batch_size {
+                        break;
+                    }
+                    deadline.get_or_insert_with(|| Instant::now() + timeout);
+                }
+            }
+        }
+        if segments.is_empty() && acks.is_empty() {
+            continue;
+        }
+        let len = segments.len();
+        call_hooks(&lifecycles, |l| {
+            l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
+        });
+        let outputs = match &function {
+            Some(f) => apply_function(&ctx, &lifecycles, f, segments, &mut router)?,
+            None => segments,
+        };
+        let outputs = match sink.take() {
+            Some(out) => {
+                let (back, outputs, result) = write_out(out, outputs).await?;
+                sink = Some(back);
+                result.map_err(|e| ctx.plugin_error(e.to_string()))?;
+                ctx.progress
+                    .written
+                    .fetch_add(outputs.len() as u64, Ordering::Relaxed);
+                // What an output task wrote does not travel further (outputs have no edges).
+                Vec::new()
+            }
+            None => outputs,
+        };
+        for s in outputs {
+            router.route(s)?;
+        }
+        router.flush(watermark, &acks).await;
+        drop(acks);
+        call_hooks(&lifecycles, |l| {
+            l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
+        });
+    }
+    if let Some(mut s) = sink.take() {
+        tokio::task::spawn_blocking(move || s.flush())
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?
+            .map_err(|e| ctx.plugin_error(e.to_string()))?;
+    }
+    router.finish().await;
+    call_hooks(&lifecycles, |l| {
+        l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
+    });
+    Ok(())
+}
+
+/// Applies the task's function to every segment of a batch. A failure or panic goes through
+/// the lifecycles' `handle_exception` (default: defer to the error path).
+fn apply_function(
+    ctx: &PeerContext,
+    lifecycles: &[Lifecycle],
+    f: &crate::registry::FunctionFn,
+    segments: Vec<Segment>,
+    router: &mut Router,
+) -> Result<Vec<Segment>, RunError> {
+    let mut out = Vec::with_capacity(segments.len());
+    for s in segments {
+        let kept = s.clone();
+        let result = catch_unwind(AssertUnwindSafe(|| f(s, &ctx.task.params)))
+            .unwrap_or_else(|p| Err(format!("function panicked: {}", panic_message(&p))));
+        match result {
+            Ok(produced) => out.extend(produced),
+            Err(reason) => {
+                let action = lifecycles
+                    .iter()
+                    .find_map(|l| l.handle_exception.as_ref())
+                    .map_or(ExceptionAction::Defer, |h| h(&ctx.event(), &kept, &reason));
+                match action {
+                    ExceptionAction::Kill => {
+                        return Err(RunError::Killed {
+                            task: ctx.task.name.clone(),
+                            reason,
+                        })
+                    }
+                    ExceptionAction::Restart => {
+                        tracing::warn!(task = %ctx.task.name, peer = ctx.peer, %reason, "restarting task peer");
+                        call_hooks(lifecycles, |l| {
+                            l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
+                        });
+                        call_hooks(lifecycles, |l| {
+                            l.before_task_start.as_ref().map(|h| h(&ctx.event()))
+                        });
+                        router.fail(kept, format!("{reason} (peer restarted)"))?;
+                    }
+                    ExceptionAction::Defer => router.fail(kept, reason)?,
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+type WriteResult = (
+    Box<dyn SegmentSink>,
+    Vec<Segment>,
+    Result<(), sardonyx_connectors::ConnectorError>,
+);
+
+/// Writes a batch on a blocking thread (sinks do blocking I/O), handing the sink back.
+async fn write_out(
+    mut sink: Box<dyn SegmentSink>,
+    segments: Vec<Segment>,
+) -> Result<WriteResult, RunError> {
+    tokio::task::spawn_blocking(move || {
+        let r = sink.write(&segments);
+        (sink, segments, r)
+    })
+    .await
+    .map_err(|e| RunError::Internal(e.to_string()))
+}

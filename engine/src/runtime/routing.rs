@@ -1,0 +1,233 @@
+//! Pure routing logic: which downstream tasks a segment goes to (flow conditions) and which peer
+//! of a task takes a key (consistent hashing).
+
+use std::hash::{Hash, Hasher};
+
+use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
+use crate::registry::Registry;
+use crate::segment::{Segment, Value};
+
+/// Jump consistent hash (Lamping & Veach): maps a 64-bit key to one of `buckets` so that growing
+/// the number of buckets moves as few keys as possible.
+pub fn jump_hash(mut key: u64, buckets: usize) -> usize {
+    let buckets = buckets.max(1) as i64;
+    let (mut b, mut j) = (-1_i64, 0_i64);
+    while j < buckets {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1_u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as usize
+}
+
+/// A stable 64-bit hash of a group key (the same in every process of the same build).
+pub fn key_hash(key: &Value) -> u64 {
+    // DefaultHasher::new() uses fixed keys, so the hash does not change between runs.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// The group key of a segment for `group_by_key`: the field's value, or the list of the fields'
+/// values for a compound key. A missing field is an error naming it.
+pub fn group_key(key: &GroupKey, segment: &Segment) -> Result<Value, String> {
+    let get = |f: &str| {
+        segment
+            .get(f)
+            .cloned()
+            .ok_or_else(|| format!("group_by_key field \"{f}\" is missing"))
+    };
+    match key {
+        GroupKey::One(f) => get(f),
+        GroupKey::Many(fs) => fs
+            .iter()
+            .map(|f| get(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::List),
+    }
+}
+
+/// Evaluates a predicate expression against a segment.
+pub fn eval_predicate(expr: &PredicateExpr, registry: &Registry, segment: &Segment) -> bool {
+    match expr {
+        PredicateExpr::Named { name, params } => {
+            registry.predicate(name).is_some_and(|p| p(segment, params))
+        }
+        PredicateExpr::And(ps) => ps.iter().all(|p| eval_predicate(p, registry, segment)),
+        PredicateExpr::Or(ps) => ps.iter().any(|p| eval_predicate(p, registry, segment)),
+        PredicateExpr::Not(p) => !eval_predicate(p, registry, segment),
+    }
+}
+
+/// Where one segment goes: indices into the task's downstream list, each with the keys to
+/// remove before sending.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// `(downstream index, fields to exclude)` per destination.
+    pub destinations: Vec<(usize, Vec<String>)>,
+}
+
+/// The flow conditions that apply to one task, with its downstream task names.
+#[derive(Debug, Clone)]
+pub struct FlowPlan {
+    downstream: Vec<String>,
+    conditions: Vec<FlowCondition>,
+}
+
+impl FlowPlan {
+    /// The plan for task `task` with downstream tasks `downstream`, from all the job's conditions.
+    pub fn new(task: &str, downstream: Vec<String>, all: &[FlowCondition]) -> Self {
+        let conditions = all
+            .iter()
+            .filter(|c| c.from == task || c.from == "all")
+            .cloned()
+            .collect();
+        FlowPlan {
+            downstream,
+            conditions,
+        }
+    }
+
+    /// True if any condition routes failed segments.
+    pub fn routes_exceptions(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.thrown_exception == Some(true))
+    }
+
+    /// The route of a segment the task produced (`thrown` = false) or of an error record for a
+    /// segment its function failed on (`thrown` = true; `None` if no condition takes it).
+    ///
+    /// Without conditions a segment goes to every downstream task. Otherwise conditions are
+    /// evaluated in order: the first matching short-circuit condition decides alone; else the
+    /// destinations of every matching condition are joined. A segment no condition matches goes
+    /// nowhere, as in Onyx. Exception conditions only see failed segments, and the others only
+    /// successful ones.
+    pub fn route(&self, registry: &Registry, segment: &Segment, thrown: bool) -> Option<Route> {
+        let relevant = self
+            .conditions
+            .iter()
+            .filter(|c| (c.thrown_exception == Some(true)) == thrown);
+        let mut route = Route::default();
+        let mut any_condition = false;
+        for c in relevant {
+            any_condition = true;
+            if !eval_predicate(&c.predicate, registry, segment) {
+                continue;
+            }
+            let targets = self.targets(&c.to);
+            if c.short_circuit == Some(true) {
+                return Some(Route {
+                    destinations: targets
+                        .into_iter()
+                        .map(|t| (t, c.exclude_keys.clone()))
+                        .collect(),
+                });
+            }
+            for t in targets {
+                match route.destinations.iter_mut().find(|(d, _)| *d == t) {
+                    Some((_, keys)) => keys.extend(c.exclude_keys.iter().cloned()),
+                    None => route.destinations.push((t, c.exclude_keys.clone())),
+                }
+            }
+        }
+        if thrown {
+            return (!route.destinations.is_empty()).then_some(route);
+        }
+        if !any_condition {
+            route.destinations = (0..self.downstream.len())
+                .map(|i| (i, Vec::new()))
+                .collect();
+        }
+        Some(route)
+    }
+
+    fn targets(&self, to: &FlowTo) -> Vec<usize> {
+        match to {
+            FlowTo::All => (0..self.downstream.len()).collect(),
+            FlowTo::None => Vec::new(),
+            FlowTo::Tasks(ts) => self
+                .downstream
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| ts.contains(d))
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn jump_hash_is_in_range_and_stable(key in any::<u64>(), n in 1_usize..64) {
+            let b = jump_hash(key, n);
+            prop_assert!(b < n);
+            prop_assert_eq!(b, jump_hash(key, n));
+            // Growing by one bucket either keeps the key or moves it to the new bucket.
+            let grown = jump_hash(key, n + 1);
+            prop_assert!(grown == b || grown == n);
+        }
+    }
+
+    fn seg(json: &str) -> Segment {
+        crate::segment::from_json_slice(json.as_bytes()).unwrap()
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register_predicate("adult", |s, _| {
+            s.get("age").and_then(Value::as_i64).unwrap_or(0) >= 18
+        });
+        r.register_predicate("vip", |s, _| {
+            s.get("vip").and_then(Value::as_bool).unwrap_or(false)
+        });
+        r
+    }
+
+    fn cond(json: &str) -> FlowCondition {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn flow_conditions_route_per_segment() {
+        let r = registry();
+        let plan = FlowPlan::new(
+            "f",
+            vec!["adults".into(), "minors".into(), "vips".into()],
+            &[
+                cond(
+                    r#"{"from":"f","to":["vips"],"predicate":"vip","short_circuit":true,"exclude_keys":["age"]}"#,
+                ),
+                cond(r#"{"from":"f","to":["adults"],"predicate":"adult"}"#),
+                cond(r#"{"from":"all","to":["minors"],"predicate":["not","adult"]}"#),
+            ],
+        );
+        let dests = |s: &str| plan.route(&r, &seg(s), false).unwrap().destinations;
+        assert_eq!(
+            dests(r#"{"age":30,"vip":true}"#),
+            vec![(2, vec!["age".to_owned()])]
+        );
+        assert_eq!(dests(r#"{"age":30}"#), vec![(0, vec![])]);
+        assert_eq!(dests(r#"{"age":3}"#), vec![(1, vec![])]);
+        assert_eq!(plan.route(&r, &seg("{}"), true), None);
+    }
+
+    #[test]
+    fn group_keys() {
+        let s = seg(r#"{"a":1,"b":"x"}"#);
+        assert_eq!(group_key(&GroupKey::One("a".into()), &s), Ok(Value::Int(1)));
+        assert_eq!(
+            group_key(&GroupKey::Many(vec!["b".into(), "a".into()]), &s),
+            Ok(Value::List(vec![Value::from("x"), Value::Int(1)]))
+        );
+        assert_eq!(
+            group_key(&GroupKey::One("c".into()), &s),
+            Err("group_by_key field \"c\" is missing".to_owned())
+        );
+    }
+}
