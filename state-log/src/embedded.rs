@@ -36,7 +36,8 @@ impl EmbeddedLog {
         Self::open_with(dir, Tuning::default()).await
     }
 
-    /// Like [`EmbeddedLog::open`] with explicit tuning.
+    /// Like [`EmbeddedLog::open`] with explicit tuning (election and heartbeat timing are
+    /// replaced by short ones: a single member has no one to wait for).
     pub async fn open_with(dir: impl AsRef<Path>, tuning: Tuning) -> Result<EmbeddedLog> {
         let tuning = Tuning {
             // Alone, there is no one to wait for: campaign right away after a restart.

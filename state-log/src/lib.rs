@@ -23,6 +23,44 @@
 //!
 //! The [`DedupFilter`] is a separate, local component: a peer's set of recently applied segment
 //! ids in rotating RocksDB buckets with bloom filters in front.
+//!
+//! # Embedded
+//! ```no_run
+//! # async fn demo() -> sardonyx_state_log::Result<()> {
+//! use sardonyx_state_log::{EmbeddedLog, Ledgers, RequestId};
+//! let log = EmbeddedLog::open("/var/lib/sardonyx/state").await?;
+//! let pos = log.append("job/task/0", RequestId::new(1, 0), b"batch".to_vec()).await?;
+//! log.snapshot("job/task/0", pos, b"state".to_vec()).await?; // compacts up to `pos`
+//! let recovered = log.read("job/task/0", 0).await?; // snapshot + entries after it
+//! # Ok(()) }
+//! ```
+//!
+//! # Cluster
+//! Start one [`LogServer`] per member with the same `cluster` map (the lowest id initializes
+//! the cluster on its first start), then talk to it through a [`LogClient`]:
+//! ```no_run
+//! # async fn demo() -> sardonyx_state_log::Result<()> {
+//! use std::collections::BTreeMap;
+//! use sardonyx_state_log::{LogClient, LogServer, RequestId, ServerConfig};
+//! let cluster: BTreeMap<u64, String> =
+//!     [(1, "10.0.0.1:7100"), (2, "10.0.0.2:7100"), (3, "10.0.0.3:7100")]
+//!         .into_iter().map(|(id, a)| (id, a.to_string())).collect();
+//! // On host 1 (likewise 2 and 3):
+//! let server = LogServer::start(ServerConfig::new(1, "0.0.0.0:7100", "/data/log", cluster.clone())).await?;
+//! // Anywhere:
+//! let client = LogClient::connect(cluster.values().cloned())?;
+//! client.append("job/task/0", RequestId::new(7, 0), b"batch".to_vec()).await?;
+//! println!("{:#?}", sardonyx_state_log::status(&cluster.values().cloned().collect::<Vec<_>>()).await);
+//! # Ok(()) }
+//! ```
+//!
+//! # Limitations
+//! - Membership is fixed by the `cluster` map given at first start; there is no API yet to
+//!   add or remove servers.
+//! - A Raft snapshot (used to purge Raft's log and to catch up far-behind servers) serializes
+//!   the whole state machine in memory; fine for ledgers that are compacted regularly, not for
+//!   very large state.
+//! - No TLS or authentication on the transport.
 
 mod client;
 mod codec;

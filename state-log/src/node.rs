@@ -35,7 +35,9 @@ pub struct Tuning {
     pub max_batch_commands: usize,
     /// Most payload bytes packed into one Raft entry (a single larger command still goes alone).
     pub max_batch_bytes: usize,
-    /// Raft entries a node's group committer keeps in flight at once.
+    /// Raft entries a node's group committer keeps in flight at once. 1 (the default) batches
+    /// the most: every command queued while an entry commits goes into the next one (measured
+    /// best on a 2-core machine both embedded and in a 3-node cluster).
     pub max_inflight_batches: usize,
 }
 
@@ -48,7 +50,7 @@ impl Default for Tuning {
             raft_logs_to_keep: 1_000,
             max_batch_commands: 4096,
             max_batch_bytes: 8 * 1024 * 1024,
-            max_inflight_batches: 4,
+            max_inflight_batches: 1,
         }
     }
 }
