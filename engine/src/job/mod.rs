@@ -214,12 +214,12 @@ pub struct TaskSpec {
 
 impl TaskSpec {
     /// Segments per batch, with the default applied.
-    pub fn batch_size(&self) -> usize {
+    pub fn effective_batch_size(&self) -> usize {
         self.batch_size.unwrap_or(1000).max(1)
     }
 
     /// The batch timeout, with the default applied.
-    pub fn batch_timeout(&self) -> std::time::Duration {
+    pub fn effective_batch_timeout(&self) -> std::time::Duration {
         self.batch_timeout
             .map_or(std::time::Duration::from_millis(50), |s| s.as_duration())
     }

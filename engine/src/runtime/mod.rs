@@ -11,6 +11,7 @@ pub mod ack;
 pub mod errors;
 mod peer;
 pub mod routing;
+mod windowed;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,6 +58,10 @@ pub struct Progress {
     pub written: AtomicU64,
     /// Segments (or input lines) sent to the error output.
     pub rejected: Arc<AtomicU64>,
+    /// Segments that came too late for a window.
+    pub late: AtomicU64,
+    /// Trigger firings.
+    pub fired: AtomicU64,
 }
 
 /// What a finished job did.
@@ -68,6 +73,11 @@ pub struct JobReport {
     pub written: u64,
     /// Segments (or input lines) sent to the error output.
     pub rejected: u64,
+    /// Segments that came too late for a window (also counted in `rejected` when they went to
+    /// the error output).
+    pub late: u64,
+    /// Trigger firings.
+    pub fired: u64,
     /// Per input task and peer, the committed position: everything before it is fully processed.
     pub committed: BTreeMap<(String, usize), Position>,
     /// The error file, if any rejection was written to one.
@@ -109,18 +119,24 @@ pub enum RunError {
 pub(crate) enum Msg {
     /// Segments, the sender's watermark, and the acks of the input batches they derive from.
     Batch {
+        sender: usize,
         segments: Vec<Segment>,
         watermark: Option<i64>,
         acks: Vec<Arc<ack::AckToken>>,
     },
     /// The sender has finished and will send nothing more.
-    Done,
+    Done { sender: usize },
 }
 
 /// The static shape of a running job: tasks, their peers' channels, and who sends to whom.
 pub(crate) struct Topology {
     pub senders: BTreeMap<String, Vec<mpsc::Sender<Msg>>>,
-    pub expected_done: BTreeMap<String, usize>,
+    /// Per task, the ids of every peer that sends to it.
+    pub upstream_peers: BTreeMap<String, Vec<usize>>,
+    /// Per task, the id of its first peer (peer ids are global in the job).
+    pub first_peer: BTreeMap<String, usize>,
+    /// The least `idle_timeout` of the job's inputs, in milliseconds.
+    pub idle_timeout_ms: Option<i64>,
 }
 
 /// Runs `job` to completion in this process: validates it, starts every peer, waits until the
@@ -166,7 +182,8 @@ pub async fn run_job_with_progress(
         senders.insert(t.name.clone(), txs);
         receivers.insert(t.name.clone(), rxs);
     }
-    // Who sends to whom: downstream edges, plus the error task (from every other task).
+    // Who sends to whom: downstream edges, the late tasks of the task's windows, and the error
+    // task (from every other task).
     let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in &job.catalog {
         let mut ts: Vec<String> = job
@@ -174,22 +191,44 @@ pub async fn run_job_with_progress(
             .into_iter()
             .map(str::to_owned)
             .collect();
-        if let Some(e) = &error_task {
-            if *e != t.name && !ts.contains(e) {
-                ts.push(e.clone());
+        let late = job.windows_of(&t.name).filter_map(|w| w.late.clone());
+        for extra in late.chain(error_task.clone().filter(|e| *e != t.name)) {
+            if !ts.contains(&extra) {
+                ts.push(extra);
             }
         }
         targets.insert(t.name.clone(), ts);
     }
-    let mut expected_done: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_peer = BTreeMap::new();
+    let mut next_id = 0;
+    for t in &job.catalog {
+        first_peer.insert(t.name.clone(), next_id);
+        next_id += peers_of(&t.name);
+    }
+    let mut upstream_peers: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (from, ts) in &targets {
         for to in ts {
-            *expected_done.entry(to.clone()).or_default() += peers_of(from);
+            let first = first_peer[from];
+            upstream_peers
+                .entry(to.clone())
+                .or_default()
+                .extend(first..first + peers_of(from));
         }
     }
+    let idle_timeout_ms = job
+        .catalog
+        .iter()
+        .filter_map(|t| t.watermark.as_ref()?.idle_timeout?.as_millis())
+        .min();
+    let syncs = Arc::new(
+        windowed::open_syncs(job, registry)
+            .map_err(|(task, message)| RunError::Plugin { task, message })?,
+    );
     let topology = Arc::new(Topology {
         senders,
-        expected_done,
+        upstream_peers,
+        first_peer,
+        idle_timeout_ms,
     });
 
     let mut handles = Vec::new();
@@ -209,6 +248,7 @@ pub async fn run_job_with_progress(
                 error_task: error_task.clone().filter(|e| *e != t.name),
                 error_file: error_file.clone(),
                 progress: progress.clone(),
+                syncs: syncs.clone(),
             };
             match t.kind {
                 TaskKind::Input => {
@@ -252,6 +292,8 @@ pub async fn run_job_with_progress(
         read: progress.read.load(Ordering::Relaxed),
         written: progress.written.load(Ordering::Relaxed),
         rejected,
+        late: progress.late.load(Ordering::Relaxed),
+        fired: progress.fired.load(Ordering::Relaxed),
         committed,
         errors_path: (rejected > 0 && error_task.is_none())
             .then(|| error_file.path().to_path_buf()),

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::ack::{AckIssuer, AckToken};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key, jump_hash, key_hash, FlowPlan};
+use super::windowed::{Delivery, Syncs, WindowStage};
 use super::{Msg, Progress, RunError, Topology};
 use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
 use crate::registry::{
@@ -19,6 +20,7 @@ use crate::registry::{
     TaskEvent,
 };
 use crate::segment::{self, Segment, Value};
+use sardonyx_windowing::WatermarkTracker;
 
 /// Everything a peer needs to know about its place in the job.
 pub(crate) struct PeerContext {
@@ -32,6 +34,7 @@ pub(crate) struct PeerContext {
     pub error_task: Option<String>,
     pub error_file: ErrorFile,
     pub progress: Arc<Progress>,
+    pub syncs: Arc<Syncs>,
 }
 
 impl PeerContext {
@@ -57,6 +60,10 @@ impl PeerContext {
             peer: self.peer,
             n_peers: self.n_peers,
         }
+    }
+
+    fn id(&self) -> usize {
+        self.topology.first_peer[&self.task.name] + self.peer
     }
 
     fn plugin_error(&self, message: impl Into<String>) -> RunError {
@@ -85,10 +92,12 @@ struct Destination {
 /// Routes one peer's output to its downstream peers, the error task and the error file.
 struct Router {
     task: String,
+    sender: usize,
     registry: Registry,
     plan: FlowPlan,
     /// Downstream tasks in workflow order, then the error task (if it is not downstream).
     destinations: Vec<Destination>,
+    names: Vec<String>,
     error_destination: Option<usize>,
     error_file: ErrorFile,
 }
@@ -131,9 +140,11 @@ impl Router {
             .and_then(|e| ctx.targets.iter().position(|t| t == e));
         Router {
             task: ctx.task.name.clone(),
+            sender: ctx.id(),
             registry: ctx.registry.clone(),
             plan,
             destinations,
+            names: ctx.targets.clone(),
             error_destination,
             error_file: ctx.error_file.clone(),
         }
@@ -195,6 +206,11 @@ impl Router {
         Ok(())
     }
 
+    /// The index of destination task `name`.
+    fn destination_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
     /// Sends a segment the task's function failed on to a thrown-exception route, the error
     /// task or the error file.
     fn fail(&mut self, segment: Segment, reason: String) -> Result<(), RunError> {
@@ -232,6 +248,7 @@ impl Router {
                 }
                 dest.sent_watermark[peer] = watermark;
                 let msg = Msg::Batch {
+                    sender: self.sender,
                     segments: std::mem::take(buffer),
                     watermark,
                     acks: acks.to_vec(),
@@ -246,7 +263,11 @@ impl Router {
     async fn finish(&mut self) {
         for dest in &self.destinations {
             for s in &dest.senders {
-                let _ = s.send(Msg::Done).await;
+                let _ = s
+                    .send(Msg::Done {
+                        sender: self.sender,
+                    })
+                    .await;
             }
         }
     }
@@ -273,8 +294,8 @@ pub(crate) async fn run_input(ctx: PeerContext, mut issuer: AckIssuer) -> Result
         l.before_task_start.as_ref().map(|h| h(&ctx.event()))
     });
     let mut router = Router::new(&ctx);
-    let batch_size = ctx.task.batch_size();
-    let timeout = ctx.task.batch_timeout();
+    let batch_size = ctx.task.effective_batch_size();
+    let timeout = ctx.task.effective_batch_timeout();
     let mut watermark = InputWatermark::new(&ctx.task);
     match reader {
         InputReader::Nothing => {}
@@ -407,11 +428,118 @@ impl InputWatermark {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What one wait for input gave.
+enum Gathered {
+    /// A batch (possibly only a watermark or acks).
+    Batch(Vec<Segment>, Vec<Arc<AckToken>>),
+    /// Nothing arrived before the timer tick.
+    Tick,
+    /// Every upstream peer is done.
+    Finished,
+}
+
+/// The receiving side of a worker peer: batching and per-sender watermarks.
+struct Inbox {
+    rx: mpsc::Receiver<Msg>,
+    pending: usize,
+    tracker: WatermarkTracker<usize>,
+    batch_size: usize,
+    timeout: std::time::Duration,
+}
+
+impl Inbox {
+    fn new(ctx: &PeerContext, rx: mpsc::Receiver<Msg>) -> Self {
+        let upstream = ctx
+            .topology
+            .upstream_peers
+            .get(&ctx.task.name)
+            .cloned()
+            .unwrap_or_default();
+        let mut tracker = WatermarkTracker::new(0, ctx.topology.idle_timeout_ms);
+        let now = now_ms();
+        for &p in &upstream {
+            tracker.add_input(p, now);
+        }
+        Inbox {
+            rx,
+            pending: upstream.len(),
+            tracker,
+            batch_size: ctx.task.effective_batch_size(),
+            timeout: ctx.task.effective_batch_timeout(),
+        }
+    }
+
+    /// The task's watermark now (`None` until every upstream peer has given one).
+    fn watermark(&mut self) -> Option<i64> {
+        let wm = self.tracker.watermark(now_ms());
+        (wm > i64::MIN).then_some(wm)
+    }
+
+    /// Gathers a batch: whatever is queued, then waits until it is full or the timeout ends.
+    /// With `tick`, gives up waiting for the first message after that long.
+    async fn gather(&mut self, tick: Option<std::time::Duration>) -> Gathered {
+        let mut segments = Vec::new();
+        let mut acks = Vec::new();
+        let mut got_any = false;
+        let mut deadline: Option<Instant> = tick.map(|t| Instant::now() + t);
+        while self.pending > 0 {
+            let msg = match deadline {
+                None => self.rx.recv().await,
+                Some(d) => match tokio::time::timeout_at(d, self.rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match msg {
+                None => self.pending = 0,
+                Some(Msg::Done { sender }) => {
+                    self.pending -= 1;
+                    self.tracker.finish(sender);
+                    got_any = true;
+                }
+                Some(Msg::Batch {
+                    sender,
+                    segments: s,
+                    watermark,
+                    acks: a,
+                }) => {
+                    if segments.is_empty() {
+                        segments = s;
+                    } else {
+                        segments.extend(s);
+                    }
+                    acks.extend(a);
+                    if let Some(w) = watermark {
+                        self.tracker.observe(sender, w, now_ms());
+                    }
+                    if !got_any {
+                        got_any = true;
+                        deadline = Some(Instant::now() + self.timeout);
+                    }
+                    if segments.len() >= self.batch_size {
+                        break;
+                    }
+                }
+            }
+        }
+        if got_any {
+            Gathered::Batch(segments, acks)
+        } else if self.pending == 0 {
+            Gathered::Finished
+        } else {
+            Gathered::Tick
+        }
+    }
+}
+
 /// Runs one function or output peer until every upstream peer is done.
-pub(crate) async fn run_worker(
-    ctx: PeerContext,
-    mut rx: mpsc::Receiver<Msg>,
-) -> Result<(), RunError> {
+pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Result<(), RunError> {
     let lifecycles = ctx.lifecycles();
     call_hooks(&lifecycles, |l| {
         l.before_task_start.as_ref().map(|h| h(&ctx.event()))
@@ -434,73 +562,42 @@ pub(crate) async fn run_worker(
         .as_deref()
         .and_then(|f| ctx.registry.function(f))
         .cloned();
-    let batch_size = ctx.task.batch_size();
-    let timeout = ctx.task.batch_timeout();
-    let mut pending_done = ctx
-        .topology
-        .expected_done
-        .get(&ctx.task.name)
-        .copied()
-        .unwrap_or(0);
-    let mut watermark = None;
-    while pending_done > 0 {
-        // Gather a batch: whatever is queued, then wait until it is full or the timeout ends.
-        let mut segments = Vec::new();
-        let mut acks = Vec::new();
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let msg = match deadline {
-                None => rx.recv().await,
-                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
-            };
-            match msg {
-                None => {
-                    pending_done = 0;
-                    break;
-                }
-                Some(Msg::Done) => {
-                    pending_done -= 1;
-                    if pending_done == 0 {
-                        break;
-                    }
-                }
-                Some(Msg::Batch {
-                    segments: s,
-                    watermark: w,
-                    acks: a,
-                }) => {
-                    if segments.is_empty() {
-                        segments = s;
-                    } else {
-                        segments.extend(s);
-                    }
-                    acks.extend(a);
-                    if w.is_some() {
-                        watermark = watermark.max(w);
-                    }
-                    if segments.len() >= batch_size {
-                        break;
-                    }
-                    deadline.get_or_insert_with(|| Instant::now() + timeout);
-                }
-            }
-        }
-        if segments.is_empty() && acks.is_empty() {
-            continue;
-        }
+    let mut stage = WindowStage::new(&ctx.job, &ctx.task, &ctx.registry, &ctx.syncs)
+        .map_err(|e| ctx.plugin_error(e))?;
+    let grouping = Grouping::of(&ctx);
+    let tick = stage
+        .as_ref()
+        .and_then(|s| s.timer_period_ms)
+        .map(|p| std::time::Duration::from_millis(p.clamp(1, 1000) as u64));
+    let mut inbox = Inbox::new(&ctx, rx);
+    if let Some(stage) = &mut stage {
+        // Starts the timers' clocks.
+        let step = stage.operator.on_timer(now_ms());
+        deliver(&ctx, stage, step, &mut router)?;
+    }
+    loop {
+        let (segments, acks) = match inbox.gather(tick).await {
+            Gathered::Finished => break,
+            Gathered::Tick => (Vec::new(), Vec::new()),
+            Gathered::Batch(s, a) => (s, a),
+        };
+        let watermark = inbox.watermark();
         let len = segments.len();
-        call_hooks(&lifecycles, |l| {
-            l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
-        });
+        if len > 0 {
+            call_hooks(&lifecycles, |l| {
+                l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
+            });
+        }
         let outputs = match &function {
             Some(f) => apply_function(&ctx, &lifecycles, f, segments, &mut router)?,
             None => segments,
         };
+        let outputs = match &mut stage {
+            Some(stage) => window_batch(&ctx, stage, &grouping, outputs, watermark, &mut router)?,
+            None => outputs,
+        };
         let outputs = match sink.take() {
-            Some(out) => {
+            Some(out) if !outputs.is_empty() => {
                 let (back, outputs, result) = write_out(out, outputs).await?;
                 sink = Some(back);
                 result.map_err(|e| ctx.plugin_error(e.to_string()))?;
@@ -510,16 +607,30 @@ pub(crate) async fn run_worker(
                 // What an output task wrote does not travel further (outputs have no edges).
                 Vec::new()
             }
-            None => outputs,
+            other => {
+                sink = other;
+                outputs
+            }
         };
         for s in outputs {
             router.route(s)?;
         }
         router.flush(watermark, &acks).await;
+        if let Some(stage) = &stage {
+            stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
+        }
         drop(acks);
-        call_hooks(&lifecycles, |l| {
-            l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
-        });
+        if len > 0 {
+            call_hooks(&lifecycles, |l| {
+                l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
+            });
+        }
+    }
+    if let Some(stage) = &mut stage {
+        let step = stage.operator.on_job_completed();
+        deliver(&ctx, stage, step, &mut router)?;
+        stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
+        router.flush(inbox.watermark(), &[]).await;
     }
     if let Some(mut s) = sink.take() {
         tokio::task::spawn_blocking(move || s.flush())
@@ -531,6 +642,99 @@ pub(crate) async fn run_worker(
     call_hooks(&lifecycles, |l| {
         l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
     });
+    Ok(())
+}
+
+/// How a windowed task finds a segment's group (`Value::Null` without grouping).
+enum Grouping {
+    None,
+    Key(GroupKey),
+    Fn(GroupFn),
+}
+
+impl Grouping {
+    fn of(ctx: &PeerContext) -> Self {
+        match (&ctx.task.group_by_key, &ctx.task.group_by_fn) {
+            (Some(k), _) => Grouping::Key(k.clone()),
+            (None, Some(f)) => Grouping::Fn(ctx.registry.group_fn(f).expect("validated").clone()),
+            (None, None) => Grouping::None,
+        }
+    }
+
+    fn group(&self, s: &Segment) -> Result<Value, String> {
+        match self {
+            Grouping::None => Ok(Value::Null),
+            Grouping::Key(k) => group_key(k, s),
+            Grouping::Fn(f) => catch_unwind(AssertUnwindSafe(|| f(s)))
+                .map_err(|p| format!("group_by_fn panicked: {}", panic_message(&p))),
+        }
+    }
+}
+
+/// Feeds a batch to the task's windows, then the watermark and the timer; delivers firings.
+/// Returns the segments that go on downstream (a segment the windows reject goes to the
+/// error output instead).
+fn window_batch(
+    ctx: &PeerContext,
+    stage: &mut WindowStage,
+    grouping: &Grouping,
+    segments: Vec<Segment>,
+    watermark: Option<i64>,
+    router: &mut Router,
+) -> Result<Vec<Segment>, RunError> {
+    let mut passed = Vec::with_capacity(segments.len());
+    for s in segments {
+        let step = match grouping.group(&s) {
+            Ok(g) => stage.operator.on_segment(&s, &g).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match step {
+            Ok(step) => {
+                deliver(ctx, stage, step, router)?;
+                passed.push(s);
+            }
+            Err(reason) => router.reject(Rejection::segment(&ctx.task.name, reason, s))?,
+        }
+    }
+    if let Some(wm) = watermark {
+        let step = stage.operator.on_watermark(wm);
+        deliver(ctx, stage, step, router)?;
+    }
+    if stage.timer_period_ms.is_some() {
+        let step = stage.operator.on_timer(now_ms());
+        deliver(ctx, stage, step, router)?;
+    }
+    Ok(passed)
+}
+
+/// Syncs a step's firings, sends emitted firings downstream and late segments to their task
+/// or the error output.
+fn deliver(
+    ctx: &PeerContext,
+    stage: &WindowStage,
+    step: sardonyx_windowing::Step,
+    router: &mut Router,
+) -> Result<(), RunError> {
+    if step.firings.is_empty() && step.late.is_empty() {
+        return Ok(());
+    }
+    ctx.progress
+        .fired
+        .fetch_add(step.firings.len() as u64, Ordering::Relaxed);
+    let mut delivery = Delivery::default();
+    stage
+        .deliver(step, &mut delivery)
+        .map_err(|e| ctx.plugin_error(e))?;
+    for s in delivery.emitted {
+        router.route(s)?;
+    }
+    for (task, segment, reason) in delivery.late {
+        ctx.progress.late.fetch_add(1, Ordering::Relaxed);
+        match task.and_then(|t| router.destination_of(&t)) {
+            Some(d) => router.place(segment, vec![(d, Vec::new())])?,
+            None => router.reject(Rejection::segment(&ctx.task.name, reason, segment))?,
+        }
+    }
     Ok(())
 }
 
