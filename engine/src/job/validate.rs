@@ -305,10 +305,23 @@ impl<'a> Validator<'a> {
                 self.problem(loc.clone(), None, "a task cannot feed itself");
             }
         }
+        // The error task and late tasks may be fed only by those routes.
+        let side_fed: BTreeSet<&str> = self
+            .job
+            .windows
+            .iter()
+            .filter_map(|w| w.late.as_deref())
+            .chain(match &self.job.errors {
+                Some(ErrorsTarget::Task(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
         for t in &self.job.catalog {
             let loc = task_loc(&t.name);
             if !used.contains(t.name.as_str()) {
-                self.problem(loc.clone(), None, "not in the workflow");
+                if !side_fed.contains(t.name.as_str()) {
+                    self.problem(loc.clone(), None, "not in the workflow");
+                }
                 continue;
             }
             let ups = self.job.upstream(&t.name);

@@ -77,9 +77,15 @@ pub struct FlowPlan {
 impl FlowPlan {
     /// The plan for task `task` with downstream tasks `downstream`, from all the job's conditions.
     pub fn new(task: &str, downstream: Vec<String>, all: &[FlowCondition]) -> Self {
+        // A condition `from: "all"` applies to the tasks that have one of its targets downstream
+        // (or any task, for `to: "all"`/`"none"`); elsewhere it could route nowhere.
+        let reaches = |c: &FlowCondition| match &c.to {
+            FlowTo::Tasks(ts) => ts.iter().any(|t| downstream.contains(t)),
+            FlowTo::All | FlowTo::None => true,
+        };
         let conditions = all
             .iter()
-            .filter(|c| c.from == task || c.from == "all")
+            .filter(|c| c.from == task || (c.from == "all" && reaches(c)))
             .cloned()
             .collect();
         FlowPlan {
@@ -98,7 +104,8 @@ impl FlowPlan {
     /// The route of a segment the task produced (`thrown` = false) or of an error record for a
     /// segment its function failed on (`thrown` = true; `None` if no condition takes it).
     ///
-    /// Without conditions a segment goes to every downstream task. Otherwise conditions are
+    /// Without conditions a segment goes to every downstream task.
+    /// (Conditions `from: "all"` count only for tasks that have one of their targets downstream.) Otherwise conditions are
     /// evaluated in order: the first matching short-circuit condition decides alone; else the
     /// destinations of every matching condition are joined. A segment no condition matches goes
     /// nowhere, as in Onyx. Exception conditions only see failed segments, and the others only
