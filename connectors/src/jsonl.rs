@@ -39,7 +39,11 @@ impl JsonLinesSource {
 }
 
 impl Source for JsonLinesSource {
-    fn poll_batch(&mut self, max: usize, _timeout: Duration) -> Result<SourceBatch, ConnectorError> {
+    fn poll_batch(
+        &mut self,
+        max: usize,
+        _timeout: Duration,
+    ) -> Result<SourceBatch, ConnectorError> {
         let mut out = Vec::with_capacity(max.min(4096));
         while out.len() < max {
             self.buf.clear();
@@ -76,7 +80,13 @@ impl Source for JsonLinesSource {
     }
 
     fn seek(&mut self, position: Position) -> Result<(), ConnectorError> {
-        let context = || format!("seeking {} to byte {}", self.path.display(), position.offset);
+        let context = || {
+            format!(
+                "seeking {} to byte {}",
+                self.path.display(),
+                position.offset
+            )
+        };
         // Line numbers must stay true after a seek, so count the lines before the position.
         self.reader
             .seek(SeekFrom::Start(0))
@@ -90,13 +100,19 @@ impl Source for JsonLinesSource {
                 .read_until(b'\n', &mut self.buf)
                 .map_err(|e| ConnectorError::io(context(), &e))?;
             if n == 0 {
-                return Err(ConnectorError::fatal(context(), "position is past the end of the file"));
+                return Err(ConnectorError::fatal(
+                    context(),
+                    "position is past the end of the file",
+                ));
             }
             read += n as u64;
             lines += 1;
         }
         if read != position.offset {
-            return Err(ConnectorError::fatal(context(), "position is not at a line boundary"));
+            return Err(ConnectorError::fatal(
+                context(),
+                "position is not at a line boundary",
+            ));
         }
         self.offset = read;
         self.line = lines;
@@ -178,18 +194,35 @@ mod tests {
         let mut src = JsonLinesSource::open(&path).unwrap();
         let first = records(&mut src, 2);
         assert_eq!(first.len(), 2);
-        assert_eq!((first[0].index, first[0].payload.as_slice()), (1, &b"{\"a\":1}"[..]));
-        assert_eq!((first[1].index, first[1].payload.as_slice()), (3, &b"{\"a\":2}"[..]));
+        assert_eq!(
+            (first[0].index, first[0].payload.as_slice()),
+            (1, &b"{\"a\":1}"[..])
+        );
+        assert_eq!(
+            (first[1].index, first[1].payload.as_slice()),
+            (3, &b"{\"a\":2}"[..])
+        );
         assert_eq!(first[1].position.offset, 18);
         let rest = records(&mut src, 10);
-        assert_eq!((rest[0].index, rest[0].payload.as_slice()), (4, &b"{\"a\":3}"[..]));
-        assert!(matches!(src.poll_batch(10, Duration::ZERO).unwrap(), SourceBatch::Done));
+        assert_eq!(
+            (rest[0].index, rest[0].payload.as_slice()),
+            (4, &b"{\"a\":3}"[..])
+        );
+        assert!(matches!(
+            src.poll_batch(10, Duration::ZERO).unwrap(),
+            SourceBatch::Done
+        ));
 
         let mut again = JsonLinesSource::open(&path).unwrap();
         again.seek(first[1].position).unwrap();
         let resumed = records(&mut again, 10);
         assert_eq!(resumed, rest);
-        assert!(again.seek(Position { partition: 0, offset: 5 }).is_err());
+        assert!(again
+            .seek(Position {
+                partition: 0,
+                offset: 5
+            })
+            .is_err());
     }
 
     #[test]
@@ -197,10 +230,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/out.jsonl");
         let mut sink = JsonLinesSink::create(&path).unwrap();
-        sink.write_batch(&[b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]).unwrap();
+        sink.write_batch(&[b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()])
+            .unwrap();
         sink.flush().unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
-        let missing = JsonLinesSource::open(dir.path().join("nope.jsonl")).err().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        let missing = JsonLinesSource::open(dir.path().join("nope.jsonl"))
+            .err()
+            .unwrap();
         assert!(!missing.is_retryable());
     }
 }

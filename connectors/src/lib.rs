@@ -5,11 +5,24 @@
 //! of encoded records and says when they are durable. Every error is classified at its source
 //! as retryable or fatal ([`ConnectorError`]).
 //!
-//! Built in: JSON-lines files ([`jsonl::JsonLinesSource`], [`jsonl::JsonLinesSink`]).
+//! Connectors (each with a typed params struct read from the task's `params` JSON and a
+//! `validate` function that reports every problem as `(field, message)`):
+//! - JSON-lines files ([`jsonl::JsonLinesSource`], [`jsonl::JsonLinesSink`]);
+//! - Kafka ([`kafka::KafkaSource`], [`kafka::KafkaSink`]), plugin name `kafka`;
+//! - PostgreSQL upserts ([`postgres::PostgresSink`]), plugin name `postgres`;
+//! - HTTP ingestion ([`http::HttpSource`]), plugin name `http`.
+//!
+//! Sources are polled, and the PostgreSQL sink is written, from a blocking thread (not from
+//! inside an async runtime): connectors that need one run their own.
 
 pub mod error;
+pub mod http;
 pub mod jsonl;
+pub mod kafka;
+pub mod params;
+pub mod postgres;
 pub mod source;
 
 pub use error::ConnectorError;
-pub use source::{Position, Record, Sink, Source, SourceBatch};
+pub use params::Problems;
+pub use source::{Position, Positions, Record, Sink, Source, SourceBatch};

@@ -1,16 +1,68 @@
 //! The source and sink traits and the records they carry.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::ConnectorError;
 
 /// Where a source stands in one partition: resuming from it reads the next record after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Position {
     /// The partition (0 for single-partition sources such as a file).
     pub partition: u32,
     /// The resume point within the partition (a byte offset for files, an offset for Kafka).
     pub offset: u64,
+}
+
+/// The resume point of every partition of a source: what the engine checkpoints.
+///
+/// Build it by [`Positions::advance`]-ing over every record a batch covered (positions only move
+/// forward), store it with the batch, and hand it to [`Source::seek_all`] (or a connector's
+/// constructor) to resume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Positions(BTreeMap<u32, u64>);
+
+impl Positions {
+    /// No position for any partition.
+    pub fn new() -> Self {
+        Positions::default()
+    }
+
+    /// Moves `position.partition` forward to `position.offset` (never backward).
+    pub fn advance(&mut self, position: Position) {
+        let offset = self.0.entry(position.partition).or_insert(position.offset);
+        *offset = (*offset).max(position.offset);
+    }
+
+    /// The resume offset of `partition`, if known.
+    pub fn get(&self, partition: u32) -> Option<u64> {
+        self.0.get(&partition).copied()
+    }
+
+    /// Every known position, by partition.
+    pub fn iter(&self) -> impl Iterator<Item = Position> + '_ {
+        self.0
+            .iter()
+            .map(|(&partition, &offset)| Position { partition, offset })
+    }
+
+    /// True when no partition has a position.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Position> for Positions {
+    fn from_iter<I: IntoIterator<Item = Position>>(iter: I) -> Self {
+        let mut positions = Positions::new();
+        for p in iter {
+            positions.advance(p);
+        }
+        positions
+    }
 }
 
 /// One raw record read from a source.
@@ -48,6 +100,22 @@ pub trait Source: Send {
     fn commit(&mut self, position: Position) -> Result<(), ConnectorError> {
         let _ = position;
         Ok(())
+    }
+
+    /// The partitions this source reads, so that the engine can keep one watermark per partition
+    /// (and know of partitions that have not produced a record yet). The default is `[0]`.
+    fn partitions(&self) -> Vec<u32> {
+        vec![0]
+    }
+
+    /// Seeks every partition in `positions`; partitions without a position are left alone.
+    fn seek_all(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        positions.iter().try_for_each(|p| self.seek(p))
+    }
+
+    /// Commits every partition in `positions`.
+    fn commit_all(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
+        positions.iter().try_for_each(|p| self.commit(p))
     }
 }
 

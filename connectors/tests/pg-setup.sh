@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts a local PostgreSQL for the connector tests, creates the role
+# and database `sardonyx` (password `sardonyx`, password login over 127.0.0.1), and prints the
+# connection URL on stdout as its only output line. Run as root (as CI is). Idempotent.
+#
+#   export SARDONYX_PG_URL="$(bash connectors/tests/pg-setup.sh)"
+set -euo pipefail
+
+log() { echo "pg-setup: $*" >&2; }
+
+if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "installing postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq postgresql >&2
+fi
+
+version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online" { found = 1 } END { exit !found }'; then
+    log "starting cluster $version/main"
+    pg_ctlcluster "$version" main start >&2
+fi
+
+port="$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" { print $3 }')"
+
+# Wait (bounded) until the server accepts connections.
+for _ in $(seq 1 50); do
+    if su postgres -c "psql -p $port -qAtc 'select 1'" >/dev/null 2>&1; then break; fi
+    sleep 0.2
+done
+
+su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qAt" >&2 <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sardonyx') THEN
+    CREATE ROLE sardonyx LOGIN PASSWORD 'sardonyx';
+  END IF;
+END
+\$\$;
+SQL
+if ! su postgres -c "psql -p $port -qAtc \"select 1 from pg_database where datname = 'sardonyx'\"" | grep -q 1; then
+    su postgres -c "createdb -p $port -O sardonyx sardonyx" >&2
+fi
+
+echo "postgres://sardonyx:sardonyx@127.0.0.1:$port/sardonyx"
