@@ -297,6 +297,18 @@ impl KafkaSource {
     /// position in `positions`, else at the group's committed offset (with a `group_id`), else
     /// at `start`.
     pub fn open(params: KafkaSourceParams, positions: &Positions) -> Result<Self, ConnectorError> {
+        Self::open_peer(params, 0, 1, positions)
+    }
+
+    /// Opens the share of peer `peer` of `n_peers` reading one topic: the partitions (of
+    /// `params.partitions`, else all) at indices `peer`, `peer + n_peers`, ... A peer with no
+    /// partition reads nothing (idle forever, or done at once with `stop_at_end`).
+    pub fn open_peer(
+        params: KafkaSourceParams,
+        peer: usize,
+        n_peers: usize,
+        positions: &Positions,
+    ) -> Result<Self, ConnectorError> {
         let context = format!("opening Kafka topic {:?}", params.topic);
         let mut config = client_config(&params.bootstrap_servers, &params.config);
         config
@@ -351,6 +363,7 @@ impl KafkaSource {
                 wanted.clone()
             }
         };
+
         for p in positions.iter() {
             if !partitions.contains(&p.partition) {
                 return Err(ConnectorError::fatal(
@@ -362,7 +375,19 @@ impl KafkaSource {
                 ));
             }
         }
-        let next = positions.iter().map(|p| (p.partition, p.offset)).collect();
+        // Positions of other peers' partitions are theirs: keep only this peer's.
+        let n_peers = n_peers.max(1);
+        let partitions: Vec<u32> = partitions
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % n_peers == peer)
+            .map(|(_, p)| p)
+            .collect();
+        let next = positions
+            .iter()
+            .filter(|p| partitions.contains(&p.partition))
+            .map(|p| (p.partition, p.offset))
+            .collect();
         let source = KafkaSource {
             consumer,
             params,
@@ -657,5 +682,67 @@ impl Sink for KafkaSink {
             Some(err) => Err(classify(context, &err)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(problems: &Problems) -> Vec<&str> {
+        problems.iter().map(|(f, _)| f.as_str()).collect()
+    }
+
+    #[test]
+    fn source_params_report_every_problem() {
+        let problems = validate_source(&json!({
+            "bootstrap_servers": "localhost, broker:x", "topic": "a b", "partitions": [0, 0, -1],
+            "start": "middle", "config": {"group.id": "g", "no.such.property": "1"}, "grup_id": "g"
+        }));
+        assert_eq!(
+            fields(&problems),
+            [
+                "bootstrap_servers",
+                "bootstrap_servers",
+                "topic",
+                "config.group.id",
+                "config",
+                "partitions",
+                "partitions",
+                "start",
+                "grup_id"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].1.contains("\"localhost\" is not host:port"));
+        assert!(problems[4].1.contains("no.such.property"), "{problems:?}");
+        let missing = validate_source(&json!({"bootstrap_servers": "localhost:9092"}));
+        assert_eq!(
+            missing,
+            vec![("topic".to_string(), "is required".to_string())]
+        );
+        let ok = json!({"bootstrap_servers": "a:1,b:2", "topic": "votes", "group_id": "g",
+                        "partitions": [2, 0], "start": "latest", "stop_at_end": true,
+                        "config": {"fetch.min.bytes": "1"}});
+        assert!(validate_source(&ok).is_empty());
+        let parsed: KafkaSourceParams = serde_json::from_value(ok).unwrap();
+        assert_eq!(parsed.start, StartFrom::Latest);
+    }
+
+    #[test]
+    fn sink_params_and_error_classes() {
+        assert_eq!(
+            fields(&validate_sink(&json!({"topic": "t", "key_field": 3}))),
+            ["bootstrap_servers", "key_field"]
+        );
+        let transient = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert!(classify("x", &transient).is_retryable());
+        let broker = KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure);
+        assert!(classify("x", &broker).is_retryable());
+        let denied = KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert!(!classify("x", &denied).is_retryable());
+        let too_big = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(!classify("x", &too_big).is_retryable());
     }
 }

@@ -12,6 +12,8 @@
 //! - PostgreSQL upserts ([`postgres::PostgresSink`]), plugin name `postgres`;
 //! - HTTP ingestion ([`http::HttpSource`]), plugin name `http`.
 //!
+//! [`plugins`] maps the plugin names to their checks and constructors.
+//!
 //! Sources are polled, and the PostgreSQL sink is written, from a blocking thread (not from
 //! inside an async runtime): connectors that need one run their own.
 
@@ -20,6 +22,7 @@ pub mod http;
 pub mod jsonl;
 pub mod kafka;
 pub mod params;
+pub mod plugins;
 pub mod postgres;
 pub mod source;
 

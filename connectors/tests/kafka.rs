@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
-use sardonyx_connectors::kafka::{KafkaSink, KafkaSource};
+use sardonyx_connectors::kafka::{KafkaSink, KafkaSource, KafkaSourceParams};
 use sardonyx_connectors::{Positions, Record, Sink, Source, SourceBatch};
 use serde_json::{json, Value};
 
@@ -208,6 +208,30 @@ fn open_rejects_a_missing_partition_and_sink_rejects_a_record_without_key() {
     assert!(
         err.to_string().contains("partition 7 does not exist"),
         "{err}"
+    );
+
+    let err = KafkaSource::from_params(
+        &json!({"bootstrap_servers": servers, "topic": "missing"}),
+        &Positions::new(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        !err.is_retryable() && err.to_string().contains("Unknown topic"),
+        "{err}"
+    );
+
+    // Peers split the partitions; a peer beyond the partition count reads nothing.
+    let params: KafkaSourceParams =
+        serde_json::from_value(json!({"bootstrap_servers": servers, "topic": "errors"})).unwrap();
+    let share = |peer, n| {
+        KafkaSource::open_peer(params.clone(), peer, n, &Positions::new())
+            .unwrap()
+            .partitions()
+    };
+    assert_eq!(
+        (share(0, 2), share(1, 2), share(3, 4)),
+        (vec![0, 2], vec![1], vec![])
     );
 
     let mut sink = KafkaSink::from_params(
