@@ -1,0 +1,189 @@
+//! Job files: JSON and TOML read to the same job, the builders build it too, serde round-trips
+//! it, and a broken file gets every problem reported at once, each with its place and field.
+
+use sardonyx::job::builder::JobBuilder;
+use sardonyx::job::{AggregationDef, Job, JobFileError, Span, TaskSpec, TriggerDef, WindowDef};
+use sardonyx::Registry;
+
+fn root(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn example_by_builder() -> Job {
+    let sync = |t: TriggerDef, file: &str| t.sync_jsonl(format!("sardonyx-out/{file}"));
+    JobBuilder::new()
+        .id("vote-count")
+        .edge("read-votes", "count-votes")
+        .edge("read-votes", "voter-sessions")
+        .edge("count-votes", "done")
+        .edge("voter-sessions", "done")
+        .task(
+            TaskSpec::input("read-votes", "sardonyx/jsonl")
+                .param("path", "examples/votes.jsonl")
+                .watermark("event_time", Span::minutes(6))
+                .doc("Votes as JSON lines; at most five minutes out of order."),
+        )
+        .task(
+            TaskSpec::function("count-votes", "sardonyx/identity")
+                .group_by_key("candidate")
+                .uniqueness_key("vote_id")
+                .n_peers(2),
+        )
+        .task(
+            TaskSpec::function("voter-sessions", "sardonyx/identity")
+                .group_by_key("voter_id")
+                .uniqueness_key("vote_id")
+                .n_peers(2),
+        )
+        .task(TaskSpec::output("done", "sardonyx/null"))
+        .window(WindowDef::global(
+            "totals",
+            "count-votes",
+            AggregationDef::count(),
+        ))
+        .window(WindowDef::fixed(
+            "per-minute",
+            "count-votes",
+            "event_time",
+            Span::minutes(1),
+            AggregationDef::count(),
+        ))
+        .window(WindowDef::sliding(
+            "hourly",
+            "count-votes",
+            "event_time",
+            Span::hours(1),
+            Span::minutes(20),
+            AggregationDef::count(),
+        ))
+        .window(WindowDef::session(
+            "sessions",
+            "voter-sessions",
+            "event_time",
+            Span::minutes(5),
+            AggregationDef::count(),
+        ))
+        .trigger(sync(
+            TriggerDef::timer("totals", "standings", Span::seconds(1)),
+            "totals.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("per-minute", "minute-closed"),
+            "per-minute.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("hourly", "hour-closed"),
+            "hourly.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("sessions", "session-closed"),
+            "sessions.jsonl",
+        ))
+        .build()
+}
+
+#[test]
+fn json_toml_and_builders_give_the_same_job() {
+    let json = Job::load(root("examples/votes.json")).unwrap();
+    let toml = Job::load(root("examples/votes.toml")).unwrap();
+    assert_eq!(json, toml);
+    assert_eq!(json, example_by_builder());
+    json.validate(&Registry::new()).unwrap();
+    // serde round trip through JSON text and through TOML text.
+    assert_eq!(Job::from_json_str(&json.to_json_string()).unwrap(), json);
+    assert_eq!(
+        Job::from_toml_str(&toml::to_string(&json).unwrap()).unwrap(),
+        json
+    );
+}
+
+#[test]
+fn validation_reports_every_problem_with_its_place_and_field() {
+    let job = Job::load(root("engine/tests/data/broken-job.json")).unwrap();
+    let err = job.validate(&Registry::new()).unwrap_err();
+    let expected = [
+        r#"task "read", field params.path: missing"#,
+        r#"task "read", field group_by_key: an input task cannot be grouped (group its downstream task)"#,
+        r#"task "count", field fn: function "no/such-fn" is not registered"#,
+        r#"task "count", field n_peers: give either n_peers or min_peers/max_peers, not both"#,
+        r#"task "count", field group_by_key: give either group_by_key or group_by_fn, not both"#,
+        r#"task "count", field group_by_fn: group function "no/such-group" is not registered"#,
+        r#"task "write", field plugin: output plugin "no/such-plugin" is not registered"#,
+        r#"task "orphan", field name: duplicate task name"#,
+        r#"workflow edge ["count", "ghost"]: unknown task "ghost""#,
+        r#"workflow edge ["count", "count"]: a task cannot feed itself"#,
+        r#"task "read": an input task has an incoming edge (from "write")"#,
+        r#"task "write": an output task has an outgoing edge (to "read")"#,
+        r#"task "orphan": not in the workflow"#,
+        r#"task "orphan": not in the workflow"#,
+        r#"workflow: cycle count → write → read → count"#,
+        r#"task "count", field uniqueness_key: a task with windows needs a uniqueness_key (or "deduplicate": false)"#,
+        r#"window "w1", field aggregation: "sum" needs a field: ["sum", "field"]"#,
+        r#"window "w1", field range: a fixed window needs a range"#,
+        r#"window "w1", field id: duplicate window id"#,
+        r#"window "w1", field task: unknown task "nowhere""#,
+        r#"window "w1", field aggregation: "count" takes no field (found "x")"#,
+        r#"window "w1", field window_key: a sliding window needs a window_key"#,
+        r#"window "w1", field slide: [2, "hours"] is longer than range [1, "hours"]"#,
+        r#"window "w3", field aggregation: aggregation "no/such-agg" is not registered"#,
+        r#"window "w3", field timeout_gap: a session window needs a timeout_gap"#,
+        r#"trigger "t1" of window "w1", field period: [10, "elements"] is not a time; a timer needs milliseconds … days"#,
+        r#"trigger "t1" of window "w1", field params.path: missing"#,
+        r#"trigger "t1" of window "w1", field id: duplicate trigger id in this window"#,
+        r#"trigger "t1" of window "w1", field threshold: a segment trigger needs a threshold such as [10, "elements"]"#,
+        r#"trigger "t1" of window "w1", field sync: sync function "no/such-sync" is not registered"#,
+        r#"trigger "t3" of window "nope", field window: unknown window "nope""#,
+        r#"trigger "t3" of window "nope", field pred: predicate "no/such-pred" is not registered"#,
+        r#"trigger "t4" of window "w3", field watermark_percentage: 1.5 is not between 0 and 1"#,
+        r#"trigger "t4" of window "w3", field period: not used by a percentile_watermark trigger"#,
+        r#"flow_conditions[1] (from "count"), field to: "read" is not downstream of "count""#,
+        r#"flow_conditions[1] (from "count"), field predicate: predicate "no/such-pred" is not registered"#,
+        r#"flow_conditions[1] (from "count"), field short_circuit: short_circuit conditions must come before the other conditions of the same task"#,
+        r#"flow_conditions[2] (from "unknown"), field from: unknown task "unknown""#,
+        r#"flow_conditions[2] (from "unknown"), field thrown_exception: a thrown_exception condition must also be short_circuit"#,
+        r#"lifecycles[0], field task: unknown task "ghost""#,
+        r#"lifecycles[0], field calls: lifecycle "no/such-lifecycle" is not registered"#,
+        r#"job, field errors: unknown task "missing-task""#,
+    ];
+    assert_eq!(err.messages(), expected);
+    assert!(err
+        .to_string()
+        .starts_with("42 problems in the job:\n  - task \"read\", field params.path: missing\n"));
+}
+
+#[test]
+fn schema_errors_are_all_reported_with_the_entry_and_field() {
+    let err = Job::load(root("engine/tests/data/schema-errors.toml")).unwrap_err();
+    let JobFileError::Schema(problems) = &err else {
+        panic!("expected schema problems, got {err}");
+    };
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors",
+            r#"task "read", field batch_size: invalid type: string "ten", expected usize"#,
+            r#"task "write", field type: unknown variant `sink`, expected one of `input`, `function`, `output`"#,
+            "task \"third\", field batchsize: unknown field `batchsize`, expected one of `name`, `type`, `fn`, `plugin`, `params`, `batch_size`, `batch_timeout`, `n_peers`, `min_peers`, `max_peers`, `group_by_key`, `group_by_fn`, `flux_policy`, `uniqueness_key`, `deduplicate`, `watermark`, `doc`",
+            r#"window "w", field range: unknown unit "minuts", expected one of milliseconds, seconds, minutes, hours, days, elements"#,
+            "triggers[0], field id: missing field `id`",
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let err = Job::from_json_str("{\"workflow\": [}").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "job file is not valid JSON: expected value at line 1 column 15"
+    );
+    let err = Job::from_toml_str("workflow = [").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("job file is not valid TOML: TOML parse error at line 1, column 13"),
+        "{err}"
+    );
+}
