@@ -8,14 +8,20 @@ set -euo pipefail
 
 log() { echo "pg-setup: $*" >&2; }
 
-if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     log "installing postgresql"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq postgresql >&2
 fi
 
-version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
+if [ -z "$version" ]; then
+    # The server is installed but has no cluster (e.g. it was dropped): make one.
+    version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+    log "creating cluster $version/main"
+    pg_createcluster "$version" main >&2
+fi
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online" { found = 1 } END { exit !found }'; then
     log "starting cluster $version/main"
     pg_ctlcluster "$version" main start >&2

@@ -3,6 +3,7 @@
 //! The server comes from `SARDONYX_PG_URL` (CI: `export SARDONYX_PG_URL="$(bash
 //! connectors/tests/pg-setup.sh)"`). Without it, each test prints a notice and passes vacuously.
 
+use std::io::Write;
 use std::time::Instant;
 
 use sardonyx_connectors::postgres::{self, PostgresSink};
@@ -14,7 +15,9 @@ fn url() -> Option<String> {
     match std::env::var("SARDONYX_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!(
+            // Straight to stderr, past the test harness's capture, so that CI logs show it.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: SARDONYX_PG_URL is unset; run `export SARDONYX_PG_URL=\"$(bash connectors/tests/pg-setup.sh)\"`"
             );
             None
