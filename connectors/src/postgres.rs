@@ -405,11 +405,13 @@ impl Sink for PostgresSink {
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
-                if e.is_closed() {
+                let err = classify(format!("writing to {}", self.table), &e);
+                if err.is_retryable() {
+                    // The session may be gone (closed, or ended by the server): start afresh.
                     self.client = None;
                     self.statement = None;
                 }
-                Err(classify(format!("writing to {}", self.table), &e))
+                Err(err)
             }
         }
     }

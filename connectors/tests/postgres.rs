@@ -268,3 +268,38 @@ fn throughput_of_one_batch_upsert() {
     println!("postgres: 5000-row upsert batch {first:?}, replayed {replay:?}");
     sql(&url, &format!("DROP TABLE {table}"));
 }
+
+#[test]
+fn a_lost_connection_is_retryable_and_the_sink_reconnects() {
+    let Some(url) = url() else { return };
+    let table = fresh_table(&url, "reconnect");
+    let app = format!("sardonyx_reconnect_{}", std::process::id());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let sink_url = format!("{url}{sep}application_name={app}");
+    let mut sink = PostgresSink::from_params(&params(&sink_url, &table)).unwrap();
+    sink.write_batch(&[firing("ada", 0, 1)]).unwrap();
+    // The server ends the sink's session (as a restart or failover would).
+    let killed = sql(
+        &url,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"),
+    );
+    assert_eq!(killed, vec![vec![Some("t".into())]]);
+    // The next write either notices the loss (retryable) or has already reconnected; retrying
+    // a retryable error succeeds, and the replayed batch is stored once.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match sink.write_batch(&[firing("ada", 0, 2)]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(e.is_retryable(), "a lost connection is retryable: {e}");
+                println!("postgres: after the session ended: {e}");
+                assert!(attempts < 2, "the sink did not reconnect: {e}");
+            }
+        }
+    }
+    println!("postgres: wrote again after a lost connection in {attempts} attempt(s)");
+    let rows = sql(&url, &format!("SELECT votes FROM {table}"));
+    assert_eq!(rows, vec![vec![Some("2".into())]]);
+    sql(&url, &format!("DROP TABLE {table}"));
+}
