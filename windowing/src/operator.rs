@@ -40,7 +40,11 @@
 //!   with it). Global windows are never evicted.
 //! - Job completion: every trigger fires every extent and group it has not fired since the last
 //!   change (event `job_completed`); then the watermark becomes +∞ (`i64::MAX`) and all
-//!   non-global extents are evicted, so later segments are late.
+//!   non-global extents are evicted, so later segments are late. A watermark of +∞ (`i64::MAX`,
+//!   what a task's watermark becomes once every input is finished) *is* job completion:
+//!   [`WindowOperator::on_watermark`] with `i64::MAX` does exactly what
+//!   [`WindowOperator::on_job_completed`] does, so those firings say `job_completed`, not
+//!   `watermark`.
 //! - Recovery: every trigger fires every extent and group changed since it last fired it (event
 //!   `recovered`); nothing else changes.
 //! - Firing order within a step: events in the order processed; within one event, windows in
@@ -1101,11 +1105,15 @@ impl WindowOperator {
 
     /// The task watermark advanced to `wm`: watermark triggers fire, then extents past their
     /// horizon get their final firings and are evicted. A watermark not above the current one
-    /// does nothing.
+    /// does nothing. A watermark of +∞ (`i64::MAX`: every input finished) is job completion and
+    /// does what [`WindowOperator::on_job_completed`] does.
     pub fn on_watermark(&mut self, wm: i64) -> Step {
         let mut step = Step::default();
         if wm <= self.state.watermark {
             return step;
+        }
+        if wm == i64::MAX {
+            return self.on_job_completed();
         }
         self.commit(&mut step, Transition::Watermark(wm));
         for w in 0..self.windows.len() {
