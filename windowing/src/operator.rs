@@ -538,19 +538,24 @@ impl WindowOperator {
                 if gs.extents.remove(e).is_none() {
                     return bad(format!("window {w} group {g} has no extent {e}"));
                 }
-                if gs.extents.is_empty() {
-                    ws.groups.remove(g);
-                    if self
+                // The group's per-window state (and its segment counters) stays while the group
+                // holds an extent in any window: a segment trigger counts every n-th segment per
+                // window and group, whether or not the watermark has emptied this window of the
+                // group in between (which depends on when the watermark arrives).
+                if gs.extents.is_empty()
+                    && self
                         .state
                         .windows
                         .iter()
-                        .all(|ws| !ws.groups.contains_key(g))
-                    {
-                        if let Some(key) = self.state.groups[*g as usize].take() {
-                            self.group_ids.remove(&key);
-                        }
-                        self.free_groups.insert(*g);
+                        .all(|ws| ws.groups.get(g).is_none_or(|gs| gs.extents.is_empty()))
+                {
+                    for ws in &mut self.state.windows {
+                        ws.groups.remove(g);
                     }
+                    if let Some(key) = self.state.groups[*g as usize].take() {
+                        self.group_ids.remove(&key);
+                    }
+                    self.free_groups.insert(*g);
                 }
                 Ok(())
             }

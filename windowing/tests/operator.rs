@@ -842,3 +842,43 @@ fn bytes_per_count_transition() {
     let json = serde_json::to_string(&step.transitions[0]).unwrap();
     assert_eq!(json, r#"{"Update":{"w":0,"g":0,"e":28333333,"u":1}}"#);
 }
+
+// ----- found by the golden jobs -----
+
+/// A watermark of +∞ (every input finished) is job completion: firings say `job_completed`.
+#[test]
+fn an_infinite_watermark_is_job_completion() {
+    let mut o = op(
+        vec![WindowSpec::fixed("w", "t", 10, count())],
+        vec![TriggerSpec::segment("w", "every-5", 5)],
+    );
+    feed(&mut o, &[1, 12]);
+    let step = o.on_watermark(i64::MAX);
+    assert_eq!(
+        fired(&step),
+        vec![
+            (Some(0), Some(9), i(1), JobCompleted),
+            (Some(10), Some(19), i(1), JobCompleted)
+        ]
+    );
+    assert_eq!(o.live_extents(), 0);
+    assert!(o.on_job_completed().firings.is_empty());
+}
+
+/// A segment trigger's counter survives the eviction of every extent of its window while the
+/// group still holds state in another window (so it does not depend on when the watermark comes).
+#[test]
+fn segment_counters_survive_eviction_while_the_group_lives() {
+    let mut o = op(
+        vec![
+            WindowSpec::fixed("w", "t", 10, count()),
+            WindowSpec::global("all", count()),
+        ],
+        vec![TriggerSpec::segment("w", "every-2", 2)],
+    );
+    feed(&mut o, &[1]);
+    o.on_watermark(15); // evicts [0,9], the group's only extent of "w"
+    assert_eq!(o.live_groups(), 1);
+    let step = feed(&mut o, &[16]);
+    assert_eq!(fired(&step), vec![(Some(10), Some(19), i(1), Segment)]);
+}
