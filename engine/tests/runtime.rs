@@ -1,0 +1,222 @@
+//! The local runtime end to end: batching, lifecycles, backpressure, committed positions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sardonyx::job::builder::JobBuilder;
+use sardonyx::job::TaskSpec;
+use sardonyx::registry::{ExceptionAction, Lifecycle};
+use sardonyx::{run_job, Registry, RunError, RunOptions, Segment, Value};
+
+fn seg(i: i64) -> Segment {
+    let mut s = Segment::new();
+    s.insert("n", i);
+    s
+}
+
+fn channel_job(batch_size: usize) -> sardonyx::Job {
+    JobBuilder::new()
+        .edge("in", "f")
+        .edge("f", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/channel")
+                .param("channel", "in")
+                .batch_size(batch_size),
+        )
+        .task(TaskSpec::function("f", "test/fail-on-odd").batch_size(batch_size))
+        .task(TaskSpec::output("out", "sardonyx/channel").param("channel", "out"))
+        .lifecycle("f", "test/watch")
+        .build()
+}
+
+fn registry(action: ExceptionAction, events: Arc<Mutex<Vec<String>>>) -> Registry {
+    let mut r = Registry::new();
+    r.register_function("test/fail-on-odd", |s, _| {
+        match s.get("n").and_then(Value::as_i64) {
+            Some(n) if n % 2 == 1 => Err(format!("{n} is odd")),
+            _ => Ok(vec![s]),
+        }
+    });
+    let (e1, e2, e3) = (events.clone(), events.clone(), events.clone());
+    r.register_lifecycle(
+        "test/watch",
+        Lifecycle {
+            before_task_start: Some(Arc::new(move |ev| {
+                e1.lock().unwrap().push(format!("start {}", ev.task))
+            })),
+            before_batch: Some(Arc::new(move |_, n| {
+                e2.lock().unwrap().push(format!("batch {n}"))
+            })),
+            handle_exception: Some(Arc::new(move |_, s, reason| {
+                e3.lock()
+                    .unwrap()
+                    .push(format!("exception {reason} on {s}"));
+                action
+            })),
+            ..Lifecycle::default()
+        },
+    );
+    r
+}
+
+async fn run_with(
+    action: ExceptionAction,
+    inputs: Vec<i64>,
+    batch_size: usize,
+) -> (
+    Result<sardonyx::JobReport, RunError>,
+    Vec<Segment>,
+    Vec<String>,
+    tempfile::TempDir,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let r = registry(action, events.clone());
+    let tx = r.input_channel("in", 4);
+    let mut rx = r.output_channel("out", 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        errors_path: dir.path().join("errors.jsonl"),
+        ..RunOptions::default()
+    };
+    let job = channel_job(batch_size);
+    let feeder = tokio::spawn(async move {
+        for i in inputs {
+            if tx.send(seg(i)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = run_job(&job, &r, options).await;
+    feeder.await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(s) = rx.try_recv() {
+        out.push(s);
+    }
+    let events = events.lock().unwrap().clone();
+    (result, out, events, dir)
+}
+
+#[tokio::test]
+async fn deferred_failures_go_to_the_error_file_and_the_job_goes_on() {
+    let (result, out, events, dir) = run_with(ExceptionAction::Defer, (0..10).collect(), 3).await;
+    let report = result.unwrap();
+    assert_eq!((report.read, report.written, report.rejected), (10, 5, 5));
+    let mut evens: Vec<i64> = out
+        .iter()
+        .map(|s| s.get("n").unwrap().as_i64().unwrap())
+        .collect();
+    evens.sort();
+    assert_eq!(evens, [0, 2, 4, 6, 8]);
+    let errors = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
+    let mut lines: Vec<&str> = errors.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines[0],
+        r#"{"task":"f","reason":"1 is odd","segment":{"n":1}}"#
+    );
+    assert_eq!(lines.len(), 5);
+    assert_eq!(events.iter().filter(|e| e.starts_with("start")).count(), 1);
+    // No batch is larger than batch_size.
+    for e in events.iter().filter_map(|e| e.strip_prefix("batch ")) {
+        assert!(e.parse::<usize>().unwrap() <= 3, "batch of {e}");
+    }
+    assert!(events.contains(&r#"exception 1 is odd on {"n":1}"#.to_owned()));
+}
+
+#[tokio::test]
+async fn restart_reruns_before_task_start_and_still_reports_the_segment() {
+    let (result, _, events, dir) = run_with(ExceptionAction::Restart, vec![2, 3, 4], 10).await;
+    let report = result.unwrap();
+    assert_eq!((report.written, report.rejected), (2, 1));
+    assert_eq!(events.iter().filter(|e| *e == "start f").count(), 2);
+    let errors = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
+    assert_eq!(
+        errors,
+        "{\"task\":\"f\",\"reason\":\"3 is odd (peer restarted)\",\"segment\":{\"n\":3}}\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_output_pushes_back_on_the_input() {
+    let r = Registry::new();
+    let tx = r.input_channel("in", 1);
+    let mut rx = r.output_channel("out", 1);
+    let job = JobBuilder::new()
+        .edge("in", "f")
+        .edge("f", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/channel")
+                .param("channel", "in")
+                .batch_size(1),
+        )
+        .task(TaskSpec::function("f", "sardonyx/identity").batch_size(1))
+        .task(
+            TaskSpec::output("out", "sardonyx/channel")
+                .param("channel", "out")
+                .batch_size(1),
+        )
+        .build();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let total = 10_000;
+    let feeder = tokio::spawn(async move {
+        for i in 0..total {
+            tx.send(seg(i)).await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        errors_path: dir.path().join("errors.jsonl"),
+        channel_capacity: 2,
+        ..RunOptions::default()
+    };
+    let job_task = tokio::spawn(async move { run_job(&job, &r, options).await });
+    // Nobody reads the output: the feeder must stall with only a few segments in flight.
+    let stalled = tokio::time::timeout(Duration::from_millis(500), async {
+        while sent.load(Ordering::SeqCst) < total as usize {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(stalled.is_err(), "the feeder was never held back");
+    let in_flight = sent.load(Ordering::SeqCst);
+    assert!(
+        in_flight < 100,
+        "{in_flight} segments accepted while the output was full"
+    );
+    // Draining the output lets everything through.
+    let mut received = 0;
+    while rx.recv().await.is_some() {
+        received += 1;
+    }
+    feeder.await.unwrap();
+    let report = job_task.await.unwrap().unwrap();
+    assert_eq!((received, report.written), (total as usize, total as u64));
+}
+
+#[tokio::test]
+async fn the_committed_position_of_a_drained_file_is_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let text: String = (0..250).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let job = JobBuilder::new()
+        .edge("in", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/jsonl")
+                .param("path", input.display().to_string())
+                .batch_size(7),
+        )
+        .task(TaskSpec::output("out", "sardonyx/null"))
+        .build();
+    let options = RunOptions {
+        errors_path: dir.path().join("errors.jsonl"),
+        ..RunOptions::default()
+    };
+    let report = run_job(&job, &Registry::new(), options).await.unwrap();
+    let committed = report.committed[&("in".to_owned(), 0)];
+    assert_eq!(committed.offset, text.len() as u64);
+    assert_eq!(report.read, 250);
+}
