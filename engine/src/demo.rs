@@ -193,8 +193,18 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
     );
     let job = votes_job(&input.display().to_string(), dir, "demo/standings");
     let progress = Arc::new(Progress::default());
+    // Exactly-once state on the embedded log, started afresh on every demo run.
+    let state_dir = dir.join("state");
+    if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir)?;
+    }
+    let log = sardonyx_state_log::EmbeddedLog::open(state_dir.join("log")).await?;
     let options = RunOptions {
         errors_path: dir.join("errors.jsonl"),
+        state: Some(crate::runtime::StateOptions::new(
+            Arc::new(log.clone()),
+            &state_dir,
+        )),
         ..RunOptions::default()
     };
     let started = Instant::now();
@@ -218,6 +228,7 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
     };
     let report = run_job_with_progress(&job, &registry, options, progress).await;
     printer.abort();
+    let _ = log.close().await;
     let report = report?;
     let tally = standings.lock().expect("standings lock").clone();
     println!(
@@ -234,6 +245,12 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
     println!(
         "counted {counted} votes; {} window firings; {} late; {} rejected",
         report.fired, report.late, report.rejected
+    );
+    let (records, bytes, segments) = report.logged;
+    println!(
+        "state log: {records} records, {bytes} bytes ({:.1} bytes per segment), {} duplicates",
+        bytes as f64 / segments.max(1) as f64,
+        report.duplicates
     );
     println!(
         "per-minute, hourly and per-voter session counts: {}/{{per-minute,hourly,sessions}}.jsonl",

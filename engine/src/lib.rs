@@ -23,6 +23,7 @@ pub mod job;
 pub mod registry;
 pub mod runtime;
 pub mod segment;
+pub mod state;
 
 pub use job::{Job, Problem, ValidationError};
 pub use registry::Registry;

@@ -9,8 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sardonyx::runtime::{run_job_with_progress, Progress};
-use sardonyx::{demo, Job, Registry, RunOptions};
+use std::collections::BTreeMap;
+
+use sardonyx::runtime::{run_job_with_progress, Progress, StateOptions};
+use sardonyx::{demo, Job, JobReport, Registry, RunOptions};
+use sardonyx_state_log::{
+    DedupConfig, EmbeddedLog, Ledgers, LogClient, LogServer, Role, ServerConfig,
+};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +40,32 @@ enum Command {
         /// Where rejected segments go unless the job says otherwise.
         #[arg(long, default_value = "sardonyx-errors.jsonl")]
         errors: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// When output is not a terminal, print a progress line this often (milliseconds).
+        #[arg(long, default_value_t = 5000)]
+        progress_ms: u64,
+    },
+    /// Run one server of a state-log cluster (3 servers tolerate the loss of one).
+    LogServer {
+        /// This server's id in the cluster map.
+        #[arg(long)]
+        id: u64,
+        /// Address to listen on (host:port).
+        #[arg(long)]
+        listen: String,
+        /// Directory of this server's RocksDB (reused on restart: the server rejoins with it).
+        #[arg(long)]
+        data: PathBuf,
+        /// Every member: `1=host:port,2=host:port,3=host:port` (the same on every server).
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Show each log server's id, address, role and its last log and applied index.
+    LogStatus {
+        /// Addresses of log servers (any subset; the others are found through them).
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
     },
     /// Check a job file and print every problem.
     Validate {
@@ -46,6 +77,33 @@ enum Command {
         #[command(subcommand)]
         which: DemoCommand,
     },
+}
+
+/// Where `run` keeps its exactly-once state.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// Local data directory: the embedded state log (unless --log is given) and the dedup
+    /// filters.
+    #[arg(long, default_value = "sardonyx-data")]
+    data: PathBuf,
+    /// Keep state on this log cluster (`host:port,host:port,…`) instead of the embedded log.
+    #[arg(long, value_delimiter = ',')]
+    log: Vec<String>,
+    /// Start the job over, ignoring the state of earlier runs with the same job id.
+    #[arg(long)]
+    fresh: bool,
+    /// Keep no state at all: nothing survives a crash, nothing is deduplicated.
+    #[arg(long, conflicts_with_all = ["log", "fresh"])]
+    in_memory: bool,
+    /// Compact a windowed slot's ledger once this many bytes were logged since its snapshot.
+    #[arg(long, default_value_t = 16 << 20)]
+    compact_bytes: u64,
+    /// Ids per dedup-filter bucket.
+    #[arg(long, default_value_t = 100_000)]
+    dedup_bucket_size: u64,
+    /// Dedup-filter buckets kept (horizon: (buckets − 1) × bucket size ids at least).
+    #[arg(long, default_value_t = 10)]
+    dedup_buckets: usize,
 }
 
 #[derive(Subcommand)]
@@ -103,20 +161,34 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Run { job, peers, errors } => {
+        Command::Run {
+            job,
+            peers,
+            errors,
+            state,
+            progress_ms,
+        } => {
             let registry = Registry::new();
             let loaded = Job::load(&job).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
+            let (state_options, embedded) = open_state(&state).await?;
             let options = RunOptions {
                 peers_override: peers,
                 errors_path: errors,
+                state: state_options,
                 ..RunOptions::default()
             };
             let progress = Arc::new(Progress::default());
             let started = Instant::now();
-            let watcher = tokio::spawn(show_progress(progress.clone()));
+            let watcher = tokio::spawn(show_progress(progress.clone(), progress_ms));
             let result = run_job_with_progress(&loaded, &registry, options, progress).await;
             watcher.abort();
+            if let Some(log) = embedded {
+                if let Err(e) = log.close().await {
+                    tracing::warn!(error = %e, "closing the embedded state log");
+                }
+            }
             let report = result?;
+            print_state_report(&report);
             println!(
                 "{}: read {} records, wrote {} segments, rejected {} in {:.2?}",
                 job.display(),
@@ -130,6 +202,47 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::LogServer {
+            id,
+            listen,
+            data,
+            cluster,
+        } => {
+            let cluster = parse_cluster(&cluster)?;
+            let server = LogServer::start(ServerConfig::new(id, listen, data, cluster))
+                .await
+                .context("starting the log server")?;
+            println!("log server {id} listening on {}", server.local_addr());
+            tokio::signal::ctrl_c().await?;
+            server.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LogStatus { log } => {
+            let statuses = sardonyx_state_log::status(&log).await;
+            println!(
+                "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13}",
+                "id", "address", "role", "leader", "term", "last log index", "applied index"
+            );
+            let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+            for s in &statuses {
+                println!(
+                    "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13}",
+                    opt(s.id),
+                    s.addr,
+                    format!("{:?}", s.role).to_lowercase(),
+                    opt(s.current_leader),
+                    s.current_term,
+                    opt(s.last_log_index),
+                    opt(s.last_applied)
+                );
+            }
+            let reachable = statuses.iter().any(|s| s.role != Role::Unreachable);
+            Ok(if reachable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Demo {
             which: DemoCommand::Votes { events, dir },
         } => {
@@ -139,8 +252,88 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A spinner with counts on a terminal; a plain line every few seconds when piped.
-async fn show_progress(progress: Arc<Progress>) {
+/// Opens the state log `run` uses: none (`--in-memory`), a log cluster (`--log`) or the
+/// embedded log under `--data` (returned too, so it can be closed cleanly).
+async fn open_state(
+    args: &StateArgs,
+) -> anyhow::Result<(Option<StateOptions>, Option<EmbeddedLog>)> {
+    if args.in_memory {
+        return Ok((None, None));
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let (store, embedded): (Arc<dyn Ledgers>, _) = if args.log.is_empty() {
+        let dir = args.data.join("log");
+        let log = EmbeddedLog::open(&dir)
+            .await
+            .with_context(|| format!("opening the embedded state log in {}", dir.display()))?;
+        (Arc::new(log.clone()), Some(log))
+    } else {
+        (
+            Arc::new(LogClient::connect(args.log.iter().cloned())?),
+            None,
+        )
+    };
+    let mut options = StateOptions::new(store, &args.data);
+    options.fresh = args.fresh;
+    options.compact_after_bytes = args.compact_bytes;
+    options.dedup = DedupConfig {
+        bucket_size: args.dedup_bucket_size,
+        num_buckets: args.dedup_buckets,
+        ..DedupConfig::default()
+    };
+    Ok((Some(options), embedded))
+}
+
+/// Parses `1=host:port,2=host:port`.
+fn parse_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--cluster: expected id=host:port, got {p:?}"))?;
+            let id = id
+                .trim()
+                .parse()
+                .with_context(|| format!("--cluster: bad id in {p:?}"))?;
+            Ok((id, addr.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// What the state log did: recoveries, bytes logged, duplicates skipped.
+fn print_state_report(report: &JobReport) {
+    for r in &report.recoveries {
+        println!(
+            "recovered {}: snapshot {}, {} records scanned, {} bytes read, {} batches replayed, \
+             {} fenced, {} ids, {} firings synced again, {} ms",
+            r.ledger,
+            r.snapshot_position
+                .map_or("none".to_owned(), |p| format!("at {p}")),
+            r.records_scanned,
+            r.bytes_read,
+            r.batches,
+            r.fenced,
+            r.ids,
+            r.pending_firings,
+            r.millis
+        );
+    }
+    let (records, bytes, segments) = report.logged;
+    if records > 0 || report.duplicates > 0 {
+        println!(
+            "state log: {records} records, {bytes} bytes for {segments} segments ({:.1} bytes per \
+             segment), {} duplicates skipped, {} snapshots",
+            bytes as f64 / segments.max(1) as f64,
+            report.duplicates,
+            report.snapshots
+        );
+    }
+}
+
+/// A spinner with counts on a terminal; a plain line every `every_ms` when piped.
+async fn show_progress(progress: Arc<Progress>, every_ms: u64) {
     let terminal = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new_spinner();
     if !terminal {
@@ -150,20 +343,20 @@ async fn show_progress(progress: Arc<Progress>) {
         indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
             .expect("a valid template"),
     );
-    let mut ticks = 0_u64;
+    let tick = if terminal { 100 } else { every_ms.max(10) };
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        ticks += 1;
+        tokio::time::sleep(Duration::from_millis(tick)).await;
         let msg = format!(
-            "read {} · written {} · rejected {}",
+            "read {} · written {} · rejected {} · logged {}",
             progress.read.load(Ordering::Relaxed),
             progress.written.load(Ordering::Relaxed),
-            progress.rejected.load(Ordering::Relaxed)
+            progress.rejected.load(Ordering::Relaxed),
+            progress.logged_segments.load(Ordering::Relaxed)
         );
         if terminal {
             bar.set_message(msg);
             bar.tick();
-        } else if ticks % 50 == 0 {
+        } else {
             eprintln!("progress: {msg}");
         }
     }

@@ -16,8 +16,21 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub struct AckToken {
     seq: u64,
+    input: u32,
     position: Position,
     done: mpsc::UnboundedSender<(u64, Position)>,
+}
+
+impl AckToken {
+    /// The input peer (its job-wide peer id) that read the batch.
+    pub fn input(&self) -> u32 {
+        self.input
+    }
+
+    /// The position the batch ends at.
+    pub fn position(&self) -> Position {
+        self.position
+    }
 }
 
 impl Drop for AckToken {
@@ -31,6 +44,7 @@ impl Drop for AckToken {
 #[derive(Debug)]
 pub struct AckIssuer {
     next: u64,
+    input: u32,
     done: mpsc::UnboundedSender<(u64, Position)>,
 }
 
@@ -41,6 +55,7 @@ impl AckIssuer {
         self.next += 1;
         Arc::new(AckToken {
             seq,
+            input: self.input,
             position,
             done: self.done.clone(),
         })
@@ -77,10 +92,17 @@ impl Committer {
     }
 }
 
-/// A token issuer and the receiving end of its completions.
-pub fn channel() -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Position)>) {
+/// A token issuer for input peer `input` and the receiving end of its completions.
+pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Position)>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (AckIssuer { next: 0, done: tx }, rx)
+    (
+        AckIssuer {
+            next: 0,
+            input,
+            done: tx,
+        },
+        rx,
+    )
 }
 
 #[cfg(test)]
@@ -107,7 +129,7 @@ mod tests {
 
     #[test]
     fn tokens_report_when_the_last_clone_drops() {
-        let (mut issuer, mut rx) = channel();
+        let (mut issuer, mut rx) = channel(0);
         let t = issuer.issue(pos(7));
         let clone = t.clone();
         drop(t);

@@ -8,6 +8,7 @@
 //! with the cause, unless a lifecycle decides to restart or kill.
 
 pub mod ack;
+pub mod durable;
 pub mod errors;
 mod peer;
 pub mod routing;
@@ -25,6 +26,7 @@ use crate::job::{ErrorsTarget, Job, TaskKind, ValidationError};
 use crate::registry::Registry;
 use crate::segment::Segment;
 
+pub use durable::{SlotRecovery, StateOptions};
 pub use errors::Rejection;
 
 /// How to run a job.
@@ -37,6 +39,10 @@ pub struct RunOptions {
     pub errors_path: PathBuf,
     /// Messages buffered per peer before senders wait (backpressure).
     pub channel_capacity: usize,
+    /// Exactly-once state: windowed tasks log to this state log and deduplicate, inputs resume
+    /// from their committed positions. `None` keeps everything in memory (nothing survives a
+    /// crash, and nothing is deduplicated).
+    pub state: Option<StateOptions>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +51,7 @@ impl Default for RunOptions {
             peers_override: None,
             errors_path: PathBuf::from("sardonyx-errors.jsonl"),
             channel_capacity: 8,
+            state: None,
         }
     }
 }
@@ -62,6 +69,18 @@ pub struct Progress {
     pub late: AtomicU64,
     /// Trigger firings.
     pub fired: AtomicU64,
+    /// Segments a windowed task had already applied (skipped by its dedup filter).
+    pub duplicates: AtomicU64,
+    /// Batch records appended to windowed slots' ledgers.
+    pub logged_records: AtomicU64,
+    /// Their bytes.
+    pub logged_bytes: AtomicU64,
+    /// Segment ids they carry.
+    pub logged_segments: AtomicU64,
+    /// Compaction snapshots written.
+    pub snapshots: AtomicU64,
+    /// What recovering each windowed slot read.
+    pub recoveries: std::sync::Mutex<Vec<SlotRecovery>>,
 }
 
 /// What a finished job did.
@@ -78,6 +97,14 @@ pub struct JobReport {
     pub late: u64,
     /// Trigger firings.
     pub fired: u64,
+    /// Segments skipped as already applied (dedup).
+    pub duplicates: u64,
+    /// Batch records appended to the state log, their bytes and the segment ids they carry.
+    pub logged: (u64, u64, u64),
+    /// Compaction snapshots written.
+    pub snapshots: u64,
+    /// What recovering each windowed slot read (empty without a state log).
+    pub recoveries: Vec<SlotRecovery>,
     /// Per input task and peer, the committed position: everything before it is fully processed.
     pub committed: BTreeMap<(String, usize), Position>,
     /// The error file, if any rejection was written to one.
@@ -106,6 +133,10 @@ pub enum RunError {
         /// The error that led to it.
         reason: String,
     },
+    /// The state log failed or holds something unusable (e.g. a corrupt record, named by
+    /// ledger and position).
+    #[error("state log: {0}")]
+    State(String),
     /// The error output itself failed.
     #[error("cannot write the error output: {0}")]
     ErrorOutput(String),
@@ -230,9 +261,29 @@ pub async fn run_job_with_progress(
         first_peer,
         idle_timeout_ms,
     });
+    let job_state = match options.state.clone() {
+        Some(state) => {
+            let peers: BTreeMap<String, usize> = job
+                .catalog
+                .iter()
+                .map(|t| (t.name.clone(), peers_of(&t.name)))
+                .collect();
+            let windowed = job
+                .catalog
+                .iter()
+                .filter(|t| job.windows_of(&t.name).next().is_some())
+                .map(|t| t.name.clone())
+                .collect();
+            Some(Arc::new(
+                durable::JobState::open(job, state, &peers, windowed).await?,
+            ))
+        }
+        None => None,
+    };
 
     let mut handles = Vec::new();
     let mut committers = Vec::new();
+    let mut writers = Vec::new();
     for t in &job.catalog {
         let n = peers_of(&t.name);
         let rxs = receivers.remove(&t.name).expect("made above");
@@ -249,13 +300,26 @@ pub async fn run_job_with_progress(
                 error_file: error_file.clone(),
                 progress: progress.clone(),
                 syncs: syncs.clone(),
+                state: job_state.clone(),
             };
             match t.kind {
                 TaskKind::Input => {
-                    let (issuer, done) = ack::channel();
+                    let (issuer, done) = ack::channel(ctx.id() as u32);
                     let key = (t.name.clone(), peer);
-                    committers.push(tokio::spawn(async move { (key, commit_loop(done).await) }));
-                    handles.push(tokio::spawn(peer::run_input(ctx, issuer)));
+                    let (resume, writer) = match &job_state {
+                        Some(js) => {
+                            let log = durable::InputLog::new(js.clone(), &t.name, peer);
+                            let resume = log.resume_position().await?;
+                            let (tx, rx) = tokio::sync::watch::channel(resume);
+                            writers.push(tokio::spawn(log.write_loop(rx)));
+                            (resume, Some(tx))
+                        }
+                        None => (None, None),
+                    };
+                    committers.push(tokio::spawn(async move {
+                        (key, commit_loop(done, resume, writer).await)
+                    }));
+                    handles.push(tokio::spawn(peer::run_input(ctx, issuer, resume)));
                 }
                 TaskKind::Function | TaskKind::Output => {
                     handles.push(tokio::spawn(peer::run_worker(ctx, rx)));
@@ -264,6 +328,7 @@ pub async fn run_job_with_progress(
         }
     }
     drop(topology);
+    drop(job_state);
 
     let mut first_error = None;
     for h in handles {
@@ -287,25 +352,46 @@ pub async fn run_job_with_progress(
             committed.insert(key, pos);
         }
     }
+    for w in writers {
+        w.await.map_err(|e| RunError::Internal(e.to_string()))??;
+    }
     let rejected = progress.rejected.load(Ordering::Relaxed);
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Ok(JobReport {
         read: progress.read.load(Ordering::Relaxed),
         written: progress.written.load(Ordering::Relaxed),
         rejected,
         late: progress.late.load(Ordering::Relaxed),
         fired: progress.fired.load(Ordering::Relaxed),
+        duplicates: load(&progress.duplicates),
+        logged: (
+            load(&progress.logged_records),
+            load(&progress.logged_bytes),
+            load(&progress.logged_segments),
+        ),
+        snapshots: load(&progress.snapshots),
+        recoveries: progress.recoveries.lock().expect("recoveries lock").clone(),
         committed,
         errors_path: (rejected > 0 && error_task.is_none())
             .then(|| error_file.path().to_path_buf()),
     })
 }
 
-async fn commit_loop(mut done: mpsc::UnboundedReceiver<(u64, Position)>) -> Option<Position> {
+/// Advances an input peer's committed position as its batches complete, and hands each new
+/// one to the position writer (if the job has a state log).
+async fn commit_loop(
+    mut done: mpsc::UnboundedReceiver<(u64, Position)>,
+    resume: Option<Position>,
+    writer: Option<tokio::sync::watch::Sender<Option<Position>>>,
+) -> Option<Position> {
     let mut c = ack::Committer::default();
     while let Some((seq, pos)) = done.recv().await {
         if let Some(p) = c.complete(seq, pos) {
             tracing::trace!(offset = p.offset, "input position committed");
+            if let Some(w) = &writer {
+                let _ = w.send(Some(p));
+            }
         }
     }
-    c.committed()
+    c.committed().or(resume)
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ack::{AckIssuer, AckToken};
+use super::durable::{JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key, jump_hash, key_hash, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
@@ -35,6 +36,8 @@ pub(crate) struct PeerContext {
     pub error_file: ErrorFile,
     pub progress: Arc<Progress>,
     pub syncs: Arc<Syncs>,
+    /// The job's exactly-once state, if it has a state log.
+    pub state: Option<Arc<JobState>>,
 }
 
 impl PeerContext {
@@ -62,7 +65,7 @@ impl PeerContext {
         }
     }
 
-    fn id(&self) -> usize {
+    pub(crate) fn id(&self) -> usize {
         self.topology.first_peer[&self.task.name] + self.peer
     }
 
@@ -121,6 +124,16 @@ impl Router {
                     (Some(k), _) => Spread::Key(k.clone()),
                     (None, Some(f)) => {
                         Spread::Fn(ctx.registry.group_fn(f).expect("validated").clone())
+                    }
+                    // With exactly-once state, a windowed task without grouping gets each
+                    // segment on the peer its uniqueness id hashes to, so a segment read again
+                    // after a restart meets the dedup filter that saw it.
+                    (None, None)
+                        if ctx.state.is_some() && dedup_field(&ctx.job, spec).is_some() =>
+                    {
+                        Spread::Key(GroupKey::One(
+                            dedup_field(&ctx.job, spec).expect("checked").to_owned(),
+                        ))
                     }
                     // Start each sender at a different peer so load spreads from the first batch.
                     (None, None) => Spread::RoundRobin(ctx.peer),
@@ -282,13 +295,23 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Runs one input peer: reads batches from the plugin, parses records into segments (malformed
 /// ones go to the error output with their line number), tracks the watermark, routes.
-pub(crate) async fn run_input(ctx: PeerContext, mut issuer: AckIssuer) -> Result<(), RunError> {
+pub(crate) async fn run_input(
+    ctx: PeerContext,
+    mut issuer: AckIssuer,
+    resume: Option<sardonyx_connectors::Position>,
+) -> Result<(), RunError> {
     let plugin = ctx
         .registry
         .input(ctx.task.plugin.as_deref().unwrap_or_default())
         .expect("validated")
         .clone();
-    let reader = (plugin.open)(&ctx.plugin_ctx()).map_err(|e| ctx.plugin_error(e))?;
+    let mut reader = (plugin.open)(&ctx.plugin_ctx()).map_err(|e| ctx.plugin_error(e))?;
+    if let (Some(p), InputReader::Records(source)) = (resume, &mut reader) {
+        // Everything before the committed position is fully processed: read on after it.
+        source
+            .seek(p)
+            .map_err(|e| ctx.plugin_error(format!("resuming at offset {}: {e}", p.offset)))?;
+    }
     let lifecycles = ctx.lifecycles();
     call_hooks(&lifecycles, |l| {
         l.before_task_start.as_ref().map(|h| h(&ctx.event()))
@@ -569,11 +592,53 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         .as_ref()
         .and_then(|s| s.timer_period_ms)
         .map(|p| std::time::Duration::from_millis(p.clamp(1, 1000) as u64));
+    let dedup_key = dedup_field(&ctx.job, &ctx.task).map(str::to_owned);
+    let mut slot: Option<SlotLog> = None;
+    if let (Some(stage), Some(js)) = (&mut stage, &ctx.state) {
+        // Exactly-once state: rebuild the slot from its ledger, sync again what the last batch
+        // before a crash may not have synced, then fire what changed since it last fired.
+        let (recovered, pending) = SlotLog::open(
+            js.clone(),
+            &ctx.task.name,
+            ctx.peer,
+            dedup_key.is_some(),
+            &mut stage.operator,
+            ctx.progress.clone(),
+        )
+        .await?;
+        slot = Some(recovered);
+        let pending = sardonyx_windowing::Step {
+            firings: pending,
+            ..Default::default()
+        };
+        deliver(&ctx, stage, pending, &mut router)?;
+        stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
+        let step = stage.operator.on_recovered();
+        settle(
+            &ctx,
+            stage,
+            &mut slot,
+            Vec::new(),
+            step,
+            Vec::new(),
+            &mut router,
+        )
+        .await?;
+    }
     let mut inbox = Inbox::new(&ctx, rx);
     if let Some(stage) = &mut stage {
         // Starts the timers' clocks.
         let step = stage.operator.on_timer(now_ms());
-        deliver(&ctx, stage, step, &mut router)?;
+        settle(
+            &ctx,
+            stage,
+            &mut slot,
+            Vec::new(),
+            step,
+            Vec::new(),
+            &mut router,
+        )
+        .await?;
     }
     loop {
         let (segments, acks) = match inbox.gather(tick).await {
@@ -593,7 +658,20 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             None => segments,
         };
         let outputs = match &mut stage {
-            Some(stage) => window_batch(&ctx, stage, &grouping, outputs, watermark, &mut router)?,
+            Some(stage) => {
+                let (passed, step, ids) = window_batch(
+                    &ctx,
+                    stage,
+                    &grouping,
+                    slot.as_ref().zip(dedup_key.as_deref()),
+                    outputs,
+                    watermark,
+                    &mut router,
+                )?;
+                let inputs = covered_inputs(&acks);
+                settle(&ctx, stage, &mut slot, ids, step, inputs, &mut router).await?;
+                passed
+            }
             None => outputs,
         };
         let outputs = match sink.take() {
@@ -618,6 +696,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         router.flush(watermark, &acks).await;
         if let Some(stage) = &stage {
             stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
+            if let Some(slot) = &mut slot {
+                slot.maybe_compact(&stage.operator).await?;
+            }
         }
         drop(acks);
         if len > 0 {
@@ -628,7 +709,16 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
     }
     if let Some(stage) = &mut stage {
         let step = stage.operator.on_job_completed();
-        deliver(&ctx, stage, step, &mut router)?;
+        settle(
+            &ctx,
+            stage,
+            &mut slot,
+            Vec::new(),
+            step,
+            Vec::new(),
+            &mut router,
+        )
+        .await?;
         stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
         router.flush(inbox.watermark(), &[]).await;
     }
@@ -671,40 +761,107 @@ impl Grouping {
     }
 }
 
-/// Feeds a batch to the task's windows, then the watermark and the timer; delivers firings.
-/// Returns the segments that go on downstream (a segment the windows reject goes to the
-/// error output instead).
+/// The field a windowed task deduplicates on: its `uniqueness_key`, unless `deduplicate` is
+/// false or the task has no windows.
+pub(crate) fn dedup_field<'a>(job: &Job, task: &'a TaskSpec) -> Option<&'a str> {
+    if task.deduplicate == Some(false) || job.windows_of(&task.name).next().is_none() {
+        return None;
+    }
+    task.uniqueness_key.as_deref()
+}
+
+/// The greatest offset of each input the acknowledged batches cover.
+fn covered_inputs(acks: &[Arc<AckToken>]) -> Vec<(u32, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    for a in acks {
+        let o = m.entry(a.input()).or_insert(0);
+        *o = a.position().offset.max(*o);
+    }
+    m.into_iter().collect()
+}
+
+/// Feeds a batch to the task's windows, then the watermark and the timer. With a dedup filter
+/// (`dedup`: the slot and the uniqueness field), segments already applied are skipped (they
+/// still travel on). Returns the segments that go on downstream (a segment the windows reject
+/// goes to the error output instead), the batch's combined step, and the ids of the segments
+/// it applied. Nothing is delivered yet: the step must be committed first ([`settle`]).
 fn window_batch(
     ctx: &PeerContext,
     stage: &mut WindowStage,
     grouping: &Grouping,
+    dedup: Option<(&SlotLog, &str)>,
     segments: Vec<Segment>,
     watermark: Option<i64>,
     router: &mut Router,
-) -> Result<Vec<Segment>, RunError> {
+) -> Result<(Vec<Segment>, sardonyx_windowing::Step, Vec<Value>), RunError> {
     let mut passed = Vec::with_capacity(segments.len());
+    let mut batch = sardonyx_windowing::Step::default();
+    let mut ids = Vec::new();
+    let mut seen_here = std::collections::HashSet::new();
     for s in segments {
+        let mut id = None;
+        if let Some((slot, field)) = dedup {
+            let Some(v) = s.get(field).cloned() else {
+                let reason = format!("uniqueness_key field \"{field}\" is missing");
+                router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
+                continue;
+            };
+            let key = crate::state::id_key(&v);
+            if seen_here.contains(&key) || slot.seen(&key)? {
+                ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
+                passed.push(s);
+                continue;
+            }
+            id = Some((v, key));
+        }
         let step = match grouping.group(&s) {
             Ok(g) => stage.operator.on_segment(&s, &g).map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         match step {
             Ok(step) => {
-                deliver(ctx, stage, step, router)?;
+                batch.extend(step);
+                if let Some((v, key)) = id {
+                    ids.push(v);
+                    seen_here.insert(key);
+                }
                 passed.push(s);
             }
             Err(reason) => router.reject(Rejection::segment(&ctx.task.name, reason, s))?,
         }
     }
     if let Some(wm) = watermark {
-        let step = stage.operator.on_watermark(wm);
-        deliver(ctx, stage, step, router)?;
+        batch.extend(stage.operator.on_watermark(wm));
     }
     if stage.timer_period_ms.is_some() {
-        let step = stage.operator.on_timer(now_ms());
-        deliver(ctx, stage, step, router)?;
+        batch.extend(stage.operator.on_timer(now_ms()));
     }
-    Ok(passed)
+    Ok((passed, batch, ids))
+}
+
+/// Commits a step (with the ids it applied and the inputs it covers) to the slot's ledger, if
+/// the job has a state log, and only then delivers its firings and late segments.
+async fn settle(
+    ctx: &PeerContext,
+    stage: &WindowStage,
+    slot: &mut Option<SlotLog>,
+    ids: Vec<Value>,
+    mut step: sardonyx_windowing::Step,
+    inputs: Vec<(u32, u64)>,
+    router: &mut Router,
+) -> Result<(), RunError> {
+    if let Some(slot) = slot {
+        let record = crate::state::BatchRecord {
+            epoch: slot.epoch(),
+            ids: crate::state::Ids::from_values(&ids),
+            transitions: std::mem::take(&mut step.transitions),
+            inputs,
+        };
+        if !record.is_empty() {
+            slot.commit(&record).await?;
+        }
+    }
+    deliver(ctx, stage, step, router)
 }
 
 /// Syncs a step's firings, sends emitted firings downstream and late segments to their task

@@ -1,0 +1,515 @@
+//! The I/O side of exactly-once state: the job's ledgers in the state log, windowed slots'
+//! ledgers and dedup filters, and the inputs' committed positions (DESIGN §5; the record
+//! protocol itself is [`crate::state`]).
+//!
+//! Ledgers of a job with id `J` (a job without `id` is named by a hash of its definition):
+//! - `J/meta`: one record per run: the generation and every task's peer count. Its position
+//!   (+1) is the run's **epoch**, greater than every earlier run's.
+//! - `J/g<gen>/<task>/<peer>`: a windowed slot (see [`crate::state`]).
+//! - `J/g<gen>/<task>/<peer>/input`: an input peer's committed positions. A position is
+//!   appended only once every segment read before it is fully processed downstream — in
+//!   particular once every windowed slot has committed the records of those segments — so
+//!   resuming there loses nothing; what is read again is deduplicated by the slots' filters.
+//!
+//! `--fresh` starts a new generation (new ledger names) and compacts the old one away.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sardonyx_connectors::Position;
+use sardonyx_state_log::{DedupConfig, DedupFilter, Ledgers, RequestId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Progress, RunError};
+use crate::job::Job;
+use crate::state::{self, GroupTable, SlotRecord, SlotSnapshot};
+use sardonyx_windowing::trigger::Firing;
+use sardonyx_windowing::WindowOperator;
+
+/// Where and how a job keeps its exactly-once state.
+#[derive(Clone)]
+pub struct StateOptions {
+    /// The state log (an embedded log or a client of a log cluster).
+    pub store: Arc<dyn Ledgers>,
+    /// A local directory for the dedup filters (derived state, rebuilt from the log on start).
+    pub dir: PathBuf,
+    /// Start the job over instead of resuming it.
+    pub fresh: bool,
+    /// Compact a windowed slot's ledger (snapshot, drop the prefix) once the entries since its
+    /// last snapshot exceed this many bytes.
+    pub compact_after_bytes: u64,
+    /// Shape of each windowed slot's dedup filter (its horizon).
+    pub dedup: DedupConfig,
+}
+
+impl std::fmt::Debug for StateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateOptions")
+            .field("dir", &self.dir)
+            .field("fresh", &self.fresh)
+            .field("compact_after_bytes", &self.compact_after_bytes)
+            .field("dedup", &self.dedup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateOptions {
+    /// State in `store`, filters under `dir`, compaction past 16 MiB, the default dedup horizon.
+    pub fn new(store: Arc<dyn Ledgers>, dir: impl Into<PathBuf>) -> Self {
+        StateOptions {
+            store,
+            dir: dir.into(),
+            fresh: false,
+            compact_after_bytes: 16 << 20,
+            dedup: DedupConfig::default(),
+        }
+    }
+}
+
+/// What recovering one windowed slot read and did (for reports and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotRecovery {
+    /// The slot's ledger.
+    pub ledger: String,
+    /// Whether a snapshot was read, and the position it covers.
+    pub snapshot_position: Option<u64>,
+    /// Ledger records visited by the read (each checksummed).
+    pub records_scanned: u64,
+    /// Bytes read (snapshot + entries).
+    pub bytes_read: u64,
+    /// Batch records replayed.
+    pub batches: u64,
+    /// Batch records fenced off (written by a process after a newer one took over).
+    pub fenced: u64,
+    /// Firings of the last batch synced again.
+    pub pending_firings: u64,
+    /// Ids re-inserted into the dedup filter.
+    pub ids: u64,
+    /// Wall time of the recovery, in milliseconds.
+    pub millis: u64,
+}
+
+fn state_error(e: impl std::fmt::Display) -> RunError {
+    RunError::State(e.to_string())
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Meta {
+    generation: u64,
+    peers: Vec<(String, u64)>,
+    windowed: Vec<String>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory encoding")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+/// A stable name for a job without an `id`: a hash of its JSON form.
+fn job_name(job: &Job) -> String {
+    match &job.id {
+        Some(id) => id.clone(),
+        None => {
+            let json = serde_json::to_string(job).unwrap_or_default();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            json.hash(&mut h);
+            format!("job-{:016x}", h.finish())
+        }
+    }
+}
+
+fn process_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (t, std::process::id()).hash(&mut h);
+    h.finish()
+}
+
+/// The job-wide part: which generation, which epoch, where ledgers live.
+pub(crate) struct JobState {
+    pub options: StateOptions,
+    /// `J/g<gen>`.
+    pub prefix: String,
+    /// This run's epoch (greater than every earlier run's).
+    pub epoch: u64,
+    nonce: u64,
+}
+
+impl JobState {
+    /// Reads the job's meta ledger, checks the peer counts of a resumed job, and records this run.
+    pub async fn open(
+        job: &Job,
+        options: StateOptions,
+        peers: &BTreeMap<String, usize>,
+        windowed: Vec<String>,
+    ) -> Result<JobState, RunError> {
+        let name = job_name(job);
+        let meta_ledger = format!("{name}/meta");
+        let store = &options.store;
+        let read = store.read(&meta_ledger, 0).await.map_err(state_error)?;
+        let last = match read
+            .entries
+            .last()
+            .map(|(p, b)| (*p, b))
+            .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
+        {
+            Some((pos, bytes)) => Some(decode::<Meta>(bytes).map_err(|d| {
+                state_error(format!(
+                    "corrupt record in ledger {meta_ledger:?} at position {pos}: {d}"
+                ))
+            })?),
+            None => None,
+        };
+        let peers_now: Vec<(String, u64)> =
+            peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
+        let generation = match &last {
+            None => 0,
+            Some(m) if options.fresh => m.generation + 1,
+            Some(m) => {
+                if m.peers != peers_now {
+                    return Err(RunError::State(format!(
+                        "job {name:?} was run with other peer counts ({}) than now ({}); its \
+                         state cannot be split differently: run it with the same counts, or \
+                         start over with --fresh",
+                        fmt_peers(&m.peers),
+                        fmt_peers(&peers_now)
+                    )));
+                }
+                m.generation
+            }
+        };
+        let nonce = process_nonce();
+        let meta = Meta {
+            generation,
+            peers: peers_now,
+            windowed,
+        };
+        let bytes = encode(&meta);
+        let pos = store
+            .append(&meta_ledger, RequestId::new(nonce, 0), bytes.clone())
+            .await
+            .map_err(state_error)?;
+        store
+            .snapshot(&meta_ledger, pos, bytes)
+            .await
+            .map_err(state_error)?;
+        if let Some(old) = last.filter(|m| m.generation != generation) {
+            drop_generation(store.as_ref(), &name, &old).await?;
+        }
+        Ok(JobState {
+            prefix: format!("{name}/g{generation}"),
+            epoch: pos + 1,
+            nonce,
+            options,
+        })
+    }
+
+    /// The request ids of one ledger's appends: a client id unique to this process and ledger.
+    fn client(&self, ledger: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ledger.hash(&mut h);
+        self.nonce ^ h.finish()
+    }
+
+    fn slot_ledger(&self, task: &str, peer: usize) -> String {
+        format!("{}/{task}/{peer}", self.prefix)
+    }
+}
+
+fn fmt_peers(p: &[(String, u64)]) -> String {
+    p.iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Compacts away every ledger of an old generation (an empty snapshot over its last entry).
+async fn drop_generation(store: &dyn Ledgers, name: &str, old: &Meta) -> Result<(), RunError> {
+    let mut ledgers = Vec::new();
+    for (task, n) in &old.peers {
+        for p in 0..*n {
+            ledgers.push(format!("{name}/g{}/{task}/{p}/input", old.generation));
+            if old.windowed.contains(task) {
+                ledgers.push(format!("{name}/g{}/{task}/{p}", old.generation));
+            }
+        }
+    }
+    for l in ledgers {
+        let info = store.info(&l).await.map_err(state_error)?;
+        if info.entries > 0 {
+            store
+                .snapshot(&l, info.next_position - 1, Vec::new())
+                .await
+                .map_err(state_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// One windowed slot's ledger and dedup filter.
+pub(crate) struct SlotLog {
+    js: Arc<JobState>,
+    ledger: String,
+    client: u64,
+    seq: u64,
+    epoch: u64,
+    filter: Option<DedupFilter>,
+    /// The group table beside the operator (for snapshots and re-derived firings).
+    pub groups: GroupTable,
+    last_position: Option<u64>,
+    bytes_since_snapshot: u64,
+    progress: Arc<Progress>,
+}
+
+impl SlotLog {
+    /// Takes over a slot: announces this run as its owner, reads the snapshot and the tail,
+    /// rebuilds `op` and the dedup filter. Returns the firings of the last batch to sync again.
+    pub async fn open(
+        js: Arc<JobState>,
+        task: &str,
+        peer: usize,
+        dedup: bool,
+        op: &mut WindowOperator,
+        progress: Arc<Progress>,
+    ) -> Result<(SlotLog, Vec<Firing>), RunError> {
+        let started = Instant::now();
+        let ledger = js.slot_ledger(task, peer);
+        let store = js.options.store.clone();
+        let client = js.client(&ledger);
+        let owner = state::encode_record(&SlotRecord::Owner { epoch: js.epoch });
+        store
+            .append(&ledger, RequestId::new(client, 0), owner)
+            .await
+            .map_err(state_error)?;
+        let read = store.read(&ledger, 0).await.map_err(state_error)?;
+        let mut groups = GroupTable::default();
+        let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+        let recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)
+            .map_err(state_error)?;
+        let filter = if dedup {
+            let dir = js
+                .options
+                .dir
+                .join("filters")
+                .join(ledger.replace(['/', '\\', ':'], "_"));
+            let config = js.options.dedup;
+            let export = recovered.filter_export.clone();
+            let ids = recovered.ids.clone();
+            let filter = tokio::task::spawn_blocking(move || {
+                let mut f = DedupFilter::open(&dir, config)?;
+                f.clear()?;
+                if let Some(e) = export.filter(|e| !e.is_empty()) {
+                    f.import(&e)?;
+                }
+                f.insert_batch(ids)?;
+                Ok::<_, sardonyx_state_log::Error>(f)
+            })
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?
+            .map_err(|e| state_error(format!("dedup filter of {ledger}: {e}")))?;
+            Some(filter)
+        } else {
+            None
+        };
+        let report = SlotRecovery {
+            ledger: ledger.clone(),
+            snapshot_position: read.snapshot.as_ref().map(|(p, _)| *p),
+            records_scanned: read.stats.records_scanned,
+            bytes_read: read.stats.bytes_read,
+            batches: recovered.batches,
+            fenced: recovered.fenced,
+            pending_firings: recovered.pending.len() as u64,
+            ids: recovered.ids.len() as u64,
+            millis: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(?report, "windowed slot recovered");
+        progress
+            .recoveries
+            .lock()
+            .expect("recoveries lock")
+            .push(report);
+        Ok((
+            SlotLog {
+                ledger,
+                client,
+                seq: 1,
+                epoch: js.epoch.max(recovered.epoch),
+                filter,
+                groups,
+                last_position: recovered.last_position,
+                bytes_since_snapshot: recovered.entry_bytes,
+                js,
+                progress,
+            },
+            recovered.pending,
+        ))
+    }
+
+    /// True if the filter has seen `key` (always false without deduplication).
+    pub fn seen(&self, key: &[u8]) -> Result<bool, RunError> {
+        match &self.filter {
+            Some(f) => f.contains(key).map_err(state_error),
+            None => Ok(false),
+        }
+    }
+
+    /// The epoch to stamp on records.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Appends one batch record and waits for its commit; then inserts its ids into the filter.
+    pub async fn commit(&mut self, record: &state::BatchRecord) -> Result<(), RunError> {
+        self.groups.observe(&record.transitions);
+        let keys = record.ids.keys();
+        let bytes = state::encode_record(&SlotRecord::Batch(record.clone()));
+        let len = bytes.len() as u64;
+        let pos = self
+            .js
+            .options
+            .store
+            .append(&self.ledger, RequestId::new(self.client, self.seq), bytes)
+            .await
+            .map_err(state_error)?;
+        self.seq += 1;
+        self.last_position = Some(pos);
+        self.bytes_since_snapshot += len;
+        let p = &self.progress;
+        p.logged_records.fetch_add(1, Ordering::Relaxed);
+        p.logged_bytes.fetch_add(len, Ordering::Relaxed);
+        p.logged_segments
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        if let Some(f) = &mut self.filter {
+            f.insert_batch(keys).map_err(state_error)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot and drops the ledger's prefix once the entries since the last snapshot
+    /// exceed the threshold. Call only after the last batch's firings were synced.
+    pub async fn maybe_compact(&mut self, op: &WindowOperator) -> Result<(), RunError> {
+        let Some(pos) = self.last_position else {
+            return Ok(());
+        };
+        if self.bytes_since_snapshot <= self.js.options.compact_after_bytes {
+            return Ok(());
+        }
+        let filter = match &self.filter {
+            Some(f) => f.export().map_err(state_error)?,
+            None => Vec::new(),
+        };
+        let live: Vec<_> = self
+            .groups
+            .to_vec()
+            .into_iter()
+            .filter(|(_, key)| {
+                op.windows()
+                    .iter()
+                    .any(|w| !op.extents(&w.id, key).is_empty())
+            })
+            .collect();
+        self.groups = GroupTable::from_vec(live.clone());
+        let snap = SlotSnapshot {
+            epoch: self.epoch,
+            operator: op.snapshot(),
+            groups: live,
+            filter,
+        };
+        let bytes = state::encode_snapshot(&snap);
+        let len = bytes.len();
+        self.js
+            .options
+            .store
+            .snapshot(&self.ledger, pos, bytes)
+            .await
+            .map_err(state_error)?;
+        tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
+        self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.bytes_since_snapshot = 0;
+        Ok(())
+    }
+}
+
+/// An input peer's committed positions in the state log.
+pub(crate) struct InputLog {
+    js: Arc<JobState>,
+    ledger: String,
+}
+
+impl InputLog {
+    /// The input peer's ledger.
+    pub fn new(js: Arc<JobState>, task: &str, peer: usize) -> Self {
+        let ledger = format!("{}/input", js.slot_ledger(task, peer));
+        InputLog { js, ledger }
+    }
+
+    /// The position to resume from: the greatest one recorded (each was committed when
+    /// written, so the greatest is).
+    pub async fn resume_position(&self) -> Result<Option<Position>, RunError> {
+        let read = self
+            .js
+            .options
+            .store
+            .read(&self.ledger, 0)
+            .await
+            .map_err(state_error)?;
+        let mut best: Option<Position> = None;
+        let snap = read.snapshot.iter().filter(|(_, b)| !b.is_empty());
+        for (pos, bytes) in snap.chain(read.entries.iter()) {
+            let p: Position = decode(bytes).map_err(|d| {
+                state_error(format!(
+                    "corrupt record in ledger {:?} at position {pos}: {d}",
+                    self.ledger
+                ))
+            })?;
+            best = Some(best.map_or(p, |b| b.max(p)));
+        }
+        Ok(best)
+    }
+
+    /// Appends every committed position it is told of (skipping superseded ones while an append
+    /// is in flight) until the sender is dropped; compacts every 256 appends.
+    pub async fn write_loop(
+        self,
+        mut rx: watch::Receiver<Option<Position>>,
+    ) -> Result<(), RunError> {
+        let store = self.js.options.store.clone();
+        let client = self.js.client(&self.ledger);
+        let mut seq = 0_u64;
+        let mut written: Option<Position> = None;
+        loop {
+            let closed = rx.changed().await.is_err();
+            let current = *rx.borrow_and_update();
+            if let Some(p) = current.filter(|p| Some(*p) != written) {
+                let bytes = encode(&p);
+                let pos = store
+                    .append(&self.ledger, RequestId::new(client, seq), bytes.clone())
+                    .await
+                    .map_err(state_error)?;
+                seq += 1;
+                written = Some(p);
+                if seq % 256 == 0 {
+                    store
+                        .snapshot(&self.ledger, pos, bytes)
+                        .await
+                        .map_err(state_error)?;
+                }
+            }
+            if closed {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Exactly-once state of windowed tasks: the ledger protocol, sans-I/O (DESIGN §5).
+//!
+//! Every windowed task slot (task + peer index) owns one **ledger** in the state log. This module
+//! defines what goes into it and how a slot is rebuilt from it; the runtime does the I/O.
+//!
+//! **Records.** Per batch a peer appends one [`SlotRecord::Batch`]: the uniqueness ids of the
+//! batch's new segments, the operator [`Transition`]s of the whole batch in the order they were
+//! made (segments, watermark, timer, firings and their refinement resets), and the greatest input
+//! offset of every input the batch covers. The append is one atomic ledger entry and returns
+//! only once committed on a quorum; only then are firings synced and the batch acknowledged.
+//!
+//! **Owners and fencing.** A process taking over a slot first appends
+//! [`SlotRecord::Owner`] with its epoch (greater than every earlier epoch of the job), then reads
+//! the ledger. Replay skips batch records of an epoch lower than the greatest owner seen before
+//! them: an append still in flight from a dead process that lands after the new owner took over
+//! is fenced off, both now and in every later recovery.
+//!
+//! **Pending firings.** A peer syncs a batch's firings before it appends its next record, so
+//! only the firings of the *last* batch record of a ledger can be unsynced after a crash.
+//! [`recover`] re-derives them (window, trigger, group, bounds, the state before refinement) so
+//! the runtime syncs them again with event `recovered`: sync side effects are at-least-once.
+//!
+//! **Snapshots.** [`SlotSnapshot`] holds the operator's snapshot, the group table, the dedup
+//! filter's export and the greatest epoch; it covers the ledger up to a position and lets the
+//! log drop the entries before it.
+
+use std::collections::HashMap;
+
+use sardonyx_windowing::trigger::{FireEvent, Firing};
+use sardonyx_windowing::{Snapshot, Transition, Value, WindowKind, WindowOperator};
+use serde::{Deserialize, Serialize};
+
+/// Why a slot could not be recovered.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StateError {
+    /// A ledger entry or snapshot could not be decoded or does not fit the operator.
+    #[error("corrupt record in ledger {ledger:?} at position {position}: {detail}")]
+    Corrupt {
+        /// The ledger.
+        ledger: String,
+        /// The entry's position (for a snapshot: the position it covers).
+        position: u64,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The uniqueness ids of a batch's new segments, compactly: integer ids are delta-encoded
+/// (bincode varints make consecutive ids one byte each), anything else as canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ids {
+    /// Integer ids, each stored as the difference from the previous one (the first from 0).
+    Ints(Vec<i64>),
+    /// Canonical id bytes ([`id_key`]).
+    Keys(Vec<Vec<u8>>),
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::Ints(Vec::new())
+    }
+}
+
+/// The canonical bytes of a uniqueness id value, as stored in the dedup filter.
+pub fn id_key(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Int(i) => int_key(*i),
+        Value::UInt(u) => {
+            let mut k = vec![b'u'];
+            k.extend_from_slice(&u.to_be_bytes());
+            k
+        }
+        Value::Str(s) => {
+            let mut k = Vec::with_capacity(s.len() + 1);
+            k.push(b's');
+            k.extend_from_slice(s.as_bytes());
+            k
+        }
+        other => {
+            let mut k = vec![b'j'];
+            k.extend_from_slice(other.to_string().as_bytes());
+            k
+        }
+    }
+}
+
+fn int_key(i: i64) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
+impl Ids {
+    /// Builds the id list of a batch from its id values.
+    pub fn from_values<'a>(values: impl IntoIterator<Item = &'a Value>) -> Ids {
+        let values: Vec<&Value> = values.into_iter().collect();
+        if values.iter().all(|v| matches!(v, Value::Int(_))) {
+            let mut prev = 0_i64;
+            let deltas = values
+                .iter()
+                .map(|v| {
+                    let Value::Int(i) = v else { unreachable!() };
+                    let d = i.wrapping_sub(prev);
+                    prev = *i;
+                    d
+                })
+                .collect();
+            Ids::Ints(deltas)
+        } else {
+            Ids::Keys(values.into_iter().map(id_key).collect())
+        }
+    }
+
+    /// The canonical keys of the ids, in batch order.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        match self {
+            Ids::Ints(deltas) => {
+                let mut prev = 0_i64;
+                deltas
+                    .iter()
+                    .map(|d| {
+                        prev = prev.wrapping_add(*d);
+                        int_key(prev)
+                    })
+                    .collect()
+            }
+            Ids::Keys(k) => k.clone(),
+        }
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Ints(d) => d.len(),
+            Ids::Keys(k) => k.len(),
+        }
+    }
+
+    /// True if there are no ids.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One batch of a windowed slot, as logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// The epoch of the process that wrote it.
+    pub epoch: u64,
+    /// Ids of the segments newly applied.
+    pub ids: Ids,
+    /// Every operator transition of the batch, in order.
+    pub transitions: Vec<Transition>,
+    /// `(input slot, greatest offset)` of the input batches this batch derives from
+    /// (informational: inputs resume from their own position ledgers).
+    pub inputs: Vec<(u32, u64)>,
+}
+
+impl BatchRecord {
+    /// True when the record would change nothing (no need to log it).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.transitions.is_empty()
+    }
+}
+
+/// An entry of a windowed slot's ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SlotRecord {
+    /// A process with this epoch took over the slot.
+    Owner {
+        /// The new owner's epoch.
+        epoch: u64,
+    },
+    /// One batch.
+    Batch(BatchRecord),
+}
+
+/// A compaction snapshot of a windowed slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotSnapshot {
+    /// The greatest owner epoch seen up to the covered position.
+    pub epoch: u64,
+    /// The operator's complete state.
+    pub operator: Snapshot,
+    /// The group table (group id → key), for re-deriving firings.
+    pub groups: Vec<(u32, Value)>,
+    /// The dedup filter's export (empty without deduplication).
+    pub filter: Vec<u8>,
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a ledger entry.
+pub fn encode_record(r: &SlotRecord) -> Vec<u8> {
+    bincode::serde::encode_to_vec(r, config()).expect("encoding into memory cannot fail")
+}
+
+/// Decodes a ledger entry.
+pub fn decode_record(bytes: &[u8]) -> Result<SlotRecord, String> {
+    match bincode::serde::decode_from_slice::<SlotRecord, _>(bytes, config()) {
+        Ok((r, n)) if n == bytes.len() => Ok(r),
+        Ok((_, n)) => Err(format!("{} trailing bytes", bytes.len() - n)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Encodes a snapshot.
+pub fn encode_snapshot(s: &SlotSnapshot) -> Vec<u8> {
+    bincode::serde::encode_to_vec(s, config()).expect("encoding into memory cannot fail")
+}
+
+/// Decodes a snapshot.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<SlotSnapshot, String> {
+    bincode::serde::decode_from_slice::<SlotSnapshot, _>(bytes, config())
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+/// The group table of an operator (id → key), kept beside it by watching
+/// [`Transition::Group`]s, so a firing can be re-derived from a logged [`Transition::Fired`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupTable(HashMap<u32, Value>);
+
+impl GroupTable {
+    /// Notes the group ids interned by `transitions`.
+    pub fn observe<'a>(&mut self, transitions: impl IntoIterator<Item = &'a Transition>) {
+        for t in transitions {
+            if let Transition::Group { id, key } = t {
+                self.0.insert(*id, key.clone());
+            }
+        }
+    }
+
+    /// The table as a sorted list (for snapshots).
+    pub fn to_vec(&self) -> Vec<(u32, Value)> {
+        let mut v: Vec<(u32, Value)> = self.0.iter().map(|(k, v)| (*k, v.clone())).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// A table from a snapshot's list.
+    pub fn from_vec(v: Vec<(u32, Value)>) -> Self {
+        GroupTable(v.into_iter().collect())
+    }
+
+    /// The key of group `g`.
+    pub fn key(&self, g: u32) -> Option<&Value> {
+        self.0.get(&g)
+    }
+}
+
+/// The firing that trigger `tr` of window `w` made of extent `e` of group `g`, computed from the
+/// operator's current state (so call it *before* applying the `Fired` transition: the state
+/// before refinement). `None` if the extent does not exist.
+pub fn firing_of(
+    op: &WindowOperator,
+    groups: &GroupTable,
+    w: u16,
+    tr: u16,
+    g: u32,
+    e: i64,
+    event: FireEvent,
+) -> Option<Firing> {
+    let spec = op.windows().get(usize::from(w))?;
+    let trigger = op.triggers(usize::from(w)).get(usize::from(tr))?;
+    let group = groups.key(g)?.clone();
+    let views = op.extents(&spec.id, &group);
+    let view = match spec.kind {
+        WindowKind::Global => views.into_iter().next()?,
+        WindowKind::Session { .. } => views.into_iter().find(|v| v.lower == Some(e))?,
+        WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
+            let upper = spec.extents()?.upper(e);
+            views.into_iter().find(|v| v.upper == Some(upper))?
+        }
+    };
+    Some(Firing {
+        window: spec.id.clone(),
+        trigger: trigger.id.clone(),
+        event,
+        group,
+        lower: view.lower,
+        upper: view.upper,
+        state: view.state,
+    })
+}
+
+/// What [`recover`] rebuilt besides the operator state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    /// The snapshot's dedup filter export, if a snapshot was read.
+    pub filter_export: Option<Vec<u8>>,
+    /// Ids of the replayed batch records, to insert into the filter (after the export).
+    pub ids: Vec<Vec<u8>>,
+    /// The firings of the last batch record (possibly never synced), event `recovered`.
+    pub pending: Vec<Firing>,
+    /// The greatest owner epoch seen.
+    pub epoch: u64,
+    /// The position of the last entry read (or the snapshot's), if any.
+    pub last_position: Option<u64>,
+    /// Batch records replayed.
+    pub batches: u64,
+    /// Batch records skipped because a newer owner had taken over before them.
+    pub fenced: u64,
+    /// Payload bytes of the entries read (excluding the snapshot).
+    pub entry_bytes: u64,
+}
+
+/// Rebuilds a slot from its ledger: restores `snapshot` (position covered, bytes) if any, then
+/// replays `entries` (position, bytes) in order into `op` and `groups` (which must be fresh),
+/// fencing batches of stale owners, and re-derives the firings of the last batch.
+pub fn recover(
+    ledger: &str,
+    op: &mut WindowOperator,
+    groups: &mut GroupTable,
+    snapshot: Option<(u64, &[u8])>,
+    entries: &[(u64, Vec<u8>)],
+) -> Result<Recovered, StateError> {
+    let corrupt = |position: u64, detail: String| StateError::Corrupt {
+        ledger: ledger.to_owned(),
+        position,
+        detail,
+    };
+    let mut out = Recovered::default();
+    if let Some((pos, bytes)) = snapshot {
+        let snap = decode_snapshot(bytes).map_err(|d| corrupt(pos, format!("snapshot: {d}")))?;
+        op.restore(snap.operator)
+            .map_err(|e| corrupt(pos, format!("snapshot: {e}")))?;
+        *groups = GroupTable::from_vec(snap.groups);
+        out.epoch = snap.epoch;
+        out.filter_export = Some(snap.filter);
+        out.last_position = Some(pos);
+    }
+    // Decode everything first: the last batch that survives fencing is replayed step by step.
+    let mut decoded = Vec::with_capacity(entries.len());
+    let mut epoch = out.epoch;
+    for (pos, bytes) in entries {
+        out.entry_bytes += bytes.len() as u64;
+        let r = decode_record(bytes).map_err(|d| corrupt(*pos, d))?;
+        let keep = match &r {
+            SlotRecord::Owner { epoch: e } => {
+                epoch = epoch.max(*e);
+                false
+            }
+            SlotRecord::Batch(b) => b.epoch >= epoch,
+        };
+        if !keep && matches!(r, SlotRecord::Batch(_)) {
+            out.fenced += 1;
+        }
+        decoded.push((*pos, keep, r));
+        out.last_position = Some(*pos);
+    }
+    out.epoch = epoch;
+    let last_batch = decoded.iter().rposition(|(_, keep, _)| *keep);
+    for (i, (pos, keep, r)) in decoded.into_iter().enumerate() {
+        let SlotRecord::Batch(b) = r else { continue };
+        if !keep {
+            continue;
+        }
+        out.batches += 1;
+        out.ids.extend(b.ids.keys());
+        let last = Some(i) == last_batch;
+        for t in &b.transitions {
+            if last {
+                if let Transition::Fired { w, tr, g, e } = t {
+                    if let Some(f) = firing_of(op, groups, *w, *tr, *g, *e, FireEvent::Recovered) {
+                        out.pending.push(f);
+                    }
+                }
+            }
+            op.apply(t)
+                .map_err(|e| corrupt(pos, format!("transition {t:?}: {e}")))?;
+            groups.observe(std::iter::once(t));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+use super::*;
+use proptest::prelude::*;
+use sardonyx_windowing::aggregation;
+use sardonyx_windowing::trigger::{Refinement, TriggerSpec};
+use sardonyx_windowing::{Map, WindowSpec};
+
+fn operator() -> WindowOperator {
+    WindowOperator::new(
+        vec![
+            WindowSpec::fixed("minute", "t", 60, aggregation::count()),
+            WindowSpec::session("sessions", "t", 10, aggregation::sum("v")),
+            WindowSpec::global("all", aggregation::count()),
+        ],
+        vec![
+            TriggerSpec::watermark("minute", "closed", 0),
+            TriggerSpec::segment("minute", "every-3", 3).refinement(Refinement::Discarding),
+            TriggerSpec::watermark("sessions", "closed", 0),
+            TriggerSpec::segment("all", "every-5", 5),
+        ],
+    )
+    .unwrap()
+}
+
+fn segment(t: i64, v: i64, id: i64) -> Map {
+    let mut m = Map::new();
+    m.insert("t", t);
+    m.insert("v", v);
+    m.insert("id", id);
+    m
+}
+
+/// Runs batches of `(time, value, group)` through an operator as the runtime does, returning the
+/// ledger entries and the final operator state.
+fn run(batches: &[Vec<(i64, i64, i64)>]) -> (Vec<(u64, Vec<u8>)>, Snapshot) {
+    let mut op = operator();
+    let mut entries = vec![(0, encode_record(&SlotRecord::Owner { epoch: 1 }))];
+    let mut next_id = 0;
+    for batch in batches {
+        let mut record = BatchRecord {
+            epoch: 1,
+            ..BatchRecord::default()
+        };
+        let mut ids = Vec::new();
+        let mut wm = i64::MIN;
+        for &(t, v, g) in batch {
+            let s = segment(t, v, next_id);
+            ids.push(Value::Int(next_id));
+            next_id += 1;
+            let step = op.on_segment(&s, &Value::Int(g)).unwrap();
+            record.transitions.extend(step.transitions);
+            wm = wm.max(t - 5);
+        }
+        record.transitions.extend(op.on_watermark(wm).transitions);
+        record.ids = Ids::from_values(&ids);
+        let pos = entries.len() as u64;
+        entries.push((pos, encode_record(&SlotRecord::Batch(record))));
+    }
+    (entries, op.snapshot())
+}
+
+fn batches() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
+    prop::collection::vec(
+        prop::collection::vec((0_i64..400, 1_i64..5, 0_i64..3), 0..8),
+        1..12,
+    )
+}
+
+fn snapshot_at(op: &WindowOperator, groups: &GroupTable, epoch: u64) -> Vec<u8> {
+    encode_snapshot(&SlotSnapshot {
+        epoch,
+        operator: op.snapshot(),
+        groups: groups.to_vec(),
+        filter: Vec::new(),
+    })
+}
+
+proptest! {
+    /// Replaying all records gives the live state; replaying a prefix, snapshotting, then
+    /// replaying the rest from the snapshot gives it too.
+    #[test]
+    fn replaying_any_prefix_then_the_rest_equals_replaying_all(
+        batches in batches(), cut in 0_usize..14
+    ) {
+        let (entries, live) = run(&batches);
+        let mut op = operator();
+        let mut groups = GroupTable::default();
+        let all = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+        prop_assert_eq!(op.snapshot(), live.clone());
+        prop_assert_eq!(all.ids.len(), batches.iter().map(Vec::len).sum::<usize>());
+
+        let cut = cut.min(entries.len());
+        let mut op1 = operator();
+        let mut g1 = GroupTable::default();
+        let first = recover("l", &mut op1, &mut g1, None, &entries[..cut]).unwrap();
+        let snap = snapshot_at(&op1, &g1, first.epoch);
+        let mut op2 = operator();
+        let mut g2 = GroupTable::default();
+        let covered = cut.checked_sub(1).map_or(0, |c| c as u64);
+        let rest = recover("l", &mut op2, &mut g2, Some((covered, &snap)), &entries[cut..]).unwrap();
+        prop_assert_eq!(op2.snapshot(), live);
+        prop_assert_eq!(first.ids.len() + rest.ids.len(), all.ids.len());
+        prop_assert_eq!(g2, groups);
+    }
+
+    /// Ids survive their compact encoding.
+    #[test]
+    fn ids_round_trip(ints in prop::collection::vec(any::<i64>(), 0..50)) {
+        let values: Vec<Value> = ints.iter().map(|i| Value::Int(*i)).collect();
+        let ids = Ids::from_values(&values);
+        let keys: Vec<Vec<u8>> = values.iter().map(id_key).collect();
+        prop_assert_eq!(ids.keys(), keys);
+    }
+}
+
+#[test]
+fn mixed_ids_use_canonical_keys() {
+    let values = vec![Value::Int(3), Value::from("x")];
+    let ids = Ids::from_values(&values);
+    assert!(matches!(ids, Ids::Keys(_)));
+    assert_eq!(ids.keys(), vec![id_key(&Value::Int(3)), b"sx".to_vec()]);
+}
+
+#[test]
+fn batches_of_a_fenced_owner_are_skipped() {
+    let (mut entries, live) = run(&[vec![(1, 1, 0)], vec![(2, 1, 0)]]);
+    // A new owner (epoch 2) takes over; then a stale append of epoch 1 lands.
+    let n = entries.len() as u64;
+    entries.push((n, encode_record(&SlotRecord::Owner { epoch: 2 })));
+    let mut op = operator();
+    let stale = {
+        let s = segment(3, 1, 99);
+        let step = op.on_segment(&s, &Value::Int(0)).unwrap();
+        BatchRecord {
+            epoch: 1,
+            ids: Ids::from_values(&[Value::Int(99)]),
+            transitions: step.transitions,
+            inputs: vec![],
+        }
+    };
+    entries.push((n + 1, encode_record(&SlotRecord::Batch(stale))));
+    let mut op = operator();
+    let mut groups = GroupTable::default();
+    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    assert_eq!(r.fenced, 1);
+    assert_eq!(r.epoch, 2);
+    assert_eq!(r.batches, 2);
+    assert_eq!(op.snapshot(), live);
+}
+
+#[test]
+fn the_last_batch_firings_are_re_derived_before_refinement() {
+    // Three segments of group 0 in one minute: the discarding every-3 trigger fires at the
+    // third, with state 3, then resets.
+    let (entries, _) = run(&[vec![(1, 1, 0), (2, 1, 0)], vec![(3, 1, 0)]]);
+    let mut op = operator();
+    let mut groups = GroupTable::default();
+    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    let f: Vec<_> = r
+        .pending
+        .iter()
+        .filter(|f| f.trigger == "every-3")
+        .collect();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].state, Value::Int(3));
+    assert_eq!(f[0].group, Value::Int(0));
+    assert_eq!((f[0].lower, f[0].upper), (Some(0), Some(59)));
+    assert_eq!(f[0].event, FireEvent::Recovered);
+    // Only the last batch's firings are pending.
+    let (entries, _) = run(&[vec![(1, 1, 0), (2, 1, 0), (3, 1, 0)], vec![(4, 1, 1)]]);
+    let mut op = operator();
+    let mut groups = GroupTable::default();
+    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    assert!(r.pending.iter().all(|f| f.trigger != "every-3"));
+}
+
+#[test]
+fn a_garbled_entry_is_reported_with_its_position() {
+    let (mut entries, _) = run(&[vec![(1, 1, 0)], vec![(2, 1, 0)]]);
+    entries[2].1 = vec![0xff; 7];
+    let mut op = operator();
+    let mut groups = GroupTable::default();
+    match recover("job/t/0", &mut op, &mut groups, None, &entries) {
+        Err(StateError::Corrupt {
+            ledger, position, ..
+        }) => assert_eq!((ledger.as_str(), position), ("job/t/0", 2)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn bytes_per_segment_of_a_vote_like_batch() {
+    // 1000 consecutive ids, three windows: a figure for the docs, and a guard against bloat.
+    let mut op = operator();
+    let mut record = BatchRecord {
+        epoch: 7,
+        ..BatchRecord::default()
+    };
+    let ids: Vec<Value> = (1_000_000..1_001_000).map(Value::Int).collect();
+    for (i, _) in ids.iter().enumerate() {
+        let s = segment(1_700_000_000 + i as i64, 1, 0);
+        record.transitions.extend(
+            op.on_segment(&s, &Value::Int(i as i64 % 12))
+                .unwrap()
+                .transitions,
+        );
+    }
+    record.ids = Ids::from_values(&ids);
+    let bytes = encode_record(&SlotRecord::Batch(record)).len();
+    assert!(bytes / 1000 < 40, "{bytes} bytes for 1000 segments");
+}
