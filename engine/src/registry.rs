@@ -265,6 +265,7 @@ impl Registry {
                     .ok_or_else(|| format!("no output channel \"{name}\" was opened (Registry::output_channel)"))
             }),
         });
+        r.register_connectors();
         r.register_sync(
             "sardonyx/jsonl",
             SyncPlugin {
@@ -281,6 +282,69 @@ impl Registry {
             },
         );
         r
+    }
+
+    /// Registers the connectors of `sardonyx-connectors`: inputs `kafka` and `http`, outputs
+    /// `kafka` and `postgres`, and the sync function `postgres` (firings upserted into a table).
+    fn register_connectors(&mut self) {
+        use sardonyx_connectors::plugins;
+        for name in [plugins::KAFKA, plugins::HTTP] {
+            self.register_input(
+                name,
+                InputPlugin {
+                    check: Arc::new(move |p| {
+                        plugins::validate_input(name, &to_json(p)).unwrap_or_default()
+                    }),
+                    open: Arc::new(move |ctx| {
+                        let positions = sardonyx_connectors::Positions::new();
+                        match plugins::open_input(
+                            name,
+                            &to_json(&ctx.task.params),
+                            ctx.peer,
+                            ctx.n_peers,
+                            &positions,
+                        ) {
+                            Ok(Some(source)) => Ok(InputReader::Records(source)),
+                            Ok(None) => Ok(InputReader::Nothing),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }),
+                },
+            );
+        }
+        for name in [plugins::KAFKA, plugins::POSTGRES] {
+            self.register_output(
+                name,
+                OutputPlugin {
+                    check: Arc::new(move |p| {
+                        plugins::validate_output(name, &to_json(p)).unwrap_or_default()
+                    }),
+                    open: Arc::new(move |ctx| {
+                        plugins::open_output(name, &to_json(&ctx.task.params))
+                            .map(|sink| Box::new(JsonOutput(sink)) as Box<dyn SegmentSink>)
+                            .map_err(|e| e.to_string())
+                    }),
+                },
+            );
+        }
+        self.register_sync(
+            plugins::POSTGRES,
+            SyncPlugin {
+                check: Arc::new(|p| {
+                    plugins::validate_output(plugins::POSTGRES, &to_json(p)).unwrap_or_default()
+                }),
+                open: Arc::new(|params| {
+                    plugins::open_output(plugins::POSTGRES, &to_json(params))
+                        .map(|sink| {
+                            Box::new(BufferedSync {
+                                sink,
+                                pending: Vec::new(),
+                            }) as Box<dyn SyncSink>
+                        })
+                        .map_err(|e| e.to_string())
+                }),
+            },
+        );
     }
 
     /// Registers a function task's code under `name`.
@@ -536,5 +600,57 @@ impl SyncSink for JsonLinesSync {
     }
     fn flush(&mut self) -> Result<(), String> {
         self.0.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// A plugin's params as JSON, for the connectors crate (which knows nothing of segments).
+fn to_json(params: &Map) -> serde_json::Value {
+    serde_json::to_value(params).expect("a map always converts to JSON")
+}
+
+/// Writes segments as JSON documents to a connector sink.
+struct JsonOutput(Box<dyn Sink>);
+
+impl SegmentSink for JsonOutput {
+    fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
+        let records: Vec<Vec<u8>> = segments
+            .iter()
+            .map(|s| s.to_string().into_bytes())
+            .collect();
+        self.0.write_batch(&records)
+    }
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.0.flush()
+    }
+}
+
+/// A sync function over a connector sink: firings are gathered and written at each flush (the
+/// end of every batch), one write per batch, on a thread of their own since connector sinks
+/// block (and may run their own runtime).
+struct BufferedSync {
+    sink: Box<dyn Sink>,
+    pending: Vec<Vec<u8>>,
+}
+
+impl SyncSink for BufferedSync {
+    fn sync(&mut self, firing: &Map) -> Result<(), String> {
+        self.pending.push(firing.to_string().into_bytes());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        let sink = &mut self.sink;
+        std::thread::scope(|s| {
+            s.spawn(move || sink.write_batch(&records).and_then(|()| sink.flush()))
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(ConnectorError::fatal("sync", "the writer thread panicked"))
+                })
+        })
+        .map_err(|e| e.to_string())
     }
 }

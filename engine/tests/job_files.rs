@@ -187,3 +187,23 @@ fn syntax_errors_say_where() {
         "{err}"
     );
 }
+
+#[test]
+fn connector_params_are_checked_at_validation() {
+    let job = Job::from_json_str(
+        r#"{"workflow": [["in","out"]], "catalog": [
+            {"name":"in","type":"input","plugin":"kafka","params":{"bootstrap_servers":"nohost","topic":""}},
+            {"name":"out","type":"output","plugin":"postgres","params":{"url":"http://x","table":"t"}}]}"#,
+    )
+    .unwrap();
+    let err = job.validate(&Registry::new()).unwrap_err();
+    assert_eq!(
+        err.messages(),
+        [
+            r#"task "in", field params.bootstrap_servers: "nohost" is not host:port (e.g. "localhost:9092")"#,
+            r#"task "in", field params.topic: must not be empty"#,
+            r#"task "out", field params.url: is not a PostgreSQL connection string: invalid connection string: unexpected EOF"#,
+            r#"task "out", field params.key: is required"#,
+        ]
+    );
+}
