@@ -297,13 +297,11 @@ impl Registry {
                     }),
                     open: Arc::new(move |ctx| {
                         let positions = sardonyx_connectors::Positions::new();
-                        match plugins::open_input(
-                            name,
-                            &to_json(&ctx.task.params),
-                            ctx.peer,
-                            ctx.n_peers,
-                            &positions,
-                        ) {
+                        let params = to_json(&ctx.task.params);
+                        let (peer, n_peers) = (ctx.peer, ctx.n_peers);
+                        match off_runtime(|| {
+                            plugins::open_input(name, &params, peer, n_peers, &positions)
+                        }) {
                             Ok(Some(source)) => Ok(InputReader::Records(source)),
                             Ok(None) => Ok(InputReader::Nothing),
                             Err(e) => Err(e.to_string()),
@@ -320,7 +318,8 @@ impl Registry {
                         plugins::validate_output(name, &to_json(p)).unwrap_or_default()
                     }),
                     open: Arc::new(move |ctx| {
-                        plugins::open_output(name, &to_json(&ctx.task.params))
+                        let params = to_json(&ctx.task.params);
+                        off_runtime(|| plugins::open_output(name, &params))
                             .map(|sink| Box::new(JsonOutput(sink)) as Box<dyn SegmentSink>)
                             .map_err(|e| e.to_string())
                     }),
@@ -334,7 +333,8 @@ impl Registry {
                     plugins::validate_output(plugins::POSTGRES, &to_json(p)).unwrap_or_default()
                 }),
                 open: Arc::new(|params| {
-                    plugins::open_output(plugins::POSTGRES, &to_json(params))
+                    let params = to_json(params);
+                    off_runtime(|| plugins::open_output(plugins::POSTGRES, &params))
                         .map(|sink| {
                             Box::new(BufferedSync {
                                 sink,
@@ -601,6 +601,21 @@ impl SyncSink for JsonLinesSync {
     fn flush(&mut self) -> Result<(), String> {
         self.0.flush().map_err(|e| e.to_string())
     }
+}
+
+/// Runs `f` on a thread of its own: connectors block, some on a runtime of their own, which
+/// must not happen on a thread that drives the job's runtime.
+fn off_runtime<T: Send>(
+    f: impl FnOnce() -> Result<T, ConnectorError> + Send,
+) -> Result<T, ConnectorError> {
+    std::thread::scope(|s| {
+        s.spawn(f).join().unwrap_or_else(|_| {
+            Err(ConnectorError::fatal(
+                "connector",
+                "a connector panicked while opening",
+            ))
+        })
+    })
 }
 
 /// A plugin's params as JSON, for the connectors crate (which knows nothing of segments).
