@@ -1,4 +1,7 @@
-//! The `sardonyx` command: run, validate and demo jobs.
+//! The `sardonyx` command line: run, validate and demo jobs; run and inspect log servers.
+//!
+//! It lives in the library so that tests (and embedders) can run the very same command in a
+//! process of their own: [`main_from`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,8 +14,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 
-use sardonyx::runtime::{run_job_with_progress, Progress, StateOptions};
-use sardonyx::{demo, Job, JobReport, Registry, RunOptions};
+use crate::runtime::{run_job_with_progress, Progress, StateOptions};
+use crate::{demo, Job, JobReport, Registry, RunOptions};
 use sardonyx_state_log::{
     DedupConfig, EmbeddedLog, Ledgers, LogClient, LogServer, Role, ServerConfig,
 };
@@ -119,15 +122,35 @@ enum DemoCommand {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Runs the `sardonyx` command with this process's arguments.
+pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// Runs the `sardonyx` command with `args` (the first one is the program name).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SARDONYX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .try_init();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -281,7 +281,7 @@ pub async fn run_job_with_progress(
         None => None,
     };
 
-    let mut handles = Vec::new();
+    let mut handles = tokio::task::JoinSet::new();
     let mut committers = Vec::new();
     let mut writers = Vec::new();
     for t in &job.catalog {
@@ -319,10 +319,10 @@ pub async fn run_job_with_progress(
                     committers.push(tokio::spawn(async move {
                         (key, commit_loop(done, resume, writer).await)
                     }));
-                    handles.push(tokio::spawn(peer::run_input(ctx, issuer, resume)));
+                    handles.spawn(peer::run_input(ctx, issuer, resume));
                 }
                 TaskKind::Function | TaskKind::Output => {
-                    handles.push(tokio::spawn(peer::run_worker(ctx, rx)));
+                    handles.spawn(peer::run_worker(ctx, rx));
                 }
             }
         }
@@ -330,14 +330,21 @@ pub async fn run_job_with_progress(
     drop(topology);
     drop(job_state);
 
+    // The first failure stops every other peer (peers downstream of a failed one would
+    // otherwise wait for it forever).
     let mut first_error = None;
-    for h in handles {
-        let result = h
-            .await
-            .unwrap_or_else(|e| Err(RunError::Internal(format!("a peer panicked: {e}"))));
+    while let Some(joined) = handles.join_next().await {
+        let result = match joined {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => Err(RunError::Internal(format!("a peer panicked: {e}"))),
+        };
         if let Err(e) = result {
             tracing::error!(error = %e, "peer failed");
-            first_error.get_or_insert(e);
+            if first_error.is_none() {
+                first_error = Some(e);
+                handles.abort_all();
+            }
         }
     }
     registry.drop_output_channels();

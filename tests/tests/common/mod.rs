@@ -1,0 +1,367 @@
+//! Helpers of the exactly-once tests: real `sardonyx` processes (this test executable re-run as
+//! the command line, see [`child_main`]), a vote workload, and the oracle of its final state.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CHILD_ARGS: &str = "SARDONYX_TEST_CHILD_ARGS";
+
+/// Call from a `#[test] fn child_process()`: when this executable was started by [`Proc`], it
+/// runs the `sardonyx` command line with the given arguments and exits; otherwise it does
+/// nothing.
+pub fn child_main() {
+    let Ok(args) = std::env::var(CHILD_ARGS) else {
+        return;
+    };
+    let args: Vec<String> = serde_json::from_str(&args).expect("child args");
+    let code = sardonyx::cli::main_from(std::iter::once("sardonyx".to_owned()).chain(args));
+    std::io::stdout().flush().ok();
+    // ExitCode has no accessor: map success/failure by re-encoding through the process exit.
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+/// A running `sardonyx` process whose stdout and stderr lines are collected.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `sardonyx ARGS…` in `cwd`.
+    pub fn start(args: &[&str], cwd: &Path) -> Proc {
+        let exe = std::env::current_exe().expect("test executable");
+        let mut child = Command::new(exe)
+            .args([
+                "child_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ARGS, serde_json::to_string(args).unwrap())
+            .env("SARDONYX_LOG", "warn")
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning a sardonyx process");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most `timeout`) for a line satisfying `pred`; returns it.
+    pub fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to end (at most `timeout`), collecting the rest of its output.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Drain what the reader threads still hold.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                    self.seen.push(l);
+                }
+                return (status, std::mem::take(&mut self.seen));
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!(
+                    "process did not finish in {timeout:?}; output:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(l);
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// The number after `key ` in a progress line (`progress: read 1200 · …`).
+pub fn progress_count(line: &str, key: &str) -> Option<u64> {
+    let rest = line.strip_prefix("progress: ")?;
+    rest.split(" · ").find_map(|part| {
+        let (k, v) = part.split_once(' ')?;
+        (k == key).then(|| v.parse().ok())?
+    })
+}
+
+/// Writes `n` votes (ids 0..n) to `path` with `dups` extra copies of earlier lines scattered
+/// through the file (some right after their original, some far later). Returns the unique votes.
+pub fn write_votes(path: &Path, n: u64, dups: u64) -> Vec<Value> {
+    sardonyx::demo::generate_votes(path, n, 7).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let votes: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    if dups > 0 {
+        let mut out = String::with_capacity(text.len() + dups as usize * 80);
+        let every = (n / dups).max(1) as usize;
+        for (i, l) in lines.iter().enumerate() {
+            out.push_str(l);
+            out.push('\n');
+            if i % every == every - 1 {
+                // Alternate near (the previous line) and far (a line 5000 back) duplicates.
+                let j = if (i / every) % 2 == 0 {
+                    i
+                } else {
+                    i.saturating_sub(5000)
+                };
+                out.push_str(lines[j]);
+                out.push('\n');
+            }
+        }
+        std::fs::write(path, out).unwrap();
+    }
+    votes
+}
+
+/// The vote job: totals per candidate (global, timer), per-minute counts per candidate (fixed,
+/// watermark) and per-voter sessions (5-minute gap, watermark), all accumulating, each synced to
+/// a JSON-lines file in `dir`; two peers per windowed task.
+pub fn vote_job(dir: &Path, input: &Path) -> PathBuf {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let job = serde_json::json!({
+        "id": "eo-votes",
+        "workflow": [["read-votes","count-votes"],["read-votes","voter-sessions"],
+                     ["count-votes","done"],["voter-sessions","done"]],
+        "catalog": [
+            {"name":"read-votes","type":"input","plugin":"sardonyx/jsonl",
+             "params":{"path": input.display().to_string()}, "batch_size": 500,
+             "watermark":{"key":"event_time","max_out_of_order":[6,"minutes"]}},
+            {"name":"count-votes","type":"function","fn":"sardonyx/identity",
+             "group_by_key":"candidate","uniqueness_key":"vote_id","n_peers":2},
+            {"name":"voter-sessions","type":"function","fn":"sardonyx/identity",
+             "group_by_key":"voter_id","uniqueness_key":"vote_id","n_peers":2},
+            {"name":"done","type":"output","plugin":"sardonyx/null"}
+        ],
+        "windows": [
+            {"id":"totals","task":"count-votes","type":"global","aggregation":"count"},
+            {"id":"per-minute","task":"count-votes","type":"fixed","window_key":"event_time",
+             "range":[1,"minute"],"aggregation":"count"},
+            {"id":"sessions","task":"voter-sessions","type":"session","window_key":"event_time",
+             "timeout_gap":[5,"minutes"],"aggregation":"count"}
+        ],
+        "triggers": [
+            {"window":"totals","id":"standings","on":"timer","period":[200,"milliseconds"],
+             "refinement":"accumulating","sync":"sardonyx/jsonl","params":{"path": p("totals.jsonl")}},
+            {"window":"per-minute","id":"closed","on":"watermark","refinement":"accumulating",
+             "sync":"sardonyx/jsonl","params":{"path": p("per-minute.jsonl")}},
+            {"window":"sessions","id":"closed","on":"watermark","refinement":"accumulating",
+             "sync":"sardonyx/jsonl","params":{"path": p("sessions.jsonl")}}
+        ]
+    });
+    let path = dir.join("job.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&job).unwrap()).unwrap();
+    path
+}
+
+/// Final states: window → key → state. Keys are `group` (totals), `group@lower` (per-minute)
+/// and `group@lower..upper` (sessions).
+pub type Finals = BTreeMap<String, BTreeMap<String, i64>>;
+
+fn group_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The exact final state of the vote job over `votes` (unique ids), computed directly.
+pub fn oracle(votes: &[Value]) -> Finals {
+    let mut totals = BTreeMap::new();
+    let mut minutes = BTreeMap::new();
+    let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for v in votes {
+        assert!(ids.insert(v["vote_id"].as_i64().unwrap()), "unique ids");
+        let c = group_str(&v["candidate"]);
+        let t = v["event_time"].as_i64().unwrap();
+        *totals.entry(c.clone()).or_insert(0) += 1;
+        let lower = t.div_euclid(60_000) * 60_000;
+        *minutes.entry(format!("{c}@{lower}")).or_insert(0) += 1;
+        times.entry(group_str(&v["voter_id"])).or_default().push(t);
+    }
+    let mut sessions = BTreeMap::new();
+    for (voter, mut ts) in times {
+        ts.sort_unstable();
+        let (mut lo, mut hi, mut n) = (ts[0], ts[0], 0);
+        for t in ts {
+            if t - hi > 300_000 {
+                sessions.insert(format!("{voter}@{lo}..{hi}"), n);
+                lo = t;
+                n = 0;
+            }
+            hi = t;
+            n += 1;
+        }
+        sessions.insert(format!("{voter}@{lo}..{hi}"), n);
+    }
+    BTreeMap::from([
+        ("totals".to_owned(), totals),
+        ("per-minute".to_owned(), minutes),
+        ("sessions".to_owned(), sessions),
+    ])
+}
+
+/// The final states the job's syncs reported: the last firing of each extent and group across
+/// every run (sync files are appended to). Sessions that a later firing shows merged into a
+/// larger one are dropped.
+pub fn reported(dir: &Path) -> Finals {
+    let mut out = Finals::new();
+    for (window, file) in [
+        ("totals", "totals.jsonl"),
+        ("per-minute", "per-minute.jsonl"),
+        ("sessions", "sessions.jsonl"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let mut last: BTreeMap<String, (i64, Option<i64>, i64)> = BTreeMap::new();
+        for line in text.lines() {
+            let f: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{file}: bad line {line:?}: {e}"));
+            let g = group_str(&f["group"]);
+            let state = f["state"].as_i64().unwrap();
+            let (lower, upper) = (f["lower"].as_i64(), f["upper"].as_i64());
+            let key = match window {
+                "totals" => g,
+                _ => format!("{g}@{}", lower.unwrap()),
+            };
+            last.insert(key, (lower.unwrap_or(0), upper, state));
+        }
+        let m = out.entry(window.to_owned()).or_default();
+        if window == "sessions" {
+            // Per voter, keep only sessions not inside another reported session.
+            let mut by_group: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+            for (k, (lo, hi, n)) in &last {
+                let g = k.split('@').next().unwrap().to_owned();
+                by_group.entry(g).or_default().push((*lo, hi.unwrap(), *n));
+            }
+            for (g, ss) in by_group {
+                for &(lo, hi, n) in &ss {
+                    let inside = ss
+                        .iter()
+                        .any(|&(l2, h2, _)| (l2, h2) != (lo, hi) && l2 <= lo && hi <= h2);
+                    if !inside {
+                        m.insert(format!("{g}@{lo}..{hi}"), n);
+                    }
+                }
+            }
+        } else {
+            for (k, (_, _, n)) in last {
+                m.insert(k, n);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts the reported final state equals the oracle, naming the first differences.
+pub fn assert_finals_equal(expected: &Finals, got: &Finals) {
+    let mut problems = Vec::new();
+    for (w, exp) in expected {
+        let empty = BTreeMap::new();
+        let g = got.get(w).unwrap_or(&empty);
+        let keys: BTreeSet<&String> = exp.keys().chain(g.keys()).collect();
+        for k in keys {
+            if exp.get(k) != g.get(k) {
+                problems.push(format!(
+                    "{w} {k}: expected {:?}, reported {:?}",
+                    exp.get(k),
+                    g.get(k)
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences, e.g.:\n{}",
+        problems.len(),
+        problems[..problems.len().min(15)].join("\n")
+    );
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Parsed `recovered …` lines of a run's output: (ledger, snapshot position, records scanned).
+pub fn recoveries(lines: &[String]) -> Vec<(String, Option<u64>, u64)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("recovered ")? + "recovered ".len()..];
+            let (ledger, rest) = rest.split_once(": snapshot ")?;
+            let (snap, rest) = rest.split_once(", ")?;
+            let snap = snap.strip_prefix("at ").and_then(|p| p.parse().ok());
+            let scanned = rest.split(' ').next()?.parse().ok()?;
+            Some((ledger.to_owned(), snap, scanned))
+        })
+        .collect()
+}

@@ -1,0 +1,138 @@
+//! Exactly-once state on the embedded default: `sardonyx run` processes killed with SIGKILL at
+//! several points and restarted give exactly the final state of the votes (none lost, none
+//! doubled); duplicates at the source count once; compaction bounds what recovery reads; a
+//! flipped byte in the ledger is reported with its ledger and position.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// Not a test: the entry point of the `sardonyx` processes the tests start.
+#[test]
+fn child_process() {
+    child_main();
+}
+
+fn run_args<'a>(job: &'a str, data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", job, "--data", data, "--progress-ms", "20"];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn killed_three_times_and_compacted_the_final_state_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 100_000, 1_000);
+    let job = vote_job(dir, &input).display().to_string();
+    let data = dir.join("data").display().to_string();
+    // Compact past 100 kB (records are ~10-70 kB): every slot snapshots many times.
+    let args = run_args(&job, &data, &["--compact-bytes", "100000"]);
+
+    // Each run reads from its resume point; kill it once it has read this many more records.
+    for (i, threshold) in [9_000, 31_000, 17_000].into_iter().enumerate() {
+        let mut p = Proc::start(&args, dir);
+        let hit = p.wait_line(Duration::from_secs(120), |l| {
+            progress_count(l, "read").is_some_and(|r| r >= threshold)
+        });
+        assert!(
+            hit.is_some(),
+            "run {i} never read {threshold} records:\n{}",
+            p.seen.join("\n")
+        );
+        p.kill9();
+    }
+    let (status, lines) = Proc::start(&args, dir).finish(Duration::from_secs(180));
+    let out = lines.join("\n");
+    assert!(status.success(), "final run failed:\n{out}");
+
+    // Recovery read a snapshot and only the tail after it.
+    let recs = recoveries(&lines);
+    assert_eq!(recs.len(), 4, "one recovery per windowed slot:\n{out}");
+    for (ledger, snapshot, scanned) in &recs {
+        assert!(
+            snapshot.is_some(),
+            "{ledger} recovered without a snapshot:\n{out}"
+        );
+        assert!(
+            *scanned <= 20,
+            "{ledger}: recovery scanned {scanned} records, expected the tail only:\n{out}"
+        );
+    }
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+}
+
+#[test]
+fn duplicates_at_the_source_count_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 6_000, 300);
+    let job = vote_job(dir, &input).display().to_string();
+    let data = dir.join("data").display().to_string();
+    let (status, lines) =
+        Proc::start(&run_args(&job, &data, &[]), dir).finish(Duration::from_secs(120));
+    let out = lines.join("\n");
+    assert!(status.success(), "{out}");
+    // Each duplicate reaches both windowed tasks, and each skips it.
+    assert!(
+        out.contains("600 duplicates skipped"),
+        "expected 600 duplicates skipped:\n{out}"
+    );
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+
+    // Running the same job again resumes it: nothing new is read, nothing changes.
+    let (status, lines) =
+        Proc::start(&run_args(&job, &data, &[]), dir).finish(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("read 0 records")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+}
+
+/// Flips one payload byte of `ledger`'s record at `position` in the embedded log's RocksDB.
+fn flip_record_byte(log_dir: &Path, ledger: &str, position: u64) {
+    let mut key = (ledger.len() as u16).to_be_bytes().to_vec();
+    key.extend_from_slice(ledger.as_bytes());
+    key.extend_from_slice(&position.to_be_bytes());
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), log_dir).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), log_dir, &names).unwrap();
+    let cf = db.cf_handle("ledger_records").unwrap();
+    let mut value = db.get_cf(cf, &key).unwrap().expect("the record exists");
+    value[6] ^= 0x40; // past the 4-byte checksum: inside the payload
+    db.put_cf(cf, &key, value).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_the_ledger_is_reported_with_its_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    write_votes(&input, 3_000, 0);
+    let job = vote_job(dir, &input).display().to_string();
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    let (status, lines) =
+        Proc::start(&run_args(&job, &data_s, &[]), dir).finish(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+
+    flip_record_byte(&data.join("log"), "eo-votes/g0/count-votes/0", 2);
+    let (status, lines) =
+        Proc::start(&run_args(&job, &data_s, &[]), dir).finish(Duration::from_secs(120));
+    let out = lines.join("\n");
+    assert!(
+        !status.success(),
+        "a corrupt ledger must not be replayed:\n{out}"
+    );
+    assert!(
+        out.contains("corrupt record in ledger \"eo-votes/g0/count-votes/0\" at position 2"),
+        "the error must name the ledger and position:\n{out}"
+    );
+}
