@@ -63,6 +63,13 @@ fn killed_three_times_and_compacted_the_final_state_is_exact() {
             "{ledger}: recovery scanned {scanned} records, expected the tail only:\n{out}"
         );
     }
+    // Figures for the record (visible with --nocapture).
+    for l in lines
+        .iter()
+        .filter(|l| l.contains("recovered ") || l.contains("state log:"))
+    {
+        eprintln!("{l}");
+    }
     assert_finals_equal(&oracle(&votes), &reported(dir));
 }
 
