@@ -1,2 +1,449 @@
-//! Benchmarks of Sardonyx: criterion micro-benchmarks for the hot paths and the `vote-bench`
-//! macro benchmark (the vote workload of `../shared/bench-peers`). Filled in by the benchmark work.
+//! Benchmarks of Sardonyx: criterion micro-benchmarks for the hot paths (`benches/`) and the
+//! `vote-bench` macro benchmark (the vote workload of `../shared/bench-peers`).
+//!
+//! This library holds what both share and what must be obviously right: the four vote queries
+//! as Sardonyx jobs ([`vote_job`]), an independent reference answer computed with plain
+//! `BTreeMap`s ([`Reference`]), and the fold of a job's trigger firings into the same canonical
+//! rows ([`Answer`]), so a benchmark can refuse to print a figure for a wrong answer.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use sardonyx::job::builder::JobBuilder;
+use sardonyx::job::{AggregationDef, Span, TaskSpec, TriggerDef, WindowDef};
+use sardonyx::Job;
+use serde::Deserialize;
+
+/// The 1-minute fixed window of Q2, in milliseconds.
+pub const Q2_RANGE_MS: i64 = 60_000;
+/// The range of Q3's sliding windows (1 hour).
+pub const Q3_RANGE_MS: i64 = 3_600_000;
+/// The slide of Q3's sliding windows (20 minutes).
+pub const Q3_SLIDE_MS: i64 = 1_200_000;
+/// The session gap of Q4 (5 minutes).
+pub const Q4_GAP_MS: i64 = 300_000;
+/// The watermark's allowed out-of-orderness (6 minutes: the workload is at most 5 minutes out
+/// of order, so no event is late).
+pub const MAX_OUT_OF_ORDER_MS: i64 = 360_000;
+
+/// The best peer's events/s per query, from `../shared/bench-peers/README.md` (1M events,
+/// 2 vCPU, one worker each, median of 3): bytewax for Q1–Q3, PyFlink for Q4.
+pub const BEST_PEER: [(Query, &str, f64); 4] = [
+    (Query::Q1, "bytewax 0.21.1", 321_448.0),
+    (Query::Q2, "bytewax 0.21.1", 119_351.0),
+    (Query::Q3, "bytewax 0.21.1", 94_870.0),
+    (Query::Q4, "pyflink 2.3.0", 34_715.0),
+];
+
+/// One of the four vote queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Query {
+    /// Total votes per candidate (global window).
+    Q1,
+    /// Votes per candidate per 1-minute fixed window.
+    Q2,
+    /// Votes per candidate in 1-hour windows sliding every 20 minutes.
+    Q3,
+    /// Votes per voter session (5-minute gap).
+    Q4,
+}
+
+impl Query {
+    /// All four, in order.
+    pub const ALL: [Query; 4] = [Query::Q1, Query::Q2, Query::Q3, Query::Q4];
+
+    /// `q1` … `q4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::Q1 => "q1",
+            Query::Q2 => "q2",
+            Query::Q3 => "q3",
+            Query::Q4 => "q4",
+        }
+    }
+
+    /// Parses `q1` … `q4` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Query> {
+        Query::ALL
+            .into_iter()
+            .find(|q| q.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The header of the canonical CSV (`../shared/bench-peers` format).
+    pub fn csv_header(self) -> &'static str {
+        match self {
+            Query::Q1 => "candidate,count",
+            Query::Q2 | Query::Q3 => "window_start,candidate,count",
+            Query::Q4 => "voter_id,session_start,count",
+        }
+    }
+
+    /// The best peer's name and events/s for this query.
+    pub fn best_peer(self) -> (&'static str, f64) {
+        let (_, name, eps) = BEST_PEER[self as usize];
+        (name, eps)
+    }
+}
+
+/// Where the job reads votes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The built-in `sardonyx/jsonl` input on this file.
+    File(String),
+    /// The built-in `sardonyx/channel` input on this channel name (segments handed over in
+    /// memory; see `Registry::input_channel`).
+    Channel(String),
+}
+
+/// The job of one query: an input (with a 6-minute watermark) → a grouped `sardonyx/identity`
+/// task holding the query's window (deduplicated on `vote_id` when the run has a state log) →
+/// a `sardonyx/null` output. The window's watermark trigger syncs every firing as one JSON line
+/// to `sync_path` (built-in `sardonyx/jsonl` sync).
+pub fn vote_job(
+    query: Query,
+    source: &Source,
+    sync_path: &str,
+    peers: usize,
+    batch_size: Option<usize>,
+) -> Job {
+    let mut input = match source {
+        Source::File(path) => {
+            TaskSpec::input("read-votes", "sardonyx/jsonl").param("path", path.as_str())
+        }
+        Source::Channel(name) => {
+            TaskSpec::input("read-votes", "sardonyx/channel").param("channel", name.as_str())
+        }
+    }
+    .watermark("event_time", Span::millis(MAX_OUT_OF_ORDER_MS));
+    let group = if query == Query::Q4 {
+        "voter_id"
+    } else {
+        "candidate"
+    };
+    let mut count = TaskSpec::function("count", "sardonyx/identity")
+        .group_by_key(group)
+        .uniqueness_key("vote_id")
+        .n_peers(peers);
+    if let Some(n) = batch_size {
+        input = input.batch_size(n);
+        count = count.batch_size(n);
+    }
+    let id = query.name();
+    let window = match query {
+        Query::Q1 => WindowDef::global(id, "count", AggregationDef::count()),
+        Query::Q2 => WindowDef::fixed(
+            id,
+            "count",
+            "event_time",
+            Span::millis(Q2_RANGE_MS),
+            AggregationDef::count(),
+        ),
+        Query::Q3 => WindowDef::sliding(
+            id,
+            "count",
+            "event_time",
+            Span::millis(Q3_RANGE_MS),
+            Span::millis(Q3_SLIDE_MS),
+            AggregationDef::count(),
+        ),
+        Query::Q4 => WindowDef::session(
+            id,
+            "count",
+            "event_time",
+            Span::millis(Q4_GAP_MS),
+            AggregationDef::count(),
+        ),
+    };
+    JobBuilder::new()
+        .id(format!("vote-bench-{id}"))
+        .edge("read-votes", "count")
+        .edge("count", "done")
+        .task(input)
+        .task(count)
+        .task(TaskSpec::output("done", "sardonyx/null"))
+        .window(window)
+        .trigger(TriggerDef::watermark(id, "closed").sync_jsonl(sync_path))
+        .build()
+}
+
+/// One vote as the workload writes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Vote {
+    /// Unique id (`gen_votes.py --vote-id`); optional for the reference.
+    #[serde(default)]
+    pub vote_id: Option<u64>,
+    /// The voter.
+    pub voter_id: u64,
+    /// The candidate.
+    pub candidate: String,
+    /// Event time, epoch milliseconds.
+    pub event_time: i64,
+}
+
+/// Canonical answer rows of one query: the CSV row without its count → the count.
+pub type Rows = BTreeMap<String, i64>;
+
+/// The exact answers to Q1–Q4, computed the plain way (no windows, no engine).
+#[derive(Debug, Default, Clone)]
+pub struct Reference {
+    /// Events read.
+    pub events: u64,
+    /// Whether every line carried a `vote_id`.
+    pub all_have_vote_id: bool,
+    /// Consecutive events of one voter exactly `Q4_GAP_MS` apart (their sessionization differs
+    /// between engines; Sardonyx merges at a gap ≤ the timeout, Flink at < it).
+    pub exact_gap_pairs: u64,
+    /// Rows per query.
+    pub rows: BTreeMap<Query, Rows>,
+}
+
+impl Reference {
+    /// Reads a JSON-lines vote file and computes all four answers.
+    pub fn from_file(path: &Path) -> anyhow::Result<Reference> {
+        let f = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        let mut votes = Vec::new();
+        for (i, line) in BufReader::with_capacity(1 << 20, f).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Vote = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+            votes.push(v);
+        }
+        Ok(Reference::from_votes(&votes))
+    }
+
+    /// Computes all four answers from votes in memory.
+    pub fn from_votes(votes: &[Vote]) -> Reference {
+        let mut q1: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut q2: BTreeMap<(i64, &str), i64> = BTreeMap::new();
+        let mut q3: BTreeMap<(i64, &str), i64> = BTreeMap::new();
+        let mut per_voter: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        for v in votes {
+            let c = v.candidate.as_str();
+            *q1.entry(c).or_default() += 1;
+            *q2.entry((v.event_time.div_euclid(Q2_RANGE_MS) * Q2_RANGE_MS, c))
+                .or_default() += 1;
+            // Every window [s, s + range) with s a multiple of the slide that holds the event.
+            let last = v.event_time.div_euclid(Q3_SLIDE_MS) * Q3_SLIDE_MS;
+            let mut s = last;
+            while s + Q3_RANGE_MS > v.event_time {
+                *q3.entry((s, c)).or_default() += 1;
+                s -= Q3_SLIDE_MS;
+            }
+            per_voter.entry(v.voter_id).or_default().push(v.event_time);
+        }
+        // Sessions: sort each voter's times; a gap greater than Q4_GAP_MS starts a new one
+        // (DESIGN §4: sessions merge when the gap between them is ≤ timeout_gap).
+        let mut q4 = Rows::new();
+        let mut exact = 0;
+        for (voter, mut ts) in per_voter {
+            ts.sort_unstable();
+            let (mut start, mut prev, mut n) = (ts[0], ts[0], 0_i64);
+            for &t in &ts {
+                if t - prev == Q4_GAP_MS {
+                    exact += 1;
+                }
+                if t - prev > Q4_GAP_MS {
+                    q4.insert(format!("{voter},{start}"), n);
+                    start = t;
+                    n = 0;
+                }
+                n += 1;
+                prev = t;
+            }
+            q4.insert(format!("{voter},{start}"), n);
+        }
+        let mut rows = BTreeMap::new();
+        rows.insert(
+            Query::Q1,
+            q1.into_iter().map(|(c, n)| (c.to_owned(), n)).collect(),
+        );
+        rows.insert(
+            Query::Q2,
+            q2.into_iter()
+                .map(|((w, c), n)| (format!("{w},{c}"), n))
+                .collect(),
+        );
+        rows.insert(
+            Query::Q3,
+            q3.into_iter()
+                .map(|((w, c), n)| (format!("{w},{c}"), n))
+                .collect(),
+        );
+        rows.insert(Query::Q4, q4);
+        Reference {
+            events: votes.len() as u64,
+            all_have_vote_id: votes.iter().all(|v| v.vote_id.is_some()),
+            exact_gap_pairs: exact,
+            rows,
+        }
+    }
+}
+
+/// A job's answer folded from its sync's firings: the latest state per extent and group
+/// (accumulating refinement, so a later firing of one extent supersedes an earlier one).
+#[derive(Debug, Default, Clone)]
+pub struct Answer {
+    /// The rows.
+    pub rows: Rows,
+    /// Firings read.
+    pub firings: u64,
+}
+
+impl Answer {
+    /// Folds the JSON lines written by the built-in `sardonyx/jsonl` sync.
+    pub fn from_sync_file(query: Query, path: &Path) -> anyhow::Result<Answer> {
+        let mut a = Answer::default();
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // No firing at all (e.g. an empty input).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(a),
+            Err(e) => anyhow::bail!("cannot open {}: {e}", path.display()),
+        };
+        for line in BufReader::with_capacity(1 << 20, f).lines() {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            let group = match &v["group"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let lower = &v["lower"];
+            let key = match query {
+                Query::Q1 => group,
+                Query::Q2 | Query::Q3 => format!("{lower},{group}"),
+                Query::Q4 => format!("{group},{lower}"),
+            };
+            let state = v["state"]
+                .as_i64()
+                .ok_or_else(|| anyhow::anyhow!("firing without an integer state: {line}"))?;
+            a.rows.insert(key, state);
+            a.firings += 1;
+        }
+        Ok(a)
+    }
+
+    /// Writes the canonical CSV (`../shared/bench-peers` format) into `dir/<query>.csv`.
+    pub fn write_csv(&self, query: Query, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let f = std::fs::File::create(dir.join(format!("{}.csv", query.name())))?;
+        let mut w = std::io::BufWriter::new(f);
+        writeln!(w, "{}", query.csv_header())?;
+        for (k, n) in &self.rows {
+            writeln!(w, "{k},{n}")?;
+        }
+        w.flush()
+    }
+}
+
+/// Compares an answer with the reference: `Ok(rows)` when equal, else a short description of
+/// the differences.
+pub fn check(expected: &Rows, got: &Rows) -> Result<usize, String> {
+    if expected == got {
+        return Ok(expected.len());
+    }
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    let n_missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(3)
+        .collect();
+    let n_extra = got.keys().filter(|k| !expected.contains_key(*k)).count();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter_map(|(k, n)| got.get(k).filter(|m| *m != n).map(|m| (k, n, m)))
+        .collect();
+    Err(format!(
+        "expected {} rows, got {}: {n_missing} missing (e.g. {missing:?}), {n_extra} extra \
+         (e.g. {extra:?}), {} with a wrong count (e.g. {:?})",
+        expected.len(),
+        got.len(),
+        wrong.len(),
+        wrong.iter().take(3).collect::<Vec<_>>()
+    ))
+}
+
+/// A field of `/proc/self/status` in KiB (`VmHWM`: peak resident set; `VmRSS`: current).
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// The `p`-quantile (0..=1) of sorted samples (nearest rank).
+pub fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(id: u64, voter: u64, c: &str, t: i64) -> Vote {
+        Vote {
+            vote_id: Some(id),
+            voter_id: voter,
+            candidate: c.into(),
+            event_time: t,
+        }
+    }
+
+    #[test]
+    fn reference_by_hand() {
+        let t0 = 1_700_000_000_000; // 22:13:20 — not aligned to a minute
+        let votes = [
+            vote(0, 1, "a", t0),
+            vote(1, 2, "b", t0 + 40_000),  // next minute
+            vote(2, 1, "a", t0 + 300_000), // exactly the gap: same session
+            vote(3, 1, "a", t0 + 600_001), // gap 300 001: new session
+        ];
+        let r = Reference::from_votes(&votes);
+        assert_eq!(r.exact_gap_pairs, 1);
+        assert_eq!(r.rows[&Query::Q1]["a"], 3);
+        assert_eq!(r.rows[&Query::Q2][&format!("{},a", t0 - 20_000)], 1);
+        assert_eq!(r.rows[&Query::Q2][&format!("{},b", t0 + 40_000)], 1);
+        // t0 is in the hour windows starting at t0 - 20:00 (rounded to the slide) and the two
+        // before it.
+        let s = t0.div_euclid(Q3_SLIDE_MS) * Q3_SLIDE_MS;
+        for k in 0..3 {
+            assert!(r.rows[&Query::Q3].contains_key(&format!("{},a", s - k * Q3_SLIDE_MS)));
+        }
+        assert_eq!(r.rows[&Query::Q4][&format!("1,{t0}")], 2);
+        assert_eq!(r.rows[&Query::Q4][&format!("1,{}", t0 + 600_001)], 1);
+    }
+
+    #[test]
+    fn quantiles() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), Some(2.0));
+        assert_eq!(quantile(&v, 0.99), Some(4.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn jobs_validate() {
+        let registry = sardonyx::Registry::new();
+        for q in Query::ALL {
+            vote_job(q, &Source::File("x.jsonl".into()), "/tmp/s.jsonl", 1, None)
+                .validate(&registry)
+                .unwrap();
+        }
+    }
+}
