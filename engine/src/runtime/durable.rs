@@ -500,7 +500,7 @@ impl InputLog {
                     .map_err(state_error)?;
                 seq += 1;
                 written = Some(p);
-                if seq % 256 == 0 {
+                if seq.is_multiple_of(256) {
                     store
                         .snapshot(&self.ledger, pos, bytes)
                         .await

@@ -164,7 +164,7 @@ pub fn write_votes(path: &Path, n: u64, dups: u64) -> Vec<Value> {
             out.push('\n');
             if i % every == every - 1 {
                 // Alternate near (the previous line) and far (a line 5000 back) duplicates.
-                let j = if (i / every) % 2 == 0 {
+                let j = if (i / every).is_multiple_of(2) {
                     i
                 } else {
                     i.saturating_sub(5000)
