@@ -220,3 +220,9 @@ async fn the_committed_position_of_a_drained_file_is_its_end() {
     assert_eq!(committed.offset, text.len() as u64);
     assert_eq!(report.read, 250);
 }
+#[tokio::test]
+async fn kill_stops_the_job_with_the_error() {
+    let (result, _, _, _) = run_with(ExceptionAction::Kill, vec![2, 3, 4], 10).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.to_string(), "task \"f\" killed the job: 3 is odd");
+}

@@ -168,6 +168,10 @@ pub(crate) struct Topology {
     pub first_peer: BTreeMap<String, usize>,
     /// The least `idle_timeout` of the job's inputs, in milliseconds.
     pub idle_timeout_ms: Option<i64>,
+    /// Every input peer waits here after opening its reader; peers with nothing to read have
+    /// sent their `Done` by then, so no reading peer's data can overtake them and the
+    /// downstream watermark never waits on a peer that will never read.
+    pub inputs_opened: tokio::sync::Barrier,
 }
 
 /// Runs `job` to completion in this process: validates it, starts every peer, waits until the
@@ -255,11 +259,18 @@ pub async fn run_job_with_progress(
         windowed::open_syncs(job, registry)
             .map_err(|(task, message)| RunError::Plugin { task, message })?,
     );
+    let input_peers: usize = job
+        .catalog
+        .iter()
+        .filter(|t| t.kind == TaskKind::Input)
+        .map(|t| peers_of(&t.name))
+        .sum();
     let topology = Arc::new(Topology {
         senders,
         upstream_peers,
         first_peer,
         idle_timeout_ms,
+        inputs_opened: tokio::sync::Barrier::new(input_peers),
     });
     let job_state = match options.state.clone() {
         Some(state) => {

@@ -320,8 +320,17 @@ pub(crate) async fn run_input(
     let batch_size = ctx.task.effective_batch_size();
     let timeout = ctx.task.effective_batch_timeout();
     let mut watermark = InputWatermark::new(&ctx.task);
+    if matches!(reader, InputReader::Nothing) {
+        router.finish().await;
+    }
+    ctx.topology.inputs_opened.wait().await;
     match reader {
-        InputReader::Nothing => {}
+        InputReader::Nothing => {
+            call_hooks(&lifecycles, |l| {
+                l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
+            });
+            return Ok(());
+        }
         InputReader::Records(mut source) => loop {
             let (back, polled) = tokio::task::spawn_blocking(move || {
                 let r = source.poll_batch(batch_size, timeout);
