@@ -132,6 +132,15 @@ impl JsonLinesSink {
         Self::open(path, false)
     }
 
+    /// Opens `path` for appending after a crash: a torn last line (a process killed mid-write)
+    /// is cut first, so the lines appended from here on stay whole.
+    pub fn resume(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        let path = path.as_ref();
+        cut_torn_line(path)
+            .map_err(|e| ConnectorError::io(format!("resuming {}", path.display()), &e))?;
+        Self::append(path)
+    }
+
     /// Opens `path` for appending (creating it if needed).
     pub fn append(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
         Self::open(path, true)
@@ -172,6 +181,47 @@ impl Sink for JsonLinesSink {
         self.writer
             .flush()
             .map_err(|e| ConnectorError::io(format!("flushing {}", self.path.display()), &e))
+    }
+}
+
+/// Cuts a torn last line (a process killed mid-write) off a JSON-lines file that syncs append
+/// to, so the lines a resumed job appends stay whole. A missing file is fine.
+pub fn cut_torn_line(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Look back in chunks for the last newline.
+    let mut end = len;
+    let mut buf = vec![0_u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(path = %path.display(), cut = len - keep, "cutting a torn last line");
+                f.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            // No newline at all: the whole file is one torn line.
+            return f.set_len(0);
+        }
+        end = start;
     }
 }
 

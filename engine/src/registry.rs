@@ -39,13 +39,22 @@ pub trait SyncSink: Send {
     }
 }
 
-/// A registered sync function: a parameter check and a constructor (one sink per peer).
+/// What a sync function is told when it is opened.
+pub struct SyncContext<'a> {
+    /// The trigger's `params`.
+    pub params: &'a Map,
+    /// True when the job resumes earlier state: keep (append to) what earlier runs wrote.
+    pub resuming: bool,
+}
+
+/// A registered sync function: a parameter check and a constructor (one sink per trigger and
+/// job, shared by the task's peers).
 #[derive(Clone)]
 pub struct SyncPlugin {
     /// Checks the trigger's `params`.
     pub check: ParamsCheck,
-    /// Opens a sink given the trigger's `params`.
-    pub open: Arc<dyn Fn(&Map) -> Result<Box<dyn SyncSink>, String> + Send + Sync>,
+    /// Opens a sink.
+    pub open: Arc<dyn Fn(&SyncContext<'_>) -> Result<Box<dyn SyncSink>, String> + Send + Sync>,
 }
 
 /// Where an input peer reads from.
@@ -74,6 +83,9 @@ pub struct PluginContext<'a> {
     pub peer: usize,
     /// The number of peers of the task.
     pub n_peers: usize,
+    /// True when the job resumes earlier state: outputs keep (append to) what earlier runs
+    /// wrote instead of starting afresh.
+    pub resuming: bool,
 }
 
 /// Which side of a job a plugin serves.
@@ -214,7 +226,12 @@ impl Registry {
                 check: Arc::new(|p| require_string(p, "path")),
                 open: Arc::new(|ctx| {
                     let path = peer_path(param_path(ctx.task)?, ctx.peer, ctx.n_peers);
-                    let sink = JsonLinesSink::create(&path).map_err(|e| e.to_string())?;
+                    let sink = if ctx.resuming {
+                        JsonLinesSink::resume(&path)
+                    } else {
+                        JsonLinesSink::create(&path)
+                    };
+                    let sink = sink.map_err(|e| e.to_string())?;
                     Ok(Box::new(JsonLinesOutput(sink)) as Box<dyn SegmentSink>)
                 }),
             },
@@ -270,14 +287,15 @@ impl Registry {
             "sardonyx/jsonl",
             SyncPlugin {
                 check: Arc::new(|p| require_string(p, "path")),
-                open: Arc::new(|params| {
-                    let path = params
+                open: Arc::new(|ctx| {
+                    let path = ctx
+                        .params
                         .get("path")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    JsonLinesSink::append(path)
-                        .map(|s| Box::new(JsonLinesSync(s)) as Box<dyn SyncSink>)
-                        .map_err(|e| e.to_string())
+                    JsonLinesSync::open(path, ctx.resuming)
+                        .map(|s| Box::new(s) as Box<dyn SyncSink>)
+                        .map_err(|e| format!("{path}: {e}"))
                 }),
             },
         );
@@ -332,8 +350,8 @@ impl Registry {
                 check: Arc::new(|p| {
                     plugins::validate_output(plugins::POSTGRES, &to_json(p)).unwrap_or_default()
                 }),
-                open: Arc::new(|params| {
-                    let params = to_json(params);
+                open: Arc::new(|ctx| {
+                    let params = to_json(ctx.params);
                     off_runtime(|| plugins::open_output(plugins::POSTGRES, &params))
                         .map(|sink| {
                             Box::new(BufferedSync {
@@ -590,16 +608,52 @@ impl SegmentSink for ChannelOutput {
     }
 }
 
-struct JsonLinesSync(JsonLinesSink);
+/// The built-in `sardonyx/jsonl` sync. Several triggers may write one file: each sink appends
+/// (O_APPEND) a batch's whole lines in one write at each flush, so lines never interleave.
+struct JsonLinesSync {
+    file: std::fs::File,
+    pending: Vec<u8>,
+}
+
+impl JsonLinesSync {
+    /// Opens `path` for appending; a fresh job empties it first, a resuming job cuts a torn last
+    /// line. (All syncs are opened before any writes, so emptying never loses a firing.)
+    fn open(path: &str, resuming: bool) -> std::io::Result<Self> {
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        if resuming {
+            sardonyx_connectors::jsonl::cut_torn_line(path)?;
+        } else {
+            std::fs::File::create(path)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(JsonLinesSync {
+            file,
+            pending: Vec::new(),
+        })
+    }
+}
 
 impl SyncSink for JsonLinesSync {
     fn sync(&mut self, firing: &Map) -> Result<(), String> {
-        self.0
-            .write_batch(&[firing.to_string().into_bytes()])
-            .map_err(|e| e.to_string())
+        use std::io::Write;
+        writeln!(self.pending, "{firing}").map_err(|e| e.to_string())
     }
     fn flush(&mut self) -> Result<(), String> {
-        self.0.flush().map_err(|e| e.to_string())
+        use std::io::Write;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.pending)
+            .map_err(|e| e.to_string())?;
+        self.pending.clear();
+        Ok(())
     }
 }
 

@@ -140,6 +140,8 @@ fn process_nonce() -> u64 {
 /// The job-wide part: which generation, which epoch, where ledgers live.
 pub(crate) struct JobState {
     pub options: StateOptions,
+    /// True when this run continues an earlier run's state (same generation).
+    pub resumed: bool,
     /// `J/g<gen>`.
     pub prefix: String,
     /// This run's epoch (greater than every earlier run's).
@@ -205,10 +207,12 @@ impl JobState {
             .snapshot(&meta_ledger, pos, bytes)
             .await
             .map_err(state_error)?;
+        let resumed = last.as_ref().is_some_and(|m| m.generation == generation);
         if let Some(old) = last.filter(|m| m.generation != generation) {
             drop_generation(store.as_ref(), &name, &old).await?;
         }
         Ok(JobState {
+            resumed,
             prefix: format!("{name}/g{generation}"),
             epoch: pos + 1,
             nonce,

@@ -255,10 +255,6 @@ pub async fn run_job_with_progress(
         .iter()
         .filter_map(|t| t.watermark.as_ref()?.idle_timeout?.as_millis())
         .min();
-    let syncs = Arc::new(
-        windowed::open_syncs(job, registry)
-            .map_err(|(task, message)| RunError::Plugin { task, message })?,
-    );
     let input_peers: usize = job
         .catalog
         .iter()
@@ -292,6 +288,11 @@ pub async fn run_job_with_progress(
         None => None,
     };
 
+    let resuming = job_state.as_ref().is_some_and(|s| s.resumed);
+    let syncs = Arc::new(
+        windowed::open_syncs(job, registry, resuming)
+            .map_err(|(task, message)| RunError::Plugin { task, message })?,
+    );
     let mut handles = tokio::task::JoinSet::new();
     let mut committers = Vec::new();
     let mut writers = Vec::new();

@@ -62,6 +62,7 @@ impl PeerContext {
             task: &self.task,
             peer: self.peer,
             n_peers: self.n_peers,
+            resuming: self.state.as_ref().is_some_and(|s| s.resumed),
         }
     }
 

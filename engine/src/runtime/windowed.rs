@@ -12,7 +12,7 @@ use sardonyx_windowing::trigger::{
 use sardonyx_windowing::window::{Units, WindowSpec};
 
 use crate::job::{Job, Refinement, TaskSpec, TriggerDef, TriggerOn, WindowDef, WindowKind};
-use crate::registry::{Registry, SyncSink};
+use crate::registry::{Registry, SyncContext, SyncSink};
 use crate::segment::{Segment, Value};
 
 /// A sync sink shared by every peer of a task (one per trigger and job).
@@ -21,23 +21,22 @@ pub(crate) type SharedSync = Arc<Mutex<Box<dyn SyncSink>>>;
 /// The sync sinks of a job, by (window id, trigger id).
 pub(crate) type Syncs = BTreeMap<(String, String), SharedSync>;
 
-/// Opens one sync sink per trigger that names one.
-pub(crate) fn open_syncs(job: &Job, registry: &Registry) -> Result<Syncs, (String, String)> {
+/// Opens one sync sink per trigger that names one (`resuming`: the job resumes earlier state,
+/// so syncs append to what earlier runs wrote).
+pub(crate) fn open_syncs(
+    job: &Job,
+    registry: &Registry,
+    resuming: bool,
+) -> Result<Syncs, (String, String)> {
     let mut syncs = Syncs::new();
     for t in &job.triggers {
         if let Some(name) = &t.sync {
-            if name == "sardonyx/jsonl" {
-                if let Some(path) = t.params.get("path").and_then(Value::as_str) {
-                    cut_torn_line(std::path::Path::new(path)).map_err(|e| {
-                        (
-                            format!("trigger \"{}\" of window \"{}\"", t.id, t.window),
-                            format!("{path}: {e}"),
-                        )
-                    })?;
-                }
-            }
             let plugin = registry.sync(name).expect("validated");
-            let sink = (plugin.open)(&t.params).map_err(|e| {
+            let ctx = SyncContext {
+                params: &t.params,
+                resuming,
+            };
+            let sink = (plugin.open)(&ctx).map_err(|e| {
                 (
                     format!("trigger \"{}\" of window \"{}\"", t.id, t.window),
                     e,
@@ -47,47 +46,6 @@ pub(crate) fn open_syncs(job: &Job, registry: &Registry) -> Result<Syncs, (Strin
         }
     }
     Ok(syncs)
-}
-
-/// Cuts a torn last line (a process killed mid-write) off a JSON-lines file that syncs append
-/// to, so the lines a resumed job appends stay whole.
-pub(crate) fn cut_torn_line(path: &std::path::Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    // Look back in chunks for the last newline.
-    let mut end = len;
-    let mut buf = vec![0_u8; 64 * 1024];
-    loop {
-        let start = end.saturating_sub(buf.len() as u64);
-        let n = (end - start) as usize;
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
-            let keep = start + i as u64 + 1;
-            if keep < len {
-                tracing::warn!(path = %path.display(), cut = len - keep, "cutting a torn last line");
-                f.set_len(keep)?;
-            }
-            return Ok(());
-        }
-        if start == 0 {
-            // No newline at all: the whole file is one torn line.
-            return f.set_len(0);
-        }
-        end = start;
-    }
 }
 
 /// The resolved aggregation of a window definition.
