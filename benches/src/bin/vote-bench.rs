@@ -161,6 +161,10 @@ struct Figures {
     duplicates: u64,
     /// Trigger-to-sync latency of watermark firings in ms (segments source only), p50/p99.
     latency_ms: Option<(f64, f64)>,
+    /// Embedded log: WAL fsyncs, ledger commands, and the Raft entries they were packed into.
+    wal_syncs: Option<u64>,
+    log_commands: Option<u64>,
+    raft_writes: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -333,6 +337,7 @@ async fn once(a: &OnceArgs) -> anyhow::Result<Figures> {
         bar.finish_and_clear();
     }
     let report = report?;
+    let log_counters = embedded.as_ref().map(|l| (l.wal_syncs(), l.commit_stats()));
     let closing = Instant::now();
     if let Some(log) = embedded {
         log.close().await?;
@@ -388,6 +393,9 @@ async fn once(a: &OnceArgs) -> anyhow::Result<Figures> {
         rejected: report.rejected,
         duplicates: report.duplicates,
         latency_ms,
+        wal_syncs: log_counters.map(|c| c.0),
+        log_commands: log_counters.map(|c| c.1.commands),
+        raft_writes: log_counters.map(|c| c.1.raft_writes),
     })
 }
 
@@ -498,8 +506,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("child printed: {line}"))?;
                     let got = read_csv(&out.join(format!("{}.csv", q.name())))?;
                     let verdict = check(&reference.rows[&q], &got);
+                    let log = match (f.wal_syncs, f.log_commands, f.raft_writes) {
+                        (Some(s), Some(c), Some(r)) => format!(
+                            ", {} log records ({} B), {c} ledger commands in {r} raft entries, {s} WAL fsyncs",
+                            f.logged_records, f.logged_bytes
+                        ),
+                        _ => String::new(),
+                    };
                     eprintln!(
-                        "  {} {:?} {:?} run {run}: {:.3}s, {:.0} ev/s, peak RSS {:.0} MiB, {}",
+                        "  {} {:?} {:?} run {run}: {:.3}s, {:.0} ev/s, peak RSS {:.0} MiB{log}, {}",
                         q.name(),
                         mode,
                         source,
