@@ -27,8 +27,8 @@ pub struct Positions(BTreeMap<u32, u64>);
 
 impl Positions {
     /// No position for any partition.
-    pub fn new() -> Self {
-        Positions::default()
+    pub const fn new() -> Self {
+        Positions(BTreeMap::new())
     }
 
     /// Moves `position.partition` forward to `position.offset` (never backward).

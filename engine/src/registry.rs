@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sardonyx_connectors::jsonl::{JsonLinesSink, JsonLinesSource};
-use sardonyx_connectors::{ConnectorError, Sink, Source};
+use sardonyx_connectors::{ConnectorError, Position, Positions, Sink, Source};
 use sardonyx_windowing::aggregation::Aggregation;
 use tokio::sync::mpsc;
 
@@ -86,6 +86,10 @@ pub struct PluginContext<'a> {
     /// True when the job resumes earlier state: outputs keep (append to) what earlier runs
     /// wrote instead of starting afresh.
     pub resuming: bool,
+    /// For an input peer, the positions to resume from (what an earlier run of the job
+    /// committed, per partition; empty when starting afresh, and for outputs). The input's
+    /// `open` must hand back a reader positioned just after them.
+    pub positions: &'a Positions,
 }
 
 /// Which side of a job a plugin serves.
@@ -214,9 +218,17 @@ impl Registry {
                         return Ok(InputReader::Nothing);
                     }
                     let path = param_path(ctx.task)?;
-                    JsonLinesSource::open(&path)
-                        .map(|s| InputReader::Records(Box::new(s)))
-                        .map_err(|e| e.to_string())
+                    let mut source = JsonLinesSource::open(&path).map_err(|e| e.to_string())?;
+                    // One partition: resume just after the committed byte offset.
+                    if let Some(offset) = ctx.positions.get(0) {
+                        source
+                            .seek(Position {
+                                partition: 0,
+                                offset,
+                            })
+                            .map_err(|e| format!("resuming at offset {offset}: {e}"))?;
+                    }
+                    Ok(InputReader::Records(Box::new(source)))
                 }),
             },
         );
@@ -314,11 +326,10 @@ impl Registry {
                         plugins::validate_input(name, &to_json(p)).unwrap_or_default()
                     }),
                     open: Arc::new(move |ctx| {
-                        let positions = sardonyx_connectors::Positions::new();
                         let params = to_json(&ctx.task.params);
-                        let (peer, n_peers) = (ctx.peer, ctx.n_peers);
+                        let (peer, n_peers, positions) = (ctx.peer, ctx.n_peers, ctx.positions);
                         match off_runtime(|| {
-                            plugins::open_input(name, &params, peer, n_peers, &positions)
+                            plugins::open_input(name, &params, peer, n_peers, positions)
                         }) {
                             Ok(Some(source)) => Ok(InputReader::Records(source)),
                             Ok(None) => Ok(InputReader::Nothing),

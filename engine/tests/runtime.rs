@@ -216,8 +216,8 @@ async fn the_committed_position_of_a_drained_file_is_its_end() {
         ..RunOptions::default()
     };
     let report = run_job(&job, &Registry::new(), options).await.unwrap();
-    let committed = report.committed[&("in".to_owned(), 0)];
-    assert_eq!(committed.offset, text.len() as u64);
+    let committed = &report.committed[&("in".to_owned(), 0)];
+    assert_eq!(committed.get(0), Some(text.len() as u64));
     assert_eq!(report.read, 250);
 }
 #[tokio::test]

@@ -1,15 +1,17 @@
 //! Acknowledgement of input batches: an input position is committed only once every segment
 //! derived from it is fully processed.
 //!
-//! Each input batch gets an [`AckToken`]; every batch derived from it downstream holds a clone
-//! of the token's `Arc`. When the last clone drops, the batch is done and the token reports its
-//! position. The [`Committer`] advances the committed position over the contiguous prefix of
-//! completed batches, so a resumed input never skips an unfinished batch.
+//! Each input batch gets an [`AckToken`] holding the batch's end position in every partition it
+//! read (the position of its last record of that partition); every batch derived from it
+//! downstream holds a clone of the token's `Arc`. When the last clone drops, the batch is done
+//! and the token reports its positions. The [`Committer`] advances the committed [`Positions`]
+//! over the contiguous prefix of completed batches (merging each batch's positions in with
+//! [`Positions::advance`]), so a resumed input never skips an unfinished batch in any partition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sardonyx_connectors::Position;
+use sardonyx_connectors::Positions;
 use tokio::sync::mpsc;
 
 /// Marks one input batch as in flight until dropped.
@@ -17,8 +19,8 @@ use tokio::sync::mpsc;
 pub struct AckToken {
     seq: u64,
     input: u32,
-    position: Position,
-    done: mpsc::UnboundedSender<(u64, Position)>,
+    positions: Positions,
+    done: mpsc::UnboundedSender<(u64, Positions)>,
 }
 
 impl AckToken {
@@ -27,16 +29,17 @@ impl AckToken {
         self.input
     }
 
-    /// The position the batch ends at.
-    pub fn position(&self) -> Position {
-        self.position
+    /// The positions the batch ends at, per partition it read.
+    pub fn positions(&self) -> &Positions {
+        &self.positions
     }
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
         // The committer may have gone (job aborted): nothing left to record then.
-        let _ = self.done.send((self.seq, self.position));
+        let positions = std::mem::take(&mut self.positions);
+        let _ = self.done.send((self.seq, positions));
     }
 }
 
@@ -45,55 +48,65 @@ impl Drop for AckToken {
 pub struct AckIssuer {
     next: u64,
     input: u32,
-    done: mpsc::UnboundedSender<(u64, Position)>,
+    done: mpsc::UnboundedSender<(u64, Positions)>,
 }
 
 impl AckIssuer {
-    /// A token for the next batch, which ends at `position`.
-    pub fn issue(&mut self, position: Position) -> Arc<AckToken> {
+    /// A token for the next batch, which ends at `positions` (per partition it read).
+    pub fn issue(&mut self, positions: Positions) -> Arc<AckToken> {
         let seq = self.next;
         self.next += 1;
         Arc::new(AckToken {
             seq,
             input: self.input,
-            position,
+            positions,
             done: self.done.clone(),
         })
     }
 }
 
-/// Tracks completions and the committed position of one input peer.
+/// Tracks completions and the committed positions of one input peer.
 #[derive(Debug, Default)]
 pub struct Committer {
     next: u64,
-    completed: BTreeMap<u64, Position>,
-    committed: Option<Position>,
+    completed: BTreeMap<u64, Positions>,
+    committed: Positions,
 }
 
 impl Committer {
-    /// Records that batch `seq` (ending at `position`) is done; returns the new committed
-    /// position if it advanced.
-    pub fn complete(&mut self, seq: u64, position: Position) -> Option<Position> {
-        self.completed.insert(seq, position);
-        let mut advanced = None;
-        while let Some(p) = self.completed.remove(&self.next) {
-            self.next += 1;
-            advanced = Some(p);
+    /// A committer starting from `resume` (the positions an earlier run committed).
+    pub fn new(resume: Positions) -> Self {
+        Committer {
+            committed: resume,
+            ..Committer::default()
         }
-        if advanced.is_some() {
-            self.committed = advanced;
-        }
-        advanced
     }
 
-    /// The committed position: everything up to it is fully processed.
-    pub fn committed(&self) -> Option<Position> {
-        self.committed
+    /// Records that batch `seq` (ending at `positions`) is done; returns the new committed
+    /// positions if they advanced.
+    pub fn complete(&mut self, seq: u64, positions: Positions) -> Option<&Positions> {
+        self.completed.insert(seq, positions);
+        let mut advanced = false;
+        while let Some(ps) = self.completed.remove(&self.next) {
+            self.next += 1;
+            for p in ps.iter() {
+                let before = self.committed.get(p.partition);
+                self.committed.advance(p);
+                advanced |= self.committed.get(p.partition) != before;
+            }
+        }
+        advanced.then_some(&self.committed)
+    }
+
+    /// The committed positions: in each partition, everything before its position is fully
+    /// processed.
+    pub fn committed(&self) -> &Positions {
+        &self.committed
     }
 }
 
 /// A token issuer for input peer `input` and the receiving end of its completions.
-pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Position)>) {
+pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Positions)>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         AckIssuer {
@@ -108,23 +121,46 @@ pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Position
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sardonyx_connectors::Position;
 
-    fn pos(offset: u64) -> Position {
-        Position {
-            partition: 0,
-            offset,
-        }
+    fn pos(offset: u64) -> Positions {
+        at(&[(0, offset)])
+    }
+
+    fn at(ps: &[(u32, u64)]) -> Positions {
+        ps.iter()
+            .map(|&(partition, offset)| Position { partition, offset })
+            .collect()
     }
 
     #[test]
     fn commits_only_the_contiguous_prefix() {
         let mut c = Committer::default();
         assert_eq!(c.complete(1, pos(20)), None);
-        assert_eq!(c.committed(), None);
-        assert_eq!(c.complete(0, pos(10)), Some(pos(20)));
+        assert!(c.committed().is_empty());
+        assert_eq!(c.complete(0, pos(10)), Some(&pos(20)));
         assert_eq!(c.complete(3, pos(40)), None);
-        assert_eq!(c.committed(), Some(pos(20)));
-        assert_eq!(c.complete(2, pos(30)), Some(pos(40)));
+        assert_eq!(c.committed(), &pos(20));
+        assert_eq!(c.complete(2, pos(30)), Some(&pos(40)));
+    }
+
+    #[test]
+    fn merges_the_partitions_of_completed_batches() {
+        let mut c = Committer::new(at(&[(0, 5), (2, 9)]));
+        // Batch 1 (partitions 1 and 2) is done before batch 0: nothing moves yet.
+        assert_eq!(c.complete(1, at(&[(1, 30), (2, 12)])), None);
+        assert_eq!(c.committed(), &at(&[(0, 5), (2, 9)]));
+        assert_eq!(
+            c.complete(0, at(&[(0, 8), (1, 20)])),
+            Some(&at(&[(0, 8), (1, 30), (2, 12)]))
+        );
+        // A batch of one partition leaves the others where they are.
+        assert_eq!(
+            c.complete(2, at(&[(1, 31)])),
+            Some(&at(&[(0, 8), (1, 31), (2, 12)]))
+        );
+        // A batch that moves nothing (positions never go back) reports nothing.
+        assert_eq!(c.complete(3, at(&[(0, 7)])), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sardonyx_connectors::Position;
+use sardonyx_connectors::Positions;
 use sardonyx_state_log::{DedupConfig, DedupFilter, Ledgers, RequestId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -446,7 +446,8 @@ impl SlotLog {
     }
 }
 
-/// An input peer's committed positions in the state log.
+/// An input peer's committed positions in the state log: each record is the peer's whole
+/// committed [`Positions`] (every partition it reads) at the time it was written.
 pub(crate) struct InputLog {
     js: Arc<JobState>,
     ledger: String,
@@ -459,9 +460,9 @@ impl InputLog {
         InputLog { js, ledger }
     }
 
-    /// The position to resume from: the greatest one recorded (each was committed when
-    /// written, so the greatest is).
-    pub async fn resume_position(&self) -> Result<Option<Position>, RunError> {
+    /// The positions to resume from: per partition, the greatest one recorded (each was
+    /// committed when written, so the greatest is). Empty when nothing was recorded.
+    pub async fn resume_positions(&self) -> Result<Positions, RunError> {
         let read = self
             .js
             .options
@@ -469,41 +470,38 @@ impl InputLog {
             .read(&self.ledger, 0)
             .await
             .map_err(state_error)?;
-        let mut best: Option<Position> = None;
+        let mut best = Positions::new();
         let snap = read.snapshot.iter().filter(|(_, b)| !b.is_empty());
         for (pos, bytes) in snap.chain(read.entries.iter()) {
-            let p: Position = decode(bytes).map_err(|d| {
+            let ps: Positions = decode(bytes).map_err(|d| {
                 state_error(format!(
                     "corrupt record in ledger {:?} at position {pos}: {d}",
                     self.ledger
                 ))
             })?;
-            best = Some(best.map_or(p, |b| b.max(p)));
+            ps.iter().for_each(|p| best.advance(p));
         }
         Ok(best)
     }
 
-    /// Appends every committed position it is told of (skipping superseded ones while an append
-    /// is in flight) until the sender is dropped; compacts every 256 appends.
-    pub async fn write_loop(
-        self,
-        mut rx: watch::Receiver<Option<Position>>,
-    ) -> Result<(), RunError> {
+    /// Appends every committed positions it is told of (skipping superseded ones while an
+    /// append is in flight) until the sender is dropped; compacts every 256 appends.
+    pub async fn write_loop(self, mut rx: watch::Receiver<Positions>) -> Result<(), RunError> {
         let store = self.js.options.store.clone();
         let client = self.js.client(&self.ledger);
         let mut seq = 0_u64;
-        let mut written: Option<Position> = None;
+        let mut written = rx.borrow().clone();
         loop {
             let closed = rx.changed().await.is_err();
-            let current = *rx.borrow_and_update();
-            if let Some(p) = current.filter(|p| Some(*p) != written) {
-                let bytes = encode(&p);
+            let current = rx.borrow_and_update().clone();
+            if current != written && !current.is_empty() {
+                let bytes = encode(&current);
                 let pos = store
                     .append(&self.ledger, RequestId::new(client, seq), bytes.clone())
                     .await
                     .map_err(state_error)?;
                 seq += 1;
-                written = Some(p);
+                written = current;
                 if seq.is_multiple_of(256) {
                     store
                         .snapshot(&self.ledger, pos, bytes)

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sardonyx_connectors::Position;
+use sardonyx_connectors::Positions;
 use tokio::sync::mpsc;
 
 use crate::job::{ErrorsTarget, Job, TaskKind, ValidationError};
@@ -105,8 +105,9 @@ pub struct JobReport {
     pub snapshots: u64,
     /// What recovering each windowed slot read (empty without a state log).
     pub recoveries: Vec<SlotRecovery>,
-    /// Per input task and peer, the committed position: everything before it is fully processed.
-    pub committed: BTreeMap<(String, usize), Position>,
+    /// Per input task and peer, the committed positions: in each partition, everything before
+    /// its position is fully processed.
+    pub committed: BTreeMap<(String, usize), Positions>,
     /// The error file, if any rejection was written to one.
     pub errors_path: Option<PathBuf>,
 }
@@ -321,17 +322,21 @@ pub async fn run_job_with_progress(
                     let (resume, writer) = match &job_state {
                         Some(js) => {
                             let log = durable::InputLog::new(js.clone(), &t.name, peer);
-                            let resume = log.resume_position().await?;
-                            let (tx, rx) = tokio::sync::watch::channel(resume);
+                            let resume = log.resume_positions().await?;
+                            let (tx, rx) = tokio::sync::watch::channel(resume.clone());
                             writers.push(tokio::spawn(log.write_loop(rx)));
                             (resume, Some(tx))
                         }
-                        None => (None, None),
+                        None => (Positions::new(), None),
                     };
+                    // The source is told of committed positions too (Kafka stores them in its
+                    // consumer group); the state log stays the resume point.
+                    let (to_source, committed_rx) = tokio::sync::watch::channel(resume.clone());
+                    let start = resume.clone();
                     committers.push(tokio::spawn(async move {
-                        (key, commit_loop(done, resume, writer).await)
+                        (key, commit_loop(done, start, writer, to_source).await)
                     }));
-                    handles.spawn(peer::run_input(ctx, issuer, resume));
+                    handles.spawn(peer::run_input(ctx, issuer, resume, committed_rx));
                 }
                 TaskKind::Function | TaskKind::Output => {
                     handles.spawn(peer::run_worker(ctx, rx));
@@ -366,9 +371,9 @@ pub async fn run_job_with_progress(
     error_file.flush().map_err(RunError::ErrorOutput)?;
     let mut committed = BTreeMap::new();
     for c in committers {
-        let (key, pos) = c.await.map_err(|e| RunError::Internal(e.to_string()))?;
-        if let Some(pos) = pos {
-            committed.insert(key, pos);
+        let (key, positions) = c.await.map_err(|e| RunError::Internal(e.to_string()))?;
+        if !positions.is_empty() {
+            committed.insert(key, positions);
         }
     }
     for w in writers {
@@ -396,21 +401,24 @@ pub async fn run_job_with_progress(
     })
 }
 
-/// Advances an input peer's committed position as its batches complete, and hands each new
-/// one to the position writer (if the job has a state log).
+/// Advances an input peer's committed positions as its batches complete, and hands each new
+/// value to the position writer (if the job has a state log) and to the input peer (which
+/// commits it to its source).
 async fn commit_loop(
-    mut done: mpsc::UnboundedReceiver<(u64, Position)>,
-    resume: Option<Position>,
-    writer: Option<tokio::sync::watch::Sender<Option<Position>>>,
-) -> Option<Position> {
-    let mut c = ack::Committer::default();
-    while let Some((seq, pos)) = done.recv().await {
-        if let Some(p) = c.complete(seq, pos) {
-            tracing::trace!(offset = p.offset, "input position committed");
+    mut done: mpsc::UnboundedReceiver<(u64, Positions)>,
+    resume: Positions,
+    writer: Option<tokio::sync::watch::Sender<Positions>>,
+    to_source: tokio::sync::watch::Sender<Positions>,
+) -> Positions {
+    let mut c = ack::Committer::new(resume);
+    while let Some((seq, positions)) = done.recv().await {
+        if let Some(ps) = c.complete(seq, positions) {
+            tracing::trace!(positions = ?ps, "input positions committed");
             if let Some(w) = &writer {
-                let _ = w.send(Some(p));
+                let _ = w.send(ps.clone());
             }
+            let _ = to_source.send(ps.clone());
         }
     }
-    c.committed().or(resume)
+    c.committed().clone()
 }

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use sardonyx_connectors::SourceBatch;
+use sardonyx_connectors::{Position, Positions, SourceBatch};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -22,6 +22,9 @@ use crate::registry::{
 };
 use crate::segment::{self, Segment, Value};
 use sardonyx_windowing::WatermarkTracker;
+
+/// The resume positions of peers that have none (outputs, fresh inputs).
+static NO_POSITIONS: Positions = Positions::new();
 
 /// Everything a peer needs to know about its place in the job.
 pub(crate) struct PeerContext {
@@ -63,6 +66,7 @@ impl PeerContext {
             peer: self.peer,
             n_peers: self.n_peers,
             resuming: self.state.as_ref().is_some_and(|s| s.resumed),
+            positions: &NO_POSITIONS,
         }
     }
 
@@ -294,25 +298,27 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
-/// Runs one input peer: reads batches from the plugin, parses records into segments (malformed
-/// ones go to the error output with their line number), tracks the watermark, routes.
+/// Runs one input peer: reads batches from the plugin (opened at `resume`, the positions an
+/// earlier run committed), parses records into segments (malformed ones go to the error output
+/// with their line number), tracks the watermark, routes. Committed positions arriving on
+/// `committed` are passed on to the source ([`sardonyx_connectors::Source::commit_all`]), the
+/// last of them once everything read is processed.
 pub(crate) async fn run_input(
     ctx: PeerContext,
     mut issuer: AckIssuer,
-    resume: Option<sardonyx_connectors::Position>,
+    resume: Positions,
+    mut committed: tokio::sync::watch::Receiver<Positions>,
 ) -> Result<(), RunError> {
     let plugin = ctx
         .registry
         .input(ctx.task.plugin.as_deref().unwrap_or_default())
         .expect("validated")
         .clone();
-    let mut reader = (plugin.open)(&ctx.plugin_ctx()).map_err(|e| ctx.plugin_error(e))?;
-    if let (Some(p), InputReader::Records(source)) = (resume, &mut reader) {
-        // Everything before the committed position is fully processed: read on after it.
-        source
-            .seek(p)
-            .map_err(|e| ctx.plugin_error(format!("resuming at offset {}: {e}", p.offset)))?;
-    }
+    let plugin_ctx = PluginContext {
+        positions: &resume,
+        ..ctx.plugin_ctx()
+    };
+    let reader = (plugin.open)(&plugin_ctx).map_err(|e| ctx.plugin_error(e))?;
     let lifecycles = ctx.lifecycles();
     call_hooks(&lifecycles, |l| {
         l.before_task_start.as_ref().map(|h| h(&ctx.event()))
@@ -325,6 +331,7 @@ pub(crate) async fn run_input(
         router.finish().await;
     }
     ctx.topology.inputs_opened.wait().await;
+    let mut records_source = None;
     match reader {
         InputReader::Nothing => {
             call_hooks(&lifecycles, |l| {
@@ -332,48 +339,64 @@ pub(crate) async fn run_input(
             });
             return Ok(());
         }
-        InputReader::Records(mut source) => loop {
-            let (back, polled) = tokio::task::spawn_blocking(move || {
-                let r = source.poll_batch(batch_size, timeout);
-                (source, r)
-            })
-            .await
-            .map_err(|e| RunError::Internal(e.to_string()))?;
-            source = back;
-            let records = match polled.map_err(|e| ctx.plugin_error(e.to_string()))? {
-                SourceBatch::Done => break,
-                SourceBatch::Idle => continue,
-                SourceBatch::Records(r) => r,
-            };
-            let position = records.last().expect("never empty").position;
-            ctx.progress
-                .read
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            call_hooks(&lifecycles, |l| {
-                l.before_batch
-                    .as_ref()
-                    .map(|h| h(&ctx.event(), records.len()))
-            });
-            for r in &records {
-                match segment::from_json_slice(&r.payload) {
-                    Ok(s) => {
-                        watermark.observe(&s);
-                        router.route(s)?;
+        InputReader::Records(mut source) => {
+            loop {
+                let to_commit = committed
+                    .has_changed()
+                    .unwrap_or(false)
+                    .then(|| committed.borrow_and_update().clone());
+                let (back, polled) = tokio::task::spawn_blocking(move || {
+                    if let Some(ps) = to_commit {
+                        commit_to_source(source.as_mut(), &ps);
                     }
-                    Err(reason) => {
-                        let raw = String::from_utf8_lossy(&r.payload).into_owned();
-                        router.reject(Rejection::input(&ctx.task.name, reason, r.index, raw))?;
+                    let r = source.poll_batch(batch_size, timeout);
+                    (source, r)
+                })
+                .await
+                .map_err(|e| RunError::Internal(e.to_string()))?;
+                source = back;
+                let records = match polled.map_err(|e| ctx.plugin_error(e.to_string()))? {
+                    SourceBatch::Done => break,
+                    SourceBatch::Idle => continue,
+                    SourceBatch::Records(r) => r,
+                };
+                // Where the batch ends in each partition it read.
+                let positions: Positions = records.iter().map(|r| r.position).collect();
+                ctx.progress
+                    .read
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                call_hooks(&lifecycles, |l| {
+                    l.before_batch
+                        .as_ref()
+                        .map(|h| h(&ctx.event(), records.len()))
+                });
+                for r in &records {
+                    match segment::from_json_slice(&r.payload) {
+                        Ok(s) => {
+                            watermark.observe(&s);
+                            router.route(s)?;
+                        }
+                        Err(reason) => {
+                            let raw = String::from_utf8_lossy(&r.payload).into_owned();
+                            router.reject(Rejection::input(
+                                &ctx.task.name,
+                                reason,
+                                r.index,
+                                raw,
+                            ))?;
+                        }
                     }
                 }
+                let ack = issuer.issue(positions);
+                router.flush(watermark.current(), &[ack]).await;
+                call_hooks(&lifecycles, |l| {
+                    l.after_batch
+                        .as_ref()
+                        .map(|h| h(&ctx.event(), records.len()))
+                });
             }
-            let ack = issuer.issue(position);
-            router.flush(watermark.current(), &[ack]).await;
-            call_hooks(&lifecycles, |l| {
-                l.after_batch
-                    .as_ref()
-                    .map(|h| h(&ctx.event(), records.len()))
-            });
-        },
+            records_source = Some(source);
+        }
         InputReader::Segments(mut rx) => {
             let mut n = 0_u64;
             while let Some(first) = rx.recv().await {
@@ -399,10 +422,10 @@ pub(crate) async fn run_input(
                     watermark.observe(&s);
                     router.route(s)?;
                 }
-                let ack = issuer.issue(sardonyx_connectors::Position {
+                let ack = issuer.issue(Positions::from_iter([Position {
                     partition: 0,
                     offset: n,
-                });
+                }]));
                 router.flush(watermark.current(), &[ack]).await;
                 call_hooks(&lifecycles, |l| {
                     l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
@@ -411,10 +434,34 @@ pub(crate) async fn run_input(
         }
     }
     router.finish().await;
+    drop(issuer);
+    if let Some(mut source) = records_source {
+        // Once every batch is processed downstream the committer ends: commit its last word.
+        let mut last = None;
+        while committed.changed().await.is_ok() {
+            last = Some(committed.borrow_and_update().clone());
+        }
+        if let Some(ps) = last {
+            tokio::task::spawn_blocking(move || commit_to_source(source.as_mut(), &ps))
+                .await
+                .map_err(|e| RunError::Internal(e.to_string()))?;
+        }
+    }
     call_hooks(&lifecycles, |l| {
         l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
     });
     Ok(())
+}
+
+/// Tells the source of committed positions; a failure only delays what the source records (the
+/// state log, not the source, is where the job resumes from).
+fn commit_to_source(source: &mut dyn sardonyx_connectors::Source, positions: &Positions) {
+    if positions.is_empty() {
+        return;
+    }
+    if let Err(e) = source.commit_all(positions) {
+        tracing::warn!(error = %e, "committing input positions to the source failed");
+    }
 }
 
 fn call_hooks(lifecycles: &[Lifecycle], f: impl Fn(&Lifecycle) -> Option<()>) {
@@ -785,7 +832,7 @@ fn covered_inputs(acks: &[Arc<AckToken>]) -> Vec<(u32, u64)> {
     let mut m = std::collections::BTreeMap::new();
     for a in acks {
         let o = m.entry(a.input()).or_insert(0);
-        *o = a.position().offset.max(*o);
+        *o = a.positions().iter().map(|p| p.offset).fold(*o, u64::max);
     }
     m.into_iter().collect()
 }
