@@ -13,11 +13,12 @@
 #   answer checked against the peers' reference) as `vote-bench once`, in the state modes of
 #   $SARDONYX_MODES (default "memory embedded").
 # - Environment: W (scratch, default /tmp/bench-peers), CARGO_TARGET_DIR (default
-#   /tmp/target-bench), SARDONYX_MODES.
+#   /tmp/target-bench), SARDONYX_MODES, BENCH_PEERS (default ../shared/bench-peers beside the
+#   repository; set it when running from a clean export elsewhere).
 set -euo pipefail
 N=${1:-1000000}; RUNS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-B=$(cd "$ROOT/../shared/bench-peers" && pwd)
+B=$(cd "${BENCH_PEERS:-$ROOT/../shared/bench-peers}" && pwd)
 W=${W:-/tmp/bench-peers}; mkdir -p "$W"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-bench}
 MODES=${SARDONYX_MODES:-memory embedded}
@@ -39,7 +40,7 @@ echo "== rust-baseline-stream (one pass, Q1+Q2)" >&2
 H --engine rust-baseline-stream --version "rustc $(rustc -V | cut -d' ' -f2)" --query q2 --out "$W/out_rs" \
   --note "one pass read+serde_json+Q1+Q2" -- "$W/target/release/baseline" stream "$DATA" "$W/out_rs"
 
-SVER="$(git -C "$ROOT" rev-parse --short HEAD)"
+SVER="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo export)"
 for q in q1 q2 q3 q4; do
   for m in $MODES; do
     echo "== sardonyx $m $q" >&2
