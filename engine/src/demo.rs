@@ -77,10 +77,10 @@ pub fn generate_votes(path: &Path, n: u64, seed: u64) -> std::io::Result<()> {
     out.flush()
 }
 
-/// The vote-count job over `input`, writing its window outputs into `dir`; the totals go to the
-/// sync function `totals_sync`.
-pub fn votes_job(input: &str, dir: &Path, totals_sync: &str) -> Job {
-    let out = |name: &str| dir.join(name).display().to_string();
+/// The vote-count job over `input` (the job of `examples/votes.json`): `sync` gives each
+/// trigger its sync, given the trigger and the name of the file it would naturally write
+/// (`totals.jsonl`, `per-minute.jsonl`, `hourly.jsonl`, `sessions.jsonl`).
+pub fn votes_job(input: &str, sync: impl Fn(TriggerDef, &str) -> TriggerDef) -> Job {
     JobBuilder::new()
         .id("vote-count")
         .edge("read-votes", "count-votes")
@@ -133,15 +133,22 @@ pub fn votes_job(input: &str, dir: &Path, totals_sync: &str) -> Job {
             Span::minutes(5),
             AggregationDef::count(),
         ))
-        .trigger(TriggerDef::timer("totals", "standings", Span::millis(500)).sync(totals_sync))
-        .trigger(
-            TriggerDef::watermark("per-minute", "minute-closed")
-                .sync_jsonl(out("per-minute.jsonl")),
-        )
-        .trigger(TriggerDef::watermark("hourly", "hour-closed").sync_jsonl(out("hourly.jsonl")))
-        .trigger(
-            TriggerDef::watermark("sessions", "session-closed").sync_jsonl(out("sessions.jsonl")),
-        )
+        .trigger(sync(
+            TriggerDef::timer("totals", "standings", Span::seconds(1)),
+            "totals.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("per-minute", "minute-closed"),
+            "per-minute.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("hourly", "hour-closed"),
+            "hourly.jsonl",
+        ))
+        .trigger(sync(
+            TriggerDef::watermark("sessions", "session-closed"),
+            "sessions.jsonl",
+        ))
         .build()
 }
 
@@ -191,7 +198,13 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
             open: Arc::new(move |_| Ok(Box::new(Standings(shared.clone())) as Box<dyn SyncSink>)),
         },
     );
-    let job = votes_job(&input.display().to_string(), dir, "demo/standings");
+    let job = votes_job(&input.display().to_string(), |t, file| {
+        if file == "totals.jsonl" {
+            t.sync("demo/standings")
+        } else {
+            t.sync_jsonl(dir.join(file).display().to_string())
+        }
+    });
     let progress = Arc::new(Progress::default());
     // Exactly-once state on the embedded log, started afresh on every demo run.
     let state_dir = dir.join("state");

@@ -1,8 +1,7 @@
 //! Job files: JSON and TOML read to the same job, the builders build it too, serde round-trips
 //! it, and a broken file gets every problem reported at once, each with its place and field.
 
-use sardonyx::job::builder::JobBuilder;
-use sardonyx::job::{AggregationDef, Job, JobFileError, Span, TaskSpec, TriggerDef, WindowDef};
+use sardonyx::job::{Job, JobFileError};
 use sardonyx::Registry;
 
 fn root(path: &str) -> std::path::PathBuf {
@@ -11,77 +10,11 @@ fn root(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
+/// The example job, built in Rust by the demo (which uses the typed builders).
 fn example_by_builder() -> Job {
-    let sync = |t: TriggerDef, file: &str| t.sync_jsonl(format!("sardonyx-out/{file}"));
-    JobBuilder::new()
-        .id("vote-count")
-        .edge("read-votes", "count-votes")
-        .edge("read-votes", "voter-sessions")
-        .edge("count-votes", "done")
-        .edge("voter-sessions", "done")
-        .task(
-            TaskSpec::input("read-votes", "sardonyx/jsonl")
-                .param("path", "examples/votes.jsonl")
-                .watermark("event_time", Span::minutes(6))
-                .doc("Votes as JSON lines; at most five minutes out of order."),
-        )
-        .task(
-            TaskSpec::function("count-votes", "sardonyx/identity")
-                .group_by_key("candidate")
-                .uniqueness_key("vote_id")
-                .n_peers(2),
-        )
-        .task(
-            TaskSpec::function("voter-sessions", "sardonyx/identity")
-                .group_by_key("voter_id")
-                .uniqueness_key("vote_id")
-                .n_peers(2),
-        )
-        .task(TaskSpec::output("done", "sardonyx/null"))
-        .window(WindowDef::global(
-            "totals",
-            "count-votes",
-            AggregationDef::count(),
-        ))
-        .window(WindowDef::fixed(
-            "per-minute",
-            "count-votes",
-            "event_time",
-            Span::minutes(1),
-            AggregationDef::count(),
-        ))
-        .window(WindowDef::sliding(
-            "hourly",
-            "count-votes",
-            "event_time",
-            Span::hours(1),
-            Span::minutes(20),
-            AggregationDef::count(),
-        ))
-        .window(WindowDef::session(
-            "sessions",
-            "voter-sessions",
-            "event_time",
-            Span::minutes(5),
-            AggregationDef::count(),
-        ))
-        .trigger(sync(
-            TriggerDef::timer("totals", "standings", Span::seconds(1)),
-            "totals.jsonl",
-        ))
-        .trigger(sync(
-            TriggerDef::watermark("per-minute", "minute-closed"),
-            "per-minute.jsonl",
-        ))
-        .trigger(sync(
-            TriggerDef::watermark("hourly", "hour-closed"),
-            "hourly.jsonl",
-        ))
-        .trigger(sync(
-            TriggerDef::watermark("sessions", "session-closed"),
-            "sessions.jsonl",
-        ))
-        .build()
+    sardonyx::demo::votes_job("examples/votes.jsonl", |t, file| {
+        t.sync_jsonl(format!("sardonyx-out/{file}"))
+    })
 }
 
 #[test]
