@@ -211,8 +211,10 @@ fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
         })
         .unwrap_or_else(|| panic!("no summary line:\n{out}"));
     eprintln!("final run read {read} records");
+    // (How much the killed runs had committed depends on timing; that they committed something
+    // and the last run resumed after it does not.)
     assert!(
-        read > 0 && read < N - 5_000,
+        read > 0 && read < N,
         "the final run read {read} of {N} records: it did not resume:\n{out}"
     );
 

@@ -7,8 +7,14 @@
 //! and the token reports its positions. The [`Committer`] advances the committed [`Positions`]
 //! over the contiguous prefix of completed batches (merging each batch's positions in with
 //! [`Positions::advance`]), so a resumed input never skips an unfinished batch in any partition.
+//!
+//! Tokens travel in [`HeldAcks`]. Whoever finishes a batch releases its acks; acks dropped any
+//! other way (a peer failing mid-batch, a message lost with a failed peer's queue) poison their
+//! tokens, and a poisoned token never reports: a job that fails never commits positions past
+//! work it did not finish.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sardonyx_connectors::Positions;
@@ -21,9 +27,15 @@ pub struct AckToken {
     input: u32,
     positions: Positions,
     done: mpsc::UnboundedSender<(u64, Positions)>,
+    poisoned: AtomicBool,
 }
 
 impl AckToken {
+    /// Marks the batch as not finished: it will never be reported done.
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
     /// The input peer (its job-wide peer id) that read the batch.
     pub fn input(&self) -> u32 {
         self.input
@@ -37,9 +49,57 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return;
+        }
         // The committer may have gone (job aborted): nothing left to record then.
         let positions = std::mem::take(&mut self.positions);
         let _ = self.done.send((self.seq, positions));
+    }
+}
+
+/// The acks a batch carries. Release them once the batch is fully handled; dropping them
+/// otherwise poisons their tokens (see the module docs).
+#[derive(Debug, Default)]
+pub struct HeldAcks(Vec<Arc<AckToken>>);
+
+impl HeldAcks {
+    /// Acks for these tokens.
+    pub fn new(tokens: Vec<Arc<AckToken>>) -> Self {
+        HeldAcks(tokens)
+    }
+
+    /// The tokens.
+    pub fn tokens(&self) -> &[Arc<AckToken>] {
+        &self.0
+    }
+
+    /// Another holder of the same tokens (for a message derived from this batch).
+    pub fn share(&self) -> Self {
+        HeldAcks(self.0.clone())
+    }
+
+    /// Takes in another batch's acks.
+    pub fn extend(&mut self, mut other: HeldAcks) {
+        self.0.append(&mut other.0);
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The batch is fully handled: let go of the tokens normally.
+    pub fn release(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for HeldAcks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.poison();
+        }
     }
 }
 
@@ -61,6 +121,7 @@ impl AckIssuer {
             input: self.input,
             positions,
             done: self.done.clone(),
+            poisoned: AtomicBool::new(false),
         })
     }
 }
@@ -172,5 +233,23 @@ mod tests {
         assert!(rx.try_recv().is_err());
         drop(clone);
         assert_eq!(rx.try_recv().unwrap(), (0, pos(7)));
+    }
+
+    #[test]
+    fn acks_dropped_unreleased_never_report() {
+        let (mut issuer, mut rx) = channel(0);
+        let held = HeldAcks::new(vec![issuer.issue(pos(1))]);
+        let downstream = held.share();
+        held.release();
+        // A peer fails with the batch in hand: its acks drop without a release.
+        drop(downstream);
+        assert!(
+            rx.try_recv().is_err(),
+            "a poisoned batch must not be committed"
+        );
+        let ok = HeldAcks::new(vec![issuer.issue(pos(2))]);
+        ok.share().release();
+        ok.release();
+        assert_eq!(rx.try_recv().unwrap(), (1, pos(2)));
     }
 }

@@ -154,7 +154,7 @@ pub(crate) enum Msg {
         sender: usize,
         segments: Vec<Segment>,
         watermark: Option<i64>,
-        acks: Vec<Arc<ack::AckToken>>,
+        acks: ack::HeldAcks,
     },
     /// The sender has finished and will send nothing more.
     Done { sender: usize },

@@ -9,7 +9,7 @@ use sardonyx_connectors::{Position, Positions, SourceBatch};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::ack::{AckIssuer, AckToken};
+use super::ack::{AckIssuer, AckToken, HeldAcks};
 use super::durable::{JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key, jump_hash, key_hash, FlowPlan};
@@ -257,7 +257,7 @@ impl Router {
 
     /// Sends every buffered segment, with the watermark and the acks of the batch they came
     /// from. Peers that got nothing still learn a watermark that moved.
-    async fn flush(&mut self, watermark: Option<i64>, acks: &[Arc<AckToken>]) {
+    async fn flush(&mut self, watermark: Option<i64>, acks: &HeldAcks) {
         for dest in &mut self.destinations {
             for (peer, buffer) in dest.buffers.iter_mut().enumerate() {
                 let moved = watermark.is_some() && dest.sent_watermark[peer] != watermark;
@@ -269,9 +269,10 @@ impl Router {
                     sender: self.sender,
                     segments: std::mem::take(buffer),
                     watermark,
-                    acks: acks.to_vec(),
+                    acks: acks.share(),
                 };
-                // A closed receiver means that peer failed; the job reports its error.
+                // A closed receiver means that peer failed; the job reports its error. (The lost
+                // message's acks are dropped unreleased, so its input batch is never committed.)
                 let _ = dest.senders[peer].send(msg).await;
             }
         }
@@ -387,8 +388,9 @@ pub(crate) async fn run_input(
                         }
                     }
                 }
-                let ack = issuer.issue(positions);
-                router.flush(watermark.current(), &[ack]).await;
+                let acks = HeldAcks::new(vec![issuer.issue(positions)]);
+                router.flush(watermark.current(), &acks).await;
+                acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch
                         .as_ref()
@@ -422,11 +424,12 @@ pub(crate) async fn run_input(
                     watermark.observe(&s);
                     router.route(s)?;
                 }
-                let ack = issuer.issue(Positions::from_iter([Position {
+                let acks = HeldAcks::new(vec![issuer.issue(Positions::from_iter([Position {
                     partition: 0,
                     offset: n,
-                }]));
-                router.flush(watermark.current(), &[ack]).await;
+                }]))]);
+                router.flush(watermark.current(), &acks).await;
+                acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
                 });
@@ -517,7 +520,7 @@ fn now_ms() -> i64 {
 /// What one wait for input gave.
 enum Gathered {
     /// A batch (possibly only a watermark or acks).
-    Batch(Vec<Segment>, Vec<Arc<AckToken>>),
+    Batch(Vec<Segment>, HeldAcks),
     /// Nothing arrived before the timer tick.
     Tick,
     /// Every upstream peer is done.
@@ -565,7 +568,7 @@ impl Inbox {
     /// With `tick`, gives up waiting for the first message after that long.
     async fn gather(&mut self, tick: Option<std::time::Duration>) -> Gathered {
         let mut segments = Vec::new();
-        let mut acks = Vec::new();
+        let mut acks = HeldAcks::default();
         let mut got_any = false;
         let mut deadline: Option<Instant> = tick.map(|t| Instant::now() + t);
         while self.pending > 0 {
@@ -700,7 +703,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
     loop {
         let (segments, acks) = match inbox.gather(tick).await {
             Gathered::Finished => break,
-            Gathered::Tick => (Vec::new(), Vec::new()),
+            Gathered::Tick => (Vec::new(), HeldAcks::default()),
             Gathered::Batch(s, a) => (s, a),
         };
         let watermark = inbox.watermark();
@@ -725,7 +728,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                     watermark,
                     &mut router,
                 )?;
-                let inputs = covered_inputs(&acks);
+                let inputs = covered_inputs(acks.tokens());
                 settle(&ctx, stage, &mut slot, ids, step, inputs, &mut router).await?;
                 passed
             }
@@ -757,7 +760,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                 slot.maybe_compact(&stage.operator).await?;
             }
         }
-        drop(acks);
+        acks.release();
         if len > 0 {
             call_hooks(&lifecycles, |l| {
                 l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
@@ -777,7 +780,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         )
         .await?;
         stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
-        router.flush(inbox.watermark(), &[]).await;
+        router.flush(inbox.watermark(), &HeldAcks::default()).await;
     }
     if let Some(mut s) = sink.take() {
         tokio::task::spawn_blocking(move || s.flush())
