@@ -108,12 +108,15 @@ fn operator(window: WindowSpec) -> WindowOperator {
         .expect("operator")
 }
 
+/// A named way to build an operator, and whether its groups are voters (else candidates).
+type Case = (&'static str, Box<dyn Fn() -> WindowOperator>, bool);
+
 fn window_operator(c: &mut Criterion) {
     const N: u64 = 1000;
     let batch = votes(N);
     let mut g = c.benchmark_group("window_operator");
     g.throughput(Throughput::Elements(N));
-    let cases: Vec<(&str, Box<dyn Fn() -> WindowOperator>, bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "on_segment global count",
             Box::new(|| operator(WindowSpec::global("q1", aggregation::count()))),
