@@ -374,7 +374,7 @@ pub(crate) async fn run_input(
                 for r in &records {
                     match segment::from_json_slice(&r.payload) {
                         Ok(s) => {
-                            watermark.observe(&s);
+                            watermark.observe(r.position.partition, &s);
                             router.route(s)?;
                         }
                         Err(reason) => {
@@ -421,7 +421,7 @@ pub(crate) async fn run_input(
                 });
                 let len = batch.len();
                 for s in batch {
-                    watermark.observe(&s);
+                    watermark.observe(0, &s);
                     router.route(s)?;
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(Positions::from_iter([Position {
@@ -473,41 +473,42 @@ fn call_hooks(lifecycles: &[Lifecycle], f: impl Fn(&Lifecycle) -> Option<()>) {
     }
 }
 
-/// The watermark an input derives from the segments it reads (greatest event time seen minus
-/// `max_out_of_order`), if the task declares one.
+/// The watermark an input derives from the segments it reads, if the task declares one: per
+/// partition, greatest event time seen minus `max_out_of_order`; the input's watermark is the
+/// least over its partitions, where a partition idle for `idle_timeout` stops holding it back
+/// (so one quiet Kafka partition does not stall the job).
 struct InputWatermark {
     key: Option<String>,
-    max_out_of_order: i64,
-    greatest: Option<i64>,
+    partitions: WatermarkTracker<u32>,
 }
 
 impl InputWatermark {
     fn new(task: &TaskSpec) -> Self {
         let wm = task.watermark.as_ref();
+        let millis = |s: Option<crate::job::Span>| s.and_then(|s| s.as_millis());
         InputWatermark {
             key: wm.map(|w| w.key.clone()),
-            max_out_of_order: wm
-                .and_then(|w| w.max_out_of_order)
-                .and_then(|s| s.as_millis())
-                .unwrap_or(0),
-            greatest: None,
+            partitions: WatermarkTracker::new(
+                millis(wm.and_then(|w| w.max_out_of_order)).unwrap_or(0),
+                millis(wm.and_then(|w| w.idle_timeout)),
+            ),
         }
     }
 
-    fn observe(&mut self, s: &Segment) {
+    fn observe(&mut self, partition: u32, s: &Segment) {
         if let Some(t) = self
             .key
             .as_deref()
             .and_then(|k| s.get(k))
             .and_then(Value::as_event_time)
         {
-            self.greatest = Some(self.greatest.map_or(t, |g| g.max(t)));
+            self.partitions.observe(partition, t, now_ms());
         }
     }
 
-    fn current(&self) -> Option<i64> {
-        self.greatest
-            .map(|g| g.saturating_sub(self.max_out_of_order))
+    fn current(&mut self) -> Option<i64> {
+        let wm = self.partitions.watermark(now_ms());
+        (wm > i64::MIN).then_some(wm)
     }
 }
 
