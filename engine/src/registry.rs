@@ -39,6 +39,10 @@ pub trait SyncSink: Send {
     }
 }
 
+/// Opens a sync sink for a trigger.
+pub type SyncOpen =
+    Arc<dyn Fn(&SyncContext<'_>) -> Result<Box<dyn SyncSink>, String> + Send + Sync>;
+
 /// What a sync function is told when it is opened.
 pub struct SyncContext<'a> {
     /// The trigger's `params`.
@@ -54,7 +58,7 @@ pub struct SyncPlugin {
     /// Checks the trigger's `params`.
     pub check: ParamsCheck,
     /// Opens a sink.
-    pub open: Arc<dyn Fn(&SyncContext<'_>) -> Result<Box<dyn SyncSink>, String> + Send + Sync>,
+    pub open: SyncOpen,
 }
 
 /// Where an input peer reads from.

@@ -255,14 +255,12 @@ impl<'a> Validator<'a> {
                     self.problem(loc.clone(), Some("group_by_key"), "an empty list of fields");
                 }
             }
-            if t.group_by_key.is_some() || t.group_by_fn.is_some() {
-                if t.kind == TaskKind::Input {
-                    self.problem(
-                        loc.clone(),
-                        Some("group_by_key"),
-                        "an input task cannot be grouped (group its downstream task)",
-                    );
-                }
+            if (t.group_by_key.is_some() || t.group_by_fn.is_some()) && t.kind == TaskKind::Input {
+                self.problem(
+                    loc.clone(),
+                    Some("group_by_key"),
+                    "an input task cannot be grouped (group its downstream task)",
+                );
             }
             if let Some(w) = &t.watermark {
                 if t.kind != TaskKind::Input {
