@@ -371,10 +371,11 @@ pub(crate) async fn run_input(
                         .as_ref()
                         .map(|h| h(&ctx.event(), records.len()))
                 });
+                let now = now_ms();
                 for r in &records {
                     match segment::from_json_slice(&r.payload) {
                         Ok(s) => {
-                            watermark.observe(r.position.partition, &s);
+                            watermark.observe(r.position.partition, &s, now);
                             router.route(s)?;
                         }
                         Err(reason) => {
@@ -420,8 +421,9 @@ pub(crate) async fn run_input(
                         .map(|h| h(&ctx.event(), batch.len()))
                 });
                 let len = batch.len();
+                let now = now_ms();
                 for s in batch {
-                    watermark.observe(0, &s);
+                    watermark.observe(0, &s, now);
                     router.route(s)?;
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(Positions::from_iter([Position {
@@ -495,14 +497,14 @@ impl InputWatermark {
         }
     }
 
-    fn observe(&mut self, partition: u32, s: &Segment) {
+    fn observe(&mut self, partition: u32, s: &Segment, now_ms: i64) {
         if let Some(t) = self
             .key
             .as_deref()
             .and_then(|k| s.get(k))
             .and_then(Value::as_event_time)
         {
-            self.partitions.observe(partition, t, now_ms());
+            self.partitions.observe(partition, t, now_ms);
         }
     }
 
