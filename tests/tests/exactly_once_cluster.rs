@@ -121,14 +121,7 @@ fn run_until(args: &[&str], dir: &Path, n: u64) -> Proc {
 }
 
 fn read_at_least(p: &mut Proc, n: u64) {
-    let hit = p.wait_line(Duration::from_secs(120), |l| {
-        progress_count(l, "read").is_some_and(|r| r >= n)
-    });
-    assert!(
-        hit.is_some(),
-        "the run never read {n} records:\n{}",
-        p.seen.join("\n")
-    );
+    p.wait_until_read(n, Duration::from_secs(120));
 }
 
 #[test]

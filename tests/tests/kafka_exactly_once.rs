@@ -186,16 +186,9 @@ fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
     // Each run reads on from its resume point; kill it once it has read this many records.
     for (i, threshold) in [6_000, 5_000].into_iter().enumerate() {
         let mut p = Proc::start(&args, dir);
-        let hit = p.wait_line(Duration::from_secs(60), |l| {
-            progress_count(l, "read").is_some_and(|r| r >= threshold)
-        });
-        assert!(
-            hit.is_some(),
-            "run {i} never read {threshold} records:\n{}",
-            p.seen.join("\n")
-        );
+        let hit = p.wait_until_read(threshold, Duration::from_secs(60));
         p.kill9();
-        eprintln!("run {i} killed after: {}", hit.unwrap());
+        eprintln!("run {i} killed after: {hit}");
     }
     let (status, lines) = Proc::start(&args, dir).finish(Duration::from_secs(60));
     let out = lines.join("\n");

@@ -98,6 +98,15 @@ impl Proc {
         }
     }
 
+    /// Waits (at most `timeout`) until the run's progress says it has read `n` records and
+    /// returns that progress line; fails the test with the output seen if it never does.
+    pub fn wait_until_read(&mut self, n: u64, timeout: Duration) -> String {
+        let hit = self.wait_line(timeout, |l| {
+            progress_count(l, "read").is_some_and(|r| r >= n)
+        });
+        hit.unwrap_or_else(|| panic!("the run never read {n} records:\n{}", self.seen.join("\n")))
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
