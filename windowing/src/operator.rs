@@ -229,6 +229,11 @@ pub struct WindowOperator {
     state: Snapshot,
     group_ids: HashMap<Value, u32>,
     free_groups: BTreeSet<u32>,
+    /// Per window, the extents of non-global windows by the earliest watermark at which they
+    /// need attention ([`WindowOperator::due_key`]): `(key, group, extent)`. Derived from the
+    /// state (kept by `apply`, rebuilt by `restore`), so a watermark advance visits only the
+    /// extents that are due instead of every group.
+    due: Vec<BTreeSet<(i64, u32, i64)>>,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -322,6 +327,7 @@ impl WindowOperator {
                 .collect(),
         };
         Ok(WindowOperator {
+            due: vec![BTreeSet::new(); windows.len()],
             windows,
             triggers: per_window,
             state,
@@ -390,6 +396,37 @@ impl WindowOperator {
             .collect()
     }
 
+    /// Checks the operator's derived index against its state: every live extent of a
+    /// non-global window is indexed under its current due key and nothing else is, and (after
+    /// any event method) no extent is left that a watermark advance to the current watermark
+    /// would have fired or evicted. For tests; `Err` says what is wrong.
+    #[doc(hidden)]
+    pub fn check_due_index(&self) -> Result<(), String> {
+        let wm = self.state.watermark;
+        for (w, ws) in self.state.windows.iter().enumerate() {
+            let mut expected = BTreeSet::new();
+            for (&g, gs) in &ws.groups {
+                for (&e, x) in &gs.extents {
+                    if let Some(k) = self.due_key(w, e, x) {
+                        if k <= wm {
+                            return Err(format!(
+                                "window {w} group {g} extent {e} is due at {k} <= watermark {wm}"
+                            ));
+                        }
+                        expected.insert((k, g, e));
+                    }
+                }
+            }
+            if expected != self.due[w] {
+                return Err(format!(
+                    "window {w}: index {:?} != state {:?}",
+                    self.due[w], expected
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The complete state, for snapshots and comparisons.
     pub fn snapshot(&self) -> Snapshot {
         self.state.clone()
@@ -448,6 +485,7 @@ impl WindowOperator {
         self.state = snapshot;
         self.group_ids = group_ids;
         self.free_groups = free_groups;
+        self.rebuild_due();
         Ok(())
     }
 
@@ -515,6 +553,7 @@ impl WindowOperator {
                 };
                 let discard = trigger.refinement == Refinement::Discarding;
                 let init = discard.then(|| self.windows[wi].aggregation.init());
+                let old = self.due_of(wi, *g, *e);
                 let Some(x) = self.state.windows[wi]
                     .groups
                     .get_mut(g)
@@ -526,11 +565,14 @@ impl WindowOperator {
                 if let Some(init) = init {
                     x.state = init;
                 }
+                self.reindex(wi, *g, *e, old);
                 Ok(())
             }
             Transition::Evict { w, g, e } => {
                 self.check_wg(*w, *g)?;
                 let wi = usize::from(*w);
+                let old = self.due_of(wi, *g, *e);
+                self.reindex_removed(wi, *g, *e, old);
                 let ws = &mut self.state.windows[wi];
                 let Some(gs) = ws.groups.get_mut(g) else {
                     return bad(format!("window {w} group {g} has no extent {e}"));
@@ -642,6 +684,7 @@ impl WindowOperator {
         let agg = spec.aggregation.clone();
         let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
         let bits = all_bits(self.triggers[w].len());
+        let old = self.due_of(w, g, e);
         let gs = self.group_state(w, g);
         let x = gs.extents.entry(e).or_insert_with(|| Extent {
             upper,
@@ -650,6 +693,7 @@ impl WindowOperator {
         });
         x.state = agg.apply_update(std::mem::take(&mut x.state), u);
         x.changed = bits;
+        self.reindex(w, g, e, old);
     }
 
     fn apply_session(&mut self, w: usize, g: u32, t: i64, u: &Value) {
@@ -658,8 +702,17 @@ impl WindowOperator {
         };
         let agg = self.windows[w].aggregation.clone();
         let bits = all_bits(self.triggers[w].len());
+        let keys = self.state.windows[w]
+            .groups
+            .get(&g)
+            .map_or_else(Vec::new, |gs| {
+                session::touching(&gs.extents, |x| x.upper, t, gap)
+            });
+        for &k in &keys {
+            let old = self.due_of(w, g, k);
+            self.reindex_removed(w, g, k, old);
+        }
         let gs = self.group_state(w, g);
-        let keys = session::touching(&gs.extents, |x| x.upper, t, gap);
         let mut lower = t;
         let mut merged: Option<Extent> = None;
         for k in keys {
@@ -683,6 +736,7 @@ impl WindowOperator {
         x.state = agg.apply_update(x.state, u);
         x.changed = bits;
         gs.extents.insert(lower, x);
+        self.reindex(w, g, lower, None);
     }
 
     /// Applies a transition the operator made itself and records it in `step`.
@@ -719,19 +773,116 @@ impl WindowOperator {
         }
     }
 
+    /// The watermark at which watermark trigger `tr` of window `w` fires an extent with these
+    /// bounds (`None`: not a watermark trigger).
+    fn threshold(&self, w: usize, tr: usize, lower: i64, upper: i64) -> Option<i64> {
+        match self.triggers[w][tr].on {
+            TriggerOn::Watermark { delay } => Some(upper.saturating_add(delay)),
+            TriggerOn::PercentileWatermark { percentage } => {
+                let offset = ((upper - lower) as f64 * percentage).ceil() as i64;
+                Some(lower.saturating_add(offset))
+            }
+            _ => None,
+        }
+    }
+
     /// True when the watermark trigger `tr` of window `w` has reached its deadline for extent `e`.
     fn deadline_reached(&self, w: usize, tr: usize, e: i64, x: &Extent) -> bool {
         let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
             return self.state.watermark == i64::MAX;
         };
-        let wm = self.state.watermark;
-        match self.triggers[w][tr].on {
-            TriggerOn::Watermark { delay } => wm >= upper.saturating_add(delay),
-            TriggerOn::PercentileWatermark { percentage } => {
-                let offset = ((upper - lower) as f64 * percentage).ceil() as i64;
-                wm >= lower.saturating_add(offset)
+        self.threshold(w, tr, lower, upper)
+            .is_some_and(|t| self.state.watermark >= t)
+    }
+
+    /// The lowest watermark at which a watermark advance has something to do with extent `e`
+    /// of window `w`: fire it by a watermark trigger whose changed bit is set, or evict it (past
+    /// its horizon). `None` for global windows, which only job completion fires and nothing
+    /// evicts. A pure function of the extent, so the live operator and a replay agree.
+    fn due_key(&self, w: usize, e: i64, x: &Extent) -> Option<i64> {
+        let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
+            return None;
+        };
+        let mut key = self.horizon(w, x).saturating_add(1);
+        for tr in 0..self.triggers[w].len() {
+            if x.changed & (1u64 << tr) != 0 {
+                if let Some(t) = self.threshold(w, tr, lower, upper) {
+                    key = key.min(t);
+                }
             }
-            _ => false,
+        }
+        Some(key)
+    }
+
+    /// The due key of extent `e` of group `g` in window `w`, if it exists and has one.
+    fn due_of(&self, w: usize, g: u32, e: i64) -> Option<i64> {
+        self.extent(w, g, e).and_then(|x| self.due_key(w, e, x))
+    }
+
+    /// Moves the index entry of extent `e` from its key before a change (`old`) to its key now.
+    fn reindex(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
+        let new = self.due_of(w, g, e);
+        if new == old {
+            return;
+        }
+        if let Some(k) = old {
+            self.due[w].remove(&(k, g, e));
+        }
+        if let Some(k) = new {
+            self.due[w].insert((k, g, e));
+        }
+    }
+
+    /// Removes the index entry of an extent that is going away (its key was `old`).
+    fn reindex_removed(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
+        if let Some(k) = old {
+            self.due[w].remove(&(k, g, e));
+        }
+    }
+
+    /// Rebuilds the due index from the state (after `restore`).
+    fn rebuild_due(&mut self) {
+        let mut due = vec![BTreeSet::new(); self.windows.len()];
+        for (w, ws) in self.state.windows.iter().enumerate() {
+            for (&g, gs) in &ws.groups {
+                for (&e, x) in &gs.extents {
+                    if let Some(k) = self.due_key(w, e, x) {
+                        due[w].insert((k, g, e));
+                    }
+                }
+            }
+        }
+        self.due = due;
+    }
+
+    /// Takes the extents of window `w` due at watermark `wm` out of the index, ordered by group
+    /// value, then extent (the firing order). They are put back by the transitions that fire or
+    /// evict them, or by [`WindowOperator::restore_due`].
+    fn take_due(&mut self, w: usize, wm: i64) -> Vec<(u32, i64)> {
+        let due = if wm == i64::MAX {
+            std::mem::take(&mut self.due[w])
+        } else {
+            let later = self.due[w].split_off(&(wm.saturating_add(1), 0, i64::MIN));
+            std::mem::replace(&mut self.due[w], later)
+        };
+        let mut v: Vec<(u32, i64)> = due.into_iter().map(|(_, g, e)| (g, e)).collect();
+        let groups = &self.state.groups;
+        v.sort_by(|a, b| {
+            groups[a.0 as usize]
+                .cmp(&groups[b.0 as usize])
+                .then(a.1.cmp(&b.1))
+        });
+        v.dedup();
+        v
+    }
+
+    /// Puts the extents taken by [`WindowOperator::take_due`] that are still live back into the
+    /// index under their current keys.
+    fn restore_due(&mut self, w: usize, taken: &[(u32, i64)]) {
+        for &(g, e) in taken {
+            if let Some(k) = self.due_of(w, g, e) {
+                self.due[w].insert((k, g, e));
+            }
         }
     }
 
@@ -813,25 +964,46 @@ impl WindowOperator {
         }
     }
 
-    /// Final firings and eviction of the extents of window `w` whose horizon has passed.
-    fn evict_passed(&mut self, step: &mut Step, w: usize, event: FireEvent) {
+    /// The watermark advanced to its current value: for window `w`, watermark triggers fire the
+    /// due extents (when `watermark_triggers`), then extents past their horizon get their final
+    /// firings (event `event`) and are evicted. Only the extents the due index holds at or
+    /// below the watermark are visited.
+    fn advance(&mut self, step: &mut Step, w: usize, event: FireEvent, watermark_triggers: bool) {
         let wm = self.state.watermark;
-        for g in self.sorted_groups(w) {
-            for e in self.extent_keys(w, g) {
-                let passed = self
-                    .extent(w, g, e)
-                    .is_some_and(|x| wm > self.horizon(w, x));
-                if !passed {
+        let due = self.take_due(w, wm);
+        if due.is_empty() {
+            return;
+        }
+        if watermark_triggers {
+            for tr in 0..self.triggers[w].len() {
+                if !self.is_watermark_trigger(w, tr) {
                     continue;
                 }
-                for tr in 0..self.triggers[w].len() {
-                    if self.changed(w, tr, g, e) {
-                        self.fire(step, w, tr, g, e, event);
+                for &(g, e) in &due {
+                    let fire = self.extent(w, g, e).is_some_and(|x| {
+                        x.changed & (1u64 << tr) != 0 && self.deadline_reached(w, tr, e, x)
+                    });
+                    if fire {
+                        self.fire(step, w, tr, g, e, FireEvent::Watermark);
                     }
                 }
-                self.commit(step, Transition::Evict { w: w as u16, g, e });
             }
         }
+        for &(g, e) in &due {
+            let passed = self
+                .extent(w, g, e)
+                .is_some_and(|x| wm > self.horizon(w, x));
+            if !passed {
+                continue;
+            }
+            for tr in 0..self.triggers[w].len() {
+                if self.changed(w, tr, g, e) {
+                    self.fire(step, w, tr, g, e, event);
+                }
+            }
+            self.commit(step, Transition::Evict { w: w as u16, g, e });
+        }
+        self.restore_due(w, &due);
     }
 
     // ----- events -----
@@ -1122,22 +1294,7 @@ impl WindowOperator {
         }
         self.commit(&mut step, Transition::Watermark(wm));
         for w in 0..self.windows.len() {
-            for tr in 0..self.triggers[w].len() {
-                if !self.is_watermark_trigger(w, tr) {
-                    continue;
-                }
-                for g in self.sorted_groups(w) {
-                    for e in self.extent_keys(w, g) {
-                        let due = self.extent(w, g, e).is_some_and(|x| {
-                            x.changed & (1u64 << tr) != 0 && self.deadline_reached(w, tr, e, x)
-                        });
-                        if due {
-                            self.fire(&mut step, w, tr, g, e, FireEvent::Watermark);
-                        }
-                    }
-                }
-            }
-            self.evict_passed(&mut step, w, FireEvent::Watermark);
+            self.advance(&mut step, w, FireEvent::Watermark, true);
         }
         step
     }
@@ -1187,7 +1344,7 @@ impl WindowOperator {
             self.commit(&mut step, Transition::Watermark(i64::MAX));
         }
         for w in 0..self.windows.len() {
-            self.evict_passed(&mut step, w, FireEvent::JobCompleted);
+            self.advance(&mut step, w, FireEvent::JobCompleted, false);
         }
         step
     }

@@ -208,10 +208,13 @@ fn run(ops: &[Op], complete: bool, with_global: bool) -> (WindowOperator, Vec<Tr
             Op::Recovered => Ok(o.on_recovered()),
         }
         .unwrap();
+        // The due index matches the state, and nothing due at the watermark was left behind.
+        o.check_due_index().unwrap();
         log.extend(step.transitions);
     }
     if complete {
         log.extend(o.on_job_completed().transitions);
+        o.check_due_index().unwrap();
     }
     (o, log)
 }
@@ -256,6 +259,7 @@ proptest! {
             b.apply(t).unwrap();
         }
         prop_assert_eq!(b.snapshot(), original.snapshot());
+        b.check_due_index().unwrap();
         // And the rebuilt operator behaves the same from there on.
         let mut original = original;
         let next = seg(390, 10);
