@@ -267,7 +267,12 @@ fn fmt_wm(wm: i64) -> String {
 /// What a segment does to one window, decided before anything changes.
 enum Plan {
     Late(String),
-    Update { e: i64, us: Vec<Value> },
+    /// Update extents `e, e+1, …` with `u` then `rest` (only sliding windows have a rest).
+    Update {
+        e: i64,
+        u: Value,
+        rest: Vec<Value>,
+    },
 }
 
 impl WindowOperator {
@@ -1072,7 +1077,11 @@ impl WindowOperator {
                     Some(x) => create(&x.state)?,
                     None => create(&agg.init())?,
                 };
-                Ok(Plan::Update { e: 0, us: vec![u] })
+                Ok(Plan::Update {
+                    e: 0,
+                    u,
+                    rest: Vec::new(),
+                })
             }
             WindowKind::Session { gap } => {
                 let t = v.expect("sessions have a window key");
@@ -1103,7 +1112,11 @@ impl WindowOperator {
                             .fold(x.state.clone(), |acc, y| agg.merge(acc, y.state.clone())),
                     )?,
                 };
-                Ok(Plan::Update { e: t, us: vec![u] })
+                Ok(Plan::Update {
+                    e: t,
+                    u,
+                    rest: Vec::new(),
+                })
             }
             WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
                 let v = v.expect("fixed and sliding windows have a window key");
@@ -1120,14 +1133,20 @@ impl WindowOperator {
                         spec.allowed_lateness
                     )));
                 }
-                let mut us = Vec::with_capacity(live.len());
-                for &id in &live {
-                    us.push(match gs.and_then(|gs| gs.extents.get(&id)) {
-                        Some(x) => create(&x.state)?,
-                        None => create(&agg.init())?,
-                    });
-                }
-                Ok(Plan::Update { e: live[0], us })
+                let update = |id: i64| match gs.and_then(|gs| gs.extents.get(&id)) {
+                    Some(x) => create(&x.state),
+                    None => create(&agg.init()),
+                };
+                let u = update(live[0])?;
+                let rest = live[1..]
+                    .iter()
+                    .map(|&id| update(id))
+                    .collect::<Result<Vec<Value>, WindowError>>()?;
+                Ok(Plan::Update {
+                    e: live[0],
+                    u,
+                    rest,
+                })
             }
         }
     }
@@ -1136,93 +1155,131 @@ impl WindowOperator {
     /// an aggregation rejecting the segment) nothing changes and the segment belongs on the error
     /// path with the error's message.
     pub fn on_segment(&mut self, segment: &Map, group: &Value) -> Result<Step, WindowError> {
-        let known = self.group_ids.get(group).copied();
-        let plans = (0..self.windows.len())
-            .map(|w| self.plan(w, segment, known))
-            .collect::<Result<Vec<Plan>, WindowError>>()?;
         let mut step = Step::default();
-        let mut gid = known;
-        for (w, plan) in plans.into_iter().enumerate() {
-            match plan {
-                Plan::Late(reason) => {
-                    self.commit(&mut step, Transition::Late { w: w as u16 });
-                    step.late.push(Late {
-                        window: self.windows[w].id.clone(),
-                        segment: segment.clone(),
-                        reason,
-                    });
-                }
-                Plan::Update { e, mut us } => {
-                    let g = match gid {
-                        Some(g) => g,
-                        None => {
-                            let id = self
-                                .free_groups
-                                .first()
-                                .copied()
-                                .unwrap_or(self.state.groups.len() as u32);
-                            self.commit(
-                                &mut step,
-                                Transition::Group {
-                                    id,
-                                    key: group.clone(),
-                                },
-                            );
-                            gid = Some(id);
-                            id
-                        }
-                    };
-                    let w16 = w as u16;
-                    let n = us.len();
-                    let t = if n == 1 {
-                        Transition::Update {
-                            w: w16,
-                            g,
-                            e,
-                            u: us.pop().expect("one update"),
-                        }
-                    } else if us.iter().all(|u| *u == us[0]) {
-                        Transition::UpdateRange {
-                            w: w16,
-                            g,
-                            e,
-                            n: n as u32,
-                            u: us.swap_remove(0),
-                        }
-                    } else {
-                        Transition::UpdateEach { w: w16, g, e, us }
-                    };
-                    self.commit(&mut step, t);
-                    let touched: Vec<i64> = match self.windows[w].kind {
-                        WindowKind::Session { .. } => self.state.windows[w]
-                            .groups
-                            .get(&g)
-                            .and_then(|gs| session::containing(&gs.extents, |x| x.upper, e))
-                            .into_iter()
-                            .collect(),
-                        _ => (0..n as i64).map(|i| e + i).collect(),
-                    };
-                    self.segment_triggers(&mut step, w, g, &touched, segment);
-                }
-            }
-        }
+        self.on_segment_into(segment, group, &mut step)?;
         Ok(step)
     }
 
-    /// Evaluates the triggers of window `w` after a segment of group `g` updated `touched`.
+    /// [`WindowOperator::on_segment`], appending to `step` (so a batch reuses one `Step`). On
+    /// error nothing changes and `step` is left as it was.
+    pub fn on_segment_into(
+        &mut self,
+        segment: &Map,
+        group: &Value,
+        step: &mut Step,
+    ) -> Result<(), WindowError> {
+        let known = self.group_ids.get(group).copied();
+        // Plan every window before changing anything, so an error changes nothing. One window
+        // (the common case) needs no list of plans.
+        if self.windows.len() == 1 {
+            let plan = self.plan(0, segment, known)?;
+            self.carry_out(step, 0, plan, segment, group, known);
+            return Ok(());
+        }
+        let plans = (0..self.windows.len())
+            .map(|w| self.plan(w, segment, known))
+            .collect::<Result<Vec<Plan>, WindowError>>()?;
+        let mut gid = known;
+        for (w, plan) in plans.into_iter().enumerate() {
+            gid = self.carry_out(step, w, plan, segment, group, gid);
+        }
+        Ok(())
+    }
+
+    /// Carries out `plan` for window `w`; `gid` is the group's id if it is interned. Returns the
+    /// group's id afterwards.
+    fn carry_out(
+        &mut self,
+        step: &mut Step,
+        w: usize,
+        plan: Plan,
+        segment: &Map,
+        group: &Value,
+        gid: Option<u32>,
+    ) -> Option<u32> {
+        match plan {
+            Plan::Late(reason) => {
+                self.commit(step, Transition::Late { w: w as u16 });
+                step.late.push(Late {
+                    window: self.windows[w].id.clone(),
+                    segment: segment.clone(),
+                    reason,
+                });
+                gid
+            }
+            Plan::Update { e, u, mut rest } => {
+                let g = match gid {
+                    Some(g) => g,
+                    None => {
+                        let id = self
+                            .free_groups
+                            .first()
+                            .copied()
+                            .unwrap_or(self.state.groups.len() as u32);
+                        self.commit(
+                            step,
+                            Transition::Group {
+                                id,
+                                key: group.clone(),
+                            },
+                        );
+                        id
+                    }
+                };
+                let w16 = w as u16;
+                let n = 1 + rest.len();
+                let t = if rest.is_empty() {
+                    Transition::Update { w: w16, g, e, u }
+                } else if rest.iter().all(|r| *r == u) {
+                    Transition::UpdateRange {
+                        w: w16,
+                        g,
+                        e,
+                        n: n as u32,
+                        u,
+                    }
+                } else {
+                    rest.insert(0, u);
+                    Transition::UpdateEach {
+                        w: w16,
+                        g,
+                        e,
+                        us: rest,
+                    }
+                };
+                self.commit(step, t);
+                let touched = match self.windows[w].kind {
+                    WindowKind::Session { .. } => self.state.windows[w]
+                        .groups
+                        .get(&g)
+                        .and_then(|gs| session::containing(&gs.extents, |x| x.upper, e))
+                        .map_or(0..0, |lo| lo..lo + 1),
+                    _ => e..e + n as i64,
+                };
+                self.segment_triggers(step, w, g, touched, segment);
+                Some(g)
+            }
+        }
+    }
+
+    /// Evaluates the triggers of window `w` after a segment of group `g` updated the extents
+    /// `touched`.
     fn segment_triggers(
         &mut self,
         step: &mut Step,
         w: usize,
         g: u32,
-        touched: &[i64],
+        touched: std::ops::Range<i64>,
         segment: &Map,
     ) {
         for tr in 0..self.triggers[w].len() {
-            let candidates = if self.triggers[w][tr].fire_all_extents {
-                self.extent_keys(w, g)
-            } else {
-                touched.to_vec()
+            let all = self.triggers[w][tr].fire_all_extents;
+            let candidates = || {
+                if all {
+                    self.extent_keys(w, g)
+                } else {
+                    touched.clone().collect()
+                }
             };
             let trigger = &self.triggers[w][tr];
             let (fire_all, event) = match &trigger.on {
@@ -1244,7 +1301,22 @@ impl WindowOperator {
                 }
                 TriggerOn::Timer { .. } => continue,
                 TriggerOn::Watermark { .. } | TriggerOn::PercentileWatermark { .. } => {
-                    for e in candidates {
+                    // Only extents whose deadline has passed fire here; before the first
+                    // deadline (the common case) nothing is due and nothing is collected.
+                    let es: Vec<i64> = if all {
+                        self.extent_keys(w, g)
+                    } else {
+                        touched
+                            .clone()
+                            .filter(|&e| {
+                                self.extent(w, g, e).is_some_and(|x| {
+                                    x.changed & (1u64 << tr) != 0
+                                        && self.deadline_reached(w, tr, e, x)
+                                })
+                            })
+                            .collect()
+                    };
+                    for e in es {
                         let due = self.extent(w, g, e).is_some_and(|x| {
                             x.changed & (1u64 << tr) != 0 && self.deadline_reached(w, tr, e, x)
                         });
@@ -1256,7 +1328,7 @@ impl WindowOperator {
                 }
             };
             if fire_all {
-                for e in candidates {
+                for e in candidates() {
                     self.fire(step, w, tr, g, e, event);
                 }
             }
@@ -1272,9 +1344,8 @@ impl WindowOperator {
         let mut step = Step::default();
         let mut errors = Vec::new();
         for (i, (segment, group)) in batch.into_iter().enumerate() {
-            match self.on_segment(segment, group) {
-                Ok(s) => step.extend(s),
-                Err(e) => errors.push((i, e)),
+            if let Err(e) = self.on_segment_into(segment, group, &mut step) {
+                errors.push((i, e));
             }
         }
         (step, errors)
