@@ -15,6 +15,8 @@ use sardonyx::job::{AggregationDef, Span, TaskSpec, TriggerDef, WindowDef};
 use sardonyx::Job;
 use serde::Deserialize;
 
+pub mod recovery;
+
 /// The 1-minute fixed window of Q2, in milliseconds.
 pub const Q2_RANGE_MS: i64 = 60_000;
 /// The range of Q3's sliding windows (1 hour).
@@ -392,6 +394,78 @@ pub fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
+/// The number after `key ` in a progress line of `sardonyx run` when its output is not a
+/// terminal (`progress: read 1200 · written 0 · rejected 0 · logged 1000`).
+pub fn progress_count(line: &str, key: &str) -> Option<u64> {
+    let rest = line.strip_prefix("progress: ")?;
+    rest.split(" · ").find_map(|part| {
+        let (k, v) = part.split_once(' ')?;
+        (k == key).then(|| v.parse().ok())?
+    })
+}
+
+/// What `sardonyx run` says it read to recover one windowed slot (its line
+/// `recovered LEDGER: snapshot at P|none, S records scanned, B bytes read, R batches replayed,
+/// F fenced, I ids, P firings synced again, M ms`, printed when the run ends).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SlotRecoveryLine {
+    /// The slot's ledger.
+    pub ledger: String,
+    /// The position the snapshot covers, if recovery started from one.
+    pub snapshot: Option<u64>,
+    /// Ledger records visited.
+    pub records_scanned: u64,
+    /// Bytes read (snapshot and entries).
+    pub bytes_read: u64,
+    /// Batch records replayed.
+    pub batches: u64,
+    /// Ids re-inserted into the dedup filter.
+    pub ids: u64,
+    /// The slot's own recovery time (ledger read, replay, dedup filter rebuilt), ms.
+    pub millis: u64,
+}
+
+/// Parses a `recovered …` line of `sardonyx run` (see [`SlotRecoveryLine`]).
+pub fn parse_recovered(line: &str) -> Option<SlotRecoveryLine> {
+    let rest = line.strip_prefix("recovered ")?;
+    let (ledger, rest) = rest.split_once(": snapshot ")?;
+    let (snap, rest) = rest.split_once(", ")?;
+    let snapshot = match snap {
+        "none" => None,
+        s => Some(s.strip_prefix("at ")?.parse().ok()?),
+    };
+    // The remaining parts are "<number> <what>".
+    let mut n = BTreeMap::new();
+    for part in rest.split(", ") {
+        let (v, what) = part.split_once(' ')?;
+        n.insert(what, v.parse::<u64>().ok()?);
+    }
+    Some(SlotRecoveryLine {
+        ledger: ledger.to_owned(),
+        snapshot,
+        records_scanned: *n.get("records scanned")?,
+        bytes_read: *n.get("bytes read")?,
+        batches: *n.get("batches replayed")?,
+        ids: *n.get("ids")?,
+        millis: *n.get("ms")?,
+    })
+}
+
+/// Total size of the files under `dir` (recursively), bytes; 0 if it does not exist.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +519,31 @@ mod tests {
                 .validate(&registry)
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn cli_lines() {
+        let l = "progress: read 1200 · written 7 · rejected 0 · logged 1000";
+        assert_eq!(progress_count(l, "read"), Some(1200));
+        assert_eq!(progress_count(l, "logged"), Some(1000));
+        assert_eq!(progress_count("read 3", "read"), None);
+        let r = "recovered vote-bench-q2/g1/count/0: snapshot at 41, 3 records scanned, \
+                 123456 bytes read, 2 batches replayed, 0 fenced, 2000 ids, 12 firings synced \
+                 again, 87 ms";
+        let got = parse_recovered(r).unwrap();
+        assert_eq!(got.ledger, "vote-bench-q2/g1/count/0");
+        assert_eq!(got.snapshot, Some(41));
+        assert_eq!(
+            (
+                got.records_scanned,
+                got.bytes_read,
+                got.batches,
+                got.ids,
+                got.millis
+            ),
+            (3, 123_456, 2, 2000, 87)
+        );
+        let none = r.replace("snapshot at 41", "snapshot none");
+        assert_eq!(parse_recovered(&none).unwrap().snapshot, None);
     }
 }

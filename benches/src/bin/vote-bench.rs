@@ -9,6 +9,13 @@
 //! exact answers with plain `BTreeMap`s, checks every run's answer against them, and refuses
 //! to print a figure for a wrong answer (exit code 1).
 //!
+//! `vote-bench recovery --input votes.jsonl --events 1000000` measures recovery after a kill -9:
+//! the query's job runs as a real `sardonyx run` process (exactly-once on the embedded log),
+//! is killed with SIGKILL after N events and restarted on the same data directory, with and
+//! without compaction; see `sardonyx_benches::recovery` for what is timed.
+//! `vote-bench sardonyx ARGS…` is the engine's own command line (`sardonyx::cli`), so
+//! `recovery` needs no separately built binary.
+//!
 //! Generate the workload with
 //! `python3 ../shared/bench-peers/gen_votes.py /tmp/votes_1m.jsonl -n 1000000 --seed 42 --vote-id`.
 
@@ -47,6 +54,56 @@ enum Cmd {
     /// Run one query once in this process and write its answer as canonical CSV
     /// (`OUT/<query>.csv`, the `../shared/bench-peers` format); prints one JSON line of figures.
     Once(OnceArgs),
+    /// Recovery time: run the job as a `sardonyx run` process, kill -9 it after N events,
+    /// restart it on the same data directory; with and without compaction; check the answer.
+    Recovery(RecoveryArgs),
+    /// The engine's command line (`vote-bench sardonyx run job.json …` is `sardonyx run …`).
+    Sardonyx,
+}
+
+#[derive(Parser)]
+struct RecoveryArgs {
+    /// The vote file (with `vote_id`); it must hold more events than the largest kill point.
+    #[arg(long)]
+    input: PathBuf,
+    /// Kill points: kill once this many events were read (comma-separated).
+    #[arg(long, default_value = "1000000", value_delimiter = ',')]
+    events: Vec<u64>,
+    /// Queries, comma-separated.
+    #[arg(long, default_value = "q2", value_delimiter = ',')]
+    queries: Vec<String>,
+    /// Compaction on (`--compact-bytes`), off (never), or both.
+    #[arg(long, value_enum, default_value = "on,off", value_delimiter = ',')]
+    compaction: Vec<Compaction>,
+    /// The compaction threshold when on (the `sardonyx run` default: 16 MiB).
+    #[arg(long, default_value_t = 16 << 20)]
+    compact_bytes: u64,
+    /// Peers of the windowed task.
+    #[arg(long, default_value_t = 1)]
+    peers: usize,
+    /// Batch size of the input and the windowed task (default: the engine's).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// A `sardonyx` binary to run instead of this executable's built-in command line.
+    #[arg(long)]
+    sardonyx: Option<PathBuf>,
+    /// Scratch directory (one sub-directory per case, wiped first).
+    #[arg(long, default_value = "/tmp/vote-bench/recovery")]
+    work: PathBuf,
+    /// Give up on a process after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
+    /// Append one JSON record per case to this file.
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compaction {
+    /// Compact past `--compact-bytes`.
+    On,
+    /// Never compact (`--compact-bytes` = u64::MAX).
+    Off,
 }
 
 #[derive(Parser)]
@@ -167,10 +224,27 @@ struct Figures {
     raft_writes: Option<u64>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // `vote-bench sardonyx ARGS…`: the engine's command line, as the `sardonyx` binary runs it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sardonyx") {
+        return sardonyx::cli::main_from(args.into_iter().skip(1));
+    }
+    match bench_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Recovery(a) => recovery(a),
+        Cmd::Sardonyx => unreachable!("handled before parsing"),
         Cmd::Once(a) => {
             let rt = tokio::runtime::Runtime::new()?;
             let figures = rt.block_on(once(&a))?;
@@ -565,6 +639,112 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     if wrong > 0 {
         bail!("{wrong} combination(s) gave a wrong answer or failed: no figure printed for them");
+    }
+    Ok(())
+}
+
+fn recovery(a: RecoveryArgs) -> anyhow::Result<()> {
+    use sardonyx_benches::recovery::{measure, Case, Launcher, Recovery, Setup};
+    let queries: Vec<Query> = a
+        .queries
+        .iter()
+        .map(|q| Query::parse(q).with_context(|| format!("unknown query {q}")))
+        .collect::<anyhow::Result<_>>()?;
+    let t = Instant::now();
+    let reference = Reference::from_file(&a.input)?;
+    eprintln!(
+        "reference: {} events ({:.1}s)",
+        reference.events,
+        t.elapsed().as_secs_f64()
+    );
+    if !reference.all_have_vote_id {
+        bail!("exactly-once deduplicates on vote_id: generate the input with --vote-id");
+    }
+    let launcher = match &a.sardonyx {
+        Some(bin) => Launcher::Binary(bin.clone()),
+        None => Launcher::Internal(std::env::current_exe()?),
+    };
+    let setup = Setup {
+        input: a.input.clone(),
+        launcher,
+        work: a.work.clone(),
+        peers: a.peers,
+        batch_size: a.batch_size,
+        timeout: Duration::from_secs(a.timeout_secs),
+    };
+    let mut rows = Vec::new();
+    let mut wrong = 0;
+    for &q in &queries {
+        for &n in &a.events {
+            for &c in &a.compaction {
+                let case = Case {
+                    query: q,
+                    kill_at: n,
+                    compact_bytes: (c == Compaction::On).then_some(a.compact_bytes),
+                };
+                eprintln!(
+                    "== recovery {} after {n} events, compaction {c:?}",
+                    q.name()
+                );
+                let r = measure(&setup, case, &reference)?;
+                let slots = r
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}: snapshot {:?}, {} records, {} B, {} batches, {} ids, {} ms",
+                            s.ledger,
+                            s.snapshot,
+                            s.records_scanned,
+                            s.bytes_read,
+                            s.batches,
+                            s.ids,
+                            s.millis
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                eprintln!(
+                    "  killed at read {} (logged {}, {} compactions) after {:.2}s, {} B on disk; \
+                     restart: slot recovered {:?}s, reading {:?}s, processing {:?}s, done {:.2}s \
+                     after reading {}; {slots}; {}",
+                    r.read_at_kill,
+                    r.logged_at_kill,
+                    r.compactions_before_kill,
+                    r.killed_after_secs,
+                    r.data_bytes_at_kill,
+                    r.slot_recovered_secs,
+                    r.reading_again_secs,
+                    r.processing_again_secs,
+                    r.restart_wall_secs,
+                    r.read_after_restart,
+                    match &r.verdict {
+                        Ok(n) => format!("correct ({n} rows)"),
+                        Err(e) => format!("WRONG: {e}"),
+                    }
+                );
+                if r.verdict.is_err() {
+                    wrong += 1;
+                }
+                if let Some(path) = &a.results {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?;
+                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                }
+                rows.push(r);
+            }
+        }
+    }
+    println!();
+    println!("{}", Recovery::HEADER);
+    for r in &rows {
+        println!("{}", r.markdown());
+    }
+    if wrong > 0 {
+        bail!("{wrong} case(s) gave a wrong answer: no figure printed for them");
     }
     Ok(())
 }
