@@ -25,7 +25,8 @@
 # scripts, default ../shared/bench-peers beside the repository), INSTALL_PEERS (1), PEER_WAIT
 # (seconds to wait for a running pip install, 3600), PEERS (which peers, default all three),
 # MODES (memory,embedded,cluster), SOURCES (file,segments), Q4_RUNS (1), SKIP_Q4 (0),
-# RECOVERY_QUERIES (q2), RECOVERY_COMPACT_BYTES (16777216, the sardonyx run default).
+# RECOVERY_QUERIES (q2), RECOVERY_COMPACT_BYTES (16777216, the sardonyx run default),
+# FROM_HEAD (0; 1 builds a clean export of the committed HEAD instead of the working tree).
 # Exit status: 0 if every step ran and every answer was right, 1 otherwise (the document still
 # prints, with the failures listed at its end).
 set -euo pipefail
@@ -88,10 +89,22 @@ DATA=$W/votes_${N}_id.jsonl; RDATA=$W/votes_${NR}_id.jsonl
 for f in "$DATA:$N" "$RDATA:$NR"; do
   [ -f "${f%%:*}" ] || { log "generating ${f%%:*}"; python3 "$B/gen_votes.py" "${f%%:*}" -n "${f##*:}" --seed 42 --vote-id >&2; }
 done
-log "building vote-bench (release) in $CARGO_TARGET_DIR"
-cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p sardonyx-benches --bin vote-bench
-VB=$CARGO_TARGET_DIR/release/vote-bench
+SRC=$ROOT
 COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "(not a git checkout)")
+if [ "${FROM_HEAD:-0}" = 1 ]; then
+  # Build the committed HEAD, not the working tree (which others may be editing).
+  COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
+  SRC=$W/src-$COMMIT
+  [ -d "$SRC" ] || { mkdir -p "$SRC.tmp" && git -C "$ROOT" archive HEAD | tar -x -C "$SRC.tmp" && mv "$SRC.tmp" "$SRC"; }
+  log "building the clean export of HEAD $COMMIT in $SRC"
+fi
+log "building vote-bench (release) in $CARGO_TARGET_DIR"
+cargo build --release -q --manifest-path "$SRC/Cargo.toml" -p sardonyx-benches --bin vote-bench
+# One copy of the binary for every step: a later build into the target directory cannot
+# change what the rest of this run measures.
+cp "$CARGO_TARGET_DIR/release/vote-bench" "$OUT/vote-bench"
+VB=$OUT/vote-bench
+export VOTE_BENCH=$VB SARDONYX_VERSION=$COMMIT
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 3. side by side ----------------------------------------------------------------------------
@@ -124,7 +137,8 @@ body() { grep '^|' "$1" 2>/dev/null || echo "(no table: the step failed, see std
   echo "# Sardonyx benchmarks: $N events, $RUNS run(s)"
   echo
   echo "Produced by \`benches/run-all.sh $N $RUNS\` at $(date -u '+%Y-%m-%d %H:%M UTC'), Sardonyx \`$COMMIT\`"
-  echo "(\`-dirty\`: built from a working tree with uncommitted changes). Raw results: \`$OUT\`."
+  echo "(\`-dirty\`: built from a working tree with uncommitted changes; one binary, \`$VB\`, for"
+  echo "every step). Raw results: \`$OUT\`."
   echo
   echo "## Machine"
   echo

@@ -18,7 +18,8 @@
 # - Environment: W (scratch, default /tmp/bench-peers), CARGO_TARGET_DIR (default
 #   /tmp/target-bench), SARDONYX_MODES, BENCH_PEERS (default ../shared/bench-peers beside the
 #   repository; set it when running from a clean export elsewhere), PEERS (default
-#   "bytewax pathway pyflink": which peers to try).
+#   "bytewax pathway pyflink": which peers to try), VOTE_BENCH (a vote-bench binary to use
+#   instead of building one), SARDONYX_VERSION (what to call it in the table).
 # - stdout: the two markdown tables; stderr: progress. Exit status 1 if any answer was wrong.
 set -euo pipefail
 N=${1:-1000000}; RUNS=${2:-3}
@@ -40,8 +41,12 @@ done
 
 echo "== building the reference/baseline and vote-bench (release)" >&2
 CARGO_TARGET_DIR=$W/target cargo build --release -q --manifest-path "$B/rust/Cargo.toml"
-cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p sardonyx-benches --bin vote-bench
-VB=$CARGO_TARGET_DIR/release/vote-bench
+if [ -n "${VOTE_BENCH:-}" ]; then
+  VB=$VOTE_BENCH  # built by the caller (benches/run-all.sh): one binary for every step
+else
+  cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p sardonyx-benches --bin vote-bench
+  VB=$CARGO_TARGET_DIR/release/vote-bench
+fi
 [ -d "$REF" ] || "$W/target/release/reference" "$DATA" "$REF" >&2
 
 H() { python3 "$B/harness.py" --events "$N" --runs "$RUNS" --ref "$REF" --results "$RESULTS" "$@" >&2; }
@@ -72,7 +77,7 @@ echo "== rust-baseline-stream (one pass, Q1+Q2)" >&2
 H --engine rust-baseline-stream --version "rustc $(rustc -V | cut -d' ' -f2)" --query q2 --out "$W/out_rs" \
   --note "one pass read+serde_json+Q1+Q2" -- "$W/target/release/baseline" stream "$DATA" "$W/out_rs"
 
-SVER="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo export)"
+SVER=${SARDONYX_VERSION:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo export)}
 for q in q1 q2 q3 q4; do
   for m in $MODES; do
     echo "== sardonyx $m $q" >&2
