@@ -212,32 +212,70 @@ fn transitions(c: &mut Criterion) {
 }
 
 fn dedup(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut filter =
-        sardonyx_state_log::DedupFilter::open(dir.path(), Default::default()).expect("filter");
     const N: i64 = 200_000;
     let key = |i: i64| sardonyx::state::id_key(&Value::Int(i));
-    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
-        filter
-            .insert_batch(chunk.iter().map(|i| key(*i)))
-            .expect("insert");
-    }
+    // A filter of the default shape (buckets of 100 000 ids) holding `n` ids: 0..n.
+    let filled = |n: i64| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut filter =
+            sardonyx_state_log::DedupFilter::open(dir.path(), Default::default()).expect("filter");
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            filter
+                .insert_batch(chunk.iter().map(|i| key(*i)))
+                .expect("insert");
+        }
+        (dir, filter)
+    };
+    // Keys are built before the clock starts (`id_key` is measured on its own below).
+    let seen: Vec<Vec<u8>> = (0..4096).map(|i| key((i * 7919) % N)).collect();
+    let new: Vec<Vec<u8>> = (0..65_536).map(|i| key(10_000_000 + i)).collect();
     let mut g = c.benchmark_group("dedup");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0;
-    g.bench_function("contains (seen id)", |b| {
-        b.iter(|| {
-            i = (i + 7919) % N;
-            assert!(filter.contains(&key(i)).expect("contains"));
-        })
-    });
-    let mut j = N;
-    g.bench_function("contains (new id)", |b| {
-        b.iter(|| {
-            j += 1;
-            black_box(filter.contains(&key(j)).expect("contains"))
-        })
-    });
+    {
+        let (_dir, filter) = filled(N);
+        let mut i = 0;
+        g.bench_function("contains (seen id)", |b| {
+            b.iter(|| {
+                i = (i + 1) % seen.len();
+                assert!(filter.contains(&seen[i]).expect("contains"));
+            })
+        });
+        let mut j = 0;
+        g.bench_function("contains (new id, 3 buckets)", |b| {
+            b.iter(|| {
+                j = (j + 1) % new.len();
+                black_box(filter.contains(&new[j]).expect("contains"))
+            })
+        });
+    }
+    {
+        // The steady state of a long run: every one of the 10 buckets probed.
+        let (_dir, filter) = filled(1_000_000);
+        let mut j = 0;
+        g.bench_function("contains (new id, 10 buckets)", |b| {
+            b.iter(|| {
+                j = (j + 1) % new.len();
+                black_box(filter.contains(&new[j]).expect("contains"))
+            })
+        });
+    }
+    {
+        // A batch of 1000 new ids into a filter already rotating through full buckets.
+        let (_dir, mut filter) = filled(N);
+        let mut next = 20_000_000_i64;
+        g.throughput(Throughput::Elements(1000));
+        g.bench_function("insert_batch (1000 new ids)", |b| {
+            b.iter_batched(
+                || {
+                    next += 1000;
+                    (next..next + 1000).map(key).collect::<Vec<_>>()
+                },
+                |ids| filter.insert_batch(&ids).expect("insert"),
+                BatchSize::SmallInput,
+            )
+        });
+        g.throughput(Throughput::Elements(1));
+    }
     g.bench_function("id_key", |b| b.iter(|| key(black_box(123_456))));
     g.finish();
 }
