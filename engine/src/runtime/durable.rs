@@ -377,8 +377,7 @@ impl SlotLog {
     /// Appends one batch record and waits for its commit; then inserts its ids into the filter.
     pub async fn commit(&mut self, record: &state::BatchRecord) -> Result<(), RunError> {
         self.groups.observe(&record.transitions);
-        let keys = record.ids.keys();
-        let bytes = state::encode_record(&SlotRecord::Batch(record.clone()));
+        let bytes = state::encode_batch_record(record);
         let len = bytes.len() as u64;
         let pos = self
             .js
@@ -394,9 +393,10 @@ impl SlotLog {
         p.logged_records.fetch_add(1, Ordering::Relaxed);
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);
         p.logged_segments
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+            .fetch_add(record.ids.len() as u64, Ordering::Relaxed);
         if let Some(f) = &mut self.filter {
-            f.insert_batch(keys).map_err(state_error)?;
+            f.insert_batch(record.ids.iter_keys())
+                .map_err(state_error)?;
         }
         Ok(())
     }

@@ -63,31 +63,56 @@ impl Default for Ids {
 
 /// The canonical bytes of a uniqueness id value, as stored in the dedup filter.
 pub fn id_key(v: &Value) -> Vec<u8> {
+    let mut k = Vec::new();
+    id_key_into(v, &mut k);
+    k
+}
+
+/// Writes [`id_key`]`(v)` into `out` (cleared first), reusing its allocation.
+pub fn id_key_into(v: &Value, out: &mut Vec<u8>) {
+    out.clear();
     match v {
-        Value::Int(i) => int_key(*i),
+        Value::Int(i) => out.extend_from_slice(&int_key(*i)),
         Value::UInt(u) => {
-            let mut k = vec![b'u'];
-            k.extend_from_slice(&u.to_be_bytes());
-            k
+            out.push(b'u');
+            out.extend_from_slice(&u.to_be_bytes());
         }
         Value::Str(s) => {
-            let mut k = Vec::with_capacity(s.len() + 1);
-            k.push(b's');
-            k.extend_from_slice(s.as_bytes());
-            k
+            out.reserve(s.len() + 1);
+            out.push(b's');
+            out.extend_from_slice(s.as_bytes());
         }
         other => {
-            let mut k = vec![b'j'];
-            k.extend_from_slice(other.to_string().as_bytes());
-            k
+            use std::io::Write;
+            out.push(b'j');
+            write!(out, "{other}").expect("writing into memory cannot fail");
         }
     }
 }
 
-fn int_key(i: i64) -> Vec<u8> {
-    let mut k = vec![b'i'];
-    k.extend_from_slice(&i.to_be_bytes());
+fn int_key(i: i64) -> [u8; 9] {
+    let mut k = [b'i'; 9];
+    k[1..].copy_from_slice(&i.to_be_bytes());
     k
+}
+
+/// One id's canonical bytes ([`id_key`]), as [`Ids::iter_keys`] gives them: inline for
+/// integer ids, borrowed otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKey<'a> {
+    /// An integer id's key.
+    Int([u8; 9]),
+    /// Any other id's key.
+    Bytes(&'a [u8]),
+}
+
+impl AsRef<[u8]> for IdKey<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            IdKey::Int(k) => k,
+            IdKey::Bytes(b) => b,
+        }
+    }
 }
 
 impl Ids {
@@ -113,19 +138,22 @@ impl Ids {
 
     /// The canonical keys of the ids, in batch order.
     pub fn keys(&self) -> Vec<Vec<u8>> {
-        match self {
-            Ids::Ints(deltas) => {
-                let mut prev = 0_i64;
-                deltas
-                    .iter()
-                    .map(|d| {
-                        prev = prev.wrapping_add(*d);
-                        int_key(prev)
-                    })
-                    .collect()
-            }
-            Ids::Keys(k) => k.clone(),
-        }
+        self.iter_keys().map(|k| k.as_ref().to_vec()).collect()
+    }
+
+    /// The canonical keys of the ids, in batch order, without allocating.
+    pub fn iter_keys(&self) -> impl ExactSizeIterator<Item = IdKey<'_>> + '_ {
+        let (deltas, keys): (&[i64], &[Vec<u8>]) = match self {
+            Ids::Ints(d) => (d, &[]),
+            Ids::Keys(k) => (&[], k),
+        };
+        let mut prev = 0_i64;
+        let ints = deltas.iter().map(move |d| {
+            prev = prev.wrapping_add(*d);
+            IdKey::Int(int_key(prev))
+        });
+        let bytes = keys.iter().map(|k| IdKey::Bytes(k));
+        ExactChain(ints, bytes)
     }
 
     /// Number of ids.
@@ -140,6 +168,25 @@ impl Ids {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Chains two exact-size iterators (std's `Chain` is not `ExactSizeIterator`).
+struct ExactChain<A, B>(A, B);
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for ExactChain<A, B> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.0.next().or_else(|| self.1.next())
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (a, b) = (self.0.size_hint(), self.1.size_hint());
+        (a.0 + b.0, a.1.zip(b.1).map(|(x, y)| x + y))
+    }
+}
+
+impl<T, A: ExactSizeIterator<Item = T>, B: ExactSizeIterator<Item = T>> ExactSizeIterator
+    for ExactChain<A, B>
+{
 }
 
 /// One batch of a windowed slot, as logged.
@@ -195,6 +242,22 @@ fn config() -> bincode::config::Configuration {
 /// Encodes a ledger entry.
 pub fn encode_record(r: &SlotRecord) -> Vec<u8> {
     bincode::serde::encode_to_vec(r, config()).expect("encoding into memory cannot fail")
+}
+
+/// [`SlotRecord`] by reference, for encoding without a copy (same variants, same bytes).
+#[derive(Serialize)]
+enum SlotRecordRef<'a> {
+    #[allow(dead_code)]
+    Owner {
+        epoch: u64,
+    },
+    Batch(&'a BatchRecord),
+}
+
+/// Encodes `SlotRecord::Batch(record)` without copying the record.
+pub fn encode_batch_record(record: &BatchRecord) -> Vec<u8> {
+    bincode::serde::encode_to_vec(SlotRecordRef::Batch(record), config())
+        .expect("encoding into memory cannot fail")
 }
 
 /// Decodes a ledger entry.

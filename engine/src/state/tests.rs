@@ -208,3 +208,98 @@ fn bytes_per_segment_of_a_vote_like_batch() {
     let bytes = encode_record(&SlotRecord::Batch(record)).len();
     assert!(bytes / 1000 < 40, "{bytes} bytes for 1000 segments");
 }
+
+/// The byte layout of `id_key` before `id_key_into` existed (each arm allocating its own `Vec`).
+fn id_key_reference(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Int(i) => {
+            let mut k = vec![b'i'];
+            k.extend_from_slice(&i.to_be_bytes());
+            k
+        }
+        Value::UInt(u) => {
+            let mut k = vec![b'u'];
+            k.extend_from_slice(&u.to_be_bytes());
+            k
+        }
+        Value::Str(s) => {
+            let mut k = vec![b's'];
+            k.extend_from_slice(s.as_bytes());
+            k
+        }
+        other => {
+            let mut k = vec![b'j'];
+            k.extend_from_slice(other.to_string().as_bytes());
+            k
+        }
+    }
+}
+
+#[test]
+fn id_keys_into_a_reused_buffer_are_the_canonical_bytes() {
+    let mut m = Map::new();
+    m.insert("a", 1_i64);
+    let values = [
+        Value::Int(-5),
+        Value::Int(i64::MAX),
+        Value::UInt(u64::MAX),
+        Value::from("vote-17"),
+        Value::from(""),
+        Value::Null,
+        Value::Float(1.5),
+        Value::Float(f64::NAN),
+        Value::Bool(true),
+        Value::List(vec![Value::Int(1), Value::from("x")]),
+        Value::Map(m),
+    ];
+    let mut buf = b"leftover bytes from an earlier id".to_vec();
+    for v in &values {
+        id_key_into(v, &mut buf);
+        assert_eq!(buf, id_key_reference(v), "{v:?}");
+        assert_eq!(id_key(v), id_key_reference(v), "{v:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn iter_keys_gives_the_keys(ints in prop::collection::vec(any::<i64>(), 0..50), mixed in any::<bool>()) {
+        let mut values: Vec<Value> = ints.into_iter().map(Value::Int).collect();
+        if mixed {
+            values.push(Value::from("s"));
+        }
+        let ids = Ids::from_values(&values);
+        let keys: Vec<Vec<u8>> = values.iter().map(id_key_reference).collect();
+        prop_assert_eq!(ids.keys(), keys.clone());
+        prop_assert_eq!(ids.iter_keys().len(), keys.len());
+        let iterated: Vec<Vec<u8>> = ids.iter_keys().map(|k| k.as_ref().to_vec()).collect();
+        prop_assert_eq!(iterated, keys);
+    }
+}
+
+#[test]
+fn a_batch_record_encodes_by_reference_as_by_value() {
+    let mut op = operator();
+    let mut transitions = Vec::new();
+    for (t, id) in [(5, 1), (61, 2), (62, 3)] {
+        let step = op
+            .on_segment(&segment(t, 1, id), &Value::Int(id % 2))
+            .unwrap();
+        transitions.extend(step.transitions);
+    }
+    transitions.extend(op.on_watermark(200).transitions);
+    for ids in [
+        Ids::from_values(&[Value::Int(1), Value::Int(2)]),
+        Ids::from_values(&[Value::from("a"), Value::Int(2)]),
+        Ids::default(),
+    ] {
+        let record = BatchRecord {
+            epoch: 7,
+            ids,
+            transitions: transitions.clone(),
+            inputs: vec![(0, 42), (3, 9)],
+        };
+        let by_ref = encode_batch_record(&record);
+        assert_eq!(by_ref, encode_record(&SlotRecord::Batch(record.clone())));
+        assert_eq!(decode_record(&by_ref), Ok(SlotRecord::Batch(record)));
+    }
+}
