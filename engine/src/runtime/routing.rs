@@ -1,6 +1,7 @@
 //! Pure routing logic: which downstream tasks a segment goes to (flow conditions) and which peer
 //! of a task takes a key (consistent hashing).
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
@@ -35,7 +36,7 @@ pub fn group_key(key: &GroupKey, segment: &Segment) -> Result<Value, String> {
         segment
             .get(f)
             .cloned()
-            .ok_or_else(|| format!("group_by_key field \"{f}\" is missing"))
+            .ok_or_else(|| missing_group_field(f))
     };
     match key {
         GroupKey::One(f) => get(f),
@@ -44,6 +45,43 @@ pub fn group_key(key: &GroupKey, segment: &Segment) -> Result<Value, String> {
             .map(|f| get(f))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::List),
+    }
+}
+
+/// The group key of a segment like [`group_key`], borrowed from the segment for a one-field key
+/// (no copy of the field's value); compound keys are built.
+pub fn group_key_ref<'s>(key: &GroupKey, segment: &'s Segment) -> Result<Cow<'s, Value>, String> {
+    match key {
+        GroupKey::One(f) => segment
+            .get(f)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| missing_group_field(f)),
+        GroupKey::Many(_) => group_key(key, segment).map(Cow::Owned),
+    }
+}
+
+fn missing_group_field(f: &str) -> String {
+    format!("group_by_key field \"{f}\" is missing")
+}
+
+/// The peer (of `n_peers`) that takes a segment's group key:
+/// `jump_hash(key_hash(&group_key(key, segment)?), n_peers)`, without copying the key, and
+/// without hashing when there is one peer (a missing field is still an error).
+pub fn key_peer(key: &GroupKey, segment: &Segment, n_peers: usize) -> Result<usize, String> {
+    match key {
+        GroupKey::One(f) => {
+            let v = segment.get(f).ok_or_else(|| missing_group_field(f))?;
+            Ok(if n_peers <= 1 {
+                0
+            } else {
+                jump_hash(key_hash(v), n_peers)
+            })
+        }
+        GroupKey::Many(fs) if n_peers <= 1 => match fs.iter().find(|f| segment.get(f).is_none()) {
+            Some(f) => Err(missing_group_field(f)),
+            None => Ok(0),
+        },
+        GroupKey::Many(_) => group_key(key, segment).map(|k| jump_hash(key_hash(&k), n_peers)),
     }
 }
 
@@ -92,6 +130,19 @@ impl FlowPlan {
             downstream,
             conditions,
         }
+    }
+
+    /// True when no condition applies to the segments the task produces: each then goes to
+    /// every downstream task, whole (what [`FlowPlan::route`] gives for `thrown` = false).
+    pub fn unconditional(&self) -> bool {
+        self.conditions
+            .iter()
+            .all(|c| c.thrown_exception == Some(true))
+    }
+
+    /// The number of downstream tasks.
+    pub fn downstream_len(&self) -> usize {
+        self.downstream.len()
     }
 
     /// True if any condition routes failed segments.
@@ -236,5 +287,63 @@ mod tests {
             group_key(&GroupKey::One("c".into()), &s),
             Err("group_by_key field \"c\" is missing".to_owned())
         );
+    }
+
+    #[test]
+    fn key_peer_and_group_key_ref_agree_with_group_key() {
+        let segs = [
+            seg(r#"{"a":1,"b":"x"}"#),
+            seg(r#"{"a":"cand_03","b":[1,2.5,null]}"#),
+            seg(r#"{"b":{"k":true}}"#),
+            seg(r#"{"a":18446744073709551615}"#),
+        ];
+        let keys = [
+            GroupKey::One("a".into()),
+            GroupKey::One("b".into()),
+            GroupKey::Many(vec!["b".into(), "a".into()]),
+            GroupKey::Many(vec!["a".into()]),
+        ];
+        for s in &segs {
+            for k in &keys {
+                let owned = group_key(k, s);
+                assert_eq!(group_key_ref(k, s).map(Cow::into_owned), owned.clone());
+                for n in [0, 1, 2, 3, 7, 64] {
+                    let expected = owned.clone().map(|v| {
+                        if n <= 1 {
+                            0
+                        } else {
+                            jump_hash(key_hash(&v), n)
+                        }
+                    });
+                    assert_eq!(key_peer(k, s, n), expected, "{k:?} {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unconditional_plans() {
+        let plain = FlowPlan::new("f", vec!["a".into(), "b".into()], &[]);
+        assert!(plain.unconditional());
+        assert_eq!(plain.downstream_len(), 2);
+        let r = registry();
+        assert_eq!(
+            plain.route(&r, &seg("{}"), false).unwrap().destinations,
+            vec![(0, vec![]), (1, vec![])]
+        );
+        let only_errors = FlowPlan::new(
+            "f",
+            vec!["a".into()],
+            &[cond(
+                r#"{"from":"f","to":["a"],"predicate":"sardonyx/always","thrown_exception":true}"#,
+            )],
+        );
+        assert!(only_errors.unconditional());
+        let conditional = FlowPlan::new(
+            "f",
+            vec!["a".into()],
+            &[cond(r#"{"from":"f","to":["a"],"predicate":"vip"}"#)],
+        );
+        assert!(!conditional.unconditional());
     }
 }
