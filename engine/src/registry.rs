@@ -179,6 +179,8 @@ pub struct Registry {
     inputs: HashMap<String, InputPlugin>,
     outputs: HashMap<String, OutputPlugin>,
     channels: Arc<Mutex<Channels>>,
+    /// The built-in `sardonyx/identity` (the runtime skips calling it).
+    identity: FunctionFn,
 }
 
 #[derive(Default)]
@@ -209,8 +211,10 @@ impl Registry {
             inputs: HashMap::new(),
             outputs: HashMap::new(),
             channels: Arc::default(),
+            identity: Arc::new(|s, _| Ok(vec![s])),
         };
-        r.register_function("sardonyx/identity", |s, _| Ok(vec![s]));
+        r.functions
+            .insert("sardonyx/identity".to_owned(), r.identity.clone());
         r.register_predicate("sardonyx/always", |_, _| true);
         r.register_predicate("sardonyx/never", |_, _| false);
         r.register_input(
@@ -494,6 +498,11 @@ impl Registry {
     /// The function `name`.
     pub fn function(&self, name: &str) -> Option<&FunctionFn> {
         self.functions.get(name)
+    }
+    /// True if `f` is the built-in `sardonyx/identity` (each segment out unchanged; it cannot
+    /// fail), not a function registered in its place.
+    pub fn is_identity(&self, f: &FunctionFn) -> bool {
+        Arc::ptr_eq(f, &self.identity)
     }
     /// The predicate `name`.
     pub fn predicate(&self, name: &str) -> Option<&PredicateFn> {
