@@ -11,6 +11,9 @@ pub type Segment = Map;
 
 /// Parses one JSON document that must be an object into a segment.
 pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
+    if let Some(segment) = flat::parse(bytes) {
+        return Ok(segment);
+    }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Map(m)) => Ok(m),
         Ok(other) => Err(format!(
@@ -18,6 +21,131 @@ pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
             other.type_name()
         )),
         Err(e) => Err(format!("malformed JSON: {e}")),
+    }
+}
+
+/// A fast path for the common shape of input records: one flat object whose keys and string
+/// values have no escapes and whose numbers are integers of at most 18 digits. It gives exactly
+/// what serde_json gives for such a document, and `None` for anything else (nested values,
+/// floats, escapes, long or odd numbers, malformed text), which then takes the full parser
+/// (and its error messages).
+mod flat {
+    use super::{Map, Segment, Value};
+
+    struct Cursor<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    /// Parses `bytes` if it is a simple flat object.
+    pub(super) fn parse(bytes: &[u8]) -> Option<Segment> {
+        let mut c = Cursor { bytes, at: 0 };
+        c.skip_ws();
+        c.eat(b'{')?;
+        let mut m = Map::new();
+        c.skip_ws();
+        if c.peek() == Some(b'}') {
+            c.at += 1;
+        } else {
+            loop {
+                let key = c.string()?;
+                c.skip_ws();
+                c.eat(b':')?;
+                c.skip_ws();
+                let value = c.value()?;
+                // As the full parser's map visitor: a repeated key replaces the value in place.
+                m.insert(key, value);
+                c.skip_ws();
+                match c.peek()? {
+                    b',' => {
+                        c.at += 1;
+                        c.skip_ws();
+                    }
+                    b'}' => {
+                        c.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        c.skip_ws();
+        (c.at == bytes.len()).then_some(m)
+    }
+
+    impl<'a> Cursor<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.bytes.get(self.at).copied()
+        }
+
+        fn eat(&mut self, b: u8) -> Option<()> {
+            (self.peek()? == b).then(|| self.at += 1)
+        }
+
+        /// JSON whitespace, as serde_json skips it.
+        fn skip_ws(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+                self.at += 1;
+            }
+        }
+
+        /// A string without escapes or control characters, valid UTF-8.
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let rest = &self.bytes[self.at..];
+            let n = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            if rest[n] != b'"' {
+                return None;
+            }
+            let s = std::str::from_utf8(&rest[..n]).ok()?;
+            self.at += n + 1;
+            Some(s)
+        }
+
+        fn literal(&mut self, text: &[u8], value: Value) -> Option<Value> {
+            let end = self.at + text.len();
+            (self.bytes.get(self.at..end)? == text).then(|| {
+                self.at = end;
+                value
+            })
+        }
+
+        fn value(&mut self) -> Option<Value> {
+            match self.peek()? {
+                b'"' => self.string().map(Value::from),
+                b't' => self.literal(b"true", Value::Bool(true)),
+                b'f' => self.literal(b"false", Value::Bool(false)),
+                b'n' => self.literal(b"null", Value::Null),
+                b'-' => {
+                    self.at += 1;
+                    // serde_json reads `-0` as the float -0.0.
+                    let magnitude = self.digits().filter(|&m| m != 0)?;
+                    Some(Value::Int(-(magnitude as i64)))
+                }
+                b'0'..=b'9' => self.digits().map(|m| Value::Int(m as i64)),
+                _ => None,
+            }
+        }
+
+        /// The digits of an integer: 1 to 18 of them (so any sign fits an `i64`), no leading
+        /// zero, not followed by a fraction or an exponent.
+        fn digits(&mut self) -> Option<u64> {
+            let rest = &self.bytes[self.at..];
+            let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 || n > 18 || (n > 1 && rest[0] == b'0') {
+                return None;
+            }
+            if matches!(rest.get(n), Some(b'.' | b'e' | b'E')) {
+                return None;
+            }
+            let v = rest[..n]
+                .iter()
+                .fold(0_u64, |v, &d| v * 10 + u64::from(d - b'0'));
+            self.at += n;
+            Some(v)
+        }
     }
 }
 
@@ -81,6 +209,116 @@ mod tests {
         #[test]
         fn bincode_round_trip_is_lossless(seg in segment()) {
             prop_assert_eq!(from_bincode(&to_bincode(&seg)).unwrap(), seg);
+        }
+    }
+
+    /// What the full parser gives (the reference for the fast path).
+    fn via_serde(bytes: &[u8]) -> Result<Segment, String> {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Map(m)) => Ok(m),
+            Ok(other) => Err(format!(
+                "expected a JSON object, found {}",
+                other.type_name()
+            )),
+            Err(e) => Err(format!("malformed JSON: {e}")),
+        }
+    }
+
+    fn same_as_serde(text: &[u8]) {
+        let fast = from_json_slice(text);
+        let full = via_serde(text);
+        assert_eq!(fast, full, "{:?}", String::from_utf8_lossy(text));
+        // Equal values can still differ in variant details `==` ignores: compare the JSON too.
+        if let (Ok(a), Ok(b)) = (&fast, &full) {
+            assert_eq!(a.to_string(), b.to_string());
+            assert_eq!(to_bincode(a), to_bincode(b));
+        }
+    }
+
+    #[test]
+    fn the_flat_fast_path_agrees_with_serde_json() {
+        let cases: &[&[u8]] = &[
+            br#"{"vote_id": 0, "voter_id": 3264, "candidate": "cand_03", "event_time": 1700000000000}"#,
+            b"  {\"a\":1}\n",
+            b"\t{ \"a\" : -7 , \"b\" :\"\" }\r\n ",
+            b"{}",
+            b"{ }",
+            br#"{"a":true,"b":false,"c":null}"#,
+            br#"{"a":1,"a":2,"b":3}"#,
+            br#"{"a":0}"#,
+            br#"{"a":-0}"#,
+            br#"{"a":-0.0}"#,
+            br#"{"a":01}"#,
+            br#"{"a":-}"#,
+            br#"{"a":1.5}"#,
+            br#"{"a":1e3}"#,
+            br#"{"a":1E3}"#,
+            br#"{"a":999999999999999999}"#,
+            br#"{"a":-999999999999999999}"#,
+            br#"{"a":9999999999999999999}"#,
+            br#"{"a":9223372036854775807}"#,
+            br#"{"a":9223372036854775808}"#,
+            br#"{"a":-9223372036854775808}"#,
+            br#"{"a":-9223372036854775809}"#,
+            br#"{"a":18446744073709551615}"#,
+            br#"{"a":18446744073709551616}"#,
+            br#"{"a":"x"y"}"#,
+            br#"{"aA":1}"#,
+            "{\"é\":\"ü𝄞\"}".as_bytes(),
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":\"tab\there\"}",
+            br#"{"a":[1,2]}"#,
+            br#"{"a":{"b":1}}"#,
+            br#"{"a":1,}"#,
+            br#"{"a":1"#,
+            br#"{"a":1}}"#,
+            br#"{"a":1} x"#,
+            br#"{"a" 1}"#,
+            br#"{a:1}"#,
+            br#"{"a":tru}"#,
+            br#"{"a":truex}"#,
+            br#"{"a":nul}"#,
+            br#"{"a":+1}"#,
+            br#"{"a":12a}"#,
+            b"",
+            b"   ",
+            b"[1,2]",
+            b"\"s\"",
+            b"1",
+            b"null",
+            b"\xef\xbb\xbf{\"a\":1}",
+            br#"{"a":1,"b":"two","c":3,"d":4,"e":5,"f":6}"#,
+        ];
+        for c in cases {
+            same_as_serde(c);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_flat_fast_path_agrees_with_serde_json_on_any_text(text in "[ {}\":,a-c0-9.eE\\\\-]{0,24}") {
+            same_as_serde(text.as_bytes());
+        }
+
+        #[test]
+        fn the_flat_fast_path_agrees_with_serde_json_on_flat_objects(
+            fields in prop::collection::vec(("[a-z_é\"\\\\]{0,6}", prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<u64>().prop_map(|u| u.to_string()),
+                (0_i64..1000).prop_map(|i| i.to_string()),
+                "\\PC{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                Just("true".to_owned()),
+                Just("null".to_owned()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+            ]), 0..6),
+            sep in "[ \t]{0,2}",
+        ) {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}{sep}:{sep}{v}", serde_json::to_string(k).unwrap()))
+                .collect();
+            let text = format!("{sep}{{{sep}{}{sep}}}", body.join(&format!("{sep},{sep}")));
+            same_as_serde(text.as_bytes());
         }
     }
 
