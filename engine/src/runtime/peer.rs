@@ -1,6 +1,8 @@
 //! Task peers: input peers read from a plugin; worker peers (function and output tasks) take
 //! batches, apply the task's code and route what comes out.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 use super::ack::{AckIssuer, AckToken, HeldAcks};
 use super::durable::{JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
-use super::routing::{group_key, jump_hash, key_hash, FlowPlan};
+use super::routing::{group_key_ref, jump_hash, key_hash, key_peer, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
 use super::{Msg, Progress, RunError, Topology};
 use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
@@ -170,6 +172,17 @@ impl Router {
 
     /// Puts a segment the task produced into the buffers of its destinations.
     fn route(&mut self, segment: Segment) -> Result<(), RunError> {
+        if self.plan.unconditional() {
+            // Every downstream task, nothing excluded (what the plan's route would say).
+            let n = self.plan.downstream_len();
+            if n == 0 {
+                return Ok(());
+            }
+            for d in 0..n - 1 {
+                self.place_one(segment.clone(), d, &[])?;
+            }
+            return self.place_one(segment, n - 1, &[]);
+        }
         let route = self
             .plan
             .route(&self.registry, &segment, false)
@@ -185,43 +198,42 @@ impl Router {
         let n = destinations.len();
         let mut segment = Some(segment);
         for (i, (d, exclude)) in destinations.into_iter().enumerate() {
-            let mut s = if i + 1 == n {
+            let s = if i + 1 == n {
                 segment.take().expect("moved once")
             } else {
                 segment.clone().expect("still here")
             };
-            for k in &exclude {
-                s.remove(k);
-            }
-            let dest = &mut self.destinations[d];
-            let n_peers = dest.senders.len();
-            let peer = match &mut dest.spread {
-                Spread::RoundRobin(next) => {
-                    *next = (*next + 1) % n_peers;
-                    *next
-                }
-                Spread::Key(k) => match group_key(k, &s) {
-                    Ok(key) => jump_hash(key_hash(&key), n_peers),
-                    Err(reason) => {
-                        self.reject(Rejection::segment(&self.task, reason, s))?;
-                        continue;
-                    }
-                },
-                Spread::Fn(f) => {
-                    let f = f.clone();
-                    match catch_unwind(AssertUnwindSafe(|| f(&s))) {
-                        Ok(key) => jump_hash(key_hash(&key), n_peers),
-                        Err(p) => {
-                            let reason = format!("group_by_fn panicked: {}", panic_message(&p));
-                            self.reject(Rejection::segment(&self.task, reason, s))?;
-                            continue;
-                        }
-                    }
-                }
-            };
-            self.destinations[d].buffers[peer].push(s);
+            self.place_one(s, d, &exclude)?;
         }
         Ok(())
+    }
+
+    /// Puts a segment (less the `exclude`d fields) into the buffer of the peer of destination
+    /// `d` that takes it, or rejects it if its key cannot be computed.
+    fn place_one(&mut self, mut s: Segment, d: usize, exclude: &[String]) -> Result<(), RunError> {
+        for k in exclude {
+            s.remove(k);
+        }
+        let dest = &mut self.destinations[d];
+        let n_peers = dest.senders.len();
+        let peer = match &mut dest.spread {
+            Spread::RoundRobin(next) => {
+                *next = (*next + 1) % n_peers;
+                Ok(*next)
+            }
+            Spread::Key(k) => key_peer(k, &s, n_peers),
+            Spread::Fn(f) => match catch_unwind(AssertUnwindSafe(|| f(&s))) {
+                Ok(key) => Ok(jump_hash(key_hash(&key), n_peers)),
+                Err(p) => Err(format!("group_by_fn panicked: {}", panic_message(&p))),
+            },
+        };
+        match peer {
+            Ok(peer) => {
+                dest.buffers[peer].push(s);
+                Ok(())
+            }
+            Err(reason) => self.reject(Rejection::segment(&self.task, reason, s)),
+        }
     }
 
     /// The index of destination task `name`.
@@ -267,7 +279,8 @@ impl Router {
                 dest.sent_watermark[peer] = watermark;
                 let msg = Msg::Batch {
                     sender: self.sender,
-                    segments: std::mem::take(buffer),
+                    // The next batch likely fills about as much: spare the buffer's regrowth.
+                    segments: std::mem::replace(buffer, Vec::with_capacity(buffer.len())),
                     watermark,
                     acks: acks.share(),
                 };
@@ -642,11 +655,14 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         }
         _ => None,
     };
+    // The built-in identity gives each segment back unchanged and cannot fail: not calling it
+    // at all spares a copy of every segment (kept for the error path).
     let function = ctx
         .task
         .function
         .as_deref()
         .and_then(|f| ctx.registry.function(f))
+        .filter(|f| !ctx.registry.is_identity(f))
         .cloned();
     let mut stage = WindowStage::new(&ctx.job, &ctx.task, &ctx.registry, &ctx.syncs)
         .map_err(|e| ctx.plugin_error(e))?;
@@ -689,6 +705,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         .await?;
     }
     let mut inbox = Inbox::new(&ctx, rx);
+    let mut seen_here = SeenIds::default();
     if let Some(stage) = &mut stage {
         // Starts the timers' clocks.
         let step = stage.operator.on_timer(now_ms());
@@ -726,7 +743,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                     &ctx,
                     stage,
                     &grouping,
-                    slot.as_ref().zip(dedup_key.as_deref()),
+                    slot.as_ref()
+                        .zip(dedup_key.as_deref())
+                        .map(|(slot, field)| (slot, field, &mut seen_here)),
                     outputs,
                     watermark,
                     &mut router,
@@ -814,11 +833,12 @@ impl Grouping {
         }
     }
 
-    fn group(&self, s: &Segment) -> Result<Value, String> {
+    fn group<'s>(&self, s: &'s Segment) -> Result<Cow<'s, Value>, String> {
         match self {
-            Grouping::None => Ok(Value::Null),
-            Grouping::Key(k) => group_key(k, s),
+            Grouping::None => Ok(Cow::Owned(Value::Null)),
+            Grouping::Key(k) => group_key_ref(k, s),
             Grouping::Fn(f) => catch_unwind(AssertUnwindSafe(|| f(s)))
+                .map(Cow::Owned)
                 .map_err(|p| format!("group_by_fn panicked: {}", panic_message(&p))),
         }
     }
@@ -844,7 +864,7 @@ fn covered_inputs(acks: &[Arc<AckToken>]) -> Vec<(u32, u64)> {
 }
 
 /// Feeds a batch to the task's windows, then the watermark and the timer. With a dedup filter
-/// (`dedup`: the slot and the uniqueness field), segments already applied are skipped (they
+/// (`dedup`: the slot, the uniqueness field and room for the batch's ids), segments already applied are skipped (they
 /// still travel on). Returns the segments that go on downstream (a segment the windows reject
 /// goes to the error output instead), the batch's combined step, and the ids of the segments
 /// it applied. Nothing is delivered yet: the step must be committed first ([`settle`]).
@@ -852,7 +872,7 @@ fn window_batch(
     ctx: &PeerContext,
     stage: &mut WindowStage,
     grouping: &Grouping,
-    dedup: Option<(&SlotLog, &str)>,
+    mut dedup: Option<(&SlotLog, &str, &mut SeenIds)>,
     segments: Vec<Segment>,
     watermark: Option<i64>,
     router: &mut Router,
@@ -860,33 +880,39 @@ fn window_batch(
     let mut passed = Vec::with_capacity(segments.len());
     let mut batch = sardonyx_windowing::Step::default();
     let mut ids = Vec::new();
-    let mut seen_here = std::collections::HashSet::new();
+    if let Some((_, _, seen_here)) = dedup.as_mut() {
+        seen_here.clear();
+    }
     for s in segments {
         let mut id = None;
-        if let Some((slot, field)) = dedup {
-            let Some(v) = s.get(field).cloned() else {
+        if let Some((slot, field, seen_here)) = dedup.as_mut() {
+            let Some(v) = s.get(field) else {
                 let reason = format!("uniqueness_key field \"{field}\" is missing");
                 router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
                 continue;
             };
-            let key = crate::state::id_key(&v);
-            if seen_here.contains(&key) || slot.seen(&key)? {
+            crate::state::id_key_into(v, &mut seen_here.key);
+            if seen_here.contains(v) || slot.seen(&seen_here.key)? {
                 ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
                 passed.push(s);
                 continue;
             }
-            id = Some((v, key));
+            id = Some(v.clone());
         }
-        let step = match grouping.group(&s) {
-            Ok(g) => stage.operator.on_segment(&s, &g).map_err(|e| e.to_string()),
+        // On error `batch` is left as it was.
+        let applied = match grouping.group(&s) {
+            Ok(g) => stage
+                .operator
+                .on_segment_into(&s, &g, &mut batch)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        match step {
-            Ok(step) => {
-                batch.extend(step);
-                if let Some((v, key)) = id {
+        match applied {
+            Ok(()) => {
+                if let (Some(v), Some((_, _, seen_here))) = (id, dedup.as_mut()) {
+                    // `seen_here.key` is still this segment's id key.
+                    seen_here.insert(&v);
                     ids.push(v);
-                    seen_here.insert(key);
                 }
                 passed.push(s);
             }
@@ -900,6 +926,41 @@ fn window_batch(
         batch.extend(stage.operator.on_timer(now_ms()));
     }
     Ok((passed, batch, ids))
+}
+
+/// The uniqueness ids a batch has applied so far (kept between batches for their allocations),
+/// and the key of the id at hand.
+#[derive(Default)]
+struct SeenIds {
+    /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
+    ints: HashSet<i64>,
+    /// The keys ([`crate::state::id_key`]) of other ids.
+    keys: HashSet<Vec<u8>>,
+    /// The key of the id at hand.
+    key: Vec<u8>,
+}
+
+impl SeenIds {
+    fn clear(&mut self) {
+        self.ints.clear();
+        self.keys.clear();
+    }
+
+    /// True if the id `v`, whose key is in `self.key`, was applied earlier in the batch.
+    fn contains(&self, v: &Value) -> bool {
+        match v {
+            Value::Int(i) => self.ints.contains(i),
+            _ => self.keys.contains(&self.key),
+        }
+    }
+
+    /// Notes the id `v`, whose key is in `self.key`.
+    fn insert(&mut self, v: &Value) {
+        match v {
+            Value::Int(i) => self.ints.insert(*i),
+            _ => self.keys.insert(self.key.clone()),
+        };
+    }
 }
 
 /// Commits a step (with the ids it applied and the inputs it covers) to the slot's ledger, if
