@@ -207,9 +207,95 @@ struct GroupState {
     counters: Vec<u64>,
 }
 
+/// The groups of one window, indexed by group id. Ids are dense (freed ids are reused), so a
+/// vector finds a group without the cache misses of a search tree. Serialized as a map from
+/// id to state; equal when the same ids hold equal states.
+#[derive(Debug, Clone, Default)]
+struct GroupTable {
+    slots: Vec<Option<GroupState>>,
+}
+
+impl GroupTable {
+    fn get(&self, g: &u32) -> Option<&GroupState> {
+        self.slots.get(*g as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, g: &u32) -> Option<&mut GroupState> {
+        self.slots.get_mut(*g as usize).and_then(Option::as_mut)
+    }
+
+    fn get_or_insert_with(&mut self, g: u32, f: impl FnOnce() -> GroupState) -> &mut GroupState {
+        let i = g as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i].get_or_insert_with(f)
+    }
+
+    fn insert(&mut self, g: u32, gs: GroupState) {
+        *self.get_or_insert_with(g, || GroupState {
+            extents: BTreeMap::new(),
+            counters: Vec::new(),
+        }) = gs;
+    }
+
+    fn remove(&mut self, g: &u32) -> Option<GroupState> {
+        let gs = self.slots.get_mut(*g as usize)?.take();
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        gs
+    }
+
+    /// `(id, state)`, ascending by id.
+    fn iter(&self) -> impl Iterator<Item = (u32, &GroupState)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(g, gs)| Some((g as u32, gs.as_ref()?)))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.iter().map(|(g, _)| g)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &GroupState> {
+        self.iter().map(|(_, gs)| gs)
+    }
+}
+
+impl PartialEq for GroupTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Serialize for GroupTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // bincode needs the length up front.
+        let mut m = s.serialize_map(Some(self.iter().count()))?;
+        for (g, gs) in self.iter() {
+            m.serialize_entry(&g, gs)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<u32, GroupState>::deserialize(d)?;
+        let mut t = GroupTable::default();
+        for (g, gs) in map {
+            t.insert(g, gs);
+        }
+        Ok(t)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct WindowState {
-    groups: BTreeMap<u32, GroupState>,
+    groups: GroupTable,
     timers: Vec<Option<i64>>,
     late: u64,
 }
@@ -325,7 +411,7 @@ impl WindowOperator {
             windows: per_window
                 .iter()
                 .map(|ts| WindowState {
-                    groups: BTreeMap::new(),
+                    groups: GroupTable::default(),
                     timers: vec![None; ts.len()],
                     late: 0,
                 })
@@ -410,7 +496,7 @@ impl WindowOperator {
         let wm = self.state.watermark;
         for (w, ws) in self.state.windows.iter().enumerate() {
             let mut expected = BTreeSet::new();
-            for (&g, gs) in &ws.groups {
+            for (g, gs) in ws.groups.iter() {
                 for (&e, x) in &gs.extents {
                     if let Some(k) = self.due_key(w, e, x) {
                         if k <= wm {
@@ -471,8 +557,8 @@ impl WindowOperator {
                     ws.timers.len()
                 ));
             }
-            for (g, gs) in &ws.groups {
-                if !matches!(snapshot.groups.get(*g as usize), Some(Some(_))) {
+            for (g, gs) in ws.groups.iter() {
+                if !matches!(snapshot.groups.get(g as usize), Some(Some(_))) {
                     return bad(format!(
                         "window {:?}: unknown group id {g}",
                         self.windows[w].id
@@ -655,8 +741,7 @@ impl WindowOperator {
         let n = self.triggers[w].len();
         self.state.windows[w]
             .groups
-            .entry(g)
-            .or_insert_with(|| GroupState {
+            .get_or_insert_with(g, || GroupState {
                 extents: BTreeMap::new(),
                 counters: vec![0; n],
             })
@@ -672,8 +757,7 @@ impl WindowOperator {
         let n = self.triggers[w].len();
         let gs = self.state.windows[w]
             .groups
-            .entry(g)
-            .or_insert_with(|| GroupState {
+            .get_or_insert_with(g, || GroupState {
                 extents: BTreeMap::new(),
                 counters: vec![0; n],
             });
@@ -849,7 +933,7 @@ impl WindowOperator {
     fn rebuild_due(&mut self) {
         let mut due = vec![BTreeSet::new(); self.windows.len()];
         for (w, ws) in self.state.windows.iter().enumerate() {
-            for (&g, gs) in &ws.groups {
+            for (g, gs) in ws.groups.iter() {
                 for (&e, x) in &gs.extents {
                     if let Some(k) = self.due_key(w, e, x) {
                         due[w].insert((k, g, e));
@@ -909,7 +993,7 @@ impl WindowOperator {
 
     /// Group ids of window `w`, ordered by group value.
     fn sorted_groups(&self, w: usize) -> Vec<u32> {
-        let mut gs: Vec<u32> = self.state.windows[w].groups.keys().copied().collect();
+        let mut gs: Vec<u32> = self.state.windows[w].groups.keys().collect();
         gs.sort_by(|a, b| self.state.groups[*a as usize].cmp(&self.state.groups[*b as usize]));
         gs
     }
