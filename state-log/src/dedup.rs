@@ -47,7 +47,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use bloomfilter::Bloom;
-use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -435,6 +435,8 @@ pub struct DedupFilter {
     /// Oldest first; never empty.
     buckets: VecDeque<Bucket>,
     write_opts: WriteOptions,
+    /// The block cache the column families share (memory bounded as for the log's database).
+    cache: rocksdb::Cache,
 }
 
 impl std::fmt::Debug for DedupFilter {
@@ -456,9 +458,7 @@ impl DedupFilter {
         config.validate()?;
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
+        let (opts, cache) = crate::store::db_options()?;
         let existing = DB::list_cf(&opts, dir).unwrap_or_default();
         let mut seqs: Vec<u64> = existing
             .iter()
@@ -477,6 +477,7 @@ impl DedupFilter {
             config,
             buckets: VecDeque::new(),
             write_opts: WriteOptions::default(),
+            cache,
         };
         for (seq, name) in legacy {
             filter.convert_legacy(seq, &name)?;
@@ -502,7 +503,8 @@ impl DedupFilter {
         if self.db.cf_handle(&new).is_some() {
             self.db.drop_cf(&new)?;
         }
-        self.db.create_cf(&new, &Options::default())?;
+        self.db
+            .create_cf(&new, &crate::store::cf_options(&self.cache))?;
         let mut ids = Vec::new();
         {
             let handle = self.db.cf_handle(old).expect("opened above");
@@ -548,7 +550,8 @@ impl DedupFilter {
 
     fn start_bucket(&mut self, seq: u64) -> Result<()> {
         let b = Bucket::new(seq, 0, &self.config);
-        self.db.create_cf(&b.name, &Options::default())?;
+        self.db
+            .create_cf(&b.name, &crate::store::cf_options(&self.cache))?;
         self.buckets.push_back(b);
         Ok(())
     }
@@ -859,7 +862,7 @@ mod tests {
     fn converts_the_one_key_per_id_layout() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut opts = Options::default();
+            let mut opts = rocksdb::Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
             let names = [
@@ -886,7 +889,7 @@ mod tests {
         f.insert_batch((13..30).map(id)).unwrap();
         assert_eq!(f.buckets.back().unwrap().seq, 6);
         drop(f);
-        let names = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        let names = DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
         assert!(
             names.iter().all(|n| !n.starts_with(LEGACY_PREFIX)),
             "{names:?}"
