@@ -398,7 +398,7 @@ fn secs(s: Option<f64>) -> String {
 
 impl Recovery {
     /// The header of [`Recovery::markdown`]'s rows.
-    pub const HEADER: &'static str = "| query | N (read at kill) | compaction | compactions before kill | log on disk at kill MiB | recovery read: snapshot / records / MiB / ids | slot recovery ms (engine) | start → slot recovered s | start → processing again s | fresh start → first batch s | restart wall s (rest of input) | input resumed at | correct |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| query | N (at kill: read / logged) | compaction | compactions before kill | log on disk at kill MiB | recovery read: snapshot / records / MiB / ids | slot recovery ms (engine) | start → slot recovered s | start → processing again s | fresh start → first batch s | restart wall s (rest of input) | input resumed at | correct |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
     /// One markdown row; no figure for a wrong answer.
     pub fn markdown(&self) -> String {
@@ -407,8 +407,8 @@ impl Recovery {
             None => "off".into(),
         };
         let head = format!(
-            "| {} | {} ({}) | {compaction} |",
-            self.query, self.kill_at, self.read_at_kill
+            "| {} | {} ({} / {}) | {compaction} |",
+            self.query, self.kill_at, self.read_at_kill, self.logged_at_kill
         );
         match &self.verdict {
             Err(e) => format!("{head} – | – | – | – | – | – | – | – | – | NO: {e} |"),
