@@ -89,12 +89,14 @@ for q in q1 q2 q3 q4; do
     if [ "$q" = q4 ] && [ "$N" -gt 100000 ]; then
       # bytewax's sessions take ~23 s per 100k events: Q4 on the first 100k only (as the peers'
       # README does); the events column says so.
-      head -100000 "$DATA" > "$W/votes_100k_id.jsonl"
-      [ -d "$W/ref_100k_id" ] || "$W/target/release/reference" "$W/votes_100k_id.jsonl" "$W/ref_100k_id" >&2
-      python3 "$B/harness.py" --events 100000 --runs "$RUNS" --ref "$W/ref_100k_id" --results "$RESULTS" \
+      # The first 100k of *this* file (named by N: the 1M and 10M files start differently).
+      H100=$W/votes_${N}_first100k_id.jsonl; R100=$W/ref_${N}_first100k_id
+      head -100000 "$DATA" > "$H100"
+      [ -d "$R100" ] || "$W/target/release/reference" "$H100" "$R100" >&2
+      python3 "$B/harness.py" --events 100000 --runs "$RUNS" --ref "$R100" --results "$RESULTS" \
         --engine bytewax --version "$(ver bytewax bytewax)" --query q4 --out "$W/out_bw" \
         --note "first 100k events" -- \
-        "$W/venv-bytewax/bin/python" "$B/engines/bytewax_votes.py" q4 "$W/votes_100k_id.jsonl" "$W/out_bw" >&2
+        "$W/venv-bytewax/bin/python" "$B/engines/bytewax_votes.py" q4 "$H100" "$W/out_bw" >&2
     else
       H --engine bytewax --version "$(ver bytewax bytewax)" --query $q --out "$W/out_bw" -- \
         "$W/venv-bytewax/bin/python" "$B/engines/bytewax_votes.py" $q "$DATA" "$W/out_bw"
