@@ -512,6 +512,17 @@ fn progress_bar(
 // ---------------------------------------------------------------------------------------------
 // The orchestrator.
 
+/// Appends `value` as one JSON line to the results file at `path`.
+fn append_json_line(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{}", serde_json::to_string(value)?)?;
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -622,12 +633,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     wrong += 1;
                 }
                 if let Some(path) = &a.results {
-                    use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?;
-                    writeln!(f, "{}", serde_json::to_string(&row)?)?;
+                    append_json_line(path, &row)?;
                 }
                 table.push(row);
             }
@@ -731,12 +737,7 @@ fn recovery(a: RecoveryArgs) -> anyhow::Result<()> {
                     wrong += 1;
                 }
                 if let Some(path) = &a.results {
-                    use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?;
-                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                    append_json_line(path, &r)?;
                 }
                 rows.push(r);
             }
