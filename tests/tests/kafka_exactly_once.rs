@@ -219,3 +219,62 @@ fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
     assert_eq!(ledger_positions(&data.join("log")), per_partition);
     assert_eq!(group_offsets(&bootstrap), per_partition);
 }
+
+/// Sets the consumer group's committed offset of every partition to `offset`.
+fn set_group_offsets(bootstrap: &str, offset: i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", GROUP)
+        .create()
+        .expect("a consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p as i32, Offset::Offset(offset))
+            .unwrap();
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("committing the group's offsets");
+}
+
+/// A run killed after its ledger commit but before the source commit leaves the group's offsets
+/// behind the ledger; when nothing is left to read, no later batch would commit them again. The
+/// next run brings the group up to its resume point at start, and counts nothing twice.
+#[test]
+fn a_lagging_group_offset_is_brought_up_to_the_resume_point() {
+    const N: u64 = 3_000;
+    let cluster = MockCluster::new(1).expect("a mock Kafka cluster");
+    cluster
+        .create_topic(TOPIC, PARTITIONS as i32, 1)
+        .expect("creating the topic");
+    let bootstrap = cluster.bootstrap_servers();
+    let (expected, per_partition) = produce_votes(&bootstrap, N);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let job = kafka_job(dir, &bootstrap);
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    let args = ["run", &job, "--data", &data_s];
+
+    let (status, lines) = Proc::start(&args, dir).finish(Duration::from_secs(60));
+    assert!(status.success(), "first run failed:\n{}", lines.join("\n"));
+    assert_eq!(group_offsets(&bootstrap), per_partition);
+
+    // The lag a kill between the two commits leaves behind.
+    set_group_offsets(&bootstrap, 0);
+    assert_eq!(
+        group_offsets(&bootstrap),
+        (0..PARTITIONS).map(|p| (p, 0)).collect()
+    );
+
+    let (status, lines) = Proc::start(&args, dir).finish(Duration::from_secs(60));
+    let out = lines.join("\n");
+    assert!(status.success(), "second run failed:\n{out}");
+    assert!(
+        lines.iter().any(|l| l.contains(": read 0 records, wrote ")),
+        "the second run read something again:\n{out}"
+    );
+    assert_eq!(reported(dir)["totals"], expected, "per-candidate totals");
+    assert_eq!(group_offsets(&bootstrap), per_partition);
+}

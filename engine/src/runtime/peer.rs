@@ -354,6 +354,19 @@ pub(crate) async fn run_input(
             return Ok(());
         }
         InputReader::Records(mut source) => {
+            // The state log, not the source, is where the job resumes from; a run killed
+            // between its ledger commit and the source commit left the source behind, and a
+            // partition with nothing left to read would never be committed again: bring the
+            // source up to the resume point first.
+            if !resume.is_empty() {
+                let ps = resume.clone();
+                source = tokio::task::spawn_blocking(move || {
+                    commit_to_source(source.as_mut(), &ps);
+                    source
+                })
+                .await
+                .map_err(|e| RunError::Internal(e.to_string()))?;
+            }
             loop {
                 let to_commit = committed
                     .has_changed()
