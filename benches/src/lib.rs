@@ -406,7 +406,8 @@ pub fn progress_count(line: &str, key: &str) -> Option<u64> {
 
 /// What `sardonyx run` says it read to recover one windowed slot (its line
 /// `recovered LEDGER: snapshot at P|none, S records scanned, B bytes read, R batches replayed,
-/// F fenced, I ids, P firings synced again, M ms`, printed when the run ends).
+/// F fenced, I ids, dedup filter reused|rebuilt|off, P firings synced again, M ms`, printed when
+/// the run ends).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SlotRecoveryLine {
     /// The slot's ledger.
@@ -419,9 +420,11 @@ pub struct SlotRecoveryLine {
     pub bytes_read: u64,
     /// Batch records replayed.
     pub batches: u64,
-    /// Ids re-inserted into the dedup filter.
+    /// Ids inserted into the dedup filter.
     pub ids: u64,
-    /// The slot's own recovery time (ledger read, replay, dedup filter rebuilt), ms.
+    /// How the dedup filter was brought up to date: `reused`, `rebuilt` or `off`.
+    pub filter: String,
+    /// The slot's own recovery time (ledger read, replay, dedup filter brought up to date), ms.
     pub millis: u64,
 }
 
@@ -436,7 +439,12 @@ pub fn parse_recovered(line: &str) -> Option<SlotRecoveryLine> {
     };
     // The remaining parts are "<number> <what>".
     let mut n = BTreeMap::new();
+    let mut filter = String::new();
     for part in rest.split(", ") {
+        if let Some(how) = part.strip_prefix("dedup filter ") {
+            how.clone_into(&mut filter);
+            continue;
+        }
         let (v, what) = part.split_once(' ')?;
         n.insert(what, v.parse::<u64>().ok()?);
     }
@@ -447,6 +455,7 @@ pub fn parse_recovered(line: &str) -> Option<SlotRecoveryLine> {
         bytes_read: *n.get("bytes read")?,
         batches: *n.get("batches replayed")?,
         ids: *n.get("ids")?,
+        filter,
         millis: *n.get("ms")?,
     })
 }
@@ -528,11 +537,12 @@ mod tests {
         assert_eq!(progress_count(l, "logged"), Some(1000));
         assert_eq!(progress_count("read 3", "read"), None);
         let r = "recovered vote-bench-q2/g1/count/0: snapshot at 41, 3 records scanned, \
-                 123456 bytes read, 2 batches replayed, 0 fenced, 2000 ids, 12 firings synced \
-                 again, 87 ms";
+                 123456 bytes read, 2 batches replayed, 0 fenced, 2000 ids, dedup filter \
+                 reused, 12 firings synced again, 87 ms";
         let got = parse_recovered(r).unwrap();
         assert_eq!(got.ledger, "vote-bench-q2/g1/count/0");
         assert_eq!(got.snapshot, Some(41));
+        assert_eq!(got.filter, "reused");
         assert_eq!(
             (
                 got.records_scanned,

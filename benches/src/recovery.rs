@@ -398,7 +398,7 @@ fn secs(s: Option<f64>) -> String {
 
 impl Recovery {
     /// The header of [`Recovery::markdown`]'s rows.
-    pub const HEADER: &'static str = "| query | N (at kill: read / logged) | compaction | compactions before kill | log on disk at kill MiB | recovery read: snapshot / records / MiB / ids | slot recovery ms (engine) | start → slot recovered s | start → processing again s | fresh start → first batch s | restart wall s (rest of input) | input resumed at | correct |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| query | N (at kill: read / logged) | compaction | compactions before kill | log on disk at kill MiB | recovery read: snapshot / records / MiB / ids into the dedup filter | dedup filter | slot recovery ms (engine) | start → slot recovered s | start → processing again s | fresh start → first batch s | restart wall s (rest of input) | input resumed at | correct |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
     /// One markdown row; no figure for a wrong answer.
     pub fn markdown(&self) -> String {
@@ -411,7 +411,7 @@ impl Recovery {
             self.query, self.kill_at, self.read_at_kill, self.logged_at_kill
         );
         match &self.verdict {
-            Err(e) => format!("{head} – | – | – | – | – | – | – | – | – | NO: {e} |"),
+            Err(e) => format!("{head} – | – | – | – | – | – | – | – | – | – | NO: {e} |"),
             Ok(rows) => {
                 let s = &self.slots;
                 let snap = if s.iter().all(|r| r.snapshot.is_some()) {
@@ -423,8 +423,11 @@ impl Recovery {
                 };
                 let sum = |f: fn(&SlotRecoveryLine) -> u64| s.iter().map(f).sum::<u64>();
                 let ms = s.iter().map(|r| r.millis).max().unwrap_or(0);
+                let mut filters: Vec<&str> = s.iter().map(|r| r.filter.as_str()).collect();
+                filters.dedup();
+                let filter = filters.join(", ");
                 format!(
-                    "{head} {} | {} | {snap} / {} / {} / {} | {ms} | {} | {} | {} | {:.3} | {} | yes ({rows} rows) |",
+                    "{head} {} | {} | {snap} / {} / {} / {} | {filter} | {ms} | {} | {} | {} | {:.3} | {} | yes ({rows} rows) |",
                     self.compactions_before_kill,
                     mib(self.data_bytes_at_kill),
                     sum(|r| r.records_scanned),

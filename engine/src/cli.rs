@@ -330,7 +330,7 @@ fn print_state_report(report: &JobReport) {
     for r in &report.recoveries {
         println!(
             "recovered {}: snapshot {}, {} records scanned, {} bytes read, {} batches replayed, \
-             {} fenced, {} ids, {} firings synced again, {} ms",
+             {} fenced, {} ids, dedup filter {}, {} firings synced again, {} ms",
             r.ledger,
             r.snapshot_position
                 .map_or("none".to_owned(), |p| format!("at {p}")),
@@ -338,7 +338,12 @@ fn print_state_report(report: &JobReport) {
             r.bytes_read,
             r.batches,
             r.fenced,
-            r.ids,
+            r.filter.map_or(0, |f| f.ids),
+            match r.filter {
+                None => "off",
+                Some(f) if f.reused => "reused",
+                Some(_) => "rebuilt",
+            },
             r.pending_firings,
             r.millis
         );

@@ -39,6 +39,13 @@
 //! and re-inserts the ids of the snapshot and of the replayed ledger entries
 //! ([`DedupFilter::clear`], [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
 //!
+//! **Mark.** An insert may carry a **mark**, opaque bytes stored in the same RocksDB write as
+//! the ids (the engine stores the ledger position whose ids they are). [`DedupFilter::mark`]
+//! returns the mark of the last insert, so a process that opens the filter again knows which
+//! prefix of its ledger the filter already holds and replays only the rest instead of
+//! rebuilding. Any insert without a mark, [`DedupFilter::clear`] and [`DedupFilter::import`]
+//! remove the mark: the filter no longer corresponds to a ledger prefix.
+//!
 //! Directories written by earlier versions (one key per id in `bucket-…` column families) are
 //! converted to this layout by [`DedupFilter::open`].
 
@@ -104,6 +111,9 @@ impl DedupConfig {
 /// Ids per stored batch at most: a confirmation reads one stored batch and scans it for the id,
 /// so this bounds its cost (about 10 KB for 9-byte ids).
 const MAX_IDS_PER_BATCH: usize = 1024;
+
+/// Key of the mark in the default column family.
+const MARK_KEY: &[u8] = b"mark";
 
 /// Column families of buckets in the current layout: `batches-<seq>`.
 const BUCKET_PREFIX: &str = "batches-";
@@ -621,13 +631,27 @@ impl DedupFilter {
 
     /// Inserts ids into the newest bucket, rotating buckets as they fill: one RocksDB write
     /// (one stored batch per bucket touched, split every 1024 ids) per call,
-    /// plus one per rotation.
+    /// plus one per rotation. Removes the mark.
     pub fn insert_batch<I, T>(&mut self, ids: I) -> Result<()>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
+        self.insert_batch_marked(ids, None)
+    }
+
+    /// [`DedupFilter::insert_batch`], storing `mark` (or removing the mark, for `None`) in the
+    /// same RocksDB write as the last of the ids (a call with no ids only sets the mark).
+    pub fn insert_batch_marked<I, T>(&mut self, ids: I, mark: Option<&[u8]>) -> Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
         let mut pending = Pending::new();
+        if mark.is_none() {
+            // In the first write: no id of this call is ever stored under the old mark.
+            pending.writes.delete(MARK_KEY);
+        }
         for id in ids {
             if self.buckets.back().expect("non-empty").count >= self.config.bucket_size {
                 // Write what belongs to the full bucket before its column family may be dropped.
@@ -638,12 +662,25 @@ impl DedupFilter {
             let current = self.buckets.back_mut().expect("non-empty");
             pending.add(&self.db, current, id.as_ref())?;
         }
+        if let Some(m) = mark {
+            pending.writes.put(MARK_KEY, m);
+        }
         let current = self.buckets.back_mut().expect("non-empty");
         pending.write(&self.db, current, &self.write_opts)
     }
 
-    /// Forgets every id.
+    /// The mark stored by the last insert, if it had one (see the module docs).
+    pub fn mark(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(MARK_KEY)?)
+    }
+
+    /// Forgets every id (and the mark).
     pub fn clear(&mut self) -> Result<()> {
+        // The mark goes first and durably: a filter emptied only in part must never look like
+        // the ledger prefix the mark names.
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.delete_opt(MARK_KEY, &sync)?;
         let next = self.buckets.back().map_or(0, |b| b.seq + 1);
         while let Some(b) = self.buckets.pop_front() {
             self.db.drop_cf(&b.name)?;

@@ -126,3 +126,38 @@ fn export_import_round_trip_and_clear() {
     assert!(!b.contains(b"vote-9").unwrap());
     assert!(b.import(b"not an export").is_err());
 }
+
+/// The mark names what the last insert stored; it survives a reopen, and any unmarked change
+/// (insert, clear, import) removes it.
+#[test]
+fn the_mark_is_stored_with_the_ids_and_removed_by_unmarked_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = DedupFilter::open(dir.path(), cfg(4, 3)).unwrap();
+        assert_eq!(f.mark().unwrap(), None);
+        // Rotations within one call: the mark still ends up stored.
+        f.insert_batch_marked((0..10u32).map(|i| i.to_be_bytes()), Some(b"pos-7"))
+            .unwrap();
+        assert_eq!(f.mark().unwrap().as_deref(), Some(&b"pos-7"[..]));
+        // A call without ids only moves the mark.
+        f.insert_batch_marked(std::iter::empty::<&[u8]>(), Some(b"pos-8"))
+            .unwrap();
+    }
+    let mut f = DedupFilter::open(dir.path(), cfg(4, 3)).unwrap();
+    assert_eq!(f.mark().unwrap().as_deref(), Some(&b"pos-8"[..]));
+    assert!(f.contains(&9u32.to_be_bytes()).unwrap());
+    f.insert_batch([b"x"]).unwrap();
+    assert_eq!(
+        f.mark().unwrap(),
+        None,
+        "an unmarked insert removes the mark"
+    );
+    f.insert_batch_marked([b"y"], Some(b"pos-9")).unwrap();
+    let export = f.export().unwrap();
+    f.clear().unwrap();
+    assert_eq!(f.mark().unwrap(), None, "clear removes the mark");
+    f.insert_batch_marked([b"z"], Some(b"pos-10")).unwrap();
+    f.import(&export).unwrap();
+    assert_eq!(f.mark().unwrap(), None, "import removes the mark");
+    assert!(f.contains(b"y").unwrap() && !f.contains(b"z").unwrap());
+}

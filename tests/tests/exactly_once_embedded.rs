@@ -136,3 +136,62 @@ fn a_flipped_byte_in_the_ledger_is_reported_with_its_location() {
         "the error must name the ledger and position:\n{out}"
     );
 }
+
+/// Appends `n` of the first lines of `path` to it again: redeliveries of old votes.
+fn redeliver_first_lines(path: &Path, n: usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let again: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+    std::fs::write(path, text + &again).unwrap();
+}
+
+/// A restarted job keeps the dedup filter it finds on disk when the filter holds a prefix of the
+/// slot's ledger (inserting only what it lacks), and rebuilds it from the log when it is gone
+/// (as on another machine); either way redeliveries of old votes are skipped.
+#[test]
+fn a_restart_keeps_the_dedup_filter_on_disk_or_rebuilds_it_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 6_000, 0);
+    let job = vote_job(dir, &input).display().to_string();
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    let run = |expect_filter: &str| {
+        let (status, lines) =
+            Proc::start(&run_args(&job, &data_s, &[]), dir).finish(Duration::from_secs(120));
+        let out = lines.join("\n");
+        assert!(status.success(), "{out}");
+        let recovered: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("recovered "))
+            .collect();
+        assert_eq!(recovered.len(), 3, "one recovery per windowed slot:\n{out}");
+        for l in recovered {
+            assert!(
+                l.contains(expect_filter),
+                "expected {expect_filter:?}:\n{out}"
+            );
+        }
+        out
+    };
+    run("dedup filter rebuilt, ");
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+
+    // The filter on disk holds every batch: kept, nothing inserted; the redeliveries skipped.
+    redeliver_first_lines(&input, 500);
+    let out = run(" 0 ids, dedup filter reused, ");
+    assert!(out.contains("read 500 records"), "{out}");
+    assert!(
+        out.contains("1000 duplicates skipped"),
+        "each redelivery reaches both windowed tasks:\n{out}"
+    );
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+
+    // The filters are lost: rebuilt from the log, and the redeliveries are still skipped.
+    std::fs::remove_dir_all(data.join("filters")).unwrap();
+    redeliver_first_lines(&input, 300);
+    let out = run("dedup filter rebuilt, ");
+    assert!(out.contains("read 300 records"), "{out}");
+    assert!(out.contains("600 duplicates skipped"), "{out}");
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+}

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::{Progress, RunError};
 use crate::job::Job;
-use crate::state::{self, GroupTable, SlotRecord, SlotSnapshot};
+use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord, SlotSnapshot};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -88,10 +88,63 @@ pub struct SlotRecovery {
     pub fenced: u64,
     /// Firings of the last batch synced again.
     pub pending_firings: u64,
-    /// Ids re-inserted into the dedup filter.
-    pub ids: u64,
+    /// How the dedup filter was brought up to date (`None` without deduplication).
+    pub filter: Option<FilterOpened>,
     /// Wall time of the recovery, in milliseconds.
     pub millis: u64,
+}
+
+/// How a slot's dedup filter was brought up to date with its recovered ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterOpened {
+    /// The filter found on disk held a prefix of the ledger and was kept (else it was rebuilt
+    /// from the snapshot's export and the replayed batches).
+    pub reused: bool,
+    /// Ids inserted (those of the batches the filter did not hold yet, or all of them).
+    pub ids: u64,
+}
+
+/// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
+/// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch,
+/// else clears it and imports the snapshot's `export`; then inserts the ids of the replayed
+/// batches it lacks, marked with the last of them.
+fn open_filter(
+    dir: &std::path::Path,
+    config: DedupConfig,
+    ledger: &str,
+    export: Option<Vec<u8>>,
+    batch_ids: &[(u64, state::Ids)],
+    entries: &[(u64, Vec<u8>)],
+) -> Result<(DedupFilter, FilterOpened), sardonyx_state_log::Error> {
+    let mut f = DedupFilter::open(dir, config)?;
+    let mark = f.mark()?.and_then(|m| FilterMark::decode(&m));
+    let plan = state::filter_plan(ledger, mark.as_ref(), batch_ids, entries);
+    let from = match plan {
+        FilterPlan::Reuse { from } => from,
+        FilterPlan::Rebuild => {
+            f.clear()?;
+            if let Some(e) = export.filter(|e| !e.is_empty()) {
+                f.import(&e)?;
+            }
+            0
+        }
+    };
+    let rest = &batch_ids[from..];
+    if let Some((pos, _)) = rest.last() {
+        let i = entries
+            .binary_search_by_key(pos, |(p, _)| *p)
+            .expect("every replayed batch is an entry read");
+        let mark = FilterMark::of_entry(ledger, *pos, &entries[i].1).encode();
+        f.insert_batch_marked(
+            rest.iter().flat_map(|(_, ids)| ids.iter_keys()),
+            Some(&mark),
+        )?;
+    }
+    let opened = FilterOpened {
+        reused: matches!(plan, FilterPlan::Reuse { .. }),
+        ids: rest.iter().map(|(_, ids)| ids.len() as u64).sum(),
+    };
+    Ok((f, opened))
 }
 
 fn state_error(e: impl std::fmt::Display) -> RunError {
@@ -297,11 +350,13 @@ impl SlotLog {
             .append(&ledger, RequestId::new(client, 0), owner)
             .await
             .map_err(state_error)?;
-        let read = store.read(&ledger, 0).await.map_err(state_error)?;
+        let mut read = store.read(&ledger, 0).await.map_err(state_error)?;
         let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)
+        let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)
             .map_err(state_error)?;
+        let snapshot_position = read.snapshot.take().map(|(p, _)| p);
+        let mut filter_opened = None;
         let filter = if dedup {
             let dir = js
                 .options
@@ -309,33 +364,30 @@ impl SlotLog {
                 .join("filters")
                 .join(ledger.replace(['/', '\\', ':'], "_"));
             let config = js.options.dedup;
-            let export = recovered.filter_export.clone();
-            let ids = recovered.ids.clone();
-            let filter = tokio::task::spawn_blocking(move || {
-                let mut f = DedupFilter::open(&dir, config)?;
-                f.clear()?;
-                if let Some(e) = export.filter(|e| !e.is_empty()) {
-                    f.import(&e)?;
-                }
-                f.insert_batch(ids)?;
-                Ok::<_, sardonyx_state_log::Error>(f)
+            let export = recovered.filter_export.take();
+            let batch_ids = std::mem::take(&mut recovered.batch_ids);
+            let entries = std::mem::take(&mut read.entries);
+            let name = ledger.clone();
+            let (filter, opened) = tokio::task::spawn_blocking(move || {
+                open_filter(&dir, config, &name, export, &batch_ids, &entries)
             })
             .await
             .map_err(|e| RunError::Internal(e.to_string()))?
             .map_err(|e| state_error(format!("dedup filter of {ledger}: {e}")))?;
+            filter_opened = Some(opened);
             Some(filter)
         } else {
             None
         };
         let report = SlotRecovery {
             ledger: ledger.clone(),
-            snapshot_position: read.snapshot.as_ref().map(|(p, _)| *p),
+            snapshot_position,
             records_scanned: read.stats.records_scanned,
             bytes_read: read.stats.bytes_read,
             batches: recovered.batches,
             fenced: recovered.fenced,
             pending_firings: recovered.pending.len() as u64,
-            ids: recovered.ids.len() as u64,
+            filter: filter_opened,
             millis: started.elapsed().as_millis() as u64,
         };
         tracing::info!(?report, "windowed slot recovered");
@@ -379,6 +431,7 @@ impl SlotLog {
         self.groups.observe(&record.transitions);
         let bytes = state::encode_batch_record(record);
         let len = bytes.len() as u64;
+        let crc = self.filter.is_some().then(|| crc32fast::hash(&bytes));
         let pos = self
             .js
             .options
@@ -394,8 +447,13 @@ impl SlotLog {
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);
         p.logged_segments
             .fetch_add(record.ids.len() as u64, Ordering::Relaxed);
-        if let Some(f) = &mut self.filter {
-            f.insert_batch(record.ids.iter_keys())
+        if let (Some(f), Some(crc)) = (&mut self.filter, crc) {
+            let mark = FilterMark {
+                ledger: self.ledger.clone(),
+                position: pos,
+                crc,
+            };
+            f.insert_batch_marked(record.ids.iter_keys(), Some(&mark.encode()))
                 .map_err(state_error)?;
         }
         Ok(())

@@ -26,7 +26,7 @@ use crate::job::{ErrorsTarget, Job, TaskKind, ValidationError};
 use crate::registry::Registry;
 use crate::segment::Segment;
 
-pub use durable::{SlotRecovery, StateOptions};
+pub use durable::{FilterOpened, SlotRecovery, StateOptions};
 pub use errors::Rejection;
 
 /// How to run a job.

@@ -354,8 +354,9 @@ pub fn firing_of(
 pub struct Recovered {
     /// The snapshot's dedup filter export, if a snapshot was read.
     pub filter_export: Option<Vec<u8>>,
-    /// Ids of the replayed batch records, to insert into the filter (after the export).
-    pub ids: Vec<Vec<u8>>,
+    /// `(position, ids)` of every replayed (not fenced) batch record, in ledger order: what the
+    /// dedup filter must hold after the export.
+    pub batch_ids: Vec<(u64, Ids)>,
     /// The firings of the last batch record (possibly never synced), event `recovered`.
     pub pending: Vec<Firing>,
     /// The greatest owner epoch seen.
@@ -422,7 +423,6 @@ pub fn recover(
             continue;
         }
         out.batches += 1;
-        out.ids.extend(b.ids.keys());
         let last = Some(i) == last_batch;
         for t in &b.transitions {
             if last {
@@ -436,8 +436,95 @@ pub fn recover(
                 .map_err(|e| corrupt(pos, format!("transition {t:?}: {e}")))?;
             groups.observe(std::iter::once(t));
         }
+        out.batch_ids.push((pos, b.ids));
     }
     Ok(out)
+}
+
+impl Recovered {
+    /// Ids of the replayed batch records.
+    pub fn id_count(&self) -> usize {
+        self.batch_ids.iter().map(|(_, ids)| ids.len()).sum()
+    }
+}
+
+/// What a slot's dedup filter holds, stored with its ids as the filter's mark
+/// (`DedupFilter::insert_batch_marked`): the ids of every batch record of `ledger` up to
+/// `position` (within the horizon), the entry at `position` having checksum `crc` (CRC-32 of
+/// its bytes). The checksum tells a ledger recreated under the same name from the one the
+/// filter was built for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterMark {
+    /// The slot's ledger.
+    pub ledger: String,
+    /// The position of the last batch record whose ids the filter holds.
+    pub position: u64,
+    /// CRC-32 of that entry's bytes.
+    pub crc: u32,
+}
+
+impl FilterMark {
+    /// The mark of the batch record `bytes` committed at `position` of `ledger`.
+    pub fn of_entry(ledger: &str, position: u64, bytes: &[u8]) -> Self {
+        FilterMark {
+            ledger: ledger.to_owned(),
+            position,
+            crc: crc32fast::hash(bytes),
+        }
+    }
+
+    /// The mark's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, config()).expect("encoding into memory cannot fail")
+    }
+
+    /// A mark from its bytes; `None` for anything else (an unknown mark is no mark).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        match bincode::serde::decode_from_slice(bytes, config()) {
+            Ok((m, n)) if n == bytes.len() => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// How to bring a slot's dedup filter up to date after [`recover`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterPlan {
+    /// The filter already holds the ids of `recovered.batch_ids[..from]` (and of everything the
+    /// snapshot covers): insert the rest.
+    Reuse {
+        /// Index of the first batch of `batch_ids` to insert.
+        from: usize,
+    },
+    /// Clear it, import the snapshot's export and insert the ids of every replayed batch.
+    Rebuild,
+}
+
+/// Decides whether the filter found on disk, whose mark is `mark`, can be kept (`batch_ids` and
+/// `entries` as [`recover`] replayed and read them): only if the mark
+/// names this ledger and a replayed (not fenced) batch record of the tail `entries` with the
+/// same checksum. A mark inside the compacted prefix, past the ledger's end, on a fenced batch
+/// (written by a stale owner after the slot was taken over) or on a different ledger of the
+/// same name means the filter may hold what the state does not: rebuild.
+pub fn filter_plan(
+    ledger: &str,
+    mark: Option<&FilterMark>,
+    batch_ids: &[(u64, Ids)],
+    entries: &[(u64, Vec<u8>)],
+) -> FilterPlan {
+    let Some(mark) = mark.filter(|m| m.ledger == ledger) else {
+        return FilterPlan::Rebuild;
+    };
+    let Ok(i) = batch_ids.binary_search_by_key(&mark.position, |(p, _)| *p) else {
+        return FilterPlan::Rebuild;
+    };
+    let Ok(e) = entries.binary_search_by_key(&mark.position, |(p, _)| *p) else {
+        return FilterPlan::Rebuild;
+    };
+    if crc32fast::hash(&entries[e].1) != mark.crc {
+        return FilterPlan::Rebuild;
+    }
+    FilterPlan::Reuse { from: i + 1 }
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ proptest! {
         let mut groups = GroupTable::default();
         let all = recover("l", &mut op, &mut groups, None, &entries).unwrap();
         prop_assert_eq!(op.snapshot(), live.clone());
-        prop_assert_eq!(all.ids.len(), batches.iter().map(Vec::len).sum::<usize>());
+        prop_assert_eq!(all.id_count(), batches.iter().map(Vec::len).sum::<usize>());
 
         let cut = cut.min(entries.len());
         let mut op1 = operator();
@@ -98,7 +98,7 @@ proptest! {
         let covered = cut.checked_sub(1).map_or(0, |c| c as u64);
         let rest = recover("l", &mut op2, &mut g2, Some((covered, &snap)), &entries[cut..]).unwrap();
         prop_assert_eq!(op2.snapshot(), live);
-        prop_assert_eq!(first.ids.len() + rest.ids.len(), all.ids.len());
+        prop_assert_eq!(first.id_count() + rest.id_count(), all.id_count());
         prop_assert_eq!(g2, groups);
     }
 
@@ -302,4 +302,90 @@ fn a_batch_record_encodes_by_reference_as_by_value() {
         assert_eq!(by_ref, encode_record(&SlotRecord::Batch(record.clone())));
         assert_eq!(decode_record(&by_ref), Ok(SlotRecord::Batch(record)));
     }
+}
+
+/// The filter found on disk is kept only when its mark names a replayed batch of this ledger's
+/// tail with the same bytes; then only the batches after it are inserted.
+#[test]
+fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
+    let (mut entries, _) = run(&[vec![(1, 1, 0)], vec![(2, 1, 0)], vec![(3, 1, 0)]]);
+    let recovered = |entries: &[(u64, Vec<u8>)]| {
+        let mut op = operator();
+        let mut groups = GroupTable::default();
+        recover("l", &mut op, &mut groups, None, entries).unwrap()
+    };
+    let r = recovered(&entries);
+    assert_eq!(
+        r.batch_ids.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let mark = |ledger: &str, i: usize| {
+        let (pos, bytes) = &run(&[vec![(1, 1, 0)], vec![(2, 1, 0)], vec![(3, 1, 0)]]).0[i];
+        FilterMark::of_entry(ledger, *pos, bytes)
+    };
+    let plan = |m: Option<FilterMark>, r: &Recovered, es: &[(u64, Vec<u8>)]| {
+        filter_plan("l", m.as_ref(), &r.batch_ids, es)
+    };
+    assert_eq!(plan(None, &r, &entries), FilterPlan::Rebuild);
+    assert_eq!(
+        plan(Some(mark("l", 2)), &r, &entries),
+        FilterPlan::Reuse { from: 2 }
+    );
+    assert_eq!(
+        plan(Some(mark("l", 3)), &r, &entries),
+        FilterPlan::Reuse { from: 3 }
+    );
+    // Another ledger's mark; the same position with other bytes (a ledger recreated under the
+    // same name); the owner record; a position past the end.
+    assert_eq!(plan(Some(mark("m", 2)), &r, &entries), FilterPlan::Rebuild);
+    let mut other = mark("l", 2);
+    other.crc ^= 1;
+    assert_eq!(plan(Some(other), &r, &entries), FilterPlan::Rebuild);
+    assert_eq!(plan(Some(mark("l", 0)), &r, &entries), FilterPlan::Rebuild);
+    let mut past = mark("l", 3);
+    past.position = 9;
+    assert_eq!(plan(Some(past), &r, &entries), FilterPlan::Rebuild);
+    // Compacted away: the tail starts after the mark.
+    let tail = &entries[3..];
+    let r_tail = {
+        let (mut op, mut groups) = (operator(), GroupTable::default());
+        let first = recover("l", &mut op, &mut groups, None, &entries[..3]).unwrap();
+        let snap = snapshot_at(&op, &groups, first.epoch);
+        let (mut op, mut groups) = (operator(), GroupTable::default());
+        recover("l", &mut op, &mut groups, Some((2, &snap)), tail).unwrap()
+    };
+    assert_eq!(plan(Some(mark("l", 2)), &r_tail, tail), FilterPlan::Rebuild);
+    assert_eq!(
+        plan(Some(mark("l", 3)), &r_tail, tail),
+        FilterPlan::Reuse { from: 1 }
+    );
+
+    // A stale owner's batch, fenced: its ids may be in its filter, its state is not.
+    let n = entries.len() as u64;
+    entries.push((n, encode_record(&SlotRecord::Owner { epoch: 2 })));
+    let stale = BatchRecord {
+        epoch: 1,
+        ids: Ids::from_values(&[Value::Int(99)]),
+        transitions: Vec::new(),
+        inputs: vec![],
+    };
+    entries.push((n + 1, encode_record(&SlotRecord::Batch(stale))));
+    let r = recovered(&entries);
+    assert_eq!(r.fenced, 1);
+    let fenced = FilterMark::of_entry("l", n + 1, &entries[(n + 1) as usize].1);
+    assert_eq!(plan(Some(fenced), &r, &entries), FilterPlan::Rebuild);
+    assert_eq!(
+        plan(Some(mark("l", 3)), &r, &entries),
+        FilterPlan::Reuse { from: 3 }
+    );
+}
+
+#[test]
+fn a_filter_mark_round_trips_and_garbage_is_no_mark() {
+    let m = FilterMark::of_entry("job/g0/count/0", 42, b"entry");
+    assert_eq!(FilterMark::decode(&m.encode()), Some(m.clone()));
+    assert_eq!(FilterMark::decode(b"\xff\xff"), None);
+    let mut long = m.encode();
+    long.push(0);
+    assert_eq!(FilterMark::decode(&long), None);
 }
