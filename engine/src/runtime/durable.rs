@@ -36,7 +36,8 @@ use sardonyx_windowing::WindowOperator;
 pub struct StateOptions {
     /// The state log (an embedded log or a client of a log cluster).
     pub store: Arc<dyn Ledgers>,
-    /// A local directory for the dedup filters (derived state, rebuilt from the log on start).
+    /// A local directory for the dedup filters (derived state: kept across restarts while it
+    /// matches the log, rebuilt from it otherwise).
     pub dir: PathBuf,
     /// Start the job over instead of resuming it.
     pub fresh: bool,
