@@ -55,10 +55,7 @@ use std::path::Path;
 
 use bloomfilter::Bloom;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
-use crate::codec;
 use crate::error::{Error, Result};
 
 /// Shape of a [`DedupFilter`].
@@ -432,11 +429,9 @@ impl Pending {
     }
 }
 
-/// The exported contents of a filter: its buckets' ids, oldest bucket first.
-#[derive(Serialize, Deserialize)]
-struct Export {
-    buckets: Vec<Vec<ByteBuf>>,
-}
+/// The first bytes of a [`DedupFilter::export`] (version 2: stored batches concatenated; the
+/// version 1 export, a bincode list of ids, is no longer read).
+pub const EXPORT_MAGIC: &[u8] = b"sardonyx-dedup-export-2\0";
 
 /// A local, persistent set of recently seen ids in rotating buckets (see the module docs).
 pub struct DedupFilter {
@@ -710,49 +705,73 @@ impl DedupFilter {
     }
 
     /// Serializes every stored id with its bucket boundaries (for a ledger snapshot): each
-    /// bucket's ids in insertion order.
+    /// bucket's ids in insertion order. The format is [`EXPORT_MAGIC`], then per bucket (oldest
+    /// first) its byte length (u64, little-endian) and its stored batches concatenated (each id
+    /// a LEB128 length and the bytes): one buffer about the size of the ids, built without an
+    /// allocation per id.
     pub fn export(&self) -> Result<Vec<u8>> {
-        let mut buckets = Vec::with_capacity(self.buckets.len());
+        let mut out = Vec::with_capacity(EXPORT_MAGIC.len() + 11 * self.len() as usize);
+        out.extend_from_slice(EXPORT_MAGIC);
         for b in &self.buckets {
             let handle = self
                 .db
                 .cf_handle(&b.name)
                 .expect("bucket column family exists");
-            let mut ids = Vec::with_capacity(b.count as usize);
+            let at = out.len();
+            out.extend_from_slice(&[0; 8]);
             for kv in self.db.iterator_cf(handle, IteratorMode::Start) {
-                let (k, v) = kv?;
-                let n = batch_number(&b.name, &k)?;
-                for id in (BlobIds { blob: &v }) {
-                    let id = id.map_err(|()| corrupt(&b.name, n as u64))?;
-                    ids.push(ByteBuf::from(id.to_vec()));
-                }
+                let (_, v) = kv?;
+                out.extend_from_slice(&v);
             }
-            buckets.push(ids);
+            let len = (out.len() - at - 8) as u64;
+            out[at..at + 8].copy_from_slice(&len.to_le_bytes());
         }
-        codec::encode(&Export { buckets })
+        Ok(out)
     }
 
     /// Replaces the contents with an [`DedupFilter::export`], keeping its bucket boundaries (the
     /// oldest buckets are dropped if the export has more than `num_buckets`).
     pub fn import(&mut self, bytes: &[u8]) -> Result<()> {
-        let export: Export = codec::decode(bytes).map_err(|detail| Error::Corrupt {
+        let bad = |detail: &str| Error::Corrupt {
             ledger: String::from("<dedup filter export>"),
             position: 0,
-            detail,
-        })?;
+            detail: detail.to_owned(),
+        };
+        let mut rest = bytes
+            .strip_prefix(EXPORT_MAGIC)
+            .ok_or_else(|| bad("not a dedup filter export"))?;
+        // Check the whole export before changing anything.
+        let mut buckets = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| bad("truncated bucket length"))?;
+            let len = usize::try_from(u64::from_le_bytes(*len))
+                .ok()
+                .filter(|l| *l <= tail.len())
+                .ok_or_else(|| bad("bucket longer than the export"))?;
+            let (blob, tail) = tail.split_at(len);
+            let mut count = 0u64;
+            for id in (BlobIds { blob }) {
+                id.map_err(|()| bad("an id does not decode"))?;
+                count += 1;
+            }
+            buckets.push((blob, count));
+            rest = tail;
+        }
         self.clear()?;
-        for (i, ids) in export.buckets.into_iter().enumerate() {
+        for (i, (blob, count)) in buckets.into_iter().enumerate() {
             if i > 0 {
                 self.rotate()?;
             }
             let current = self.buckets.back_mut().expect("non-empty");
-            if ids.len() as u64 > self.config.bucket_size {
+            if count > self.config.bucket_size {
                 // A bucket from a filter with larger buckets: size its bloom filter to fit.
-                *current = Bucket::new(current.seq, ids.len() as u64, &self.config);
+                *current = Bucket::new(current.seq, count, &self.config);
             }
             let mut pending = Pending::new();
-            for id in &ids {
-                pending.add(&self.db, current, id.as_slice())?;
+            for id in (BlobIds { blob }) {
+                pending.add(&self.db, current, id.expect("checked above"))?;
             }
             pending.write(&self.db, current, &self.write_opts)?;
         }

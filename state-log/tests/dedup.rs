@@ -125,6 +125,13 @@ fn export_import_round_trip_and_clear() {
     assert!(b.is_empty());
     assert!(!b.contains(b"vote-9").unwrap());
     assert!(b.import(b"not an export").is_err());
+    // A damaged export is refused before anything changes.
+    b.insert_batch(["kept"]).unwrap();
+    for cut in [1, 5, 9] {
+        let err = b.import(&bytes[..bytes.len() - cut]).unwrap_err();
+        assert!(err.to_string().contains("dedup filter export"), "{err}");
+    }
+    assert!(b.contains(b"kept").unwrap());
 }
 
 /// The mark names what the last insert stored; it survives a reopen, and any unmarked change

@@ -106,20 +106,22 @@ pub struct FilterOpened {
 }
 
 /// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
-/// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch,
-/// else clears it and imports the snapshot's `export`; then inserts the ids of the replayed
+/// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch
+/// or the snapshot, else clears it and imports the snapshot's `export`; then inserts the ids of
+/// the replayed
 /// batches it lacks, marked with the last of them.
 fn open_filter(
     dir: &std::path::Path,
     config: DedupConfig,
     ledger: &str,
     export: Option<Vec<u8>>,
+    snapshot: Option<(u64, &[u8])>,
     batch_ids: &[(u64, state::Ids)],
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(DedupFilter, FilterOpened), sardonyx_state_log::Error> {
     let mut f = DedupFilter::open(dir, config)?;
     let mark = f.mark()?.and_then(|m| FilterMark::decode(&m));
-    let plan = state::filter_plan(ledger, mark.as_ref(), batch_ids, entries);
+    let plan = state::filter_plan(ledger, mark.as_ref(), snapshot, batch_ids, entries);
     let from = match plan {
         FilterPlan::Reuse { from } => from,
         FilterPlan::Rebuild => {
@@ -356,7 +358,8 @@ impl SlotLog {
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
         let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)
             .map_err(state_error)?;
-        let snapshot_position = read.snapshot.take().map(|(p, _)| p);
+        let snapshot = read.snapshot.take();
+        let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
         let filter = if dedup {
             let dir = js
@@ -370,7 +373,8 @@ impl SlotLog {
             let entries = std::mem::take(&mut read.entries);
             let name = ledger.clone();
             let (filter, opened) = tokio::task::spawn_blocking(move || {
-                open_filter(&dir, config, &name, export, &batch_ids, &entries)
+                let snapshot = snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+                open_filter(&dir, config, &name, export, snapshot, &batch_ids, &entries)
             })
             .await
             .map_err(|e| RunError::Internal(e.to_string()))?
@@ -491,13 +495,21 @@ impl SlotLog {
             filter,
         };
         let bytes = state::encode_snapshot(&snap);
+        drop(snap);
         let len = bytes.len();
+        let mark = FilterMark::of_entry(&self.ledger, pos, &bytes);
         self.js
             .options
             .store
             .snapshot(&self.ledger, pos, bytes)
             .await
             .map_err(state_error)?;
+        if let Some(f) = &mut self.filter {
+            // The filter holds what the snapshot covers: name the snapshot, so that a restart
+            // before the next batch still keeps the filter.
+            f.insert_batch_marked(std::iter::empty::<&[u8]>(), Some(&mark.encode()))
+                .map_err(state_error)?;
+        }
         tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
         self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
         self.bytes_since_snapshot = 0;

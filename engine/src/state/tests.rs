@@ -324,7 +324,7 @@ fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
         FilterMark::of_entry(ledger, *pos, bytes)
     };
     let plan = |m: Option<FilterMark>, r: &Recovered, es: &[(u64, Vec<u8>)]| {
-        filter_plan("l", m.as_ref(), &r.batch_ids, es)
+        filter_plan("l", m.as_ref(), None, &r.batch_ids, es)
     };
     assert_eq!(plan(None, &r, &entries), FilterPlan::Rebuild);
     assert_eq!(
@@ -359,6 +359,21 @@ fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
         plan(Some(mark("l", 3)), &r_tail, tail),
         FilterPlan::Reuse { from: 1 }
     );
+    // The mark of the snapshot itself (set once the compaction is written), and of another.
+    let snap = {
+        let (mut op, mut groups) = (operator(), GroupTable::default());
+        let first = recover("l", &mut op, &mut groups, None, &entries[..3]).unwrap();
+        snapshot_at(&op, &groups, first.epoch)
+    };
+    let of_snapshot = FilterMark::of_entry("l", 2, &snap);
+    let with_snapshot =
+        |m: &FilterMark, s: &[u8]| filter_plan("l", Some(m), Some((2, s)), &r_tail.batch_ids, tail);
+    assert_eq!(
+        with_snapshot(&of_snapshot, &snap),
+        FilterPlan::Reuse { from: 0 }
+    );
+    assert_eq!(with_snapshot(&of_snapshot, b"another"), FilterPlan::Rebuild);
+    assert_eq!(with_snapshot(&mark("l", 2), &snap), FilterPlan::Rebuild);
 
     // A stale owner's batch, fenced: its ids may be in its filter, its state is not.
     let n = entries.len() as u64;
