@@ -396,32 +396,39 @@ pub fn recover(
         out.filter_export = Some(snap.filter);
         out.last_position = Some(pos);
     }
-    // Decode everything first: the last batch that survives fencing is replayed step by step.
-    let mut decoded = Vec::with_capacity(entries.len());
+    // First the kind and epoch of every entry (fencing, and which batch is the last one kept);
+    // then each kept batch is decoded and applied in turn, so only one is in memory at a time.
+    let mut keep = Vec::with_capacity(entries.len());
     let mut epoch = out.epoch;
     for (pos, bytes) in entries {
         out.entry_bytes += bytes.len() as u64;
-        let r = decode_record(bytes).map_err(|d| corrupt(*pos, d))?;
-        let keep = match &r {
-            SlotRecord::Owner { epoch: e } => {
-                epoch = epoch.max(*e);
+        let kept = match record_head(bytes).map_err(|d| corrupt(*pos, d))? {
+            RecordHead::Owner { epoch: e } => {
+                epoch = epoch.max(e);
                 false
             }
-            SlotRecord::Batch(b) => b.epoch >= epoch,
+            RecordHead::Batch { epoch: e } if e >= epoch => true,
+            RecordHead::Batch { .. } => {
+                out.fenced += 1;
+                false
+            }
         };
-        if !keep && matches!(r, SlotRecord::Batch(_)) {
-            out.fenced += 1;
-        }
-        decoded.push((*pos, keep, r));
+        keep.push(kept);
         out.last_position = Some(*pos);
     }
     out.epoch = epoch;
-    let last_batch = decoded.iter().rposition(|(_, keep, _)| *keep);
-    for (i, (pos, keep, r)) in decoded.into_iter().enumerate() {
-        let SlotRecord::Batch(b) = r else { continue };
-        if !keep {
+    let last_batch = keep.iter().rposition(|k| *k);
+    for (i, (pos, bytes)) in entries.iter().enumerate() {
+        if !keep[i] {
             continue;
         }
+        let pos = *pos;
+        let SlotRecord::Batch(b) = decode_record(bytes).map_err(|d| corrupt(pos, d))? else {
+            return Err(corrupt(
+                pos,
+                "an owner record where its head said batch".into(),
+            ));
+        };
         out.batches += 1;
         let last = Some(i) == last_batch;
         for t in &b.transitions {
@@ -439,6 +446,24 @@ pub fn recover(
         out.batch_ids.push((pos, b.ids));
     }
     Ok(out)
+}
+
+/// The kind and epoch of a ledger entry, from its first bytes (bincode writes the variant, then
+/// the first field, which is the epoch for both kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordHead {
+    Owner { epoch: u64 },
+    Batch { epoch: u64 },
+}
+
+fn record_head(bytes: &[u8]) -> Result<RecordHead, String> {
+    let ((variant, epoch), _): ((u32, u64), usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    match variant {
+        0 => Ok(RecordHead::Owner { epoch }),
+        1 => Ok(RecordHead::Batch { epoch }),
+        v => Err(format!("unknown record kind {v}")),
+    }
 }
 
 impl Recovered {

@@ -404,3 +404,26 @@ fn a_filter_mark_round_trips_and_garbage_is_no_mark() {
     long.push(0);
     assert_eq!(FilterMark::decode(&long), None);
 }
+
+/// The head read for fencing agrees with the full decoding, for both kinds of record.
+#[test]
+fn a_record_head_is_its_kind_and_epoch() {
+    let owner = encode_record(&SlotRecord::Owner { epoch: 300 });
+    assert_eq!(record_head(&owner), Ok(RecordHead::Owner { epoch: 300 }));
+    let batch = BatchRecord {
+        epoch: 1 << 40,
+        ids: Ids::from_values(&[Value::Int(7)]),
+        transitions: Vec::new(),
+        inputs: vec![(0, 9)],
+    };
+    let bytes = encode_batch_record(&batch);
+    assert_eq!(
+        record_head(&bytes),
+        Ok(RecordHead::Batch { epoch: 1 << 40 })
+    );
+    assert_eq!(decode_record(&bytes), Ok(SlotRecord::Batch(batch)));
+    assert!(record_head(&[2, 0])
+        .unwrap_err()
+        .contains("unknown record kind 2"));
+    assert!(record_head(&[]).is_err());
+}
