@@ -166,19 +166,49 @@ fn group_offsets(bootstrap: &str) -> BTreeMap<u32, u64> {
         .collect()
 }
 
+/// A mock cluster with `n` votes in the topic, and a scratch folder with the job file.
+struct Setup {
+    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    expected: BTreeMap<String, i64>,
+    per_partition: BTreeMap<u32, u64>,
+    tmp: tempfile::TempDir,
+    job: String,
+}
+
+impl Setup {
+    fn new(brokers: i32, n: u64) -> Setup {
+        let cluster = MockCluster::new(brokers).expect("a mock Kafka cluster");
+        cluster
+            .create_topic(TOPIC, PARTITIONS as i32, 1)
+            .expect("creating the topic");
+        let bootstrap = cluster.bootstrap_servers();
+        let (expected, per_partition) = produce_votes(&bootstrap, n);
+        let tmp = tempfile::tempdir().unwrap();
+        let job = kafka_job(tmp.path(), &bootstrap);
+        Setup {
+            _cluster: cluster,
+            bootstrap,
+            expected,
+            per_partition,
+            tmp,
+            job,
+        }
+    }
+}
+
 #[test]
 fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
     const N: u64 = 20_000;
-    let cluster = MockCluster::new(3).expect("a mock Kafka cluster");
-    cluster
-        .create_topic(TOPIC, PARTITIONS as i32, 1)
-        .expect("creating the topic");
-    let bootstrap = cluster.bootstrap_servers();
-    let (expected, per_partition) = produce_votes(&bootstrap, N);
-
-    let tmp = tempfile::tempdir().unwrap();
+    let Setup {
+        _cluster,
+        bootstrap,
+        expected,
+        per_partition,
+        tmp,
+        job,
+    } = Setup::new(3, N);
     let dir = tmp.path();
-    let job = kafka_job(dir, &bootstrap);
     let data = dir.join("data");
     let data_s = data.display().to_string();
     let args = ["run", &job, "--data", &data_s, "--progress-ms", "20"];
@@ -242,17 +272,15 @@ fn set_group_offsets(bootstrap: &str, offset: i64) {
 /// next run brings the group up to its resume point at start, and counts nothing twice.
 #[test]
 fn a_lagging_group_offset_is_brought_up_to_the_resume_point() {
-    const N: u64 = 3_000;
-    let cluster = MockCluster::new(1).expect("a mock Kafka cluster");
-    cluster
-        .create_topic(TOPIC, PARTITIONS as i32, 1)
-        .expect("creating the topic");
-    let bootstrap = cluster.bootstrap_servers();
-    let (expected, per_partition) = produce_votes(&bootstrap, N);
-
-    let tmp = tempfile::tempdir().unwrap();
+    let Setup {
+        _cluster,
+        bootstrap,
+        expected,
+        per_partition,
+        tmp,
+        job,
+    } = Setup::new(1, 3_000);
     let dir = tmp.path();
-    let job = kafka_job(dir, &bootstrap);
     let data = dir.join("data");
     let data_s = data.display().to_string();
     let args = ["run", &job, "--data", &data_s];
