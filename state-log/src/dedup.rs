@@ -35,9 +35,10 @@
 //! locators are never stored: [`DedupFilter::open`] rebuilds them from the stored batches, so
 //! after any crash they agree with what RocksDB kept (and a lookup always confirms in RocksDB,
 //! so they could never make an answer wrong anyway). The filter is derived state: the engine
-//! stores its contents ([`DedupFilter::export`]) in ledger snapshots and, on recovery, clears it
-//! and re-inserts the ids of the snapshot and of the replayed ledger entries
-//! ([`DedupFilter::clear`], [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
+//! stores its contents ([`DedupFilter::export`]) in ledger snapshots and, on a recovery where
+//! the filter on disk does not match the ledger (see the mark below), clears it and re-inserts
+//! the ids of the snapshot and of the replayed ledger entries ([`DedupFilter::clear`],
+//! [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
 //!
 //! **Mark.** An insert may carry a **mark**, opaque bytes stored in the same RocksDB write as
 //! the ids (the engine stores the ledger position whose ids they are). [`DedupFilter::mark`]

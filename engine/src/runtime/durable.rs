@@ -108,8 +108,7 @@ pub struct FilterOpened {
 /// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
 /// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch
 /// or the snapshot, else clears it and imports the snapshot's `export`; then inserts the ids of
-/// the replayed
-/// batches it lacks, marked with the last of them.
+/// the replayed batches it lacks, marked with the last of them.
 fn open_filter(
     dir: &std::path::Path,
     config: DedupConfig,
