@@ -33,7 +33,8 @@ pub type ParamsCheck = Arc<dyn Fn(&Map) -> Vec<(String, String)> + Send + Sync>;
 pub trait SyncSink: Send {
     /// Handles one firing.
     fn sync(&mut self, firing: &Map) -> Result<(), String>;
-    /// Makes handled firings durable (called at the end of each batch and of the job).
+    /// Makes handled firings durable (called after each step's firings were handled: before
+    /// the slot logs anything more).
     fn flush(&mut self) -> Result<(), String> {
         Ok(())
     }

@@ -226,3 +226,168 @@ async fn kill_stops_the_job_with_the_error() {
     let err = result.unwrap_err();
     assert_eq!(err.to_string(), "task \"f\" killed the job: 3 is odd");
 }
+
+/// A state log that checks, at every append to the windowed slot's ledger, that every firing
+/// synced so far was flushed: a batch's firings must be durable before the slot's next record
+/// (recovery re-derives only the firings of the last record).
+struct FlushCheckedLog {
+    inner: Arc<dyn sardonyx_state_log::Ledgers>,
+    slot_ledger_suffix: &'static str,
+    unflushed: Arc<AtomicUsize>,
+    violations: Arc<Mutex<Vec<u64>>>,
+}
+
+impl sardonyx_state_log::Ledgers for FlushCheckedLog {
+    fn append<'a>(
+        &'a self,
+        ledger: &'a str,
+        request: sardonyx_state_log::RequestId,
+        record: Vec<u8>,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<u64>> {
+        if ledger.ends_with(self.slot_ledger_suffix) {
+            let n = self.unflushed.load(Ordering::SeqCst);
+            if n > 0 {
+                self.violations.lock().unwrap().push(n as u64);
+            }
+        }
+        self.inner.append(ledger, request, record)
+    }
+    fn read<'a>(
+        &'a self,
+        ledger: &'a str,
+        from: u64,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<sardonyx_state_log::LedgerRead>>
+    {
+        self.inner.read(ledger, from)
+    }
+    fn snapshot<'a>(
+        &'a self,
+        ledger: &'a str,
+        covers: u64,
+        bytes: Vec<u8>,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<()>> {
+        self.inner.snapshot(ledger, covers, bytes)
+    }
+    fn info<'a>(
+        &'a self,
+        ledger: &'a str,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<sardonyx_state_log::LedgerInfo>>
+    {
+        self.inner.info(ledger)
+    }
+}
+
+/// A sync that counts firings not yet flushed, and fails its `fail_at`-th firing (1-based; 0:
+/// never), as a crash right after a batch was committed.
+struct CountingSync {
+    unflushed: Arc<AtomicUsize>,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl sardonyx::registry::SyncSink for CountingSync {
+    fn sync(&mut self, _firing: &sardonyx::Map) -> Result<(), String> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err("the sync failed (a crash after the commit)".into());
+        }
+        self.unflushed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        self.unflushed.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The firings a restarted slot makes at once (the last batch's again, and `recovered` for what
+/// changed since it last fired) are flushed before the slot logs anything more; so are every
+/// batch's firings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
+    use sardonyx::job::{AggregationDef, Span, TriggerDef, WindowDef};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("votes.jsonl");
+    let text: String = (0..200)
+        .map(|i| format!("{{\"vote_id\":{i},\"candidate\":\"c{}\"}}\n", i % 3))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let job = JobBuilder::new()
+        .id("flush-order")
+        .edge("in", "count")
+        .edge("count", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/jsonl")
+                .param("path", input.display().to_string())
+                .batch_size(10),
+        )
+        .task(
+            TaskSpec::function("count", "sardonyx/identity")
+                .uniqueness_key("vote_id")
+                .batch_size(10),
+        )
+        .task(TaskSpec::output("out", "sardonyx/null"))
+        .window(WindowDef::global(
+            "totals",
+            "count",
+            AggregationDef::count(),
+        ))
+        .trigger(TriggerDef::segment("totals", "every-7", 7).sync("test/counting"))
+        // Its clock starts at every start: a record right after the restart's own firings.
+        .trigger(TriggerDef::timer("totals", "hourly", Span::seconds(3600)).sync("test/counting"))
+        .build();
+    let log = Arc::new(
+        sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
+            .await
+            .unwrap(),
+    );
+    let unflushed = Arc::new(AtomicUsize::new(0));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let run = |fail_at: usize| {
+        let mut registry = Registry::new();
+        let u = unflushed.clone();
+        registry.register_sync(
+            "test/counting",
+            sardonyx::registry::SyncPlugin {
+                check: Arc::new(|_| Vec::new()),
+                open: Arc::new(move |_| {
+                    Ok(Box::new(CountingSync {
+                        unflushed: u.clone(),
+                        calls: 0,
+                        fail_at,
+                    })
+                        as Box<dyn sardonyx::registry::SyncSink>)
+                }),
+            },
+        );
+        let store = Arc::new(FlushCheckedLog {
+            inner: log.clone(),
+            slot_ledger_suffix: "/count/0",
+            unflushed: unflushed.clone(),
+            violations: violations.clone(),
+        });
+        let options = RunOptions {
+            errors_path: dir.path().join("errors.jsonl"),
+            state: Some(sardonyx::runtime::StateOptions::new(
+                store,
+                dir.path().join("data"),
+            )),
+            ..RunOptions::default()
+        };
+        let job = job.clone();
+        async move { run_job(&job, &registry, options).await }
+    };
+    // Run 1 stops at its 3rd firing, after the batch that made it was committed.
+    let err = run(3).await.unwrap_err();
+    assert!(err.to_string().contains("the sync failed"), "{err}");
+    unflushed.store(0, Ordering::SeqCst);
+    // Run 2 recovers: it syncs the last batch's firings again and fires what changed since.
+    let report = run(0).await.unwrap();
+    assert_eq!(report.recoveries.len(), 1);
+    assert!(
+        report.recoveries[0].pending_firings > 0,
+        "{:?}",
+        report.recoveries
+    );
+    assert_eq!(*violations.lock().unwrap(), Vec::<u64>::new());
+}

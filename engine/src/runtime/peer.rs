@@ -704,7 +704,6 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             ..Default::default()
         };
         deliver(&ctx, stage, pending, &mut router)?;
-        stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
         let step = stage.operator.on_recovered();
         settle(
             &ctx,
@@ -789,11 +788,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             router.route(s)?;
         }
         router.flush(watermark, &acks).await;
-        if let Some(stage) = &stage {
-            stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
-            if let Some(slot) = &mut slot {
-                slot.maybe_compact(&stage.operator).await?;
-            }
+        if let (Some(stage), Some(slot)) = (&stage, &mut slot) {
+            // (The batch's firings were flushed when they were delivered.)
+            slot.maybe_compact(&stage.operator).await?;
         }
         acks.release();
         if len > 0 {
@@ -814,7 +811,6 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             &mut router,
         )
         .await?;
-        stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
         router.flush(inbox.watermark(), &HeldAcks::default()).await;
     }
     if let Some(mut s) = sink.take() {
@@ -1001,8 +997,11 @@ async fn settle(
     deliver(ctx, stage, step, router)
 }
 
-/// Syncs a step's firings, sends emitted firings downstream and late segments to their task
-/// or the error output.
+/// Syncs a step's firings and flushes the syncs, sends emitted firings downstream and late
+/// segments to their task or the error output. The flush comes before anything else is logged:
+/// recovery re-derives only the firings of a slot's last record, so the firings of every
+/// earlier record must already be durable (a step synced but not flushed when the next record
+/// is appended is lost to a crash).
 fn deliver(
     ctx: &PeerContext,
     stage: &WindowStage,
@@ -1012,13 +1011,17 @@ fn deliver(
     if step.firings.is_empty() && step.late.is_empty() {
         return Ok(());
     }
+    let fired = step.firings.len();
     ctx.progress
         .fired
-        .fetch_add(step.firings.len() as u64, Ordering::Relaxed);
+        .fetch_add(fired as u64, Ordering::Relaxed);
     let mut delivery = Delivery::default();
     stage
         .deliver(step, &mut delivery)
         .map_err(|e| ctx.plugin_error(e))?;
+    if fired > 0 {
+        stage.flush_syncs().map_err(|e| ctx.plugin_error(e))?;
+    }
     for s in delivery.emitted {
         router.route(s)?;
     }
