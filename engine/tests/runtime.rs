@@ -302,23 +302,19 @@ impl sardonyx::registry::SyncSink for CountingSync {
 
 /// The firings a restarted slot makes at once (the last batch's again, and `recovered` for what
 /// changed since it last fired) are flushed before the slot logs anything more; so are every
-/// batch's firings.
+/// batch's firings. The input is a channel (it does not resume), so the restarted run's first
+/// batch is new votes and is logged right after the restart's own firings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
-    use sardonyx::job::{AggregationDef, Span, TriggerDef, WindowDef};
+    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("votes.jsonl");
-    let text: String = (0..200)
-        .map(|i| format!("{{\"vote_id\":{i},\"candidate\":\"c{}\"}}\n", i % 3))
-        .collect();
-    std::fs::write(&input, text).unwrap();
     let job = JobBuilder::new()
         .id("flush-order")
         .edge("in", "count")
         .edge("count", "out")
         .task(
-            TaskSpec::input("in", "sardonyx/jsonl")
-                .param("path", input.display().to_string())
+            TaskSpec::input("in", "sardonyx/channel")
+                .param("channel", "in")
                 .batch_size(10),
         )
         .task(
@@ -327,14 +323,8 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
                 .batch_size(10),
         )
         .task(TaskSpec::output("out", "sardonyx/null"))
-        .window(WindowDef::global(
-            "totals",
-            "count",
-            AggregationDef::count(),
-        ))
+        .window(WindowDef::global("totals", "count", AggregationDef::count()))
         .trigger(TriggerDef::segment("totals", "every-7", 7).sync("test/counting"))
-        // Its clock starts at every start: a record right after the restart's own firings.
-        .trigger(TriggerDef::timer("totals", "hourly", Span::seconds(3600)).sync("test/counting"))
         .build();
     let log = Arc::new(
         sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
@@ -343,7 +333,7 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
     );
     let unflushed = Arc::new(AtomicUsize::new(0));
     let violations = Arc::new(Mutex::new(Vec::new()));
-    let run = |fail_at: usize| {
+    let run = |fail_at: usize, ids: std::ops::Range<i64>| {
         let mut registry = Registry::new();
         let u = unflushed.clone();
         registry.register_sync(
@@ -355,11 +345,11 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
                         unflushed: u.clone(),
                         calls: 0,
                         fail_at,
-                    })
-                        as Box<dyn sardonyx::registry::SyncSink>)
+                    }) as Box<dyn sardonyx::registry::SyncSink>)
                 }),
             },
         );
+        let tx = registry.input_channel("in", 16);
         let store = Arc::new(FlushCheckedLog {
             inner: log.clone(),
             slot_ledger_suffix: "/count/0",
@@ -375,19 +365,30 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
             ..RunOptions::default()
         };
         let job = job.clone();
-        async move { run_job(&job, &registry, options).await }
+        async move {
+            let feeder = tokio::spawn(async move {
+                for i in ids {
+                    let mut s = Segment::new();
+                    s.insert("vote_id", i);
+                    if tx.send(s).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = run_job(&job, &registry, options).await;
+            feeder.await.unwrap();
+            result
+        }
     };
-    // Run 1 stops at its 3rd firing, after the batch that made it was committed.
-    let err = run(3).await.unwrap_err();
+    // Run 1 stops at its 3rd firing (count 21), after the batch that made it (votes 21-30,
+    // firing at 21 and 28) was committed.
+    let err = run(3, 1..101).await.unwrap_err();
     assert!(err.to_string().contains("the sync failed"), "{err}");
     unflushed.store(0, Ordering::SeqCst);
-    // Run 2 recovers: it syncs the last batch's firings again and fires what changed since.
-    let report = run(0).await.unwrap();
+    // Run 2 recovers: it syncs the last batch's firings (21, 28) again, fires `recovered` for
+    // votes 29-30, then logs the batches of new votes.
+    let report = run(0, 1001..1031).await.unwrap();
     assert_eq!(report.recoveries.len(), 1);
-    assert!(
-        report.recoveries[0].pending_firings > 0,
-        "{:?}",
-        report.recoveries
-    );
+    assert_eq!(report.recoveries[0].pending_firings, 2);
     assert_eq!(*violations.lock().unwrap(), Vec::<u64>::new());
 }
