@@ -323,7 +323,11 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
                 .batch_size(10),
         )
         .task(TaskSpec::output("out", "sardonyx/null"))
-        .window(WindowDef::global("totals", "count", AggregationDef::count()))
+        .window(WindowDef::global(
+            "totals",
+            "count",
+            AggregationDef::count(),
+        ))
         .trigger(TriggerDef::segment("totals", "every-7", 7).sync("test/counting"))
         .build();
     let log = Arc::new(
@@ -345,7 +349,8 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
                         unflushed: u.clone(),
                         calls: 0,
                         fail_at,
-                    }) as Box<dyn sardonyx::registry::SyncSink>)
+                    })
+                        as Box<dyn sardonyx::registry::SyncSink>)
                 }),
             },
         );
