@@ -168,6 +168,7 @@ fn group_offsets(bootstrap: &str) -> BTreeMap<u32, u64> {
 
 /// A mock cluster with `n` votes in the topic, and a scratch folder with the job file.
 struct Setup {
+    /// Kept alive for the test's duration.
     _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     bootstrap: String,
     expected: BTreeMap<String, i64>,
@@ -200,15 +201,10 @@ impl Setup {
 #[test]
 fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
     const N: u64 = 20_000;
-    let Setup {
-        _cluster,
-        bootstrap,
-        expected,
-        per_partition,
-        tmp,
-        job,
-    } = Setup::new(3, N);
-    let dir = tmp.path();
+    let setup = Setup::new(3, N);
+    let (bootstrap, job) = (setup.bootstrap.clone(), setup.job.clone());
+    let (expected, per_partition) = (setup.expected.clone(), setup.per_partition.clone());
+    let dir = setup.tmp.path();
     let data = dir.join("data");
     let data_s = data.display().to_string();
     let args = ["run", &job, "--data", &data_s, "--progress-ms", "20"];
@@ -272,15 +268,10 @@ fn set_group_offsets(bootstrap: &str, offset: i64) {
 /// next run brings the group up to its resume point at start, and counts nothing twice.
 #[test]
 fn a_lagging_group_offset_is_brought_up_to_the_resume_point() {
-    let Setup {
-        _cluster,
-        bootstrap,
-        expected,
-        per_partition,
-        tmp,
-        job,
-    } = Setup::new(1, 3_000);
-    let dir = tmp.path();
+    let setup = Setup::new(1, 3_000);
+    let (bootstrap, job) = (setup.bootstrap.clone(), setup.job.clone());
+    let (expected, per_partition) = (setup.expected.clone(), setup.per_partition.clone());
+    let dir = setup.tmp.path();
     let data = dir.join("data");
     let data_s = data.display().to_string();
     let args = ["run", &job, "--data", &data_s];
