@@ -3,13 +3,14 @@
 //! Ids live in rotating **buckets**. Each bucket is a RocksDB column family (the truth) with two
 //! in-memory structures in front of it, both derived from it:
 //!
-//! - a **bloom filter** (the fast "no", about 1.2 bytes per id at 1 %, so the filters of all
+//! - a **bloom filter** (the fast "no"; split into 32-byte blocks so that probing it for an id
+//!   touches one cache line; about 1.5 bytes per id at 1 %, so the filters of all
 //!   buckets stay in the CPU caches);
 //! - a **locator**: 32 bits of the id's hash → the number of the stored batch that holds the
 //!   id (about 10–18 bytes per id), consulted only on a bloom "maybe".
 //!
-//! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); every bloom probe of
-//! every bucket (double hashing) and the locator key are derived from that one hash.
+//! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); the bloom block and bits of
+//! every bucket and the locator key are derived from that one hash.
 //!
 //! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the
 //! batch's number in the bucket, 8 bytes big-endian; value: its ids, each as a LEB128 length
@@ -73,7 +74,7 @@ pub struct DedupConfig {
 
 impl Default for DedupConfig {
     /// 10 buckets of 100 000 ids (horizon 900 000 – 1 000 000 ids), 1 % false positives
-    /// (about 120 KB of bloom filter per full bucket).
+    /// (about 150 KB of bloom filter per full bucket).
     fn default() -> Self {
         Self {
             bucket_size: 100_000,
@@ -133,9 +134,10 @@ fn parse_name(name: &str, prefix: &str) -> Option<u64> {
 /// The one hash of an id from which every bloom probe and the locator key are derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IdHash {
-    /// The id's 64-bit hash: the first bloom probe and the locator key.
+    /// The id's 64-bit hash: its high half picks the bloom block, its low half is the locator
+    /// key.
     h1: u64,
-    /// The step between bloom probes (odd, derived from `h1`).
+    /// A second 64 bits derived from `h1`: its high half picks the bits within the block.
     h2: u64,
 }
 
@@ -178,7 +180,7 @@ impl IdHash {
             h = fold_mul(h ^ u64::from_le_bytes(buf), K1);
         }
         let h1 = fmix64(h ^ K0);
-        let h2 = fmix64(h1 ^ K1) | 1;
+        let h2 = fmix64(h1 ^ K1);
         IdHash { h1, h2 }
     }
 
@@ -189,51 +191,75 @@ impl IdHash {
     }
 }
 
-/// A bloom filter probed with bits derived from one [`IdHash`] (double hashing:
-/// probe `i` is `h1 + i·h2`, mapped onto the bit array by a multiply-shift). Sized like the
-/// `bloomfilter` crate sizes its filters (the same bits per item and number of probes), but
-/// `bloomfilter::Bloom` hashes the item itself, twice with SipHash per filter and a `%` per
-/// probe; with several buckets that is several re-hashes of every id, which is what this avoids.
+/// One block of a [`BloomBits`]: 256 bits as eight 32-bit words, aligned so that a block is
+/// never split across two cache lines.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Block([u32; 8]);
+
+/// Odd multipliers that pick one bit in each word of a block from the same 32 hash bits.
+const BLOCK_SALTS: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+/// A split-block bloom filter probed with bits derived from one [`IdHash`]: an id picks one
+/// 256-bit block (multiply-shift of the hash's high 32 bits) and sets or tests one bit in each
+/// of the block's eight words (from 32 other hash bits). Every probe of an id touches one cache
+/// line, where a classic bloom filter touches one per bit (about seven at 1 %): with a lookup
+/// probing up to `num_buckets` filters, that is what a lookup costs. Blocks cost some accuracy
+/// (ids crowd unevenly into blocks), so the filter gets 25 % more bits than the `bloomfilter` crate
+/// gives a classic one of the same rate (0.6 % measured for a 1 % target); the test
+/// `bloom_false_positive_rate_is_near_the_target` measures the rate.
 struct BloomBits {
-    words: Vec<u64>,
-    bits: u64,
-    k: u32,
+    blocks: Vec<Block>,
 }
 
 impl BloomBits {
     fn new(items: usize, false_positive_rate: f64) -> BloomBits {
         let items = items.max(1);
-        let bytes = Bloom::<[u8]>::compute_bitmap_size(items, false_positive_rate);
-        let words = bytes.div_ceil(8).max(1);
-        let bits = (words as u64) * 64;
-        let k = ((bits as f64 / items as f64) * std::f64::consts::LN_2).round() as u32;
+        let classic = Bloom::<[u8]>::compute_bitmap_size(items, false_positive_rate);
+        let bytes = classic + classic / 4;
         BloomBits {
-            words: vec![0; words],
-            bits,
-            k: k.max(1),
+            blocks: vec![Block::default(); bytes.div_ceil(32).max(1)],
         }
     }
 
+    /// The block of `h` and the bit of each of its words.
     #[inline]
-    fn bit(&self, h: IdHash, i: u32) -> u64 {
-        let g = h.h1.wrapping_add(h.h2.wrapping_mul(i as u64));
-        (((g as u128) * (self.bits as u128)) >> 64) as u64
+    fn locate(&self, h: IdHash) -> (usize, [u32; 8]) {
+        let block = (((h.h1 >> 32) * self.blocks.len() as u64) >> 32) as usize;
+        let bits = (h.h2 >> 32) as u32;
+        (
+            block,
+            BLOCK_SALTS.map(|s| 1u32 << (bits.wrapping_mul(s) >> 27)),
+        )
     }
 
     #[inline]
     fn set(&mut self, h: IdHash) {
-        for i in 0..self.k {
-            let b = self.bit(h, i);
-            self.words[(b / 64) as usize] |= 1 << (b % 64);
+        let (i, mask) = self.locate(h);
+        let block = &mut self.blocks[i].0;
+        for w in 0..8 {
+            block[w] |= mask[w];
         }
     }
 
     #[inline]
     fn check(&self, h: IdHash) -> bool {
-        (0..self.k).all(|i| {
-            let b = self.bit(h, i);
-            self.words[(b / 64) as usize] & (1 << (b % 64)) != 0
-        })
+        let (i, mask) = self.locate(h);
+        let block = &self.blocks[i].0;
+        let mut missing = 0;
+        for w in 0..8 {
+            missing |= mask[w] & !block[w];
+        }
+        missing == 0
     }
 }
 
@@ -843,11 +869,10 @@ mod tests {
         assert_ne!(IdHash::of(b""), IdHash::of(b"\0"));
         assert_ne!(IdHash::of(b"ab"), IdHash::of(b"ab\0"));
         assert_ne!(IdHash::of(&[0; 8]), IdHash::of(&[0; 16]));
-        assert_eq!(a.h2 & 1, 1);
     }
 
     /// The bloom filters keep close to the configured false-positive rate on sequential ids
-    /// (the ids of the vote workload): the one hash and double hashing lose nothing visible.
+    /// (the ids of the vote workload): the one hash and the blocks lose nothing visible.
     #[test]
     fn bloom_false_positive_rate_is_near_the_target() {
         for fp in [0.01, 0.001] {
@@ -864,6 +889,7 @@ mod tests {
                 .filter(|i| bloom.check(IdHash::of(&id(*i))))
                 .count();
             let rate = hits as f64 / trials as f64;
+            eprintln!("false-positive rate {rate} for target {fp}");
             assert!(rate < fp * 1.3, "{rate} for target {fp}");
         }
     }
@@ -878,7 +904,7 @@ mod tests {
         f.insert_batch(&ids[..70]).unwrap();
         f.insert_batch(&ids[70..]).unwrap();
         for b in f.buckets.iter_mut() {
-            b.bloom.words.fill(u64::MAX);
+            b.bloom.blocks.fill(Block([u32::MAX; 8]));
         }
         for i in 0..240u64 {
             assert_eq!(f.contains(&id(i)).unwrap(), i % 2 == 0, "{i}");
