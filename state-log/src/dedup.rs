@@ -161,6 +161,22 @@ fn fmix64(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The 1–7 bytes after the last whole word as one word, read without a copy: two overlapping
+/// 4-byte reads for 4–7 bytes, three single bytes (first, middle, last) for 1–3. For a given
+/// length every byte lands in the word, so ids of the same length never share it (the length
+/// itself is mixed into the hash first).
+#[inline]
+fn tail_word(rest: &[u8]) -> u64 {
+    let n = rest.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+        let hi = u32::from_le_bytes(rest[n - 4..].try_into().expect("4 bytes"));
+        lo as u64 | (hi as u64) << 32
+    } else {
+        rest[0] as u64 | (rest[n / 2] as u64) << 8 | (rest[n - 1] as u64) << 16
+    }
+}
+
 impl IdHash {
     /// Hashes `id` once: 8 bytes at a time through a folded multiply, then a finalizer.
     /// Deterministic (a fixed key), though nothing relies on that across processes: bloom
@@ -175,9 +191,7 @@ impl IdHash {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            h = fold_mul(h ^ u64::from_le_bytes(buf), K1);
+            h = fold_mul(h ^ tail_word(rest), K1);
         }
         let h1 = fmix64(h ^ K0);
         let h2 = fmix64(h1 ^ K1);
@@ -869,6 +883,15 @@ mod tests {
         assert_ne!(IdHash::of(b""), IdHash::of(b"\0"));
         assert_ne!(IdHash::of(b"ab"), IdHash::of(b"ab\0"));
         assert_ne!(IdHash::of(&[0; 8]), IdHash::of(&[0; 16]));
+        // Every byte of every length of tail: flipping any one changes the hash.
+        for len in 1..=16usize {
+            let base: Vec<u8> = (0..len as u8).collect();
+            for i in 0..len {
+                let mut other = base.clone();
+                other[i] ^= 0x5a;
+                assert_ne!(IdHash::of(&base), IdHash::of(&other), "len {len} byte {i}");
+            }
+        }
     }
 
     /// The bloom filters keep close to the configured false-positive rate on sequential ids

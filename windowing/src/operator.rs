@@ -52,6 +52,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// Group key → group id.
+type GroupIds = HashMap<Value, u32, foldhash::quality::RandomState>;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{a_type, WindowError};
@@ -313,7 +316,8 @@ pub struct WindowOperator {
     windows: Vec<WindowSpec>,
     triggers: Vec<Vec<TriggerSpec>>,
     state: Snapshot,
-    group_ids: HashMap<Value, u32>,
+    /// Group key → group id (foldhash, seeded per process: this lookup is on every segment).
+    group_ids: GroupIds,
     free_groups: BTreeSet<u32>,
     /// Per window, the extents of non-global windows by the earliest watermark at which they
     /// need attention ([`WindowOperator::due_key`]): `(key, group, extent)`. Derived from the
@@ -422,7 +426,7 @@ impl WindowOperator {
             windows,
             triggers: per_window,
             state,
-            group_ids: HashMap::new(),
+            group_ids: GroupIds::default(),
             free_groups: BTreeSet::new(),
         })
     }
@@ -533,7 +537,7 @@ impl WindowOperator {
                 self.windows.len()
             ));
         }
-        let mut group_ids = HashMap::new();
+        let mut group_ids = GroupIds::default();
         let mut free_groups = BTreeSet::new();
         for (id, key) in snapshot.groups.iter().enumerate() {
             let id = id as u32;

@@ -942,9 +942,9 @@ fn window_batch(
 #[derive(Default)]
 struct SeenIds {
     /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
-    ints: HashSet<i64>,
+    ints: HashSet<i64, foldhash::fast::RandomState>,
     /// The keys ([`crate::state::id_key`]) of other ids.
-    keys: HashSet<Vec<u8>>,
+    keys: HashSet<Vec<u8>, foldhash::fast::RandomState>,
     /// The key of the id at hand.
     key: Vec<u8>,
 }
