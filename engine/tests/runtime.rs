@@ -237,6 +237,17 @@ struct FlushCheckedLog {
     violations: Arc<Mutex<Vec<u64>>>,
 }
 
+impl FlushCheckedLog {
+    fn check(&self, ledger: &str) {
+        if ledger.ends_with(self.slot_ledger_suffix) {
+            let n = self.unflushed.load(Ordering::SeqCst);
+            if n > 0 {
+                self.violations.lock().unwrap().push(n as u64);
+            }
+        }
+    }
+}
+
 impl sardonyx_state_log::Ledgers for FlushCheckedLog {
     fn append<'a>(
         &'a self,
@@ -244,13 +255,27 @@ impl sardonyx_state_log::Ledgers for FlushCheckedLog {
         request: sardonyx_state_log::RequestId,
         record: Vec<u8>,
     ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<u64>> {
-        if ledger.ends_with(self.slot_ledger_suffix) {
-            let n = self.unflushed.load(Ordering::SeqCst);
-            if n > 0 {
-                self.violations.lock().unwrap().push(n as u64);
-            }
-        }
+        self.check(ledger);
         self.inner.append(ledger, request, record)
+    }
+    fn append_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
+        request: sardonyx_state_log::RequestId,
+        record: Vec<u8>,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<u64>> {
+        self.check(ledger);
+        self.inner.append_fenced(ledger, fence, request, record)
+    }
+    fn snapshot_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
+        covers: u64,
+        bytes: Vec<u8>,
+    ) -> sardonyx_state_log::BoxFuture<'a, sardonyx_state_log::Result<()>> {
+        self.inner.snapshot_fenced(ledger, fence, covers, bytes)
     }
     fn read<'a>(
         &'a self,

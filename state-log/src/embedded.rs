@@ -77,11 +77,33 @@ impl EmbeddedLog {
 
     /// Appends one record (see [`Ledgers::append`]).
     pub async fn append(&self, ledger: &str, request: RequestId, record: Vec<u8>) -> Result<u64> {
+        self.append_with(ledger, None, request, record).await
+    }
+
+    /// Appends one record unless the ledger is fenced above `fence` (see
+    /// [`Ledgers::append_fenced`]).
+    pub async fn append_fenced(
+        &self,
+        ledger: &str,
+        fence: u64,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> Result<u64> {
+        self.append_with(ledger, Some(fence), request, record).await
+    }
+
+    async fn append_with(
+        &self,
+        ledger: &str,
+        fence: Option<u64>,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> Result<u64> {
         let sum = crc(&record);
         let record = ByteBuf::from(record);
         self.retry(|| {
             self.node
-                .append_checked(ledger.to_string(), request, record.clone(), sum)
+                .append_checked(ledger.to_string(), request, record.clone(), sum, fence)
         })
         .await
     }
@@ -93,11 +115,40 @@ impl EmbeddedLog {
 
     /// Stores a snapshot and compacts (see [`Ledgers::snapshot`]).
     pub async fn snapshot(&self, ledger: &str, covers_position: u64, bytes: Vec<u8>) -> Result<()> {
+        self.snapshot_with(ledger, None, covers_position, bytes)
+            .await
+    }
+
+    /// Stores a snapshot and compacts unless the ledger is fenced above `fence` (see
+    /// [`Ledgers::snapshot_fenced`]).
+    pub async fn snapshot_fenced(
+        &self,
+        ledger: &str,
+        fence: u64,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.snapshot_with(ledger, Some(fence), covers_position, bytes)
+            .await
+    }
+
+    async fn snapshot_with(
+        &self,
+        ledger: &str,
+        fence: Option<u64>,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
         let sum = crc(&bytes);
         let bytes = ByteBuf::from(bytes);
         self.retry(|| {
-            self.node
-                .snapshot_checked(ledger.to_string(), covers_position, bytes.clone(), sum)
+            self.node.snapshot_checked(
+                ledger.to_string(),
+                covers_position,
+                bytes.clone(),
+                sum,
+                fence,
+            )
         })
         .await
     }
@@ -160,6 +211,34 @@ impl Ledgers for EmbeddedLog {
         bytes: Vec<u8>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(EmbeddedLog::snapshot(self, ledger, covers_position, bytes))
+    }
+
+    fn append_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(EmbeddedLog::append_fenced(
+            self, ledger, fence, request, record,
+        ))
+    }
+
+    fn snapshot_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(EmbeddedLog::snapshot_fenced(
+            self,
+            ledger,
+            fence,
+            covers_position,
+            bytes,
+        ))
     }
 
     fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {

@@ -9,8 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Variants are split by what a caller should do about them: [`Error::is_retryable`] is true for
 /// [`Error::NotLeader`] and [`Error::Unavailable`] (retry, with the same `RequestId` for appends);
-/// every other variant is permanent for the request (corrupt data, bad arguments) or for the node
-/// ([`Error::Fatal`]).
+/// every other variant is permanent for the request (corrupt data, bad arguments, a write refused
+/// by a ledger's fence) or for the node ([`Error::Fatal`]).
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Error {
     /// Local I/O failed (RocksDB, files, sockets on the serving side).
@@ -50,6 +50,23 @@ pub enum Error {
     /// The node cannot continue (Raft core stopped, storage failed, protocol violation).
     #[error("fatal: {0}")]
     Fatal(String),
+
+    /// A fenced write ([`Ledgers::append_fenced`](crate::Ledgers::append_fenced),
+    /// [`Ledgers::snapshot_fenced`](crate::Ledgers::snapshot_fenced)) was refused because the
+    /// ledger's fence is higher: a newer owner has written to it. Not retryable: the writer is
+    /// stale and must stop writing to the ledger.
+    #[error(
+        "ledger {ledger:?} is fenced at epoch {current}: a write with epoch {fence} was refused \
+         (a newer owner took over)"
+    )]
+    Fenced {
+        /// The ledger.
+        ledger: String,
+        /// The fence of the refused write.
+        fence: u64,
+        /// The ledger's fence (the highest of every accepted fenced write).
+        current: u64,
+    },
 }
 
 impl Error {

@@ -21,6 +21,15 @@
 //! [`RequestId`]; the state machine remembers the position of each (the last
 //! [`REQUEST_ID_WINDOW`] per client), so a retry after a leader change is applied once.
 //!
+//! **Fencing.** Each ledger has a *fence* (a `u64`, initially 0). A writer that owns a ledger for
+//! an epoch writes with [`Ledgers::append_fenced`] and [`Ledgers::snapshot_fenced`]: the state
+//! machine applies such a write only if its fence is not below the ledger's, and then raises the
+//! ledger's fence to it, in the same atomic step; a write from an older epoch is refused with
+//! [`Error::Fenced`] and changes nothing. So once a new owner has written, a stale one (a
+//! "zombie" still running somewhere) can neither append to the ledger nor replace its prefix
+//! with a snapshot of its own. The fence is stored beside the ledger's metadata, survives
+//! restarts and is carried by Raft snapshots. Plain appends and snapshots ignore fences.
+//!
 //! The [`DedupFilter`] is a separate, local component: a peer's set of recently applied segment
 //! ids in rotating RocksDB buckets with bloom filters in front.
 //!
@@ -114,6 +123,33 @@ pub trait Ledgers: Send + Sync {
     fn snapshot<'a>(
         &'a self,
         ledger: &'a str,
+        covers_position: u64,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Like [`Ledgers::append`], as a write of an owner whose epoch is `fence`: refused with
+    /// [`Error::Fenced`] (nothing appended) if the ledger's fence is higher than `fence`, i.e. a
+    /// newer owner has written to it; otherwise appended, and the ledger's fence raised to
+    /// `fence`. The check and the append are one atomic step of the replicated state machine.
+    /// A ledger's fence starts at 0 and only fenced writes that are applied raise it; plain
+    /// [`Ledgers::append`] and [`Ledgers::snapshot`] ignore it. A repeated `request` id is still
+    /// answered with its original position, if the fence admits the repetition.
+    fn append_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
+        request: RequestId,
+        record: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Like [`Ledgers::snapshot`], fenced as [`Ledgers::append_fenced`]: refused with
+    /// [`Error::Fenced`] (nothing stored, nothing dropped) if the ledger's fence is higher than
+    /// `fence`; otherwise stored (or ignored as not newer), and the ledger's fence raised to
+    /// `fence`. A stale owner can thus never replace the prefix of a ledger a newer owner wrote.
+    fn snapshot_fenced<'a>(
+        &'a self,
+        ledger: &'a str,
+        fence: u64,
         covers_position: u64,
         bytes: Vec<u8>,
     ) -> BoxFuture<'a, Result<()>>;

@@ -52,6 +52,40 @@ pub(crate) enum Request {
         ledger: String,
     },
     Status,
+    /// `request` (an `Append` or a `Snapshot`) as a fenced write. Last, so the encoding of the
+    /// other requests is unchanged.
+    Fenced {
+        fence: u64,
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// `self`, as a fenced write if a `fence` is given.
+    pub(crate) fn fenced(self, fence: Option<u64>) -> Request {
+        match fence {
+            Some(fence) => Request::Fenced {
+                fence,
+                request: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
+    /// The request's name, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Request::AppendEntries(_) => "AppendEntries",
+            Request::Vote(_) => "Vote",
+            Request::InstallSnapshot(_) => "InstallSnapshot",
+            Request::Append { .. } => "Append",
+            Request::Snapshot { .. } => "Snapshot",
+            Request::Read { .. } => "Read",
+            Request::Info { .. } => "Info",
+            Request::Status => "Status",
+            Request::Fenced { .. } => "Fenced",
+        }
+    }
 }
 
 /// A response on the wire.

@@ -152,46 +152,46 @@ impl Node {
             .map_err(|_| Error::Unavailable("commit abandoned (node shutting down)".into()))?
     }
 
-    /// Appends a record whose checksum was computed by the remote caller.
+    /// Appends a record whose checksum was computed by the remote caller; with a `fence`, only
+    /// if the ledger's fence is not higher (else [`Error::Fenced`]), raising it to `fence`.
     pub(crate) async fn append_checked(
         &self,
         ledger: String,
         request: RequestId,
         record: ByteBuf,
         crc: u32,
+        fence: Option<u64>,
     ) -> Result<u64> {
-        match self
-            .submit(Command::Append {
-                ledger,
-                request,
-                record,
-                crc,
-            })
-            .await?
-        {
+        let cmd = Command::Append {
+            ledger,
+            request,
+            record,
+            crc,
+        };
+        match self.submit(cmd.fenced(fence)).await? {
             Outcome::Appended(p) => Ok(p),
             Outcome::Rejected(e) => Err(e),
             Outcome::Snapshotted => Err(Error::Fatal("append answered as snapshot".into())),
         }
     }
 
-    /// Stores a snapshot covering positions `<= covers` and compacts the ledger.
+    /// Stores a snapshot covering positions `<= covers` and compacts the ledger; with a
+    /// `fence`, only if the ledger's fence is not higher (else [`Error::Fenced`]), raising it.
     pub(crate) async fn snapshot_checked(
         &self,
         ledger: String,
         covers: u64,
         bytes: ByteBuf,
         crc: u32,
+        fence: Option<u64>,
     ) -> Result<()> {
-        match self
-            .submit(Command::Snapshot {
-                ledger,
-                covers,
-                bytes,
-                crc,
-            })
-            .await?
-        {
+        let cmd = Command::Snapshot {
+            ledger,
+            covers,
+            bytes,
+            crc,
+        };
+        match self.submit(cmd.fenced(fence)).await? {
             Outcome::Snapshotted => Ok(()),
             Outcome::Rejected(e) => Err(e),
             Outcome::Appended(_) => Err(Error::Fatal("snapshot answered as append".into())),

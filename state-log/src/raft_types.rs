@@ -48,6 +48,16 @@ pub enum Command {
         /// crc32 of `bytes`.
         crc: u32,
     },
+    /// Apply `command` only if `fence` is not below the fence of its ledger; once it is applied
+    /// (not rejected), raise the ledger's fence to `fence`. A write fenced below the ledger's
+    /// fence is rejected with [`Error::Fenced`] and changes nothing. (Appended last: Raft logs
+    /// written before it existed still decode.)
+    Fenced {
+        /// The writer's fence (the engine uses its run's epoch).
+        fence: u64,
+        /// The guarded command (an `Append` or a `Snapshot`).
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -56,6 +66,26 @@ impl Command {
         match self {
             Command::Append { record, ledger, .. } => record.len() + ledger.len() + 32,
             Command::Snapshot { bytes, ledger, .. } => bytes.len() + ledger.len() + 32,
+            Command::Fenced { command, .. } => command.size() + 8,
+        }
+    }
+
+    /// The ledger the command writes to.
+    pub(crate) fn ledger(&self) -> &str {
+        match self {
+            Command::Append { ledger, .. } | Command::Snapshot { ledger, .. } => ledger,
+            Command::Fenced { command, .. } => command.ledger(),
+        }
+    }
+
+    /// `self`, guarded by `fence` if one is given.
+    pub(crate) fn fenced(self, fence: Option<u64>) -> Command {
+        match fence {
+            Some(fence) => Command::Fenced {
+                fence,
+                command: Box::new(self),
+            },
+            None => self,
         }
     }
 }

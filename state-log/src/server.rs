@@ -172,13 +172,43 @@ impl Handler for Node {
                 request,
                 record,
                 crc,
-            } => Response::Appended(self.append_checked(ledger, request, record, crc).await),
+            } => Response::Appended(
+                self.append_checked(ledger, request, record, crc, None)
+                    .await,
+            ),
             Request::Snapshot {
                 ledger,
                 covers,
                 bytes,
                 crc,
-            } => Response::Snapshotted(self.snapshot_checked(ledger, covers, bytes, crc).await),
+            } => Response::Snapshotted(
+                self.snapshot_checked(ledger, covers, bytes, crc, None)
+                    .await,
+            ),
+            Request::Fenced { fence, request } => match *request {
+                Request::Append {
+                    ledger,
+                    request,
+                    record,
+                    crc,
+                } => Response::Appended(
+                    self.append_checked(ledger, request, record, crc, Some(fence))
+                        .await,
+                ),
+                Request::Snapshot {
+                    ledger,
+                    covers,
+                    bytes,
+                    crc,
+                } => Response::Snapshotted(
+                    self.snapshot_checked(ledger, covers, bytes, crc, Some(fence))
+                        .await,
+                ),
+                other => Response::Failed(Error::InvalidRequest(format!(
+                    "only appends and snapshots can be fenced, not {}",
+                    other.kind()
+                ))),
+            },
             Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
             Request::Info { ledger } => Response::Info(self.info(&ledger).await),
             Request::Status => {

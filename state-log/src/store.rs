@@ -42,7 +42,8 @@ pub(crate) const CF_LOGS: &str = "raft_logs";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 /// Ledger records: `u16 len ‖ ledger ‖ position BE` → `crc32 LE ‖ payload`.
 pub(crate) const CF_RECORDS: &str = "ledger_records";
-/// Ledger metadata: `ledger` → bincode [`LedgerMeta`].
+/// Ledger metadata: `ledger` → bincode [`LedgerMeta`]; and each fenced ledger's fence:
+/// `0xFF ‖ ledger` → fence (u64 BE) (see [`fence_key`]).
 pub(crate) const CF_LEDGERS: &str = "ledger_meta";
 /// Latest ledger snapshot: `ledger` → `crc32 LE ‖ covers BE ‖ payload`.
 pub(crate) const CF_SNAPSHOTS: &str = "ledger_snapshots";
@@ -386,6 +387,24 @@ struct LedgerMeta {
     entry_bytes: u64,
 }
 
+/// Key of a ledger's fence in [`CF_LEDGERS`]: `0xFF ‖ ledger name`. The byte 0xFF never occurs
+/// in UTF-8, so the key cannot be any ledger's [`LedgerMeta`] key; a row of its own leaves the
+/// encoding of `LedgerMeta` rows written before fences existed unchanged. Being a row of a data
+/// column family, it is carried by Raft snapshots like every other.
+fn fence_key(ledger: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + ledger.len());
+    k.push(0xFF);
+    k.extend_from_slice(ledger.as_bytes());
+    k
+}
+
+/// Decodes a stored fence value.
+fn decode_fence(v: &[u8]) -> std::result::Result<u64, String> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| format!("fence value of {} bytes", v.len()))
+}
+
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"raft_snapshot";
@@ -421,6 +440,8 @@ struct Overlay {
     records: HashMap<String, BTreeMap<u64, u64>>,
     /// Latest snapshot position per ledger set in this call.
     snapshots: HashMap<String, u64>,
+    /// Fences raised in this call.
+    fences: HashMap<String, u64>,
 }
 
 impl StateMachineStore {
@@ -450,6 +471,21 @@ impl StateMachineStore {
         }
     }
 
+    /// The ledger's fence (0 for a ledger never written with a fence).
+    fn fence_of(&self, ov: &Overlay, ledger: &str) -> StorageResult<u64> {
+        if let Some(f) = ov.fences.get(ledger) {
+            return Ok(*f);
+        }
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_LEDGERS), fence_key(ledger))
+            .map_err(sto_read)?
+        {
+            None => Ok(0),
+            Some(v) => decode_fence(&v).map_err(sto_read),
+        }
+    }
+
     fn snapshot_covers(&self, ov: &Overlay, ledger: &str) -> StorageResult<Option<u64>> {
         if let Some(c) = ov.snapshots.get(ledger) {
             return Ok(Some(*c));
@@ -473,6 +509,29 @@ impl StateMachineStore {
         batch: &mut WriteBatch,
     ) -> StorageResult<Outcome> {
         match cmd {
+            Command::Fenced { fence, command } => {
+                let ledger = command.ledger().to_owned();
+                let current = self.fence_of(ov, &ledger)?;
+                if fence < current {
+                    return Ok(Outcome::Rejected(Error::Fenced {
+                        ledger,
+                        fence,
+                        current,
+                    }));
+                }
+                let outcome = self.apply_command(*command, ov, batch)?;
+                // Raise the fence only for an accepted command (and never lower it, even if the
+                // command was itself a fenced one that raised it further).
+                if !matches!(outcome, Outcome::Rejected(_)) && fence > self.fence_of(ov, &ledger)? {
+                    batch.put_cf(
+                        cf(&self.db, CF_LEDGERS),
+                        fence_key(&ledger),
+                        fence.to_be_bytes(),
+                    );
+                    ov.fences.insert(ledger, fence);
+                }
+                Ok(outcome)
+            }
             Command::Append {
                 ledger,
                 request,
@@ -679,7 +738,16 @@ impl StateMachineStore {
                     })
                 }
             };
+        let fence = match snap.get_cf(cf(&self.db, CF_LEDGERS), fence_key(ledger))? {
+            None => 0,
+            Some(v) => decode_fence(&v).map_err(|detail| Error::Corrupt {
+                ledger: ledger.to_string(),
+                position: 0,
+                detail,
+            })?,
+        };
         Ok(LedgerInfo {
+            fence,
             next_position: meta.next_position,
             first_position: meta.first_position,
             entries: meta.next_position - meta.first_position,
@@ -896,5 +964,152 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data.into_vec())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_types::CommandBatch;
+    use crate::types::RequestId;
+
+    fn append(ledger: &str, seq: u64, record: &[u8]) -> Command {
+        Command::Append {
+            ledger: ledger.into(),
+            request: RequestId::new(9, seq),
+            record: ByteBuf::from(record.to_vec()),
+            crc: crc(record),
+        }
+    }
+
+    fn snapshot(ledger: &str, covers: u64, bytes: &[u8]) -> Command {
+        Command::Snapshot {
+            ledger: ledger.into(),
+            covers,
+            bytes: ByteBuf::from(bytes.to_vec()),
+            crc: crc(bytes),
+        }
+    }
+
+    fn fenced(fence: u64, command: Command) -> Command {
+        command.fenced(Some(fence))
+    }
+
+    /// Applies the commands as one Raft entry at `index` (one `apply` call).
+    async fn apply(sm: &mut StateMachineStore, index: u64, commands: Vec<Command>) -> Vec<Outcome> {
+        let entry = Entry::<TypeConfig> {
+            log_id: openraft::testing::log_id(1, 1, index),
+            payload: EntryPayload::Normal(CommandBatch { commands }),
+        };
+        let mut out = sm.apply([entry]).await.unwrap();
+        out.pop().unwrap().outcomes
+    }
+
+    fn fenced_error(ledger: &str, fence: u64, current: u64) -> Outcome {
+        Outcome::Rejected(Error::Fenced {
+            ledger: ledger.into(),
+            fence,
+            current,
+        })
+    }
+
+    #[test]
+    fn new_variants_come_last_so_old_encodings_still_decode() {
+        // bincode writes an enum's variant index first: Append 0, Snapshot 1 as before.
+        assert_eq!(encode(&append("l", 0, b"r")).unwrap()[0], 0);
+        assert_eq!(encode(&snapshot("l", 0, b"s")).unwrap()[0], 1);
+        assert_eq!(encode(&fenced(1, append("l", 0, b"r"))).unwrap()[0], 2);
+        let e = Error::Fenced {
+            ledger: "l".into(),
+            fence: 1,
+            current: 2,
+        };
+        assert_eq!(encode(&e).unwrap()[0], 6);
+        // A ledger's metadata row is what it was.
+        let meta = LedgerMeta {
+            next_position: 3,
+            first_position: 1,
+            entry_bytes: 7,
+        };
+        assert_eq!(encode(&meta).unwrap(), vec![3, 1, 7]);
+        // A fence key is never a ledger's key (0xFF is no UTF-8 byte).
+        assert_eq!(fence_key("ab"), vec![0xFF, b'a', b'b']);
+        assert!(std::str::from_utf8(&fence_key("ab")).is_err());
+    }
+
+    #[tokio::test]
+    async fn fences_hold_within_one_apply_and_travel_in_raft_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap());
+        // One apply call (one Raft entry): the overlay keeps the fence consistent within it.
+        let out = apply(
+            &mut sm,
+            1,
+            vec![
+                append("l", 0, b"plain"),
+                fenced(3, append("l", 1, b"owner-3")),
+                fenced(2, append("l", 2, b"stale")),
+                fenced(2, snapshot("l", 1, b"stale-state")),
+                fenced(3, append("l", 3, b"batch-3")),
+                // Rejected by the command itself (covers past the end): the fence stays at 3.
+                fenced(7, snapshot("l", 99, b"x")),
+                fenced(1, append("other", 4, b"o")),
+            ],
+        )
+        .await;
+        assert_eq!(out[0], Outcome::Appended(0));
+        assert_eq!(out[1], Outcome::Appended(1));
+        assert_eq!(out[2], fenced_error("l", 2, 3));
+        assert_eq!(out[3], fenced_error("l", 2, 3));
+        assert_eq!(out[4], Outcome::Appended(2));
+        assert!(
+            matches!(&out[5], Outcome::Rejected(Error::InvalidRequest(_))),
+            "{:?}",
+            out[5]
+        );
+        assert_eq!(out[6], Outcome::Appended(0));
+        let info = sm.ledger_info("l").unwrap();
+        assert_eq!((info.fence, info.next_position), (3, 3));
+        assert_eq!(sm.ledger_info("other").unwrap().fence, 1);
+        assert_eq!(sm.ledger_info("never").unwrap().fence, 0);
+        // The refused writes left nothing.
+        let read = sm.read_ledger("l", 0).unwrap();
+        assert_eq!(read.snapshot, None);
+        let records: Vec<&[u8]> = read.entries.iter().map(|(_, r)| r.as_slice()).collect();
+        assert_eq!(records, [&b"plain"[..], b"owner-3", b"batch-3"]);
+
+        // A Raft snapshot of this state machine, installed on a fresh one, carries the fences.
+        let snap = sm.build_snapshot().await.unwrap();
+        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap());
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.ledger_info("l").unwrap(), info);
+        assert_eq!(other.ledger_info("other").unwrap().fence, 1);
+        let out = apply(
+            &mut other,
+            2,
+            vec![
+                fenced(2, snapshot("l", 2, b"stale-state")),
+                fenced(4, snapshot("l", 2, b"state-4")),
+                fenced(3, append("l", 5, b"late-3")),
+                snapshot("l", 0, b"older, ignored"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            out,
+            [
+                fenced_error("l", 2, 3),
+                Outcome::Snapshotted,
+                fenced_error("l", 3, 4),
+                Outcome::Snapshotted,
+            ]
+        );
+        let read = other.read_ledger("l", 0).unwrap();
+        assert_eq!(read.snapshot, Some((2, b"state-4".to_vec())));
+        assert!(read.entries.is_empty());
+        assert_eq!(other.ledger_info("l").unwrap().fence, 4);
     }
 }

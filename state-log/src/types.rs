@@ -60,6 +60,8 @@ pub struct LedgerInfo {
     pub snapshot_position: Option<u64>,
     /// Payload bytes of the latest snapshot.
     pub snapshot_bytes: u64,
+    /// The ledger's fence: the highest fence of the fenced writes it accepted (0 if none).
+    pub fence: u64,
 }
 
 /// Raft role of a log server as seen by [`status`](crate::status).

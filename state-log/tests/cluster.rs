@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sardonyx_state_log::{
-    status, LogClient, LogServer, RequestId, Role, ServerConfig, ServerStatus, Tuning,
+    status, Error, LogClient, LogServer, RequestId, Role, ServerConfig, ServerStatus, Tuning,
 };
 
 fn tuning() -> Tuning {
@@ -144,6 +144,35 @@ async fn three_nodes_failover_catch_up_and_dedup() {
         .await
         .unwrap();
 
+    // Fencing through the cluster: refused below the ledger's fence (at once, not retried).
+    assert_eq!(
+        client
+            .append_fenced("slot-2", 2, RequestId::new(9, 0), b"owner-2".to_vec())
+            .await,
+        Ok(0)
+    );
+    let stale = Error::Fenced {
+        ledger: "slot-2".into(),
+        fence: 1,
+        current: 2,
+    };
+    assert_eq!(
+        client
+            .append_fenced("slot-2", 1, RequestId::new(9, 1), b"stale".to_vec())
+            .await,
+        Err(stale.clone())
+    );
+    assert_eq!(
+        client
+            .snapshot_fenced("slot-2", 1, 0, b"stale".to_vec())
+            .await,
+        Err(stale.clone())
+    );
+    client
+        .snapshot_fenced("slot-2", 2, 0, b"state-2".to_vec())
+        .await
+        .unwrap();
+
     // Restart the old leader on its data directory and address; it catches up.
     let restarted = LogServer::start(config(leader, &dirs, &cluster))
         .await
@@ -187,6 +216,18 @@ async fn three_nodes_failover_catch_up_and_dedup() {
     let read = client.read("slot-1", 0).await.unwrap();
     assert_eq!(read.entries.len(), 11);
     assert_eq!(read.snapshot, Some((9, b"state@9".to_vec())));
+    // The fence holds on the new leader too (replicated, or carried by a Raft snapshot).
+    assert_eq!(client.info("slot-2").await.unwrap().fence, 2);
+    assert_eq!(
+        client
+            .snapshot_fenced("slot-2", 1, 0, b"stale".to_vec())
+            .await,
+        Err(stale)
+    );
+    assert_eq!(
+        client.read("slot-2", 0).await.unwrap().snapshot,
+        Some((0, b"state-2".to_vec()))
+    );
 
     for (_, s) in servers {
         s.shutdown().await.unwrap();

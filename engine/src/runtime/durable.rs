@@ -153,6 +153,22 @@ fn state_error(e: impl std::fmt::Display) -> RunError {
     RunError::State(e.to_string())
 }
 
+/// The error of a write to a windowed slot's ledger. A write the log refused because a newer
+/// run took the slot over says so: this run is stale (a "zombie") and stops.
+fn slot_write_error(e: sardonyx_state_log::Error) -> RunError {
+    match e {
+        sardonyx_state_log::Error::Fenced {
+            ledger,
+            fence,
+            current,
+        } => RunError::State(format!(
+            "windowed slot {ledger:?} was taken over by a newer run (epoch {current}): the \
+             write of this run (epoch {fence}) was refused, and this run stops"
+        )),
+        e => state_error(e),
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Meta {
     generation: u64,
@@ -324,6 +340,9 @@ pub(crate) struct SlotLog {
     client: u64,
     seq: u64,
     epoch: u64,
+    /// The fence of every write to the ledger: this run's epoch, to which the `Owner` record
+    /// raised the ledger's fence (the log refuses it once a newer run has written there).
+    fence: u64,
     filter: Option<DedupFilter>,
     /// The group table beside the operator (for snapshots and re-derived firings).
     pub groups: GroupTable,
@@ -333,8 +352,10 @@ pub(crate) struct SlotLog {
 }
 
 impl SlotLog {
-    /// Takes over a slot: announces this run as its owner, reads the snapshot and the tail,
-    /// rebuilds `op` and the dedup filter. Returns the firings of the last batch to sync again.
+    /// Takes over a slot: announces this run as its owner (a write fenced with the run's epoch,
+    /// which raises the ledger's fence to it, so that older runs can no longer write there),
+    /// reads the snapshot and the tail, rebuilds `op` and the dedup filter. Returns the firings
+    /// of the last batch to sync again.
     pub async fn open(
         js: Arc<JobState>,
         task: &str,
@@ -349,9 +370,9 @@ impl SlotLog {
         let client = js.client(&ledger);
         let owner = state::encode_record(&SlotRecord::Owner { epoch: js.epoch });
         store
-            .append(&ledger, RequestId::new(client, 0), owner)
+            .append_fenced(&ledger, js.epoch, RequestId::new(client, 0), owner)
             .await
-            .map_err(state_error)?;
+            .map_err(slot_write_error)?;
         let mut read = store.read(&ledger, 0).await.map_err(state_error)?;
         let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
@@ -406,6 +427,7 @@ impl SlotLog {
                 client,
                 seq: 1,
                 epoch: js.epoch.max(recovered.epoch),
+                fence: js.epoch,
                 filter,
                 groups,
                 last_position: recovered.last_position,
@@ -430,7 +452,8 @@ impl SlotLog {
         self.epoch
     }
 
-    /// Appends one batch record and waits for its commit; then inserts its ids into the filter.
+    /// Appends one batch record (fenced with this run's epoch) and waits for its commit; then
+    /// inserts its ids into the filter.
     pub async fn commit(&mut self, record: &state::BatchRecord) -> Result<(), RunError> {
         self.groups.observe(&record.transitions);
         let bytes = state::encode_batch_record(record);
@@ -440,9 +463,14 @@ impl SlotLog {
             .js
             .options
             .store
-            .append(&self.ledger, RequestId::new(self.client, self.seq), bytes)
+            .append_fenced(
+                &self.ledger,
+                self.fence,
+                RequestId::new(self.client, self.seq),
+                bytes,
+            )
             .await
-            .map_err(state_error)?;
+            .map_err(slot_write_error)?;
         self.seq += 1;
         self.last_position = Some(pos);
         self.bytes_since_snapshot += len;
@@ -463,8 +491,9 @@ impl SlotLog {
         Ok(())
     }
 
-    /// Writes a snapshot and drops the ledger's prefix once the entries since the last snapshot
-    /// exceed the threshold. Call only after the last batch's firings were synced.
+    /// Writes a snapshot (fenced with this run's epoch) and drops the ledger's prefix once the
+    /// entries since the last snapshot exceed the threshold. Call only after the last batch's
+    /// firings were synced.
     pub async fn maybe_compact(&mut self, op: &WindowOperator) -> Result<(), RunError> {
         let Some(pos) = self.last_position else {
             return Ok(());
@@ -500,9 +529,9 @@ impl SlotLog {
         self.js
             .options
             .store
-            .snapshot(&self.ledger, pos, bytes)
+            .snapshot_fenced(&self.ledger, self.fence, pos, bytes)
             .await
-            .map_err(state_error)?;
+            .map_err(slot_write_error)?;
         if let Some(f) = &mut self.filter {
             // The filter holds what the snapshot covers: name the snapshot, so that a restart
             // before the next batch still keeps the filter.
@@ -583,5 +612,161 @@ impl InputLog {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::builder::JobBuilder;
+    use sardonyx_state_log::EmbeddedLog;
+    use sardonyx_windowing::{aggregation, Map, Value, WindowSpec};
+
+    fn operator() -> WindowOperator {
+        WindowOperator::new(
+            vec![WindowSpec::global("all", aggregation::count())],
+            vec![],
+        )
+        .unwrap()
+    }
+
+    fn count(op: &WindowOperator) -> Value {
+        op.extents("all", &Value::Null)
+            .first()
+            .map_or(Value::Null, |v| v.state.clone())
+    }
+
+    /// A run of the job: its state (a new epoch) and the slot `count/0` taken over.
+    async fn take_over(
+        store: &Arc<dyn Ledgers>,
+        dir: &std::path::Path,
+    ) -> Result<(SlotLog, WindowOperator), RunError> {
+        let job = JobBuilder::new().id("fencing").build();
+        let mut options = StateOptions::new(store.clone(), dir);
+        options.compact_after_bytes = 0;
+        let peers = BTreeMap::from([("count".to_owned(), 1)]);
+        let js = JobState::open(&job, options, &peers, vec!["count".into()]).await?;
+        let mut op = operator();
+        let (slot, _) = SlotLog::open(
+            Arc::new(js),
+            "count",
+            0,
+            true,
+            &mut op,
+            Arc::new(Progress::default()),
+        )
+        .await?;
+        Ok((slot, op))
+    }
+
+    /// One batch of new votes, through the operator and into the slot, as the runtime does.
+    async fn batch(
+        slot: &mut SlotLog,
+        op: &mut WindowOperator,
+        ids: std::ops::Range<i64>,
+    ) -> Result<(), RunError> {
+        let mut record = state::BatchRecord {
+            epoch: slot.epoch(),
+            ..Default::default()
+        };
+        let mut values = Vec::new();
+        for id in ids {
+            let mut s = Map::new();
+            s.insert("vote_id", id);
+            let step = op.on_segment(&s, &Value::Null).unwrap();
+            record.transitions.extend(step.transitions);
+            values.push(Value::Int(id));
+        }
+        record.ids = state::Ids::from_values(&values);
+        slot.commit(&record).await
+    }
+
+    fn assert_refused(result: Result<(), RunError>, ledger: &str) {
+        let err = result.expect_err("a stale run's write was accepted");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state log: windowed slot {ledger:?} was taken over by a newer run (epoch 2): \
+                 the write of this run (epoch 1) was refused, and this run stops"
+            )
+        );
+    }
+
+    /// Run A owns the slot; run B takes it over; A, still running (a zombie), can neither
+    /// append nor compact (a snapshot of A's state would replace B's `Owner` record and A's
+    /// fenced batches); B's state, and a later recovery, count every vote once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_run_can_neither_append_nor_compact_after_a_takeover() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
+        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
+        // Each run on its own machine: its own directory for dedup filters.
+        let (mut a, mut op_a) = take_over(&store, &dir.path().join("a")).await.unwrap();
+        assert_eq!((a.fence, a.epoch()), (1, 1));
+        batch(&mut a, &mut op_a, 0..3).await.unwrap();
+        batch(&mut a, &mut op_a, 3..5).await.unwrap();
+
+        let (mut b, mut op_b) = take_over(&store, &dir.path().join("b")).await.unwrap();
+        assert_eq!((b.fence, b.epoch()), (2, 2));
+        assert_eq!(count(&op_b), Value::Int(5));
+        let ledger = b.ledger.clone();
+
+        // The zombie's next batch and its compaction are refused by the log itself.
+        assert_refused(batch(&mut a, &mut op_a, 5..8).await, &ledger);
+        assert_eq!(
+            count(&op_a),
+            Value::Int(8),
+            "the zombie's own state went on"
+        );
+        assert_refused(a.maybe_compact(&op_a).await, &ledger);
+        // So is a stale run taking the slot over again (its `Owner` record).
+        drop(a);
+        let stale = JobState {
+            options: StateOptions::new(store.clone(), dir.path().join("a")),
+            resumed: true,
+            prefix: "fencing/g0".into(),
+            epoch: 1,
+            nonce: 77,
+        };
+        let reopened = SlotLog::open(
+            Arc::new(stale),
+            "count",
+            0,
+            true,
+            &mut operator(),
+            Arc::new(Progress::default()),
+        )
+        .await;
+        assert_refused(reopened.map(|_| ()), &ledger);
+
+        // The new owner goes on; nothing of the zombie's refused writes is in the ledger.
+        batch(&mut b, &mut op_b, 100..102).await.unwrap();
+        let read = store.read(&ledger, 0).await.unwrap();
+        let mut op = operator();
+        let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+        let recovered = state::recover(
+            &ledger,
+            &mut op,
+            &mut GroupTable::default(),
+            snapshot,
+            &read.entries,
+        )
+        .unwrap();
+        assert_eq!((count(&op), recovered.fenced), (Value::Int(7), 0));
+        // It compacts, and goes on.
+        b.maybe_compact(&op_b).await.unwrap();
+        batch(&mut b, &mut op_b, 102..103).await.unwrap();
+        assert_eq!(count(&op_b), Value::Int(8));
+        let info = store.info(&ledger).await.unwrap();
+        assert_eq!(info.fence, 2);
+        drop(b);
+
+        // A later run recovers exactly B's state: 5 votes of A before the takeover, 3 of B.
+        let (c, op_c) = take_over(&store, &dir.path().join("c")).await.unwrap();
+        assert_eq!(count(&op_c), Value::Int(8));
+        assert_eq!(c.fence, 3);
+        drop(c);
+        drop(store);
+        log.close().await.unwrap();
     }
 }

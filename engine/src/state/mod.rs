@@ -11,9 +11,17 @@
 //!
 //! **Owners and fencing.** A process taking over a slot first appends
 //! [`SlotRecord::Owner`] with its epoch (greater than every earlier epoch of the job), then reads
-//! the ledger. Replay skips batch records of an epoch lower than the greatest owner seen before
-//! them: an append still in flight from a dead process that lands after the new owner took over
-//! is fenced off, both now and in every later recovery.
+//! the ledger. Fencing works on both sides:
+//! - *Write side* (the runtime): the `Owner` record, every batch record and every compaction
+//!   snapshot are fenced writes of the state log (`Ledgers::append_fenced`/`snapshot_fenced`)
+//!   with the run's epoch. The `Owner` record raises the ledger's fence to that epoch, and the
+//!   log refuses, atomically in its replicated state machine, every later write of an older
+//!   epoch: a stale process still running after a newer run took over (a "zombie") can neither
+//!   append to the slot nor replace its prefix with a snapshot of its own state; the refusal
+//!   stops that process's run with an error naming the ledger and both epochs.
+//! - *Read side* ([`recover`]): replay skips batch records of an epoch lower than the greatest
+//!   owner seen before them. It covers ledgers written before the log had fences and is a
+//!   second line of defence: such a record is fenced off now and in every later recovery.
 //!
 //! **Pending firings.** A peer syncs a batch's firings before it appends its next record, so
 //! only the firings of the *last* batch record of a ledger can be unsynced after a crash.
@@ -22,7 +30,7 @@
 //!
 //! **Snapshots.** [`SlotSnapshot`] holds the operator's snapshot, the group table, the dedup
 //! filter's export and the greatest epoch; it covers the ledger up to a position and lets the
-//! log drop the entries before it.
+//! log drop the entries before it (a fenced write too: only the current owner compacts).
 
 use std::collections::HashMap;
 
