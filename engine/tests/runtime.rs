@@ -388,10 +388,11 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
         });
         let options = RunOptions {
             errors_path: dir.path().join("errors.jsonl"),
-            state: Some(sardonyx::runtime::StateOptions::new(
-                store,
-                dir.path().join("data"),
-            )),
+            state: Some(sardonyx::runtime::StateOptions {
+                // One record per batch of 10, so the last record's firings are known.
+                max_merged_batches: 1,
+                ..sardonyx::runtime::StateOptions::new(store, dir.path().join("data"))
+            }),
             ..RunOptions::default()
         };
         let job = job.clone();
@@ -421,4 +422,106 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
     assert_eq!(report.recoveries.len(), 1);
     assert_eq!(report.recoveries[0].pending_firings, 2);
     assert_eq!(*violations.lock().unwrap(), Vec::<u64>::new());
+}
+
+/// A sync that keeps the greatest `state` it was given (an accumulating count only grows).
+struct MaxStateSync(Arc<AtomicUsize>);
+
+impl sardonyx::registry::SyncSink for MaxStateSync {
+    fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
+        if let Some(Value::Int(n)) = firing.get("state") {
+            self.0.fetch_max(*n as usize, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Every id is delivered again 15 ids later, i.e. one or two batches of 10 later: while the
+/// record holding it may still be in flight (its ids not in the dedup filter yet), or merged
+/// into the same record. Each is counted once, whether records are pipelined and merged (the
+/// default) or one per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_in_the_next_batches_are_skipped_while_records_are_in_flight() {
+    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
+    for max_merged_batches in [16, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobBuilder::new()
+            .id("redeliveries")
+            .edge("in", "count")
+            .edge("count", "out")
+            .task(
+                TaskSpec::input("in", "sardonyx/channel")
+                    .param("channel", "in")
+                    .batch_size(10),
+            )
+            .task(
+                TaskSpec::function("count", "sardonyx/identity")
+                    .uniqueness_key("vote_id")
+                    .batch_size(10),
+            )
+            .task(TaskSpec::output("out", "sardonyx/null"))
+            .window(WindowDef::global(
+                "totals",
+                "count",
+                AggregationDef::count(),
+            ))
+            .trigger(TriggerDef::segment("totals", "every-50", 50).sync("test/max"))
+            .build();
+        let max = Arc::new(AtomicUsize::new(0));
+        let mut registry = Registry::new();
+        let m = max.clone();
+        registry.register_sync(
+            "test/max",
+            sardonyx::registry::SyncPlugin {
+                check: Arc::new(|_| Vec::new()),
+                open: Arc::new(move |_| {
+                    Ok(Box::new(MaxStateSync(m.clone())) as Box<dyn sardonyx::registry::SyncSink>)
+                }),
+            },
+        );
+        let tx = registry.input_channel("in", 64);
+        let log = Arc::new(
+            sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
+                .await
+                .unwrap(),
+        );
+        let options = RunOptions {
+            errors_path: dir.path().join("errors.jsonl"),
+            state: Some(sardonyx::runtime::StateOptions {
+                max_merged_batches,
+                ..sardonyx::runtime::StateOptions::new(log, dir.path().join("data"))
+            }),
+            ..RunOptions::default()
+        };
+        let feeder = tokio::spawn(async move {
+            let vote = |i: i64| {
+                let mut s = Segment::new();
+                s.insert("vote_id", i);
+                s
+            };
+            for i in 0..615 {
+                if i < 600 {
+                    tx.send(vote(i)).await.unwrap();
+                }
+                if i >= 15 {
+                    tx.send(vote(i - 15)).await.unwrap();
+                }
+            }
+        });
+        let report = run_job(&job, &registry, options).await.unwrap();
+        feeder.await.unwrap();
+        assert_eq!(
+            report.duplicates, 600,
+            "max_merged_batches {max_merged_batches}"
+        );
+        // 600 ids: the count trigger fires at every 50th, so the last firing holds 600.
+        assert_eq!(
+            max.load(Ordering::SeqCst),
+            600,
+            "max_merged_batches {max_merged_batches}"
+        );
+    }
 }

@@ -46,6 +46,10 @@ pub struct StateOptions {
     pub compact_after_bytes: u64,
     /// Shape of each windowed slot's dedup filter (its horizon).
     pub dedup: DedupConfig,
+    /// Most gathered batches a windowed slot puts into one ledger record: the batches that
+    /// queue up while the slot's previous record commits are merged into its next record (so
+    /// the slower the log, the fewer and larger the records). 1: one record per batch.
+    pub max_merged_batches: usize,
 }
 
 impl std::fmt::Debug for StateOptions {
@@ -55,12 +59,14 @@ impl std::fmt::Debug for StateOptions {
             .field("fresh", &self.fresh)
             .field("compact_after_bytes", &self.compact_after_bytes)
             .field("dedup", &self.dedup)
+            .field("max_merged_batches", &self.max_merged_batches)
             .finish_non_exhaustive()
     }
 }
 
 impl StateOptions {
-    /// State in `store`, filters under `dir`, compaction past 16 MiB, the default dedup horizon.
+    /// State in `store`, filters under `dir`, compaction past 16 MiB, the default dedup horizon,
+    /// up to 16 batches per record.
     pub fn new(store: Arc<dyn Ledgers>, dir: impl Into<PathBuf>) -> Self {
         StateOptions {
             store,
@@ -68,6 +74,7 @@ impl StateOptions {
             fresh: false,
             compact_after_bytes: 16 << 20,
             dedup: DedupConfig::default(),
+            max_merged_batches: 16,
         }
     }
 }
@@ -333,6 +340,28 @@ async fn drop_generation(store: &dyn Ledgers, name: &str, old: &Meta) -> Result<
     Ok(())
 }
 
+/// A batch record being appended ([`SlotLog::begin_commit`]).
+pub struct InFlight {
+    append: tokio::task::JoinHandle<Result<u64, RunError>>,
+    len: u64,
+    crc: u32,
+    ids: state::Ids,
+}
+
+impl InFlight {
+    /// True once the append has finished (committed or failed): [`SlotLog::end_commit`] will
+    /// not wait.
+    pub fn is_finished(&self) -> bool {
+        self.append.is_finished()
+    }
+}
+
+/// The ids of a committed batch record, for the dedup filter ([`SlotLog::insert_committed`]).
+pub struct Committed {
+    ids: state::Ids,
+    mark: FilterMark,
+}
+
 /// One windowed slot's ledger and dedup filter.
 pub(crate) struct SlotLog {
     js: Arc<JobState>,
@@ -454,41 +483,89 @@ impl SlotLog {
 
     /// Appends one batch record (fenced with this run's epoch) and waits for its commit; then
     /// inserts its ids into the filter.
-    pub async fn commit(&mut self, record: &state::BatchRecord) -> Result<(), RunError> {
+    pub async fn commit(&mut self, record: state::BatchRecord) -> Result<(), RunError> {
+        let inflight = self.begin_commit(record);
+        if let Some(c) = self.end_commit(inflight).await? {
+            self.insert_committed(c)?;
+        }
+        Ok(())
+    }
+
+    /// Starts appending one batch record (fenced with this run's epoch) on its own task, so the
+    /// caller can work while Raft and the fsync run; [`SlotLog::end_commit`] waits for it.
+    /// Records are appended in the order they are begun; begin the next one only after this
+    /// one has ended (a record's firings are synced before the next record is appended).
+    pub fn begin_commit(&mut self, record: state::BatchRecord) -> InFlight {
         self.groups.observe(&record.transitions);
-        let bytes = state::encode_batch_record(record);
+        let bytes = state::encode_batch_record(&record);
         let len = bytes.len() as u64;
-        let crc = self.filter.is_some().then(|| crc32fast::hash(&bytes));
-        let pos = self
-            .js
-            .options
-            .store
-            .append_fenced(
-                &self.ledger,
-                self.fence,
-                RequestId::new(self.client, self.seq),
-                bytes,
-            )
-            .await
-            .map_err(slot_write_error)?;
+        let crc = crc32fast::hash(&bytes);
+        let store = self.js.options.store.clone();
+        let ledger = self.ledger.clone();
+        let (fence, request) = (self.fence, RequestId::new(self.client, self.seq));
         self.seq += 1;
-        self.last_position = Some(pos);
         self.bytes_since_snapshot += len;
+        let append = tokio::spawn(async move {
+            store
+                .append_fenced(&ledger, fence, request, bytes)
+                .await
+                .map_err(slot_write_error)
+        });
+        InFlight {
+            append,
+            len,
+            crc,
+            ids: record.ids,
+        }
+    }
+
+    /// Waits for a record begun by [`SlotLog::begin_commit`] to be committed. Returns its ids
+    /// for the dedup filter (`None` without deduplication), to insert with
+    /// [`SlotLog::insert_committed`] before the ids of any later record.
+    pub async fn end_commit(&mut self, inflight: InFlight) -> Result<Option<Committed>, RunError> {
+        let InFlight {
+            append,
+            len,
+            crc,
+            ids,
+        } = inflight;
+        let pos = append
+            .await
+            .map_err(|e| RunError::Internal(format!("append of {}: {e}", self.ledger)))??;
+        self.last_position = Some(pos);
         let p = &self.progress;
         p.logged_records.fetch_add(1, Ordering::Relaxed);
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);
         p.logged_segments
-            .fetch_add(record.ids.len() as u64, Ordering::Relaxed);
-        if let (Some(f), Some(crc)) = (&mut self.filter, crc) {
-            let mark = FilterMark {
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        Ok(self.filter.is_some().then(|| Committed {
+            ids,
+            mark: FilterMark {
                 ledger: self.ledger.clone(),
                 position: pos,
                 crc,
-            };
-            f.insert_batch_marked(record.ids.iter_keys(), Some(&mark.encode()))
+            },
+        }))
+    }
+
+    /// Inserts a committed record's ids into the dedup filter, with the mark naming the record.
+    pub fn insert_committed(&mut self, committed: Committed) -> Result<(), RunError> {
+        if let Some(f) = &mut self.filter {
+            f.insert_batch_marked(committed.ids.iter_keys(), Some(&committed.mark.encode()))
                 .map_err(state_error)?;
         }
         Ok(())
+    }
+
+    /// Most gathered batches to merge into one record ([`StateOptions::max_merged_batches`]).
+    pub fn max_merged_batches(&self) -> usize {
+        self.js.options.max_merged_batches.max(1)
+    }
+
+    /// True if the entries since the last snapshot exceed the threshold, counting records
+    /// begun but not yet ended: [`SlotLog::maybe_compact`] after they end would compact.
+    pub fn compaction_due(&self) -> bool {
+        self.bytes_since_snapshot > self.js.options.compact_after_bytes
     }
 
     /// Writes a snapshot (fenced with this run's epoch) and drops the ledger's prefix once the
@@ -498,7 +575,7 @@ impl SlotLog {
         let Some(pos) = self.last_position else {
             return Ok(());
         };
-        if self.bytes_since_snapshot <= self.js.options.compact_after_bytes {
+        if !self.compaction_due() {
             return Ok(());
         }
         let filter = match &self.filter {
@@ -678,7 +755,7 @@ mod tests {
             values.push(Value::Int(id));
         }
         record.ids = state::Ids::from_values(&values);
-        slot.commit(&record).await
+        slot.commit(record).await
     }
 
     fn assert_refused(result: Result<(), RunError>, ledger: &str) {

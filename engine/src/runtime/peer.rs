@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ack::{AckIssuer, AckToken, HeldAcks};
-use super::durable::{JobState, SlotLog};
+use super::durable::{Committed, JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key_ref, jump_hash, key_hash, key_peer, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
@@ -608,36 +608,12 @@ impl Inbox {
                     Err(_) => break,
                 },
             };
-            match msg {
-                None => self.pending = 0,
-                Some(Msg::Done { sender }) => {
-                    self.pending -= 1;
-                    self.tracker.finish(sender);
-                    got_any = true;
-                }
-                Some(Msg::Batch {
-                    sender,
-                    segments: s,
-                    watermark,
-                    acks: a,
-                }) => {
-                    if segments.is_empty() {
-                        segments = s;
-                    } else {
-                        segments.extend(s);
-                    }
-                    acks.extend(a);
-                    if let Some(w) = watermark {
-                        self.tracker.observe(sender, w, now_ms());
-                    }
-                    if !got_any {
-                        got_any = true;
-                        deadline = Some(Instant::now() + self.timeout);
-                    }
-                    if segments.len() >= self.batch_size {
-                        break;
-                    }
-                }
+            if !got_any && matches!(msg, Some(Msg::Batch { .. })) {
+                deadline = Some(Instant::now() + self.timeout);
+            }
+            got_any |= self.take(msg, &mut segments, &mut acks);
+            if segments.len() >= self.batch_size {
+                break;
             }
         }
         if got_any {
@@ -646,6 +622,55 @@ impl Inbox {
             Gathered::Finished
         } else {
             Gathered::Tick
+        }
+    }
+
+    /// What is queued right now, up to a batch, without waiting (`None` if nothing is).
+    fn try_gather(&mut self) -> Option<(Vec<Segment>, HeldAcks)> {
+        let mut segments = Vec::new();
+        let mut acks = HeldAcks::default();
+        let mut got_any = false;
+        while self.pending > 0 && segments.len() < self.batch_size {
+            let msg = match self.rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            got_any |= self.take(msg, &mut segments, &mut acks);
+        }
+        got_any.then_some((segments, acks))
+    }
+
+    /// Adds one received message (`None`: every sender is gone) to the batch being gathered;
+    /// true if it counts as something received.
+    fn take(&mut self, msg: Option<Msg>, segments: &mut Vec<Segment>, acks: &mut HeldAcks) -> bool {
+        match msg {
+            None => {
+                self.pending = 0;
+                false
+            }
+            Some(Msg::Done { sender }) => {
+                self.pending -= 1;
+                self.tracker.finish(sender);
+                true
+            }
+            Some(Msg::Batch {
+                sender,
+                segments: s,
+                watermark,
+                acks: a,
+            }) => {
+                if segments.is_empty() {
+                    *segments = s;
+                } else {
+                    segments.extend(s);
+                }
+                acks.extend(a);
+                if let Some(w) = watermark {
+                    self.tracker.observe(sender, w, now_ms());
+                }
+                true
+            }
         }
     }
 }
@@ -717,7 +742,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         .await?;
     }
     let mut inbox = Inbox::new(&ctx, rx);
-    let mut seen_here = SeenIds::default();
+    let mut seen = SeenPair::default();
     if let Some(stage) = &mut stage {
         // Starts the timers' clocks.
         let step = stage.operator.on_timer(now_ms());
@@ -732,42 +757,103 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         )
         .await?;
     }
+    // An exactly-once slot overlaps each batch's commit with the next batch's work: while the
+    // record of batch N is appended (Raft round and fsync), it inserts the ids of batch N-1 into
+    // the dedup filter and, if batch N+1 is already queued, runs it through the function and the
+    // windows. Nothing of N+1 is delivered, acknowledged or appended before N is committed and
+    // delivered, so the ledger order, the sync-before-next-record rule and the acks are those
+    // of the plain loop. Not with lifecycle hooks (their calls would interleave across batches)
+    // nor when the next batch would find a compaction due (the snapshot must be the state of
+    // exactly the committed records).
+    let pipelined = slot.is_some() && lifecycles.is_empty();
+    let dedup_field = dedup_key.as_deref().filter(|_| slot.is_some());
+    let mut ahead: Option<Prepared> = None;
+    let mut committed: Option<Committed> = None;
     loop {
-        let (segments, acks) = match inbox.gather(tick).await {
-            Gathered::Finished => break,
-            Gathered::Tick => (Vec::new(), HeldAcks::default()),
-            Gathered::Batch(s, a) => (s, a),
-        };
-        let watermark = inbox.watermark();
-        let len = segments.len();
-        if len > 0 {
-            call_hooks(&lifecycles, |l| {
-                l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
-            });
-        }
-        let outputs = match &function {
-            Some(f) => apply_function(&ctx, &lifecycles, f, segments, &mut router)?,
-            None => segments,
-        };
-        let outputs = match &mut stage {
-            Some(stage) => {
-                let (passed, step, ids) = window_batch(
+        let mut batch = match ahead.take() {
+            Some(b) => b,
+            None => {
+                let (segments, acks) = match inbox.gather(tick).await {
+                    Gathered::Finished => break,
+                    Gathered::Tick => (Vec::new(), HeldAcks::default()),
+                    Gathered::Batch(s, a) => (s, a),
+                };
+                let watermark = inbox.watermark();
+                let dedup = slot.as_ref().zip(dedup_field);
+                prepare(
                     &ctx,
-                    stage,
+                    &lifecycles,
+                    function.as_ref(),
+                    stage.as_mut(),
                     &grouping,
-                    slot.as_ref()
-                        .zip(dedup_key.as_deref())
-                        .map(|(slot, field)| (slot, field, &mut seen_here)),
-                    outputs,
-                    watermark,
+                    dedup,
+                    &mut seen,
+                    (segments, acks, watermark),
+                    true,
+                    &mut router,
+                )?
+            }
+        };
+        let inflight = match (&mut slot, &mut batch.step) {
+            (Some(slot), Some(step)) => {
+                let record = crate::state::BatchRecord {
+                    epoch: slot.epoch(),
+                    ids: crate::state::Ids::from_values(&batch.ids),
+                    transitions: std::mem::take(&mut step.transitions),
+                    inputs: std::mem::take(&mut batch.inputs),
+                };
+                (!record.is_empty()).then(|| slot.begin_commit(record))
+            }
+            _ => None,
+        };
+        if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
+            slot.insert_committed(c)?;
+        }
+        let compaction_due = slot.as_ref().is_some_and(SlotLog::compaction_due);
+        if let (true, Some(f), false) = (pipelined, &inflight, compaction_due) {
+            // Whatever is queued while the record commits becomes the next record (up to
+            // `max_merged_batches`): the slower the log, the larger the records.
+            let max = slot.as_ref().map_or(1, SlotLog::max_merged_batches);
+            let mut merged = 0;
+            while merged < max && (merged == 0 || !f.is_finished()) {
+                let Some((segments, acks)) = inbox.try_gather() else {
+                    break;
+                };
+                let watermark = inbox.watermark();
+                let dedup = slot.as_ref().zip(dedup_field);
+                let next = prepare(
+                    &ctx,
+                    &lifecycles,
+                    function.as_ref(),
+                    stage.as_mut(),
+                    &grouping,
+                    dedup,
+                    &mut seen,
+                    (segments, acks, watermark),
+                    merged == 0,
                     &mut router,
                 )?;
-                let inputs = covered_inputs(acks.tokens());
-                settle(&ctx, stage, &mut slot, ids, step, inputs, &mut router).await?;
-                passed
+                match &mut ahead {
+                    Some(a) => a.absorb(next),
+                    None => ahead = Some(next),
+                }
+                merged += 1;
             }
-            None => outputs,
-        };
+        }
+        if let (Some(slot), Some(f)) = (&mut slot, inflight) {
+            committed = slot.end_commit(f).await?;
+        }
+        let Prepared {
+            len,
+            outputs,
+            step,
+            acks,
+            watermark,
+            ..
+        } = batch;
+        if let (Some(stage), Some(step)) = (&stage, step) {
+            deliver(&ctx, stage, step, &mut router)?;
+        }
         let outputs = match sink.take() {
             Some(out) if !outputs.is_empty() => {
                 let (back, outputs, result) = write_out(out, outputs).await?;
@@ -788,9 +874,15 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             router.route(s)?;
         }
         router.flush(watermark, &acks).await;
-        if let (Some(stage), Some(slot)) = (&stage, &mut slot) {
-            // (The batch's firings were flushed when they were delivered.)
-            slot.maybe_compact(&stage.operator).await?;
+        if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
+            // (The batch's firings were flushed when they were delivered.) The snapshot holds
+            // the filter's contents, so the last batch's ids go in first.
+            if slot.compaction_due() {
+                if let Some(c) = committed.take() {
+                    slot.insert_committed(c)?;
+                }
+                slot.maybe_compact(&stage.operator).await?;
+            }
         }
         acks.release();
         if len > 0 {
@@ -798,6 +890,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                 l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
             });
         }
+    }
+    if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
+        slot.insert_committed(c)?;
     }
     if let Some(stage) = &mut stage {
         let step = stage.operator.on_job_completed();
@@ -873,15 +968,15 @@ fn covered_inputs(acks: &[Arc<AckToken>]) -> Vec<(u32, u64)> {
 }
 
 /// Feeds a batch to the task's windows, then the watermark and the timer. With a dedup filter
-/// (`dedup`: the slot, the uniqueness field and room for the batch's ids), segments already applied are skipped (they
-/// still travel on). Returns the segments that go on downstream (a segment the windows reject
+/// (`dedup`: the slot and the uniqueness field), segments already applied (by the filter, by
+/// this batch or by the batch before it, `seen`) are skipped (they still travel on). Returns the segments that go on downstream (a segment the windows reject
 /// goes to the error output instead), the batch's combined step, and the ids of the segments
 /// it applied. Nothing is delivered yet: the step must be committed first ([`settle`]).
 fn window_batch(
     ctx: &PeerContext,
     stage: &mut WindowStage,
     grouping: &Grouping,
-    mut dedup: Option<(&SlotLog, &str, &mut SeenIds)>,
+    mut dedup: Option<(&SlotLog, &str, &mut SeenPair)>,
     segments: Vec<Segment>,
     watermark: Option<i64>,
     router: &mut Router,
@@ -889,19 +984,16 @@ fn window_batch(
     let mut passed = Vec::with_capacity(segments.len());
     let mut batch = sardonyx_windowing::Step::default();
     let mut ids = Vec::new();
-    if let Some((_, _, seen_here)) = dedup.as_mut() {
-        seen_here.clear();
-    }
     for s in segments {
         let mut id = None;
-        if let Some((slot, field, seen_here)) = dedup.as_mut() {
+        if let Some((slot, field, seen)) = dedup.as_mut() {
             let Some(v) = s.get(field) else {
                 let reason = format!("uniqueness_key field \"{field}\" is missing");
                 router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
                 continue;
             };
-            crate::state::id_key_into(v, &mut seen_here.key);
-            if seen_here.contains(v) || slot.seen(&seen_here.key)? {
+            crate::state::id_key_into(v, &mut seen.key);
+            if seen.contains(v) || slot.seen(&seen.key)? {
                 ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
                 passed.push(s);
                 continue;
@@ -918,9 +1010,9 @@ fn window_batch(
         };
         match applied {
             Ok(()) => {
-                if let (Some(v), Some((_, _, seen_here))) = (id, dedup.as_mut()) {
-                    // `seen_here.key` is still this segment's id key.
-                    seen_here.insert(&v);
+                if let (Some(v), Some((_, _, seen))) = (id, dedup.as_mut()) {
+                    // `seen.key` is still this segment's id key.
+                    seen.insert(&v);
                     ids.push(v);
                 }
                 passed.push(s);
@@ -937,16 +1029,13 @@ fn window_batch(
     Ok((passed, batch, ids))
 }
 
-/// The uniqueness ids a batch has applied so far (kept between batches for their allocations),
-/// and the key of the id at hand.
+/// The uniqueness ids one batch applied (kept between batches for their allocations).
 #[derive(Default)]
 struct SeenIds {
     /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
     ints: HashSet<i64, foldhash::fast::RandomState>,
     /// The keys ([`crate::state::id_key`]) of other ids.
     keys: HashSet<Vec<u8>, foldhash::fast::RandomState>,
-    /// The key of the id at hand.
-    key: Vec<u8>,
 }
 
 impl SeenIds {
@@ -955,21 +1044,141 @@ impl SeenIds {
         self.keys.clear();
     }
 
-    /// True if the id `v`, whose key is in `self.key`, was applied earlier in the batch.
-    fn contains(&self, v: &Value) -> bool {
+    fn contains(&self, v: &Value, key: &[u8]) -> bool {
         match v {
             Value::Int(i) => self.ints.contains(i),
-            _ => self.keys.contains(&self.key),
+            _ => self.keys.contains(key),
         }
     }
 
-    /// Notes the id `v`, whose key is in `self.key`.
-    fn insert(&mut self, v: &Value) {
+    fn insert(&mut self, v: &Value, key: &[u8]) {
         match v {
             Value::Int(i) => self.ints.insert(*i),
-            _ => self.keys.insert(self.key.clone()),
+            _ => self.keys.insert(key.to_vec()),
         };
     }
+}
+
+/// The ids a windowed peer has applied that the dedup filter may not hold yet: those of the
+/// batch being prepared and of the batch prepared before it (whose record may still be in
+/// flight, or whose ids are inserted into the filter only while the next record is appended).
+/// Every earlier batch's ids are in the filter.
+#[derive(Default)]
+struct SeenPair {
+    here: SeenIds,
+    prev: SeenIds,
+    /// The key of the id at hand.
+    key: Vec<u8>,
+}
+
+impl SeenPair {
+    /// Starts a batch: the current batch's ids become the previous batch's.
+    fn next_batch(&mut self) {
+        std::mem::swap(&mut self.here, &mut self.prev);
+        self.here.clear();
+    }
+
+    /// True if the id `v`, whose key is in `self.key`, was applied by this batch or the one
+    /// before.
+    fn contains(&self, v: &Value) -> bool {
+        self.here.contains(v, &self.key) || self.prev.contains(v, &self.key)
+    }
+
+    /// Notes the id `v`, whose key is in `self.key`, as applied by this batch.
+    fn insert(&mut self, v: &Value) {
+        self.here.insert(v, &self.key);
+    }
+}
+
+/// A batch taken through the task's function and windows: what it sends on, and the step it
+/// must commit before anything of it is delivered.
+struct Prepared {
+    /// Segments gathered.
+    len: usize,
+    /// Segments going downstream (or to the task's output).
+    outputs: Vec<Segment>,
+    /// The windows' combined step (`None` without windows).
+    step: Option<sardonyx_windowing::Step>,
+    /// Ids of the segments the windows applied.
+    ids: Vec<Value>,
+    /// The greatest offset of each input the batch covers.
+    inputs: Vec<(u32, u64)>,
+    /// The batch's acknowledgements, released once it is handled.
+    acks: HeldAcks,
+    /// The task's watermark when the batch was gathered.
+    watermark: Option<i64>,
+}
+
+impl Prepared {
+    /// Merges the batch prepared after this one into it: one record, one delivery.
+    fn absorb(&mut self, next: Prepared) {
+        self.len += next.len;
+        self.outputs.extend(next.outputs);
+        match (&mut self.step, next.step) {
+            (Some(step), Some(more)) => step.extend(more),
+            (step, more) => *step = step.take().or(more),
+        }
+        self.ids.extend(next.ids);
+        self.acks.extend(next.acks);
+        self.inputs = covered_inputs(self.acks.tokens());
+        self.watermark = next.watermark.or(self.watermark);
+    }
+}
+
+/// Takes a gathered batch (segments, acks, watermark) through the lifecycle's `before_batch`,
+/// the task's function and its windows ([`window_batch`]). Commits and delivers nothing.
+/// `fresh`: the batch starts a record of its own (else it will be merged into the batch
+/// prepared just before it, [`Prepared::absorb`], and shares its seen ids).
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    ctx: &PeerContext,
+    lifecycles: &[Lifecycle],
+    function: Option<&crate::registry::FunctionFn>,
+    stage: Option<&mut WindowStage>,
+    grouping: &Grouping,
+    dedup: Option<(&SlotLog, &str)>,
+    seen: &mut SeenPair,
+    (segments, acks, watermark): (Vec<Segment>, HeldAcks, Option<i64>),
+    fresh: bool,
+    router: &mut Router,
+) -> Result<Prepared, RunError> {
+    let len = segments.len();
+    if len > 0 {
+        call_hooks(lifecycles, |l| {
+            l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
+        });
+    }
+    let outputs = match function {
+        Some(f) => apply_function(ctx, lifecycles, f, segments, router)?,
+        None => segments,
+    };
+    let Some(stage) = stage else {
+        return Ok(Prepared {
+            len,
+            outputs,
+            step: None,
+            ids: Vec::new(),
+            inputs: Vec::new(),
+            acks,
+            watermark,
+        });
+    };
+    if fresh {
+        seen.next_batch();
+    }
+    let dedup = dedup.map(|(slot, field)| (slot, field, seen));
+    let (outputs, step, ids) =
+        window_batch(ctx, stage, grouping, dedup, outputs, watermark, router)?;
+    let inputs = covered_inputs(acks.tokens());
+    Ok(Prepared {
+        len,
+        outputs,
+        step: Some(step),
+        ids,
+        inputs,
+        acks,
+        watermark,
+    })
 }
 
 /// Commits a step (with the ids it applied and the inputs it covers) to the slot's ledger, if
@@ -991,7 +1200,7 @@ async fn settle(
             inputs,
         };
         if !record.is_empty() {
-            slot.commit(&record).await?;
+            slot.commit(record).await?;
         }
     }
     deliver(ctx, stage, step, router)

@@ -3,7 +3,8 @@
 //! Every windowed task slot (task + peer index) owns one **ledger** in the state log. This module
 //! defines what goes into it and how a slot is rebuilt from it; the runtime does the I/O.
 //!
-//! **Records.** Per batch a peer appends one [`SlotRecord::Batch`]: the uniqueness ids of the
+//! **Records.** Per batch a peer appends one [`SlotRecord::Batch`] (batches that queued while
+//! the previous record committed are merged into one): the uniqueness ids of the
 //! batch's new segments, the operator [`Transition`]s of the whole batch in the order they were
 //! made (segments, watermark, timer, firings and their refinement resets), and the greatest input
 //! offset of every input the batch covers. The append is one atomic ledger entry and returns
