@@ -772,7 +772,7 @@ impl DedupFilter {
     }
 
     /// Serializes every stored id with its bucket boundaries (for a ledger snapshot): each
-    /// bucket's ids in insertion order. The format is [`EXPORT_MAGIC`], then per bucket (oldest
+    /// bucket's ids in insertion order. The format is the magic `sardonyx-dedup-export-3\0`, then per bucket (oldest
     /// first) its byte length (u64, little-endian) and its ids, each front-coded: the length of
     /// the prefix it shares with the previous id, the length of the rest, the rest (LEB128
     /// lengths). Ids that share long prefixes cost little (a sequential 9-byte integer id about

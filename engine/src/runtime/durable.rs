@@ -341,7 +341,7 @@ async fn drop_generation(store: &dyn Ledgers, name: &str, old: &Meta) -> Result<
 }
 
 /// A batch record being appended ([`SlotLog::begin_commit`]).
-pub struct InFlight {
+pub(crate) struct InFlight {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
     len: u64,
     crc: u32,
@@ -357,7 +357,7 @@ impl InFlight {
 }
 
 /// The ids of a committed batch record, for the dedup filter ([`SlotLog::insert_committed`]).
-pub struct Committed {
+pub(crate) struct Committed {
     ids: state::Ids,
     mark: FilterMark,
 }
