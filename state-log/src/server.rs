@@ -157,6 +157,37 @@ impl LogServer {
     }
 }
 
+impl Node {
+    /// Serves an append or a snapshot, fenced at `fence` if given; any other request (inside
+    /// `Request::Fenced`) is refused.
+    async fn ledger_write(&self, req: Request, fence: Option<u64>) -> Response {
+        match req {
+            Request::Append {
+                ledger,
+                request,
+                record,
+                crc,
+            } => Response::Appended(
+                self.append_checked(ledger, request, record, crc, fence)
+                    .await,
+            ),
+            Request::Snapshot {
+                ledger,
+                covers,
+                bytes,
+                crc,
+            } => Response::Snapshotted(
+                self.snapshot_checked(ledger, covers, bytes, crc, fence)
+                    .await,
+            ),
+            other => Response::Failed(Error::InvalidRequest(format!(
+                "only appends and snapshots can be fenced, not {}",
+                other.kind()
+            ))),
+        }
+    }
+}
+
 impl Handler for Node {
     async fn handle(self: Arc<Self>, req: Request) -> Response {
         match req {
@@ -167,48 +198,10 @@ impl Handler for Node {
             Request::InstallSnapshot(rpc) => {
                 Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
-            Request::Append {
-                ledger,
-                request,
-                record,
-                crc,
-            } => Response::Appended(
-                self.append_checked(ledger, request, record, crc, None)
-                    .await,
-            ),
-            Request::Snapshot {
-                ledger,
-                covers,
-                bytes,
-                crc,
-            } => Response::Snapshotted(
-                self.snapshot_checked(ledger, covers, bytes, crc, None)
-                    .await,
-            ),
-            Request::Fenced { fence, request } => match *request {
-                Request::Append {
-                    ledger,
-                    request,
-                    record,
-                    crc,
-                } => Response::Appended(
-                    self.append_checked(ledger, request, record, crc, Some(fence))
-                        .await,
-                ),
-                Request::Snapshot {
-                    ledger,
-                    covers,
-                    bytes,
-                    crc,
-                } => Response::Snapshotted(
-                    self.snapshot_checked(ledger, covers, bytes, crc, Some(fence))
-                        .await,
-                ),
-                other => Response::Failed(Error::InvalidRequest(format!(
-                    "only appends and snapshots can be fenced, not {}",
-                    other.kind()
-                ))),
-            },
+            req @ (Request::Append { .. } | Request::Snapshot { .. }) => {
+                self.ledger_write(req, None).await
+            }
+            Request::Fenced { fence, request } => self.ledger_write(*request, Some(fence)).await,
             Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
             Request::Info { ledger } => Response::Info(self.info(&ledger).await),
             Request::Status => {
