@@ -114,7 +114,7 @@ fn anchor_paths(job: &mut Job, dir: &Path) {
     let anchor = |params: &mut sardonyx::Map| {
         if let Some(Value::Str(p)) = params.get_mut("path") {
             if Path::new(p.as_str()).is_relative() {
-                *p = dir.join(p.as_str()).display().to_string();
+                *p = dir.join(p.as_str()).display().to_string().into();
             }
         }
     };

@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::AggregationError;
-use crate::value::{Map, Value};
+use crate::value::{Map, Text, Value};
 
 /// A window aggregation. Implementations must be pure and deterministic.
 pub trait Aggregation: Send + Sync {
@@ -340,10 +340,10 @@ struct CollectByKey {
 }
 
 /// The map key for a grouping value: strings as they are, anything else as its JSON text.
-fn key_string(v: &Value) -> String {
+fn key_string(v: &Value) -> Text {
     match v {
         Value::Str(s) => s.clone(),
-        other => other.to_string(),
+        other => compact_str::format_compact!("{other}"),
     }
 }
 

@@ -16,6 +16,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+/// The string type of field names and string values: up to 24 bytes are stored inline (no
+/// allocation), longer ones on the heap. A parsed segment's field names and short string values
+/// then cost no allocation; it derefs to `&str` and compares, orders and hashes as one.
+pub type Text = compact_str::CompactString;
+
 /// One value of a segment field or of a window state.
 #[derive(Debug, Clone, Default)]
 pub enum Value {
@@ -30,8 +35,8 @@ pub enum Value {
     UInt(u64),
     /// A float.
     Float(f64),
-    /// A string.
-    Str(String),
+    /// A string ([`Text`]: inline up to 24 bytes).
+    Str(Text),
     /// A list of values.
     List(Vec<Value>),
     /// A map of fields.
@@ -219,11 +224,16 @@ impl From<f64> for Value {
 }
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
+        Value::Str(Text::new(s))
     }
 }
 impl From<String> for Value {
     fn from(s: String) -> Self {
+        Value::Str(Text::from(s))
+    }
+}
+impl From<Text> for Value {
+    fn from(s: Text) -> Self {
         Value::Str(s)
     }
 }
@@ -289,7 +299,7 @@ fn write_json_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
 /// An ordered map from field name to value; keys are unique, insertion order is kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Map {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Text, Value)>,
 }
 
 impl Map {
@@ -325,7 +335,7 @@ impl Map {
     }
 
     /// Sets field `key`, replacing (in place) and returning any previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
+    pub fn insert(&mut self, key: impl Into<Text>, value: impl Into<Value>) -> Option<Value> {
         let key = key.into();
         let value = value.into();
         match self.get_mut(&key) {
@@ -364,8 +374,8 @@ impl Map {
     }
 }
 
-impl FromIterator<(String, Value)> for Map {
-    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
+impl<K: Into<Text>> FromIterator<(K, Value)> for Map {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(iter: I) -> Self {
         let mut m = Map::new();
         for (k, v) in iter {
             m.insert(k, v);
@@ -375,8 +385,8 @@ impl FromIterator<(String, Value)> for Map {
 }
 
 impl IntoIterator for Map {
-    type Item = (String, Value);
-    type IntoIter = std::vec::IntoIter<(String, Value)>;
+    type Item = (Text, Value);
+    type IntoIter = std::vec::IntoIter<(Text, Value)>;
     fn into_iter(self) -> Self::IntoIter {
         self.entries.into_iter()
     }
@@ -416,7 +426,7 @@ impl<'de> Deserialize<'de> for Map {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Map, A::Error> {
                 let mut m = Map::with_capacity(access.size_hint().unwrap_or(0));
-                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                while let Some((k, v)) = access.next_entry::<Text, Value>()? {
                     m.insert(k, v);
                 }
                 Ok(m)
@@ -447,7 +457,7 @@ enum Tagged {
     Int(i64),
     UInt(u64),
     Float(f64),
-    Str(String),
+    Str(Text),
     List(Vec<Value>),
     Map(Map),
 }
@@ -528,10 +538,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Float(f))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::Str(s.to_owned()))
+        Ok(Value::Str(Text::new(s)))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
-        Ok(Value::Str(s))
+        Ok(Value::Str(Text::from(s)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut l = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
@@ -542,7 +552,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut m = Map::with_capacity(access.size_hint().unwrap_or(0).min(4096));
-        while let Some((k, v)) = access.next_entry::<String, Value>()? {
+        while let Some((k, v)) = access.next_entry::<Text, Value>()? {
             m.insert(k, v);
         }
         Ok(Value::Map(m))
