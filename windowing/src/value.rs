@@ -280,19 +280,31 @@ impl fmt::Display for Value {
     }
 }
 
+/// Writes `s` as a JSON string: runs of characters that need no escape are written whole (a
+/// firing's JSON line is mostly such runs), only `"`, `\\` and control characters are escaped.
 fn write_json_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_str("\"")?;
-    for c in s.chars() {
-        match c {
-            '"' => f.write_str("\\\"")?,
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-            c => write!(f, "{c}")?,
+    let mut clean = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `b` is ASCII, so `clean..i` and `i + 1..` are on character boundaries.
+        f.write_str(&s[clean..i])?;
+        if escape.is_empty() {
+            write!(f, "\\u{:04x}", b)?;
+        } else {
+            f.write_str(escape)?;
         }
+        clean = i + 1;
     }
+    f.write_str(&s[clean..])?;
     f.write_str("\"")
 }
 

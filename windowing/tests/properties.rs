@@ -269,3 +269,21 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    /// `Display` writes JSON: any string (quotes, backslashes, control and non-ASCII characters
+    /// included), as a value and as a field name, reads back through serde_json as itself.
+    #[test]
+    fn display_writes_json_strings_that_read_back(
+        s in "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}é☃😀])*"
+    ) {
+        let v = Value::from(s.as_str());
+        let back: String = serde_json::from_str(&v.to_string()).unwrap();
+        prop_assert_eq!(&back, &s);
+        let mut m = Map::new();
+        m.insert(s.as_str(), 1_i64);
+        let back: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&Value::Map(m).to_string()).unwrap();
+        prop_assert_eq!(back.keys().next().map(String::as_str), Some(s.as_str()));
+    }
+}
