@@ -111,6 +111,12 @@ impl DedupConfig {
 /// so this bounds its cost (about 10 KB for 9-byte ids).
 const MAX_IDS_PER_BATCH: usize = 1024;
 
+/// Memtable budget of the filter's database: ids are written once and read only to confirm a
+/// rare bloom "maybe", so a smaller budget than the log's costs nothing measurable.
+const MEMTABLE_BYTES: usize = 4 << 20;
+/// Block cache of the filter's database (confirmations and the rebuild on open read it).
+const BLOCK_CACHE_BYTES: usize = 2 << 20;
+
 /// Key of the mark in the default column family.
 const MARK_KEY: &[u8] = b"mark";
 
@@ -593,7 +599,7 @@ impl DedupFilter {
         config.validate()?;
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
-        let (opts, cache) = crate::store::db_options()?;
+        let (opts, cache) = crate::store::db_options(MEMTABLE_BYTES, BLOCK_CACHE_BYTES)?;
         let existing = DB::list_cf(&opts, dir).unwrap_or_default();
         let mut seqs: Vec<u64> = existing
             .iter()

@@ -96,14 +96,18 @@ pub(crate) fn cf_options(cache: &rocksdb::Cache) -> Options {
 }
 
 /// Options of a database (created if missing) whose memory is bounded: the options of
-/// [`cf_options`] with a block cache of its own, and a memtable budget of
-/// [`DB_WRITE_BUFFER_BYTES`]. Also returns the cache, for the column families.
-pub(crate) fn db_options() -> Result<(Options, rocksdb::Cache)> {
-    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
+/// [`cf_options`] with a block cache of `cache_bytes` of its own, a memtable budget of
+/// `memtable_bytes` and a WAL budget of [`WAL_BUDGET_BYTES`]. Also returns the cache, for the
+/// column families.
+pub(crate) fn db_options(
+    memtable_bytes: usize,
+    cache_bytes: usize,
+) -> Result<(Options, rocksdb::Cache)> {
+    let cache = rocksdb::Cache::new_lru_cache(cache_bytes)?;
     let mut opts = cf_options(&cache);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+    opts.set_db_write_buffer_size(memtable_bytes);
     opts.set_max_total_wal_size(WAL_BUDGET_BYTES);
     Ok((opts, cache))
 }
@@ -111,7 +115,7 @@ pub(crate) fn db_options() -> Result<(Options, rocksdb::Cache)> {
 /// Opens (or creates) a node's database with all column families.
 pub(crate) fn open_db(dir: &Path) -> Result<Arc<DB>> {
     std::fs::create_dir_all(dir)?;
-    let (opts, cache) = db_options()?;
+    let (opts, cache) = db_options(DB_WRITE_BUFFER_BYTES, BLOCK_CACHE_BYTES)?;
     let cfs = [
         CF_LOGS,
         CF_RAFT_META,

@@ -37,10 +37,6 @@ use sardonyx_benches::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The allocator of the `sardonyx` binary (mimalloc), so figures are those of the real binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     version,
