@@ -281,7 +281,7 @@ impl fmt::Display for Value {
 }
 
 /// Writes `s` as a JSON string: runs of characters that need no escape are written whole (a
-/// firing's JSON line is mostly such runs), only `"`, `\\` and control characters are escaped.
+/// firing's JSON line is mostly such runs), only `"`, `\` and control characters are escaped.
 fn write_json_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_str("\"")?;
     let mut clean = 0;
