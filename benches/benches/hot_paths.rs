@@ -258,6 +258,19 @@ fn dedup(c: &mut Criterion) {
                 black_box(filter.contains(&new[j]).expect("contains"))
             })
         });
+        // The engine's way: a whole batch's ids in one call, their cache misses overlapping.
+        let mut answers = Vec::new();
+        let mut k = 0;
+        g.throughput(Throughput::Elements(1000));
+        g.bench_function("contains_each (1000 new ids, 10 buckets)", |b| {
+            b.iter(|| {
+                k = (k + 1000) % (new.len() - 1000);
+                let batch = new[k..k + 1000].iter().map(Vec::as_slice);
+                filter.contains_each(batch, &mut answers).expect("contains");
+                black_box(&answers);
+            })
+        });
+        g.throughput(Throughput::Elements(1));
     }
     {
         // A batch of 1000 new ids into a filter already rotating through full buckets.

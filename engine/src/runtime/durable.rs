@@ -468,11 +468,21 @@ impl SlotLog {
         ))
     }
 
-    /// True if the filter has seen `key` (always false without deduplication).
-    pub fn seen(&self, key: &[u8]) -> Result<bool, RunError> {
+    /// Whether the filter has seen each of `keys`, in order, into `answers` (cleared first;
+    /// always false without deduplication): one pass over the filter for a whole batch, whose
+    /// lookups overlap their cache misses.
+    pub fn seen_each<'a, I>(&self, keys: I, answers: &mut Vec<bool>) -> Result<(), RunError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
         match &self.filter {
-            Some(f) => f.contains(key).map_err(state_error),
-            None => Ok(false),
+            Some(f) => f.contains_each(keys, answers).map_err(state_error),
+            None => {
+                answers.clear();
+                answers.extend(keys.into_iter().map(|_| false));
+                Ok(())
+            }
         }
     }
 

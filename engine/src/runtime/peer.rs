@@ -984,16 +984,22 @@ fn window_batch(
     let mut passed = Vec::with_capacity(segments.len());
     let mut batch = sardonyx_windowing::Step::default();
     let mut ids = Vec::new();
-    for s in segments {
+    // The filter does not change within a batch: ask it about every id at once.
+    let mut in_filter = Vec::new();
+    if let Some((slot, field, seen)) = dedup.as_mut() {
+        seen.batch_keys(&segments, field);
+        slot.seen_each(seen.batch.iter(), &mut in_filter)?;
+    }
+    for (i, s) in segments.into_iter().enumerate() {
         let mut id = None;
-        if let Some((slot, field, seen)) = dedup.as_mut() {
+        if let Some((_, field, seen)) = dedup.as_mut() {
             let Some(v) = s.get(field) else {
                 let reason = format!("uniqueness_key field \"{field}\" is missing");
                 router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
                 continue;
             };
             crate::state::id_key_into(v, &mut seen.key);
-            if seen.contains(v) || slot.seen(&seen.key)? {
+            if seen.contains(v) || in_filter[i] {
                 ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
                 passed.push(s);
                 continue;
@@ -1069,6 +1075,24 @@ struct SeenPair {
     prev: SeenIds,
     /// The key of the id at hand.
     key: Vec<u8>,
+    /// The keys of the ids of the batch at hand.
+    batch: BatchKeys,
+}
+
+/// The id keys of a batch's segments, one after another in one buffer (an empty key for a
+/// segment without the uniqueness field).
+#[derive(Default)]
+struct BatchKeys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl BatchKeys {
+    /// Each segment's key, in order.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
+    }
 }
 
 impl SeenPair {
@@ -1082,6 +1106,20 @@ impl SeenPair {
     /// before.
     fn contains(&self, v: &Value) -> bool {
         self.here.contains(v, &self.key) || self.prev.contains(v, &self.key)
+    }
+
+    /// Computes the id key of each of `segments` (by the uniqueness field `field`) into
+    /// `self.batch`.
+    fn batch_keys(&mut self, segments: &[Segment], field: &str) {
+        self.batch.bytes.clear();
+        self.batch.ends.clear();
+        for s in segments {
+            if let Some(v) = s.get(field) {
+                crate::state::id_key_into(v, &mut self.key);
+                self.batch.bytes.extend_from_slice(&self.key);
+            }
+            self.batch.ends.push(self.batch.bytes.len());
+        }
     }
 
     /// Notes the id `v`, whose key is in `self.key`, as applied by this batch.
