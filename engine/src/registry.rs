@@ -597,7 +597,7 @@ impl SegmentSink for JsonLinesOutput {
     fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
         let lines: Vec<Vec<u8>> = segments
             .iter()
-            .map(|s| s.to_string().into_bytes())
+            .map(|s| crate::segment::to_json_string(s).into_bytes())
             .collect();
         self.0.write_batch(&lines)
     }
@@ -637,7 +637,7 @@ impl SegmentSink for ChannelOutput {
 /// (O_APPEND) a batch's whole lines in one write at each flush, so lines never interleave.
 struct JsonLinesSync {
     file: std::fs::File,
-    pending: Vec<u8>,
+    pending: String,
 }
 
 impl JsonLinesSync {
@@ -659,15 +659,16 @@ impl JsonLinesSync {
             .open(path)?;
         Ok(JsonLinesSync {
             file,
-            pending: Vec::new(),
+            pending: String::new(),
         })
     }
 }
 
 impl SyncSink for JsonLinesSync {
     fn sync(&mut self, firing: &Map) -> Result<(), String> {
-        use std::io::Write;
-        writeln!(self.pending, "{firing}").map_err(|e| e.to_string())
+        firing.write_json(&mut self.pending);
+        self.pending.push('\n');
+        Ok(())
     }
     fn flush(&mut self) -> Result<(), String> {
         use std::io::Write;
@@ -675,7 +676,7 @@ impl SyncSink for JsonLinesSync {
             return Ok(());
         }
         self.file
-            .write_all(&self.pending)
+            .write_all(self.pending.as_bytes())
             .map_err(|e| e.to_string())?;
         self.pending.clear();
         Ok(())
@@ -709,7 +710,7 @@ impl SegmentSink for JsonOutput {
     fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
         let records: Vec<Vec<u8>> = segments
             .iter()
-            .map(|s| s.to_string().into_bytes())
+            .map(|s| crate::segment::to_json_string(s).into_bytes())
             .collect();
         self.0.write_batch(&records)
     }
@@ -728,7 +729,8 @@ struct BufferedSync {
 
 impl SyncSink for BufferedSync {
     fn sync(&mut self, firing: &Map) -> Result<(), String> {
-        self.pending.push(firing.to_string().into_bytes());
+        self.pending
+            .push(crate::segment::to_json_string(firing).into_bytes());
         Ok(())
     }
 

@@ -161,7 +161,9 @@ mod flat {
 
 /// Writes a segment as one line of compact JSON (no newline).
 pub fn to_json_string(segment: &Segment) -> String {
-    segment.to_string()
+    let mut out = String::new();
+    segment.write_json(&mut out);
+    out
 }
 
 /// Encodes a segment with bincode (the form segments take between processes and in logs).

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{a_type, WindowError};
 use crate::session;
 use crate::trigger::{FireEvent, Firing, PunctuationCtx, Refinement, TriggerOn, TriggerSpec};
-use crate::value::{Map, Value};
+use crate::value::{Map, Text, Value};
 use crate::window::{Units, WindowKind, WindowSpec};
 
 /// One logged state change. Windows, triggers and groups are small indices: `w` indexes the
@@ -1020,8 +1020,8 @@ impl WindowOperator {
         let needs_transition =
             x.changed & (1u64 << tr) != 0 || trigger.refinement == Refinement::Discarding;
         step.firings.push(Firing {
-            window: self.windows[w].id.clone(),
-            trigger: trigger.id.clone(),
+            window: Text::new(&self.windows[w].id),
+            trigger: Text::new(&trigger.id),
             event,
             group: self.state.groups[g as usize].clone().unwrap_or_default(),
             lower,

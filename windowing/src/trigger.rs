@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::{Map, Value};
+use crate::value::{Map, Text, Value};
 
 /// What a punctuation predicate sees besides the segment.
 #[derive(Debug, Clone, Copy)]
@@ -218,9 +218,9 @@ impl FireEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {
     /// The window id.
-    pub window: String,
+    pub window: Text,
     /// The trigger id.
-    pub trigger: String,
+    pub trigger: Text,
     /// Why it fired.
     pub event: FireEvent,
     /// The group (`Value::Null` without grouping).
@@ -237,13 +237,18 @@ impl Firing {
     /// The `sardonyx/jsonl` sync line: `{"window","trigger","group","lower","upper","state",
     /// "event"}` in that order.
     pub fn to_sync_map(&self) -> Map {
+        self.clone().into_sync_map()
+    }
+
+    /// [`Firing::to_sync_map`], moving the group and the state instead of copying them.
+    pub fn into_sync_map(self) -> Map {
         let mut m = Map::with_capacity(7);
-        m.insert("window", self.window.as_str());
-        m.insert("trigger", self.trigger.as_str());
-        m.insert("group", self.group.clone());
+        m.insert("window", self.window);
+        m.insert("trigger", self.trigger);
+        m.insert("group", self.group);
         m.insert("lower", self.lower);
         m.insert("upper", self.upper);
-        m.insert("state", self.state.clone());
+        m.insert("state", self.state);
         m.insert("event", self.event.as_str());
         m
     }

@@ -253,37 +253,51 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
-/// Writes the value as compact JSON (non-finite floats as `null`, as JSON has no other spelling).
+/// Writes the value as compact JSON (non-finite floats as `null`, as JSON has no other spelling);
+/// the text of [`Value::write_json`].
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        f.write_str(&out)
+    }
+}
+
+impl Value {
+    /// Appends the value as compact JSON to `out` (what `Display` writes; non-finite floats as
+    /// `null`). Faster than `Display`: integers and strings are copied in, not formatted.
+    pub fn write_json(&self, out: &mut String) {
         match self {
-            Value::Null => f.write_str("null"),
-            Value::Bool(b) => write!(f, "{b}"),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::UInt(u) => write!(f, "{u}"),
-            Value::Float(x) if !x.is_finite() => f.write_str("null"),
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Value::UInt(u) => out.push_str(itoa::Buffer::new().format(*u)),
+            Value::Float(x) if !x.is_finite() => out.push_str("null"),
             // Debug always writes a `.` or an exponent, so the text parses back as a float.
-            Value::Float(x) => write!(f, "{x:?}"),
-            Value::Str(s) => write_json_string(f, s),
+            Value::Float(x) => {
+                use fmt::Write;
+                write!(out, "{x:?}").expect("writing into a String cannot fail");
+            }
+            Value::Str(s) => write_json_string(out, s),
             Value::List(l) => {
-                f.write_str("[")?;
+                out.push('[');
                 for (i, v) in l.iter().enumerate() {
                     if i > 0 {
-                        f.write_str(",")?;
+                        out.push(',');
                     }
-                    write!(f, "{v}")?;
+                    v.write_json(out);
                 }
-                f.write_str("]")
+                out.push(']');
             }
-            Value::Map(m) => write!(f, "{m}"),
+            Value::Map(m) => m.write_json(out),
         }
     }
 }
 
-/// Writes `s` as a JSON string: runs of characters that need no escape are written whole (a
+/// Appends `s` as a JSON string: runs of characters that need no escape are copied whole (a
 /// firing's JSON line is mostly such runs), only `"`, `\` and control characters are escaped.
-fn write_json_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
-    f.write_str("\"")?;
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
     let mut clean = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {
@@ -296,16 +310,17 @@ fn write_json_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
             _ => continue,
         };
         // `b` is ASCII, so `clean..i` and `i + 1..` are on character boundaries.
-        f.write_str(&s[clean..i])?;
+        out.push_str(&s[clean..i]);
         if escape.is_empty() {
-            write!(f, "\\u{:04x}", b)?;
+            use fmt::Write;
+            write!(out, "\\u{:04x}", b).expect("writing into a String cannot fail");
         } else {
-            f.write_str(escape)?;
+            out.push_str(escape);
         }
         clean = i + 1;
     }
-    f.write_str(&s[clean..])?;
-    f.write_str("\"")
+    out.push_str(&s[clean..]);
+    out.push('"');
 }
 
 /// An ordered map from field name to value; keys are unique, insertion order is kept.
@@ -404,17 +419,28 @@ impl IntoIterator for Map {
     }
 }
 
+/// Writes the map as a compact JSON object (the text of [`Map::write_json`]).
 impl fmt::Display for Map {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
+        let mut out = String::new();
+        self.write_json(&mut out);
+        f.write_str(&out)
+    }
+}
+
+impl Map {
+    /// Appends the map as a compact JSON object to `out` (what `Display` writes).
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
         for (i, (k, v)) in self.entries.iter().enumerate() {
             if i > 0 {
-                f.write_str(",")?;
+                out.push(',');
             }
-            write_json_string(f, k)?;
-            write!(f, ":{v}")?;
+            write_json_string(out, k);
+            out.push(':');
+            v.write_json(out);
         }
-        f.write_str("}")
+        out.push('}');
     }
 }
 

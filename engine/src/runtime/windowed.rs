@@ -121,12 +121,22 @@ pub(crate) fn trigger_spec(t: &TriggerDef, registry: &Registry) -> TriggerSpec {
 pub(crate) struct WindowStage {
     /// The pure window logic.
     pub operator: WindowOperator,
-    syncs: BTreeMap<(String, String), SharedSync>,
-    emits: BTreeMap<(String, String), bool>,
+    /// Where each trigger's firings go, one entry per trigger (a few: found by a scan).
+    routes: Vec<FiringRoute>,
     /// Per window id, the task late segments go to (if any).
     pub late_tasks: BTreeMap<String, String>,
     /// The shortest timer period, if any trigger is a timer.
     pub timer_period_ms: Option<i64>,
+}
+
+/// Where the firings of one trigger go.
+struct FiringRoute {
+    window: String,
+    trigger: String,
+    /// The trigger's sync, if it has one.
+    sync: Option<SharedSync>,
+    /// Whether its firings travel on as segments (`emit: true`).
+    emit: bool,
 }
 
 /// What a step asks of the peer around it.
@@ -152,17 +162,19 @@ impl WindowStage {
         }
         let windows = defs.iter().map(|w| window_spec(w, registry)).collect();
         let mut triggers = Vec::new();
-        let mut stage_syncs = BTreeMap::new();
-        let mut emits = BTreeMap::new();
+        let mut routes = Vec::new();
         let mut timer_period_ms: Option<i64> = None;
         for w in &defs {
             for t in job.triggers_of(&w.id) {
                 triggers.push(trigger_spec(t, registry));
                 let key = (t.window.clone(), t.id.clone());
-                if let Some(s) = syncs.get(&key) {
-                    stage_syncs.insert(key.clone(), s.clone());
-                }
-                emits.insert(key, t.emit.unwrap_or(false));
+                let sync = syncs.get(&key).cloned();
+                routes.push(FiringRoute {
+                    window: key.0,
+                    trigger: key.1,
+                    sync,
+                    emit: t.emit.unwrap_or(false),
+                });
                 if t.on == TriggerOn::Timer {
                     let p = t.period.map_or(1000, |s| s.base_amount()).max(1);
                     timer_period_ms = Some(timer_period_ms.map_or(p, |q| q.min(p)));
@@ -176,8 +188,7 @@ impl WindowStage {
             .collect();
         Ok(Some(WindowStage {
             operator,
-            syncs: stage_syncs,
-            emits,
+            routes,
             late_tasks,
             timer_period_ms,
         }))
@@ -186,21 +197,22 @@ impl WindowStage {
     /// Hands a step's firings to their syncs (the state before refinement) and collects what
     /// must travel on: emitted firings and late segments.
     pub fn deliver(&self, step: Step, delivery: &mut Delivery) -> Result<(), String> {
-        for f in &step.firings {
-            let key = (f.window.clone(), f.trigger.clone());
-            let map = f.to_sync_map();
-            if let Some(sync) = self.syncs.get(&key) {
+        for f in step.firings {
+            let route = self
+                .routes
+                .iter()
+                .find(|r| r.window == f.window && r.trigger == f.trigger);
+            let (trigger, window) = (f.trigger.clone(), f.window.clone());
+            let map = f.into_sync_map();
+            if let Some(sync) = route.and_then(|r| r.sync.as_ref()) {
                 sync.lock()
                     .expect("sync lock poisoned")
                     .sync(&map)
                     .map_err(|e| {
-                        format!(
-                            "sync of trigger \"{}\" of window \"{}\": {e}",
-                            f.trigger, f.window
-                        )
+                        format!("sync of trigger \"{trigger}\" of window \"{window}\": {e}")
                     })?;
             }
-            if self.emits.get(&key).copied().unwrap_or(false) {
+            if route.is_some_and(|r| r.emit) {
                 delivery.emitted.push(map);
             }
         }
@@ -213,7 +225,7 @@ impl WindowStage {
 
     /// Flushes every sync this stage uses.
     pub fn flush_syncs(&self) -> Result<(), String> {
-        for s in self.syncs.values() {
+        for s in self.routes.iter().filter_map(|r| r.sync.as_ref()) {
             s.lock().expect("sync lock poisoned").flush()?;
         }
         Ok(())

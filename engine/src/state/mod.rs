@@ -348,8 +348,8 @@ pub fn firing_of(
         }
     };
     Some(Firing {
-        window: spec.id.clone(),
-        trigger: trigger.id.clone(),
+        window: spec.id.as_str().into(),
+        trigger: trigger.id.as_str().into(),
         event,
         group,
         lower: view.lower,
