@@ -527,6 +527,12 @@ impl WindowOperator {
         self.state.clone()
     }
 
+    /// The complete state by reference: what [`WindowOperator::snapshot`] copies, for encoding
+    /// it without a copy.
+    pub fn snapshot_ref(&self) -> &Snapshot {
+        &self.state
+    }
+
     /// Replaces the state with `snapshot` (taken from an operator with the same specs).
     pub fn restore(&mut self, snapshot: Snapshot) -> Result<(), WindowError> {
         let bad = |m: String| Err(WindowError::BadSnapshot(m));

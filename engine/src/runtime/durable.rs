@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::{Progress, RunError};
 use crate::job::Job;
-use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord, SlotSnapshot};
+use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -602,15 +602,14 @@ impl SlotLog {
                     .any(|w| !op.extents(&w.id, key).is_empty())
             })
             .collect();
-        self.groups = GroupTable::from_vec(live.clone());
-        let snap = SlotSnapshot {
+        let bytes = state::encode_snapshot_ref(&state::SlotSnapshotRef {
             epoch: self.epoch,
-            operator: op.snapshot(),
-            groups: live,
-            filter,
-        };
-        let bytes = state::encode_snapshot(&snap);
-        drop(snap);
+            operator: op.snapshot_ref(),
+            groups: &live,
+            filter: &filter,
+        });
+        drop(filter);
+        self.groups = GroupTable::from_vec(live);
         let len = bytes.len();
         let mark = FilterMark::of_entry(&self.ledger, pos, &bytes);
         self.js

@@ -278,8 +278,32 @@ pub fn decode_record(bytes: &[u8]) -> Result<SlotRecord, String> {
     }
 }
 
+/// [`SlotSnapshot`] by reference (same fields, same bytes), so that a compaction encodes the
+/// operator state and the group table without copying them first.
+#[derive(Serialize)]
+pub struct SlotSnapshotRef<'a> {
+    /// The greatest owner epoch seen up to the covered position.
+    pub epoch: u64,
+    /// The operator's complete state.
+    pub operator: &'a Snapshot,
+    /// The group table (group id → key).
+    pub groups: &'a [(u32, Value)],
+    /// The dedup filter's export (empty without deduplication).
+    pub filter: &'a [u8],
+}
+
 /// Encodes a snapshot.
 pub fn encode_snapshot(s: &SlotSnapshot) -> Vec<u8> {
+    encode_snapshot_ref(&SlotSnapshotRef {
+        epoch: s.epoch,
+        operator: &s.operator,
+        groups: &s.groups,
+        filter: &s.filter,
+    })
+}
+
+/// Encodes a snapshot given by reference: the bytes of [`encode_snapshot`].
+pub fn encode_snapshot_ref(s: &SlotSnapshotRef<'_>) -> Vec<u8> {
     bincode::serde::encode_to_vec(s, config()).expect("encoding into memory cannot fail")
 }
 

@@ -66,12 +66,29 @@ fn batches() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
 }
 
 fn snapshot_at(op: &WindowOperator, groups: &GroupTable, epoch: u64) -> Vec<u8> {
-    encode_snapshot(&SlotSnapshot {
+    let owned = encode_snapshot(&SlotSnapshot {
         epoch,
         operator: op.snapshot(),
         groups: groups.to_vec(),
         filter: Vec::new(),
-    })
+    });
+    // Compaction encodes by reference: the same bytes, with or without a filter export.
+    for filter in [&[][..], b"export"] {
+        let by_ref = encode_snapshot_ref(&SlotSnapshotRef {
+            epoch,
+            operator: op.snapshot_ref(),
+            groups: &groups.to_vec(),
+            filter,
+        });
+        let by_value = encode_snapshot(&SlotSnapshot {
+            epoch,
+            operator: op.snapshot(),
+            groups: groups.to_vec(),
+            filter: filter.to_vec(),
+        });
+        assert_eq!(by_ref, by_value);
+    }
+    owned
 }
 
 proptest! {
