@@ -964,8 +964,22 @@ impl WindowOperator {
             let later = self.due[w].split_off(&(wm.saturating_add(1), 0, i64::MIN));
             std::mem::replace(&mut self.due[w], later)
         };
-        let mut v: Vec<(u32, i64)> = due.into_iter().map(|(_, g, e)| (g, e)).collect();
         let groups = &self.state.groups;
+        // Integer group keys (the common case) sort as plain integers, without comparing
+        // `Value`s through the group table on every comparison.
+        let int_keyed: Option<Vec<(i64, i64, u32)>> = due
+            .iter()
+            .map(|&(_, g, e)| match groups[g as usize] {
+                Some(Value::Int(i)) => Some((i, e, g)),
+                _ => None,
+            })
+            .collect();
+        if let Some(mut keyed) = int_keyed {
+            keyed.sort_unstable();
+            keyed.dedup();
+            return keyed.into_iter().map(|(_, e, g)| (g, e)).collect();
+        }
+        let mut v: Vec<(u32, i64)> = due.into_iter().map(|(_, g, e)| (g, e)).collect();
         v.sort_by(|a, b| {
             groups[a.0 as usize]
                 .cmp(&groups[b.0 as usize])
