@@ -4,6 +4,7 @@
 //! - [`window`] and [`trigger`]: window and trigger specs as plain Rust values.
 //! - [`extent`]: extent ids and bounds of fixed and sliding windows (DESIGN §4).
 //! - [`session`]: session windows (merging by `timeout_gap`).
+//! - [`due`]: the index of extents by the watermark at which they need attention.
 //! - [`aggregation`]: the [`Aggregation`] trait and the built-in aggregations.
 //! - [`watermark`]: per-task watermark tracking over several inputs.
 //! - [`operator`]: the [`WindowOperator`], a state machine that takes segments, watermarks,
@@ -15,6 +16,7 @@
 //! so it is tested without sockets or sleeps.
 
 pub mod aggregation;
+pub mod due;
 pub mod error;
 pub mod extent;
 pub mod operator;

@@ -52,6 +52,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::due::DueIndex;
+
 /// Group key → group id.
 type GroupIds = HashMap<Value, u32, foldhash::quality::RandomState>;
 
@@ -322,8 +324,10 @@ pub struct WindowOperator {
     /// Per window, the extents of non-global windows by the earliest watermark at which they
     /// need attention ([`WindowOperator::due_key`]): `(key, group, extent)`. Derived from the
     /// state (kept by `apply`, rebuilt by `restore`), so a watermark advance visits only the
-    /// extents that are due instead of every group.
-    due: Vec<BTreeSet<(i64, u32, i64)>>,
+    /// extents that are due instead of every group. Lazy ([`crate::due`]): an entry that no
+    /// longer matches the state (the extent moved to another key, or is gone) is dropped when
+    /// it is taken.
+    due: Vec<DueIndex>,
 }
 
 impl std::fmt::Debug for WindowOperator {
@@ -422,7 +426,7 @@ impl WindowOperator {
                 .collect(),
         };
         Ok(WindowOperator {
-            due: vec![BTreeSet::new(); windows.len()],
+            due: vec![DueIndex::new(); windows.len()],
             windows,
             triggers: per_window,
             state,
@@ -512,10 +516,12 @@ impl WindowOperator {
                     }
                 }
             }
-            if expected != self.due[w] {
+            // Every live extent's current key is in the index; other entries are stale ones,
+            // dropped when popped.
+            let indexed: BTreeSet<(i64, u32, i64)> = self.due[w].iter().copied().collect();
+            if let Some(missing) = expected.difference(&indexed).next() {
                 return Err(format!(
-                    "window {w}: index {:?} != state {:?}",
-                    self.due[w], expected
+                    "window {w}: the index {indexed:?} lacks {missing:?} (the state: {expected:?})"
                 ));
             }
         }
@@ -672,8 +678,6 @@ impl WindowOperator {
             Transition::Evict { w, g, e } => {
                 self.check_wg(*w, *g)?;
                 let wi = usize::from(*w);
-                let old = self.due_of(wi, *g, *e);
-                self.reindex_removed(wi, *g, *e, old);
                 let ws = &mut self.state.windows[wi];
                 let Some(gs) = ws.groups.get_mut(g) else {
                     return bad(format!("window {w} group {g} has no extent {e}"));
@@ -807,10 +811,6 @@ impl WindowOperator {
             .map_or_else(Vec::new, |gs| {
                 session::touching(&gs.extents, |x| x.upper, t, gap)
             });
-        for &k in &keys {
-            let old = self.due_of(w, g, k);
-            self.reindex_removed(w, g, k, old);
-        }
         let gs = self.group_state(w, g);
         let mut lower = t;
         let mut merged: Option<Extent> = None;
@@ -918,52 +918,39 @@ impl WindowOperator {
         self.extent(w, g, e).and_then(|x| self.due_key(w, e, x))
     }
 
-    /// Moves the index entry of extent `e` from its key before a change (`old`) to its key now.
+    /// Indexes extent `e` under its key now, if that differs from its key before a change
+    /// (`old`); the entry under `old` goes stale.
     fn reindex(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
         let new = self.due_of(w, g, e);
         if new == old {
             return;
         }
-        if let Some(k) = old {
-            self.due[w].remove(&(k, g, e));
-        }
         if let Some(k) = new {
-            self.due[w].insert((k, g, e));
-        }
-    }
-
-    /// Removes the index entry of an extent that is going away (its key was `old`).
-    fn reindex_removed(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
-        if let Some(k) = old {
-            self.due[w].remove(&(k, g, e));
+            self.due[w].push((k, g, e));
         }
     }
 
     /// Rebuilds the due index from the state (after `restore`).
     fn rebuild_due(&mut self) {
-        let mut due = vec![BTreeSet::new(); self.windows.len()];
+        let mut due = vec![Vec::new(); self.windows.len()];
         for (w, ws) in self.state.windows.iter().enumerate() {
             for (g, gs) in ws.groups.iter() {
                 for (&e, x) in &gs.extents {
                     if let Some(k) = self.due_key(w, e, x) {
-                        due[w].insert((k, g, e));
+                        due[w].push((k, g, e));
                     }
                 }
             }
         }
-        self.due = due;
+        self.due = due.into_iter().map(DueIndex::from_iter).collect();
     }
 
     /// Takes the extents of window `w` due at watermark `wm` out of the index, ordered by group
-    /// value, then extent (the firing order). They are put back by the transitions that fire or
-    /// evict them, or by [`WindowOperator::restore_due`].
+    /// value, then extent (the firing order); stale entries are dropped. They are put back by
+    /// the transitions that fire or evict them, or by [`WindowOperator::restore_due`].
     fn take_due(&mut self, w: usize, wm: i64) -> Vec<(u32, i64)> {
-        let due = if wm == i64::MAX {
-            std::mem::take(&mut self.due[w])
-        } else {
-            let later = self.due[w].split_off(&(wm.saturating_add(1), 0, i64::MIN));
-            std::mem::replace(&mut self.due[w], later)
-        };
+        let mut due = self.due[w].take_upto(wm);
+        due.retain(|&(k, g, e)| self.due_of(w, g, e) == Some(k));
         let groups = &self.state.groups;
         // Integer group keys (the common case) sort as plain integers, without comparing
         // `Value`s through the group table on every comparison.
@@ -994,7 +981,7 @@ impl WindowOperator {
     fn restore_due(&mut self, w: usize, taken: &[(u32, i64)]) {
         for &(g, e) in taken {
             if let Some(k) = self.due_of(w, g, e) {
-                self.due[w].insert((k, g, e));
+                self.due[w].push((k, g, e));
             }
         }
     }
