@@ -90,6 +90,8 @@ for f in "$DATA:$N" "$RDATA:$NR"; do
   [ -f "${f%%:*}" ] || { log "generating ${f%%:*}"; python3 "$B/gen_votes.py" "${f%%:*}" -n "${f##*:}" --seed 42 --vote-id >&2; }
 done
 SRC=$ROOT
+# Refresh the index first: files only touched since (e.g. by `cargo fmt`) would read as dirty.
+git -C "$ROOT" update-index -q --refresh >/dev/null 2>&1 || true
 COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "(not a git checkout)")
 if [ "${FROM_HEAD:-0}" = 1 ]; then
   # Build the committed HEAD, not the working tree (which others may be editing).
