@@ -3,6 +3,7 @@
 //! - [`value`]: the value model shared by segments and window state ([`Value`], [`Map`]).
 //! - [`window`] and [`trigger`]: window and trigger specs as plain Rust values.
 //! - [`extent`]: extent ids and bounds of fixed and sliding windows (DESIGN §4).
+//! - [`extent_map`]: a group's extents in one window (a sorted vector).
 //! - [`session`]: session windows (merging by `timeout_gap`).
 //! - [`due`]: the index of extents by the watermark at which they need attention.
 //! - [`aggregation`]: the [`Aggregation`] trait and the built-in aggregations.
@@ -19,6 +20,7 @@ pub mod aggregation;
 pub mod due;
 pub mod error;
 pub mod extent;
+pub mod extent_map;
 pub mod operator;
 pub mod session;
 pub mod trigger;

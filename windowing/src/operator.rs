@@ -53,6 +53,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::due::DueIndex;
+use crate::extent_map::ExtentMap;
 
 /// Group key → group id.
 type GroupIds = HashMap<Value, u32, foldhash::quality::RandomState>;
@@ -208,7 +209,7 @@ struct Extent {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct GroupState {
-    extents: BTreeMap<i64, Extent>,
+    extents: ExtentMap<Extent>,
     counters: Vec<u64>,
 }
 
@@ -239,7 +240,7 @@ impl GroupTable {
 
     fn insert(&mut self, g: u32, gs: GroupState) {
         *self.get_or_insert_with(g, || GroupState {
-            extents: BTreeMap::new(),
+            extents: ExtentMap::new(),
             counters: Vec::new(),
         }) = gs;
     }
@@ -756,7 +757,7 @@ impl WindowOperator {
         self.state.windows[w]
             .groups
             .get_or_insert_with(g, || GroupState {
-                extents: BTreeMap::new(),
+                extents: ExtentMap::new(),
                 counters: vec![0; n],
             })
     }
@@ -772,7 +773,7 @@ impl WindowOperator {
         let gs = self.state.windows[w]
             .groups
             .get_or_insert_with(g, || GroupState {
-                extents: BTreeMap::new(),
+                extents: ExtentMap::new(),
                 counters: vec![0; n],
             });
         for (c, t) in gs.counters.iter_mut().zip(&self.triggers[w]) {
@@ -789,7 +790,7 @@ impl WindowOperator {
         let bits = all_bits(self.triggers[w].len());
         let old = self.due_of(w, g, e);
         let gs = self.group_state(w, g);
-        let x = gs.extents.entry(e).or_insert_with(|| Extent {
+        let x = gs.extents.get_or_insert_with(e, || Extent {
             upper,
             state: agg.init(),
             changed: 0,
@@ -1183,7 +1184,7 @@ impl WindowOperator {
                 let touching: Vec<&Extent> = gs.map_or_else(Vec::new, |gs| {
                     session::touching(&gs.extents, |x| x.upper, t, gap)
                         .iter()
-                        .map(|k| &gs.extents[k])
+                        .map(|k| gs.extents.get(k).expect("touching keys exist"))
                         .collect()
                 });
                 let upper = touching.iter().map(|x| x.upper).fold(t, i64::max);

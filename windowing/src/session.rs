@@ -9,18 +9,18 @@
 //! it does not depend on arrival order; with an associative and commutative merge, neither do
 //! the states.
 
-use std::collections::BTreeMap;
+use crate::extent_map::ExtentMap;
 
 /// The lower bounds (ascending) of the sessions that an event at `t` joins: those with
 /// `lower − gap <= t <= upper + gap`.
 pub(crate) fn touching<E>(
-    sessions: &BTreeMap<i64, E>,
+    sessions: &ExtentMap<E>,
     upper: impl Fn(&E) -> i64,
     t: i64,
     gap: i64,
 ) -> Vec<i64> {
     let mut keys: Vec<i64> = sessions
-        .range(..=t.saturating_add(gap))
+        .up_to(t.saturating_add(gap))
         .rev()
         .take_while(|(_, e)| upper(e).saturating_add(gap) >= t)
         .map(|(k, _)| *k)
@@ -31,12 +31,12 @@ pub(crate) fn touching<E>(
 
 /// The lower bound of the session containing `t`, if any.
 pub(crate) fn containing<E>(
-    sessions: &BTreeMap<i64, E>,
+    sessions: &ExtentMap<E>,
     upper: impl Fn(&E) -> i64,
     t: i64,
 ) -> Option<i64> {
     sessions
-        .range(..=t)
+        .up_to(t)
         .next_back()
         .filter(|(_, e)| upper(e) >= t)
         .map(|(k, _)| *k)
