@@ -139,8 +139,11 @@ body() { grep '^|' "$1" 2>/dev/null || echo "(no table: the step failed, see std
   echo "# Sardonyx benchmarks: $N events, $RUNS run(s)"
   echo
   echo "Produced by \`benches/run-all.sh $N $RUNS\` at $(date -u '+%Y-%m-%d %H:%M UTC'), Sardonyx \`$COMMIT\`"
-  echo "(\`-dirty\`: built from a working tree with uncommitted changes; one binary, \`$VB\`, for"
-  echo "every step). Raw results: \`$OUT\`."
+  case $COMMIT in
+    *-dirty) echo "(\`-dirty\`: built from a working tree with uncommitted changes.) One binary, \`$VB\`, for" ;;
+    *) echo "One binary, \`$VB\`, for" ;;
+  esac
+  echo "every step. Raw results: \`$OUT\`."
   echo
   echo "## Machine"
   echo

@@ -497,7 +497,8 @@ impl WindowOperator {
     }
 
     /// Checks the operator's derived index against its state: every live extent of a
-    /// non-global window is indexed under its current due key and nothing else is, and (after
+    /// non-global window is indexed under its current due key (other entries are stale ones,
+    /// dropped when a watermark takes them), and (after
     /// any event method) no extent is left that a watermark advance to the current watermark
     /// would have fired or evicted. For tests; `Err` says what is wrong.
     #[doc(hidden)]
