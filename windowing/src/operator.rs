@@ -52,7 +52,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::due::DueIndex;
+use crate::due::{DueEntry, DueIndex};
 use crate::extent_map::ExtentMap;
 
 /// Group key → group id.
@@ -329,7 +329,16 @@ pub struct WindowOperator {
     /// longer matches the state (the extent moved to another key, or is gone) is dropped when
     /// it is taken.
     due: Vec<DueIndex>,
+    /// Per window, the size past which the due index is rebuilt from the state (dropping its
+    /// stale entries): twice its size after the last rebuild, plus [`DUE_SLACK`].
+    due_limit: Vec<usize>,
 }
+
+/// Stale entries a due index may gather beyond twice its live ones before it is rebuilt. An
+/// extent whose key goes back and forth (late segments within a long allowed lateness, each
+/// firing a watermark trigger again) adds an entry each time; the rebuild, O(live extents)
+/// after at least as many pushes, keeps the index proportional to the state.
+const DUE_SLACK: usize = 4096;
 
 impl std::fmt::Debug for WindowOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -428,6 +437,7 @@ impl WindowOperator {
         };
         Ok(WindowOperator {
             due: vec![DueIndex::new(); windows.len()],
+            due_limit: vec![DUE_SLACK; windows.len()],
             windows,
             triggers: per_window,
             state,
@@ -928,23 +938,44 @@ impl WindowOperator {
             return;
         }
         if let Some(k) = new {
-            self.due[w].push((k, g, e));
+            self.index_due(w, (k, g, e));
         }
+    }
+
+    /// Adds `entry` to window `w`'s due index, rebuilding the index when stale entries have
+    /// grown it past its limit.
+    fn index_due(&mut self, w: usize, entry: DueEntry) {
+        self.due[w].push(entry);
+        if self.due[w].len() > self.due_limit[w] {
+            self.rebuild_due_window(w);
+        }
+    }
+
+    /// Rebuilds window `w`'s due index from the state.
+    fn rebuild_due_window(&mut self, w: usize) {
+        let mut entries = Vec::new();
+        for (g, gs) in self.state.windows[w].groups.iter() {
+            for (&e, x) in &gs.extents {
+                if let Some(k) = self.due_key(w, e, x) {
+                    entries.push((k, g, e));
+                }
+            }
+        }
+        self.due_limit[w] = 2 * entries.len() + DUE_SLACK;
+        self.due[w] = entries.into_iter().collect();
+    }
+
+    /// The number of entries in window `w`'s due index, stale ones included (for tests).
+    #[doc(hidden)]
+    pub fn due_index_len(&self, w: usize) -> usize {
+        self.due[w].len()
     }
 
     /// Rebuilds the due index from the state (after `restore`).
     fn rebuild_due(&mut self) {
-        let mut due = vec![Vec::new(); self.windows.len()];
-        for (w, ws) in self.state.windows.iter().enumerate() {
-            for (g, gs) in ws.groups.iter() {
-                for (&e, x) in &gs.extents {
-                    if let Some(k) = self.due_key(w, e, x) {
-                        due[w].push((k, g, e));
-                    }
-                }
-            }
+        for w in 0..self.windows.len() {
+            self.rebuild_due_window(w);
         }
-        self.due = due.into_iter().map(DueIndex::from_iter).collect();
     }
 
     /// Takes the extents of window `w` due at watermark `wm` out of the index, ordered by group
@@ -983,7 +1014,7 @@ impl WindowOperator {
     fn restore_due(&mut self, w: usize, taken: &[(u32, i64)]) {
         for &(g, e) in taken {
             if let Some(k) = self.due_of(w, g, e) {
-                self.due[w].push((k, g, e));
+                self.index_due(w, (k, g, e));
             }
         }
     }

@@ -287,3 +287,37 @@ proptest! {
         prop_assert_eq!(back.keys().next().map(String::as_str), Some(s.as_str()));
     }
 }
+
+/// Late segments within a long allowed lateness each fire the watermark trigger again, moving
+/// their extent's due key back and forth: the lazy due index stays bounded (it is rebuilt from
+/// the state once stale entries pile up), and every late segment still fires.
+#[test]
+fn the_due_index_stays_bounded_when_keys_go_back_and_forth() {
+    let windows = vec![WindowSpec::fixed("w", "t", 10, count()).allowed_lateness(1_000_000)];
+    let triggers = vec![TriggerSpec::watermark("w", "close", 0)];
+    let mut o = WindowOperator::new(windows, triggers).unwrap();
+    o.on_segment(&seg(0, 1), &Value::from(1)).unwrap();
+    assert_eq!(o.on_watermark(100).firings.len(), 1);
+    let mut fired = 0;
+    let mut largest = 0;
+    for i in 0..20_000 {
+        let step = o.on_segment(&seg(i % 10, 1), &Value::from(1)).unwrap();
+        fired += step.firings.len();
+        largest = largest.max(o.due_index_len(0));
+        if i % 1000 == 0 {
+            o.check_due_index().unwrap();
+        }
+    }
+    assert_eq!(fired, 20_000);
+    assert!(
+        largest <= 2 + 4096 + 1,
+        "the due index grew to {largest} entries"
+    );
+    // The extent still closes when the watermark passes its lateness.
+    let last = o.on_watermark(1_000_100);
+    assert!(
+        last.firings.is_empty(),
+        "nothing changed since the last firing"
+    );
+    assert_eq!(o.due_index_len(0), 0);
+}
