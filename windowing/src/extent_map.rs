@@ -119,17 +119,6 @@ impl<'a, V> IntoIterator for &'a ExtentMap<V> {
     }
 }
 
-impl<V> FromIterator<(i64, V)> for ExtentMap<V> {
-    /// Later entries of a key replace earlier ones, as in a `BTreeMap`.
-    fn from_iter<I: IntoIterator<Item = (i64, V)>>(iter: I) -> Self {
-        let mut m = ExtentMap::new();
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
-        m
-    }
-}
-
 impl<V: Serialize> Serialize for ExtentMap<V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.entries.iter().map(|(k, v)| (k, v)))
