@@ -352,6 +352,14 @@ impl std::fmt::Debug for WindowOperator {
 
 const MAX_TRIGGERS_PER_WINDOW: usize = 64;
 
+/// Group `g`'s state in a window with `n` triggers, created empty if it has none.
+fn group_entry(groups: &mut GroupTable, g: u32, n: usize) -> &mut GroupState {
+    groups.get_or_insert_with(g, || GroupState {
+        extents: ExtentMap::new(),
+        counters: vec![0; n],
+    })
+}
+
 fn all_bits(n: usize) -> u64 {
     if n >= 64 {
         u64::MAX
@@ -763,16 +771,6 @@ impl WindowOperator {
         }
     }
 
-    fn group_state(&mut self, w: usize, g: u32) -> &mut GroupState {
-        let n = self.triggers[w].len();
-        self.state.windows[w]
-            .groups
-            .get_or_insert_with(g, || GroupState {
-                extents: ExtentMap::new(),
-                counters: vec![0; n],
-            })
-    }
-
     fn count_segment(&mut self, w: usize, g: u32) {
         if !self.triggers[w]
             .iter()
@@ -780,13 +778,7 @@ impl WindowOperator {
         {
             return;
         }
-        let n = self.triggers[w].len();
-        let gs = self.state.windows[w]
-            .groups
-            .get_or_insert_with(g, || GroupState {
-                extents: ExtentMap::new(),
-                counters: vec![0; n],
-            });
+        let gs = group_entry(&mut self.state.windows[w].groups, g, self.triggers[w].len());
         for (c, t) in gs.counters.iter_mut().zip(&self.triggers[w]) {
             if let TriggerOn::Segment { threshold } = t.on {
                 *c = (*c + 1) % threshold;
@@ -795,12 +787,14 @@ impl WindowOperator {
     }
 
     fn apply_extent(&mut self, w: usize, g: u32, e: i64, u: &Value) {
-        let spec = &self.windows[w];
-        let agg = spec.aggregation.clone();
-        let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
-        let bits = all_bits(self.triggers[w].len());
         let old = self.due_of(w, g, e);
-        let gs = self.group_state(w, g);
+        let n = self.triggers[w].len();
+        let bits = all_bits(n);
+        let spec = &self.windows[w];
+        let agg = &spec.aggregation;
+        let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
+        // (Not `group_state`: the aggregation stays borrowed from `self.windows`.)
+        let gs = group_entry(&mut self.state.windows[w].groups, g, n);
         let x = gs.extents.get_or_insert_with(e, || Extent {
             upper,
             state: agg.init(),
@@ -815,15 +809,16 @@ impl WindowOperator {
         let WindowKind::Session { gap } = self.windows[w].kind else {
             return;
         };
-        let agg = self.windows[w].aggregation.clone();
-        let bits = all_bits(self.triggers[w].len());
+        let agg = &self.windows[w].aggregation;
+        let n = self.triggers[w].len();
+        let bits = all_bits(n);
         let keys = self.state.windows[w]
             .groups
             .get(&g)
             .map_or_else(Vec::new, |gs| {
                 session::touching(&gs.extents, |x| x.upper, t, gap)
             });
-        let gs = self.group_state(w, g);
+        let gs = group_entry(&mut self.state.windows[w].groups, g, n);
         let mut lower = t;
         let mut merged: Option<Extent> = None;
         for k in keys {

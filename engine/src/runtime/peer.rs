@@ -1039,7 +1039,7 @@ fn window_batch(
 #[derive(Default)]
 struct SeenIds {
     /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
-    ints: HashSet<i64, foldhash::fast::RandomState>,
+    ints: IntIds,
     /// The keys ([`crate::state::id_key`]) of other ids.
     keys: HashSet<Vec<u8>, foldhash::fast::RandomState>,
 }
@@ -1052,7 +1052,7 @@ impl SeenIds {
 
     fn contains(&self, v: &Value, key: &[u8]) -> bool {
         match v {
-            Value::Int(i) => self.ints.contains(i),
+            Value::Int(i) => self.ints.contains(*i),
             _ => self.keys.contains(key),
         }
     }
@@ -1060,8 +1060,47 @@ impl SeenIds {
     fn insert(&mut self, v: &Value, key: &[u8]) {
         match v {
             Value::Int(i) => self.ints.insert(*i),
-            _ => self.keys.insert(key.to_vec()),
+            _ => {
+                self.keys.insert(key.to_vec());
+            }
+        }
+    }
+}
+
+/// A set of integer ids built for ids that mostly arrive in increasing order (sequence
+/// numbers, offsets): those above every id before them extend a sorted run, so asking about
+/// the next one is a comparison instead of a hash lookup; the others go to a hash set.
+#[derive(Default)]
+struct IntIds {
+    /// Increasing.
+    run: Vec<i64>,
+    /// Ids that were not above the run's last when inserted.
+    others: HashSet<i64, foldhash::fast::RandomState>,
+}
+
+impl IntIds {
+    fn clear(&mut self) {
+        self.run.clear();
+        self.others.clear();
+    }
+
+    fn contains(&self, i: i64) -> bool {
+        let in_run = match self.run.last() {
+            Some(&last) if i <= last => self.run.binary_search(&i).is_ok(),
+            _ => false,
         };
+        in_run || (!self.others.is_empty() && self.others.contains(&i))
+    }
+
+    fn insert(&mut self, i: i64) {
+        match self.run.last() {
+            Some(&last) if i <= last => {
+                if self.run.binary_search(&i).is_err() {
+                    self.others.insert(i);
+                }
+            }
+            _ => self.run.push(i),
+        }
     }
 }
 
@@ -1345,4 +1384,39 @@ async fn write_out(
     })
     .await
     .map_err(|e| RunError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IntIds;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    proptest! {
+        /// Whatever the order of the ids, the set answers as a plain hash set does; runs of
+        /// increasing ids (the case it is built for) are mixed with repeats and strays.
+        #[test]
+        fn int_ids_answer_as_a_hash_set(
+            steps in prop::collection::vec((any::<bool>(), -20_i64..20, prop::bool::weighted(0.05)), 0..200),
+        ) {
+            let mut ids = IntIds::default();
+            let mut model = HashSet::new();
+            let mut next = 0_i64;
+            for (increasing, stray, clear) in steps {
+                if clear {
+                    ids.clear();
+                    model.clear();
+                    continue;
+                }
+                let i = if increasing { next += 3; next } else { next + stray };
+                prop_assert_eq!(ids.contains(i), model.contains(&i), "before inserting {}", i);
+                ids.insert(i);
+                model.insert(i);
+                prop_assert!(ids.contains(i));
+                for probe in next - 25..next + 25 {
+                    prop_assert_eq!(ids.contains(probe), model.contains(&probe), "probe {}", probe);
+                }
+            }
+        }
+    }
 }
