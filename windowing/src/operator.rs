@@ -793,7 +793,6 @@ impl WindowOperator {
         let spec = &self.windows[w];
         let agg = &spec.aggregation;
         let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
-        // (Not `group_state`: the aggregation stays borrowed from `self.windows`.)
         let gs = group_entry(&mut self.state.windows[w].groups, g, n);
         let x = gs.extents.get_or_insert_with(e, || Extent {
             upper,
