@@ -401,7 +401,7 @@ pub(crate) async fn run_input(
                 for r in &records {
                     match segment::from_json_slice(&r.payload) {
                         Ok(s) => {
-                            watermark.observe(r.position.partition, &s, now);
+                            watermark.observe(r.position.partition, &s);
                             router.route(s)?;
                         }
                         Err(reason) => {
@@ -416,7 +416,7 @@ pub(crate) async fn run_input(
                     }
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(positions)]);
-                router.flush(watermark.current(), &acks).await;
+                router.flush(watermark.current(now), &acks).await;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch
@@ -449,14 +449,14 @@ pub(crate) async fn run_input(
                 let len = batch.len();
                 let now = now_ms();
                 for s in batch {
-                    watermark.observe(0, &s, now);
+                    watermark.observe(0, &s);
                     router.route(s)?;
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(Positions::from_iter([Position {
                     partition: 0,
                     offset: n,
                 }]))]);
-                router.flush(watermark.current(), &acks).await;
+                router.flush(watermark.current(now), &acks).await;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
@@ -508,6 +508,9 @@ fn call_hooks(lifecycles: &[Lifecycle], f: impl Fn(&Lifecycle) -> Option<()>) {
 struct InputWatermark {
     key: Option<String>,
     partitions: WatermarkTracker<u32>,
+    /// The greatest event time of each partition observed since the tracker was last told
+    /// ([`InputWatermark::current`]): a batch reaches it once per partition, not per segment.
+    pending: Vec<(u32, i64)>,
 }
 
 impl InputWatermark {
@@ -520,21 +523,32 @@ impl InputWatermark {
                 millis(wm.and_then(|w| w.max_out_of_order)).unwrap_or(0),
                 millis(wm.and_then(|w| w.idle_timeout)),
             ),
+            pending: Vec::new(),
         }
     }
 
-    fn observe(&mut self, partition: u32, s: &Segment, now_ms: i64) {
-        if let Some(t) = self
+    /// Notes the event time of segment `s`, read from `partition`.
+    fn observe(&mut self, partition: u32, s: &Segment) {
+        let Some(t) = self
             .key
             .as_deref()
             .and_then(|k| s.get(k))
             .and_then(Value::as_event_time)
-        {
-            self.partitions.observe(partition, t, now_ms);
+        else {
+            return;
+        };
+        match self.pending.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, max)) => *max = (*max).max(t),
+            None => self.pending.push((partition, t)),
         }
     }
 
-    fn current(&mut self) -> Option<i64> {
+    /// The watermark after the segments observed since the last call, which were read at
+    /// `read_at_ms`.
+    fn current(&mut self, read_at_ms: i64) -> Option<i64> {
+        for (partition, t) in self.pending.drain(..) {
+            self.partitions.observe(partition, t, read_at_ms);
+        }
         let wm = self.partitions.watermark(now_ms());
         (wm > i64::MIN).then_some(wm)
     }
