@@ -242,14 +242,18 @@ impl Firing {
 
     /// [`Firing::to_sync_map`], moving the group and the state instead of copying them.
     pub fn into_sync_map(self) -> Map {
-        let mut m = Map::with_capacity(7);
-        m.insert("window", self.window);
-        m.insert("trigger", self.trigger);
-        m.insert("group", self.group);
-        m.insert("lower", self.lower);
-        m.insert("upper", self.upper);
-        m.insert("state", self.state);
-        m.insert("event", self.event.as_str());
-        m
+        // Seven distinct static keys: no key is copied and none compared.
+        Map::from_distinct(vec![
+            (Text::const_new("window"), self.window.into()),
+            (Text::const_new("trigger"), self.trigger.into()),
+            (Text::const_new("group"), self.group),
+            (Text::const_new("lower"), self.lower.into()),
+            (Text::const_new("upper"), self.upper.into()),
+            (Text::const_new("state"), self.state),
+            (
+                Text::const_new("event"),
+                Value::Str(Text::const_new(self.event.as_str())),
+            ),
+        ])
     }
 }

@@ -202,13 +202,13 @@ impl WindowStage {
                 .routes
                 .iter()
                 .find(|r| r.window == f.window && r.trigger == f.trigger);
-            let (trigger, window) = (f.trigger.clone(), f.window.clone());
             let map = f.into_sync_map();
-            if let Some(sync) = route.and_then(|r| r.sync.as_ref()) {
+            if let Some((r, sync)) = route.and_then(|r| Some((r, r.sync.as_ref()?))) {
                 sync.lock()
                     .expect("sync lock poisoned")
                     .sync(&map)
                     .map_err(|e| {
+                        let (trigger, window) = (&r.trigger, &r.window);
                         format!("sync of trigger \"{trigger}\" of window \"{window}\": {e}")
                     })?;
             }
