@@ -178,9 +178,9 @@ pub struct Step {
 impl Step {
     /// Appends `other` to this step.
     pub fn extend(&mut self, other: Step) {
-        self.transitions.extend(other.transitions);
-        self.firings.extend(other.firings);
-        self.late.extend(other.late);
+        append(&mut self.transitions, other.transitions);
+        append(&mut self.firings, other.firings);
+        append(&mut self.late, other.late);
     }
 
     /// True when nothing happened.
@@ -351,6 +351,15 @@ impl std::fmt::Debug for WindowOperator {
 }
 
 const MAX_TRIGGERS_PER_WINDOW: usize = 64;
+
+/// Appends `more` to `v`, taking `more`'s buffer instead of copying when `v` is empty.
+fn append<T>(v: &mut Vec<T>, more: Vec<T>) {
+    if v.is_empty() && v.capacity() < more.len() {
+        *v = more;
+    } else {
+        v.extend(more);
+    }
+}
 
 /// Group `g`'s state in a window with `n` triggers, created empty if it has none.
 fn group_entry(groups: &mut GroupTable, g: u32, n: usize) -> &mut GroupState {
@@ -1479,17 +1488,24 @@ impl WindowOperator {
     /// does what [`WindowOperator::on_job_completed`] does.
     pub fn on_watermark(&mut self, wm: i64) -> Step {
         let mut step = Step::default();
+        self.on_watermark_into(wm, &mut step);
+        step
+    }
+
+    /// [`WindowOperator::on_watermark`], appending to `step` (a batch's step takes its
+    /// watermark's transitions and firings without another vector to copy them from).
+    pub fn on_watermark_into(&mut self, wm: i64, step: &mut Step) {
         if wm <= self.state.watermark {
-            return step;
+            return;
         }
         if wm == i64::MAX {
-            return self.on_job_completed();
+            step.extend(self.on_job_completed());
+            return;
         }
-        self.commit(&mut step, Transition::Watermark(wm));
+        self.commit(step, Transition::Watermark(wm));
         for w in 0..self.windows.len() {
-            self.advance(&mut step, w, FireEvent::Watermark, true);
+            self.advance(step, w, FireEvent::Watermark, true);
         }
-        step
     }
 
     /// Processing time is `now_ms`: timer triggers whose deadline has come fire every extent of

@@ -997,6 +997,10 @@ fn window_batch(
 ) -> Result<(Vec<Segment>, sardonyx_windowing::Step, Vec<Value>), RunError> {
     let mut passed = Vec::with_capacity(segments.len());
     let mut batch = sardonyx_windowing::Step::default();
+    // About one transition per segment and window: grown once, not by doubling.
+    batch
+        .transitions
+        .reserve(segments.len() * stage.operator.windows().len());
     let mut ids = Vec::new();
     // The filter does not change within a batch: ask it about every id at once.
     let mut in_filter = Vec::new();
@@ -1041,7 +1045,7 @@ fn window_batch(
         }
     }
     if let Some(wm) = watermark {
-        batch.extend(stage.operator.on_watermark(wm));
+        stage.operator.on_watermark_into(wm, &mut batch);
     }
     if stage.timer_period_ms.is_some() {
         batch.extend(stage.operator.on_timer(now_ms()));
