@@ -10,7 +10,8 @@
 //! Entries are held in buckets of [`BUCKET_SPAN`] consecutive keys: a push appends to its
 //! bucket's vector, and taking everything up to a watermark takes whole buckets and splits at
 //! most the one the watermark falls in. Keys grow with event time, so the buckets in use are
-//! the few hundred spanning the watermark's lag, and a push finds its bucket among them.
+//! the few hundred spanning the watermark's lag, and a push finds its bucket among them; the
+//! newest bucket is kept aside, so most pushes need no search at all.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,9 @@ pub const BUCKET_SPAN: i64 = 1 << BUCKET_BITS;
 #[derive(Debug, Clone, Default)]
 pub struct DueIndex {
     buckets: BTreeMap<i64, Vec<DueEntry>>,
+    /// The newest bucket pushed to, kept out of `buckets`: keys follow event time, so most
+    /// pushes land in it and need no search.
+    hot: Option<(i64, Vec<DueEntry>)>,
     len: usize,
 }
 
@@ -37,15 +41,31 @@ impl DueIndex {
 
     /// Adds an entry (a duplicate of one already held is kept as well).
     pub fn push(&mut self, entry: DueEntry) {
-        self.buckets
-            .entry(entry.0 >> BUCKET_BITS)
-            .or_default()
-            .push(entry);
+        let b = entry.0 >> BUCKET_BITS;
         self.len += 1;
+        match &mut self.hot {
+            Some((hot, entries)) if *hot == b => entries.push(entry),
+            // An older bucket (a key that went back): pushed in place, the hot one stays.
+            Some((hot, _)) if *hot > b => self.buckets.entry(b).or_default().push(entry),
+            _ => {
+                self.cool();
+                let mut entries = self.buckets.remove(&b).unwrap_or_default();
+                entries.push(entry);
+                self.hot = Some((b, entries));
+            }
+        }
+    }
+
+    /// Puts the hot bucket back among the others.
+    fn cool(&mut self) {
+        if let Some((b, entries)) = self.hot.take() {
+            self.buckets.insert(b, entries);
+        }
     }
 
     /// Takes out every entry whose key is at most `upto`, in no particular order.
     pub fn take_upto(&mut self, upto: i64) -> Vec<DueEntry> {
+        self.cool();
         let last = upto >> BUCKET_BITS;
         let mut taken = Vec::new();
         while let Some(mut first) = self.buckets.first_entry() {
@@ -89,7 +109,8 @@ impl DueIndex {
 
     /// Every entry held, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &DueEntry> {
-        self.buckets.values().flatten()
+        let hot = self.hot.iter().flat_map(|(_, entries)| entries);
+        self.buckets.values().flatten().chain(hot)
     }
 }
 
