@@ -115,12 +115,21 @@ impl DueIndex {
 }
 
 impl FromIterator<DueEntry> for DueIndex {
+    /// Sorts the entries by bucket and builds the tree in one go (a rebuild's entries come in
+    /// group order, so pushing them one by one would search the tree for nearly every one).
     fn from_iter<I: IntoIterator<Item = DueEntry>>(entries: I) -> Self {
-        let mut index = DueIndex::new();
-        for e in entries {
-            index.push(e);
+        let mut entries: Vec<DueEntry> = entries.into_iter().collect();
+        entries.sort_unstable_by_key(|e| e.0 >> BUCKET_BITS);
+        let len = entries.len();
+        let buckets = entries
+            .chunk_by(|a, b| a.0 >> BUCKET_BITS == b.0 >> BUCKET_BITS)
+            .map(|run| (run[0].0 >> BUCKET_BITS, run.to_vec()))
+            .collect();
+        DueIndex {
+            buckets,
+            hot: None,
+            len,
         }
-        index
     }
 }
 
@@ -152,6 +161,32 @@ mod tests {
     }
 
     proptest! {
+        /// An index collected at once holds what pushing the entries one by one holds, and
+        /// gives the same entries up to any bound.
+        #[test]
+        fn collecting_is_pushing(
+            entries in proptest::collection::vec((-5000_i64..5000, 0_u32..4, 0_i64..3), 0..300),
+            bound in -6000_i64..6000,
+        ) {
+            let mut collected: DueIndex = entries.iter().copied().collect();
+            let mut pushed = DueIndex::new();
+            for e in &entries {
+                pushed.push(*e);
+            }
+            prop_assert_eq!(collected.len(), entries.len());
+            let mut a: Vec<DueEntry> = collected.iter().copied().collect();
+            let mut b: Vec<DueEntry> = pushed.iter().copied().collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            prop_assert_eq!(a, b);
+            let mut a = collected.take_upto(bound);
+            let mut b = pushed.take_upto(bound);
+            a.sort_unstable();
+            b.sort_unstable();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(collected.len(), pushed.len());
+        }
+
         /// Against a sorted list: any interleaving of pushes and takes takes exactly the
         /// entries at or below each bound, duplicates included.
         #[test]
