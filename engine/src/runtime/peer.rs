@@ -1092,7 +1092,7 @@ impl SeenIds {
 struct IntIds {
     /// Increasing.
     run: Vec<i64>,
-    /// Ids that were not above the run's last when inserted.
+    /// Ids that were not above the run's last when inserted (possibly also in the run).
     others: HashSet<i64, foldhash::fast::RandomState>,
 }
 
@@ -1110,12 +1110,12 @@ impl IntIds {
         in_run || (!self.others.is_empty() && self.others.contains(&i))
     }
 
+    /// Adds `i` (callers ask [`IntIds::contains`] first, so an id already in the run is not
+    /// searched for again; one would only be held twice).
     fn insert(&mut self, i: i64) {
         match self.run.last() {
             Some(&last) if i <= last => {
-                if self.run.binary_search(&i).is_err() {
-                    self.others.insert(i);
-                }
+                self.others.insert(i);
             }
             _ => self.run.push(i),
         }
