@@ -122,8 +122,10 @@ enum DemoCommand {
     },
 }
 
-/// Runs the `sardonyx` command with this process's arguments.
+/// Runs the `sardonyx` command with this process's arguments (the process is ours: its
+/// allocator is tuned first, [`crate::allocator`]).
 pub fn main() -> ExitCode {
+    crate::allocator::bound_retained_memory();
     main_from(std::env::args_os())
 }
 

@@ -18,6 +18,7 @@
 //! job.validate(&Registry::new()).unwrap();
 //! ```
 
+pub mod allocator;
 pub mod cli;
 pub mod demo;
 pub mod job;

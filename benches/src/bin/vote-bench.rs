@@ -225,6 +225,8 @@ struct Figures {
 }
 
 fn main() -> std::process::ExitCode {
+    // This process is ours, as the `sardonyx` binary's is: the same allocator setting.
+    sardonyx::allocator::bound_retained_memory();
     // `vote-bench sardonyx ARGS…`: the engine's command line, as the `sardonyx` binary runs it.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "sardonyx") {
