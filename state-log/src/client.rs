@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
 
 use crate::codec::crc;
 use crate::error::{Error, Result};
@@ -172,7 +172,7 @@ impl LogClient {
         record: Vec<u8>,
     ) -> Result<u64> {
         let sum = crc(&record);
-        let record = ByteBuf::from(record);
+        let record = Bytes::from(record);
         self.call(
             || {
                 Request::Append {
@@ -233,7 +233,7 @@ impl LogClient {
         bytes: Vec<u8>,
     ) -> Result<()> {
         let sum = crc(&bytes);
-        let bytes = ByteBuf::from(bytes);
+        let bytes = Bytes::from(bytes);
         self.call(
             || {
                 Request::Snapshot {

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::BasicNode;
-use serde_bytes::ByteBuf;
 
 use crate::codec::crc;
 use crate::error::Result;
@@ -100,7 +100,7 @@ impl EmbeddedLog {
         record: Vec<u8>,
     ) -> Result<u64> {
         let sum = crc(&record);
-        let record = ByteBuf::from(record);
+        let record = Bytes::from(record);
         self.retry(|| {
             self.node
                 .append_checked(ledger.to_string(), request, record.clone(), sum, fence)
@@ -140,7 +140,7 @@ impl EmbeddedLog {
         bytes: Vec<u8>,
     ) -> Result<()> {
         let sum = crc(&bytes);
-        let bytes = ByteBuf::from(bytes);
+        let bytes = Bytes::from(bytes);
         self.retry(|| {
             self.node.snapshot_checked(
                 ledger.to_string(),

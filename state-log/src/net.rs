@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -35,13 +35,13 @@ pub(crate) enum Request {
     Append {
         ledger: String,
         request: RequestId,
-        record: ByteBuf,
+        record: Bytes,
         crc: u32,
     },
     Snapshot {
         ledger: String,
         covers: u64,
-        bytes: ByteBuf,
+        bytes: Bytes,
         crc: u32,
     },
     Read {

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
-use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{Error, Result};
@@ -158,7 +158,7 @@ impl Node {
         &self,
         ledger: String,
         request: RequestId,
-        record: ByteBuf,
+        record: Bytes,
         crc: u32,
         fence: Option<u64>,
     ) -> Result<u64> {
@@ -181,7 +181,7 @@ impl Node {
         &self,
         ledger: String,
         covers: u64,
-        bytes: ByteBuf,
+        bytes: Bytes,
         crc: u32,
         fence: Option<u64>,
     ) -> Result<()> {

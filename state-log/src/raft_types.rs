@@ -2,8 +2,8 @@
 
 use std::io::Cursor;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
 use crate::error::Error;
 use crate::types::RequestId;
@@ -32,8 +32,8 @@ pub enum Command {
         ledger: String,
         /// Idempotency key.
         request: RequestId,
-        /// Opaque payload.
-        record: ByteBuf,
+        /// Opaque payload (shared: a retried command is not copied).
+        record: Bytes,
         /// crc32 of `record`, computed where the append was made.
         crc: u32,
     },
@@ -43,8 +43,8 @@ pub enum Command {
         ledger: String,
         /// Last position the snapshot reflects.
         covers: u64,
-        /// Opaque snapshot payload.
-        bytes: ByteBuf,
+        /// Opaque snapshot payload (shared: a retried command is not copied).
+        bytes: Bytes,
         /// crc32 of `bytes`.
         crc: u32,
     },
