@@ -592,24 +592,18 @@ impl SlotLog {
             Some(f) => f.export().map_err(state_error)?,
             None => Vec::new(),
         };
-        let live: Vec<_> = self
-            .groups
-            .to_vec()
-            .into_iter()
-            .filter(|(_, key)| {
-                op.windows()
-                    .iter()
-                    .any(|w| !op.extents(&w.id, key).is_empty())
-            })
-            .collect();
+        self.groups.retain(|_, key| {
+            op.windows()
+                .iter()
+                .any(|w| !op.extents(&w.id, key).is_empty())
+        });
         let bytes = state::encode_snapshot_ref(&state::SlotSnapshotRef {
             epoch: self.epoch,
             operator: op.snapshot_ref(),
-            groups: &live,
+            groups: &self.groups.sorted(),
             filter: &filter,
         });
         drop(filter);
-        self.groups = GroupTable::from_vec(live);
         let len = bytes.len();
         let mark = FilterMark::of_entry(&self.ledger, pos, &bytes);
         self.js

@@ -286,18 +286,19 @@ pub struct SlotSnapshotRef<'a> {
     pub epoch: u64,
     /// The operator's complete state.
     pub operator: &'a Snapshot,
-    /// The group table (group id → key).
-    pub groups: &'a [(u32, Value)],
+    /// The group table (group id → key), sorted by id.
+    pub groups: &'a [(u32, &'a Value)],
     /// The dedup filter's export (empty without deduplication).
     pub filter: &'a [u8],
 }
 
 /// Encodes a snapshot.
 pub fn encode_snapshot(s: &SlotSnapshot) -> Vec<u8> {
+    let groups: Vec<(u32, &Value)> = s.groups.iter().map(|(g, k)| (*g, k)).collect();
     encode_snapshot_ref(&SlotSnapshotRef {
         epoch: s.epoch,
         operator: &s.operator,
-        groups: &s.groups,
+        groups: &groups,
         filter: &s.filter,
     })
 }
@@ -331,9 +332,23 @@ impl GroupTable {
 
     /// The table as a sorted list (for snapshots).
     pub fn to_vec(&self) -> Vec<(u32, Value)> {
-        let mut v: Vec<(u32, Value)> = self.0.iter().map(|(k, v)| (*k, v.clone())).collect();
-        v.sort_by_key(|(k, _)| *k);
+        self.sorted()
+            .into_iter()
+            .map(|(g, k)| (g, k.clone()))
+            .collect()
+    }
+
+    /// The table as a list sorted by id, by reference ([`SlotSnapshotRef::groups`]).
+    pub fn sorted(&self) -> Vec<(u32, &Value)> {
+        let mut v: Vec<(u32, &Value)> = self.0.iter().map(|(g, k)| (*g, k)).collect();
+        v.sort_unstable_by_key(|(g, _)| *g);
         v
+    }
+
+    /// Keeps only the groups for which `keep(id, key)` is true (in place: a compaction drops
+    /// the groups no window holds any more without building a second table).
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, &Value) -> bool) {
+        self.0.retain(|g, k| keep(*g, k));
     }
 
     /// A table from a snapshot's list.

@@ -77,7 +77,7 @@ fn snapshot_at(op: &WindowOperator, groups: &GroupTable, epoch: u64) -> Vec<u8> 
         let by_ref = encode_snapshot_ref(&SlotSnapshotRef {
             epoch,
             operator: op.snapshot_ref(),
-            groups: &groups.to_vec(),
+            groups: &groups.sorted(),
             filter,
         });
         let by_value = encode_snapshot(&SlotSnapshot {
