@@ -204,6 +204,63 @@ fn a_garbled_entry_is_reported_with_its_position() {
     }
 }
 
+/// A slot with many sessions, as a compaction snapshots it: the operator, its groups, a filter.
+fn many_sessions() -> SlotSnapshot {
+    let (entries, _) = run(&(0..40)
+        .map(|b| {
+            (0..50)
+                .map(|i| (b * 7 + i, i, (b * 50 + i) % 300))
+                .collect()
+        })
+        .collect::<Vec<_>>());
+    let mut op = operator();
+    let mut groups = GroupTable::default();
+    recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    SlotSnapshot {
+        epoch: 3,
+        operator: op.snapshot(),
+        groups: groups.to_vec(),
+        filter: (0..4000_u32).flat_map(|i| i.to_le_bytes()).collect(),
+    }
+}
+
+#[test]
+fn a_snapshot_is_compressed_and_decodes_to_what_was_encoded() {
+    let snap = many_sessions();
+    let bytes = encode_snapshot(&snap);
+    let plain = bincode::serde::encode_to_vec(&snap, config()).unwrap();
+    assert_eq!(bytes[0], ZSTD_SNAPSHOT);
+    assert!(
+        bytes.len() * 2 < plain.len(),
+        "{} bytes compressed, {} plain",
+        bytes.len(),
+        plain.len()
+    );
+    assert_eq!(decode_snapshot(&bytes).unwrap(), snap);
+    // A snapshot written before compression (plain bincode) still decodes.
+    assert_ne!(plain[0], ZSTD_SNAPSHOT);
+    assert_eq!(decode_snapshot(&plain).unwrap(), snap);
+}
+
+#[test]
+fn a_damaged_compressed_snapshot_is_an_error_not_a_panic() {
+    let snap = many_sessions();
+    let bytes = encode_snapshot(&snap);
+    let cut = decode_snapshot(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(!cut.is_empty());
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x5a;
+    flipped[mid + 1] ^= 0xa5;
+    // Either zstd or bincode notices (the state log's checksum catches it before this).
+    assert!(decode_snapshot(&flipped).map_or(true, |s| s != snap));
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(&bytes[1..]);
+    let second_frame = decode_snapshot(&trailing).unwrap_err();
+    assert_eq!(second_frame, "trailing bytes after the snapshot");
+    assert!(decode_snapshot(&[ZSTD_SNAPSHOT]).is_err());
+}
+
 #[test]
 fn bytes_per_segment_of_a_vote_like_batch() {
     // 1000 consecutive ids, three windows: a figure for the docs, and a guard against bloat.
