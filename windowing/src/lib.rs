@@ -31,7 +31,7 @@ pub mod window;
 pub use aggregation::Aggregation;
 pub use error::{AggregationError, WindowError};
 pub use extent::Extents;
-pub use operator::{ExtentView, Late, Snapshot, Step, Transition, WindowOperator};
+pub use operator::{Completion, ExtentView, Late, Snapshot, Step, Transition, WindowOperator};
 pub use trigger::{
     FireEvent, Firing, PunctuationCtx, PunctuationPred, Refinement, TriggerOn, TriggerSpec,
 };

@@ -164,6 +164,26 @@ pub struct Late {
     pub reason: String,
 }
 
+/// How far a job completion in bounded steps ([`WindowOperator::on_job_completed_into`]) has
+/// gone: the window and trigger whose changed extents are firing, and the next group.
+#[derive(Debug, Default)]
+pub struct Completion {
+    w: usize,
+    tr: usize,
+    /// Window `w`'s group ids ordered by group value (the firing order), once listed.
+    groups: Option<Vec<u32>>,
+    /// Index in `groups` of the next group to fire.
+    next: usize,
+    done: bool,
+}
+
+impl Completion {
+    /// True once the completion is done.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
 /// What one event did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Step {
@@ -1548,14 +1568,64 @@ impl WindowOperator {
     /// non-global extents are evicted.
     pub fn on_job_completed(&mut self) -> Step {
         let mut step = Step::default();
-        self.fire_changed(&mut step, FireEvent::JobCompleted);
+        self.on_job_completed_into(&mut Completion::default(), &mut step, usize::MAX);
+        step
+    }
+
+    /// [`WindowOperator::on_job_completed`] in bounded steps, so that a job with many open
+    /// windows does not hold all their final firings at once: appends to `step` the firings of
+    /// whole groups until at least `max_firings` (at least 1) were appended, or completion is
+    /// done. Returns true once it is done (every changed extent fired, the watermark +∞ and
+    /// the extents evicted); until then call it again with the same `completion` and no other
+    /// event in between. The steps of all calls, concatenated, are those of
+    /// [`WindowOperator::on_job_completed`]. Each step can be logged and replayed on its own: a
+    /// completion cut short by a crash fires what is left when the slot is recovered
+    /// ([`WindowOperator::on_recovered`]) or completed again.
+    pub fn on_job_completed_into(
+        &mut self,
+        completion: &mut Completion,
+        step: &mut Step,
+        max_firings: usize,
+    ) -> bool {
+        if completion.done {
+            return true;
+        }
+        let start = step.firings.len();
+        let max_firings = max_firings.max(1);
+        while completion.w < self.windows.len() {
+            let w = completion.w;
+            let groups = completion
+                .groups
+                .take()
+                .unwrap_or_else(|| self.sorted_groups(w));
+            while completion.tr < self.triggers[w].len() {
+                let tr = completion.tr;
+                while let Some(&g) = groups.get(completion.next) {
+                    if step.firings.len() - start >= max_firings {
+                        completion.groups = Some(groups);
+                        return false;
+                    }
+                    completion.next += 1;
+                    for e in self.extent_keys(w, g) {
+                        if self.changed(w, tr, g, e) {
+                            self.fire(step, w, tr, g, e, FireEvent::JobCompleted);
+                        }
+                    }
+                }
+                completion.next = 0;
+                completion.tr += 1;
+            }
+            completion.tr = 0;
+            completion.w += 1;
+        }
         if self.state.watermark < i64::MAX {
-            self.commit(&mut step, Transition::Watermark(i64::MAX));
+            self.commit(step, Transition::Watermark(i64::MAX));
         }
         for w in 0..self.windows.len() {
-            self.advance(&mut step, w, FireEvent::JobCompleted, false);
+            self.advance(step, w, FireEvent::JobCompleted, false);
         }
-        step
+        completion.done = true;
+        true
     }
 
     /// The slot was recovered (state rebuilt from the log): every trigger fires every extent and

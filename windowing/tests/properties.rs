@@ -271,6 +271,67 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Job completion in bounded steps gives the firings and transitions of completion in one
+    /// step, in the same order, and leaves the same state; no step exceeds its bound by more
+    /// one group's firings, and a step replayed from the log alone rebuilds the state.
+    #[test]
+    fn completion_in_bounded_steps_equals_completion_at_once(
+        ops in prop::collection::vec(op_strategy(), 0..150),
+        with_global in any::<bool>(),
+        max_firings in 0_usize..6,
+    ) {
+        let (mut once, _) = run(&ops, false, with_global);
+        let (mut stepwise, _) = run(&ops, false, with_global);
+        let mut replica = full_operator(with_global);
+        replica.restore(stepwise.snapshot()).unwrap();
+        let all = once.on_job_completed();
+        let mut completion = sardonyx_windowing::Completion::default();
+        let mut firings = Vec::new();
+        let mut transitions = Vec::new();
+        let mut steps = 0;
+        loop {
+            let mut step = sardonyx_windowing::Step::default();
+            let done = stepwise.on_job_completed_into(&mut completion, &mut step, max_firings);
+            steps += 1;
+            prop_assert!(steps <= all.firings.len() + 1, "no progress");
+            // A step stops at the first group that reaches the bound: without its last group's
+            // firings, it is below the bound.
+            if !done {
+                let last = step.firings.last().map(|f| (&f.window, &f.trigger, &f.group));
+                let last_group = step
+                    .firings
+                    .iter()
+                    .rev()
+                    .take_while(|f| Some((&f.window, &f.trigger, &f.group)) == last)
+                    .count();
+                prop_assert!(step.firings.len() >= max_firings.max(1));
+                prop_assert!(step.firings.len() - last_group < max_firings.max(1));
+            }
+            for t in &step.transitions {
+                replica.apply(t).unwrap();
+            }
+            prop_assert_eq!(replica.snapshot(), stepwise.snapshot());
+            firings.extend(step.firings);
+            transitions.extend(step.transitions);
+            if done {
+                break;
+            }
+        }
+        prop_assert!(completion.is_done());
+        prop_assert_eq!(firings, all.firings);
+        prop_assert_eq!(transitions, all.transitions);
+        prop_assert_eq!(stepwise.snapshot(), once.snapshot());
+        stepwise.check_due_index().unwrap();
+        // Done stays done.
+        let mut after = sardonyx_windowing::Step::default();
+        prop_assert!(stepwise.on_job_completed_into(&mut completion, &mut after, 1));
+        prop_assert!(after.is_empty());
+    }
+}
+
+proptest! {
     /// `Display` writes JSON: any string (quotes, backslashes, control and non-ASCII characters
     /// included), as a value and as a field name, reads back through serde_json as itself.
     #[test]

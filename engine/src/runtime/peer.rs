@@ -23,7 +23,11 @@ use crate::registry::{
     TaskEvent,
 };
 use crate::segment::{self, Segment, Value};
-use sardonyx_windowing::WatermarkTracker;
+use sardonyx_windowing::{Completion, WatermarkTracker};
+
+/// Most firings of one job-completion record (whole groups, so a little more at times): the
+/// final firings of a job with many open windows go out in records of about this size.
+const COMPLETION_FIRINGS: usize = 4096;
 
 /// The resume positions of peers that have none (outputs, fresh inputs).
 static NO_POSITIONS: Positions = Positions::new();
@@ -909,17 +913,25 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         slot.insert_committed(c)?;
     }
     if let Some(stage) = &mut stage {
-        let step = stage.operator.on_job_completed();
-        settle(
-            &ctx,
-            stage,
-            &mut slot,
-            Vec::new(),
-            step,
-            Vec::new(),
-            &mut router,
-        )
-        .await?;
+        // Job completion, one record of at most `COMPLETION_FIRINGS` firings at a time: a job
+        // with many open windows (a session per user) does not hold all their final firings.
+        let mut completion = Completion::default();
+        while !completion.is_done() {
+            let mut step = sardonyx_windowing::Step::default();
+            stage
+                .operator
+                .on_job_completed_into(&mut completion, &mut step, COMPLETION_FIRINGS);
+            settle(
+                &ctx,
+                stage,
+                &mut slot,
+                Vec::new(),
+                step,
+                Vec::new(),
+                &mut router,
+            )
+            .await?;
+        }
         router.flush(inbox.watermark(), &HeldAcks::default()).await;
     }
     if let Some(mut s) = sink.take() {
@@ -1044,7 +1056,9 @@ fn window_batch(
             Err(reason) => router.reject(Rejection::segment(&ctx.task.name, reason, s))?,
         }
     }
-    if let Some(wm) = watermark {
+    // +∞ (every input finished) is job completion, which `run_worker` does after its last
+    // batch, in bounded steps.
+    if let Some(wm) = watermark.filter(|&wm| wm < i64::MAX) {
         stage.operator.on_watermark_into(wm, &mut batch);
     }
     if stage.timer_period_ms.is_some() {
