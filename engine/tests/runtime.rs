@@ -525,3 +525,166 @@ async fn redeliveries_in_the_next_batches_are_skipped_while_records_are_in_fligh
         );
     }
 }
+
+/// A sync that keeps every firing it was given as (group, state, event), and fails its
+/// `fail_at`-th firing (1-based; 0: never), as a crash right after a record was committed.
+struct RecordingSync {
+    seen: Arc<Mutex<Vec<(i64, i64, String)>>>,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl sardonyx::registry::SyncSink for RecordingSync {
+    fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err("the sync failed (a crash after the commit)".into());
+        }
+        let int = |k: &str| match firing.get(k) {
+            Some(Value::Int(n)) => *n,
+            other => panic!("{k} is {other:?}"),
+        };
+        let event = match firing.get("event") {
+            Some(Value::Str(s)) => s.to_string(),
+            other => panic!("event is {other:?}"),
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push((int("group"), int("state"), event));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Job completion with more open windows than one completion record holds: the final firings
+/// go out in records of about `COMPLETION_FIRINGS`. A crash in the middle of them (the sync
+/// fails during the second record's firings) loses nothing: the restarted slot syncs the last
+/// record's firings again and fires the rest as `recovered`, each group's count exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_completion_in_several_records_survives_a_crash_between_them() {
+    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
+    use sardonyx::runtime::COMPLETION_FIRINGS;
+    const GROUPS: i64 = 10_000;
+    const VOTES: i64 = 25_000;
+    let dir = tempfile::tempdir().unwrap();
+    let job = JobBuilder::new()
+        .id("many-groups")
+        .edge("in", "count")
+        .edge("count", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/channel")
+                .param("channel", "in")
+                .batch_size(1000),
+        )
+        .task(
+            TaskSpec::function("count", "sardonyx/identity")
+                .group_by_key("g")
+                .uniqueness_key("vote_id")
+                .batch_size(1000),
+        )
+        .task(TaskSpec::output("out", "sardonyx/null"))
+        .window(WindowDef::global(
+            "totals",
+            "count",
+            AggregationDef::count(),
+        ))
+        // Never reached: every group fires only at job completion.
+        .trigger(TriggerDef::segment("totals", "big", 1_000_000).sync("test/recording"))
+        .build();
+    let log: Arc<dyn sardonyx_state_log::Ledgers> = Arc::new(
+        sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
+            .await
+            .unwrap(),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let run = |fail_at: usize, ids: std::ops::Range<i64>| {
+        let mut registry = Registry::new();
+        let s = seen.clone();
+        registry.register_sync(
+            "test/recording",
+            sardonyx::registry::SyncPlugin {
+                check: Arc::new(|_| Vec::new()),
+                open: Arc::new(move |_| {
+                    Ok(Box::new(RecordingSync {
+                        seen: s.clone(),
+                        calls: 0,
+                        fail_at,
+                    })
+                        as Box<dyn sardonyx::registry::SyncSink>)
+                }),
+            },
+        );
+        let tx = registry.input_channel("in", 16);
+        let options = RunOptions {
+            errors_path: dir.path().join("errors.jsonl"),
+            state: Some(sardonyx::runtime::StateOptions::new(
+                log.clone(),
+                dir.path().join("data"),
+            )),
+            ..RunOptions::default()
+        };
+        let job = job.clone();
+        async move {
+            let feeder = tokio::spawn(async move {
+                for i in ids {
+                    let mut s = Segment::new();
+                    s.insert("vote_id", i);
+                    s.insert("g", i % GROUPS);
+                    if tx.send(s).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = run_job(&job, &registry, options).await;
+            feeder.await.unwrap();
+            result
+        }
+    };
+    // Run 1 reads every vote; at completion it commits the first record of final firings, syncs
+    // it, commits the second, and fails in the middle of syncing that one.
+    let fail_at = COMPLETION_FIRINGS + 1000;
+    let err = run(fail_at, 0..VOTES).await.unwrap_err();
+    assert!(err.to_string().contains("the sync failed"), "{err}");
+    let first_run: Vec<(i64, i64, String)> = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(first_run.len(), fail_at - 1);
+    assert!(first_run.iter().all(|(_, _, e)| e == "job_completed"));
+    // Run 2 has no new votes: it syncs the second record's firings again and fires the groups
+    // the crash left; completion then has nothing left to fire.
+    let report = run(0, 0..0).await.unwrap();
+    assert_eq!(report.recoveries.len(), 1);
+    assert_eq!(
+        report.recoveries[0].pending_firings,
+        COMPLETION_FIRINGS as u64
+    );
+    // Both with event `recovered`: 4096 synced again, the 1808 never fired before.
+    let second_run = seen.lock().unwrap().clone();
+    assert_eq!(
+        second_run.len(),
+        COMPLETION_FIRINGS + (GROUPS as usize - 2 * COMPLETION_FIRINGS)
+    );
+    assert!(second_run.iter().all(|(_, _, e)| e == "recovered"));
+    let synced_again: std::collections::BTreeSet<i64> = second_run[..COMPLETION_FIRINGS]
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    let second_record: std::collections::BTreeSet<i64> = first_run[COMPLETION_FIRINGS..]
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    assert!(second_record.is_subset(&synced_again));
+    // Every group was synced, with its exact count, and none twice with different counts.
+    let mut finals = std::collections::BTreeMap::new();
+    for (g, n, _) in first_run.iter().chain(&second_run) {
+        if let Some(old) = finals.insert(*g, *n) {
+            assert_eq!(old, *n, "group {g} synced with two counts");
+        }
+    }
+    assert_eq!(finals.len(), GROUPS as usize);
+    for (g, n) in finals {
+        let expected = VOTES / GROUPS + i64::from(g < VOTES % GROUPS);
+        assert_eq!(n, expected, "group {g}");
+    }
+}

@@ -29,6 +29,12 @@ use crate::segment::Segment;
 pub use durable::{FilterOpened, SlotRecovery, StateOptions};
 pub use errors::Rejection;
 
+/// Most firings of one job-completion record (whole groups, so a little more at times): when
+/// every input has finished, a windowed peer fires, logs and syncs its open windows in records
+/// of about this size, so a job with many open windows (a session per user) never holds all
+/// their final firings at once.
+pub const COMPLETION_FIRINGS: usize = 4096;
+
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct RunOptions {

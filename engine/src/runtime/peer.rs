@@ -16,7 +16,7 @@ use super::durable::{Committed, JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key_ref, jump_hash, key_hash, key_peer, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
-use super::{Msg, Progress, RunError, Topology};
+use super::{Msg, Progress, RunError, Topology, COMPLETION_FIRINGS};
 use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
 use crate::registry::{
     ExceptionAction, GroupFn, InputReader, Lifecycle, PluginContext, Registry, SegmentSink,
@@ -24,10 +24,6 @@ use crate::registry::{
 };
 use crate::segment::{self, Segment, Value};
 use sardonyx_windowing::{Completion, WatermarkTracker};
-
-/// Most firings of one job-completion record (whole groups, so a little more at times): the
-/// final firings of a job with many open windows go out in records of about this size.
-const COMPLETION_FIRINGS: usize = 4096;
 
 /// The resume positions of peers that have none (outputs, fresh inputs).
 static NO_POSITIONS: Positions = Positions::new();
@@ -913,7 +909,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         slot.insert_committed(c)?;
     }
     if let Some(stage) = &mut stage {
-        // Job completion, one record of at most `COMPLETION_FIRINGS` firings at a time: a job
+        // Job completion, one record of about `COMPLETION_FIRINGS` firings at a time: a job
         // with many open windows (a session per user) does not hold all their final firings.
         let mut completion = Completion::default();
         while !completion.is_done() {
