@@ -171,8 +171,15 @@ impl PartialOrd for Value {
 }
 
 impl PartialEq for Value {
+    /// `cmp(..) == Equal`, with integers and strings (group keys, looked up in a hash map per
+    /// segment) compared directly.
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Str(a), Value::Str(b)) => a == b,
+            _ => self.cmp(other) == Ordering::Equal,
+        }
     }
 }
 
@@ -627,6 +634,34 @@ mod tests {
         m.insert("whole", 3.0_f64);
         m.insert("tags", Value::List(vec![Value::Null, Value::Bool(true)]));
         Value::Map(m)
+    }
+
+    fn any_scalar() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3_i64..3).prop_map(Value::Int),
+            (0_u64..3).prop_map(Value::UInt),
+            prop_oneof![Just(0.0), Just(-0.0), Just(1.0), Just(f64::NAN)].prop_map(Value::Float),
+            "[ab]{0,2}".prop_map(|s| Value::from(s.as_str())),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Equality is exactly `cmp == Equal`, also for lists of values (the fast paths of
+        /// `eq` must not disagree with the order).
+        #[test]
+        fn equality_agrees_with_the_order(
+            a in any_scalar(),
+            b in any_scalar(),
+            l in proptest::collection::vec(any_scalar(), 0..3),
+            r in proptest::collection::vec(any_scalar(), 0..3),
+        ) {
+            proptest::prop_assert_eq!(a == b, a.cmp(&b) == Ordering::Equal);
+            let (l, r) = (Value::List(l), Value::List(r));
+            proptest::prop_assert_eq!(l == r, l.cmp(&r) == Ordering::Equal);
+        }
     }
 
     #[test]
