@@ -325,36 +325,66 @@ impl sardonyx::registry::SyncSink for CountingSync {
     }
 }
 
-/// The firings a restarted slot makes at once (the last batch's again, and `recovered` for what
-/// changed since it last fired) are flushed before the slot logs anything more; so are every
-/// batch's firings. The input is a channel (it does not resume), so the restarted run's first
-/// batch is new votes and is logged right after the restart's own firings.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
+/// `in` (a `sardonyx/channel` input) → `count` (identity, deduplicated on `vote_id`, grouped by
+/// `group_by` if given) → `out` (null), in batches of `batch`; `count` holds a global count
+/// window `totals` whose trigger `trigger` fires every `every` segments into sync `sync`.
+fn counting_job(
+    id: &str,
+    group_by: Option<&str>,
+    batch: usize,
+    (trigger, every): (&str, i64),
+    sync: &str,
+) -> sardonyx::Job {
     use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
-    let dir = tempfile::tempdir().unwrap();
-    let job = JobBuilder::new()
-        .id("flush-order")
+    let mut count = TaskSpec::function("count", "sardonyx/identity")
+        .uniqueness_key("vote_id")
+        .batch_size(batch);
+    if let Some(key) = group_by {
+        count = count.group_by_key(key);
+    }
+    JobBuilder::new()
+        .id(id)
         .edge("in", "count")
         .edge("count", "out")
         .task(
             TaskSpec::input("in", "sardonyx/channel")
                 .param("channel", "in")
-                .batch_size(10),
+                .batch_size(batch),
         )
-        .task(
-            TaskSpec::function("count", "sardonyx/identity")
-                .uniqueness_key("vote_id")
-                .batch_size(10),
-        )
+        .task(count)
         .task(TaskSpec::output("out", "sardonyx/null"))
         .window(WindowDef::global(
             "totals",
             "count",
             AggregationDef::count(),
         ))
-        .trigger(TriggerDef::segment("totals", "every-7", 7).sync("test/counting"))
-        .build();
+        .trigger(TriggerDef::segment("totals", trigger, every).sync(sync))
+        .build()
+}
+
+/// Registers sync `name`, each of whose sinks is made by `open`.
+fn register_sync(
+    registry: &mut Registry,
+    name: &str,
+    open: impl Fn() -> Box<dyn sardonyx::registry::SyncSink> + Send + Sync + 'static,
+) {
+    registry.register_sync(
+        name,
+        sardonyx::registry::SyncPlugin {
+            check: Arc::new(|_| Vec::new()),
+            open: Arc::new(move |_| Ok(open())),
+        },
+    );
+}
+
+/// The firings a restarted slot makes at once (the last batch's again, and `recovered` for what
+/// changed since it last fired) are flushed before the slot logs anything more; so are every
+/// batch's firings. The input is a channel (it does not resume), so the restarted run's first
+/// batch is new votes and is logged right after the restart's own firings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = counting_job("flush-order", None, 10, ("every-7", 7), "test/counting");
     let log = Arc::new(
         sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
             .await
@@ -365,20 +395,13 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
     let run = |fail_at: usize, ids: std::ops::Range<i64>| {
         let mut registry = Registry::new();
         let u = unflushed.clone();
-        registry.register_sync(
-            "test/counting",
-            sardonyx::registry::SyncPlugin {
-                check: Arc::new(|_| Vec::new()),
-                open: Arc::new(move |_| {
-                    Ok(Box::new(CountingSync {
-                        unflushed: u.clone(),
-                        calls: 0,
-                        fail_at,
-                    })
-                        as Box<dyn sardonyx::registry::SyncSink>)
-                }),
-            },
-        );
+        register_sync(&mut registry, "test/counting", move || {
+            Box::new(CountingSync {
+                unflushed: u.clone(),
+                calls: 0,
+                fail_at,
+            })
+        });
         let tx = registry.input_channel("in", 16);
         let store = Arc::new(FlushCheckedLog {
             inner: log.clone(),
@@ -445,43 +468,15 @@ impl sardonyx::registry::SyncSink for MaxStateSync {
 /// default) or one per batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_in_the_next_batches_are_skipped_while_records_are_in_flight() {
-    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
     for max_merged_batches in [16, 1] {
         let dir = tempfile::tempdir().unwrap();
-        let job = JobBuilder::new()
-            .id("redeliveries")
-            .edge("in", "count")
-            .edge("count", "out")
-            .task(
-                TaskSpec::input("in", "sardonyx/channel")
-                    .param("channel", "in")
-                    .batch_size(10),
-            )
-            .task(
-                TaskSpec::function("count", "sardonyx/identity")
-                    .uniqueness_key("vote_id")
-                    .batch_size(10),
-            )
-            .task(TaskSpec::output("out", "sardonyx/null"))
-            .window(WindowDef::global(
-                "totals",
-                "count",
-                AggregationDef::count(),
-            ))
-            .trigger(TriggerDef::segment("totals", "every-50", 50).sync("test/max"))
-            .build();
+        let job = counting_job("redeliveries", None, 10, ("every-50", 50), "test/max");
         let max = Arc::new(AtomicUsize::new(0));
         let mut registry = Registry::new();
         let m = max.clone();
-        registry.register_sync(
-            "test/max",
-            sardonyx::registry::SyncPlugin {
-                check: Arc::new(|_| Vec::new()),
-                open: Arc::new(move |_| {
-                    Ok(Box::new(MaxStateSync(m.clone())) as Box<dyn sardonyx::registry::SyncSink>)
-                }),
-            },
-        );
+        register_sync(&mut registry, "test/max", move || {
+            Box::new(MaxStateSync(m.clone()))
+        });
         let tx = registry.input_channel("in", 64);
         let log = Arc::new(
             sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
@@ -565,35 +560,18 @@ impl sardonyx::registry::SyncSink for RecordingSync {
 /// record's firings again and fires the rest as `recovered`, each group's count exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_completion_in_several_records_survives_a_crash_between_them() {
-    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
     use sardonyx::runtime::COMPLETION_FIRINGS;
     const GROUPS: i64 = 10_000;
     const VOTES: i64 = 25_000;
     let dir = tempfile::tempdir().unwrap();
-    let job = JobBuilder::new()
-        .id("many-groups")
-        .edge("in", "count")
-        .edge("count", "out")
-        .task(
-            TaskSpec::input("in", "sardonyx/channel")
-                .param("channel", "in")
-                .batch_size(1000),
-        )
-        .task(
-            TaskSpec::function("count", "sardonyx/identity")
-                .group_by_key("g")
-                .uniqueness_key("vote_id")
-                .batch_size(1000),
-        )
-        .task(TaskSpec::output("out", "sardonyx/null"))
-        .window(WindowDef::global(
-            "totals",
-            "count",
-            AggregationDef::count(),
-        ))
-        // Never reached: every group fires only at job completion.
-        .trigger(TriggerDef::segment("totals", "big", 1_000_000).sync("test/recording"))
-        .build();
+    // The trigger's threshold is never reached: every group fires only at job completion.
+    let job = counting_job(
+        "many-groups",
+        Some("g"),
+        1000,
+        ("big", 1_000_000),
+        "test/recording",
+    );
     let log: Arc<dyn sardonyx_state_log::Ledgers> = Arc::new(
         sardonyx_state_log::EmbeddedLog::open(dir.path().join("log"))
             .await
@@ -603,20 +581,13 @@ async fn job_completion_in_several_records_survives_a_crash_between_them() {
     let run = |fail_at: usize, ids: std::ops::Range<i64>| {
         let mut registry = Registry::new();
         let s = seen.clone();
-        registry.register_sync(
-            "test/recording",
-            sardonyx::registry::SyncPlugin {
-                check: Arc::new(|_| Vec::new()),
-                open: Arc::new(move |_| {
-                    Ok(Box::new(RecordingSync {
-                        seen: s.clone(),
-                        calls: 0,
-                        fail_at,
-                    })
-                        as Box<dyn sardonyx::registry::SyncSink>)
-                }),
-            },
-        );
+        register_sync(&mut registry, "test/recording", move || {
+            Box::new(RecordingSync {
+                seen: s.clone(),
+                calls: 0,
+                fail_at,
+            })
+        });
         let tx = registry.input_channel("in", 16);
         let options = RunOptions {
             errors_path: dir.path().join("errors.jsonl"),

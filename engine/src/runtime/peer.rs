@@ -744,32 +744,14 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         };
         deliver(&ctx, stage, pending, &mut router)?;
         let step = stage.operator.on_recovered();
-        settle(
-            &ctx,
-            stage,
-            &mut slot,
-            Vec::new(),
-            step,
-            Vec::new(),
-            &mut router,
-        )
-        .await?;
+        settle(&ctx, stage, &mut slot, step, &mut router).await?;
     }
     let mut inbox = Inbox::new(&ctx, rx);
     let mut seen = SeenPair::default();
     if let Some(stage) = &mut stage {
         // Starts the timers' clocks.
         let step = stage.operator.on_timer(now_ms());
-        settle(
-            &ctx,
-            stage,
-            &mut slot,
-            Vec::new(),
-            step,
-            Vec::new(),
-            &mut router,
-        )
-        .await?;
+        settle(&ctx, stage, &mut slot, step, &mut router).await?;
     }
     // An exactly-once slot overlaps each batch's commit with the next batch's work: while the
     // record of batch N is appended (Raft round and fsync), it inserts the ids of batch N-1 into
@@ -917,16 +899,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             stage
                 .operator
                 .on_job_completed_into(&mut completion, &mut step, COMPLETION_FIRINGS);
-            settle(
-                &ctx,
-                stage,
-                &mut slot,
-                Vec::new(),
-                step,
-                Vec::new(),
-                &mut router,
-            )
-            .await?;
+            settle(&ctx, stage, &mut slot, step, &mut router).await?;
         }
         router.flush(inbox.watermark(), &HeldAcks::default()).await;
     }
@@ -1286,23 +1259,20 @@ fn prepare(
     })
 }
 
-/// Commits a step (with the ids it applied and the inputs it covers) to the slot's ledger, if
-/// the job has a state log, and only then delivers its firings and late segments.
+/// Commits a step that applied no segments (a restart's firings, a timer, job completion) to
+/// the slot's ledger, if the job has a state log, and only then delivers its firings.
 async fn settle(
     ctx: &PeerContext,
     stage: &WindowStage,
     slot: &mut Option<SlotLog>,
-    ids: Vec<Value>,
     mut step: sardonyx_windowing::Step,
-    inputs: Vec<(u32, u64)>,
     router: &mut Router,
 ) -> Result<(), RunError> {
     if let Some(slot) = slot {
         let record = crate::state::BatchRecord {
             epoch: slot.epoch(),
-            ids: crate::state::Ids::from_values(&ids),
             transitions: std::mem::take(&mut step.transitions),
-            inputs,
+            ..Default::default()
         };
         if !record.is_empty() {
             slot.commit(record).await?;
