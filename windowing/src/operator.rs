@@ -24,20 +24,40 @@
 //!   state changed since that trigger last fired it; they are checked on watermark advances
 //!   (all extents) and on new segments (the segment's extents, so an update allowed by
 //!   `allowed_lateness` fires again at once). Global windows have no bounds: these triggers fire
-//!   them only at job completion.
+//!   them only at job completion. Deadlines: a watermark trigger fires a fixed or sliding extent
+//!   once the watermark is at least `upper + delay`, a percentile trigger once it is at least
+//!   `lower + ⌈(upper − lower) · percentage⌉`.
+//! - **Sessions close once** (DESIGN §4). A session `[lower, upper]` can still grow while the
+//!   watermark is at most `upper + timeout_gap` (an event at the watermark may still join it),
+//!   so it *closes* when the watermark passes `upper + timeout_gap`, i.e. is at least
+//!   `close = upper + timeout_gap + 1`. Its watermark trigger fires once the watermark is at
+//!   least `close + delay` (it passed `upper + timeout_gap + delay`): with `allowed_lateness`
+//!   at most `delay` (the default: both 0) the session cannot change after that, so the
+//!   trigger fires each session once, with its whole state. A percentile trigger measures
+//!   progress through the time the session is open, `[lower, close]`: it fires once the
+//!   watermark is at least `lower + ⌈(close − lower) · percentage⌉`, so 1 is the moment the
+//!   session closes (as a watermark trigger with delay 0) and anything less is an early firing,
+//!   repeated if the session changes afterwards.
 //! - Timer: the first [`WindowOperator::on_timer`] call starts the clock (no firing); after that
 //!   every extent of every group fires whenever `now_ms` reaches the deadline, which then moves
 //!   to the next multiple of the period.
 //! - Late data: a fixed/sliding segment is late when v < `min_value` or the watermark is past
 //!   `upper + allowed_lateness` for all its extents (extents already past it are not updated).
-//!   A session segment is late when v < `min_value` or the watermark is past
-//!   `upper + timeout_gap + allowed_lateness`, where `upper` is the upper bound of the session it
-//!   would end up in (so an event joining a live session is never late).
-//! - Eviction: on a watermark advance, an extent whose horizon has passed (`upper +
-//!   allowed_lateness`; sessions `upper + timeout_gap + allowed_lateness`) is fired one last time
-//!   by every trigger whose changed bit is set (event `watermark`), then evicted. A group whose
-//!   last extent in every window is evicted leaves the group table (its segment counters go
-//!   with it). Global windows are never evicted.
+//!   A session segment at t is late when t < `min_value`, or when it would join a session that
+//!   is already past its lateness horizon (the watermark is past `upper + timeout_gap +
+//!   allowed_lateness`: that session is final, it must not grow or fire again), or when the
+//!   watermark is past `t + timeout_gap + allowed_lateness` and t does not fall within
+//!   `[lower, upper + timeout_gap]` of a live session (alone, or only extending a session to
+//!   the left, it might belong to a session that was already evicted). A segment that joins a
+//!   session still open at or after its start is never late.
+//! - Eviction: on a watermark advance, an extent whose eviction horizon has passed is fired one
+//!   last time by every trigger whose changed bit is set (event `watermark`), then evicted.
+//!   Fixed and sliding extents are evicted past `upper + allowed_lateness`. A session is kept
+//!   after its lateness horizon until every event that could touch it (within `timeout_gap`) is
+//!   late by its own time and every watermark trigger's deadline has passed: it is evicted past
+//!   `upper + timeout_gap + max(timeout_gap + allowed_lateness, largest watermark delay)`.
+//!   A group whose last extent in every window is evicted leaves the group table (its segment
+//!   counters go with it). Global windows are never evicted.
 //! - Job completion: every trigger fires every extent and group it has not fired since the last
 //!   change (event `job_completed`); then the watermark becomes +∞ (`i64::MAX`) and all
 //!   non-global extents are evicted, so later segments are late. A watermark of +∞ (`i64::MAX`,
@@ -352,6 +372,13 @@ pub struct WindowOperator {
     /// Per window, the size past which the due index is rebuilt from the state (dropping its
     /// stale entries): twice its size after the last rebuild, plus [`DUE_SLACK`].
     due_limit: Vec<usize>,
+    /// Per window, how long (in watermark) a session is kept past `upper + timeout_gap` before
+    /// it is evicted: `max(timeout_gap + allowed_lateness, largest watermark-trigger delay)`.
+    /// Past its lateness horizon a session is final, but it stays until every event that could
+    /// join it is late by its own time (so such an event is found late instead of starting a
+    /// session of its own next to a closed one) and every watermark trigger has fired it.
+    /// 0 for other windows.
+    session_keep: Vec<i64>,
 }
 
 /// Stale entries a due index may gather beyond twice its live ones before it is rebuilt. An
@@ -472,7 +499,26 @@ impl WindowOperator {
                 })
                 .collect(),
         };
+        let session_keep = windows
+            .iter()
+            .zip(&per_window)
+            .map(|(w, ts)| match w.kind {
+                WindowKind::Session { gap } => {
+                    let delay = ts
+                        .iter()
+                        .filter_map(|t| match t.on {
+                            TriggerOn::Watermark { delay } => Some(delay),
+                            _ => None,
+                        })
+                        .max()
+                        .unwrap_or(0);
+                    gap.saturating_add(w.allowed_lateness).max(delay)
+                }
+                _ => 0,
+            })
+            .collect();
         Ok(WindowOperator {
+            session_keep,
             due: vec![DueIndex::new(); windows.len()],
             due_limit: vec![DUE_SLACK; windows.len()],
             windows,
@@ -894,7 +940,9 @@ impl WindowOperator {
         }
     }
 
-    /// The watermark past which extent `x` is closed and evicted (`i64::MAX`: never).
+    /// The watermark past which extent `x` is evicted (`i64::MAX`: never). For fixed and
+    /// sliding extents it is also the lateness horizon; a session is kept longer, see
+    /// [`WindowOperator::session_keep`].
     fn horizon(&self, w: usize, x: &Extent) -> i64 {
         let spec = &self.windows[w];
         match spec.kind {
@@ -902,18 +950,23 @@ impl WindowOperator {
             WindowKind::Session { gap } => x
                 .upper
                 .saturating_add(gap)
-                .saturating_add(spec.allowed_lateness),
+                .saturating_add(self.session_keep[w]),
             _ => x.upper.saturating_add(spec.allowed_lateness),
         }
     }
 
     /// The watermark at which watermark trigger `tr` of window `w` fires an extent with these
-    /// bounds (`None`: not a watermark trigger).
+    /// bounds (`None`: not a watermark trigger). A session's deadlines count from the moment it
+    /// closes, `upper + timeout_gap + 1` (see the module docs).
     fn threshold(&self, w: usize, tr: usize, lower: i64, upper: i64) -> Option<i64> {
+        let end = match self.windows[w].kind {
+            WindowKind::Session { gap } => upper.saturating_add(gap).saturating_add(1),
+            _ => upper,
+        };
         match self.triggers[w][tr].on {
-            TriggerOn::Watermark { delay } => Some(upper.saturating_add(delay)),
+            TriggerOn::Watermark { delay } => Some(end.saturating_add(delay)),
             TriggerOn::PercentileWatermark { percentage } => {
-                let offset = ((upper - lower) as f64 * percentage).ceil() as i64;
+                let offset = (end.saturating_sub(lower) as f64 * percentage).ceil() as i64;
                 Some(lower.saturating_add(offset))
             }
             _ => None,
@@ -1236,32 +1289,40 @@ impl WindowOperator {
             }
             WindowKind::Session { gap } => {
                 let t = v.expect("sessions have a window key");
-                let touching: Vec<&Extent> = gs.map_or_else(Vec::new, |gs| {
+                let lateness = spec.allowed_lateness;
+                let touching: Vec<(i64, &Extent)> = gs.map_or_else(Vec::new, |gs| {
                     session::touching(&gs.extents, |x| x.upper, t, gap)
-                        .iter()
-                        .map(|k| gs.extents.get(k).expect("touching keys exist"))
+                        .into_iter()
+                        .map(|k| (k, gs.extents.get(&k).expect("touching keys exist")))
                         .collect()
                 });
-                let upper = touching.iter().map(|x| x.upper).fold(t, i64::max);
-                let horizon = upper
-                    .saturating_add(gap)
-                    .saturating_add(spec.allowed_lateness);
-                if wm > horizon {
+                let past = |upper: i64| wm > upper.saturating_add(gap).saturating_add(lateness);
+                // A session past its lateness horizon is final: nothing joins it.
+                if let Some((lower, x)) = touching.iter().find(|(_, x)| past(x.upper)) {
                     return Ok(Plan::Late(format!(
-                        "value {t} of {key:?} is late: watermark {} > {upper} + timeout_gap {gap} + allowed_lateness {}",
+                        "value {t} of {key:?} is late: it would join the session [{lower}, {}], closed since watermark {} > {} + timeout_gap {gap} + allowed_lateness {lateness}",
+                        x.upper,
                         fmt_wm(wm),
-                        spec.allowed_lateness
+                        x.upper
+                    )));
+                }
+                // Alone, or extending a session to the left, an event whose own session would
+                // be past its horizon might belong to a session already evicted.
+                if past(t) && !touching.iter().any(|(lower, _)| *lower <= t) {
+                    return Ok(Plan::Late(format!(
+                        "value {t} of {key:?} is late: watermark {} > {t} + timeout_gap {gap} + allowed_lateness {lateness}",
+                        fmt_wm(wm)
                     )));
                 }
                 // Only an event bridging two sessions pays for a merged copy of their states.
                 let u = match touching.as_slice() {
                     [] => create(&agg.init())?,
-                    [x] => create(&x.state)?,
-                    [x, rest @ ..] => create(
-                        &rest
-                            .iter()
-                            .fold(x.state.clone(), |acc, y| agg.merge(acc, y.state.clone())),
-                    )?,
+                    [(_, x)] => create(&x.state)?,
+                    [(_, x), rest @ ..] => {
+                        create(&rest.iter().fold(x.state.clone(), |acc, (_, y)| {
+                            agg.merge(acc, y.state.clone())
+                        }))?
+                    }
                 };
                 Ok(Plan::Update {
                     e: t,

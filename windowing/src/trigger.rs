@@ -47,12 +47,14 @@ pub enum TriggerOn {
     /// When the predicate is true for a new segment.
     Punctuation(PunctuationPred),
     /// An extent, once the watermark is at least `upper + delay` (and again if its state changes
-    /// while it is still open).
+    /// while it is still open). A session, once the watermark passed `upper + timeout_gap +
+    /// delay`, when it can no longer grow: once per session.
     Watermark {
         /// Extra time after the upper bound, not negative.
         delay: i64,
     },
-    /// An extent, once the watermark reaches `lower + (upper − lower) · percentage`.
+    /// An extent, once the watermark reaches `lower + (upper − lower) · percentage`; for a
+    /// session, the share of the time it is open, `[lower, upper + timeout_gap + 1]`.
     PercentileWatermark {
         /// Between 0 and 1.
         percentage: f64,

@@ -682,23 +682,162 @@ fn sessions_merge_within_the_gap() {
             ),
         ]
     );
-    // Watermark 15: [1,5] reached its upper bound (fires), and 15 > 5 + gap 10: evicted.
+    // Watermark 15 = 5 + gap: an event at 15 could still join [1,5]; nothing fires.
+    assert!(o.on_watermark(15).firings.is_empty());
+    // Watermark 16 passed 5 + gap 10: [1,5] is closed and fires, once.
     let step = o.on_watermark(16);
     assert_eq!(step.firings.len(), 1);
     assert_eq!(
         (step.firings[0].lower, step.firings[0].upper),
         (Some(1), Some(5))
     );
-    // 4 would form [4,4] alone, closed since 16 > 4 + 10: late.
+    // 4 would join the closed [1,5]: late.
     let step = feed(&mut o, &[4]);
     assert_eq!(
         step.late[0].reason,
-        r#"value 4 of "t" is late: watermark 16 > 4 + timeout_gap 10 + allowed_lateness 0"#
+        r#"value 4 of "t" is late: it would join the session [1, 5], closed since watermark 16 > 5 + timeout_gap 10 + allowed_lateness 0"#
     );
-    // 9 joins the live session [18,30] (gap 9): not late; it becomes [9,30].
+    // 9 is within the gap of the open [18,30], but also of the closed [1,5]: joining would
+    // bridge them into one session that has fired already. Late.
     let step = feed(&mut o, &[9]);
-    assert!(step.late.is_empty());
-    assert_eq!(o.extents("s", &Value::Null)[0].lower, Some(9));
+    assert_eq!(step.late.len(), 1);
+    assert!(step.late[0]
+        .reason
+        .contains("would join the session [1, 5]"));
+    // 17 joins only the open session [18,30], at its start: not late; it becomes [17,30].
+    let step = feed(&mut o, &[17]);
+    assert!(step.late.is_empty() && step.firings.is_empty());
+    assert_eq!(o.extents("s", &Value::Null)[1].lower, Some(17));
+    assert_eq!(o.late_count("s"), Some(2));
+}
+
+/// DESIGN §4: a session that grows after `last + delay` (where the watermark trigger used to
+/// fire) fires once, when the watermark passes `last + timeout_gap + delay`, with its whole
+/// state; after that it is final.
+#[test]
+fn a_session_fires_once_when_it_closes() {
+    let mut o = op(
+        vec![WindowSpec::session("s", "t", 10, count())],
+        vec![TriggerSpec::watermark("s", "closed", 5)],
+    );
+    feed(&mut o, &[0]);
+    // Past 0 + delay 5, but the session can grow until the watermark passes 0 + gap 10.
+    assert!(o.on_watermark(6).firings.is_empty());
+    assert!(feed(&mut o, &[8]).firings.is_empty());
+    assert!(o.on_watermark(14).firings.is_empty());
+    assert!(feed(&mut o, &[18]).firings.is_empty());
+    // [0,18]: deadline 18 + 10 + 5 passed at 34, not before.
+    assert!(o.on_watermark(33).firings.is_empty());
+    let step = o.on_watermark(34);
+    assert_eq!(fired(&step), vec![(Some(0), Some(18), i(3), Watermark)]);
+    // 28 is within the gap of 18, but the session closed at 29: late, and nothing fires.
+    let step = feed(&mut o, &[28]);
+    assert_eq!(
+        step.late[0].reason,
+        r#"value 28 of "t" is late: it would join the session [0, 18], closed since watermark 34 > 18 + timeout_gap 10 + allowed_lateness 0"#
+    );
+    assert!(step.firings.is_empty());
+    // Completion has nothing left to fire: the session fired once in all.
+    assert!(o.on_job_completed().firings.is_empty());
+}
+
+#[test]
+fn an_event_at_the_watermark_still_joins_a_session() {
+    let mut o = op(
+        vec![WindowSpec::session("s", "t", 10, count())],
+        vec![TriggerSpec::watermark("s", "closed", 0)],
+    );
+    feed(&mut o, &[0]);
+    // Watermark 10 = 0 + gap: not passed yet.
+    assert!(o.on_watermark(10).firings.is_empty());
+    let step = feed(&mut o, &[10]);
+    assert!(step.late.is_empty() && step.firings.is_empty());
+    assert!(o.on_watermark(20).firings.is_empty());
+    let step = o.on_watermark(21);
+    assert_eq!(fired(&step), vec![(Some(0), Some(10), i(2), Watermark)]);
+}
+
+/// A closed session stays (final) until every event that could join it is late by its own
+/// time, then is evicted; an event too far behind the watermark to join anything live is late.
+#[test]
+fn closed_sessions_are_kept_a_gap_longer_then_evicted() {
+    let mut o = op(
+        vec![WindowSpec::session("s", "t", 10, count())],
+        vec![TriggerSpec::watermark("s", "closed", 0)],
+    );
+    feed(&mut o, &[0]);
+    assert_eq!(
+        fired(&o.on_watermark(11)),
+        vec![(Some(0), Some(0), i(1), Watermark)]
+    );
+    // 15 is more than the gap from 0 and not behind its own horizon: a new session.
+    assert!(feed(&mut o, &[15]).late.is_empty());
+    assert_eq!(o.live_extents(), 2);
+    // 7 would join the closed [0,0].
+    assert_eq!(feed(&mut o, &[7]).late.len(), 1);
+    // [0,0] goes once the watermark passes 0 + gap + gap.
+    assert_eq!(
+        o.on_watermark(20).transitions,
+        vec![Transition::Watermark(20)]
+    );
+    assert_eq!(o.live_extents(), 2);
+    let step = o.on_watermark(21);
+    assert!(step.firings.is_empty());
+    assert_eq!(o.live_extents(), 1);
+    // 3 + gap 10 < 21 and no live session starts at or before it: late.
+    let step = feed(&mut o, &[3]);
+    assert_eq!(
+        step.late[0].reason,
+        r#"value 3 of "t" is late: watermark 21 > 3 + timeout_gap 10 + allowed_lateness 0"#
+    );
+    // 16 falls inside the live [15,15]'s reach: it joins.
+    assert!(feed(&mut o, &[16]).late.is_empty());
+    assert_eq!(o.extents("s", &Value::Null), vec![ext(15, 16, 2)]);
+}
+
+/// A watermark delay longer than the gap keeps the session until the trigger's deadline.
+#[test]
+fn a_long_delay_fires_before_the_session_is_evicted() {
+    let mut o = op(
+        vec![WindowSpec::session("s", "t", 10, count())],
+        vec![TriggerSpec::watermark("s", "late-close", 50)],
+    );
+    feed(&mut o, &[0, 4]);
+    assert!(o.on_watermark(64).firings.is_empty());
+    assert_eq!(o.live_extents(), 1);
+    let step = o.on_watermark(65);
+    assert_eq!(fired(&step), vec![(Some(0), Some(4), i(2), Watermark)]);
+    assert_eq!(o.live_extents(), 0);
+}
+
+/// A percentile trigger on a session measures the time it is open, `[lower, upper + gap + 1]`:
+/// 1 fires when it closes, less fires early and again after a change.
+#[test]
+fn percentile_triggers_on_sessions_count_the_gap() {
+    let mut o = op(
+        vec![WindowSpec::session("s", "t", 10, count())],
+        vec![
+            TriggerSpec::percentile_watermark("s", "half", 0.5),
+            TriggerSpec::percentile_watermark("s", "all", 1.0),
+        ],
+    );
+    feed(&mut o, &[0]);
+    // [0,0] is open over [0, 11]: half at 6, all at 11.
+    assert!(o.on_watermark(5).firings.is_empty());
+    assert_eq!(
+        fired(&o.on_watermark(6)),
+        vec![(Some(0), Some(0), i(1), Watermark)]
+    );
+    feed(&mut o, &[6]);
+    // [0,6] is open over [0, 17]: half at 9, all at 17.
+    assert!(o.on_watermark(8).firings.is_empty());
+    let step = o.on_watermark(9);
+    assert_eq!(step.firings.len(), 1);
+    assert_eq!(step.firings[0].trigger.as_str(), "half");
+    assert!(o.on_watermark(16).firings.is_empty());
+    let step = o.on_watermark(17);
+    assert_eq!(fired(&step), vec![(Some(0), Some(6), i(2), Watermark)]);
+    assert_eq!(step.firings[0].trigger.as_str(), "all");
 }
 
 #[test]

@@ -4,7 +4,8 @@ use proptest::prelude::*;
 use sardonyx_windowing::aggregation::{average, collect, count, max, min, sum};
 use sardonyx_windowing::session::sessions_of;
 use sardonyx_windowing::{
-    Aggregation, Extents, Map, Snapshot, Transition, TriggerSpec, Value, WindowOperator, WindowSpec,
+    Aggregation, Extents, FireEvent, Map, Snapshot, Transition, TriggerSpec, Value, WindowOperator,
+    WindowSpec,
 };
 
 fn seg(t: i64, x: i64) -> Map {
@@ -381,4 +382,106 @@ fn the_due_index_stays_bounded_when_keys_go_back_and_forth() {
         "nothing changed since the last firing"
     );
     assert_eq!(o.due_index_len(0), 0);
+}
+
+#[derive(Debug, Clone)]
+enum SessionOp {
+    Segment { t: i64, group: u8 },
+    Watermark(i64),
+}
+
+fn session_op_strategy() -> impl Strategy<Value = SessionOp> {
+    prop_oneof![
+        4 => (0i64..300, 0u8..2).prop_map(|(t, group)| SessionOp::Segment { t, group }),
+        1 => (0i64..30).prop_map(SessionOp::Watermark),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Invariant "sessions close once" (DESIGN §4): for any events and watermarks, with
+    /// `allowed_lateness <= delay`, the watermark trigger fires every session of the accepted
+    /// (not late) events exactly once — by the watermark only once it passed
+    /// `last + timeout_gap + delay`, otherwise at job completion — and with its whole state;
+    /// it fires nothing else.
+    #[test]
+    fn sessions_fire_once_with_their_whole_state(
+        ops in prop::collection::vec(session_op_strategy(), 0..120),
+        gap in 0i64..20,
+        delay in 0i64..15,
+        lateness_frac in 0i64..=100,
+    ) {
+        let lateness = delay * lateness_frac / 100;
+        let mut o = WindowOperator::new(
+            vec![WindowSpec::session("s", "t", gap, collect()).allowed_lateness(lateness)],
+            vec![TriggerSpec::watermark("s", "closed", delay)],
+        )
+        .unwrap();
+        let mut wm = 0;
+        let mut accepted: Vec<Vec<(i64, i64)>> = vec![Vec::new(); 2];
+        let mut firings = Vec::new();
+        for (id, op) in ops.iter().enumerate() {
+            let step = match op {
+                SessionOp::Segment { t, group } => {
+                    let mut m = seg(*t, id as i64);
+                    m.insert("id", id as i64);
+                    let step = o.on_segment(&m, &Value::from(i64::from(*group))).unwrap();
+                    if step.late.is_empty() {
+                        accepted[usize::from(*group)].push((*t, id as i64));
+                    }
+                    step
+                }
+                SessionOp::Watermark(d) => {
+                    wm += d;
+                    o.on_watermark(wm)
+                }
+            };
+            o.check_due_index().unwrap();
+            for f in step.firings {
+                prop_assert_eq!(f.event, FireEvent::Watermark, "{:?}", f);
+                let upper = f.upper.unwrap();
+                prop_assert!(
+                    wm > upper + gap + delay,
+                    "fired {:?} at watermark {} <= {} + gap {} + delay {}", f, wm, upper, gap, delay
+                );
+                firings.push(f);
+            }
+        }
+        for f in o.on_job_completed().firings {
+            prop_assert_eq!(f.event, FireEvent::JobCompleted);
+            firings.push(f);
+        }
+        // group, lower, upper, sorted ids
+        let ids = |state: &Value| {
+            let mut v: Vec<i64> = state
+                .as_list()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_map().unwrap().get("id").unwrap().as_i64().unwrap())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut got: Vec<(i64, i64, i64, Vec<i64>)> = firings
+            .iter()
+            .map(|f| (f.group.as_i64().unwrap(), f.lower.unwrap(), f.upper.unwrap(), ids(&f.state)))
+            .collect();
+        got.sort();
+        let mut want = Vec::new();
+        for (g, events) in accepted.iter().enumerate() {
+            let times: Vec<i64> = events.iter().map(|e| e.0).collect();
+            for (lo, hi) in sessions_of(&times, gap) {
+                let mut in_session: Vec<i64> = events
+                    .iter()
+                    .filter(|(t, _)| lo <= *t && *t <= hi)
+                    .map(|e| e.1)
+                    .collect();
+                in_session.sort_unstable();
+                want.push((g as i64, lo, hi, in_session));
+            }
+        }
+        want.sort();
+        prop_assert_eq!(got, want);
+    }
 }
