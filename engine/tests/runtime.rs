@@ -557,7 +557,8 @@ impl sardonyx::registry::SyncSink for RecordingSync {
 /// Job completion with more open windows than one completion record holds: the final firings
 /// go out in records of about `COMPLETION_FIRINGS`. A crash in the middle of them (the sync
 /// fails during the second record's firings) loses nothing: the restarted slot syncs the last
-/// record's firings again and fires the rest as `recovered`, each group's count exact.
+/// record's firings again (`recovered`) and completes the job again, firing the rest
+/// (`job_completed`), each group's count exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_completion_in_several_records_survives_a_crash_between_them() {
     use sardonyx::runtime::COMPLETION_FIRINGS;
@@ -630,13 +631,19 @@ async fn job_completion_in_several_records_survives_a_crash_between_them() {
         report.recoveries[0].pending_firings,
         COMPLETION_FIRINGS as u64
     );
-    // Both with event `recovered`: 4096 synced again, the 1808 never fired before.
+    // 4096 synced again (`recovered`), then the 1808 never fired before, by the completion
+    // of this run (recovery itself fires nothing new).
     let second_run = seen.lock().unwrap().clone();
     assert_eq!(
         second_run.len(),
         COMPLETION_FIRINGS + (GROUPS as usize - 2 * COMPLETION_FIRINGS)
     );
-    assert!(second_run.iter().all(|(_, _, e)| e == "recovered"));
+    assert!(second_run[..COMPLETION_FIRINGS]
+        .iter()
+        .all(|(_, _, e)| e == "recovered"));
+    assert!(second_run[COMPLETION_FIRINGS..]
+        .iter()
+        .all(|(_, _, e)| e == "job_completed"));
     let synced_again: std::collections::BTreeSet<i64> = second_run[..COMPLETION_FIRINGS]
         .iter()
         .map(|f| f.0)

@@ -65,8 +65,14 @@
 //!   [`WindowOperator::on_watermark`] with `i64::MAX` does exactly what
 //!   [`WindowOperator::on_job_completed`] does, so those firings say `job_completed`, not
 //!   `watermark`.
-//! - Recovery: every trigger fires every extent and group changed since it last fired it (event
-//!   `recovered`); nothing else changes.
+//! - Recovery fires nothing new and changes nothing: a recovered slot goes on exactly as an
+//!   uninterrupted one would (DESIGN §5.4), so a session still fires once, when it closes, and
+//!   a discarding trigger resets the same states. Every record's firings are synced before the
+//!   next record is appended, so the only firings a crash can lose are those of the last
+//!   committed record: the driver derives them from its `Fired` transitions and syncs them again
+//!   (event `recovered`). (Firing every changed extent at recovery, as before, fired open
+//!   sessions and extents early and, with discarding triggers, reset states that an
+//!   uninterrupted run keeps.)
 //! - Firing order within a step: events in the order processed; within one event, windows in
 //!   spec order, triggers in spec order (per window), groups by value, extents ascending.
 
@@ -1157,22 +1163,6 @@ impl WindowOperator {
         }
     }
 
-    /// Fires, for every trigger of every window, every extent and group changed since that
-    /// trigger last fired it.
-    fn fire_changed(&mut self, step: &mut Step, event: FireEvent) {
-        for w in 0..self.windows.len() {
-            for tr in 0..self.triggers[w].len() {
-                for g in self.sorted_groups(w) {
-                    for e in self.extent_keys(w, g) {
-                        if self.changed(w, tr, g, e) {
-                            self.fire(step, w, tr, g, e, event);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// The watermark advanced to its current value: for window `w`, watermark triggers fire the
     /// due extents (when `watermark_triggers`), then extents past their horizon get their final
     /// firings (event `event`) and are evicted. Only the extents the due index holds at or
@@ -1640,8 +1630,7 @@ impl WindowOperator {
     /// the extents evicted); until then call it again with the same `completion` and no other
     /// event in between. The steps of all calls, concatenated, are those of
     /// [`WindowOperator::on_job_completed`]. Each step can be logged and replayed on its own: a
-    /// completion cut short by a crash fires what is left when the slot is recovered
-    /// ([`WindowOperator::on_recovered`]) or completed again.
+    /// completion cut short by a crash fires what is left when the job is completed again.
     pub fn on_job_completed_into(
         &mut self,
         completion: &mut Completion,
@@ -1689,11 +1678,10 @@ impl WindowOperator {
         true
     }
 
-    /// The slot was recovered (state rebuilt from the log): every trigger fires every extent and
-    /// group changed since it last fired it (event `recovered`).
+    /// The slot was recovered (state rebuilt from the log). Fires nothing and changes nothing
+    /// (see the module docs): the step is empty. Kept as the event a driver reports, so that a
+    /// trigger needing it later has its place.
     pub fn on_recovered(&mut self) -> Step {
-        let mut step = Step::default();
-        self.fire_changed(&mut step, FireEvent::Recovered);
-        step
+        Step::default()
     }
 }

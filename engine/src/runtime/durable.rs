@@ -340,6 +340,35 @@ async fn drop_generation(store: &dyn Ledgers, name: &str, old: &Meta) -> Result<
     Ok(())
 }
 
+/// The environment variable of the test-only crash point: `N` makes the process kill itself
+/// with SIGKILL right after its `N`-th batch record is committed (before the record's ids reach
+/// the dedup filter and its firings are synced), so crash tests can stop a tiny job in the
+/// middle deterministically, with no cleanup.
+pub const CRASH_AFTER_RECORDS: &str = "SARDONYX_TEST_CRASH_AFTER_RECORDS";
+
+/// The crash point of [`CRASH_AFTER_RECORDS`]: counts committed batch records in this process.
+fn crash_point_after_commit() {
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COMMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(after) = *AFTER.get_or_init(|| {
+        std::env::var(CRASH_AFTER_RECORDS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == after {
+        tracing::warn!(after, "test crash point: killing this process with SIGKILL");
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+        // SIGKILL is on its way; this thread does nothing more.
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// A batch record being appended ([`SlotLog::begin_commit`]).
 pub(crate) struct InFlight {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
@@ -543,6 +572,7 @@ impl SlotLog {
             .await
             .map_err(|e| RunError::Internal(format!("append of {}: {e}", self.ledger)))??;
         self.last_position = Some(pos);
+        crash_point_after_commit();
         let p = &self.progress;
         p.logged_records.fetch_add(1, Ordering::Relaxed);
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);
