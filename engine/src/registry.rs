@@ -365,7 +365,9 @@ impl Registry {
                     open: Arc::new(move |ctx| {
                         let params = to_json(&ctx.task.params);
                         off_runtime(|| plugins::open_output(name, &params))
-                            .map(|sink| Box::new(JsonOutput(sink)) as Box<dyn SegmentSink>)
+                            .map(|sink| {
+                                Box::new(JsonOutput(OffRuntime(Some(sink)))) as Box<dyn SegmentSink>
+                            })
                             .map_err(|e| e.to_string())
                     }),
                 },
@@ -383,7 +385,7 @@ impl Registry {
                     off_runtime(|| plugins::open_output(plugins::POSTGRES, &params))
                         .map(|sink| {
                             Box::new(BufferedSync {
-                                sink,
+                                sink: OffRuntime(Some(sink)),
                                 pending: Vec::new(),
                                 retry,
                             }) as Box<dyn SyncSink>
@@ -718,7 +720,33 @@ fn to_json(params: &Map) -> serde_json::Value {
 }
 
 /// Writes segments as JSON documents to a connector sink.
-struct JsonOutput(Box<dyn Sink>);
+struct JsonOutput(OffRuntime);
+
+/// Owns a connector sink and drops it on a thread of its own: a connector sink may own a tokio
+/// runtime (PostgreSQL), and dropping one on a thread that drives the job's runtime panics (as
+/// when a job fails and its peers end).
+struct OffRuntime(Option<Box<dyn Sink>>);
+
+impl std::ops::Deref for OffRuntime {
+    type Target = Box<dyn Sink>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for OffRuntime {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for OffRuntime {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(sink)).join();
+        }
+    }
+}
 
 impl SegmentSink for JsonOutput {
     fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
@@ -738,7 +766,7 @@ impl SegmentSink for JsonOutput {
 /// block (and may run their own runtime). A retryable failure is retried with backoff (the
 /// trigger's `params.retry`); the firings stay pending until written.
 struct BufferedSync {
-    sink: Box<dyn Sink>,
+    sink: OffRuntime,
     pending: Vec<Vec<u8>>,
     retry: RetryPolicy,
 }
