@@ -21,6 +21,18 @@ pub enum ConnectorError {
         /// What went wrong.
         message: String,
     },
+    /// A retryable failure that went on past the retry bound ([`crate::retry::RetryPolicy`]).
+    #[error("{context}: gave up after {attempts} attempts in {elapsed_ms} ms: {source}")]
+    RetriesExhausted {
+        /// What was being done.
+        context: String,
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// Time from the first attempt to giving up.
+        elapsed_ms: u64,
+        /// The last attempt's error.
+        source: Box<ConnectorError>,
+    },
 }
 
 impl ConnectorError {

@@ -105,6 +105,10 @@ pub struct KafkaSinkParams {
     /// Extra librdkafka properties, all as strings.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// How the writer of this sink retries a batch whose write or delivery failed with a
+    /// retryable error ([`crate::retry`]).
+    #[serde(default)]
+    pub retry: crate::RetryPolicy,
 }
 
 fn check_common(f: &mut Fields<'_>) {
@@ -208,6 +212,7 @@ pub fn validate_sink(params: &Value) -> Problems {
     };
     check_common(&mut f);
     f.string("key_field", false);
+    crate::retry::check(&mut f);
     f.finish()
 }
 

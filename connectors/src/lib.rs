@@ -3,7 +3,8 @@
 //! This crate knows nothing of the engine: a [`Source`] yields raw [`Record`]s (bytes) with a
 //! [`Position`] per partition that can be committed and resumed from; a [`Sink`] writes batches
 //! of encoded records and says when they are durable. Every error is classified at its source
-//! as retryable or fatal ([`ConnectorError`]).
+//! as retryable or fatal ([`ConnectorError`]); [`retry`] retries the retryable ones with backoff,
+//! up to a bound.
 //!
 //! Connectors (each with a typed params struct read from the task's `params` JSON and a
 //! `validate` function that reports every problem as `(field, message)`):
@@ -24,8 +25,10 @@ pub mod kafka;
 pub mod params;
 pub mod plugins;
 pub mod postgres;
+pub mod retry;
 pub mod source;
 
 pub use error::ConnectorError;
 pub use params::Problems;
+pub use retry::RetryPolicy;
 pub use source::{Position, Positions, Record, Sink, Source, SourceBatch};

@@ -53,6 +53,10 @@ pub struct PostgresSinkParams {
     /// Column → record field (a name, or a JSON pointer such as `/state/n`).
     #[serde(default)]
     pub columns: Option<BTreeMap<String, String>>,
+    /// How the writer of this sink retries a batch that failed with a retryable error (a lost
+    /// connection, a server restarting: [`crate::retry`]).
+    #[serde(default)]
+    pub retry: crate::RetryPolicy,
 }
 
 /// Checks the params of the `postgres` output plugin without connecting; reports every problem.
@@ -155,6 +159,7 @@ pub fn validate(params: &Value) -> Problems {
             ),
         ),
     }
+    crate::retry::check(&mut f);
     f.finish()
 }
 

@@ -4,7 +4,13 @@
 # connection URL on stdout as its only output line. Run as root (as CI is). Idempotent.
 #
 #   export SARDONYX_PG_URL="$(bash connectors/tests/pg-setup.sh)"
+#
+# With a cluster name (`pg-setup.sh sardonyx_retry`), sets up and starts that cluster instead of
+# `main`, created on a free port if missing: a server a test may stop and start without
+# disturbing anything else (tests/tests/exactly_once_postgres.rs).
 set -euo pipefail
+
+cluster="${1:-main}"
 
 log() { echo "pg-setup: $*" >&2; }
 
@@ -16,18 +22,22 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/
 fi
 
 version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
+if [ -n "$version" ] && [ "$cluster" != main ] && [ ! -d "/etc/postgresql/$version/$cluster" ]; then
+    log "creating cluster $version/$cluster"
+    pg_createcluster "$version" "$cluster" >&2
+fi
 if [ -z "$version" ]; then
     # The server is installed but has no cluster (e.g. it was dropped): make one.
     version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
-    log "creating cluster $version/main"
-    pg_createcluster "$version" main >&2
+    log "creating cluster $version/$cluster"
+    pg_createcluster "$version" "$cluster" >&2
 fi
-if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online" { found = 1 } END { exit !found }'; then
-    log "starting cluster $version/main"
-    pg_ctlcluster "$version" main start >&2
+if ! pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1 == v && $2 == c && $4 == "online" { found = 1 } END { exit !found }'; then
+    log "starting cluster $version/$cluster"
+    pg_ctlcluster "$version" "$cluster" start >&2
 fi
 
-port="$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" { print $3 }')"
+port="$(pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1 == v && $2 == c { print $3 }')"
 
 # Wait (bounded) until the server accepts connections.
 for _ in $(seq 1 50); do

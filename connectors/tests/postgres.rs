@@ -1,7 +1,9 @@
 //! PostgreSQL sink against a real PostgreSQL server.
 //!
 //! The server comes from `SARDONYX_PG_URL` (CI: `export SARDONYX_PG_URL="$(bash
-//! connectors/tests/pg-setup.sh)"`). Without it, each test prints a notice and passes vacuously.
+//! connectors/tests/pg-setup.sh)"`). Without it, each test that needs the server fails when
+//! `CI=true` (a CI machine without PostgreSQL must not pass green), and otherwise (a developer's
+//! machine) prints a notice and returns.
 
 use std::io::Write;
 use std::time::Instant;
@@ -14,6 +16,9 @@ use tokio_postgres::NoTls;
 fn url() -> Option<String> {
     match std::env::var("SARDONYX_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => panic!(
+            "CI=true but SARDONYX_PG_URL is unset: the PostgreSQL tests need a real server; run `export SARDONYX_PG_URL=\"$(bash connectors/tests/pg-setup.sh)\"` first"
+        ),
         _ => {
             // Straight to stderr, past the test harness's capture, so that CI logs show it.
             let _ = writeln!(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sardonyx_connectors::jsonl::{JsonLinesSink, JsonLinesSource};
-use sardonyx_connectors::{ConnectorError, Position, Positions, Sink, Source};
+use sardonyx_connectors::{ConnectorError, Position, Positions, RetryPolicy, Sink, Source};
 use sardonyx_windowing::aggregation::Aggregation;
 use tokio::sync::mpsc;
 
@@ -72,11 +72,14 @@ pub enum InputReader {
     Nothing,
 }
 
-/// Writes segments out of the job.
+/// Writes segments out of the job. The runtime calls `write` then `flush` for every batch and
+/// acknowledges the batch only once both succeed; on a retryable error it calls them again with
+/// the whole batch (so a sink must take a batch twice: at least once).
 pub trait SegmentSink: Send {
     /// Writes a batch.
     fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError>;
-    /// Makes what was written durable.
+    /// Makes what was written durable: once it returns, a `kill -9` of the process cannot lose
+    /// it (a file written to the OS, a Kafka delivery confirmed, a transaction committed).
     fn flush(&mut self) -> Result<(), ConnectorError>;
 }
 
@@ -244,7 +247,11 @@ impl Registry {
         r.register_output(
             "sardonyx/jsonl",
             OutputPlugin {
-                check: Arc::new(|p| require_string(p, "path")),
+                check: Arc::new(|p| {
+                    let mut problems = require_string(p, "path");
+                    problems.extend(sardonyx_connectors::retry::check_params(&to_json(p)));
+                    problems
+                }),
                 open: Arc::new(|ctx| {
                     let path = peer_path(param_path(ctx.task)?, ctx.peer, ctx.n_peers);
                     let sink = if ctx.resuming {
@@ -358,7 +365,9 @@ impl Registry {
                     open: Arc::new(move |ctx| {
                         let params = to_json(&ctx.task.params);
                         off_runtime(|| plugins::open_output(name, &params))
-                            .map(|sink| Box::new(JsonOutput(sink)) as Box<dyn SegmentSink>)
+                            .map(|sink| {
+                                Box::new(JsonOutput(OffRuntime(Some(sink)))) as Box<dyn SegmentSink>
+                            })
                             .map_err(|e| e.to_string())
                     }),
                 },
@@ -372,11 +381,13 @@ impl Registry {
                 }),
                 open: Arc::new(|ctx| {
                     let params = to_json(ctx.params);
+                    let retry = RetryPolicy::from_params(&params).map_err(|e| e.to_string())?;
                     off_runtime(|| plugins::open_output(plugins::POSTGRES, &params))
                         .map(|sink| {
                             Box::new(BufferedSync {
-                                sink,
+                                sink: OffRuntime(Some(sink)),
                                 pending: Vec::new(),
+                                retry,
                             }) as Box<dyn SyncSink>
                         })
                         .map_err(|e| e.to_string())
@@ -566,6 +577,11 @@ pub fn require_string(params: &Map, field: &str) -> Vec<(String, String)> {
     }
 }
 
+/// The retry policy of a plugin's `params.retry` ([`sardonyx_connectors::retry`]).
+pub(crate) fn retry_policy(params: &Map) -> Result<RetryPolicy, String> {
+    RetryPolicy::from_params(&to_json(params)).map_err(|e| e.to_string())
+}
+
 fn param_path(task: &TaskSpec) -> Result<PathBuf, String> {
     task.params
         .get("path")
@@ -704,7 +720,33 @@ fn to_json(params: &Map) -> serde_json::Value {
 }
 
 /// Writes segments as JSON documents to a connector sink.
-struct JsonOutput(Box<dyn Sink>);
+struct JsonOutput(OffRuntime);
+
+/// Owns a connector sink and drops it on a thread of its own: a connector sink may own a tokio
+/// runtime (PostgreSQL), and dropping one on a thread that drives the job's runtime panics (as
+/// when a job fails and its peers end).
+struct OffRuntime(Option<Box<dyn Sink>>);
+
+impl std::ops::Deref for OffRuntime {
+    type Target = Box<dyn Sink>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for OffRuntime {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for OffRuntime {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(sink)).join();
+        }
+    }
+}
 
 impl SegmentSink for JsonOutput {
     fn write(&mut self, segments: &[Segment]) -> Result<(), ConnectorError> {
@@ -721,10 +763,12 @@ impl SegmentSink for JsonOutput {
 
 /// A sync function over a connector sink: firings are gathered and written at each flush (the
 /// end of every batch), one write per batch, on a thread of their own since connector sinks
-/// block (and may run their own runtime).
+/// block (and may run their own runtime). A retryable failure is retried with backoff (the
+/// trigger's `params.retry`); the firings stay pending until written.
 struct BufferedSync {
-    sink: Box<dyn Sink>,
+    sink: OffRuntime,
     pending: Vec<Vec<u8>>,
+    retry: RetryPolicy,
 }
 
 impl SyncSink for BufferedSync {
@@ -738,15 +782,19 @@ impl SyncSink for BufferedSync {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let records = std::mem::take(&mut self.pending);
-        let sink = &mut self.sink;
+        let (records, sink, retry) = (&self.pending, &mut self.sink, &self.retry);
         std::thread::scope(|s| {
-            s.spawn(move || sink.write_batch(&records).and_then(|()| sink.flush()))
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(ConnectorError::fatal("sync", "the writer thread panicked"))
+            s.spawn(move || {
+                retry.run("syncing firings", || {
+                    sink.write_batch(records)?;
+                    sink.flush()
                 })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(ConnectorError::fatal("sync", "the writer thread panicked")))
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        self.pending.clear();
+        Ok(())
     }
 }

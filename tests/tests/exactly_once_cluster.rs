@@ -1,7 +1,8 @@
 //! Exactly-once state on a 3-node log cluster of `sardonyx log-server` processes: the job
 //! process is killed with SIGKILL three times, a follower log server is killed during one run
 //! and the Raft leader during another; the final state of every extent and group is exact, and
-//! the restarted servers catch up.
+//! the restarted servers catch up; every vote reaches the JSON-lines output at least once. The
+//! kill points are random, from a printed seed.
 
 mod common;
 
@@ -146,11 +147,17 @@ fn killed_job_and_log_servers_the_final_state_is_exact() {
         "20",
     ];
 
+    // The job is killed at random points (from the seed printed here), each run after reading
+    // this many records.
+    let seed = test_seed("killed_job_and_log_servers");
+    let kills = draws(seed, &[7_000..16_000, 6_000..14_000, 1_000..10_000]);
+    eprintln!("kill points (records read by each run): {kills:?}");
+
     // Run 1: a follower dies mid-run; the job goes on with two of three; then the job dies.
     let follower = (1..=3).find(|i| *i != first_leader).unwrap();
     let mut p = run_until(&args, dir, 5_000);
     cluster.kill(follower);
-    read_at_least(&mut p, 12_000);
+    read_at_least(&mut p, kills[0]);
     p.kill9();
     cluster.start_server(follower, dir);
 
@@ -158,12 +165,12 @@ fn killed_job_and_log_servers_the_final_state_is_exact() {
     let mut p = run_until(&args, dir, 4_000);
     let leader = cluster.leader();
     cluster.kill(leader);
-    read_at_least(&mut p, 11_000);
+    read_at_least(&mut p, kills[1]);
     p.kill9();
     cluster.start_server(leader, dir);
 
     // Run 3: killed once more; run 4 completes.
-    run_until(&args, dir, 7_000).kill9();
+    run_until(&args, dir, kills[2]).kill9();
     let (status, lines) = Proc::start(&args, dir).finish(Duration::from_secs(180));
     let out = lines.join("\n");
     assert!(status.success(), "final run failed:\n{out}");
@@ -176,6 +183,7 @@ fn killed_job_and_log_servers_the_final_state_is_exact() {
         eprintln!("{l}");
     }
     assert_finals_equal(&oracle(&votes), &reported(dir));
+    assert_every_vote_output(dir, &votes);
 
     // The restarted servers caught up: every server applied the same last index.
     cluster.wait_status("all servers caught up", |s| {

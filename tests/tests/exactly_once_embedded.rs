@@ -1,6 +1,7 @@
 //! Exactly-once state on the embedded default: `sardonyx run` processes killed with SIGKILL at
-//! several points and restarted give exactly the final state of the votes (none lost, none
-//! doubled); duplicates at the source count once; compaction bounds what recovery reads; a
+//! random points (seeded: [`test_seed`]) and restarted give exactly the final state of the votes
+//! (none lost, none doubled) and write every vote to the JSON-lines output at least once;
+//! duplicates at the source count once; compaction bounds what recovery reads; a
 //! flipped byte in the ledger is reported with its ledger and position.
 
 mod common;
@@ -33,8 +34,12 @@ fn killed_three_times_and_compacted_the_final_state_is_exact() {
     // Compact past 100 kB (records are ~10-70 kB): every slot snapshots many times.
     let args = run_args(&job, &data, &["--compact-bytes", "100000"]);
 
-    // Each run reads from its resume point; kill it once it has read this many more records.
-    for threshold in [9_000, 31_000, 17_000] {
+    // Each run reads from its resume point; kill it once it has read this many more records
+    // (random, from the seed printed above).
+    let seed = test_seed("killed_three_times_and_compacted");
+    let thresholds = draws(seed, &[2_000..32_000, 2_000..32_000, 2_000..32_000]);
+    eprintln!("kill points (records read by each run): {thresholds:?}");
+    for threshold in thresholds {
         let mut p = Proc::start(&args, dir);
         p.wait_until_read(threshold, Duration::from_secs(120));
         p.kill9();
@@ -64,6 +69,7 @@ fn killed_three_times_and_compacted_the_final_state_is_exact() {
         eprintln!("{l}");
     }
     assert_finals_equal(&oracle(&votes), &reported(dir));
+    assert_every_vote_output(dir, &votes);
 }
 
 #[test]
@@ -84,6 +90,8 @@ fn duplicates_at_the_source_count_once() {
         "expected 600 duplicates skipped:\n{out}"
     );
     assert_finals_equal(&oracle(&votes), &reported(dir));
+    // Uninterrupted: each vote (and each duplicate) exactly once per windowed task.
+    assert_eq!(assert_every_vote_output(dir, &votes), 2 * 6_300);
 
     // Running the same job again resumes it: nothing new is read, nothing changes.
     let (status, lines) =

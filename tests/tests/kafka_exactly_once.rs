@@ -79,7 +79,7 @@ fn produce_votes(bootstrap: &str, n: u64) -> (BTreeMap<String, i64>, BTreeMap<u3
 
 /// The job: two input peers over the topic's partitions (peer 0 reads 0 and 2, peer 1 reads 1),
 /// a total per candidate (global window, count, accumulating, a timer trigger synced to
-/// `totals.jsonl`), dedup on `vote_id`.
+/// `totals.jsonl`), dedup on `vote_id`; every vote goes on to the output `out.jsonl`.
 fn kafka_job(dir: &Path, bootstrap: &str) -> String {
     let job = json!({
         "id": "kafka-votes",
@@ -91,7 +91,8 @@ fn kafka_job(dir: &Path, bootstrap: &str) -> String {
              "batch_size": 200},
             {"name":"count-votes","type":"function","fn":"sardonyx/identity",
              "group_by_key":"candidate","uniqueness_key":"vote_id","n_peers":2},
-            {"name":"done","type":"output","plugin":"sardonyx/null"}
+            {"name":"done","type":"output","plugin":"sardonyx/jsonl",
+             "params":{"path": dir.join("out.jsonl").display().to_string()}}
         ],
         "windows": [
             {"id":"totals","task":"count-votes","type":"global","aggregation":"count"}
@@ -244,6 +245,18 @@ fn killed_twice_the_counts_are_exact_and_every_partition_resumes() {
     // Every partition's committed position is its end (Kafka positions are offset + 1).
     assert_eq!(ledger_positions(&data.join("log")), per_partition);
     assert_eq!(group_offsets(&bootstrap), per_partition);
+
+    // Every vote reached the output at least once (the runs append to it), and nothing else.
+    let text = std::fs::read_to_string(dir.join("out.jsonl")).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("out.jsonl: {e}: {line:?}"));
+        let id = v["vote_id"].as_u64().unwrap();
+        assert!(id < N, "vote {id} is not in the input");
+        seen.insert(id);
+    }
+    assert_eq!(seen.len() as u64, N, "votes missing from out.jsonl");
 }
 
 /// Sets the consumer group's committed offset of every partition to `offset`.

@@ -65,22 +65,39 @@ impl Rejection {
     }
 }
 
-/// A JSON-lines file of rejections shared by every peer, with a count.
+/// A JSON-lines file of rejections shared by every peer, with a count. Rejections are buffered
+/// and made durable (written to the OS) by [`ErrorFile::flush`], which every peer calls before
+/// it releases the acks of the batch a rejection came from.
 #[derive(Clone)]
 pub struct ErrorFile {
-    sink: Arc<Mutex<Option<JsonLinesSink>>>,
+    sink: Arc<Mutex<ErrorSink>>,
     path: std::path::PathBuf,
     count: Arc<AtomicU64>,
 }
 
+/// The file, opened on the first rejection.
+#[derive(Default)]
+struct ErrorSink {
+    file: Option<JsonLinesSink>,
+    /// Append to what an earlier run wrote (cutting a torn last line) instead of truncating.
+    resuming: bool,
+}
+
 impl ErrorFile {
-    /// An error file at `path`, created (truncated) on the first rejection.
+    /// An error file at `path`, created (truncated, unless [`ErrorFile::set_resuming`]) on the
+    /// first rejection.
     pub fn new(path: impl Into<std::path::PathBuf>, count: Arc<AtomicU64>) -> Self {
         ErrorFile {
-            sink: Arc::new(Mutex::new(None)),
+            sink: Arc::default(),
             path: path.into(),
             count,
         }
+    }
+
+    /// Tells the file that the job resumes an earlier run: it is then appended to (its torn last
+    /// line cut, as a process killed mid-write leaves it), never truncated.
+    pub fn set_resuming(&self, resuming: bool) {
+        self.sink.lock().expect("error file lock poisoned").resuming = resuming;
     }
 
     /// The file's path.
@@ -88,16 +105,24 @@ impl ErrorFile {
         &self.path
     }
 
-    /// Appends one rejection. A failure to write the error file itself is fatal for the job,
-    /// since the rejection would otherwise be lost.
+    /// Appends one rejection (buffered: see [`ErrorFile::flush`]). A failure to write the error
+    /// file itself is fatal for the job, since the rejection would otherwise be lost.
     pub fn write(&self, rejection: &Rejection) -> Result<(), String> {
         self.count.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(task = %rejection.task, reason = %rejection.reason, "segment rejected");
         let mut guard = self.sink.lock().expect("error file lock poisoned");
-        if guard.is_none() {
-            *guard = Some(JsonLinesSink::create(&self.path).map_err(|e| e.to_string())?);
-        }
-        let sink = guard.as_mut().expect("just opened");
+        let ErrorSink { file, resuming } = &mut *guard;
+        let sink = match file {
+            Some(f) => f,
+            None => {
+                let opened = if *resuming {
+                    JsonLinesSink::resume(&self.path)
+                } else {
+                    JsonLinesSink::create(&self.path)
+                };
+                file.insert(opened.map_err(|e| e.to_string())?)
+            }
+        };
         sink.write_batch(&[rejection.to_segment().to_string().into_bytes()])
             .map_err(|e| e.to_string())
     }
@@ -107,11 +132,51 @@ impl ErrorFile {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Flushes the file.
+    /// Writes every buffered rejection (of every peer) to the OS, so that a `kill -9` cannot lose
+    /// it (the file is not fsynced: a power loss can).
     pub fn flush(&self) -> Result<(), String> {
-        match self.sink.lock().expect("error file lock poisoned").as_mut() {
+        match &mut self.sink.lock().expect("error file lock poisoned").file {
             Some(s) => s.flush().map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(n: i64) -> Rejection {
+        let mut s = Segment::with_capacity(1);
+        s.insert("n", Value::from(n));
+        Rejection::segment("t", "bad", s)
+    }
+
+    /// A fresh job truncates the file; a resumed one appends after cutting a torn last line.
+    #[test]
+    fn a_resumed_job_appends_to_the_error_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("errors.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        let fresh = ErrorFile::new(&path, Arc::default());
+        fresh.write(&rejection(1)).unwrap();
+        fresh.flush().unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            first,
+            "{\"task\":\"t\",\"reason\":\"bad\",\"segment\":{\"n\":1}}\n"
+        );
+
+        std::fs::write(&path, format!("{first}{{\"task\":\"t\",\"rea")).unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let resumed = ErrorFile::new(&path, count.clone());
+        resumed.set_resuming(true);
+        resumed.write(&rejection(2)).unwrap();
+        resumed.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}{{\"task\":\"t\",\"reason\":\"bad\",\"segment\":{{\"n\":2}}}}\n")
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 1);
     }
 }

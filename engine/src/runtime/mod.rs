@@ -144,6 +144,14 @@ pub enum RunError {
     /// ledger and position).
     #[error("state log: {0}")]
     State(String),
+    /// An output's sink failed (past its retries, for a retryable failure).
+    #[error("task \"{task}\": {source}")]
+    Sink {
+        /// The output task.
+        task: String,
+        /// The cause.
+        source: sardonyx_connectors::ConnectorError,
+    },
     /// The error output itself failed.
     #[error("cannot write the error output: {0}")]
     ErrorOutput(String),
@@ -296,6 +304,7 @@ pub async fn run_job_with_progress(
     };
 
     let resuming = job_state.as_ref().is_some_and(|s| s.resumed);
+    error_file.set_resuming(resuming);
     let syncs = Arc::new(
         windowed::open_syncs(job, registry, resuming)
             .map_err(|(task, message)| RunError::Plugin { task, message })?,

@@ -110,6 +110,8 @@ struct Router {
     names: Vec<String>,
     error_destination: Option<usize>,
     error_file: ErrorFile,
+    /// This peer wrote rejections to the error file since it last made them durable.
+    errors_written: bool,
 }
 
 impl Router {
@@ -167,6 +169,7 @@ impl Router {
             names: ctx.targets.clone(),
             error_destination,
             error_file: ctx.error_file.clone(),
+            errors_written: false,
         }
     }
 
@@ -260,11 +263,24 @@ impl Router {
                 self.error_file.count_only();
                 self.place(record, vec![(d, Vec::new())])
             }
-            None => self
-                .error_file
-                .write(&rejection)
-                .map_err(RunError::ErrorOutput),
+            None => {
+                self.errors_written = true;
+                self.error_file
+                    .write(&rejection)
+                    .map_err(RunError::ErrorOutput)
+            }
         }
+    }
+
+    /// Makes the rejections this peer wrote to the error file durable (written to the OS). Call
+    /// before releasing the acks of the batch they came from, so that an input never commits
+    /// past a rejection a crash could lose. (Rejections sent to an error task travel with the
+    /// batch's acks instead: that task acknowledges them once written.)
+    fn errors_durable(&mut self) -> Result<(), RunError> {
+        if std::mem::take(&mut self.errors_written) {
+            self.error_file.flush().map_err(RunError::ErrorOutput)?;
+        }
+        Ok(())
     }
 
     /// Sends every buffered segment, with the watermark and the acks of the batch they came
@@ -417,6 +433,7 @@ pub(crate) async fn run_input(
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(positions)]);
                 router.flush(watermark.current(now), &acks).await;
+                router.errors_durable()?;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch
@@ -457,6 +474,7 @@ pub(crate) async fn run_input(
                     offset: n,
                 }]))]);
                 router.flush(watermark.current(now), &acks).await;
+                router.errors_durable()?;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
                     l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
@@ -707,6 +725,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         }
         _ => None,
     };
+    let retry = crate::registry::retry_policy(&ctx.task.params).map_err(|e| ctx.plugin_error(e))?;
     // The built-in identity gives each segment back unchanged and cannot fail: not calling it
     // at all spares a copy of every segment (kept for the error path).
     let function = ctx
@@ -852,9 +871,13 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         }
         let outputs = match sink.take() {
             Some(out) if !outputs.is_empty() => {
-                let (back, outputs, result) = write_out(out, outputs).await?;
+                // Durable at the sink (retried while retryable) before the acks go below.
+                let (back, outputs, result) = write_out(out, outputs, retry).await?;
                 sink = Some(back);
-                result.map_err(|e| ctx.plugin_error(e.to_string()))?;
+                result.map_err(|source| RunError::Sink {
+                    task: ctx.task.name.clone(),
+                    source,
+                })?;
                 ctx.progress
                     .written
                     .fetch_add(outputs.len() as u64, Ordering::Relaxed);
@@ -869,7 +892,18 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         for s in outputs {
             router.route(s)?;
         }
-        router.flush(watermark, &acks).await;
+        // What is sent now may hold what the batch prepared ahead produced (its rejections, for
+        // one): it holds that batch's acks too, so neither input commits before it is handled.
+        match &ahead {
+            Some(next) => {
+                let mut both = acks.share();
+                both.extend(next.acks.share());
+                router.flush(watermark, &both).await;
+                both.release();
+            }
+            None => router.flush(watermark, &acks).await,
+        }
+        router.errors_durable()?;
         if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
             // (The batch's firings were flushed when they were delivered.) The snapshot holds
             // the filter's contents, so the last batch's ids go in first.
@@ -1371,13 +1405,21 @@ type WriteResult = (
     Result<(), sardonyx_connectors::ConnectorError>,
 );
 
-/// Writes a batch on a blocking thread (sinks do blocking I/O), handing the sink back.
+/// Writes a batch and makes it durable at the sink ([`SegmentSink::flush`]: a file written to
+/// the OS, a Kafka delivery confirmed, a PostgreSQL transaction committed), on a blocking thread
+/// (sinks do blocking I/O), handing the sink back. A retryable failure is retried with backoff
+/// by `retry` (the whole batch again: at least once, never lost); past its bound the result is
+/// the error with its cause.
 async fn write_out(
     mut sink: Box<dyn SegmentSink>,
     segments: Vec<Segment>,
+    retry: sardonyx_connectors::RetryPolicy,
 ) -> Result<WriteResult, RunError> {
     tokio::task::spawn_blocking(move || {
-        let r = sink.write(&segments);
+        let r = retry.run("writing a batch", || {
+            sink.write(&segments)?;
+            sink.flush()
+        });
         (sink, segments, r)
     })
     .await

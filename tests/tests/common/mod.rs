@@ -189,7 +189,9 @@ pub fn write_votes(path: &Path, n: u64, dups: u64) -> Vec<Value> {
 
 /// The vote job: totals per candidate (global, timer), per-minute counts per candidate (fixed,
 /// watermark) and per-voter sessions (5-minute gap, watermark), all accumulating, each synced to
-/// a JSON-lines file in `dir`; two peers per windowed task.
+/// a JSON-lines file in `dir`; two peers per windowed task. Both windowed tasks send every vote
+/// on to the output `done`, a JSON-lines file `dir/out.jsonl` (so each vote reaches it twice in
+/// an uninterrupted run, and at least twice after crashes: [`assert_every_vote_output`]).
 pub fn vote_job(dir: &Path, input: &Path) -> PathBuf {
     let p = |f: &str| dir.join(f).display().to_string();
     let job = serde_json::json!({
@@ -204,7 +206,8 @@ pub fn vote_job(dir: &Path, input: &Path) -> PathBuf {
              "group_by_key":"candidate","uniqueness_key":"vote_id","n_peers":2},
             {"name":"voter-sessions","type":"function","fn":"sardonyx/identity",
              "group_by_key":"voter_id","uniqueness_key":"vote_id","n_peers":2},
-            {"name":"done","type":"output","plugin":"sardonyx/null"}
+            {"name":"done","type":"output","plugin":"sardonyx/jsonl",
+             "params":{"path": p("out.jsonl")}}
         ],
         "windows": [
             {"id":"totals","task":"count-votes","type":"global","aggregation":"count"},
@@ -373,4 +376,79 @@ pub fn recoveries(lines: &[String]) -> Vec<(String, Option<u64>, u64)> {
             Some((ledger.to_owned(), snap, scanned))
         })
         .collect()
+}
+
+/// The seed of a test's random choices: `SARDONYX_TEST_SEED` if set, else taken from the clock.
+/// Printed (visible with `--nocapture`, and in the failure output of nextest) so that a failing
+/// run can be repeated exactly.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("SARDONYX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (repeat with SARDONYX_TEST_SEED={seed})");
+    seed
+}
+
+/// One number from each of `ranges`, drawn from `seed` (splitmix64: the same seed gives the
+/// same numbers on every machine).
+pub fn draws(seed: u64, ranges: &[std::ops::Range<u64>]) -> Vec<u64> {
+    let mut state = seed;
+    ranges
+        .iter()
+        .map(|r| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            r.start + z % (r.end - r.start)
+        })
+        .collect()
+}
+
+/// Asserts that the vote job's output `dir/out.jsonl` (appended to by every run) is whole JSON
+/// lines holding every vote id of `votes` at least once and no id that is not among them.
+/// Returns the number of lines (at least twice the votes: both windowed tasks send each on).
+pub fn assert_every_vote_output(dir: &Path, votes: &[Value]) -> usize {
+    let text = std::fs::read_to_string(dir.join("out.jsonl")).expect("the output file exists");
+    let expected: BTreeSet<i64> = votes
+        .iter()
+        .map(|v| v["vote_id"].as_i64().unwrap())
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut lines = 0;
+    for (n, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("out.jsonl line {}: {e}: {line:?}", n + 1));
+        let id = v["vote_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("out.jsonl line {}: no vote_id: {line:?}", n + 1));
+        assert!(
+            expected.contains(&id),
+            "out.jsonl line {}: vote {id} is not in the input",
+            n + 1
+        );
+        seen.insert(id);
+        lines += 1;
+    }
+    let missing: Vec<&i64> = expected.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} votes never reached out.jsonl, e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        lines >= 2 * expected.len(),
+        "{lines} lines for {} votes",
+        expected.len()
+    );
+    lines
 }
