@@ -83,7 +83,8 @@ fn options(dir: &Path) -> RunOptions {
 /// window fires once, complete, on the watermark (the last at job completion). Every task
 /// takes batches of 5 (one message at a time: each input batch sends 5 segments each way), so
 /// that watermarks move between batches rather than a task taking everything, and the end,
-/// in one.
+/// in one. A timer trigger (every 20 ms) makes `win` look at its watermark while `slow`
+/// sleeps, as a steady stream from elsewhere would, not only when a message arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_function_peer_holds_the_watermark_and_nothing_is_late() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,7 +121,12 @@ async fn a_slow_function_peer_holds_the_watermark_and_nothing_is_late() {
             FlowTo::tasks(["slow"]),
             PredicateExpr::Not(Box::new(PredicateExpr::named("test/even"))),
         ));
-    let job = counted_per_second(job, "win", &sync).build();
+    let job = counted_per_second(job, "win", &sync)
+        .trigger(
+            TriggerDef::timer("per-second", "tick", Span::millis(20))
+                .sync_jsonl(dir.path().join("ticks.jsonl").to_str().unwrap()),
+        )
+        .build();
     let mut registry = Registry::new();
     let n = |s: &sardonyx::Segment| s.get("n").and_then(Value::as_i64).unwrap();
     registry.register_predicate("test/even", move |s, _| n(s) % 2 == 0);
