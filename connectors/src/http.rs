@@ -591,6 +591,11 @@ impl Source for HttpSource {
         self.next = position.offset;
         Ok(())
     }
+
+    /// One partition, 0: requests are numbered in the order the job takes them.
+    fn partitions(&self) -> Vec<u32> {
+        vec![0]
+    }
 }
 
 impl Drop for HttpSource {

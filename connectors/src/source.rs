@@ -102,8 +102,12 @@ pub trait Source: Send {
         Ok(())
     }
 
-    /// The partitions this source reads, so that the engine can keep one watermark per partition
-    /// (and know of partitions that have not produced a record yet). The default is `[0]`.
+    /// Every partition this source reads, including those that have not produced a record yet:
+    /// the engine keeps one watermark per partition and registers each of these before the first
+    /// batch, so a partition holds the input's watermark back from the start (until it is idle
+    /// for the task's `idle_timeout`). A partition left out here could let the watermark pass
+    /// its first records, which would then be late. The default is `[0]` (single-partition
+    /// sources).
     fn partitions(&self) -> Vec<u32> {
         vec![0]
     }

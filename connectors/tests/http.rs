@@ -98,6 +98,7 @@ async fn valid_segments_are_answered_after_the_job_takes_them() {
     assert!(records
         .iter()
         .all(|r| r.position.partition == 0 && r.index == r.position.offset));
+    assert_eq!(src.partitions(), vec![0]);
     let stats = src.stats();
     assert_eq!((stats.accepted_requests, stats.accepted_segments), (2, 4));
     drop(src);

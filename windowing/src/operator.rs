@@ -40,7 +40,10 @@
 //!   repeated if the session changes afterwards.
 //! - Timer: the first [`WindowOperator::on_timer`] call starts the clock (no firing); after that
 //!   every extent of every group fires whenever `now_ms` reaches the deadline, which then moves
-//!   to the next multiple of the period.
+//!   to the next multiple of the period. Processing time is a monotonic clock that restarts
+//!   with its process, so a recovered slot's logged deadlines mean nothing on the new clock:
+//!   [`WindowOperator::restart_timers`] starts every timer afresh, without firing (recovery
+//!   itself fires what changed).
 //! - Late data: a fixed/sliding segment is late when v < `min_value` or the watermark is past
 //!   `upper + allowed_lateness` for all its extents (extents already past it are not updated).
 //!   A session segment at t is late when t < `min_value`, or when it would join a session that
@@ -169,7 +172,7 @@ pub enum Transition {
         w: u16,
         /// Trigger index within the window.
         tr: u16,
-        /// Processing time in epoch milliseconds.
+        /// Processing time: milliseconds on the monotonic clock of the process that logged it.
         at: i64,
     },
     /// One more late segment for window `w`.
@@ -1607,6 +1610,30 @@ impl WindowOperator {
                         w: w as u16,
                         tr: tr as u16,
                         at: next,
+                    },
+                );
+            }
+        }
+        step
+    }
+
+    /// The processing-time clock (re)starts at `now_ms`: every timer trigger's next deadline
+    /// becomes `now_ms + period`, without firing. A slot starts its timers this way, and a
+    /// recovered one must: the deadlines it logged were on the clock of an earlier process, so
+    /// on the new clock they would fire at once or not for a long time.
+    pub fn restart_timers(&mut self, now_ms: i64) -> Step {
+        let mut step = Step::default();
+        for w in 0..self.windows.len() {
+            for tr in 0..self.triggers[w].len() {
+                let TriggerOn::Timer { period_ms } = self.triggers[w][tr].on else {
+                    continue;
+                };
+                self.commit(
+                    &mut step,
+                    Transition::TimerNext {
+                        w: w as u16,
+                        tr: tr as u16,
+                        at: now_ms.saturating_add(period_ms),
                     },
                 );
             }

@@ -263,6 +263,50 @@ fn timer_trigger_discarding() {
     );
 }
 
+/// A recovered slot's timer deadlines were on the clock of the process that logged them; the
+/// new process's monotonic clock starts near 0. Replayed as they are, a deadline logged at
+/// 100 000 would stall the timer for 100 s; `restart_timers` starts it afresh, without firing,
+/// and replay of its transitions agrees.
+#[test]
+fn restarted_timers_neither_stall_nor_misfire_after_a_recovery() {
+    let spec = || {
+        op(
+            vec![WindowSpec::global("g", count())],
+            vec![TriggerSpec::timer("g", "tick", 1_000)],
+        )
+    };
+    let mut first = spec();
+    let mut log = first.on_timer(99_000).transitions; // deadline 100 000 on the old clock
+    log.extend(feed(&mut first, &[10, 20]).transitions);
+    let mut recovered = spec();
+    for t in &log {
+        recovered.apply(t).unwrap();
+    }
+    let restart = recovered.restart_timers(5);
+    assert!(restart.firings.is_empty());
+    assert_eq!(
+        restart.transitions,
+        vec![Transition::TimerNext {
+            w: 0,
+            tr: 0,
+            at: 1_005
+        }]
+    );
+    assert!(recovered.on_timer(1_004).firings.is_empty());
+    assert_eq!(
+        fired(&recovered.on_timer(1_005)),
+        vec![(None, None, i(2), Timer)]
+    );
+    // Replaying the restart's transition gives the same deadline.
+    for t in &restart.transitions {
+        first.apply(t).unwrap();
+    }
+    assert_eq!(
+        fired(&first.on_timer(1_005)),
+        vec![(None, None, i(2), Timer)]
+    );
+}
+
 // ----- punctuation trigger -----
 
 fn punct(discarding: bool, all: bool) -> Vec<(Option<i64>, Option<i64>, Value, FireEvent)> {

@@ -160,14 +160,30 @@ pub enum RunError {
     Internal(String),
 }
 
+/// What a peer tells its downstream peers about event time with every batch.
+///
+/// Idleness is declared by inputs only (DESIGN §4): an input peer whose every partition is idle
+/// sends `idle`, and a function or windowed peer is idle exactly when all its upstream peers
+/// are (it never infers idleness from a quiet upstream peer: a slow peer is not an idle one).
+/// An idle sender stops holding the receiver's watermark back; its next batch that is not
+/// idle makes it hold it again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The sender's watermark (`None` until it has one).
+    pub watermark: Option<i64>,
+    /// The sender is idle.
+    pub idle: bool,
+}
+
 /// A message between peers.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// Segments, the sender's watermark, and the acks of the input batches they derive from.
+    /// Segments, the sender's watermark and idleness, and the acks of the input batches they
+    /// derive from.
     Batch {
         sender: usize,
         segments: Vec<Segment>,
-        watermark: Option<i64>,
+        mark: Mark,
         acks: ack::HeldAcks,
     },
     /// The sender has finished and will send nothing more.
@@ -181,8 +197,6 @@ pub(crate) struct Topology {
     pub upstream_peers: BTreeMap<String, Vec<usize>>,
     /// Per task, the id of its first peer (peer ids are global in the job).
     pub first_peer: BTreeMap<String, usize>,
-    /// The least `idle_timeout` of the job's inputs, in milliseconds.
-    pub idle_timeout_ms: Option<i64>,
     /// Every input peer waits here after opening its reader; peers with nothing to read have
     /// sent their `Done` by then, so no reading peer's data can overtake them and the
     /// downstream watermark never waits on a peer that will never read.
@@ -265,11 +279,6 @@ pub async fn run_job_with_progress(
                 .extend(first..first + peers_of(from));
         }
     }
-    let idle_timeout_ms = job
-        .catalog
-        .iter()
-        .filter_map(|t| t.watermark.as_ref()?.idle_timeout?.as_millis())
-        .min();
     let input_peers: usize = job
         .catalog
         .iter()
@@ -280,7 +289,6 @@ pub async fn run_job_with_progress(
         senders,
         upstream_peers,
         first_peer,
-        idle_timeout_ms,
         inputs_opened: tokio::sync::Barrier::new(input_peers),
     });
     let job_state = match options.state.clone() {

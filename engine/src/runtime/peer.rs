@@ -16,7 +16,7 @@ use super::durable::{Committed, JobState, SlotLog};
 use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key_ref, jump_hash, key_hash, key_peer, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
-use super::{Msg, Progress, RunError, Topology, COMPLETION_FIRINGS};
+use super::{Mark, Msg, Progress, RunError, Topology, COMPLETION_FIRINGS};
 use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
 use crate::registry::{
     ExceptionAction, GroupFn, InputReader, Lifecycle, PluginContext, Registry, SegmentSink,
@@ -95,8 +95,8 @@ struct Destination {
     senders: Vec<mpsc::Sender<Msg>>,
     spread: Spread,
     buffers: Vec<Vec<Segment>>,
-    /// The last watermark each peer was sent.
-    sent_watermark: Vec<Option<i64>>,
+    /// The last mark each peer was sent.
+    sent: Vec<Mark>,
 }
 
 /// Routes one peer's output to its downstream peers, the error task and the error file.
@@ -152,7 +152,7 @@ impl Router {
                     senders,
                     spread,
                     buffers: vec![Vec::new(); n],
-                    sent_watermark: vec![None; n],
+                    sent: vec![Mark::default(); n],
                 }
             })
             .collect();
@@ -283,21 +283,21 @@ impl Router {
         Ok(())
     }
 
-    /// Sends every buffered segment, with the watermark and the acks of the batch they came
-    /// from. Peers that got nothing still learn a watermark that moved.
-    async fn flush(&mut self, watermark: Option<i64>, acks: &HeldAcks) {
+    /// Sends every buffered segment, with the mark (watermark and idleness) and the acks of the
+    /// batch they came from. Peers that got nothing still learn a mark that changed.
+    async fn flush(&mut self, mark: Mark, acks: &HeldAcks) {
         for dest in &mut self.destinations {
             for (peer, buffer) in dest.buffers.iter_mut().enumerate() {
-                let moved = watermark.is_some() && dest.sent_watermark[peer] != watermark;
+                let moved = dest.sent[peer] != mark;
                 if buffer.is_empty() && !moved {
                     continue;
                 }
-                dest.sent_watermark[peer] = watermark;
+                dest.sent[peer] = mark;
                 let msg = Msg::Batch {
                     sender: self.sender,
                     // The next batch likely fills about as much: spare the buffer's regrowth.
                     segments: std::mem::replace(buffer, Vec::with_capacity(buffer.len())),
-                    watermark,
+                    mark,
                     acks: acks.share(),
                 };
                 // A closed receiver means that peer failed; the job reports its error. (The lost
@@ -370,6 +370,9 @@ pub(crate) async fn run_input(
             return Ok(());
         }
         InputReader::Records(mut source) => {
+            // Every partition the source owns holds the watermark back from the start, also one
+            // that has not produced a record yet (until it is idle).
+            watermark.register(&source.partitions(), now_ms());
             // The state log, not the source, is where the job resumes from; a run killed
             // between its ledger commit and the source commit left the source behind, and a
             // partition with nothing left to read would never be committed again: bring the
@@ -400,7 +403,13 @@ pub(crate) async fn run_input(
                 source = back;
                 let records = match polled.map_err(|e| ctx.plugin_error(e.to_string()))? {
                     SourceBatch::Done => break,
-                    SourceBatch::Idle => continue,
+                    SourceBatch::Idle => {
+                        // Partitions may have turned idle: downstream learns it if so.
+                        router
+                            .flush(watermark.mark(now_ms()), &HeldAcks::default())
+                            .await;
+                        continue;
+                    }
                     SourceBatch::Records(r) => r,
                 };
                 // Where the batch ends in each partition it read.
@@ -432,7 +441,7 @@ pub(crate) async fn run_input(
                     }
                 }
                 let acks = HeldAcks::new(vec![issuer.issue(positions)]);
-                router.flush(watermark.current(now), &acks).await;
+                router.flush(watermark.mark(now), &acks).await;
                 router.errors_durable()?;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
@@ -444,8 +453,30 @@ pub(crate) async fn run_input(
             records_source = Some(source);
         }
         InputReader::Segments(mut rx) => {
+            watermark.register(&[0], now_ms());
             let mut n = 0_u64;
-            while let Some(first) = rx.recv().await {
+            loop {
+                // With an `idle_timeout`, wait no longer than until the input turns idle, so
+                // that it can say so downstream.
+                let first = match watermark.next_idle_at() {
+                    None => rx.recv().await,
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms()).max(1) as u64;
+                        let wait = std::time::Duration::from_millis(wait);
+                        match tokio::time::timeout(wait, rx.recv()).await {
+                            Ok(first) => first,
+                            Err(_) => {
+                                router
+                                    .flush(watermark.mark(now_ms()), &HeldAcks::default())
+                                    .await;
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let Some(first) = first else {
+                    break;
+                };
                 let mut batch = vec![first];
                 let deadline = Instant::now() + timeout;
                 while batch.len() < batch_size {
@@ -473,7 +504,7 @@ pub(crate) async fn run_input(
                     partition: 0,
                     offset: n,
                 }]))]);
-                router.flush(watermark.current(now), &acks).await;
+                router.flush(watermark.mark(now), &acks).await;
                 router.errors_durable()?;
                 acks.release();
                 call_hooks(&lifecycles, |l| {
@@ -521,13 +552,16 @@ fn call_hooks(lifecycles: &[Lifecycle], f: impl Fn(&Lifecycle) -> Option<()>) {
 
 /// The watermark an input derives from the segments it reads, if the task declares one: per
 /// partition, greatest event time seen minus `max_out_of_order`; the input's watermark is the
-/// least over its partitions, where a partition idle for `idle_timeout` stops holding it back
-/// (so one quiet Kafka partition does not stall the job).
+/// least over its partitions, where a partition idle for `idle_timeout` (its own task's) stops
+/// holding it back (so one quiet Kafka partition does not stall the job). Every partition the
+/// source owns is registered before the first batch, so one that has produced nothing yet
+/// holds the watermark back too. When every partition is idle the input is idle, and says so
+/// downstream ([`Mark::idle`]).
 struct InputWatermark {
     key: Option<String>,
     partitions: WatermarkTracker<u32>,
     /// The greatest event time of each partition observed since the tracker was last told
-    /// ([`InputWatermark::current`]): a batch reaches it once per partition, not per segment.
+    /// ([`InputWatermark::mark`]): a batch reaches it once per partition, not per segment.
     pending: Vec<(u32, i64)>,
 }
 
@@ -539,9 +573,17 @@ impl InputWatermark {
             key: wm.map(|w| w.key.clone()),
             partitions: WatermarkTracker::new(
                 millis(wm.and_then(|w| w.max_out_of_order)).unwrap_or(0),
+                // Without a watermark key there is no event time, and nothing to be idle about.
                 millis(wm.and_then(|w| w.idle_timeout)),
             ),
             pending: Vec::new(),
+        }
+    }
+
+    /// Registers the partitions the source owns, their idle clocks starting at `now_ms`.
+    fn register(&mut self, partitions: &[u32], now_ms: i64) {
+        for &p in partitions {
+            self.partitions.add_input(p, now_ms);
         }
     }
 
@@ -561,21 +603,34 @@ impl InputWatermark {
         }
     }
 
-    /// The watermark after the segments observed since the last call, which were read at
+    /// The mark after the segments observed since the last call, which were read at
     /// `read_at_ms`.
-    fn current(&mut self, read_at_ms: i64) -> Option<i64> {
+    fn mark(&mut self, read_at_ms: i64) -> Mark {
         for (partition, t) in self.pending.drain(..) {
             self.partitions.observe(partition, t, read_at_ms);
         }
-        let wm = self.partitions.watermark(now_ms());
-        (wm > i64::MIN).then_some(wm)
+        let now = now_ms();
+        let wm = self.partitions.watermark(now);
+        Mark {
+            watermark: (wm > i64::MIN).then_some(wm),
+            idle: self.partitions.is_idle(now),
+        }
+    }
+
+    /// When a partition still holding the watermark back would turn idle (`None`: never, or
+    /// none holds it).
+    fn next_idle_at(&self) -> Option<i64> {
+        self.partitions.next_idle_at(now_ms())
     }
 }
 
+/// Processing time for idleness and timers: milliseconds since this process first asked, on a
+/// monotonic clock, so that neither jumps when the wall clock is set. (It restarts with the
+/// process: a recovered slot restarts its timers, [`sardonyx_windowing::WindowOperator::restart_timers`].)
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What one wait for input gave.
@@ -605,7 +660,9 @@ impl Inbox {
             .get(&ctx.task.name)
             .cloned()
             .unwrap_or_default();
-        let mut tracker = WatermarkTracker::new(0, ctx.topology.idle_timeout_ms);
+        // No `idle_timeout` here: an upstream peer is idle only when it says so (a quiet peer
+        // may be a slow one, and its data would come late).
+        let mut tracker = WatermarkTracker::new(0, None);
         let now = now_ms();
         for &p in &upstream {
             tracker.add_input(p, now);
@@ -619,10 +676,15 @@ impl Inbox {
         }
     }
 
-    /// The task's watermark now (`None` until every upstream peer has given one).
-    fn watermark(&mut self) -> Option<i64> {
-        let wm = self.tracker.watermark(now_ms());
-        (wm > i64::MIN).then_some(wm)
+    /// The task's mark now: its watermark (`None` until every upstream peer that is not idle
+    /// has given one) and whether every upstream peer still sending is idle.
+    fn mark(&mut self) -> Mark {
+        let now = now_ms();
+        let wm = self.tracker.watermark(now);
+        Mark {
+            watermark: (wm > i64::MIN).then_some(wm),
+            idle: self.tracker.is_idle(now),
+        }
     }
 
     /// Gathers a batch: whatever is queued, then waits until it is full or the timeout ends.
@@ -689,7 +751,7 @@ impl Inbox {
             Some(Msg::Batch {
                 sender,
                 segments: s,
-                watermark,
+                mark,
                 acks: a,
             }) => {
                 if segments.is_empty() {
@@ -698,9 +760,11 @@ impl Inbox {
                     segments.extend(s);
                 }
                 acks.extend(a);
-                if let Some(w) = watermark {
-                    self.tracker.observe(sender, w, now_ms());
+                let now = now_ms();
+                if let Some(w) = mark.watermark {
+                    self.tracker.observe(sender, w, now);
                 }
+                self.tracker.set_idle(sender, mark.idle, now);
                 true
             }
         }
@@ -768,8 +832,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
     let mut inbox = Inbox::new(&ctx, rx);
     let mut seen = SeenPair::default();
     if let Some(stage) = &mut stage {
-        // Starts the timers' clocks.
-        let step = stage.operator.on_timer(now_ms());
+        // Starts the timers' clocks; a recovered slot's deadlines were on an earlier process's
+        // clock and start afresh too.
+        let step = stage.operator.restart_timers(now_ms());
         settle(&ctx, stage, &mut slot, step, &mut router).await?;
     }
     // An exactly-once slot overlaps each batch's commit with the next batch's work: while the
@@ -793,7 +858,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                     Gathered::Tick => (Vec::new(), HeldAcks::default()),
                     Gathered::Batch(s, a) => (s, a),
                 };
-                let watermark = inbox.watermark();
+                let mark = inbox.mark();
                 let dedup = slot.as_ref().zip(dedup_field);
                 prepare(
                     &ctx,
@@ -803,7 +868,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                     &grouping,
                     dedup,
                     &mut seen,
-                    (segments, acks, watermark),
+                    (segments, acks, mark),
                     true,
                     &mut router,
                 )?
@@ -834,7 +899,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                 let Some((segments, acks)) = inbox.try_gather() else {
                     break;
                 };
-                let watermark = inbox.watermark();
+                let mark = inbox.mark();
                 let dedup = slot.as_ref().zip(dedup_field);
                 let next = prepare(
                     &ctx,
@@ -844,7 +909,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                     &grouping,
                     dedup,
                     &mut seen,
-                    (segments, acks, watermark),
+                    (segments, acks, mark),
                     merged == 0,
                     &mut router,
                 )?;
@@ -863,7 +928,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             outputs,
             step,
             acks,
-            watermark,
+            mark,
             ..
         } = batch;
         if let (Some(stage), Some(step)) = (&stage, step) {
@@ -898,10 +963,10 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
             Some(next) => {
                 let mut both = acks.share();
                 both.extend(next.acks.share());
-                router.flush(watermark, &both).await;
+                router.flush(mark, &both).await;
                 both.release();
             }
-            None => router.flush(watermark, &acks).await,
+            None => router.flush(mark, &acks).await,
         }
         router.errors_durable()?;
         if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
@@ -935,7 +1000,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                 .on_job_completed_into(&mut completion, &mut step, COMPLETION_FIRINGS);
             settle(&ctx, stage, &mut slot, step, &mut router).await?;
         }
-        router.flush(inbox.watermark(), &HeldAcks::default()).await;
+        router.flush(inbox.mark(), &HeldAcks::default()).await;
     }
     if let Some(mut s) = sink.take() {
         tokio::task::spawn_blocking(move || s.flush())
@@ -1217,8 +1282,8 @@ struct Prepared {
     inputs: Vec<(u32, u64)>,
     /// The batch's acknowledgements, released once it is handled.
     acks: HeldAcks,
-    /// The task's watermark when the batch was gathered.
-    watermark: Option<i64>,
+    /// The task's mark (watermark and idleness) when the batch was gathered.
+    mark: Mark,
 }
 
 impl Prepared {
@@ -1233,11 +1298,14 @@ impl Prepared {
         self.ids.extend(next.ids);
         self.acks.extend(next.acks);
         self.inputs = covered_inputs(self.acks.tokens());
-        self.watermark = next.watermark.or(self.watermark);
+        self.mark = Mark {
+            watermark: next.mark.watermark.or(self.mark.watermark),
+            idle: next.mark.idle,
+        };
     }
 }
 
-/// Takes a gathered batch (segments, acks, watermark) through the lifecycle's `before_batch`,
+/// Takes a gathered batch (segments, acks, mark) through the lifecycle's `before_batch`,
 /// the task's function and its windows ([`window_batch`]). Commits and delivers nothing.
 /// `fresh`: the batch starts a record of its own (else it will be merged into the batch
 /// prepared just before it, [`Prepared::absorb`], and shares its seen ids).
@@ -1250,7 +1318,7 @@ fn prepare(
     grouping: &Grouping,
     dedup: Option<(&SlotLog, &str)>,
     seen: &mut SeenPair,
-    (segments, acks, watermark): (Vec<Segment>, HeldAcks, Option<i64>),
+    (segments, acks, mark): (Vec<Segment>, HeldAcks, Mark),
     fresh: bool,
     router: &mut Router,
 ) -> Result<Prepared, RunError> {
@@ -1272,7 +1340,7 @@ fn prepare(
             ids: Vec::new(),
             inputs: Vec::new(),
             acks,
-            watermark,
+            mark,
         });
     };
     if fresh {
@@ -1280,7 +1348,7 @@ fn prepare(
     }
     let dedup = dedup.map(|(slot, field)| (slot, field, seen));
     let (outputs, step, ids) =
-        window_batch(ctx, stage, grouping, dedup, outputs, watermark, router)?;
+        window_batch(ctx, stage, grouping, dedup, outputs, mark.watermark, router)?;
     let inputs = covered_inputs(acks.tokens());
     Ok(Prepared {
         len,
@@ -1289,7 +1357,7 @@ fn prepare(
         ids,
         inputs,
         acks,
-        watermark,
+        mark,
     })
 }
 
