@@ -45,6 +45,21 @@ pub struct Job {
     /// Where rejected segments go (default: `sardonyx-errors.jsonl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<ErrorsTarget>,
+    /// What happens to a segment that matches none of its task's flow conditions (default
+    /// `drop`; either way it is counted in the run report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<Unmatched>,
+}
+
+/// What happens to a segment that matches none of its task's flow conditions (a condition with
+/// `to: "none"` that matches is a choice, not this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// It goes nowhere, as in Onyx (counted in the run report).
+    Drop,
+    /// It goes to the error output with the reason (and is counted as rejected too).
+    Error,
 }
 
 impl Job {
