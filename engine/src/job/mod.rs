@@ -125,15 +125,18 @@ impl TaskKind {
     }
 }
 
-/// What to do when a task's peers fall below `min_peers`.
+/// What a task does when it loses a peer (in one process: the peer failed, with a plugin error
+/// or a panic outside the per-segment path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FluxPolicy {
-    /// Stop the job.
+    /// Fail the job with the cause (also what happens without a policy).
     Kill,
-    /// Keep running with fewer peers.
+    /// Keep running with fewer peers, others taking over the lost peer's keys. Refused by
+    /// validation until the cluster runtime: one process has no other peer to take over.
     Continue,
-    /// Wait for peers to come back, then recover state.
+    /// Restart the job's peers from the committed input positions and the state log (a bounded
+    /// number of times, then fail with the cause). Needs a state log.
     Recover,
 }
 
@@ -201,7 +204,8 @@ pub struct TaskSpec {
     /// The least number of peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_peers: Option<usize>,
-    /// The greatest number of peers.
+    /// The greatest number of peers (joining processes add peers up to it; refused by
+    /// validation until the cluster runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_peers: Option<usize>,
     /// Route segments by these fields so each key lands on one peer.
