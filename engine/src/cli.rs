@@ -199,10 +199,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let registry = Registry::new();
             let loaded = Job::load(&job).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
             // One process per data directory: held until this command returns.
-            let _lock = match state.in_memory {
-                true => None,
-                false => Some(DataDirLock::acquire(&state.data)?),
-            };
+            let _lock = (!state.in_memory)
+                .then(|| DataDirLock::acquire(&state.data))
+                .transpose()?;
             let (state_options, embedded) = open_state(&state).await?;
             let stop = tokio_util::sync::CancellationToken::new();
             let signals = tokio::spawn(stop_on_signals(StopSignals::install()?, stop.clone()));
@@ -218,7 +217,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let watcher = tokio::spawn(show_progress(progress.clone(), progress_ms));
             let result = run_job_with_progress(&loaded, &registry, options, progress).await;
             watcher.abort();
-            // Signals from now on take their default action (the job is over).
+            // The job is over: what is left (closing the log, the report) ends by itself. (tokio
+            // keeps the handlers, so a signal from now on is ignored.)
             signals.abort();
             if let Some(log) = embedded {
                 if let Err(e) = log.close().await {

@@ -21,6 +21,7 @@ fn child_process() {
 fn reported_reads(lines: &[String]) -> u64 {
     lines
         .iter()
+        .filter(|l| l.contains(" records, wrote "))
         .find_map(|l| {
             let rest = l.split(": read ").nth(1)?;
             rest.split(' ').next()?.parse().ok()
