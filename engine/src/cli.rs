@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 
+use crate::data_dir::DataDirLock;
 use crate::runtime::{run_job_with_progress, Progress, StateOptions};
 use crate::{demo, Job, JobReport, Registry, RunOptions};
 use sardonyx_state_log::{
@@ -33,7 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a job file (JSON or TOML) to completion.
+    /// Run a job file (JSON or TOML) to completion. SIGINT or SIGTERM stops it gracefully
+    /// (inputs stop, what was read is processed, positions committed, outputs flushed, report
+    /// printed, exit 0; it resumes where it stopped); a second signal exits at once.
     Run {
         /// The job file.
         job: PathBuf,
@@ -195,11 +198,18 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let registry = Registry::new();
             let loaded = Job::load(&job).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
+            // One process per data directory: held until this command returns.
+            let _lock = (!state.in_memory)
+                .then(|| DataDirLock::acquire(&state.data))
+                .transpose()?;
             let (state_options, embedded) = open_state(&state).await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signals = tokio::spawn(stop_on_signals(StopSignals::install()?, stop.clone()));
             let options = RunOptions {
                 peers_override: peers,
                 errors_path: errors,
                 state: state_options,
+                stop,
                 ..RunOptions::default()
             };
             let progress = Arc::new(Progress::default());
@@ -207,6 +217,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let watcher = tokio::spawn(show_progress(progress.clone(), progress_ms));
             let result = run_job_with_progress(&loaded, &registry, options, progress).await;
             watcher.abort();
+            // The job is over: what is left (closing the log, the report) ends by itself. (tokio
+            // keeps the handlers, so a signal from now on is ignored.)
+            signals.abort();
             if let Some(log) = embedded {
                 if let Err(e) = log.close().await {
                     tracing::warn!(error = %e, "closing the embedded state log");
@@ -224,6 +237,26 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             );
             if let Some(path) = &report.errors_path {
                 println!("rejected segments and their causes: {}", path.display());
+            }
+            if report.unmatched > 0 {
+                println!(
+                    "{} segments matched no flow condition (counted; the job's \"unmatched\" \
+                     says whether they go to the error output)",
+                    report.unmatched
+                );
+            }
+            if report.restarts > 0 {
+                println!(
+                    "the job's peers were restarted {} times from the committed positions",
+                    report.restarts
+                );
+            }
+            if report.stopped {
+                println!(
+                    "stopped before the inputs were exhausted: positions committed and outputs \
+                     flushed; the job is not complete (no job-completion firings): run it \
+                     again to resume where it stopped"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -275,6 +308,45 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// SIGINT and SIGTERM, caught (registered before the job starts, so that no signal meets the
+/// default action while it runs).
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+
+    /// The next signal: its name and the exit code of a process it ends (128 + its number).
+    async fn next(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.interrupt.recv() => ("SIGINT", 130),
+            _ = self.terminate.recv() => ("SIGTERM", 143),
+        }
+    }
+}
+
+/// The first signal stops the job gracefully ([`RunOptions::stop`]); a second one ends the
+/// process at once, with 128 + the signal's number.
+async fn stop_on_signals(mut signals: StopSignals, stop: tokio_util::sync::CancellationToken) {
+    let (name, _) = signals.next().await;
+    eprintln!(
+        "{name}: stopping: the inputs stop reading, what was read is processed, positions are \
+         committed and outputs flushed (send it again to exit at once)"
+    );
+    stop.cancel();
+    let (name, code) = signals.next().await;
+    eprintln!("{name} again: exiting at once, without finishing the batches in flight");
+    std::process::exit(code);
 }
 
 /// Opens the state log `run` uses: none (`--in-memory`), a log cluster (`--log`) or the

@@ -20,6 +20,7 @@
 
 pub mod allocator;
 pub mod cli;
+pub mod data_dir;
 pub mod demo;
 pub mod job;
 pub mod registry;

@@ -96,7 +96,7 @@ fn schema_errors_are_all_reported_with_the_entry_and_field() {
     assert_eq!(
         messages,
         [
-            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors",
+            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors, unmatched",
             r#"task "read", field batch_size: invalid type: string "ten", expected usize"#,
             r#"task "write", field type: unknown variant `sink`, expected one of `input`, `function`, `output`"#,
             "task \"third\", field batchsize: unknown field `batchsize`, expected one of `name`, `type`, `fn`, `plugin`, `params`, `batch_size`, `batch_timeout`, `n_peers`, `min_peers`, `max_peers`, `group_by_key`, `group_by_fn`, `flux_policy`, `uniqueness_key`, `deduplicate`, `watermark`, `doc`",

@@ -124,17 +124,17 @@ async fn deferred_failures_go_to_the_error_file_and_the_job_goes_on() {
     assert!(events.contains(&r#"exception 1 is odd on {"n":1}"#.to_owned()));
 }
 
+/// `restart` restarts the job's peers from the state log; a run without one cannot, and says so
+/// (with a state log: `a_lifecycle_restart_resumes_from_the_committed_positions` below).
 #[tokio::test]
-async fn restart_reruns_before_task_start_and_still_reports_the_segment() {
-    let (result, _, events, dir) = run_with(ExceptionAction::Restart, vec![2, 3, 4], 10).await;
-    let report = result.unwrap();
-    assert_eq!((report.written, report.rejected), (2, 1));
-    assert_eq!(events.iter().filter(|e| *e == "start f").count(), 2);
-    let errors = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
+async fn restart_without_a_state_log_fails_with_the_cause() {
+    let (result, _, events, _dir) = run_with(ExceptionAction::Restart, vec![2, 3, 4], 10).await;
     assert_eq!(
-        errors,
-        "{\"task\":\"f\",\"reason\":\"3 is odd (peer restarted)\",\"segment\":{\"n\":3}}\n"
+        result.unwrap_err().to_string(),
+        "task \"f\": a lifecycle asked to restart the peer after: 3 is odd; restarting needs a \
+         state log, and this run keeps state in memory"
     );
+    assert_eq!(events.iter().filter(|e| *e == "start f").count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,4 +665,500 @@ async fn job_completion_in_several_records_survives_a_crash_between_them() {
         let expected = VOTES / GROUPS + i64::from(g < VOTES % GROUPS);
         assert_eq!(n, expected, "group {g}");
     }
+}
+
+// Every key acts or is refused; a stopped job resumes where it stopped (issue 17).
+
+use sardonyx::job::{FluxPolicy, LifecycleDef};
+use std::collections::BTreeSet;
+
+/// `n` votes (`vote_id` 0..n), one per line, in `dir/votes.jsonl`.
+fn vote_file(dir: &std::path::Path, n: i64) -> (std::path::PathBuf, String) {
+    let path = dir.join("votes.jsonl");
+    let text: String = (0..n).map(|i| format!("{{\"vote_id\":{i}}}\n")).collect();
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+/// `in` (jsonl, batches of 10) → `count` (function `function`, deduplicated on `vote_id`, a
+/// global count window whose trigger fires every 50 segments into `test/firings`) → `out`
+/// (output plugin `test/ids`).
+fn file_counting_job(input: &std::path::Path, function: &str) -> sardonyx::Job {
+    use sardonyx::job::{AggregationDef, TriggerDef, WindowDef};
+    JobBuilder::new()
+        .id("file-count")
+        .edge("in", "count")
+        .edge("count", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/jsonl")
+                .param("path", input.display().to_string())
+                .batch_size(10),
+        )
+        .task(
+            TaskSpec::function("count", function)
+                .uniqueness_key("vote_id")
+                .batch_size(10),
+        )
+        .task(TaskSpec::output("out", "test/ids").batch_size(10))
+        .window(WindowDef::global(
+            "totals",
+            "count",
+            AggregationDef::count(),
+        ))
+        .trigger(TriggerDef::segment("totals", "every-50", 50).sync("test/firings"))
+        .build()
+}
+
+/// The `(event, state)` of every firing synced to `test/firings`.
+type Firings = Arc<Mutex<Vec<(String, i64)>>>;
+
+struct EventSync(Firings);
+
+impl sardonyx::registry::SyncSink for EventSync {
+    fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
+        let event = firing.get("event").and_then(Value::as_str).unwrap_or("");
+        let state = firing.get("state").and_then(Value::as_i64).unwrap_or(-1);
+        self.0.lock().unwrap().push((event.to_owned(), state));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn register_firings(r: &mut Registry) -> Firings {
+    let firings = Firings::default();
+    let f = firings.clone();
+    register_sync(r, "test/firings", move || Box::new(EventSync(f.clone())));
+    firings
+}
+
+/// The final count: the greatest state synced (the count accumulates).
+fn final_count(firings: &Firings) -> i64 {
+    firings
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| *s)
+        .max()
+        .unwrap_or(0)
+}
+
+fn events(firings: &Firings, event: &str) -> usize {
+    firings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(e, _)| e == event)
+        .count()
+}
+
+/// The output `test/ids`: records the `vote_id`s written; the writes (numbered from 1 over
+/// every sink it opened) for which `fail` holds fail, as a sink going away.
+#[derive(Clone)]
+struct IdsOutput {
+    ids: Arc<Mutex<BTreeSet<i64>>>,
+    writes: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+    fail: Arc<dyn Fn(usize) -> bool + Send + Sync>,
+}
+
+impl IdsOutput {
+    fn register(r: &mut Registry, fail: impl Fn(usize) -> bool + Send + Sync + 'static) -> Self {
+        let out = IdsOutput {
+            ids: Arc::default(),
+            writes: Arc::default(),
+            opened: Arc::default(),
+            fail: Arc::new(fail),
+        };
+        let o = out.clone();
+        r.register_output(
+            "test/ids",
+            sardonyx::registry::OutputPlugin {
+                check: Arc::new(|_| Vec::new()),
+                open: Arc::new(move |_| {
+                    o.opened.fetch_add(1, Ordering::SeqCst);
+                    Ok(Box::new(IdsSink(o.clone())) as Box<dyn sardonyx::registry::SegmentSink>)
+                }),
+            },
+        );
+        out
+    }
+
+    fn ids(&self) -> BTreeSet<i64> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+struct IdsSink(IdsOutput);
+
+impl sardonyx::registry::SegmentSink for IdsSink {
+    fn write(&mut self, segments: &[Segment]) -> Result<(), sardonyx_connectors::ConnectorError> {
+        let n = self.0.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if (self.0.fail)(n) {
+            return Err(sardonyx_connectors::ConnectorError::Fatal {
+                context: "writing".into(),
+                message: "the sink is down".into(),
+            });
+        }
+        let ids = segments
+            .iter()
+            .filter_map(|s| s.get("vote_id").and_then(Value::as_i64));
+        self.0.ids.lock().unwrap().extend(ids);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), sardonyx_connectors::ConnectorError> {
+        Ok(())
+    }
+}
+
+fn state_options(log: &sardonyx_state_log::EmbeddedLog, dir: &std::path::Path) -> RunOptions {
+    RunOptions {
+        errors_path: dir.join("errors.jsonl"),
+        state: Some(sardonyx::runtime::StateOptions::new(
+            Arc::new(log.clone()),
+            dir.join("data"),
+        )),
+        ..RunOptions::default()
+    }
+}
+
+fn set_flux_policy(job: &mut sardonyx::Job, task: &str, policy: FluxPolicy) {
+    let t = job.catalog.iter_mut().find(|t| t.name == task).unwrap();
+    t.flux_policy = Some(policy);
+}
+
+async fn open_log(dir: &std::path::Path) -> sardonyx_state_log::EmbeddedLog {
+    sardonyx_state_log::EmbeddedLog::open(dir.join("log"))
+        .await
+        .unwrap()
+}
+
+/// The output's sink fails once (its second write): with `flux_policy: recover` the job's peers restart from the
+/// committed positions; what the failed attempt had counted but not committed is read again
+/// and skipped by the dedup filter, so every vote is counted once and written at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_policy_recover_restarts_the_peers_and_counts_every_vote_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 2003);
+    let mut job = file_counting_job(&input, "sardonyx/identity");
+    set_flux_policy(&mut job, "out", FluxPolicy::Recover);
+    let mut r = Registry::new();
+    let firings = register_firings(&mut r);
+    let out = IdsOutput::register(&mut r, |n| n == 2);
+    let log = open_log(dir.path()).await;
+    let report = run_job(&job, &r, state_options(&log, dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 1);
+    assert_eq!(out.opened.load(Ordering::SeqCst), 2);
+    assert_eq!(final_count(&firings), 2003);
+    assert_eq!(events(&firings, "job_completed"), 1);
+    assert_eq!(out.ids(), (0..2003).collect::<BTreeSet<_>>());
+    // The failed write's segments were counted before they reached the sink.
+    assert!(report.duplicates >= 1, "{report:?}");
+    // Read again: what was counted (skipped now), and what was in flight behind the failure.
+    assert!(report.read >= 2003 + report.duplicates, "{report:?}");
+    assert!(!report.stopped);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_policy_recover_gives_up_after_max_restarts_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 50);
+    let mut job = file_counting_job(&input, "sardonyx/identity");
+    set_flux_policy(&mut job, "out", FluxPolicy::Recover);
+    let mut r = Registry::new();
+    register_firings(&mut r);
+    let out = IdsOutput::register(&mut r, |_| true);
+    let log = open_log(dir.path()).await;
+    let options = RunOptions {
+        max_restarts: 2,
+        ..state_options(&log, dir.path())
+    };
+    let err = run_job(&job, &r, options).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task \"out\" failed again after 2 restarts: task \"out\": writing: the sink is down"
+    );
+    assert_eq!(out.opened.load(Ordering::SeqCst), 3);
+    log.close().await.unwrap();
+}
+
+/// Without `flux_policy` (or with `kill`), a lost peer fails the job with the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_policy_kill_fails_the_job_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 50);
+    let mut job = file_counting_job(&input, "sardonyx/identity");
+    set_flux_policy(&mut job, "out", FluxPolicy::Kill);
+    let mut r = Registry::new();
+    register_firings(&mut r);
+    let out = IdsOutput::register(&mut r, |n| n == 2);
+    let log = open_log(dir.path()).await;
+    let err = run_job(&job, &r, state_options(&log, dir.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "task \"out\": writing: the sink is down");
+    assert_eq!(out.opened.load(Ordering::SeqCst), 1);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn flux_policy_recover_without_a_state_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 5);
+    let mut job = file_counting_job(&input, "sardonyx/identity");
+    set_flux_policy(&mut job, "out", FluxPolicy::Recover);
+    let mut r = Registry::new();
+    register_firings(&mut r);
+    let out = IdsOutput::register(&mut r, |_| false);
+    let options = RunOptions {
+        errors_path: dir.path().join("errors.jsonl"),
+        ..RunOptions::default()
+    };
+    let err = run_job(&job, &r, options).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1 problem in the job:\n  - task \"out\", field flux_policy: recover restarts the \
+         job's peers from the state log, and this run keeps no state (in memory): run it with \
+         a state log, or use \"kill\""
+    );
+    assert_eq!(out.opened.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn max_peers_and_flux_policy_continue_are_refused_until_the_cluster_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 1);
+    let mut job = file_counting_job(&input, "sardonyx/identity");
+    set_flux_policy(&mut job, "count", FluxPolicy::Continue);
+    let count = job.catalog.iter_mut().find(|t| t.name == "count").unwrap();
+    count.min_peers = Some(1);
+    count.max_peers = Some(4);
+    let mut r = Registry::new();
+    register_firings(&mut r);
+    IdsOutput::register(&mut r, |_| false);
+    let err = job.validate(&r).unwrap_err();
+    assert_eq!(
+        err.messages(),
+        [
+            "task \"count\", field max_peers: max_peers (4) is not supported yet: peers are \
+             added up to it by processes joining a cluster, which `sardonyx run` does not do; \
+             give n_peers or min_peers",
+            "task \"count\", field flux_policy: \"continue\" is not supported yet: it needs \
+             other processes to take over a lost peer's keys (the cluster runtime); in one \
+             process use \"recover\" (restart the job's peers from the state log) or \"kill\"",
+        ]
+    );
+}
+
+/// A registry whose function `test/cursed-57` fails on vote 57 while `curses` is above 0 (each
+/// failure uses one up), with a lifecycle on `count` that answers `restart` and counts the
+/// peer's starts.
+fn cursed_registry(curses: usize) -> (Registry, Firings, IdsOutput, Arc<AtomicUsize>) {
+    let mut r = Registry::new();
+    let curses = Arc::new(AtomicUsize::new(curses));
+    r.register_function("test/cursed-57", move |s, _| {
+        let cursed = s.get("vote_id").and_then(Value::as_i64) == Some(57)
+            && curses
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                .is_ok();
+        if cursed {
+            return Err("57 is cursed".to_owned());
+        }
+        Ok(vec![s])
+    });
+    let starts = Arc::new(AtomicUsize::new(0));
+    let st = starts.clone();
+    r.register_lifecycle(
+        "test/restart",
+        Lifecycle {
+            before_task_start: Some(Arc::new(move |_| {
+                st.fetch_add(1, Ordering::SeqCst);
+            })),
+            handle_exception: Some(Arc::new(|_, _, _| ExceptionAction::Restart)),
+            ..Lifecycle::default()
+        },
+    );
+    let firings = register_firings(&mut r);
+    let out = IdsOutput::register(&mut r, |_| false);
+    (r, firings, out, starts)
+}
+
+fn cursed_job(input: &std::path::Path) -> sardonyx::Job {
+    let mut job = file_counting_job(input, "test/cursed-57");
+    job.lifecycles.push(LifecycleDef {
+        task: "count".into(),
+        calls: "test/restart".into(),
+        doc: None,
+    });
+    job
+}
+
+/// `handle_exception` → `restart`: the peers restart from the committed positions (the failing
+/// segment is read again, not sent to the error output), `before_task_start` runs again, and
+/// every vote is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifecycle_restart_resumes_from_the_committed_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 203);
+    let (r, firings, out, starts) = cursed_registry(1);
+    let log = open_log(dir.path()).await;
+    let report = run_job(&cursed_job(&input), &r, state_options(&log, dir.path()))
+        .await
+        .unwrap();
+    assert_eq!((report.restarts, report.rejected), (1, 0));
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+    assert_eq!(final_count(&firings), 203);
+    assert_eq!(out.ids(), (0..203).collect::<BTreeSet<_>>());
+    assert!(!dir.path().join("errors.jsonl").exists());
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifecycle_restart_gives_up_after_max_restarts_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = vote_file(dir.path(), 100);
+    let (r, _, _, starts) = cursed_registry(usize::MAX);
+    let log = open_log(dir.path()).await;
+    let err = run_job(&cursed_job(&input), &r, state_options(&log, dir.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task \"count\" failed again after 3 restarts: task \"count\": a lifecycle restarted \
+         the peer after: 57 is cursed"
+    );
+    assert_eq!(starts.load(Ordering::SeqCst), 4);
+    log.close().await.unwrap();
+}
+
+/// A job stopped through `RunOptions::stop` (here by its own function, at vote 20) processes
+/// everything it read, commits it, and does not fire as at job completion; run again, it
+/// resumes exactly where it stopped: nothing read twice, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_commits_what_it_read_and_resumes_exactly_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, text) = vote_file(dir.path(), 2003);
+    let job = file_counting_job(&input, "test/stop-at-20");
+    let log = open_log(dir.path()).await;
+    let run = || {
+        let options = RunOptions {
+            // Little read-ahead: the input sees the stop long before the end of the file.
+            channel_capacity: 1,
+            ..state_options(&log, dir.path())
+        };
+        let mut r = Registry::new();
+        let stop = options.stop.clone();
+        r.register_function("test/stop-at-20", move |s, _| {
+            if s.get("vote_id").and_then(Value::as_i64) == Some(20) {
+                stop.cancel();
+            }
+            Ok(vec![s])
+        });
+        let firings = register_firings(&mut r);
+        let out = IdsOutput::register(&mut r, |_| false);
+        (r, options, firings, out)
+    };
+
+    let (r, options, firings, out) = run();
+    let first = run_job(&job, &r, options).await.unwrap();
+    assert!(first.stopped);
+    assert!(first.read >= 30 && first.read < 1000, "{first:?}");
+    assert_eq!(events(&firings, "job_completed"), 0);
+    // Everything read was processed and committed: the position is the end of its last line.
+    assert_eq!(out.ids(), (0..first.read as i64).collect::<BTreeSet<_>>());
+    let end_of_read: usize = text
+        .lines()
+        .take(first.read as usize)
+        .map(|l| l.len() + 1)
+        .sum();
+    assert_eq!(
+        first.committed[&("in".to_owned(), 0)].get(0),
+        Some(end_of_read as u64)
+    );
+
+    let (r, options, firings, out) = run();
+    let second = run_job(&job, &r, options).await.unwrap();
+    assert!(!second.stopped);
+    assert_eq!((second.read, second.duplicates), (2003 - first.read, 0));
+    assert_eq!(
+        out.ids(),
+        (first.read as i64..2003).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(events(&firings, "job_completed"), 1);
+    assert_eq!(final_count(&firings), 2003);
+    log.close().await.unwrap();
+}
+
+/// A segment that matches none of its task's flow conditions is counted; with
+/// `unmatched: "error"` it also goes to the error output. A match whose `to` is `"none"` is a
+/// choice, not unmatched.
+#[tokio::test]
+async fn unmatched_segments_are_counted_and_go_to_the_error_output_when_asked() {
+    use sardonyx::job::{FlowCondition, FlowTo, PredicateExpr, Unmatched};
+    let run = |unmatched: Option<Unmatched>| async move {
+        let mut r = Registry::new();
+        r.register_predicate("test/even", |s, _| {
+            s.get("n")
+                .and_then(Value::as_i64)
+                .is_some_and(|n| n % 2 == 0)
+        });
+        r.register_predicate("test/five", |s, _| {
+            s.get("n").and_then(Value::as_i64) == Some(5)
+        });
+        let tx = r.input_channel("in", 16);
+        let mut rx = r.output_channel("out", 64);
+        let mut builder = JobBuilder::new()
+            .edge("in", "f")
+            .edge("f", "out")
+            .task(TaskSpec::input("in", "sardonyx/channel").param("channel", "in"))
+            .task(TaskSpec::function("f", "sardonyx/identity"))
+            .task(TaskSpec::output("out", "sardonyx/channel").param("channel", "out"))
+            .flow(FlowCondition::new(
+                "f",
+                FlowTo::tasks(["out"]),
+                PredicateExpr::named("test/even"),
+            ))
+            .flow(FlowCondition::new(
+                "f",
+                FlowTo::None,
+                PredicateExpr::named("test/five"),
+            ));
+        if let Some(u) = unmatched {
+            builder = builder.unmatched(u);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = RunOptions {
+            errors_path: dir.path().join("errors.jsonl"),
+            ..RunOptions::default()
+        };
+        for i in 0..10 {
+            tx.send(seg(i)).await.unwrap();
+        }
+        drop(tx);
+        let report = run_job(&builder.build(), &r, options).await.unwrap();
+        let mut written = 0;
+        while rx.try_recv().is_ok() {
+            written += 1;
+        }
+        let errors = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap_or_default();
+        (report, written, errors)
+    };
+    let (report, written, errors) = run(None).await;
+    assert_eq!((report.unmatched, report.rejected, written), (4, 0, 5));
+    assert_eq!(errors, "");
+    let (report, written, errors) = run(Some(Unmatched::Error)).await;
+    assert_eq!((report.unmatched, report.rejected, written), (4, 4, 5));
+    let mut lines: Vec<&str> = errors.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [1, 3, 7, 9].map(|n| format!(
+            "{{\"task\":\"f\",\"reason\":\"matched none of the flow conditions of task \
+             \\\"f\\\"\",\"segment\":{{\"n\":{n}}}}}"
+        ))
+    );
 }

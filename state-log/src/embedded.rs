@@ -45,7 +45,21 @@ impl EmbeddedLog {
             heartbeat_interval: Duration::from_millis(10),
             ..tuning
         };
-        let node = Arc::new(Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning).await?);
+        let node = match Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning).await {
+            Ok(node) => Arc::new(node),
+            // RocksDB's own words ("While lock file: …/LOCK: Resource temporarily unavailable",
+            // or "lock hold by current process" within one process) do not say that the
+            // directory is in use.
+            Err(crate::Error::Io(detail))
+                if detail.contains("While lock file") || detail.contains("lock hold by") =>
+            {
+                return Err(crate::Error::Io(format!(
+                    "the state log in {} is in use by another process ({detail})",
+                    dir.as_ref().display()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         let mut members = BTreeMap::new();
         members.insert(EMBEDDED_ID, BasicNode::new(""));
         let ready = async {
@@ -243,5 +257,28 @@ impl Ledgers for EmbeddedLog {
 
     fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {
         Box::pin(EmbeddedLog::info(self, ledger))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_directory_says_it_is_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let first = EmbeddedLog::open(&dir).await.unwrap();
+        let err = EmbeddedLog::open(&dir)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        let expected = format!(
+            "I/O error: the state log in {} is in use by another process (",
+            dir.display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
+        first.close().await.unwrap();
     }
 }

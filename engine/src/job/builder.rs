@@ -18,8 +18,8 @@
 
 use super::{
     AggregationDef, ErrorsTarget, FlowCondition, FlowTo, GroupKey, Job, LifecycleDef,
-    PredicateExpr, Refinement, Span, TaskKind, TaskSpec, TriggerDef, TriggerOn, WatermarkSpec,
-    WindowDef, WindowKind,
+    PredicateExpr, Refinement, Span, TaskKind, TaskSpec, TriggerDef, TriggerOn, Unmatched,
+    WatermarkSpec, WindowDef, WindowKind,
 };
 use crate::segment::{Map, Value};
 
@@ -48,6 +48,7 @@ impl JobBuilder {
                 flow_conditions: Vec::new(),
                 lifecycles: Vec::new(),
                 errors: None,
+                unmatched: None,
             },
         }
     }
@@ -107,6 +108,12 @@ impl JobBuilder {
     /// Sends rejected segments to a task of the job.
     pub fn errors_to_task(mut self, task: impl Into<String>) -> Self {
         self.job.errors = Some(ErrorsTarget::Task(task.into()));
+        self
+    }
+
+    /// Says what happens to segments that match none of their task's flow conditions.
+    pub fn unmatched(mut self, unmatched: Unmatched) -> Self {
+        self.job.unmatched = Some(unmatched);
         self
     }
 

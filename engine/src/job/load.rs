@@ -83,7 +83,7 @@ impl Job {
     }
 }
 
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "id",
     "workflow",
     "catalog",
@@ -92,6 +92,7 @@ const TOP_KEYS: [&str; 8] = [
     "flow_conditions",
     "lifecycles",
     "errors",
+    "unmatched",
 ];
 
 fn from_document(doc: Doc) -> Result<Job, JobFileError> {
@@ -160,6 +161,7 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
         })
     });
     let errors = decode_field(&mut top, "errors", &mut problems).flatten();
+    let unmatched = decode_field(&mut top, "unmatched", &mut problems).flatten();
     if problems.is_empty() {
         Ok(Job {
             id,
@@ -170,6 +172,7 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
             flow_conditions,
             lifecycles,
             errors,
+            unmatched,
         })
     } else {
         Err(JobFileError::Schema(problems))

@@ -45,6 +45,21 @@ pub struct Job {
     /// Where rejected segments go (default: `sardonyx-errors.jsonl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<ErrorsTarget>,
+    /// What happens to a segment that matches none of its task's flow conditions (default
+    /// `drop`; either way it is counted in the run report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<Unmatched>,
+}
+
+/// What happens to a segment that matches none of its task's flow conditions (a condition with
+/// `to: "none"` that matches is a choice, not this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// It goes nowhere, as in Onyx (counted in the run report).
+    Drop,
+    /// It goes to the error output with the reason (and is counted as rejected too).
+    Error,
 }
 
 impl Job {
@@ -110,15 +125,18 @@ impl TaskKind {
     }
 }
 
-/// What to do when a task's peers fall below `min_peers`.
+/// What a task does when it loses a peer (in one process: the peer failed, with a plugin error
+/// or a panic outside the per-segment path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FluxPolicy {
-    /// Stop the job.
+    /// Fail the job with the cause (also what happens without a policy).
     Kill,
-    /// Keep running with fewer peers.
+    /// Keep running with fewer peers, others taking over the lost peer's keys. Refused by
+    /// validation until the cluster runtime: one process has no other peer to take over.
     Continue,
-    /// Wait for peers to come back, then recover state.
+    /// Restart the job's peers from the committed input positions and the state log (a bounded
+    /// number of times, then fail with the cause). Needs a state log.
     Recover,
 }
 
@@ -186,7 +204,8 @@ pub struct TaskSpec {
     /// The least number of peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_peers: Option<usize>,
-    /// The greatest number of peers.
+    /// The greatest number of peers (joining processes add peers up to it; refused by
+    /// validation until the cluster runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_peers: Option<usize>,
     /// Route segments by these fields so each key lands on one peer.

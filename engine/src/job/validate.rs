@@ -234,6 +234,29 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
+            // `max_peers` lets joining processes add slots (DESIGN §6), and `continue` lets
+            // the peers left take over a lost peer's keys: both need the cluster runtime, and
+            // a key that is accepted must act.
+            if let Some(max) = t.max_peers {
+                self.problem(
+                    loc.clone(),
+                    Some("max_peers"),
+                    format!(
+                        "max_peers ({max}) is not supported yet: peers are added up to it by \
+                         processes joining a cluster, which `sardonyx run` does not do; give \
+                         n_peers or min_peers"
+                    ),
+                );
+            }
+            if t.flux_policy == Some(super::FluxPolicy::Continue) {
+                self.problem(
+                    loc.clone(),
+                    Some("flux_policy"),
+                    "\"continue\" is not supported yet: it needs other processes to take over \
+                     a lost peer's keys (the cluster runtime); in one process use \"recover\" \
+                     (restart the job's peers from the state log) or \"kill\"",
+                );
+            }
             if t.group_by_key.is_some() && t.group_by_fn.is_some() {
                 self.problem(
                     loc.clone(),

@@ -17,7 +17,7 @@ use super::errors::{ErrorFile, Rejection};
 use super::routing::{group_key_ref, jump_hash, key_hash, key_peer, FlowPlan};
 use super::windowed::{Delivery, Syncs, WindowStage};
 use super::{Mark, Msg, Progress, RunError, Topology, COMPLETION_FIRINGS};
-use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
+use crate::job::{GroupKey, Job, TaskKind, TaskSpec, Unmatched};
 use crate::registry::{
     ExceptionAction, GroupFn, InputReader, Lifecycle, PluginContext, Registry, SegmentSink,
     TaskEvent,
@@ -112,6 +112,9 @@ struct Router {
     error_file: ErrorFile,
     /// This peer wrote rejections to the error file since it last made them durable.
     errors_written: bool,
+    /// The job's `unmatched: "error"`: segments no flow condition matches are rejected.
+    unmatched_to_errors: bool,
+    progress: Arc<Progress>,
 }
 
 impl Router {
@@ -170,6 +173,8 @@ impl Router {
             error_destination,
             error_file: ctx.error_file.clone(),
             errors_written: false,
+            unmatched_to_errors: ctx.job.unmatched == Some(Unmatched::Error),
+            progress: ctx.progress.clone(),
         }
     }
 
@@ -190,7 +195,24 @@ impl Router {
             .plan
             .route(&self.registry, &segment, false)
             .expect("successful segments always get a route");
+        if !route.matched {
+            return self.unmatched(segment);
+        }
         self.place(segment, route.destinations)
+    }
+
+    /// A segment that matched none of the task's flow conditions: counted, and sent to the
+    /// error output if the job asks for it (`unmatched: "error"`).
+    fn unmatched(&mut self, segment: Segment) -> Result<(), RunError> {
+        self.progress.unmatched.fetch_add(1, Ordering::Relaxed);
+        if self.unmatched_to_errors {
+            let reason = format!(
+                "matched none of the flow conditions of task \"{}\"",
+                self.task
+            );
+            return self.reject(Rejection::segment(&self.task, reason, segment));
+        }
+        Ok(())
     }
 
     fn place(
@@ -330,7 +352,8 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Runs one input peer: reads batches from the plugin (opened at `resume`, the positions an
 /// earlier run committed), parses records into segments (malformed ones go to the error output
-/// with their line number), tracks the watermark, routes. Committed positions arriving on
+/// with their line number), tracks the watermark, routes, until the input is exhausted or the
+/// job is stopped (then it finishes as if exhausted, having marked the job as stopped). Committed positions arriving on
 /// `committed` are passed on to the source ([`sardonyx_connectors::Source::commit_all`]), the
 /// last of them once everything read is processed.
 pub(crate) async fn run_input(
@@ -362,6 +385,7 @@ pub(crate) async fn run_input(
     }
     ctx.topology.inputs_opened.wait().await;
     let mut records_source = None;
+    let mut stopped_early = false;
     match reader {
         InputReader::Nothing => {
             call_hooks(&lifecycles, |l| {
@@ -387,6 +411,11 @@ pub(crate) async fn run_input(
                 .map_err(|e| RunError::Internal(e.to_string()))?;
             }
             loop {
+                // A stop ends reading between batches (a poll waits at most `batch_timeout`).
+                if ctx.topology.stop.is_cancelled() {
+                    stopped_early = true;
+                    break;
+                }
                 let to_commit = committed
                     .has_changed()
                     .unwrap_or(false)
@@ -458,24 +487,30 @@ pub(crate) async fn run_input(
             loop {
                 // With an `idle_timeout`, wait no longer than until the input turns idle, so
                 // that it can say so downstream.
-                let first = match watermark.next_idle_at() {
-                    None => rx.recv().await,
-                    Some(at) => {
-                        let wait = at.saturating_sub(now_ms()).max(1) as u64;
-                        let wait = std::time::Duration::from_millis(wait);
-                        match tokio::time::timeout(wait, rx.recv()).await {
-                            Ok(first) => first,
-                            Err(_) => {
-                                router
-                                    .flush(watermark.mark(now_ms()), &HeldAcks::default())
-                                    .await;
-                                continue;
-                            }
-                        }
+                let idle_wait = watermark.next_idle_at().map(|at| {
+                    std::time::Duration::from_millis(at.saturating_sub(now_ms()).max(1) as u64)
+                });
+                let first = tokio::select! {
+                    biased;
+                    () = ctx.topology.stop.cancelled() => {
+                        stopped_early = true;
+                        break;
                     }
-                };
-                let Some(first) = first else {
-                    break;
+                    first = rx.recv() => match first {
+                        Some(s) => s,
+                        None => break,
+                    },
+                    () = async {
+                        match idle_wait {
+                            Some(w) => tokio::time::sleep(w).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        router
+                            .flush(watermark.mark(now_ms()), &HeldAcks::default())
+                            .await;
+                        continue;
+                    }
                 };
                 let mut batch = vec![first];
                 let deadline = Instant::now() + timeout;
@@ -512,6 +547,11 @@ pub(crate) async fn run_input(
                 });
             }
         }
+    }
+    if stopped_early {
+        // Before `Done` goes downstream, which is how downstream peers learn of it in time.
+        tracing::info!(task = %ctx.task.name, peer = ctx.peer, "input stopped before its end");
+        ctx.topology.stopped_early.store(true, Ordering::SeqCst);
     }
     router.finish().await;
     drop(issuer);
@@ -989,7 +1029,10 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
     if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
         slot.insert_committed(c)?;
     }
-    if let Some(stage) = &mut stage {
+    // An input stopped before it was exhausted ([`super::RunOptions::stop`]): the job is not
+    // complete and will resume, so its windows must not fire as at job completion.
+    let stopped = ctx.topology.stopped_early.load(Ordering::SeqCst);
+    if let Some(stage) = stage.as_mut().filter(|_| !stopped) {
         // Job completion, one record of about `COMPLETION_FIRINGS` firings at a time: a job
         // with many open windows (a session per user) does not hold all their final firings.
         let mut completion = Completion::default();
@@ -1422,7 +1465,8 @@ fn deliver(
 }
 
 /// Applies the task's function to every segment of a batch. A failure or panic goes through
-/// the lifecycles' `handle_exception` (default: defer to the error path).
+/// the lifecycles' `handle_exception` (default: defer to the error path; `restart` ends the peer
+/// with [`RunError::RestartRequested`], and the job restarts its peers).
 fn apply_function(
     ctx: &PeerContext,
     lifecycles: &[Lifecycle],
@@ -1450,14 +1494,17 @@ fn apply_function(
                         })
                     }
                     ExceptionAction::Restart => {
+                        // The job's peers restart from the committed positions (this segment's
+                        // batch is not committed, so it is read again); the peer's hooks run
+                        // as for any stop and start.
                         tracing::warn!(task = %ctx.task.name, peer = ctx.peer, %reason, "restarting task peer");
                         call_hooks(lifecycles, |l| {
                             l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
                         });
-                        call_hooks(lifecycles, |l| {
-                            l.before_task_start.as_ref().map(|h| h(&ctx.event()))
+                        return Err(RunError::RestartRequested {
+                            task: ctx.task.name.clone(),
+                            reason,
                         });
-                        router.fail(kept, format!("{reason} (peer restarted)"))?;
                     }
                     ExceptionAction::Defer => router.fail(kept, reason)?,
                 }

@@ -103,6 +103,9 @@ pub fn eval_predicate(expr: &PredicateExpr, registry: &Registry, segment: &Segme
 pub struct Route {
     /// `(downstream index, fields to exclude)` per destination.
     pub destinations: Vec<(usize, Vec<String>)>,
+    /// False when the task has flow conditions and none of them matched the segment (a
+    /// matching condition whose `to` is `"none"` is a match: the route is empty by choice).
+    pub matched: bool,
 }
 
 /// The flow conditions that apply to one task, with its downstream task names.
@@ -159,7 +162,7 @@ impl FlowPlan {
     /// (Conditions `from: "all"` count only for tasks that have one of their targets downstream.) Otherwise conditions are
     /// evaluated in order: the first matching short-circuit condition decides alone; else the
     /// destinations of every matching condition are joined. A segment no condition matches goes
-    /// nowhere, as in Onyx. Exception conditions only see failed segments, and the others only
+    /// nowhere, as in Onyx, with [`Route::matched`] false (the runtime counts it). Exception conditions only see failed segments, and the others only
     /// successful ones.
     pub fn route(&self, registry: &Registry, segment: &Segment, thrown: bool) -> Option<Route> {
         let relevant = self
@@ -173,6 +176,7 @@ impl FlowPlan {
             if !eval_predicate(&c.predicate, registry, segment) {
                 continue;
             }
+            route.matched = true;
             let targets = self.targets(&c.to);
             if c.short_circuit == Some(true) {
                 return Some(Route {
@@ -180,6 +184,7 @@ impl FlowPlan {
                         .into_iter()
                         .map(|t| (t, c.exclude_keys.clone()))
                         .collect(),
+                    matched: true,
                 });
             }
             for t in targets {
@@ -193,6 +198,7 @@ impl FlowPlan {
             return (!route.destinations.is_empty()).then_some(route);
         }
         if !any_condition {
+            route.matched = true;
             route.destinations = (0..self.downstream.len())
                 .map(|i| (i, Vec::new()))
                 .collect();
@@ -273,6 +279,29 @@ mod tests {
         assert_eq!(dests(r#"{"age":30}"#), vec![(0, vec![])]);
         assert_eq!(dests(r#"{"age":3}"#), vec![(1, vec![])]);
         assert_eq!(plan.route(&r, &seg("{}"), true), None);
+    }
+
+    #[test]
+    fn a_segment_no_condition_matches_is_unmatched_but_to_none_is_a_match() {
+        let r = registry();
+        let plan = FlowPlan::new(
+            "f",
+            vec!["adults".into()],
+            &[
+                cond(r#"{"from":"f","to":["adults"],"predicate":"adult"}"#),
+                cond(r#"{"from":"f","to":"none","predicate":"vip"}"#),
+            ],
+        );
+        let route = |s: &str| plan.route(&r, &seg(s), false).unwrap();
+        assert_eq!(route(r#"{"age":30}"#).destinations, vec![(0, vec![])]);
+        assert!(route(r#"{"age":30}"#).matched);
+        let dropped = route(r#"{"age":3,"vip":true}"#);
+        assert!(dropped.destinations.is_empty() && dropped.matched);
+        let unmatched = route(r#"{"age":3}"#);
+        assert!(unmatched.destinations.is_empty() && !unmatched.matched);
+        // Without conditions every segment goes everywhere: nothing is unmatched.
+        let plain = FlowPlan::new("f", vec!["adults".into()], &[]);
+        assert!(plain.route(&r, &seg("{}"), false).unwrap().matched);
     }
 
     #[test]
