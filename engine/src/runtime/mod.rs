@@ -418,7 +418,7 @@ impl Failure {
     fn restarts_job(&self, job: &Job) -> Option<String> {
         match &self.error {
             RunError::RestartRequested { task, .. } => Some(task.clone()),
-            RunError::Plugin { .. } | RunError::Internal(_) => {
+            RunError::Plugin { .. } | RunError::Sink { .. } | RunError::Internal(_) => {
                 let task = self.task.as_deref()?;
                 (job.task(task)?.flux_policy == Some(FluxPolicy::Recover)).then(|| task.to_owned())
             }
