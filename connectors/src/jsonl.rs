@@ -93,12 +93,15 @@ impl JsonLinesSource {
     }
 
     /// Reads the next line into `buf`, keeping at most `max_line_bytes` + 1 of its bytes (room
-    /// for a `\r` before the `\n`) however long it is: the rest is read in the reader's chunks
-    /// and dropped. Returns `(bytes consumed with the newline, bytes before the newline)`, or
-    /// `None` at the end of the file.
+    /// for a `\r` before the `\n`; at least the preview of a too long line) however long it
+    /// is: the rest is read in the reader's chunks and dropped. Returns `(bytes consumed with
+    /// the newline, bytes before the newline)`, or `None` at the end of the file.
     fn next_line(&mut self) -> std::io::Result<Option<(u64, u64)>> {
         self.buf.clear();
-        let keep = self.max_line_bytes.saturating_add(1);
+        let keep = self
+            .max_line_bytes
+            .saturating_add(1)
+            .max(TOO_LONG_PREVIEW_BYTES);
         let (mut consumed, mut length) = (0_u64, 0_u64);
         loop {
             let chunk = match self.reader.fill_buf() {
