@@ -213,17 +213,12 @@ impl Meta {
     }
 }
 
-/// The grouped tasks with more than one peer in `peers`: those whose state is split by key
-/// placement.
-fn placed_by_key(job: &Job, peers: &[(String, u64)]) -> Vec<String> {
-    peers
+/// The windowed tasks of `meta` with more than one peer: their state and dedup ids are split
+/// among slots by key placement (the group key, or the uniqueness id of an ungrouped task).
+fn placed_by_key(meta: &Meta) -> Vec<String> {
+    meta.peers
         .iter()
-        .filter(|(t, n)| {
-            *n > 1
-                && job
-                    .task(t)
-                    .is_some_and(|t| t.group_by_key.is_some() || t.group_by_fn.is_some())
-        })
+        .filter(|(t, n)| *n > 1 && meta.windowed.contains(t))
         .map(|(t, n)| format!("{t}={n}"))
         .collect()
 }
@@ -312,10 +307,10 @@ impl JobState {
                         fmt_peers(&peers_now)
                     )));
                 }
-                let split = placed_by_key(job, &m.peers);
+                let split = placed_by_key(m);
                 if m.routing != routing::ROUTING && !split.is_empty() {
                     return Err(RunError::State(format!(
-                        "job {name:?} was run by a version that placed grouped keys on slots \
+                        "job {name:?} was run by a version that placed keys on slots \
                          with another hash ({}; now {}), and its state is split by key ({}): \
                          resumed, keys would be looked up on other slots than their state and \
                          dedup ids. Finish it with that version, or start over with --fresh",
@@ -799,7 +794,7 @@ mod tests {
 
     /// State written before key placement was specified (std's `DefaultHasher`) cannot be
     /// resumed where it is split by key: keys would be looked for on other slots. Where it is
-    /// not split (one peer per grouped task), placement does not matter and the run goes on,
+    /// not split (one peer per windowed task), placement does not matter and the run goes on,
     /// recording the placement it uses.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn state_placed_with_the_old_hash_is_not_resumed_where_keys_are_split() {
@@ -847,7 +842,7 @@ mod tests {
             .expect("a resume across hashes");
         assert_eq!(
             err.to_string(),
-            "state log: job \"split\" was run by a version that placed grouped keys on slots \
+            "state log: job \"split\" was run by a version that placed keys on slots \
              with another hash (std DefaultHasher; now xxh3-64/seed-0/canonical-v1/jump), and \
              its state is split by key (count=3): resumed, keys would be looked up on other \
              slots than their state and dedup ids. Finish it with that version, or start over \
