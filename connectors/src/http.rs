@@ -8,7 +8,7 @@
 //! | 200 `{"accepted": n, "first": p, "last": q}` | (`ack: "polled"`, the default) every segment of the request has been taken by [`Source::poll_batch`], i.e. handed to the job; `first`/`last` are their positions |
 //! | 202 `{"accepted": n}` | (`ack: "queued"`) the segments are in the bounded queue the job drains |
 //! | 400 `{"error", "problems": [{"segment", "field", "message"}]}` | the body is not JSON, a segment is not an object, or a segment breaks the schema; nothing is taken |
-//! | 413 | the body is larger than `max_body_bytes`, or holds more segments than the whole queue |
+//! | 413 `{"error"}` | the body is larger than `max_body_bytes` (refused on its `Content-Length` before anything is read, or as soon as more than that has arrived: a body is never read whole), or holds more segments than the whole queue |
 //! | 503 + `Retry-After` | the queue to the job is full (the job is behind), or the source is closing; nothing is taken |
 //!
 //! The queue holds at most `queue_capacity` segments: the server never buffers without bound.
@@ -29,8 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -174,7 +173,8 @@ pub struct HttpSourceParams {
     /// The address to listen on, `ip:port` (port 0 picks a free port; see
     /// [`HttpSource::local_addr`]).
     pub listen: String,
-    /// The largest request body accepted; larger ones get 413. Default 1 MiB.
+    /// The largest request body accepted; larger ones get 413 without being read whole.
+    /// Default 1 MiB (DESIGN §10's `max_line_bytes`: one body is one request's segments).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// How many segments may wait for the job; when full, requests get 503. Default 10 000.
@@ -297,6 +297,7 @@ struct Shared {
     retry_after: HeaderValue,
     ack: AckMode,
     schema: Option<Schema>,
+    max_body_bytes: usize,
 }
 
 impl Shared {
@@ -325,21 +326,47 @@ fn busy(shared: &Shared, message: &str) -> Response {
     response
 }
 
-async fn ingest(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
+/// The 413 answer to a body over `max_body_bytes` (`declared`: its `Content-Length`, if it
+/// gave one).
+fn too_large(shared: &Shared, declared: Option<u64>) -> Response {
+    shared.lock().stats.too_large_requests += 1;
+    let limit = shared.max_body_bytes;
+    let size = match declared {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {limit} bytes"),
+    };
+    json_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({ "error": format!(
+            "the request body is {size}, over the limit max_body_bytes = {limit}: send fewer \
+             segments per request"
+        ) }),
+    )
+}
+
+async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
+        return too_large(&shared, declared);
+    }
+    // Otherwise the body is read up to the limit (`DefaultBodyLimit`) and refused as soon as
+    // it goes over.
+    let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large(&shared, None)
+        }
         Err(rejection) => {
-            let status = rejection.status();
-            let mut q = shared.lock();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                q.stats.too_large_requests += 1;
-            } else {
-                q.stats.invalid_requests += 1;
-            }
-            return json_response(status, json!({ "error": rejection.body_text() }));
+            shared.lock().stats.invalid_requests += 1;
+            return json_response(
+                rejection.status(),
+                json!({ "error": rejection.body_text() }),
+            );
         }
     };
     let invalid = |shared: &Shared, error: String, problems: Vec<Value>| {
@@ -473,6 +500,7 @@ impl HttpSource {
             retry_after: HeaderValue::from(params.retry_after_secs),
             ack: params.ack,
             schema: params.schema.clone(),
+            max_body_bytes: params.max_body_bytes,
         });
         let app = Router::new()
             .route("/ingest", post(ingest))
@@ -563,6 +591,7 @@ impl Source for HttpSource {
                     },
                     index: self.next,
                     payload,
+                    fault: None,
                 });
                 if item.segments.is_empty() {
                     let done = q.items.pop_front().expect("front exists");

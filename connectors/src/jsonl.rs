@@ -1,20 +1,68 @@
 //! JSON-lines files: one JSON document per line.
+//!
+//! The source's params (besides `path`, which the engine reads): `max_line_bytes`, the longest
+//! line handed over (default 1 MiB, DESIGN §10). A longer line is never held whole in memory:
+//! it is read in bounded chunks up to its newline, and handed over as a record with a
+//! [`RecordFault::LineTooLong`] and only its first [`TOO_LONG_PREVIEW_BYTES`] bytes; the
+//! engine sends it to the error output with its line number, and the next lines go on.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::Value;
+
+use crate::params::{Fields, Problems};
+use crate::source::RecordFault;
 use crate::{ConnectorError, Position, Record, Sink, Source, SourceBatch};
 
+/// The default of `max_line_bytes`: 1 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+
+/// How much of a line longer than `max_line_bytes` is kept, to show in the error output.
+pub const TOO_LONG_PREVIEW_BYTES: usize = 256;
+
+/// Checks the limits in a JSON-lines source's params (`max_line_bytes`: an integer ≥ 1); the
+/// other fields are the engine's (`path`) and are not reported.
+pub fn validate_source(params: &Value) -> Problems {
+    let mut f = match Fields::new(params) {
+        Ok(f) => f,
+        Err(p) => return p,
+    };
+    if f.unsigned("max_line_bytes", false) == Some(0) {
+        f.problem("max_line_bytes", "must be at least 1");
+    }
+    f.into_problems()
+}
+
+/// The `max_line_bytes` of a JSON-lines source's params (the default when absent).
+pub fn max_line_bytes(params: &Value) -> Result<usize, ConnectorError> {
+    let problems = validate_source(params);
+    if !problems.is_empty() {
+        return Err(ConnectorError::fatal(
+            "sardonyx/jsonl params",
+            crate::params::describe(&problems),
+        ));
+    }
+    Ok(params
+        .get("max_line_bytes")
+        .and_then(Value::as_u64)
+        .map_or(DEFAULT_MAX_LINE_BYTES, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }))
+}
+
 /// Reads a JSON-lines file. Positions are byte offsets just after a line; blank lines are
-/// skipped but still counted, so record indices are the file's line numbers.
+/// skipped but still counted, so record indices are the file's line numbers. Lines longer
+/// than `max_line_bytes` come out as faulty records (see the module's documentation).
 pub struct JsonLinesSource {
     path: PathBuf,
     reader: BufReader<File>,
     offset: u64,
     line: u64,
     buf: Vec<u8>,
+    max_line_bytes: usize,
 }
 
 impl JsonLinesSource {
@@ -29,12 +77,55 @@ impl JsonLinesSource {
             offset: 0,
             line: 0,
             buf: Vec::new(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         })
+    }
+
+    /// Sets the longest line handed over whole (at least 1).
+    pub fn with_max_line_bytes(mut self, max: usize) -> Self {
+        self.max_line_bytes = max.max(1);
+        self
     }
 
     /// The file being read.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads the next line into `buf`, keeping at most `max_line_bytes` + 1 of its bytes (room
+    /// for a `\r` before the `\n`; at least the preview of a too long line) however long it
+    /// is: the rest is read in the reader's chunks and dropped. Returns `(bytes consumed with
+    /// the newline, bytes before the newline)`, or `None` at the end of the file.
+    fn next_line(&mut self) -> std::io::Result<Option<(u64, u64)>> {
+        self.buf.clear();
+        let keep = self
+            .max_line_bytes
+            .saturating_add(1)
+            .max(TOO_LONG_PREVIEW_BYTES);
+        let (mut consumed, mut length) = (0_u64, 0_u64);
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            let (part, taken, ends) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..i], i + 1, true),
+                None => (chunk, chunk.len(), false),
+            };
+            let room = keep.saturating_sub(self.buf.len()).min(part.len());
+            self.buf.extend_from_slice(&part[..room]);
+            length += part.len() as u64;
+            consumed += taken as u64;
+            self.reader.consume(taken);
+            if ends {
+                break;
+            }
+        }
+        Ok((consumed > 0).then_some((consumed, length)))
     }
 }
 
@@ -46,30 +137,42 @@ impl Source for JsonLinesSource {
     ) -> Result<SourceBatch, ConnectorError> {
         let mut out = Vec::with_capacity(max.min(4096));
         while out.len() < max {
-            self.buf.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), &e))?;
-            if n == 0 {
+            let Some((consumed, length)) = self
+                .next_line()
+                .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), &e))?
+            else {
                 break;
-            }
-            self.offset += n as u64;
+            };
+            self.offset += consumed;
             self.line += 1;
+            let position = Position {
+                partition: 0,
+                offset: self.offset,
+            };
             let mut payload = self.buf.as_slice();
             while let Some((b'\n' | b'\r', rest)) = payload.split_last() {
                 payload = rest;
+            }
+            if payload.len() > self.max_line_bytes {
+                out.push(Record {
+                    position,
+                    index: self.line,
+                    payload: payload[..TOO_LONG_PREVIEW_BYTES.min(payload.len())].to_vec(),
+                    fault: Some(RecordFault::LineTooLong {
+                        length,
+                        limit: self.max_line_bytes,
+                    }),
+                });
+                continue;
             }
             if payload.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             out.push(Record {
-                position: Position {
-                    partition: 0,
-                    offset: self.offset,
-                },
+                position,
                 index: self.line,
                 payload: payload.to_vec(),
+                fault: None,
             });
         }
         Ok(if out.is_empty() {
@@ -358,6 +461,100 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not at a line boundary"));
+    }
+
+    /// A line over `max_line_bytes` comes out as a faulty record with its line number, its
+    /// length and only its start; it is read in chunks, never held whole; the lines after it
+    /// go through, and positions stay byte offsets, so a resume after it works.
+    #[test]
+    fn a_line_longer_than_the_limit_is_reported_and_skipped_in_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let limit = 1024;
+        let huge = format!("{{\"a\":\"{}\"}}", "x".repeat(4 << 20));
+        let exact = format!("{{\"a\":\"{}\"}}", "y".repeat(limit - 8));
+        assert_eq!(exact.len(), limit);
+        let text = format!("{{\"a\":1}}\n{huge}\n{exact}\r\n{exact}z\n\n{{\"a\":2}}\n{huge}");
+        std::fs::write(&path, &text).unwrap();
+        let mut src = JsonLinesSource::open(&path)
+            .unwrap()
+            .with_max_line_bytes(limit);
+        let got = records(&mut src, 100);
+        let summary: Vec<(u64, usize, Option<RecordFault>)> = got
+            .iter()
+            .map(|r| (r.index, r.payload.len(), r.fault.clone()))
+            .collect();
+        let too_long = |length: usize| {
+            Some(RecordFault::LineTooLong {
+                length: length as u64,
+                limit,
+            })
+        };
+        assert_eq!(
+            summary,
+            [
+                (1, 7, None),
+                (2, TOO_LONG_PREVIEW_BYTES, too_long(huge.len())),
+                (3, limit, None),
+                (4, TOO_LONG_PREVIEW_BYTES, too_long(limit + 1)),
+                (6, 7, None),
+                (7, TOO_LONG_PREVIEW_BYTES, too_long(huge.len())),
+            ]
+        );
+        assert_eq!(got[1].payload, huge.as_bytes()[..TOO_LONG_PREVIEW_BYTES]);
+        assert_eq!(got[2].payload, exact.as_bytes());
+        assert_eq!(got[4].payload, b"{\"a\":2}");
+        assert_eq!(got[5].position.offset, text.len() as u64);
+        assert_eq!(
+            got[1].fault.as_ref().unwrap().to_string(),
+            format!(
+                "the line is {} bytes long, more than max_line_bytes (1024); it was skipped",
+                huge.len()
+            )
+        );
+        // Two 4 MiB lines went through a buffer that never grew past a few times the limit.
+        assert!(src.buf.capacity() <= 4 * limit, "{}", src.buf.capacity());
+        assert!(matches!(
+            src.poll_batch(10, Duration::ZERO).unwrap(),
+            SourceBatch::Done
+        ));
+        // Resuming just after the long line reads on from the next line, numbered right.
+        let mut again = JsonLinesSource::open(&path)
+            .unwrap()
+            .with_max_line_bytes(limit);
+        again.seek(got[1].position).unwrap();
+        assert_eq!(records(&mut again, 1)[0].index, 3);
+    }
+
+    #[test]
+    fn max_line_bytes_is_checked() {
+        use serde_json::json;
+        assert_eq!(
+            max_line_bytes(&json!({"path": "in.jsonl"})).unwrap(),
+            DEFAULT_MAX_LINE_BYTES
+        );
+        assert_eq!(
+            max_line_bytes(&json!({"path": "in.jsonl", "max_line_bytes": 10})).unwrap(),
+            10
+        );
+        assert_eq!(validate_source(&json!({"path": "p", "other": 1})), []);
+        assert_eq!(
+            validate_source(&json!({"max_line_bytes": 0})),
+            [("max_line_bytes".to_owned(), "must be at least 1".to_owned())]
+        );
+        assert_eq!(
+            validate_source(&json!({"max_line_bytes": "1MiB"})),
+            [(
+                "max_line_bytes".to_owned(),
+                "must be a non-negative integer, got a string".to_owned()
+            )]
+        );
+        assert_eq!(
+            max_line_bytes(&json!({"max_line_bytes": -5}))
+                .unwrap_err()
+                .to_string(),
+            "sardonyx/jsonl params: max_line_bytes: must be a non-negative integer, got an integer"
+        );
     }
 
     #[test]

@@ -474,6 +474,7 @@ impl Source for KafkaSource {
                             position: Position { partition, offset },
                             index: offset,
                             payload: payload.to_vec(),
+                            fault: None,
                         });
                     }
                 }

@@ -145,6 +145,11 @@ impl<'a> Fields<'a> {
         out
     }
 
+    /// Ends the check without reporting unknown fields (for params other code also reads).
+    pub(crate) fn into_problems(self) -> Problems {
+        self.problems
+    }
+
     /// Ends the check: every field not asked about is reported as unknown.
     pub(crate) fn finish(mut self) -> Problems {
         let mut unknown: Vec<&String> = self

@@ -74,6 +74,23 @@ pub struct Record {
     pub index: u64,
     /// The record's bytes (one JSON document for the built-in sources).
     pub payload: Vec<u8>,
+    /// Set when the source could not hand over the record whole (then `payload` holds only
+    /// its start): the record goes to the error output with this reason, and reading goes on.
+    pub fault: Option<RecordFault>,
+}
+
+/// Why a source could not hand over a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordFault {
+    /// A line longer than the source's `max_line_bytes` (DESIGN §10): it was skipped without
+    /// being held in memory.
+    #[error("the line is {length} bytes long, more than max_line_bytes ({limit}); it was skipped")]
+    LineTooLong {
+        /// The line's length in bytes up to its newline.
+        length: u64,
+        /// The limit it broke.
+        limit: usize,
+    },
 }
 
 /// What one poll of a source produced.

@@ -147,8 +147,16 @@ async fn invalid_and_oversized_bodies_are_refused_whole() {
 
     // Oversized: more bytes than max_body_bytes, or more segments than the queue can ever hold.
     let big = json!({"vote_id": 1, "candidate": "x".repeat(2000)}).to_string();
-    let (status, _, _) = post(&client, &url, big).await;
+    let big_len = big.len();
+    let (status, _, body) = post(&client, &url, big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        body["error"],
+        format!(
+            "the request body is {big_len} bytes, over the limit max_body_bytes = 1024: send \
+             fewer segments per request"
+        )
+    );
     let many = json!((0..5).map(vote).collect::<Vec<_>>()).to_string();
     let (status, _, body) = post(&client, &url, many).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
@@ -413,4 +421,98 @@ fn params_are_validated_with_every_problem() {
         .unwrap();
     assert!(vote_id.1.contains("unknown type \"int\""), "{vote_id:?}");
     assert!(http::validate(&json!({"listen": "127.0.0.1:8080"})).is_empty());
+}
+
+/// Sends `head` and then `body_parts` on a raw connection (no client library that would send a
+/// body whole), and reads the answer: status line and JSON body.
+async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body_parts: &[Vec<u8>],
+) -> (String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for part in body_parts {
+        conn.write_all(part).await.unwrap();
+    }
+    conn.flush().await.unwrap();
+    // Read until the answer's headers and its declared body have arrived (the body of the
+    // request is never finished: the answer must come without it).
+    let answer = async {
+        let mut got = Vec::new();
+        let mut buf = [0_u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed before a full answer: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("the answer has a content-length");
+                if got.len() >= end + 4 + length {
+                    let status = text.lines().next().unwrap().to_owned();
+                    let body = serde_json::from_slice(&got[end + 4..end + 4 + length]).unwrap();
+                    return (status, body);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("an answer without the rest of the body")
+}
+
+/// A body over `max_body_bytes` is refused without being read whole: on its declared length
+/// before any of it is read, or, sent in chunks without a declared length, as soon as more
+/// than the limit has arrived (the body here never ends, so reading it whole would hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_413_before_it_is_read_whole() {
+    let mut src = open(json!({"max_body_bytes": 1024, "ack": "queued"}));
+    let addr = src.local_addr();
+    let (status, body) = raw_exchange(
+        addr,
+        "POST /ingest HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10737418240\r\n\r\n",
+        &[b"[{\"vote_id\": 1".to_vec()],
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(
+        body,
+        json!({"error": "the request body is 10737418240 bytes, over the limit max_body_bytes = 1024: send fewer segments per request"})
+    );
+    let chunk = |data: &[u8]| {
+        let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+        c.extend_from_slice(data);
+        c.extend_from_slice(b"\r\n");
+        c
+    };
+    let parts: Vec<Vec<u8>> = (0..3).map(|_| chunk(&[b' '; 512])).collect();
+    let (status, body) = raw_exchange(
+        addr,
+        "POST /ingest HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        &parts,
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(
+        body,
+        json!({"error": "the request body is more than 1024 bytes, over the limit max_body_bytes = 1024: send fewer segments per request"})
+    );
+    let stats = src.stats();
+    assert_eq!((stats.too_large_requests, stats.accepted_segments), (2, 0));
+    assert!(matches!(
+        src.poll_batch(10, Duration::ZERO).unwrap(),
+        SourceBatch::Idle
+    ));
 }

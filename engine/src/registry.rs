@@ -224,13 +224,22 @@ impl Registry {
         r.register_input(
             "sardonyx/jsonl",
             InputPlugin {
-                check: Arc::new(|p| require_string(p, "path")),
+                check: Arc::new(|p| {
+                    let mut problems = require_string(p, "path");
+                    problems.extend(sardonyx_connectors::jsonl::validate_source(&to_json(p)));
+                    problems
+                }),
                 open: Arc::new(|ctx| {
                     if ctx.peer > 0 {
                         return Ok(InputReader::Nothing);
                     }
                     let path = param_path(ctx.task)?;
-                    let mut source = JsonLinesSource::open(&path).map_err(|e| e.to_string())?;
+                    let limit =
+                        sardonyx_connectors::jsonl::max_line_bytes(&to_json(&ctx.task.params))
+                            .map_err(|e| e.to_string())?;
+                    let mut source = JsonLinesSource::open(&path)
+                        .map_err(|e| e.to_string())?
+                        .with_max_line_bytes(limit);
                     // One partition: resume just after the committed byte offset.
                     if let Some(offset) = ctx.positions.get(0) {
                         source

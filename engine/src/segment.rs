@@ -2,7 +2,14 @@
 //!
 //! A segment is an ordered map of field → [`Value`] ([`Segment`] is the shared [`Map`] type of
 //! `sardonyx-windowing`). It converts to and from JSON losslessly, serializes compactly with
-//! bincode, and finds a field by a short linear scan.
+//! bincode, and finds a field by a short linear scan (by a hash index in a segment of many
+//! fields).
+//!
+//! Both decoders take bytes from outside and give a segment or an error, never a panic, with
+//! bounded work and memory: JSON nests at most 127 levels (serde_json's recursion limit; the
+//! flat fast path does not nest), a JSON object repeating a field keeps the **last** value at the
+//! **first** field's place, and bincode nests at most [`sardonyx_windowing::value::MAX_BINARY_DEPTH`]
+//! levels. Line length is bounded before parsing, by the inputs' `max_line_bytes`.
 
 pub use sardonyx_windowing::{Map, Value};
 
@@ -342,6 +349,138 @@ mod tests {
         assert!(from_json_slice(b"{\"a\":")
             .unwrap_err()
             .starts_with("malformed JSON: EOF while parsing"));
+    }
+
+    /// A segment of 100,000 fields parses (fast path and full parser) and every field is
+    /// found; a repeated field keeps its first place and its last value, as in small segments.
+    #[test]
+    fn a_segment_of_100_000_fields_finds_every_field() {
+        let n = 100_000;
+        let fields: Vec<String> = (0..n).map(|i| format!("\"field_{i}\":{i}")).collect();
+        let flat = format!("{{{},\"field_5\":-5}}", fields.join(","));
+        // A nested value sends the document to serde_json instead of the fast path.
+        let nested = format!("{{{},\"field_5\":-5,\"z\":[1]}}", fields.join(","));
+        for (text, extra) in [(flat, 0), (nested, 1)] {
+            let seg = from_json_slice(text.as_bytes()).unwrap();
+            assert_eq!(seg.len(), n + extra);
+            for i in 0..n {
+                let want = if i == 5 { -5 } else { i as i64 };
+                assert_eq!(seg.get(&format!("field_{i}")), Some(&Value::Int(want)));
+            }
+            assert_eq!(seg.get("field_100000"), None);
+            assert_eq!(seg.keys().nth(5), Some("field_5"));
+            // The index survives bincode and clones.
+            let back = from_bincode(&to_bincode(&seg)).unwrap();
+            assert_eq!(back, seg);
+            assert_eq!(back.get("field_99999"), Some(&Value::Int(99_999)));
+        }
+    }
+
+    #[test]
+    fn repeated_fields_keep_the_last_value_in_the_first_place() {
+        for text in [&br#"{"a":1,"b":2,"a":3}"#[..], br#"{"a":1,"b":[2],"a":3}"#] {
+            let seg = from_json_slice(text).unwrap();
+            assert_eq!(seg.keys().collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(seg.get("a"), Some(&Value::Int(3)));
+        }
+    }
+
+    /// Nesting is bounded: deep JSON is refused by serde_json's recursion limit, deep bincode
+    /// by the value model's depth limit, each with an error instead of a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused_with_an_error() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = from_json_slice(deep.as_bytes()).unwrap_err();
+        assert!(
+            err.starts_with("malformed JSON: recursion limit exceeded"),
+            "{err}"
+        );
+        // The object and 126 lists: 127 levels, serde_json's most.
+        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(126), "]".repeat(126));
+        assert!(from_json_slice(ok.as_bytes()).is_ok());
+
+        // bincode: a map of one field whose value is a list holding a list holding … (a few
+        // bytes per level, as a hostile peer or a corrupt log could send).
+        let nest = |levels: usize| {
+            let mut inner = Value::Null;
+            for _ in 0..levels {
+                inner = Value::List(vec![inner]);
+            }
+            let mut seg = Segment::new();
+            seg.insert("a", inner);
+            seg
+        };
+        let limit = sardonyx_windowing::value::MAX_BINARY_DEPTH;
+        let fits = nest(limit - 1);
+        assert_eq!(from_bincode(&to_bincode(&fits)).unwrap(), fits);
+        assert_eq!(
+            from_bincode(&to_bincode(&nest(limit))).unwrap_err(),
+            // (bincode's rendering of an error raised inside serde.)
+            format!(
+                "malformed segment bytes: OtherString(\"values nested more than {limit} deep\")"
+            )
+        );
+        // A million levels, written by hand: field count 1, name "a", then (List, 1 item) × n.
+        let mut bytes = vec![1, 1, b'a'];
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[6, 1]);
+        }
+        bytes.push(0);
+        assert!(from_bincode(&bytes)
+            .unwrap_err()
+            .contains(&format!("values nested more than {limit} deep")));
+    }
+
+    /// One random change to a byte string: flip a byte, drop a range, insert a byte, or
+    /// repeat a range.
+    fn mutate(mut bytes: Vec<u8>, kind: u8, at: usize, len: usize, byte: u8) -> Vec<u8> {
+        let n = bytes.len();
+        let at = if n == 0 { 0 } else { at % n };
+        match kind % 4 {
+            0 if n > 0 => bytes[at] ^= byte | 1,
+            1 => {
+                let end = (at + len).min(n);
+                bytes.drain(at..end);
+            }
+            2 => bytes.insert(at, byte),
+            _ => {
+                let end = (at + len).min(n);
+                let copy = bytes[at..end].to_vec();
+                bytes.splice(at..at, copy);
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes: a segment or an error, never a panic.
+        #[test]
+        fn any_bytes_give_a_segment_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = from_json_slice(&bytes);
+            let _ = from_bincode(&bytes);
+        }
+
+        /// Valid documents with a few random changes: a segment or an error, never a panic,
+        /// and the fast path still agrees with serde_json; mutated bincode decodes or fails.
+        #[test]
+        fn mutated_segments_give_a_segment_or_an_error(
+            seg in segment(),
+            edits in prop::collection::vec((any::<u8>(), any::<usize>(), 0_usize..8, any::<u8>()), 1..4),
+        ) {
+            let mut json = to_json_string(&seg).into_bytes();
+            let mut bin = to_bincode(&seg);
+            for (kind, at, len, byte) in edits {
+                json = mutate(json, kind, at, len, byte);
+                bin = mutate(bin, kind, at, len, byte);
+            }
+            same_as_serde(&json);
+            if let Ok(back) = from_bincode(&bin) {
+                // Whatever decodes is a well-formed segment: it encodes and decodes again.
+                prop_assert_eq!(from_bincode(&to_bincode(&back)).unwrap(), back);
+            }
+        }
     }
 
     #[test]

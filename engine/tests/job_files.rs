@@ -140,3 +140,33 @@ fn connector_params_are_checked_at_validation() {
         ]
     );
 }
+
+/// DESIGN §10: a sliding window that would put more than 10,000 extents on one segment is
+/// refused, naming the window, its range and slide, the count and the limit; a jsonl input's
+/// `max_line_bytes` must be a positive integer.
+#[test]
+fn limits_are_checked_at_validation() {
+    let job = Job::from_json_str(
+        r#"{"workflow": [["in","count"], ["count","out"]], "catalog": [
+            {"name":"in","type":"input","plugin":"sardonyx/jsonl","params":{"path":"in.jsonl","max_line_bytes":0}},
+            {"name":"count","type":"function","fn":"sardonyx/identity","uniqueness_key":"id"},
+            {"name":"out","type":"output","plugin":"sardonyx/null"}],
+          "windows": [
+            {"id":"day-by-ms","task":"count","type":"sliding","aggregation":"count","window_key":"t","range":[1,"days"],"slide":[1,"milliseconds"]},
+            {"id":"at-limit","task":"count","type":"sliding","aggregation":"count","window_key":"t","range":[10000,"seconds"],"slide":[1,"second"]},
+            {"id":"one-over","task":"count","type":"sliding","aggregation":"count","window_key":"t","range":[20001,"milliseconds"],"slide":[2,"milliseconds"]},
+            {"id":"elements","task":"count","type":"sliding","aggregation":"count","window_key":"n","range":[10001,"elements"],"slide":[1,"elements"]},
+            {"id":"fixed","task":"count","type":"fixed","aggregation":"count","window_key":"t","range":[1,"milliseconds"]}]}"#,
+    )
+    .unwrap();
+    let err = job.validate(&Registry::new()).unwrap_err();
+    assert_eq!(
+        err.messages(),
+        [
+            r#"task "in", field params.max_line_bytes: must be at least 1"#,
+            r#"window "day-by-ms", field range/slide: range [1, "days"] / slide [1, "milliseconds"] puts up to 86400000 extents on each segment, more than the limit of 10000: use a longer slide or a shorter range"#,
+            r#"window "one-over", field range/slide: range [20001, "milliseconds"] / slide [2, "milliseconds"] puts up to 10001 extents on each segment, more than the limit of 10000: use a longer slide or a shorter range"#,
+            r#"window "elements", field range/slide: range [10001, "elements"] / slide [1, "elements"] puts up to 10001 extents on each segment, more than the limit of 10000: use a longer slide or a shorter range"#,
+        ]
+    );
+}

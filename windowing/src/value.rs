@@ -1,14 +1,21 @@
 //! The value model shared by segments and window state.
 //!
 //! A [`Value`] is what a JSON document can hold (null, bool, integer, float, string, list, map).
-//! [`Map`] is an ordered field map: field order is kept as it arrived, and a field is found by a
-//! linear scan, which beats hashing for the handful of fields a segment carries.
+//! [`Map`] is an ordered field map: field order is kept as it arrived. A field is found by a
+//! linear scan while a map has at most [`Map::INDEX_FROM`] fields (which beats hashing for the
+//! handful of fields a segment carries); a larger map also keeps a hash index of its fields, so
+//! that a hostile object with 100,000 fields costs O(1) per lookup and O(n) to build, not O(n²)
+//! (DESIGN §10).
+//!
+//! [`Value::write_canonical`] gives a value's **canonical bytes**, the specified encoding that
+//! routing hashes (see its documentation).
 //!
 //! Serialization has two shapes chosen by `Serializer::is_human_readable`: natural JSON/TOML for
 //! human-readable formats, and a tagged compact form for binary formats such as bincode (which
 //! cannot deserialize untagged data). Both round-trip losslessly.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -129,6 +136,76 @@ impl Value {
             Value::Str(_) => "string",
             Value::List(_) => "list",
             Value::Map(_) => "map",
+        }
+    }
+
+    /// Appends the value's **canonical bytes** to `out`: a stable, type-tagged, length-prefixed
+    /// encoding that routing hashes (DESIGN §4, "Grouping"), so it must never change (a pinned
+    /// test in the engine's routing guards it). One tag byte, then:
+    ///
+    /// | value | tag | then |
+    /// |---|---|---|
+    /// | null | `0x00` | nothing |
+    /// | bool | `0x01` | `0x00` (false) or `0x01` (true) |
+    /// | integer in `i64` range | `0x02` | the `i64`, 8 bytes little-endian two's complement |
+    /// | integer above `i64::MAX` | `0x03` | the `u64`, 8 bytes little-endian |
+    /// | float | `0x04` | the IEEE-754 bits of the `f64`, 8 bytes little-endian |
+    /// | string | `0x05` | byte length (`u64`, 8 bytes LE), then the UTF-8 bytes |
+    /// | list | `0x06` | item count (`u64`, 8 bytes LE), then each item's canonical bytes |
+    /// | map | `0x07` | field count (`u64`, 8 bytes LE), then per field **in byte order of the names** (not arrival order): the name as a string's length and bytes (no tag), then the value's canonical bytes |
+    ///
+    /// So the bytes depend on the value, not on how it was written or stored: an integer is
+    /// encoded by its number whether it is held as `Int` or `UInt`; a float by its value, so
+    /// `1.0`, `1.00` and `1e0` are the same bytes, but a float is never an integer (`1.0` and
+    /// `1` differ, as they are different group keys under [`Value`]'s equality); `-0.0` and
+    /// `0.0` differ, as do NaNs with different bits (their order differs too). Two maps with the
+    /// same fields in another order give the same bytes.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        fn len(out: &mut Vec<u8>, n: usize) {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        match self {
+            Value::Null => out.push(0x00),
+            Value::Bool(b) => out.extend_from_slice(&[0x01, u8::from(*b)]),
+            Value::Int(i) => {
+                out.push(0x02);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::UInt(u) => match i64::try_from(*u) {
+                Ok(i) => Value::Int(i).write_canonical(out),
+                Err(_) => {
+                    out.push(0x03);
+                    out.extend_from_slice(&u.to_le_bytes());
+                }
+            },
+            Value::Float(f) => {
+                out.push(0x04);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            Value::Str(s) => {
+                out.push(0x05);
+                len(out, s.len());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::List(l) => {
+                out.push(0x06);
+                len(out, l.len());
+                for v in l {
+                    v.write_canonical(out);
+                }
+            }
+            Value::Map(m) => {
+                out.push(0x07);
+                len(out, m.len());
+                let mut fields: Vec<&(Text, Value)> = m.entries().iter().collect();
+                // Names are unique, so this order is total.
+                fields.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                for (k, v) in fields {
+                    len(out, k.len());
+                    out.extend_from_slice(k.as_bytes());
+                    v.write_canonical(out);
+                }
+            }
         }
     }
 
@@ -339,12 +416,78 @@ fn write_json_string(out: &mut String, s: &str) {
 }
 
 /// An ordered map from field name to value; keys are unique, insertion order is kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Equality, order and hashing are those of the field list in order (the index is derived
+/// data and takes no part in them).
+#[derive(Clone)]
 pub struct Map {
+    repr: Repr,
+}
+
+/// A map's fields: a plain list up to [`Map::INDEX_FROM`] fields, a list with an index beyond.
+/// The index lives behind one box so that a `Map`, and so every `Value`, stays as small as a
+/// `Vec` (the enum fits in the `Vec`'s niche).
+#[derive(Clone)]
+enum Repr {
+    Small(Vec<(Text, Value)>),
+    Indexed(Box<Indexed>),
+}
+
+#[derive(Clone)]
+struct Indexed {
     entries: Vec<(Text, Value)>,
+    /// Position of each field in `entries`. std's `RandomState` (SipHash with random keys), so
+    /// that field names chosen to collide cannot make lookups linear again.
+    index: HashMap<Text, usize>,
+}
+
+impl Default for Map {
+    fn default() -> Self {
+        Map {
+            repr: Repr::Small(Vec::new()),
+        }
+    }
+}
+
+impl fmt::Debug for Map {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map")
+            .field("entries", &self.entries())
+            .finish()
+    }
+}
+
+impl PartialEq for Map {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for Map {}
+
+impl PartialOrd for Map {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Map {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.entries().cmp(other.entries())
+    }
+}
+
+impl Hash for Map {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.entries().hash(state);
+    }
 }
 
 impl Map {
+    /// Above this many fields a map keeps a hash index of its fields; up to it, a field is
+    /// found by a linear scan (a few short string compares, faster than hashing the name).
+    pub const INDEX_FROM: usize = 16;
+
     /// An empty map.
     pub fn new() -> Self {
         Map::default()
@@ -356,28 +499,69 @@ impl Map {
             .iter()
             .enumerate()
             .all(|(i, (k, _))| entries[..i].iter().all(|(j, _)| j != k)));
-        Map { entries }
+        Map::of_entries(entries)
+    }
+
+    /// The map of `entries` (distinct keys), indexed if it is large.
+    fn of_entries(entries: Vec<(Text, Value)>) -> Self {
+        if entries.len() <= Self::INDEX_FROM {
+            return Map {
+                repr: Repr::Small(entries),
+            };
+        }
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        Map {
+            repr: Repr::Indexed(Box::new(Indexed { entries, index })),
+        }
     }
 
     /// An empty map with room for `n` fields.
     pub fn with_capacity(n: usize) -> Self {
         Map {
-            entries: Vec::with_capacity(n),
+            repr: Repr::Small(Vec::with_capacity(n)),
+        }
+    }
+
+    /// The fields in order.
+    #[inline]
+    fn entries(&self) -> &[(Text, Value)] {
+        match &self.repr {
+            Repr::Small(entries) => entries,
+            Repr::Indexed(big) => &big.entries,
+        }
+    }
+
+    /// The position of field `key` in the entries.
+    #[inline]
+    fn position(&self, key: &str) -> Option<usize> {
+        match &self.repr {
+            Repr::Small(entries) => entries.iter().position(|(k, _)| k == key),
+            Repr::Indexed(big) => big.index.get(key).copied(),
         }
     }
 
     /// The value of field `key`, if present.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        match &self.repr {
+            // The scan without positions: the hot path for small segments.
+            Repr::Small(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Repr::Indexed(big) => big.index.get(key).map(|&i| &big.entries[i].1),
+        }
     }
 
     /// A mutable reference to the value of field `key`, if present.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        self.entries
-            .iter_mut()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        let i = self.position(key)?;
+        let entries = match &mut self.repr {
+            Repr::Small(entries) => entries,
+            Repr::Indexed(big) => &mut big.entries,
+        };
+        Some(&mut entries[i].1)
     }
 
     /// True if field `key` is present.
@@ -389,39 +573,66 @@ impl Map {
     pub fn insert(&mut self, key: impl Into<Text>, value: impl Into<Value>) -> Option<Value> {
         let key = key.into();
         let value = value.into();
-        match self.get_mut(&key) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
-            None => {
-                self.entries.push((key, value));
-                None
+        if let Some(slot) = self.get_mut(&key) {
+            return Some(std::mem::replace(slot, value));
+        }
+        match &mut self.repr {
+            Repr::Indexed(big) => {
+                big.index.insert(key.clone(), big.entries.len());
+                big.entries.push((key, value));
+            }
+            Repr::Small(entries) => {
+                entries.push((key, value));
+                if entries.len() > Self::INDEX_FROM {
+                    let entries = std::mem::take(entries);
+                    *self = Map::of_entries(entries);
+                }
             }
         }
+        None
     }
 
     /// Removes field `key`, keeping the order of the others.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
-        Some(self.entries.remove(i).1)
+        let i = self.position(key)?;
+        match &mut self.repr {
+            Repr::Small(entries) => Some(entries.remove(i).1),
+            Repr::Indexed(big) => {
+                let (_, value) = big.entries.remove(i);
+                // The fields after `i` moved up by one (O(n), as the removal itself).
+                big.index.remove(key);
+                for p in big.index.values_mut() {
+                    if *p > i {
+                        *p -= 1;
+                    }
+                }
+                if big.entries.len() <= Self::INDEX_FROM {
+                    let entries = std::mem::take(&mut big.entries);
+                    *self = Map::of_entries(entries);
+                }
+                Some(value)
+            }
+        }
     }
 
     /// The number of fields.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// True when there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// The fields in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+        self.entries().iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The field names in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_str())
+        self.entries().iter().map(|(k, _)| k.as_str())
     }
 }
 
@@ -439,7 +650,10 @@ impl IntoIterator for Map {
     type Item = (Text, Value);
     type IntoIter = std::vec::IntoIter<(Text, Value)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+        match self.repr {
+            Repr::Small(entries) => entries.into_iter(),
+            Repr::Indexed(big) => big.entries.into_iter(),
+        }
     }
 }
 
@@ -456,7 +670,7 @@ impl Map {
     /// Appends the map as a compact JSON object to `out` (what `Display` writes).
     pub fn write_json(&self, out: &mut String) {
         out.push('{');
-        for (i, (k, v)) in self.entries.iter().enumerate() {
+        for (i, (k, v)) in self.entries().iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
@@ -470,8 +684,8 @@ impl Map {
 
 impl Serialize for Map {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut m = serializer.serialize_map(Some(self.entries.len()))?;
-        for (k, v) in &self.entries {
+        let mut m = serializer.serialize_map(Some(self.len()))?;
+        for (k, v) in self.entries() {
             m.serialize_entry(k, v)?;
         }
         m.end()
@@ -487,7 +701,7 @@ impl<'de> Deserialize<'de> for Map {
                 f.write_str("a map")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Map, A::Error> {
-                let mut m = Map::with_capacity(access.size_hint().unwrap_or(0));
+                let mut m = Map::with_capacity(access.size_hint().unwrap_or(0).min(4096));
                 while let Some((k, v)) = access.next_entry::<Text, Value>()? {
                     m.insert(k, v);
                 }
@@ -552,9 +766,45 @@ impl Serialize for Value {
     }
 }
 
+/// The deepest nesting of lists and maps that the binary form is decoded to. Binary input
+/// (bincode from the network or the log) has no depth limit of its own, and decoding recurses:
+/// without one, a few bytes per level could overflow the stack. JSON is limited by serde_json
+/// (128 levels), and a window state adds a few levels around a segment, so honest data stays
+/// far below this.
+pub const MAX_BINARY_DEPTH: usize = 256;
+
+thread_local! {
+    /// Lists and maps being decoded from a binary form on this thread, outermost first.
+    static BINARY_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one level of binary decoding while alive.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter<E: de::Error>() -> Result<DepthGuard, E> {
+        BINARY_DEPTH.with(|d| {
+            if d.get() >= MAX_BINARY_DEPTH {
+                return Err(E::custom(format_args!(
+                    "values nested more than {MAX_BINARY_DEPTH} deep"
+                )));
+            }
+            d.set(d.get() + 1);
+            Ok(DepthGuard)
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        BINARY_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if !deserializer.is_human_readable() {
+            let _depth = DepthGuard::enter::<D::Error>()?;
             return Ok(match Tagged::deserialize(deserializer)? {
                 Tagged::Null => Value::Null,
                 Tagged::Bool(b) => Value::Bool(b),
@@ -702,6 +952,161 @@ mod tests {
         );
         assert_eq!(Value::from("yesterday").as_event_time(), None);
         assert_eq!(Value::Bool(true).as_event_time(), None);
+    }
+
+    /// One operation on a map, for the model test below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(String, i64),
+        Remove(String),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Few distinct names, so inserts replace and removes hit; many operations, so maps grow
+        // past the index threshold and shrink below it again.
+        let name = (0_u32..40).prop_map(|i| format!("f{i}"));
+        prop_oneof![
+            3 => (name.clone(), any::<i64>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            1 => name.prop_map(Op::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A map (indexed above `INDEX_FROM` fields, scanned below) behaves exactly as a plain
+        /// list of fields in arrival order: same lookups, same order, same equality and hash.
+        #[test]
+        fn map_agrees_with_a_field_list(ops in proptest::collection::vec(op(), 0..120)) {
+            let mut m = Map::new();
+            let mut model: Vec<(String, i64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => {
+                        let old = model.iter_mut().find(|(j, _)| *j == k).map(|(_, w)| std::mem::replace(w, v));
+                        if old.is_none() {
+                            model.push((k.clone(), v));
+                        }
+                        proptest::prop_assert_eq!(m.insert(k.as_str(), v), old.map(Value::Int));
+                    }
+                    Op::Remove(k) => {
+                        let i = model.iter().position(|(j, _)| *j == k);
+                        let old = i.map(|i| model.remove(i).1);
+                        proptest::prop_assert_eq!(m.remove(&k), old.map(Value::Int));
+                    }
+                }
+                proptest::prop_assert_eq!(
+                    matches!(m.repr, Repr::Indexed(_)),
+                    m.len() > Map::INDEX_FROM
+                );
+                for i in 0..40 {
+                    let k = format!("f{i}");
+                    let want = model.iter().find(|(j, _)| *j == k).map(|(_, v)| Value::Int(*v));
+                    proptest::prop_assert_eq!(m.get(&k).cloned(), want.clone());
+                    proptest::prop_assert_eq!(m.get_mut(&k).map(|v| v.clone()), want);
+                }
+                let plain = Map {
+                    repr: Repr::Small(m.entries().to_vec()),
+                };
+                proptest::prop_assert_eq!(&plain, &m);
+                let hash = |x: &Map| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    x.hash(&mut h);
+                    h.finish()
+                };
+                proptest::prop_assert_eq!(hash(&plain), hash(&m));
+            }
+            let keys: Vec<&str> = m.keys().collect();
+            let want: Vec<&str> = model.iter().map(|(k, _)| k.as_str()).collect();
+            proptest::prop_assert_eq!(keys, want);
+        }
+    }
+
+    #[test]
+    fn a_large_map_finds_every_field_and_keeps_the_first_position_of_a_repeat() {
+        let n = 100_000;
+        let json = format!(
+            "{{{},\"f7\":\"again\"}}",
+            (0..n)
+                .map(|i| format!("\"f{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let Value::Map(m) = serde_json::from_str::<Value>(&json).unwrap() else {
+            panic!("an object parses to a map");
+        };
+        assert_eq!(m.len(), n);
+        for i in 0..n {
+            let want = if i == 7 {
+                Value::from("again")
+            } else {
+                Value::Int(i as i64)
+            };
+            assert_eq!(m.get(&format!("f{i}")), Some(&want), "f{i}");
+        }
+        assert_eq!(m.get("f100000"), None);
+        assert_eq!(m.keys().nth(7), Some("f7"));
+        assert_eq!(m.keys().last(), Some("f99999"));
+    }
+
+    /// The canonical bytes are specified (see `write_canonical`): pinned here byte for byte.
+    #[test]
+    fn canonical_bytes_are_as_specified() {
+        let bytes = |v: &Value| {
+            let mut out = Vec::new();
+            v.write_canonical(&mut out);
+            out
+        };
+        assert_eq!(bytes(&Value::Null), [0]);
+        assert_eq!(bytes(&Value::Bool(true)), [1, 1]);
+        assert_eq!(
+            bytes(&Value::Int(-2)),
+            [2, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(bytes(&Value::UInt(5)), bytes(&Value::Int(5)));
+        assert_eq!(
+            bytes(&Value::UInt(u64::MAX)),
+            [3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(bytes(&Value::Float(1.0)), [4, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]);
+        assert_ne!(bytes(&Value::Float(1.0)), bytes(&Value::Int(1)));
+        assert_ne!(bytes(&Value::Float(0.0)), bytes(&Value::Float(-0.0)));
+        assert_eq!(
+            bytes(&Value::from("ab")),
+            [5, 2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']
+        );
+        assert_eq!(
+            bytes(&Value::List(vec![Value::Null, Value::Bool(false)])),
+            [6, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        );
+        let ab: Value = serde_json::from_str(r#"{"b":null,"a":true}"#).unwrap();
+        let ba: Value = serde_json::from_str(r#"{"a":true,"b":null}"#).unwrap();
+        assert_eq!(
+            bytes(&ab),
+            [
+                7, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 1, 1, 1, 0, 0, 0, 0, 0, 0,
+                0, b'b', 0
+            ]
+        );
+        assert_eq!(bytes(&ab), bytes(&ba));
+        // How an integral float is written does not matter; that it is a float does.
+        let floats: Vec<Value> = ["1.0", "1.00", "1e0", "10e-1"]
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert!(floats.iter().all(|f| bytes(f) == bytes(&Value::Float(1.0))));
+        // Length prefixes keep concatenations apart.
+        let l = |a: &str, b: &str| bytes(&Value::List(vec![Value::from(a), Value::from(b)]));
+        assert_ne!(l("ab", "c"), l("a", "bc"));
+    }
+
+    /// The index costs a large map one box, and small maps nothing: a `Map` is as small as
+    /// a `Vec`, and a `Value` no larger than before it had an index.
+    #[test]
+    fn values_stay_small() {
+        assert_eq!(std::mem::size_of::<Map>(), std::mem::size_of::<Vec<u8>>());
+        assert_eq!(std::mem::size_of::<Value>(), 32);
     }
 
     #[test]

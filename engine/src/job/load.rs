@@ -252,3 +252,128 @@ fn missing_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `")?;
     Some(rest[..rest.find('`')?].to_owned())
 }
+
+/// Job files come from outside: whatever their bytes, reading one gives a job or an error,
+/// never a panic, and nesting is bounded (serde_json's recursion limit, toml's own).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VOTES_JSON: &str = include_str!("../../../examples/votes.json");
+    const VOTES_TOML: &str = include_str!("../../../examples/votes.toml");
+
+    /// One random change to a text: drop a range, insert a character, or repeat a range (at
+    /// character boundaries, since job files are read as text).
+    fn mutate(text: &str, kind: u8, at: usize, len: usize, c: char) -> String {
+        let mut chars: Vec<char> = text.chars().collect();
+        let n = chars.len();
+        let at = if n == 0 { 0 } else { at % n };
+        let end = (at + len).min(n);
+        match kind % 3 {
+            0 => {
+                chars.drain(at..end);
+            }
+            1 => chars.insert(at, c),
+            _ => {
+                let copy = chars[at..end].to_vec();
+                chars.splice(at..at, copy);
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    fn edits() -> impl Strategy<Value = Vec<(u8, usize, usize, char)>> {
+        let c = prop_oneof![
+            Just('"'),
+            Just('{'),
+            Just('}'),
+            Just('['),
+            Just(']'),
+            Just(','),
+            Just(':'),
+            Just('='),
+            Just('\n'),
+            Just('\\'),
+            any::<char>(),
+        ];
+        prop::collection::vec((any::<u8>(), any::<usize>(), 0_usize..12, c), 1..5)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_gives_a_job_or_an_error(text in "\\PC{0,200}") {
+            let _ = Job::from_json_str(&text);
+            let _ = Job::from_toml_str(&text);
+        }
+
+        #[test]
+        fn mutated_job_files_give_a_job_or_an_error(edits in edits()) {
+            let (mut json, mut toml) = (VOTES_JSON.to_owned(), VOTES_TOML.to_owned());
+            for (kind, at, len, c) in edits {
+                json = mutate(&json, kind, at, len, c);
+                toml = mutate(&toml, kind, at, len, c);
+            }
+            let _ = Job::from_json_str(&json);
+            let _ = Job::from_toml_str(&toml);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!(
+            "{{\"workflow\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            Job::from_json_str(&deep).unwrap_err().to_string(),
+            "job file is not valid JSON: recursion limit exceeded at line 1 column 140"
+        );
+        let deep = format!("workflow = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = Job::from_toml_str(&deep).unwrap_err().to_string();
+        assert!(err.starts_with("job file is not valid TOML"), "{err}");
+        let deep = format!("x = {}1{}", "{a = ".repeat(100_000), "}".repeat(100_000));
+        let err = Job::from_toml_str(&deep).unwrap_err().to_string();
+        assert!(err.starts_with("job file is not valid TOML"), "{err}");
+        // Deep in a free-form place (a task's params) is refused as well.
+        let deep = format!(
+            r#"{{"workflow": [], "catalog": [{{"name": "a", "type": "input", "params": {{"p": {}1{}}}}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(Job::from_json_str(&deep)
+            .unwrap_err()
+            .to_string()
+            .starts_with("job file is not valid JSON: recursion limit exceeded"));
+    }
+
+    #[test]
+    fn huge_numbers_are_errors_or_values() {
+        let job = |n: &str| {
+            format!(
+                r#"{{"workflow": [["a","b"]], "catalog": [{{"name": "a", "type": "input", "batch_size": {n}}}]}}"#
+            )
+        };
+        let err = Job::from_json_str(&job("1e999999"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("job file is not valid JSON: number out of range"),
+            "{err}"
+        );
+        let err = Job::from_json_str(&job(&"9".repeat(100_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("job file is not valid JSON: number out of range"),
+            "{err}"
+        );
+        // Past u64 but finite: a float, which batch_size refuses.
+        let err = Job::from_json_str(&job(&"9".repeat(20))).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(err.problems()[0].field.as_deref(), Some("batch_size"));
+    }
+}

@@ -103,6 +103,17 @@ struct Validator<'a> {
     problems: Vec<Problem>,
 }
 
+/// The most extents one segment may fall into (DESIGN §10): a sliding window puts each segment
+/// into ⌈range / slide⌉ extents, so a 1-day window sliding by 1 ms would update 86.4 million
+/// states per segment.
+pub const MAX_EXTENTS_PER_SEGMENT: i64 = 10_000;
+
+/// The most extents one segment of a sliding window falls into: ⌈range / slide⌉ (DESIGN §4:
+/// the ids ⌊(v−m)/s⌋ to ⌊(v−m+r)/s⌋ − 1), `None` unless both are positive.
+fn extents_per_segment(range: i64, slide: i64) -> Option<i64> {
+    (range > 0 && slide > 0).then(|| range / slide + i64::from(range % slide != 0))
+}
+
 fn task_loc(name: &str) -> String {
     format!("task \"{name}\"")
 }
@@ -517,6 +528,18 @@ impl<'a> Validator<'a> {
                             loc.clone(),
                             Some("slide"),
                             format!("{s} is longer than range {r}"),
+                        );
+                    } else if let Some(n) = extents_per_segment(r.base_amount(), s.base_amount())
+                        .filter(|&n| n > MAX_EXTENTS_PER_SEGMENT)
+                    {
+                        self.problem(
+                            loc.clone(),
+                            Some("range/slide"),
+                            format!(
+                                "range {r} / slide {s} puts up to {n} extents on each segment, \
+                                 more than the limit of {MAX_EXTENTS_PER_SEGMENT}: use a longer \
+                                 slide or a shorter range"
+                            ),
                         );
                     }
                 }

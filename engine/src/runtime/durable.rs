@@ -25,7 +25,7 @@ use sardonyx_state_log::{DedupConfig, DedupFilter, Ledgers, RequestId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Progress, RunError};
+use super::{routing, Progress, RunError};
 use crate::job::Job;
 use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
@@ -181,6 +181,46 @@ struct Meta {
     generation: u64,
     peers: Vec<(String, u64)>,
     windowed: Vec<String>,
+    /// How grouped keys were placed on slots ([`routing::ROUTING`]).
+    routing: String,
+}
+
+/// A meta record written before the key placement was recorded: its keys were placed with
+/// std's `DefaultHasher` ([`LEGACY_ROUTING`]).
+#[derive(Deserialize)]
+struct MetaWithoutRouting {
+    generation: u64,
+    peers: Vec<(String, u64)>,
+    windowed: Vec<String>,
+}
+
+/// The placement of meta records that name none.
+const LEGACY_ROUTING: &str = "std DefaultHasher";
+
+impl Meta {
+    /// Decodes a meta record of this version or of the one before it.
+    fn decode(bytes: &[u8]) -> Result<Meta, String> {
+        decode::<Meta>(bytes).or_else(|e| {
+            decode::<MetaWithoutRouting>(bytes)
+                .map(|m| Meta {
+                    generation: m.generation,
+                    peers: m.peers,
+                    windowed: m.windowed,
+                    routing: LEGACY_ROUTING.to_owned(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
+/// The windowed tasks of `meta` with more than one peer: their state and dedup ids are split
+/// among slots by key placement (the group key, or the uniqueness id of an ungrouped task).
+fn placed_by_key(meta: &Meta) -> Vec<String> {
+    meta.peers
+        .iter()
+        .filter(|(t, n)| *n > 1 && meta.windowed.contains(t))
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect()
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -245,7 +285,7 @@ impl JobState {
             .map(|(p, b)| (*p, b))
             .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
         {
-            Some((pos, bytes)) => Some(decode::<Meta>(bytes).map_err(|d| {
+            Some((pos, bytes)) => Some(Meta::decode(bytes).map_err(|d| {
                 state_error(format!(
                     "corrupt record in ledger {meta_ledger:?} at position {pos}: {d}"
                 ))
@@ -267,6 +307,18 @@ impl JobState {
                         fmt_peers(&peers_now)
                     )));
                 }
+                let split = placed_by_key(m);
+                if m.routing != routing::ROUTING && !split.is_empty() {
+                    return Err(RunError::State(format!(
+                        "job {name:?} was run by a version that placed keys on slots \
+                         with another hash ({}; now {}), and its state is split by key ({}): \
+                         resumed, keys would be looked up on other slots than their state and \
+                         dedup ids. Finish it with that version, or start over with --fresh",
+                        m.routing,
+                        routing::ROUTING,
+                        split.join(", ")
+                    )));
+                }
                 m.generation
             }
         };
@@ -275,6 +327,7 @@ impl JobState {
             generation,
             peers: peers_now,
             windowed,
+            routing: routing::ROUTING.to_owned(),
         };
         let bytes = encode(&meta);
         let pos = store
@@ -767,6 +820,77 @@ mod tests {
         )
         .await?;
         Ok((slot, op))
+    }
+
+    /// State written before key placement was specified (std's `DefaultHasher`) cannot be
+    /// resumed where it is split by key: keys would be looked for on other slots. Where it is
+    /// not split (one peer per windowed task), placement does not matter and the run goes on,
+    /// recording the placement it uses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_placed_with_the_old_hash_is_not_resumed_where_keys_are_split() {
+        #[derive(Serialize)]
+        struct OldMeta {
+            generation: u64,
+            peers: Vec<(String, u64)>,
+            windowed: Vec<String>,
+        }
+        use crate::job::TaskSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
+        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
+        let job = |id: &str| {
+            JobBuilder::new()
+                .id(id)
+                .edge("read", "count")
+                .task(TaskSpec::input("read", "sardonyx/jsonl"))
+                .task(TaskSpec::function("count", "sardonyx/identity").group_by_key("candidate"))
+                .build()
+        };
+        let open = |id: &'static str, n: usize| {
+            let (store, dir) = (store.clone(), dir.path().join(id));
+            async move {
+                let peers = BTreeMap::from([("count".to_owned(), n), ("read".to_owned(), 1)]);
+                let options = StateOptions::new(store, dir);
+                JobState::open(&job(id), options, &peers, vec!["count".into()]).await
+            }
+        };
+        for (i, (id, n)) in [("split", 3_u64), ("whole", 1)].into_iter().enumerate() {
+            let old = OldMeta {
+                generation: 0,
+                peers: vec![("count".into(), n), ("read".into(), 1)],
+                windowed: vec!["count".into()],
+            };
+            let ledger = format!("{id}/meta");
+            store
+                .append(&ledger, RequestId::new(7, i as u64), encode(&old))
+                .await
+                .unwrap();
+        }
+        let err = open("split", 3)
+            .await
+            .err()
+            .expect("a resume across hashes");
+        assert_eq!(
+            err.to_string(),
+            "state log: job \"split\" was run by a version that placed keys on slots \
+             with another hash (std DefaultHasher; now xxh3-64/seed-0/canonical-v1/jump), and \
+             its state is split by key (count=3): resumed, keys would be looked up on other \
+             slots than their state and dedup ids. Finish it with that version, or start over \
+             with --fresh"
+        );
+        let whole = open("whole", 1).await.unwrap();
+        assert!(whole.resumed);
+        let read = store.read("whole/meta", 0).await.unwrap();
+        let (_, last) = read.snapshot.expect("each run snapshots its meta record");
+        assert_eq!(Meta::decode(&last).unwrap().routing, routing::ROUTING);
+        // --fresh starts a new generation under the new placement.
+        let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
+        let mut options = StateOptions::new(store.clone(), dir.path().join("split"));
+        options.fresh = true;
+        let fresh = JobState::open(&job("split"), options, &peers, vec!["count".into()])
+            .await
+            .unwrap();
+        assert_eq!((fresh.resumed, fresh.prefix.as_str()), (false, "split/g1"));
     }
 
     /// One batch of new votes, through the operator and into the slot, as the runtime does.

@@ -453,7 +453,11 @@ pub(crate) async fn run_input(
                 });
                 let now = now_ms();
                 for r in &records {
-                    match segment::from_json_slice(&r.payload) {
+                    let parsed = match &r.fault {
+                        Some(fault) => Err(fault.to_string()),
+                        None => segment::from_json_slice(&r.payload),
+                    };
+                    match parsed {
                         Ok(s) => {
                             watermark.observe(r.position.partition, &s);
                             router.route(s)?;

@@ -1,8 +1,15 @@
 //! Pure routing logic: which downstream tasks a segment goes to (flow conditions) and which peer
 //! of a task takes a key (consistent hashing).
+//!
+//! **Key placement is specified** (DESIGN §4, "Grouping"): the slot of a group key is
+//! `jump_hash(xxh3_64(canonical bytes of the key, seed 0), n_peers)`, with the canonical bytes
+//! of [`Value::write_canonical`]. A slot's persisted window state and dedup ids are those of the
+//! keys placed on it, so this function must give the same answer in every build and every Rust
+//! release; `tests::key_placement_is_pinned` fails if it changes. A job's meta record says
+//! which placement wrote its state ([`ROUTING`]), and a resume written with another is refused.
 
 use std::borrow::Cow;
-use std::hash::{Hash, Hasher};
+use std::cell::RefCell;
 
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
 use crate::registry::Registry;
@@ -21,12 +28,28 @@ pub fn jump_hash(mut key: u64, buckets: usize) -> usize {
     b as usize
 }
 
-/// A stable 64-bit hash of a group key (the same in every process of the same build).
+/// The name of the key placement this build uses, recorded with a job's state so that a
+/// resume under another placement is refused (its keys would be on other slots).
+pub const ROUTING: &str = "xxh3-64/seed-0/canonical-v1/jump";
+
+/// The specified 64-bit hash of a group key: xxh3-64 with seed 0 over the key's canonical bytes
+/// ([`Value::write_canonical`]). The same in every process, build and Rust release.
 pub fn key_hash(key: &Value) -> u64 {
-    // DefaultHasher::new() uses fixed keys, so the hash does not change between runs.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    thread_local! {
+        // One buffer per thread: hashing a key allocates nothing once it has grown.
+        static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BYTES.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        key.write_canonical(&mut b);
+        let h = xxhash_rust::xxh3::xxh3_64(&b);
+        // A hostile huge key must not pin its memory in the buffer for good.
+        if b.capacity() > 64 << 10 {
+            *b = Vec::new();
+        }
+        h
+    })
 }
 
 /// The group key of a segment for `group_by_key`: the field's value, or the list of the fields'
@@ -225,6 +248,55 @@ impl FlowPlan {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The placement of known keys, pinned: a change to the hash, the canonical bytes or the
+    /// jump hash moves keys to other slots (their state and dedup ids would no longer be found),
+    /// so it must show up here and come with a new [`ROUTING`] name.
+    #[test]
+    fn key_placement_is_pinned() {
+        let key = |json: &str| serde_json::from_str::<Value>(json).unwrap();
+        // (key as JSON, xxh3-64 of its canonical bytes, slot for 1, 2, 3 and 7 peers)
+        for (json, hash, slots) in PINNED {
+            let k = key(json);
+            assert_eq!(key_hash(&k), hash, "hash of {json}");
+            let got = [1, 2, 3, 7].map(|n| jump_hash(key_hash(&k), n));
+            assert_eq!(got, slots, "slots of {json}");
+        }
+        // Compound keys (`group_by_key` with several fields) are lists of the fields' values.
+        let s = seg(r#"{"candidate":"cand_03","minute":28333333}"#);
+        let compound = GroupKey::Many(vec!["candidate".into(), "minute".into()]);
+        assert_eq!(
+            [1, 2, 3, 7].map(|n| key_peer(&compound, &s, n).unwrap()),
+            PINNED[14].2
+        );
+        assert_eq!(ROUTING, "xxh3-64/seed-0/canonical-v1/jump");
+    }
+
+    /// Computed independently of this crate (a Python script: the canonical bytes by hand, the
+    /// `xxhash` package's xxh3_64, the jump hash transcribed), not copied from its output.
+    const PINNED: [(&str, u64, [usize; 4]); 17] = [
+        ("\"cand_01\"", 0xbfb997f2e7bb95e6, [0, 0, 0, 0]),
+        ("\"cand_02\"", 0x35882d8faf8e70ad, [0, 1, 1, 1]),
+        ("\"cand_03\"", 0x2bbc68e65ffe4a71, [0, 1, 1, 1]),
+        ("\"cand_04\"", 0x7962ba44810f8c94, [0, 0, 0, 0]),
+        ("\"voter-4242\"", 0x6ddbd8cb72cc75ee, [0, 0, 0, 4]),
+        ("\"\"", 0xaa269631f2ca76e1, [0, 1, 1, 3]),
+        ("0", 0x8da2b7ab8b1ee0e7, [0, 1, 1, 3]),
+        ("1", 0x77b9ee4e4f0d5d17, [0, 0, 0, 4]),
+        ("4242", 0x5f18a5188cf48ad6, [0, 1, 1, 1]),
+        ("-1", 0x51957c455b8e6c65, [0, 1, 1, 5]),
+        ("1.0", 0x12863638c08b810c, [0, 1, 1, 3]),
+        ("1.5", 0x1feb7ca504b6705d, [0, 0, 2, 2]),
+        ("true", 0x070d80d6a76865f3, [0, 1, 1, 3]),
+        ("null", 0xc44bdff4074eecdb, [0, 1, 2, 2]),
+        ("[\"cand_03\",28333333]", 0xeb2e160674dcbefa, [0, 1, 1, 4]),
+        (
+            "{\"team\":\"red\",\"n\":1}",
+            0x852db33145c4204e,
+            [0, 1, 1, 1],
+        ),
+        ("18446744073709551615", 0x461f577b67b45767, [0, 0, 0, 5]),
+    ];
 
     proptest! {
         #[test]
