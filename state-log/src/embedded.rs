@@ -45,7 +45,8 @@ impl EmbeddedLog {
             heartbeat_interval: Duration::from_millis(10),
             ..tuning
         };
-        let node = Arc::new(Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning).await?);
+        let node =
+            Arc::new(Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning, None).await?);
         let mut members = BTreeMap::new();
         members.insert(EMBEDDED_ID, BasicNode::new(""));
         let ready = async {
