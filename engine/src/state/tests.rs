@@ -576,7 +576,7 @@ proptest! {
 fn a_lying_length_inside_a_snapshot_is_an_error_before_any_allocation() {
     // A plain snapshot whose filter (the last field) declares 2^62 bytes. The filter is a
     // sequence to serde, allocated only as far as it is decoded: the input ends first.
-    let valid = bincode::serde::encode_to_vec(&many_sessions(), config()).unwrap();
+    let valid = bincode::serde::encode_to_vec(many_sessions(), config()).unwrap();
     let filter_len = 16000usize; // `many_sessions`' filter: 4000 u32s.
     let tail = valid.len() - filter_len;
     // Its length prefix is the 3 bytes before (varint 251 + u16 LE 16000).
