@@ -18,7 +18,8 @@ use crate::data_dir::DataDirLock;
 use crate::runtime::{run_job_with_progress, Progress, StateOptions};
 use crate::{demo, Job, JobReport, Registry, RunOptions};
 use sardonyx_state_log::{
-    DedupConfig, EmbeddedLog, Ledgers, LogClient, LogServer, Role, ServerConfig,
+    ClientOptions, ClusterSecret, DedupConfig, EmbeddedLog, Ledgers, LogClient, LogServer, Role,
+    ServerConfig,
 };
 
 #[derive(Parser)]
@@ -66,12 +67,21 @@ enum Command {
         /// Every member: `1=host:port,2=host:port,3=host:port` (the same on every server).
         #[arg(long)]
         cluster: String,
+        /// File holding the cluster secret (at least 16 bytes, not accessible to every user),
+        /// the same on every server and client: connections that cannot prove it are refused.
+        /// Without it, connections are not authenticated, and the server listens only on a
+        /// loopback address.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Show each log server's id, address, role and its last log and applied index.
     LogStatus {
         /// Addresses of log servers (any subset; the others are found through them).
         #[arg(long, value_delimiter = ',', required = true)]
         log: Vec<String>,
+        /// File holding the cluster secret the servers were started with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Check a job file and print every problem.
     Validate {
@@ -95,6 +105,9 @@ struct StateArgs {
     /// Keep state on this log cluster (`host:port,host:port,…`) instead of the embedded log.
     #[arg(long, value_delimiter = ',')]
     log: Vec<String>,
+    /// File holding the log cluster's secret (with --log; see `sardonyx log-server --help`).
+    #[arg(long, requires = "log")]
+    secret_file: Option<PathBuf>,
     /// Start the job over, ignoring the state of earlier runs with the same job id.
     #[arg(long)]
     fresh: bool,
@@ -265,9 +278,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             data,
             cluster,
+            secret_file,
         } => {
             let cluster = parse_cluster(&cluster)?;
-            let server = LogServer::start(ServerConfig::new(id, listen, data, cluster))
+            let secret = load_secret(secret_file.as_deref())?;
+            if secret.is_none() {
+                refuse_open_listener(&listen).await?;
+                tracing::warn!(
+                    "no --secret-file: connections to this log server are not authenticated \
+                     (allowed on loopback addresses only)"
+                );
+            }
+            let config = ServerConfig {
+                secret,
+                ..ServerConfig::new(id, listen, data, cluster)
+            };
+            let server = LogServer::start(config)
                 .await
                 .context("starting the log server")?;
             println!("log server {id} listening on {}", server.local_addr());
@@ -275,8 +301,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             server.shutdown().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::LogStatus { log } => {
-            let statuses = sardonyx_state_log::status(&log).await;
+        Command::LogStatus { log, secret_file } => {
+            let secret = load_secret(secret_file.as_deref())?;
+            let statuses = sardonyx_state_log::status_with(&log, secret.as_ref()).await;
             println!(
                 "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13}",
                 "id", "address", "role", "leader", "term", "last log index", "applied index"
@@ -293,6 +320,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     opt(s.last_log_index),
                     opt(s.last_applied)
                 );
+            }
+            for s in &statuses {
+                if let Some(reason) = &s.refused {
+                    eprintln!("{}: {reason}", s.addr);
+                }
             }
             let reachable = statuses.iter().any(|s| s.role != Role::Unreachable);
             Ok(if reachable {
@@ -366,8 +398,12 @@ async fn open_state(
             .with_context(|| format!("opening the embedded state log in {}", dir.display()))?;
         (Arc::new(log.clone()), Some(log))
     } else {
+        let options = ClientOptions {
+            secret: load_secret(args.secret_file.as_deref())?,
+            ..ClientOptions::default()
+        };
         (
-            Arc::new(LogClient::connect(args.log.iter().cloned())?),
+            Arc::new(LogClient::with_options(args.log.iter().cloned(), options)?),
             None,
         )
     };
@@ -383,6 +419,30 @@ async fn open_state(
 }
 
 /// Parses `1=host:port,2=host:port`.
+/// The cluster secret from `--secret-file`, if given.
+fn load_secret(path: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterSecret>> {
+    path.map(ClusterSecret::from_file)
+        .transpose()
+        .map_err(anyhow::Error::from)
+}
+
+/// Refuses to serve without a secret on an address other hosts may reach: anyone who reaches
+/// it could append to ledgers, vote in Raft or install snapshots.
+async fn refuse_open_listener(listen: &str) -> anyhow::Result<()> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("resolving --listen {listen}"))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to listen on {listen} without --secret-file: any host that reaches it \
+             could append to ledgers, vote in Raft or install snapshots. Give every server and \
+             client the same --secret-file PATH, or listen on a loopback address (127.0.0.1)"
+        );
+    }
+    Ok(())
+}
+
 fn parse_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())

@@ -7,15 +7,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::ClusterSecret;
 use crate::codec::crc;
 use crate::error::{Error, Result};
-use crate::net::{Request, Response, RpcClient};
+use crate::net::{ReadPage, Request, Response, RpcClient, MAX_PAYLOAD_BYTES};
 use crate::types::{LedgerInfo, LedgerRead, RequestId};
 use crate::{BoxFuture, Ledgers};
 
-/// Timeouts of a [`LogClient`].
+/// Timeouts and the cluster secret of a [`LogClient`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// The cluster secret to prove to every server (`None`: only servers without one accept
+    /// this client).
+    pub secret: Option<ClusterSecret>,
     /// Time limit of one request to one server.
     pub request_timeout: Duration,
     /// Total time a call keeps retrying retryable errors before giving up with the last one.
@@ -25,6 +29,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
+            secret: None,
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(30),
         }
@@ -85,7 +90,7 @@ impl LogClient {
             .lock()
             .expect("conns lock")
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(RpcClient::new(addr)))
+            .or_insert_with(|| Arc::new(RpcClient::new(addr, self.inner.options.secret.clone())))
             .clone()
     }
 
@@ -171,6 +176,7 @@ impl LogClient {
         request: RequestId,
         record: Vec<u8>,
     ) -> Result<u64> {
+        check_payload(|| format!("record for ledger {ledger:?}"), record.len())?;
         let sum = crc(&record);
         let record = Bytes::from(record);
         self.call(
@@ -191,19 +197,47 @@ impl LogClient {
         .await
     }
 
-    /// Reads a ledger (see [`Ledgers::read`]).
+    /// Reads a ledger (see [`Ledgers::read`]), page after page (a server answers at most
+    /// about 32 MiB of entries at once, so that every answer fits in a frame).
     pub async fn read(&self, ledger: &str, from: u64) -> Result<LedgerRead> {
-        self.call(
-            || Request::Read {
-                ledger: ledger.to_string(),
-                from,
-            },
-            |r| match r {
-                Response::Read(r) => r,
-                other => Err(unexpected(other)),
-            },
-        )
-        .await
+        let mut out = LedgerRead::default();
+        let mut next = from;
+        loop {
+            let ReadPage { read, complete } = self
+                .call(
+                    || Request::Read {
+                        ledger: ledger.to_string(),
+                        from: next,
+                    },
+                    |r| match r {
+                        Response::Read(r) => r,
+                        other => Err(unexpected(other)),
+                    },
+                )
+                .await?;
+            out.stats.records_scanned += read.stats.records_scanned;
+            out.stats.bytes_read += read.stats.bytes_read;
+            if let Some((covers, _)) = &read.snapshot {
+                // A snapshot (the first page's, or a newer one if the ledger was compacted
+                // between pages) reflects every entry read before it.
+                next = covers + 1;
+                out.snapshot = read.snapshot;
+                out.entries.clear();
+            }
+            if let Some((last, _)) = read.entries.last() {
+                next = last + 1;
+            }
+            let progressed = out.snapshot.is_some() || !read.entries.is_empty();
+            out.entries.extend(read.entries);
+            if complete {
+                return Ok(out);
+            }
+            if !progressed {
+                return Err(Error::Fatal(format!(
+                    "the server answered an incomplete, empty page of ledger {ledger:?} from {next}"
+                )));
+            }
+        }
     }
 
     /// Stores a snapshot and compacts (see [`Ledgers::snapshot`]).
@@ -232,6 +266,7 @@ impl LogClient {
         covers_position: u64,
         bytes: Vec<u8>,
     ) -> Result<()> {
+        check_payload(|| format!("snapshot of ledger {ledger:?}"), bytes.len())?;
         let sum = crc(&bytes);
         let bytes = Bytes::from(bytes);
         self.call(
@@ -265,6 +300,18 @@ impl LogClient {
         )
         .await
     }
+}
+
+/// Refuses a record or snapshot that could not travel in a frame, before anything is sent.
+fn check_payload(what: impl FnOnce() -> String, bytes: usize) -> Result<()> {
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(Error::TooLarge {
+            what: what(),
+            bytes: bytes as u64,
+            limit: MAX_PAYLOAD_BYTES as u64,
+        });
+    }
+    Ok(())
 }
 
 fn unexpected(r: Response) -> Error {

@@ -11,11 +11,67 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::Fatal(format!("encode: {e}")))
 }
 
-/// Decodes a bincode 2 value; the error is a plain message for the caller to wrap.
+/// Appends the bincode 2 encoding of a value (standard config) to `out`.
+pub(crate) fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .map(|_| ())
+        .map_err(|e| Error::Fatal(format!("encode: {e}")))
+}
+
+/// Decodes a bincode 2 value; the error is a plain message for the caller to wrap. Safe on
+/// untrusted bytes (see [`decode_bounded`]).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    decode_bounded(bytes)
         .map(|(v, _)| v)
         .map_err(|e| e.to_string())
+}
+
+/// Decodes a bincode 2 value (standard config: the bytes of `bincode::config::standard()`)
+/// from untrusted bytes, returning it and the bytes read.
+///
+/// Without a limit, bincode allocates a string or byte buffer of whatever length the input
+/// declares before reading it, so ten bytes can ask for an exabyte (and abort the process).
+/// Here bincode's limit is on: it counts, before allocating, the in-memory size of everything
+/// decoded — at most 16 bytes per input byte for a legitimate encoding (a `u128` varint takes
+/// one byte; a declared length claims its bytes, which must follow in the input) — against the
+/// smallest of a few fixed tiers at or above 16 times the input's size. A lying length fails
+/// with "limit exceeded" before anything is allocated, and no allocation exceeds 64 times the
+/// input's size. (Sequences of other elements are allocated by serde at most 1 MiB ahead of
+/// what was decoded.)
+pub fn decode_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    macro_rules! tiers {
+        ($($limit:expr),*) => {
+            $(
+                if bytes.len().saturating_mul(16) <= $limit {
+                    return bincode::serde::decode_from_slice(
+                        bytes,
+                        bincode::config::standard().with_limit::<{ $limit }>(),
+                    );
+                }
+            )*
+        };
+    }
+    tiers!(
+        1 << 12,
+        1 << 14,
+        1 << 16,
+        1 << 18,
+        1 << 20,
+        1 << 22,
+        1 << 24,
+        1 << 26,
+        1 << 28,
+        1 << 30,
+        1 << 32,
+        1 << 34,
+        1 << 36
+    );
+    bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard().with_limit::<{ usize::MAX }>(),
+    )
 }
 
 /// crc32 (IEEE) of a payload.
@@ -87,6 +143,54 @@ pub(crate) fn request_key(client: u64, seq: u64) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_lying_length_is_refused_before_it_is_allocated() {
+        // A string of declared length 2^62 in 10 bytes: without a limit bincode would try to
+        // allocate it (and abort the process).
+        let mut bytes = vec![253u8]; // varint marker: a u64 follows
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        bytes.push(b'x');
+        let e = decode_bounded::<String>(&bytes).unwrap_err();
+        assert!(
+            matches!(e, bincode::error::DecodeError::LimitExceeded),
+            "{e:?}"
+        );
+        let e = decode_bounded::<serde_bytes::ByteBuf>(&bytes).unwrap_err();
+        assert!(
+            matches!(e, bincode::error::DecodeError::LimitExceeded),
+            "{e:?}"
+        );
+        let e = decode_bounded::<bytes::Bytes>(&bytes).unwrap_err();
+        assert!(
+            matches!(e, bincode::error::DecodeError::LimitExceeded),
+            "{e:?}"
+        );
+        // A plain sequence is allocated by serde only as far as it is decoded.
+        let e = decode_bounded::<Vec<u64>>(&bytes).unwrap_err();
+        assert!(
+            matches!(e, bincode::error::DecodeError::UnexpectedEnd { .. }),
+            "{e:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn bounded_decoding_round_trips(
+            s in ".{0,300}",
+            v in proptest::collection::vec(any::<u8>(), 0..5000),
+            n in proptest::collection::vec(any::<u128>().prop_map(|x| x % 200), 0..3000),
+        ) {
+            // Small u128s: one input byte each, sixteen in memory (the densest claim).
+            let value = (s.clone(), serde_bytes::ByteBuf::from(v.clone()), n.clone());
+            let bytes = encode(&value).unwrap();
+            let (back, read): ((String, serde_bytes::ByteBuf, Vec<u128>), usize) =
+                decode_bounded(&bytes).unwrap();
+            prop_assert_eq!(read, bytes.len());
+            prop_assert_eq!(back, value);
+        }
+    }
 
     #[test]
     fn record_value_round_trip_and_corruption() {

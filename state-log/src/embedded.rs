@@ -45,7 +45,7 @@ impl EmbeddedLog {
             heartbeat_interval: Duration::from_millis(10),
             ..tuning
         };
-        let node = match Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning).await {
+        let node = match Node::open(EMBEDDED_ID, String::new(), dir.as_ref(), &tuning, None).await {
             Ok(node) => Arc::new(node),
             // RocksDB's own words ("While lock file: …/LOCK: Resource temporarily unavailable",
             // or "lock hold by current process" within one process) do not say that the
@@ -269,11 +269,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("log");
         let first = EmbeddedLog::open(&dir).await.unwrap();
-        let err = EmbeddedLog::open(&dir)
-            .await
-            .err()
-            .expect("refused")
-            .to_string();
+        let err = match EmbeddedLog::open(&dir).await {
+            Ok(_) => panic!("a second open of {} was not refused", dir.display()),
+            Err(e) => e.to_string(),
+        };
         let expected = format!(
             "I/O error: the state log in {} is in use by another process (",
             dir.display()

@@ -1,5 +1,7 @@
 //! The error type of the state log.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// Result alias used throughout the crate.
@@ -67,6 +69,84 @@ pub enum Error {
         /// The ledger's fence (the highest of every accepted fenced write).
         current: u64,
     },
+
+    /// A message is larger than a network frame may be ([`MAX_FRAME_BYTES`](crate::MAX_FRAME_BYTES)
+    /// for a frame, [`MAX_PAYLOAD_BYTES`](crate::MAX_PAYLOAD_BYTES) for a record or snapshot).
+    /// Not retryable: the same message would be refused again.
+    #[error("{what} of {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large (e.g. "snapshot of ledger \"j/t/0\"").
+        what: String,
+        /// Its size.
+        bytes: u64,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+
+    /// The connection to `addr` was refused at its start: one side could not prove knowledge
+    /// of the cluster secret to the other (see [`ClusterSecret`](crate::ClusterSecret)). Not
+    /// retryable: the configuration is wrong.
+    #[error("authentication with the log server at {addr} failed: {failure}")]
+    Unauthenticated {
+        /// The server's address.
+        addr: String,
+        /// What failed.
+        failure: AuthFailure,
+    },
+
+    /// The cluster secret file cannot be used.
+    #[error("cluster secret file {}: {problem}", path.display())]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: SecretProblem,
+    },
+}
+
+/// Why an authentication at connection start failed.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The server requires the cluster secret and this client has none.
+    #[error(
+        "the server requires the cluster secret and this client has none (give --secret-file)"
+    )]
+    SecretRequired,
+    /// This client has a secret but the server was started without one, so it cannot prove
+    /// that it is a member of the cluster.
+    #[error(
+        "the server has no cluster secret (it was started without --secret-file), so it cannot \
+         prove it belongs to the cluster"
+    )]
+    ServerHasNoSecret,
+    /// The server refused this client's proof: the two hold different secrets.
+    #[error("the server refused our proof: the client and the server hold different secrets")]
+    WrongSecret,
+    /// The server's proof did not verify: it holds another secret (or is not who it claims).
+    #[error("the server's proof is wrong: it holds a different secret or is an impostor")]
+    BadServerProof,
+    /// The other side broke the handshake protocol (or is not a Sardonyx log server).
+    #[error("handshake protocol error: {0}")]
+    Protocol(String),
+}
+
+/// What is wrong with a cluster secret file.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SecretProblem {
+    /// It could not be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    /// It holds fewer than [`MIN_SECRET_BYTES`](crate::MIN_SECRET_BYTES) bytes (after trimming
+    /// surrounding whitespace); an empty file is the commonest case.
+    #[error(
+        "holds {0} bytes after trimming whitespace; a cluster secret needs at least {min} \
+         (e.g. `head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE`)",
+        min = crate::MIN_SECRET_BYTES
+    )]
+    TooShort(usize),
+    /// Other users may read it (Unix mode bits `o+r`, `o+w` or `o+x` set).
+    #[error("is accessible to every user (mode {0:o}); make it private with `chmod 600`")]
+    WorldAccessible(u32),
 }
 
 impl Error {

@@ -69,8 +69,24 @@
 //! - A Raft snapshot (used to purge Raft's log and to catch up far-behind servers) serializes
 //!   the whole state machine in memory; fine for ledgers that are compacted regularly, not for
 //!   very large state.
-//! - No TLS or authentication on the transport.
+//!
+//! # Security of the transport
+//! - **Authentication**: with a [`ClusterSecret`] (`--secret-file`), every connection starts
+//!   with a mutual HMAC-SHA256 challenge–response over fresh nonces from both sides; a server
+//!   refuses a client (or a Raft peer) that cannot prove the secret before reading any request,
+//!   and a client refuses a server that cannot, each with an [`Error::Unauthenticated`] /
+//!   logged reason. Without a secret on either side, connections are open; the CLI allows that
+//!   only on loopback addresses. Frames are **not encrypted** and not signed one by one: an
+//!   attacker who can read or rewrite the traffic between hosts is out of scope (use a private
+//!   network or a tunnel).
+//! - **Limits**: a frame's length is checked against [`MAX_FRAME_BYTES`] before anything is
+//!   allocated (handshake frames: 256 bytes); records and snapshots are at most
+//!   [`MAX_PAYLOAD_BYTES`]; a connection has at most [`MAX_INFLIGHT_PER_CONNECTION`] requests
+//!   and [`MAX_INFLIGHT_BYTES_PER_CONNECTION`] request bytes in flight (the server stops reading
+//!   it until one is answered) and a server at most [`MAX_CONNECTIONS`] connections. Every
+//!   bincode decode of outside bytes goes through [`decode_bounded`].
 
+mod auth;
 mod client;
 mod codec;
 mod dedup;
@@ -87,12 +103,18 @@ mod types;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use auth::{ClusterSecret, MIN_SECRET_BYTES};
 pub use client::{ClientOptions, LogClient};
+pub use codec::decode_bounded;
 pub use dedup::{DedupConfig, DedupFilter};
 pub use embedded::EmbeddedLog;
-pub use error::{Error, Result};
+pub use error::{AuthFailure, Error, Result, SecretProblem};
+pub use net::{
+    MAX_CONNECTIONS, MAX_FRAME_BYTES, MAX_INFLIGHT_BYTES_PER_CONNECTION,
+    MAX_INFLIGHT_PER_CONNECTION, MAX_PAYLOAD_BYTES,
+};
 pub use node::Tuning;
-pub use server::{status, LogServer, ServerConfig};
+pub use server::{status, status_with, LogServer, ServerConfig};
 pub use store::REQUEST_ID_WINDOW;
 pub use types::{CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus};
 

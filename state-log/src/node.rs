@@ -13,6 +13,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::auth::ClusterSecret;
 use crate::error::{Error, Result};
 use crate::raft_net::Network;
 use crate::raft_types::{Command, CommandBatch, LogRaft, Outcome};
@@ -96,13 +97,20 @@ pub(crate) struct Node {
 
 impl Node {
     /// Opens the node's storage under `dir` and starts Raft (not yet initialized if new).
-    pub(crate) async fn open(id: u64, addr: String, dir: &Path, tuning: &Tuning) -> Result<Self> {
+    /// Raft connections to other nodes prove `secret` if given.
+    pub(crate) async fn open(
+        id: u64,
+        addr: String,
+        dir: &Path,
+        tuning: &Tuning,
+        secret: Option<ClusterSecret>,
+    ) -> Result<Self> {
         let config = Arc::new(tuning.raft_config()?);
         let db = open_db(dir)?;
         let flusher = Flusher::start(db.clone());
         let log_store = LogStore::new(db.clone(), &flusher);
         let sm = StateMachineStore::new(db);
-        let raft = LogRaft::new(id, config, Network::default(), log_store, sm.clone())
+        let raft = LogRaft::new(id, config, Network::new(secret), log_store, sm.clone())
             .await
             .map_err(|e| Error::Fatal(format!("starting raft: {e}")))?;
         let (tx, rx) = mpsc::channel(tuning.max_batch_commands.max(1) * 4);
@@ -225,6 +233,22 @@ impl Node {
             .map_err(|e| Error::Fatal(format!("read task: {e}")))?
     }
 
+    /// Linearizable read of one page of a ledger (leader only): see
+    /// [`StateMachineStore::read_ledger_page`].
+    pub(crate) async fn read_page(
+        &self,
+        ledger: &str,
+        from: u64,
+        budget: usize,
+    ) -> Result<(LedgerRead, bool)> {
+        self.linearize().await?;
+        let sm = self.sm.clone();
+        let ledger = ledger.to_string();
+        tokio::task::spawn_blocking(move || sm.read_ledger_page(&ledger, from, budget))
+            .await
+            .map_err(|e| Error::Fatal(format!("read task: {e}")))?
+    }
+
     /// Linearizable size information of a ledger (leader only).
     pub(crate) async fn info(&self, ledger: &str) -> Result<LedgerInfo> {
         self.linearize().await?;
@@ -256,6 +280,7 @@ impl Node {
                 current_term: m.current_term,
                 last_log_index: m.last_log_index,
                 last_applied: m.last_applied.map(|l| l.index),
+                refused: None,
             },
             members,
         )
@@ -349,15 +374,29 @@ async fn run_committer(
     counters: Arc<Counters>,
 ) {
     let slots = Arc::new(Semaphore::new(tuning.max_inflight_batches.max(1)));
+    // A command that would have taken a batch past `max_batch_bytes` starts the next one, so an
+    // entry is never larger than that or than its single command (and so it always fits in an
+    // `AppendEntries` frame).
+    let mut carried: Option<Submission> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let Some(first) = rx.recv().await else { break };
+        let first = match carried.take() {
+            Some(s) => s,
+            None => match rx.recv().await {
+                Some(s) => s,
+                None => break,
+            },
+        };
         let mut bytes = first.cmd.size();
         let mut batch = vec![first];
         while batch.len() < tuning.max_batch_commands && bytes < tuning.max_batch_bytes {
             match rx.try_recv() {
+                Ok(s) if bytes + s.cmd.size() > tuning.max_batch_bytes => {
+                    carried = Some(s);
+                    break;
+                }
                 Ok(s) => {
                     bytes += s.cmd.size();
                     batch.push(s);

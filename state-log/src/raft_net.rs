@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -14,14 +15,27 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 
+use crate::auth::ClusterSecret;
 use crate::error::Error;
 use crate::net::{Request, Response, RpcClient};
 use crate::raft_types::TypeConfig;
 
-/// Creates (and caches) one connection per peer address.
+/// Creates (and caches) one connection per peer address, authenticated with the cluster
+/// secret if the node has one.
 #[derive(Clone, Default)]
 pub(crate) struct Network {
     clients: Arc<Mutex<HashMap<String, Arc<RpcClient>>>>,
+    secret: Option<ClusterSecret>,
+}
+
+impl Network {
+    /// A network whose connections prove `secret`.
+    pub(crate) fn new(secret: Option<ClusterSecret>) -> Self {
+        Self {
+            clients: Arc::default(),
+            secret,
+        }
+    }
 }
 
 /// The connection to one peer.
@@ -39,7 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .lock()
             .expect("clients lock")
             .entry(node.addr.clone())
-            .or_insert_with(|| Arc::new(RpcClient::new(node.addr.clone())))
+            .or_insert_with(|| Arc::new(RpcClient::new(node.addr.clone(), self.secret.clone())))
             .clone();
         PeerConnection { target, client }
     }
@@ -85,6 +99,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let entries = rpc.entries.len() as u64;
         match self
             .call(Request::AppendEntries(rpc), option.hard_ttl())
             .await
@@ -93,6 +108,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             Ok(other) => Err(self.unexpected(other)),
+            // Over the frame limit: openraft retries at once with fewer entries (a single entry
+            // always fits, since a client's record is at most `MAX_PAYLOAD_BYTES`).
+            Err(Error::TooLarge { .. }) if entries > 1 => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            )),
             Err(e) => Err(self.transport_error(e)),
         }
     }

@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 
+use crate::auth::ClusterSecret;
 use crate::error::{Error, Result};
-use crate::net::{serve, Handler, Request, Response, RpcClient, StatusReply};
+use crate::net::{
+    serve, Handler, ReadPage, Request, Response, RpcClient, ServeOptions, StatusReply,
+    READ_PAGE_BYTES,
+};
 use crate::node::{Node, Tuning};
 use crate::types::{CommitStats, Role, ServerStatus};
 
@@ -26,10 +30,13 @@ pub struct ServerConfig {
     pub cluster: BTreeMap<u64, String>,
     /// Raft and group-commit tuning.
     pub tuning: Tuning,
+    /// The cluster secret: clients and other servers must prove it, and this server proves it
+    /// to the others. `None` serves only clients without one (use it on loopback only).
+    pub secret: Option<ClusterSecret>,
 }
 
 impl ServerConfig {
-    /// A config with default tuning.
+    /// A config with default tuning and no secret.
     pub fn new(
         id: u64,
         listen_addr: impl Into<String>,
@@ -42,6 +49,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             cluster,
             tuning: Tuning::default(),
+            secret: None,
         }
     }
 }
@@ -78,9 +86,21 @@ impl LogServer {
             ))
         })?;
         let local_addr = listener.local_addr()?;
-        let node =
-            Arc::new(Node::open(config.id, advertised, &config.data_dir, &config.tuning).await?);
-        let serve_task = tokio::spawn(serve(listener, node.clone()));
+        let node = Arc::new(
+            Node::open(
+                config.id,
+                advertised,
+                &config.data_dir,
+                &config.tuning,
+                config.secret.clone(),
+            )
+            .await?,
+        );
+        let serve_task = tokio::spawn(serve(
+            listener,
+            node.clone(),
+            ServeOptions::new(config.secret.clone()),
+        ));
         let lowest = config.cluster.keys().next().copied();
         if lowest == Some(config.id) {
             let members: BTreeMap<u64, BasicNode> = config
@@ -202,7 +222,11 @@ impl Handler for Node {
                 self.ledger_write(req, None).await
             }
             Request::Fenced { fence, request } => self.ledger_write(*request, Some(fence)).await,
-            Request::Read { ledger, from } => Response::Read(self.read(&ledger, from).await),
+            Request::Read { ledger, from } => Response::Read(
+                self.read_page(&ledger, from, READ_PAGE_BYTES)
+                    .await
+                    .map(|(read, complete)| ReadPage { read, complete }),
+            ),
             Request::Info { ledger } => Response::Info(self.info(&ledger).await),
             Request::Status => {
                 let (status, members) = self.status();
@@ -213,18 +237,31 @@ impl Handler for Node {
 }
 
 /// Asks every server (those in `addrs`, plus members they name) for its status, for an
-/// operator's `log-status` command. Servers that do not answer within a second are
-/// [`Role::Unreachable`].
+/// operator's `log-status` command, without a cluster secret (see [`status_with`]).
 pub async fn status(addrs: &[String]) -> Vec<ServerStatus> {
-    async fn ask(addr: String) -> (String, Option<StatusReply>) {
-        let client = RpcClient::new(addr.clone());
-        match client.call(Request::Status, Duration::from_secs(1)).await {
-            Ok(Response::Status(r)) => (addr, Some(r)),
-            _ => (addr, None),
+    status_with(addrs, None).await
+}
+
+/// Asks every server (those in `addrs`, plus members they name) for its status, proving
+/// `secret` if given. Servers that do not answer within a second are [`Role::Unreachable`];
+/// a server that refuses the connection (wrong or missing secret) is [`Role::Unreachable`]
+/// too, with the reason in `refused`.
+pub async fn status_with(addrs: &[String], secret: Option<&ClusterSecret>) -> Vec<ServerStatus> {
+    let secret = secret.cloned();
+    let ask = |addr: String| {
+        let secret = secret.clone();
+        async move {
+            let client = RpcClient::new(addr.clone(), secret);
+            match client.call(Request::Status, Duration::from_secs(1)).await {
+                Ok(Response::Status(r)) => (addr, Ok(r)),
+                Ok(other) => (addr, Err(Some(format!("unexpected answer {other:?}")))),
+                Err(e @ Error::Unauthenticated { .. }) => (addr, Err(Some(e.to_string()))),
+                Err(_) => (addr, Err(None)),
+            }
         }
-    }
+    };
     let mut asked = BTreeSet::new();
-    let mut answers: Vec<(String, Option<StatusReply>)> = Vec::new();
+    let mut answers: Vec<(String, std::result::Result<StatusReply, Option<String>>)> = Vec::new();
     let mut todo: Vec<String> = addrs.to_vec();
     while !todo.is_empty() {
         let round: Vec<String> = todo.drain(..).filter(|a| asked.insert(a.clone())).collect();
@@ -233,7 +270,7 @@ pub async fn status(addrs: &[String]) -> Vec<ServerStatus> {
             set.spawn(ask(a));
         }
         while let Some(Ok(ans)) = set.join_next().await {
-            if let Some(r) = &ans.1 {
+            if let Ok(r) = &ans.1 {
                 todo.extend(
                     r.members
                         .iter()
@@ -246,14 +283,14 @@ pub async fn status(addrs: &[String]) -> Vec<ServerStatus> {
     }
     let ids: BTreeMap<String, u64> = answers
         .iter()
-        .filter_map(|(_, r)| r.as_ref())
+        .filter_map(|(_, r)| r.as_ref().ok())
         .flat_map(|r| r.members.iter().map(|(id, a)| (a.clone(), *id)))
         .collect();
     let mut out: Vec<ServerStatus> = answers
         .into_iter()
         .map(|(addr, r)| match r {
-            Some(r) => ServerStatus { addr, ..r.status },
-            None => ServerStatus {
+            Ok(r) => ServerStatus { addr, ..r.status },
+            Err(refused) => ServerStatus {
                 id: ids.get(&addr).copied(),
                 addr,
                 role: Role::Unreachable,
@@ -261,6 +298,7 @@ pub async fn status(addrs: &[String]) -> Vec<ServerStatus> {
                 current_term: 0,
                 last_log_index: None,
                 last_applied: None,
+                refused,
             },
         })
         .collect();

@@ -700,6 +700,21 @@ impl StateMachineStore {
     /// Reads a ledger: the latest snapshot if it covers `from` or later, and the entries after.
     /// Every record is checksummed; a mismatch is [`Error::Corrupt`].
     pub(crate) fn read_ledger(&self, ledger: &str, from: u64) -> Result<LedgerRead> {
+        self.read_ledger_page(ledger, from, usize::MAX)
+            .map(|(read, _)| read)
+    }
+
+    /// Like [`StateMachineStore::read_ledger`], stopping before the entries would take the
+    /// read past `budget` bytes (snapshot included) — but never with nothing: without a
+    /// snapshot, the first entry is always taken. Also says whether the read is complete (no
+    /// entry was left out); if not, the rest is read from the position after the last entry
+    /// (or after the snapshot, if it came alone).
+    pub(crate) fn read_ledger_page(
+        &self,
+        ledger: &str,
+        from: u64,
+        budget: usize,
+    ) -> Result<(LedgerRead, bool)> {
         let prefix = codec::ledger_prefix(ledger)?;
         let snap = self.db.snapshot();
         let mut stats = ReadStats::default();
@@ -714,6 +729,7 @@ impl StateMachineStore {
             }
         }
         let mut entries = Vec::new();
+        let mut complete = true;
         let key = codec::record_key(&prefix, start);
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&snap);
@@ -727,6 +743,12 @@ impl StateMachineStore {
             let Some(position) = codec::record_position(&prefix, &k) else {
                 break;
             };
+            let taken = stats.bytes_read as usize;
+            let alone = snapshot.is_none() && entries.is_empty();
+            if !alone && taken.saturating_add(v.len().saturating_sub(4)) > budget {
+                complete = false;
+                break;
+            }
             stats.records_scanned += 1;
             let payload = codec::check_record_value(&v).map_err(|detail| Error::Corrupt {
                 ledger: ledger.to_string(),
@@ -736,11 +758,12 @@ impl StateMachineStore {
             stats.bytes_read += payload.len() as u64;
             entries.push((position, payload.to_vec()));
         }
-        Ok(LedgerRead {
+        let read = LedgerRead {
             snapshot,
             entries,
             stats,
-        })
+        };
+        Ok((read, complete))
     }
 
     /// Size information of a ledger (all zero for a ledger never appended to).

@@ -96,6 +96,11 @@ pub struct ServerStatus {
     pub last_log_index: Option<u64>,
     /// Index of the last Raft log entry applied to its ledgers.
     pub last_applied: Option<u64>,
+    /// Why the server refused the connection (an [`Error::Unauthenticated`](crate::Error)
+    /// message: a wrong or missing cluster secret), if it did; its role is then
+    /// [`Role::Unreachable`].
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// Counters of the group committer of one node.

@@ -1,11 +1,26 @@
-//! A 3-node log-server cluster over real TCP on 127.0.0.1 with RocksDB in temp dirs.
+//! A 3-node log-server cluster over real TCP on 127.0.0.1 with RocksDB in temp dirs, every
+//! connection (clients and Raft peers) authenticated with a cluster secret.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sardonyx_state_log::{
-    status, Error, LogClient, LogServer, RequestId, Role, ServerConfig, ServerStatus, Tuning,
+    status_with, AuthFailure, ClientOptions, ClusterSecret, Error, LogClient, LogServer, RequestId,
+    Role, ServerConfig, ServerStatus, Tuning,
 };
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes(b"the test cluster's shared secret").unwrap()
+}
+
+/// A client of `addrs` proving `secret`.
+fn client_with(addrs: &[String], secret: Option<ClusterSecret>) -> LogClient {
+    let options = ClientOptions {
+        secret,
+        ..ClientOptions::default()
+    };
+    LogClient::with_options(addrs.to_vec(), options).unwrap()
+}
 
 fn tuning() -> Tuning {
     Tuning {
@@ -22,6 +37,7 @@ fn tuning() -> Tuning {
 fn config(id: u64, dirs: &[tempfile::TempDir], cluster: &BTreeMap<u64, String>) -> ServerConfig {
     ServerConfig {
         tuning: tuning(),
+        secret: Some(secret()),
         ..ServerConfig::new(
             id,
             cluster[&id].clone(),
@@ -35,7 +51,7 @@ fn config(id: u64, dirs: &[tempfile::TempDir], cluster: &BTreeMap<u64, String>) 
 async fn wait_status(addrs: &[String], want_reachable: usize) -> Vec<ServerStatus> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let st = status(addrs).await;
+        let st = status_with(addrs, Some(&secret())).await;
         let leaders: Vec<_> = st.iter().filter(|s| s.role == Role::Leader).collect();
         let reachable = st.iter().filter(|s| s.role != Role::Unreachable).count();
         if leaders.len() == 1 && reachable == want_reachable {
@@ -88,7 +104,56 @@ async fn three_nodes_failover_catch_up_and_dedup() {
         .id
         .unwrap();
 
-    let client = LogClient::connect(addrs.clone()).unwrap();
+    // Without the secret, or with another one, nothing gets in: no append, no status, no vote
+    // (the servers' terms do not move).
+    let terms: Vec<u64> = st.iter().map(|s| s.current_term).collect();
+    let e = client_with(&addrs, None)
+        .append("slot-1", RequestId::new(66, 0), b"intruder".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Unauthenticated {
+                failure: AuthFailure::SecretRequired,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let other = ClusterSecret::from_bytes(b"a different secret, same length!").unwrap();
+    let e = client_with(&addrs, Some(other.clone()))
+        .append("slot-1", RequestId::new(66, 1), b"intruder".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Unauthenticated {
+                failure: AuthFailure::BadServerProof,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    for s in status_with(&addrs, Some(&other)).await {
+        assert_eq!(s.role, Role::Unreachable);
+        assert_eq!(
+            s.refused.as_deref(),
+            Some(
+                format!(
+                    "authentication with the log server at {} failed: the server's proof is \
+                     wrong: it holds a different secret or is an impostor",
+                    s.addr
+                )
+                .as_str()
+            )
+        );
+    }
+    let st = wait_status(&addrs, 3).await;
+    assert_eq!(st.iter().map(|s| s.current_term).collect::<Vec<_>>(), terms);
+
+    let client = client_with(&addrs, Some(secret()));
     for i in 0..10u64 {
         let p = client
             .append("slot-1", RequestId::new(7, i), format!("r{i}").into_bytes())

@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
 
+use sardonyx_state_log::decode_bounded;
 use sardonyx_windowing::trigger::{FireEvent, Firing};
 use sardonyx_windowing::{Snapshot, Transition, Value, WindowKind, WindowOperator};
 use serde::{Deserialize, Serialize};
@@ -272,7 +273,7 @@ pub fn encode_batch_record(record: &BatchRecord) -> Vec<u8> {
 
 /// Decodes a ledger entry.
 pub fn decode_record(bytes: &[u8]) -> Result<SlotRecord, String> {
-    match bincode::serde::decode_from_slice::<SlotRecord, _>(bytes, config()) {
+    match decode_bounded::<SlotRecord>(bytes) {
         Ok((r, n)) if n == bytes.len() => Ok(r),
         Ok((_, n)) => Err(format!("{} trailing bytes", bytes.len() - n)),
         Err(e) => Err(e.to_string()),
@@ -330,20 +331,35 @@ pub fn encode_snapshot_ref(s: &SlotSnapshotRef<'_>) -> Vec<u8> {
     z.finish().expect(FAILED)
 }
 
-/// Decodes a snapshot (compressed, or uncompressed as written before compression).
+/// Most bytes a snapshot may decompress to. A zstd frame of a few bytes can claim gigabytes;
+/// the decompressed bytes are read into a buffer that grows with what actually comes out, up to
+/// this. (A snapshot travels in one frame of at most 127 MiB compressed; window state and dedup
+/// filters compress about 2.5×.)
+pub const MAX_SNAPSHOT_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
+/// Decodes a snapshot (compressed, or uncompressed as written before compression). Safe on any
+/// bytes: an error, never a panic, and no allocation sized by a length the bytes declare before
+/// it is checked ([`decode_bounded`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<SlotSnapshot, String> {
     let Some(frame) = bytes.strip_prefix(&[ZSTD_SNAPSHOT]) else {
-        return bincode::serde::decode_from_slice::<SlotSnapshot, _>(bytes, config())
+        return decode_bounded::<SlotSnapshot>(bytes)
             .map(|(s, _)| s)
             .map_err(|e| e.to_string());
     };
-    let mut z = zstd::stream::Decoder::new(frame).map_err(|e| format!("zstd: {e}"))?;
-    let snapshot: SlotSnapshot =
-        bincode::serde::decode_from_std_read(&mut z, config()).map_err(|e| e.to_string())?;
-    match z.read(&mut [0]) {
-        Ok(0) => Ok(snapshot),
+    let z = zstd::stream::Decoder::new(frame).map_err(|e| format!("zstd: {e}"))?;
+    let mut plain = Vec::new();
+    z.take(MAX_SNAPSHOT_DECOMPRESSED_BYTES + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if plain.len() as u64 > MAX_SNAPSHOT_DECOMPRESSED_BYTES {
+        return Err(format!(
+            "the snapshot decompresses to more than {MAX_SNAPSHOT_DECOMPRESSED_BYTES} bytes"
+        ));
+    }
+    match decode_bounded::<SlotSnapshot>(&plain) {
+        Ok((snapshot, n)) if n == plain.len() => Ok(snapshot),
         Ok(_) => Err("trailing bytes after the snapshot".into()),
-        Err(e) => Err(format!("zstd: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -538,7 +554,7 @@ enum RecordHead {
 
 fn record_head(bytes: &[u8]) -> Result<RecordHead, String> {
     let ((variant, epoch), _): ((u32, u64), usize) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+        decode_bounded(bytes).map_err(|e| e.to_string())?;
     match variant {
         0 => Ok(RecordHead::Owner { epoch }),
         1 => Ok(RecordHead::Batch { epoch }),
@@ -586,7 +602,7 @@ impl FilterMark {
 
     /// A mark from its bytes; `None` for anything else (an unknown mark is no mark).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        match bincode::serde::decode_from_slice(bytes, config()) {
+        match decode_bounded(bytes) {
             Ok((m, n)) if n == bytes.len() => Some(m),
             _ => None,
         }
