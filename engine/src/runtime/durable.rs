@@ -412,9 +412,14 @@ fn crash_point_after_commit() {
     };
     if COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == after {
         tracing::warn!(after, "test crash point: killing this process with SIGKILL");
-        let _ = std::process::Command::new("kill")
+        let sent = std::process::Command::new("kill")
             .args(["-9", &std::process::id().to_string()])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            // No `kill` to run: die at once all the same (SIGABRT, no cleanup either).
+            std::process::abort();
+        }
         // SIGKILL is on its way; this thread does nothing more.
         loop {
             std::thread::park();
