@@ -243,6 +243,13 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A temporary directory holding a copy of `case`, for one run to write into.
+fn scratch_copy(case: &Path) -> Result<tempfile::TempDir, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    copy_dir(case, scratch.path()).map_err(|e| format!("copying the case: {e}"))?;
+    Ok(scratch)
+}
+
 /// Runs one case with `peers` peers per task and returns every difference found (empty when
 /// the case passes).
 pub async fn run_case(case: &Path, peers: usize) -> Vec<String> {
@@ -251,13 +258,10 @@ pub async fn run_case(case: &Path, peers: usize) -> Vec<String> {
         case.file_name().unwrap_or_default().to_string_lossy()
     );
     let fail = |m: String| vec![format!("{name}: {m}")];
-    let scratch = match tempfile::tempdir() {
+    let scratch = match scratch_copy(case) {
         Ok(d) => d,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
-    if let Err(e) = copy_dir(case, scratch.path()) {
-        return fail(format!("copying the case: {e}"));
-    }
     let job = match load_job(case, scratch.path()) {
         Ok(j) => j,
         Err(e) => return fail(e),
@@ -556,13 +560,10 @@ pub fn run_case_killed(case: &Path, peers: usize, crash_after: u64) -> Vec<Strin
         case.file_name().unwrap_or_default().to_string_lossy()
     );
     let fail = |m: String| vec![format!("{name}: {m}")];
-    let scratch = match tempfile::tempdir() {
+    let scratch = match scratch_copy(case) {
         Ok(d) => d,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
-    if let Err(e) = copy_dir(case, scratch.path()) {
-        return fail(format!("copying the case: {e}"));
-    }
     match run_child(case, scratch.path(), peers, Some(crash_after)) {
         Ok((status, _)) if status.signal() == Some(9) => {}
         Ok((status, output)) => {
