@@ -6,7 +6,7 @@
 //! reads the rest of the file. The restart is timed from the instant before `spawn` to:
 //!
 //! - **slot recovered**: the engine's `windowed slot recovered` log line (tracing, INFO, target
-//!   `sardonyx::runtime::durable`) reaches us: the process started, opened the embedded log,
+//!   `sardonyx::runtime::slot_log`) reaches us: the process started, opened the embedded log,
 //!   took over the job and rebuilt the windowed slot (snapshot + ledger tail replayed, dedup
 //!   filter rebuilt). The engine also reports that slot's own share (`millis`) when the run ends.
 //! - **processing again**: the first progress line (`--progress-ms 10`) whose `logged` count is
@@ -141,7 +141,7 @@ impl Proc {
         let mut cmd = launcher.command(args);
         cmd.env(
             "SARDONYX_LOG",
-            "warn,sardonyx::runtime::durable=info,sardonyx::cli=info",
+            "warn,sardonyx::runtime::slot_log=info,sardonyx::cli=info",
         )
         .env("NO_COLOR", "1")
         .current_dir(cwd)

@@ -476,14 +476,14 @@ fn run_child(
             "--test-threads=1",
         ])
         .env(GOLDEN_CHILD, spec.to_string())
-        .env_remove(sardonyx::runtime::durable::CRASH_AFTER_RECORDS)
+        .env_remove(sardonyx::runtime::CRASH_AFTER_RECORDS)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
     if let Some(n) = crash_after {
         command.env(
-            sardonyx::runtime::durable::CRASH_AFTER_RECORDS,
+            sardonyx::runtime::CRASH_AFTER_RECORDS,
             n.to_string(),
         );
     }

@@ -1,83 +1,17 @@
-//! The I/O side of exactly-once state: the job's ledgers in the state log, windowed slots'
-//! ledgers and dedup filters, and the inputs' committed positions (DESIGN §5; the record
-//! protocol itself is [`crate::state`]).
-//!
-//! Ledgers of a job with id `J` (a job without `id` is named by a hash of its definition):
-//! - `J/meta`: one record per run: the generation and every task's peer count. Its position
-//!   (+1) is the run's **epoch**, greater than every earlier run's.
-//! - `J/g<gen>/<task>/<peer>`: a windowed slot (see [`crate::state`]).
-//! - `J/g<gen>/<task>/<peer>/input`: an input peer's committed positions. A position is
-//!   appended only once every segment read before it is fully processed downstream — in
-//!   particular once every windowed slot has committed the records of those segments — so
-//!   resuming there loses nothing; what is read again is deduplicated by the slots' filters.
-//!
-//! `--fresh` starts a new generation (new ledger names) and compacts the old one away.
+//! A windowed slot's ledger and dedup filter: taking the slot over (owner record, recovery),
+//! appending its batch records, inserting committed ids into the filter, compaction.
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sardonyx_connectors::Positions;
-use sardonyx_state_log::{DedupConfig, DedupFilter, Ledgers, RequestId};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
-use super::{routing, Progress, RunError};
-use crate::job::Job;
+use super::job_log::{log_error, slot_write_error, JobState};
+use super::{Progress, RunError};
 use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
-
-/// Where and how a job keeps its exactly-once state.
-#[derive(Clone)]
-pub struct StateOptions {
-    /// The state log (an embedded log or a client of a log cluster).
-    pub store: Arc<dyn Ledgers>,
-    /// A local directory for the dedup filters (derived state: kept across restarts while it
-    /// matches the log, rebuilt from it otherwise).
-    pub dir: PathBuf,
-    /// Start the job over instead of resuming it.
-    pub fresh: bool,
-    /// Compact a windowed slot's ledger (snapshot, drop the prefix) once the entries since its
-    /// last snapshot exceed this many bytes.
-    pub compact_after_bytes: u64,
-    /// Shape of each windowed slot's dedup filter (its horizon).
-    pub dedup: DedupConfig,
-    /// Most gathered batches a windowed slot puts into one ledger record: the batches that
-    /// queue up while the slot's previous record commits are merged into its next record (so
-    /// the slower the log, the fewer and larger the records). 1: one record per batch.
-    pub max_merged_batches: usize,
-}
-
-impl std::fmt::Debug for StateOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateOptions")
-            .field("dir", &self.dir)
-            .field("fresh", &self.fresh)
-            .field("compact_after_bytes", &self.compact_after_bytes)
-            .field("dedup", &self.dedup)
-            .field("max_merged_batches", &self.max_merged_batches)
-            .finish_non_exhaustive()
-    }
-}
-
-impl StateOptions {
-    /// State in `store`, filters under `dir`, compaction past 16 MiB, the default dedup horizon,
-    /// up to 16 batches per record.
-    pub fn new(store: Arc<dyn Ledgers>, dir: impl Into<PathBuf>) -> Self {
-        StateOptions {
-            store,
-            dir: dir.into(),
-            fresh: false,
-            compact_after_bytes: 16 << 20,
-            dedup: DedupConfig::default(),
-            max_merged_batches: 16,
-        }
-    }
-}
 
 /// What recovering one windowed slot read and did (for reports and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,6 +44,14 @@ pub struct FilterOpened {
     pub reused: bool,
     /// Ids inserted (those of the batches the filter did not hold yet, or all of them).
     pub ids: u64,
+}
+
+/// The error of the dedup filter of the slot `ledger`.
+fn filter_error(ledger: &str) -> impl FnOnce(sardonyx_state_log::Error) -> RunError + '_ {
+    move |source| RunError::DedupFilter {
+        ledger: ledger.to_owned(),
+        source,
+    }
 }
 
 /// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
@@ -154,243 +96,6 @@ fn open_filter(
         ids: rest.iter().map(|(_, ids)| ids.len() as u64).sum(),
     };
     Ok((f, opened))
-}
-
-fn state_error(e: impl std::fmt::Display) -> RunError {
-    RunError::State(e.to_string())
-}
-
-/// The error of a write to a windowed slot's ledger. A write the log refused because a newer
-/// run took the slot over says so: this run is stale (a "zombie") and stops.
-fn slot_write_error(e: sardonyx_state_log::Error) -> RunError {
-    match e {
-        sardonyx_state_log::Error::Fenced {
-            ledger,
-            fence,
-            current,
-        } => RunError::State(format!(
-            "windowed slot {ledger:?} was taken over by a newer run (epoch {current}): the \
-             write of this run (epoch {fence}) was refused, and this run stops"
-        )),
-        e => state_error(e),
-    }
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Meta {
-    generation: u64,
-    peers: Vec<(String, u64)>,
-    windowed: Vec<String>,
-    /// How grouped keys were placed on slots ([`routing::ROUTING`]).
-    routing: String,
-}
-
-/// A meta record written before the key placement was recorded: its keys were placed with
-/// std's `DefaultHasher` ([`LEGACY_ROUTING`]).
-#[derive(Deserialize)]
-struct MetaWithoutRouting {
-    generation: u64,
-    peers: Vec<(String, u64)>,
-    windowed: Vec<String>,
-}
-
-/// The placement of meta records that name none.
-const LEGACY_ROUTING: &str = "std DefaultHasher";
-
-impl Meta {
-    /// Decodes a meta record of this version or of the one before it.
-    fn decode(bytes: &[u8]) -> Result<Meta, String> {
-        decode::<Meta>(bytes).or_else(|e| {
-            decode::<MetaWithoutRouting>(bytes)
-                .map(|m| Meta {
-                    generation: m.generation,
-                    peers: m.peers,
-                    windowed: m.windowed,
-                    routing: LEGACY_ROUTING.to_owned(),
-                })
-                .map_err(|_| e)
-        })
-    }
-}
-
-/// The windowed tasks of `meta` with more than one peer: their state and dedup ids are split
-/// among slots by key placement (the group key, or the uniqueness id of an ungrouped task).
-fn placed_by_key(meta: &Meta) -> Vec<String> {
-    meta.peers
-        .iter()
-        .filter(|(t, n)| *n > 1 && meta.windowed.contains(t))
-        .map(|(t, n)| format!("{t}={n}"))
-        .collect()
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory encoding")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
-}
-
-/// A stable name for a job without an `id`: a hash of its JSON form.
-fn job_name(job: &Job) -> String {
-    match &job.id {
-        Some(id) => id.clone(),
-        None => {
-            let json = serde_json::to_string(job).unwrap_or_default();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            json.hash(&mut h);
-            format!("job-{:016x}", h.finish())
-        }
-    }
-}
-
-fn process_nonce() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (t, std::process::id()).hash(&mut h);
-    h.finish()
-}
-
-/// The job-wide part: which generation, which epoch, where ledgers live.
-pub(crate) struct JobState {
-    pub options: StateOptions,
-    /// True when this run continues an earlier run's state (same generation).
-    pub resumed: bool,
-    /// `J/g<gen>`.
-    pub prefix: String,
-    /// This run's epoch (greater than every earlier run's).
-    pub epoch: u64,
-    nonce: u64,
-}
-
-impl JobState {
-    /// Reads the job's meta ledger, checks the peer counts of a resumed job, and records this run.
-    pub async fn open(
-        job: &Job,
-        options: StateOptions,
-        peers: &BTreeMap<String, usize>,
-        windowed: Vec<String>,
-    ) -> Result<JobState, RunError> {
-        let name = job_name(job);
-        let meta_ledger = format!("{name}/meta");
-        let store = &options.store;
-        let read = store.read(&meta_ledger, 0).await.map_err(state_error)?;
-        let last = match read
-            .entries
-            .last()
-            .map(|(p, b)| (*p, b))
-            .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
-        {
-            Some((pos, bytes)) => Some(Meta::decode(bytes).map_err(|d| {
-                state_error(format!(
-                    "corrupt record in ledger {meta_ledger:?} at position {pos}: {d}"
-                ))
-            })?),
-            None => None,
-        };
-        let peers_now: Vec<(String, u64)> =
-            peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
-        let generation = match &last {
-            None => 0,
-            Some(m) if options.fresh => m.generation + 1,
-            Some(m) => {
-                if m.peers != peers_now {
-                    return Err(RunError::State(format!(
-                        "job {name:?} was run with other peer counts ({}) than now ({}); its \
-                         state cannot be split differently: run it with the same counts, or \
-                         start over with --fresh",
-                        fmt_peers(&m.peers),
-                        fmt_peers(&peers_now)
-                    )));
-                }
-                let split = placed_by_key(m);
-                if m.routing != routing::ROUTING && !split.is_empty() {
-                    return Err(RunError::State(format!(
-                        "job {name:?} was run by a version that placed keys on slots \
-                         with another hash ({}; now {}), and its state is split by key ({}): \
-                         resumed, keys would be looked up on other slots than their state and \
-                         dedup ids. Finish it with that version, or start over with --fresh",
-                        m.routing,
-                        routing::ROUTING,
-                        split.join(", ")
-                    )));
-                }
-                m.generation
-            }
-        };
-        let nonce = process_nonce();
-        let meta = Meta {
-            generation,
-            peers: peers_now,
-            windowed,
-            routing: routing::ROUTING.to_owned(),
-        };
-        let bytes = encode(&meta);
-        let pos = store
-            .append(&meta_ledger, RequestId::new(nonce, 0), bytes.clone())
-            .await
-            .map_err(state_error)?;
-        store
-            .snapshot(&meta_ledger, pos, bytes)
-            .await
-            .map_err(state_error)?;
-        let resumed = last.as_ref().is_some_and(|m| m.generation == generation);
-        if let Some(old) = last.filter(|m| m.generation != generation) {
-            drop_generation(store.as_ref(), &name, &old).await?;
-        }
-        Ok(JobState {
-            resumed,
-            prefix: format!("{name}/g{generation}"),
-            epoch: pos + 1,
-            nonce,
-            options,
-        })
-    }
-
-    /// The request ids of one ledger's appends: a client id unique to this process and ledger.
-    fn client(&self, ledger: &str) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ledger.hash(&mut h);
-        self.nonce ^ h.finish()
-    }
-
-    fn slot_ledger(&self, task: &str, peer: usize) -> String {
-        format!("{}/{task}/{peer}", self.prefix)
-    }
-}
-
-fn fmt_peers(p: &[(String, u64)]) -> String {
-    p.iter()
-        .map(|(t, n)| format!("{t}={n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Compacts away every ledger of an old generation (an empty snapshot over its last entry).
-async fn drop_generation(store: &dyn Ledgers, name: &str, old: &Meta) -> Result<(), RunError> {
-    let mut ledgers = Vec::new();
-    for (task, n) in &old.peers {
-        for p in 0..*n {
-            ledgers.push(format!("{name}/g{}/{task}/{p}/input", old.generation));
-            if old.windowed.contains(task) {
-                ledgers.push(format!("{name}/g{}/{task}/{p}", old.generation));
-            }
-        }
-    }
-    for l in ledgers {
-        let info = store.info(&l).await.map_err(state_error)?;
-        if info.entries > 0 {
-            store
-                .snapshot(&l, info.next_position - 1, Vec::new())
-                .await
-                .map_err(state_error)?;
-        }
-    }
-    Ok(())
 }
 
 /// The environment variable of the test-only crash point: `N` makes the process kill itself
@@ -488,12 +193,11 @@ impl SlotLog {
         store
             .append_fenced(&ledger, js.epoch, RequestId::new(client, 0), owner)
             .await
-            .map_err(slot_write_error)?;
-        let mut read = store.read(&ledger, 0).await.map_err(state_error)?;
+            .map_err(slot_write_error(&ledger))?;
+        let mut read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
         let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)
-            .map_err(state_error)?;
+        let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)?;
         let snapshot = read.snapshot.take();
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
@@ -512,9 +216,8 @@ impl SlotLog {
                 let snapshot = snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
                 open_filter(&dir, config, &name, export, snapshot, &batch_ids, &entries)
             })
-            .await
-            .map_err(|e| RunError::Internal(e.to_string()))?
-            .map_err(|e| state_error(format!("dedup filter of {ledger}: {e}")))?;
+            .await?
+            .map_err(filter_error(&ledger))?;
             filter_opened = Some(opened);
             Some(filter)
         } else {
@@ -564,7 +267,9 @@ impl SlotLog {
         I::IntoIter: Clone,
     {
         match &self.filter {
-            Some(f) => f.contains_each(keys, answers).map_err(state_error),
+            Some(f) => f
+                .contains_each(keys, answers)
+                .map_err(filter_error(&self.ledger)),
             None => {
                 answers.clear();
                 answers.extend(keys.into_iter().map(|_| false));
@@ -606,7 +311,7 @@ impl SlotLog {
             store
                 .append_fenced(&ledger, fence, request, bytes)
                 .await
-                .map_err(slot_write_error)
+                .map_err(slot_write_error(&ledger))
         });
         InFlight {
             append,
@@ -626,9 +331,7 @@ impl SlotLog {
             crc,
             ids,
         } = inflight;
-        let pos = append
-            .await
-            .map_err(|e| RunError::Internal(format!("append of {}: {e}", self.ledger)))??;
+        let pos = append.await??;
         self.last_position = Some(pos);
         crash_point_after_commit();
         let p = &self.progress;
@@ -650,7 +353,7 @@ impl SlotLog {
     pub fn insert_committed(&mut self, committed: Committed) -> Result<(), RunError> {
         if let Some(f) = &mut self.filter {
             f.insert_batch_marked(committed.ids.iter_keys(), Some(&committed.mark.encode()))
-                .map_err(state_error)?;
+                .map_err(filter_error(&self.ledger))?;
         }
         Ok(())
     }
@@ -677,7 +380,7 @@ impl SlotLog {
             return Ok(());
         }
         let filter = match &self.filter {
-            Some(f) => f.export().map_err(state_error)?,
+            Some(f) => f.export().map_err(filter_error(&self.ledger))?,
             None => Vec::new(),
         };
         self.groups.retain(|_, key| {
@@ -699,12 +402,12 @@ impl SlotLog {
             .store
             .snapshot_fenced(&self.ledger, self.fence, pos, bytes)
             .await
-            .map_err(slot_write_error)?;
+            .map_err(slot_write_error(&self.ledger))?;
         if let Some(f) = &mut self.filter {
             // The filter holds what the snapshot covers: name the snapshot, so that a restart
             // before the next batch still keeps the filter.
             f.insert_batch_marked(std::iter::empty::<&[u8]>(), Some(&mark.encode()))
-                .map_err(state_error)?;
+                .map_err(filter_error(&self.ledger))?;
         }
         tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
         self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -713,82 +416,15 @@ impl SlotLog {
     }
 }
 
-/// An input peer's committed positions in the state log: each record is the peer's whole
-/// committed [`Positions`] (every partition it reads) at the time it was written.
-pub(crate) struct InputLog {
-    js: Arc<JobState>,
-    ledger: String,
-}
-
-impl InputLog {
-    /// The input peer's ledger.
-    pub fn new(js: Arc<JobState>, task: &str, peer: usize) -> Self {
-        let ledger = format!("{}/input", js.slot_ledger(task, peer));
-        InputLog { js, ledger }
-    }
-
-    /// The positions to resume from: per partition, the greatest one recorded (each was
-    /// committed when written, so the greatest is). Empty when nothing was recorded.
-    pub async fn resume_positions(&self) -> Result<Positions, RunError> {
-        let read = self
-            .js
-            .options
-            .store
-            .read(&self.ledger, 0)
-            .await
-            .map_err(state_error)?;
-        let mut best = Positions::new();
-        let snap = read.snapshot.iter().filter(|(_, b)| !b.is_empty());
-        for (pos, bytes) in snap.chain(read.entries.iter()) {
-            let ps: Positions = decode(bytes).map_err(|d| {
-                state_error(format!(
-                    "corrupt record in ledger {:?} at position {pos}: {d}",
-                    self.ledger
-                ))
-            })?;
-            ps.iter().for_each(|p| best.advance(p));
-        }
-        Ok(best)
-    }
-
-    /// Appends every committed positions it is told of (skipping superseded ones while an
-    /// append is in flight) until the sender is dropped; compacts every 256 appends.
-    pub async fn write_loop(self, mut rx: watch::Receiver<Positions>) -> Result<(), RunError> {
-        let store = self.js.options.store.clone();
-        let client = self.js.client(&self.ledger);
-        let mut seq = 0_u64;
-        let mut written = rx.borrow().clone();
-        loop {
-            let closed = rx.changed().await.is_err();
-            let current = rx.borrow_and_update().clone();
-            if current != written && !current.is_empty() {
-                let bytes = encode(&current);
-                let pos = store
-                    .append(&self.ledger, RequestId::new(client, seq), bytes.clone())
-                    .await
-                    .map_err(state_error)?;
-                seq += 1;
-                written = current;
-                if seq.is_multiple_of(256) {
-                    store
-                        .snapshot(&self.ledger, pos, bytes)
-                        .await
-                        .map_err(state_error)?;
-                }
-            }
-            if closed {
-                return Ok(());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::job::builder::JobBuilder;
+    use crate::runtime::job_log::StateOptions;
     use sardonyx_state_log::EmbeddedLog;
+    use sardonyx_state_log::Ledgers;
     use sardonyx_windowing::{aggregation, Map, Value, WindowSpec};
+    use std::collections::BTreeMap;
 
     fn operator() -> WindowOperator {
         WindowOperator::new(
@@ -825,77 +461,6 @@ mod tests {
         )
         .await?;
         Ok((slot, op))
-    }
-
-    /// State written before key placement was specified (std's `DefaultHasher`) cannot be
-    /// resumed where it is split by key: keys would be looked for on other slots. Where it is
-    /// not split (one peer per windowed task), placement does not matter and the run goes on,
-    /// recording the placement it uses.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn state_placed_with_the_old_hash_is_not_resumed_where_keys_are_split() {
-        #[derive(Serialize)]
-        struct OldMeta {
-            generation: u64,
-            peers: Vec<(String, u64)>,
-            windowed: Vec<String>,
-        }
-        use crate::job::TaskSpec;
-        let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
-        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
-        let job = |id: &str| {
-            JobBuilder::new()
-                .id(id)
-                .edge("read", "count")
-                .task(TaskSpec::input("read", "sardonyx/jsonl"))
-                .task(TaskSpec::function("count", "sardonyx/identity").group_by_key("candidate"))
-                .build()
-        };
-        let open = |id: &'static str, n: usize| {
-            let (store, dir) = (store.clone(), dir.path().join(id));
-            async move {
-                let peers = BTreeMap::from([("count".to_owned(), n), ("read".to_owned(), 1)]);
-                let options = StateOptions::new(store, dir);
-                JobState::open(&job(id), options, &peers, vec!["count".into()]).await
-            }
-        };
-        for (i, (id, n)) in [("split", 3_u64), ("whole", 1)].into_iter().enumerate() {
-            let old = OldMeta {
-                generation: 0,
-                peers: vec![("count".into(), n), ("read".into(), 1)],
-                windowed: vec!["count".into()],
-            };
-            let ledger = format!("{id}/meta");
-            store
-                .append(&ledger, RequestId::new(7, i as u64), encode(&old))
-                .await
-                .unwrap();
-        }
-        let err = open("split", 3)
-            .await
-            .err()
-            .expect("a resume across hashes");
-        assert_eq!(
-            err.to_string(),
-            "state log: job \"split\" was run by a version that placed keys on slots \
-             with another hash (std DefaultHasher; now xxh3-64/seed-0/canonical-v1/jump), and \
-             its state is split by key (count=3): resumed, keys would be looked up on other \
-             slots than their state and dedup ids. Finish it with that version, or start over \
-             with --fresh"
-        );
-        let whole = open("whole", 1).await.unwrap();
-        assert!(whole.resumed);
-        let read = store.read("whole/meta", 0).await.unwrap();
-        let (_, last) = read.snapshot.expect("each run snapshots its meta record");
-        assert_eq!(Meta::decode(&last).unwrap().routing, routing::ROUTING);
-        // --fresh starts a new generation under the new placement.
-        let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
-        let mut options = StateOptions::new(store.clone(), dir.path().join("split"));
-        options.fresh = true;
-        let fresh = JobState::open(&job("split"), options, &peers, vec!["count".into()])
-            .await
-            .unwrap();
-        assert_eq!((fresh.resumed, fresh.prefix.as_str()), (false, "split/g1"));
     }
 
     /// One batch of new votes, through the operator and into the slot, as the runtime does.

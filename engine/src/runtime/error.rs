@@ -1,0 +1,141 @@
+//! Why a job could not run to completion ([`RunError`]): one variant per cause, each naming
+//! the task or ledger at fault and keeping the underlying error as its typed source.
+
+use crate::job::ValidationError;
+use crate::state::StateError;
+
+/// Why a job could not run to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job is not valid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A plugin could not be opened or failed.
+    #[error("task \"{task}\": {message}")]
+    Plugin {
+        /// The task.
+        task: String,
+        /// The cause.
+        message: String,
+    },
+    /// A lifecycle's `handle_exception` chose to kill the job.
+    #[error("task \"{task}\" killed the job: {reason}")]
+    Killed {
+        /// The task.
+        task: String,
+        /// The error that led to it.
+        reason: String,
+    },
+    /// A lifecycle's `handle_exception` chose to restart the task's peer (the job's peers
+    /// restart from the committed positions; this is the error once restarts are exhausted).
+    #[error("task \"{task}\": a lifecycle restarted the peer after: {reason}")]
+    RestartRequested {
+        /// The task.
+        task: String,
+        /// The error that led to it.
+        reason: String,
+    },
+    /// A lifecycle's `handle_exception` chose to restart the task's peer, and the run keeps no
+    /// state log to restart from.
+    #[error(
+        "task \"{task}\": a lifecycle asked to restart the peer after: {reason}; restarting \
+         needs a state log, and this run keeps state in memory"
+    )]
+    CannotRestart {
+        /// The task.
+        task: String,
+        /// The error that led to it.
+        reason: String,
+    },
+    /// The job's peers were restarted as often as allowed and a peer failed again.
+    #[error("task \"{task}\" failed again after {restarts} restarts: {cause}")]
+    RestartsExhausted {
+        /// The task whose peer failed.
+        task: String,
+        /// Restarts done.
+        restarts: u32,
+        /// The last failure.
+        #[source]
+        cause: Box<RunError>,
+    },
+    /// The state log failed on an operation on one ledger (its message includes the cause).
+    #[error("state log: {source}")]
+    Log {
+        /// The ledger.
+        ledger: String,
+        /// The log's error.
+        #[source]
+        source: sardonyx_state_log::Error,
+    },
+    /// A record or snapshot in the state log cannot be decoded or does not fit the job.
+    #[error("state log: {0}")]
+    Corrupt(#[from] StateError),
+    /// A newer run took the windowed slot over: this run's write was refused (it is a stale
+    /// run, a "zombie") and it stops.
+    #[error(
+        "state log: windowed slot {ledger:?} was taken over by a newer run (epoch {current}): \
+         the write of this run (epoch {fence}) was refused, and this run stops"
+    )]
+    Fenced {
+        /// The slot's ledger.
+        ledger: String,
+        /// This run's epoch.
+        fence: u64,
+        /// The epoch of the run that took the slot over.
+        current: u64,
+    },
+    /// The job's state was written with other peer counts than this run's.
+    #[error(
+        "state log: job {job:?} was run with other peer counts ({was}) than now ({now}); its \
+         state cannot be split differently: run it with the same counts, or start over with \
+         --fresh"
+    )]
+    PeersChanged {
+        /// The job's name in the log.
+        job: String,
+        /// The peer counts of the run that wrote the state, `task=n, …`.
+        was: String,
+        /// This run's peer counts.
+        now: String,
+    },
+    /// The job's state was placed on slots by another routing function than this version's.
+    #[error(
+        "state log: job {job:?} was run by a version that placed keys on slots with another \
+         hash ({was}; now {now}), and its state is split by key ({split}): resumed, keys would \
+         be looked up on other slots than their state and dedup ids. Finish it with that \
+         version, or start over with --fresh"
+    )]
+    PlacementChanged {
+        /// The job's name in the log.
+        job: String,
+        /// The routing the state was placed by.
+        was: String,
+        /// This version's routing.
+        now: String,
+        /// The tasks whose state is split by key.
+        split: String,
+    },
+    /// A windowed slot's dedup filter (its local RocksDB) failed.
+    #[error("state log: dedup filter of {ledger}: {source}")]
+    DedupFilter {
+        /// The slot's ledger.
+        ledger: String,
+        /// The filter's error.
+        #[source]
+        source: sardonyx_state_log::Error,
+    },
+    /// An output's sink failed (past its retries, for a retryable failure).
+    #[error("task \"{task}\": {source}")]
+    Sink {
+        /// The output task.
+        task: String,
+        /// The cause.
+        source: sardonyx_connectors::ConnectorError,
+    },
+    /// The error output itself failed.
+    #[error("cannot write the error output: {0}")]
+    ErrorOutput(String),
+    /// A bug: a peer's task panicked outside the per-segment path or was cancelled.
+    #[error("internal error: a peer's task failed: {0}")]
+    PeerTask(#[from] tokio::task::JoinError),
+}

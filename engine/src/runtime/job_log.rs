@@ -1,0 +1,406 @@
+//! The I/O side of exactly-once state: the job's ledgers in the state log, windowed slots'
+//! ledgers and dedup filters, and the inputs' committed positions (DESIGN §5; the record
+//! protocol itself is [`crate::state`]).
+//!
+//! Ledgers of a job with id `J` (a job without `id` is named by a hash of its definition):
+//! - `J/meta`: one record per run: the generation and every task's peer count. Its position
+//!   (+1) is the run's **epoch**, greater than every earlier run's.
+//! - `J/g<gen>/<task>/<peer>`: a windowed slot (see [`crate::state`]).
+//! - `J/g<gen>/<task>/<peer>/input`: an input peer's committed positions. A position is
+//!   appended only once every segment read before it is fully processed downstream — in
+//!   particular once every windowed slot has committed the records of those segments — so
+//!   resuming there loses nothing; what is read again is deduplicated by the slots' filters.
+//!
+//! `--fresh` starts a new generation (new ledger names) and compacts the old one away.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sardonyx_state_log::{DedupConfig, Ledgers, RequestId};
+use serde::{Deserialize, Serialize};
+
+use super::{routing, RunError};
+use crate::job::Job;
+use crate::state::{self};
+
+/// Where and how a job keeps its exactly-once state.
+#[derive(Clone)]
+pub struct StateOptions {
+    /// The state log (an embedded log or a client of a log cluster).
+    pub store: Arc<dyn Ledgers>,
+    /// A local directory for the dedup filters (derived state: kept across restarts while it
+    /// matches the log, rebuilt from it otherwise).
+    pub dir: PathBuf,
+    /// Start the job over instead of resuming it.
+    pub fresh: bool,
+    /// Compact a windowed slot's ledger (snapshot, drop the prefix) once the entries since its
+    /// last snapshot exceed this many bytes.
+    pub compact_after_bytes: u64,
+    /// Shape of each windowed slot's dedup filter (its horizon).
+    pub dedup: DedupConfig,
+    /// Most gathered batches a windowed slot puts into one ledger record: the batches that
+    /// queue up while the slot's previous record commits are merged into its next record (so
+    /// the slower the log, the fewer and larger the records). 1: one record per batch.
+    pub max_merged_batches: usize,
+}
+
+impl std::fmt::Debug for StateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateOptions")
+            .field("dir", &self.dir)
+            .field("fresh", &self.fresh)
+            .field("compact_after_bytes", &self.compact_after_bytes)
+            .field("dedup", &self.dedup)
+            .field("max_merged_batches", &self.max_merged_batches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateOptions {
+    /// State in `store`, filters under `dir`, compaction past 16 MiB, the default dedup horizon,
+    /// up to 16 batches per record.
+    pub fn new(store: Arc<dyn Ledgers>, dir: impl Into<PathBuf>) -> Self {
+        StateOptions {
+            store,
+            dir: dir.into(),
+            fresh: false,
+            compact_after_bytes: 16 << 20,
+            dedup: DedupConfig::default(),
+            max_merged_batches: 16,
+        }
+    }
+}
+
+/// The error of an operation of the state log on `ledger`.
+pub(super) fn log_error(ledger: &str) -> impl FnOnce(sardonyx_state_log::Error) -> RunError + '_ {
+    move |source| RunError::Log {
+        ledger: ledger.to_owned(),
+        source,
+    }
+}
+
+/// The error of a write to a windowed slot's ledger. A write the log refused because a newer
+/// run took the slot over says so: this run is stale (a "zombie") and stops.
+pub(super) fn slot_write_error(
+    ledger: &str,
+) -> impl FnOnce(sardonyx_state_log::Error) -> RunError + '_ {
+    move |e| match e {
+        sardonyx_state_log::Error::Fenced {
+            ledger,
+            fence,
+            current,
+        } => RunError::Fenced {
+            ledger,
+            fence,
+            current,
+        },
+        e => log_error(ledger)(e),
+    }
+}
+
+/// A record of `ledger` at `position` that does not decode.
+pub(super) fn corrupt(ledger: &str, position: u64, detail: impl std::fmt::Display) -> RunError {
+    RunError::Corrupt(state::StateError::Corrupt {
+        ledger: ledger.to_owned(),
+        position,
+        detail: detail.to_string(),
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(super) struct Meta {
+    generation: u64,
+    peers: Vec<(String, u64)>,
+    windowed: Vec<String>,
+    /// How grouped keys were placed on slots ([`routing::ROUTING`]).
+    routing: String,
+}
+
+/// A meta record written before the key placement was recorded: its keys were placed with
+/// std's `DefaultHasher` ([`LEGACY_ROUTING`]).
+#[derive(Deserialize)]
+pub(super) struct MetaWithoutRouting {
+    generation: u64,
+    peers: Vec<(String, u64)>,
+    windowed: Vec<String>,
+}
+
+/// The placement of meta records that name none.
+pub(super) const LEGACY_ROUTING: &str = "std DefaultHasher";
+
+impl Meta {
+    /// Decodes a meta record of this version or of the one before it.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Meta, String> {
+        decode::<Meta>(bytes).or_else(|e| {
+            decode::<MetaWithoutRouting>(bytes)
+                .map(|m| Meta {
+                    generation: m.generation,
+                    peers: m.peers,
+                    windowed: m.windowed,
+                    routing: LEGACY_ROUTING.to_owned(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
+/// The windowed tasks of `meta` with more than one peer: their state and dedup ids are split
+/// among slots by key placement (the group key, or the uniqueness id of an ungrouped task).
+pub(super) fn placed_by_key(meta: &Meta) -> Vec<String> {
+    meta.peers
+        .iter()
+        .filter(|(t, n)| *n > 1 && meta.windowed.contains(t))
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect()
+}
+
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory encoding")
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+/// A stable name for a job without an `id`: a hash of its JSON form.
+pub(super) fn job_name(job: &Job) -> String {
+    match &job.id {
+        Some(id) => id.clone(),
+        None => {
+            let json = serde_json::to_string(job).unwrap_or_default();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            json.hash(&mut h);
+            format!("job-{:016x}", h.finish())
+        }
+    }
+}
+
+pub(super) fn process_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (t, std::process::id()).hash(&mut h);
+    h.finish()
+}
+
+/// The job-wide part: which generation, which epoch, where ledgers live.
+pub(crate) struct JobState {
+    pub options: StateOptions,
+    /// True when this run continues an earlier run's state (same generation).
+    pub resumed: bool,
+    /// `J/g<gen>`.
+    pub prefix: String,
+    /// This run's epoch (greater than every earlier run's).
+    pub epoch: u64,
+    /// This process's client id for the meta ledger's request ids.
+    pub(super) nonce: u64,
+}
+
+impl JobState {
+    /// Reads the job's meta ledger, checks the peer counts of a resumed job, and records this run.
+    pub async fn open(
+        job: &Job,
+        options: StateOptions,
+        peers: &BTreeMap<String, usize>,
+        windowed: Vec<String>,
+    ) -> Result<JobState, RunError> {
+        let name = job_name(job);
+        let meta_ledger = format!("{name}/meta");
+        let store = &options.store;
+        let read = store
+            .read(&meta_ledger, 0)
+            .await
+            .map_err(log_error(&meta_ledger))?;
+        let last = match read
+            .entries
+            .last()
+            .map(|(p, b)| (*p, b))
+            .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
+        {
+            Some((pos, bytes)) => {
+                Some(Meta::decode(bytes).map_err(|d| corrupt(&meta_ledger, pos, d))?)
+            }
+            None => None,
+        };
+        let peers_now: Vec<(String, u64)> =
+            peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
+        let generation = match &last {
+            None => 0,
+            Some(m) if options.fresh => m.generation + 1,
+            Some(m) => {
+                if m.peers != peers_now {
+                    return Err(RunError::PeersChanged {
+                        job: name,
+                        was: fmt_peers(&m.peers),
+                        now: fmt_peers(&peers_now),
+                    });
+                }
+                let split = placed_by_key(m);
+                if m.routing != routing::ROUTING && !split.is_empty() {
+                    return Err(RunError::PlacementChanged {
+                        job: name,
+                        was: m.routing.clone(),
+                        now: routing::ROUTING.to_owned(),
+                        split: split.join(", "),
+                    });
+                }
+                m.generation
+            }
+        };
+        let nonce = process_nonce();
+        let meta = Meta {
+            generation,
+            peers: peers_now,
+            windowed,
+            routing: routing::ROUTING.to_owned(),
+        };
+        let bytes = encode(&meta);
+        let pos = store
+            .append(&meta_ledger, RequestId::new(nonce, 0), bytes.clone())
+            .await
+            .map_err(log_error(&meta_ledger))?;
+        store
+            .snapshot(&meta_ledger, pos, bytes)
+            .await
+            .map_err(log_error(&meta_ledger))?;
+        let resumed = last.as_ref().is_some_and(|m| m.generation == generation);
+        if let Some(old) = last.filter(|m| m.generation != generation) {
+            drop_generation(store.as_ref(), &name, &old).await?;
+        }
+        Ok(JobState {
+            resumed,
+            prefix: format!("{name}/g{generation}"),
+            epoch: pos + 1,
+            nonce,
+            options,
+        })
+    }
+
+    /// The request ids of one ledger's appends: a client id unique to this process and ledger.
+    pub(super) fn client(&self, ledger: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ledger.hash(&mut h);
+        self.nonce ^ h.finish()
+    }
+
+    pub(super) fn slot_ledger(&self, task: &str, peer: usize) -> String {
+        format!("{}/{task}/{peer}", self.prefix)
+    }
+}
+
+pub(super) fn fmt_peers(p: &[(String, u64)]) -> String {
+    p.iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Compacts away every ledger of an old generation (an empty snapshot over its last entry).
+pub(super) async fn drop_generation(
+    store: &dyn Ledgers,
+    name: &str,
+    old: &Meta,
+) -> Result<(), RunError> {
+    let mut ledgers = Vec::new();
+    for (task, n) in &old.peers {
+        for p in 0..*n {
+            ledgers.push(format!("{name}/g{}/{task}/{p}/input", old.generation));
+            if old.windowed.contains(task) {
+                ledgers.push(format!("{name}/g{}/{task}/{p}", old.generation));
+            }
+        }
+    }
+    for l in ledgers {
+        let info = store.info(&l).await.map_err(log_error(&l))?;
+        if info.entries > 0 {
+            store
+                .snapshot(&l, info.next_position - 1, Vec::new())
+                .await
+                .map_err(log_error(&l))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::builder::JobBuilder;
+    use sardonyx_state_log::EmbeddedLog;
+
+    /// State written before key placement was specified (std's `DefaultHasher`) cannot be
+    /// resumed where it is split by key: keys would be looked for on other slots. Where it is
+    /// not split (one peer per windowed task), placement does not matter and the run goes on,
+    /// recording the placement it uses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_placed_with_the_old_hash_is_not_resumed_where_keys_are_split() {
+        #[derive(Serialize)]
+        struct OldMeta {
+            generation: u64,
+            peers: Vec<(String, u64)>,
+            windowed: Vec<String>,
+        }
+        use crate::job::TaskSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
+        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
+        let job = |id: &str| {
+            JobBuilder::new()
+                .id(id)
+                .edge("read", "count")
+                .task(TaskSpec::input("read", "sardonyx/jsonl"))
+                .task(TaskSpec::function("count", "sardonyx/identity").group_by_key("candidate"))
+                .build()
+        };
+        let open = |id: &'static str, n: usize| {
+            let (store, dir) = (store.clone(), dir.path().join(id));
+            async move {
+                let peers = BTreeMap::from([("count".to_owned(), n), ("read".to_owned(), 1)]);
+                let options = StateOptions::new(store, dir);
+                JobState::open(&job(id), options, &peers, vec!["count".into()]).await
+            }
+        };
+        for (i, (id, n)) in [("split", 3_u64), ("whole", 1)].into_iter().enumerate() {
+            let old = OldMeta {
+                generation: 0,
+                peers: vec![("count".into(), n), ("read".into(), 1)],
+                windowed: vec!["count".into()],
+            };
+            let ledger = format!("{id}/meta");
+            store
+                .append(&ledger, RequestId::new(7, i as u64), encode(&old))
+                .await
+                .unwrap();
+        }
+        let err = open("split", 3)
+            .await
+            .err()
+            .expect("a resume across hashes");
+        assert_eq!(
+            err.to_string(),
+            "state log: job \"split\" was run by a version that placed keys on slots \
+             with another hash (std DefaultHasher; now xxh3-64/seed-0/canonical-v1/jump), and \
+             its state is split by key (count=3): resumed, keys would be looked up on other \
+             slots than their state and dedup ids. Finish it with that version, or start over \
+             with --fresh"
+        );
+        let whole = open("whole", 1).await.unwrap();
+        assert!(whole.resumed);
+        let read = store.read("whole/meta", 0).await.unwrap();
+        let (_, last) = read.snapshot.expect("each run snapshots its meta record");
+        assert_eq!(Meta::decode(&last).unwrap().routing, routing::ROUTING);
+        // --fresh starts a new generation under the new placement.
+        let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
+        let mut options = StateOptions::new(store.clone(), dir.path().join("split"));
+        options.fresh = true;
+        let fresh = JobState::open(&job("split"), options, &peers, vec!["count".into()])
+            .await
+            .unwrap();
+        assert_eq!((fresh.resumed, fresh.prefix.as_str()), (false, "split/g1"));
+    }
+}

@@ -1,0 +1,517 @@
+//! Starting a job: validation, the topology of peers and channels, spawning every peer, the
+//! restart loop, and the run report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sardonyx_connectors::Positions;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{ErrorsTarget, FluxPolicy, Job, Problem, TaskKind, ValidationError};
+use crate::registry::Registry;
+
+use super::job_log::StateOptions;
+use super::slot_log::SlotRecovery;
+use super::{ack, Msg, Progress, RunError};
+
+/// How to run a job.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run every task on this many peers, whatever the catalog says (used by tests to check
+    /// that answers do not depend on the peer count).
+    pub peers_override: Option<usize>,
+    /// Where rejected segments go when the job does not say (default `sardonyx-errors.jsonl`).
+    pub errors_path: PathBuf,
+    /// Messages buffered per peer before senders wait (backpressure).
+    pub channel_capacity: usize,
+    /// Exactly-once state: windowed tasks log to this state log and deduplicate, inputs resume
+    /// from their committed positions. `None` keeps everything in memory (nothing survives a
+    /// crash, and nothing is deduplicated).
+    pub state: Option<StateOptions>,
+    /// Cancel it to stop the job: inputs stop reading, what was read is processed, positions
+    /// are committed and outputs flushed, and the run returns a report with
+    /// [`JobReport::stopped`] set (no job-completion firings: the job resumes where it stopped).
+    pub stop: CancellationToken,
+    /// How many times the job's peers may be restarted (`flux_policy: recover`, a lifecycle's
+    /// `restart`) before the job fails with the cause.
+    pub max_restarts: u32,
+}
+
+/// The default of [`RunOptions::max_restarts`].
+pub const MAX_RESTARTS: u32 = 3;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            peers_override: None,
+            errors_path: PathBuf::from("sardonyx-errors.jsonl"),
+            channel_capacity: 8,
+            state: None,
+            stop: CancellationToken::new(),
+            max_restarts: MAX_RESTARTS,
+        }
+    }
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// Records read by input tasks.
+    pub read: u64,
+    /// Segments written by output tasks.
+    pub written: u64,
+    /// Segments (or input lines) sent to the error output.
+    pub rejected: u64,
+    /// Segments that came too late for a window (also counted in `rejected` when they went to
+    /// the error output).
+    pub late: u64,
+    /// Segments that matched none of their task's flow conditions (a condition whose `to` is
+    /// `"none"` is a match): dropped, or sent to the error output (and counted in `rejected`
+    /// too) with the job's `unmatched: "error"`.
+    pub unmatched: u64,
+    /// Trigger firings.
+    pub fired: u64,
+    /// Segments skipped as already applied (dedup).
+    pub duplicates: u64,
+    /// Batch records appended to the state log, their bytes and the segment ids they carry.
+    pub logged: (u64, u64, u64),
+    /// Compaction snapshots written.
+    pub snapshots: u64,
+    /// What recovering each windowed slot read (empty without a state log).
+    pub recoveries: Vec<SlotRecovery>,
+    /// Per input task and peer, the committed positions: in each partition, everything before
+    /// its position is fully processed.
+    pub committed: BTreeMap<(String, usize), Positions>,
+    /// The error file, if any rejection was written to one.
+    pub errors_path: Option<PathBuf>,
+    /// True if the run was stopped ([`RunOptions::stop`]) before its inputs were exhausted:
+    /// the job is not complete, and running it again resumes where it stopped.
+    pub stopped: bool,
+    /// How many times the job's peers were restarted (counts such as `read` include what was
+    /// read again after a restart).
+    pub restarts: u32,
+}
+
+/// The static shape of a running job: tasks, their peers' channels, and who sends to whom.
+pub(crate) struct Topology {
+    pub senders: BTreeMap<String, Vec<mpsc::Sender<Msg>>>,
+    /// Per task, the ids of every peer that sends to it.
+    pub upstream_peers: BTreeMap<String, Vec<usize>>,
+    /// Per task, the id of its first peer (peer ids are global in the job).
+    pub first_peer: BTreeMap<String, usize>,
+    /// Every input peer waits here after opening its reader; peers with nothing to read have
+    /// sent their `Done` by then, so no reading peer's data can overtake them and the
+    /// downstream watermark never waits on a peer that will never read.
+    pub inputs_opened: tokio::sync::Barrier,
+    /// Cancelled to stop the job ([`RunOptions::stop`]).
+    pub stop: CancellationToken,
+    /// Set by an input peer that stopped before its input was exhausted, before it tells its
+    /// downstream peers it is done: they then skip job completion (the job is not complete).
+    pub stopped_early: Arc<AtomicBool>,
+}
+
+/// Runs `job` to completion in this process: validates it, starts every peer, waits until the
+/// finite inputs are drained and every peer has finished.
+pub async fn run_job(
+    job: &Job,
+    registry: &Registry,
+    options: RunOptions,
+) -> Result<JobReport, RunError> {
+    run_job_with_progress(job, registry, options, Arc::new(Progress::default())).await
+}
+
+/// [`run_job`] with live counters the caller can watch.
+pub async fn run_job_with_progress(
+    job: &Job,
+    registry: &Registry,
+    options: RunOptions,
+    progress: Arc<Progress>,
+) -> Result<JobReport, RunError> {
+    job.validate(registry)?;
+    if options.state.is_none() {
+        refuse_recover_without_state(job)?;
+    }
+    let error_task = match &job.errors {
+        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let error_path = match &job.errors {
+        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
+        _ => options.errors_path.clone(),
+    };
+    // One error file for every attempt: a restart appends to what the failed attempt wrote.
+    let error_file = super::rejections::ErrorFile::new(error_path, progress.rejected.clone());
+    let mut syncs = None;
+    let mut state = options.state.clone();
+    let mut restarts = 0;
+    let result = loop {
+        let attempt = Attempt {
+            job,
+            registry,
+            options: &options,
+            state: state.clone(),
+            progress: &progress,
+            error_file: &error_file,
+            error_task: &error_task,
+        };
+        match attempt.run(&mut syncs).await {
+            Ok(mut report) => {
+                report.restarts = restarts;
+                break Ok(report);
+            }
+            Err(failure) => {
+                let Some(task) = failure.restarts_job(job) else {
+                    break Err(failure.error);
+                };
+                if options.stop.is_cancelled() {
+                    break Err(failure.error);
+                }
+                if state.is_none() {
+                    break Err(match failure.error {
+                        RunError::RestartRequested { task, reason } => {
+                            RunError::CannotRestart { task, reason }
+                        }
+                        other => other,
+                    });
+                }
+                if restarts >= options.max_restarts {
+                    break Err(RunError::RestartsExhausted {
+                        task,
+                        restarts,
+                        cause: Box::new(failure.error),
+                    });
+                }
+                restarts += 1;
+                tracing::warn!(
+                    %task, restart = restarts, error = %failure.error,
+                    "a peer failed: restarting the job's peers from the committed positions"
+                );
+                // The restarted peers continue this run's state, never a fresh one.
+                if let Some(s) = &mut state {
+                    s.fresh = false;
+                }
+            }
+        }
+    };
+    registry.drop_output_channels();
+    result
+}
+
+/// `flux_policy: recover` restarts peers from the state log; a run without one would lose the
+/// windows' state and count replayed segments again, so it is refused before anything starts.
+fn refuse_recover_without_state(job: &Job) -> Result<(), ValidationError> {
+    let problems: Vec<Problem> = job
+        .catalog
+        .iter()
+        .filter(|t| t.flux_policy == Some(FluxPolicy::Recover))
+        .map(|t| {
+            Problem::new(
+                format!("task \"{}\"", t.name),
+                Some("flux_policy"),
+                "recover restarts the job's peers from the state log, and this run keeps no \
+                 state (in memory): run it with a state log, or use \"kill\"",
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError { problems })
+    }
+}
+
+/// One start of every peer of a job (a run has several when peers are restarted).
+struct Attempt<'a> {
+    job: &'a Job,
+    registry: &'a Registry,
+    options: &'a RunOptions,
+    state: Option<StateOptions>,
+    progress: &'a Arc<Progress>,
+    error_file: &'a super::rejections::ErrorFile,
+    error_task: &'a Option<String>,
+}
+
+/// Why an attempt ended early: the error, and the task whose peer failed (if a peer did).
+struct Failure {
+    task: Option<String>,
+    error: RunError,
+}
+
+impl From<RunError> for Failure {
+    fn from(error: RunError) -> Self {
+        Failure { task: None, error }
+    }
+}
+
+impl Failure {
+    /// The task to name if this failure restarts the job's peers: a lifecycle asked for it, or
+    /// a peer of a task with `flux_policy: recover` was lost (a plugin failed, a peer panicked).
+    /// Bad jobs, lifecycles' kills and errors of the state log or the error output do not.
+    fn restarts_job(&self, job: &Job) -> Option<String> {
+        match &self.error {
+            RunError::RestartRequested { task, .. } => Some(task.clone()),
+            RunError::Plugin { .. } | RunError::Sink { .. } | RunError::PeerTask(_) => {
+                let task = self.task.as_deref()?;
+                (job.task(task)?.flux_policy == Some(FluxPolicy::Recover)).then(|| task.to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Attempt<'_> {
+    async fn run(
+        self,
+        syncs: &mut Option<Arc<super::window_stage::Syncs>>,
+    ) -> Result<JobReport, Failure> {
+        let Attempt {
+            job,
+            registry,
+            options,
+            state,
+            progress,
+            error_file,
+            error_task,
+        } = self;
+        let peers_of = |name: &str| {
+            options
+                .peers_override
+                .unwrap_or_else(|| job.task(name).map_or(1, |t| t.peers()))
+        };
+
+        // Channels: one bounded channel per peer.
+        let mut senders = BTreeMap::new();
+        let mut receivers: BTreeMap<String, Vec<mpsc::Receiver<Msg>>> = BTreeMap::new();
+        for t in &job.catalog {
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..peers_of(&t.name))
+                .map(|_| mpsc::channel(options.channel_capacity.max(1)))
+                .unzip();
+            senders.insert(t.name.clone(), txs);
+            receivers.insert(t.name.clone(), rxs);
+        }
+        // Who sends to whom: downstream edges, the late tasks of the task's windows, and the
+        // error task (from every other task).
+        let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in &job.catalog {
+            let mut ts: Vec<String> = job
+                .downstream(&t.name)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            let late = job.windows_of(&t.name).filter_map(|w| w.late.clone());
+            for extra in late.chain(error_task.clone().filter(|e| *e != t.name)) {
+                if !ts.contains(&extra) {
+                    ts.push(extra);
+                }
+            }
+            targets.insert(t.name.clone(), ts);
+        }
+        let mut first_peer = BTreeMap::new();
+        let mut next_id = 0;
+        for t in &job.catalog {
+            first_peer.insert(t.name.clone(), next_id);
+            next_id += peers_of(&t.name);
+        }
+        let mut upstream_peers: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (from, ts) in &targets {
+            for to in ts {
+                let first = first_peer[from];
+                upstream_peers
+                    .entry(to.clone())
+                    .or_default()
+                    .extend(first..first + peers_of(from));
+            }
+        }
+        let input_peers: usize = job
+            .catalog
+            .iter()
+            .filter(|t| t.kind == TaskKind::Input)
+            .map(|t| peers_of(&t.name))
+            .sum();
+        let stopped_early = Arc::new(AtomicBool::new(false));
+        let topology = Arc::new(Topology {
+            senders,
+            upstream_peers,
+            first_peer,
+            inputs_opened: tokio::sync::Barrier::new(input_peers),
+            stop: options.stop.clone(),
+            stopped_early: stopped_early.clone(),
+        });
+        let job_state = match state {
+            Some(state) => {
+                let peers: BTreeMap<String, usize> = job
+                    .catalog
+                    .iter()
+                    .map(|t| (t.name.clone(), peers_of(&t.name)))
+                    .collect();
+                let windowed = job
+                    .catalog
+                    .iter()
+                    .filter(|t| job.windows_of(&t.name).next().is_some())
+                    .map(|t| t.name.clone())
+                    .collect();
+                Some(Arc::new(
+                    super::job_log::JobState::open(job, state, &peers, windowed).await?,
+                ))
+            }
+            None => None,
+        };
+
+        let resuming = job_state.as_ref().is_some_and(|s| s.resumed);
+        error_file.set_resuming(resuming);
+        let syncs = match syncs {
+            Some(s) => s.clone(),
+            None => syncs
+                .insert(Arc::new(
+                    super::window_stage::open_syncs(job, registry, resuming)
+                        .map_err(|(task, message)| RunError::Plugin { task, message })?,
+                ))
+                .clone(),
+        };
+        let mut handles = tokio::task::JoinSet::new();
+        let mut task_of = BTreeMap::new();
+        let mut committers = Vec::new();
+        let mut writers = Vec::new();
+        for t in &job.catalog {
+            let n = peers_of(&t.name);
+            let rxs = receivers.remove(&t.name).expect("made above");
+            for (peer, rx) in rxs.into_iter().enumerate() {
+                let ctx = super::context::PeerContext {
+                    job: Arc::new(job.clone()),
+                    registry: registry.clone(),
+                    task: t.clone(),
+                    peer,
+                    n_peers: n,
+                    topology: topology.clone(),
+                    targets: targets[&t.name].clone(),
+                    error_task: error_task.clone().filter(|e| *e != t.name),
+                    error_file: error_file.clone(),
+                    progress: progress.clone(),
+                    syncs: syncs.clone(),
+                    state: job_state.clone(),
+                };
+                let handle = match t.kind {
+                    TaskKind::Input => {
+                        let (issuer, done) = ack::channel(ctx.id() as u32);
+                        let key = (t.name.clone(), peer);
+                        let (resume, writer) = match &job_state {
+                            Some(js) => {
+                                let log =
+                                    super::input_log::InputLog::new(js.clone(), &t.name, peer);
+                                let resume = log.resume_positions().await?;
+                                let (tx, rx) = tokio::sync::watch::channel(resume.clone());
+                                writers.push(tokio::spawn(log.write_loop(rx)));
+                                (resume, Some(tx))
+                            }
+                            None => (Positions::new(), None),
+                        };
+                        // The source is told of committed positions too (Kafka stores them in
+                        // its consumer group); the state log stays the resume point.
+                        let (to_source, committed_rx) = tokio::sync::watch::channel(resume.clone());
+                        let start = resume.clone();
+                        committers.push(tokio::spawn(async move {
+                            (key, commit_loop(done, start, writer, to_source).await)
+                        }));
+                        handles.spawn(super::input_peer::run_input(
+                            ctx,
+                            issuer,
+                            resume,
+                            committed_rx,
+                        ))
+                    }
+                    TaskKind::Function | TaskKind::Output => {
+                        handles.spawn(super::worker_peer::run_worker(ctx, rx))
+                    }
+                };
+                task_of.insert(handle.id(), t.name.clone());
+            }
+        }
+        drop(topology);
+        drop(job_state);
+
+        // The first failure stops every other peer (peers downstream of a failed one would
+        // otherwise wait for it forever).
+        let mut first_error: Option<Failure> = None;
+        while let Some(joined) = handles.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => (e.id(), Err(RunError::PeerTask(e))),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "peer failed");
+                if first_error.is_none() {
+                    first_error = Some(Failure {
+                        task: task_of.get(&id).cloned(),
+                        error: e,
+                    });
+                    handles.abort_all();
+                }
+            }
+        }
+        // Every peer has ended, so every ack is released or poisoned and the committers end;
+        // their last positions are written before a restart reads them back.
+        let mut committed = BTreeMap::new();
+        for c in committers {
+            let (key, positions) = c.await.map_err(RunError::PeerTask)?;
+            if !positions.is_empty() {
+                committed.insert(key, positions);
+            }
+        }
+        for w in writers {
+            w.await.map_err(RunError::PeerTask)??;
+        }
+        if let Some(failure) = first_error {
+            return Err(failure);
+        }
+        error_file.flush().map_err(RunError::ErrorOutput)?;
+        let rejected = progress.rejected.load(Ordering::Relaxed);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Ok(JobReport {
+            read: progress.read.load(Ordering::Relaxed),
+            written: progress.written.load(Ordering::Relaxed),
+            rejected,
+            late: progress.late.load(Ordering::Relaxed),
+            unmatched: load(&progress.unmatched),
+            fired: progress.fired.load(Ordering::Relaxed),
+            duplicates: load(&progress.duplicates),
+            logged: (
+                load(&progress.logged_records),
+                load(&progress.logged_bytes),
+                load(&progress.logged_segments),
+            ),
+            snapshots: load(&progress.snapshots),
+            recoveries: progress.recoveries.lock().expect("recoveries lock").clone(),
+            committed,
+            errors_path: (rejected > 0 && error_task.is_none())
+                .then(|| error_file.path().to_path_buf()),
+            stopped: stopped_early.load(Ordering::SeqCst),
+            restarts: 0,
+        })
+    }
+}
+
+/// Advances an input peer's committed positions as its batches complete, and hands each new
+/// value to the position writer (if the job has a state log) and to the input peer (which
+/// commits it to its source).
+async fn commit_loop(
+    mut done: mpsc::UnboundedReceiver<(u64, Positions)>,
+    resume: Positions,
+    writer: Option<tokio::sync::watch::Sender<Positions>>,
+    to_source: tokio::sync::watch::Sender<Positions>,
+) -> Positions {
+    let mut c = ack::Committer::new(resume);
+    while let Some((seq, positions)) = done.recv().await {
+        if let Some(ps) = c.complete(seq, positions) {
+            tracing::trace!(positions = ?ps, "input positions committed");
+            if let Some(w) = &writer {
+                let _ = w.send(ps.clone());
+            }
+            let _ = to_source.send(ps.clone());
+        }
+    }
+    c.committed().clone()
+}

@@ -1,0 +1,35 @@
+//! What peers send each other: batches with the sender's event-time mark, and `Done`.
+
+use crate::segment::Segment;
+
+use super::ack;
+
+/// What a peer tells its downstream peers about event time with every batch.
+///
+/// Idleness is declared by inputs only (DESIGN §4): an input peer whose every partition is idle
+/// sends `idle`, and a function or windowed peer is idle exactly when all its upstream peers
+/// are (it never infers idleness from a quiet upstream peer: a slow peer is not an idle one).
+/// An idle sender stops holding the receiver's watermark back; its next batch that is not
+/// idle makes it hold it again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The sender's watermark (`None` until it has one).
+    pub watermark: Option<i64>,
+    /// The sender is idle.
+    pub idle: bool,
+}
+
+/// A message between peers.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Segments, the sender's watermark and idleness, and the acks of the input batches they
+    /// derive from.
+    Batch {
+        sender: usize,
+        segments: Vec<Segment>,
+        mark: Mark,
+        acks: ack::HeldAcks,
+    },
+    /// The sender has finished and will send nothing more.
+    Done { sender: usize },
+}
