@@ -180,17 +180,17 @@ fn window_operator(c: &mut Criterion) {
 
 fn transitions(c: &mut Criterion) {
     let update = Transition::Update {
-        w: 0,
-        g: 3,
-        e: 28_333_335,
-        u: Value::Int(1),
+        window: 0,
+        group: 3,
+        extent: 28_333_335,
+        update: Value::Int(1),
     };
     let range = Transition::UpdateRange {
-        w: 0,
-        g: 3,
-        e: 1_416_666,
-        n: 3,
-        u: Value::Int(1),
+        window: 0,
+        group: 3,
+        extent: 1_416_666,
+        count: 3,
+        update: Value::Int(1),
     };
     let cfg = bincode::config::standard();
     let mut g = c.benchmark_group("transition");

@@ -95,9 +95,13 @@ use crate::trigger::{FireEvent, Firing, PunctuationCtx, Refinement, TriggerOn, T
 use crate::value::{Map, Text, Value};
 use crate::window::{Units, WindowKind, WindowSpec};
 
-/// One logged state change. Windows, triggers and groups are small indices: `w` indexes the
-/// windows as given to [`WindowOperator::new`], `tr` the triggers of that window in the order
-/// given, `g` the group table (filled by [`Transition::Group`]).
+/// One logged state change. Windows, triggers and groups are small indices: `window` indexes
+/// the windows as given to [`WindowOperator::new`], `trigger` the triggers of that window in the
+/// order given, `group` the group table (filled by [`Transition::Group`]).
+///
+/// Encoded with bincode, which stores no field names: a variant is its index, then its fields
+/// in declaration order. The order of variants and of fields is therefore part of the log
+/// format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Transition {
     /// Interns group key `key` under id `id`.
@@ -107,78 +111,78 @@ pub enum Transition {
         /// The group key.
         key: Value,
     },
-    /// One segment's update `u` of one extent: extent id `e` (fixed/sliding), 0 (global) or the
-    /// event time (session: merges the sessions it touches, then applies).
+    /// One segment's `update` of one extent: extent id `extent` (fixed/sliding), 0 (global) or
+    /// the event time (session: merges the sessions it touches, then applies).
     Update {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Group id.
-        g: u32,
+        group: u32,
         /// Extent id, or event time for sessions.
-        e: i64,
+        extent: i64,
         /// The aggregation update.
-        u: Value,
+        update: Value,
     },
-    /// One segment's update `u` of the `n` extents `e, e+1, …` of a sliding window.
+    /// One segment's `update` of the `count` extents `extent, extent+1, …` of a sliding window.
     UpdateRange {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Group id.
-        g: u32,
+        group: u32,
         /// First extent id.
-        e: i64,
+        extent: i64,
         /// Number of extents.
-        n: u32,
+        count: u32,
         /// The aggregation update.
-        u: Value,
+        update: Value,
     },
-    /// One segment's updates of the extents `e, e+1, …` of a sliding window, one each.
+    /// One segment's updates of the extents `extent, extent+1, …` of a sliding window, one each.
     UpdateEach {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Group id.
-        g: u32,
+        group: u32,
         /// First extent id.
-        e: i64,
+        extent: i64,
         /// The updates, in extent order.
-        us: Vec<Value>,
+        updates: Vec<Value>,
     },
-    /// Trigger `tr` fired extent `e` of group `g`: clears its changed bit; a discarding trigger
-    /// resets the state to init.
+    /// Trigger `trigger` fired extent `extent` of group `group`: clears its changed bit; a
+    /// discarding trigger resets the state to init.
     Fired {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Trigger index within the window.
-        tr: u16,
+        trigger: u16,
         /// Group id.
-        g: u32,
+        group: u32,
         /// Extent id (session: lower bound).
-        e: i64,
+        extent: i64,
     },
-    /// Removes extent `e` of group `g` (and the group when nothing else holds it).
+    /// Removes extent `extent` of group `group` (and the group when nothing else holds it).
     Evict {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Group id.
-        g: u32,
+        group: u32,
         /// Extent id (session: lower bound).
-        e: i64,
+        extent: i64,
     },
     /// The watermark advanced to this value.
     Watermark(i64),
-    /// Timer trigger `tr` next fires at processing time `at`.
+    /// Timer trigger `trigger` next fires at processing time `at`.
     TimerNext {
         /// Window index.
-        w: u16,
+        window: u16,
         /// Trigger index within the window.
-        tr: u16,
+        trigger: u16,
         /// Processing time: milliseconds on the monotonic clock of the process that logged it.
         at: i64,
     },
-    /// One more late segment for window `w`.
+    /// One more late segment for window `window`.
     Late {
         /// Window index.
-        w: u16,
+        window: u16,
     },
 }
 
@@ -574,6 +578,14 @@ impl WindowOperator {
         self.group_ids.len()
     }
 
+    /// The key of group id `group` in the operator's group table: the `key` of the
+    /// [`Transition::Group`] that interned it, while the group lives. `None` for an id never
+    /// interned, or freed when the group's last extent was evicted (a freed id is reused by the
+    /// next new group, so the answer follows the table as of the last transition applied).
+    pub fn group_key(&self, group: u32) -> Option<&Value> {
+        self.state.groups.get(group as usize)?.as_ref()
+    }
+
     /// The live extents of `window` for `group`, ascending.
     pub fn extents(&self, window: &str, group: &Value) -> Vec<ExtentView> {
         let Some(w) = self.windows.iter().position(|s| s.id == window) else {
@@ -724,7 +736,12 @@ impl WindowOperator {
                 self.group_ids.insert(key.clone(), *id);
                 Ok(())
             }
-            Transition::Update { w, g, e, u } => {
+            Transition::Update {
+                window: w,
+                group: g,
+                extent: e,
+                update: u,
+            } => {
                 self.check_wg(*w, *g)?;
                 let w = usize::from(*w);
                 if matches!(self.windows[w].kind, WindowKind::Session { .. }) {
@@ -735,7 +752,13 @@ impl WindowOperator {
                 self.count_segment(w, *g);
                 Ok(())
             }
-            Transition::UpdateRange { w, g, e, n, u } => {
+            Transition::UpdateRange {
+                window: w,
+                group: g,
+                extent: e,
+                count: n,
+                update: u,
+            } => {
                 self.check_wg(*w, *g)?;
                 self.check_sliding(*w)?;
                 let w = usize::from(*w);
@@ -745,7 +768,12 @@ impl WindowOperator {
                 self.count_segment(w, *g);
                 Ok(())
             }
-            Transition::UpdateEach { w, g, e, us } => {
+            Transition::UpdateEach {
+                window: w,
+                group: g,
+                extent: e,
+                updates: us,
+            } => {
                 self.check_wg(*w, *g)?;
                 self.check_sliding(*w)?;
                 let w = usize::from(*w);
@@ -755,7 +783,12 @@ impl WindowOperator {
                 self.count_segment(w, *g);
                 Ok(())
             }
-            Transition::Fired { w, tr, g, e } => {
+            Transition::Fired {
+                window: w,
+                trigger: tr,
+                group: g,
+                extent: e,
+            } => {
                 self.check_wg(*w, *g)?;
                 let wi = usize::from(*w);
                 let ti = usize::from(*tr);
@@ -779,7 +812,11 @@ impl WindowOperator {
                 self.reindex(wi, *g, *e, old);
                 Ok(())
             }
-            Transition::Evict { w, g, e } => {
+            Transition::Evict {
+                window: w,
+                group: g,
+                extent: e,
+            } => {
                 self.check_wg(*w, *g)?;
                 let wi = usize::from(*w);
                 let ws = &mut self.state.windows[wi];
@@ -814,7 +851,11 @@ impl WindowOperator {
                 self.state.watermark = self.state.watermark.max(*wm);
                 Ok(())
             }
-            Transition::TimerNext { w, tr, at } => {
+            Transition::TimerNext {
+                window: w,
+                trigger: tr,
+                at,
+            } => {
                 let Some(slot) = self
                     .state
                     .windows
@@ -826,7 +867,7 @@ impl WindowOperator {
                 *slot = Some(*at);
                 Ok(())
             }
-            Transition::Late { w } => {
+            Transition::Late { window: w } => {
                 let Some(ws) = self.state.windows.get_mut(usize::from(*w)) else {
                     return bad(format!("no window {w}"));
                 };
@@ -929,7 +970,7 @@ impl WindowOperator {
     }
 
     /// Applies a transition the operator made itself and records it in `step`.
-    fn commit(&mut self, step: &mut Step, t: Transition) {
+    fn apply_and_record(&mut self, step: &mut Step, t: Transition) {
         self.apply(&t)
             .expect("a transition made by the operator fits its state");
         step.transitions.push(t);
@@ -1154,13 +1195,13 @@ impl WindowOperator {
             state: x.state.clone(),
         });
         if needs_transition {
-            self.commit(
+            self.apply_and_record(
                 step,
                 Transition::Fired {
-                    w: w as u16,
-                    tr: tr as u16,
-                    g,
-                    e,
+                    window: w as u16,
+                    trigger: tr as u16,
+                    group: g,
+                    extent: e,
                 },
             );
         }
@@ -1203,7 +1244,14 @@ impl WindowOperator {
                     self.fire(step, w, tr, g, e, event);
                 }
             }
-            self.commit(step, Transition::Evict { w: w as u16, g, e });
+            self.apply_and_record(
+                step,
+                Transition::Evict {
+                    window: w as u16,
+                    group: g,
+                    extent: e,
+                },
+            );
         }
         self.restore_due(w, &due);
     }
@@ -1404,7 +1452,7 @@ impl WindowOperator {
     ) -> Option<u32> {
         match plan {
             Plan::Late(reason) => {
-                self.commit(step, Transition::Late { w: w as u16 });
+                self.apply_and_record(step, Transition::Late { window: w as u16 });
                 step.late.push(Late {
                     window: self.windows[w].id.clone(),
                     segment: segment.clone(),
@@ -1421,7 +1469,7 @@ impl WindowOperator {
                             .first()
                             .copied()
                             .unwrap_or(self.state.groups.len() as u32);
-                        self.commit(
+                        self.apply_and_record(
                             step,
                             Transition::Group {
                                 id,
@@ -1434,25 +1482,30 @@ impl WindowOperator {
                 let w16 = w as u16;
                 let n = 1 + rest.len();
                 let t = if rest.is_empty() {
-                    Transition::Update { w: w16, g, e, u }
+                    Transition::Update {
+                        window: w16,
+                        group: g,
+                        extent: e,
+                        update: u,
+                    }
                 } else if rest.iter().all(|r| *r == u) {
                     Transition::UpdateRange {
-                        w: w16,
-                        g,
-                        e,
-                        n: n as u32,
-                        u,
+                        window: w16,
+                        group: g,
+                        extent: e,
+                        count: n as u32,
+                        update: u,
                     }
                 } else {
                     rest.insert(0, u);
                     Transition::UpdateEach {
-                        w: w16,
-                        g,
-                        e,
-                        us: rest,
+                        window: w16,
+                        group: g,
+                        extent: e,
+                        updates: rest,
                     }
                 };
-                self.commit(step, t);
+                self.apply_and_record(step, t);
                 let touched = match self.windows[w].kind {
                     WindowKind::Session { .. } => self.state.windows[w]
                         .groups
@@ -1576,7 +1629,7 @@ impl WindowOperator {
             step.extend(self.on_job_completed());
             return;
         }
-        self.commit(step, Transition::Watermark(wm));
+        self.apply_and_record(step, Transition::Watermark(wm));
         for w in 0..self.windows.len() {
             self.advance(step, w, FireEvent::Watermark, true);
         }
@@ -1604,11 +1657,11 @@ impl WindowOperator {
                     }
                     Some(_) => continue,
                 };
-                self.commit(
+                self.apply_and_record(
                     &mut step,
                     Transition::TimerNext {
-                        w: w as u16,
-                        tr: tr as u16,
+                        window: w as u16,
+                        trigger: tr as u16,
                         at: next,
                     },
                 );
@@ -1628,11 +1681,11 @@ impl WindowOperator {
                 let TriggerOn::Timer { period_ms } = self.triggers[w][tr].on else {
                     continue;
                 };
-                self.commit(
+                self.apply_and_record(
                     &mut step,
                     Transition::TimerNext {
-                        w: w as u16,
-                        tr: tr as u16,
+                        window: w as u16,
+                        trigger: tr as u16,
                         at: now_ms.saturating_add(period_ms),
                     },
                 );
@@ -1696,7 +1749,7 @@ impl WindowOperator {
             completion.w += 1;
         }
         if self.state.watermark < i64::MAX {
-            self.commit(step, Transition::Watermark(i64::MAX));
+            self.apply_and_record(step, Transition::Watermark(i64::MAX));
         }
         for w in 0..self.windows.len() {
             self.advance(step, w, FireEvent::JobCompleted, false);

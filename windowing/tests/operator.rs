@@ -287,8 +287,8 @@ fn restarted_timers_neither_stall_nor_misfire_after_a_recovery() {
     assert_eq!(
         restart.transitions,
         vec![Transition::TimerNext {
-            w: 0,
-            tr: 0,
+            window: 0,
+            trigger: 0,
             at: 1_005
         }]
     );
@@ -538,10 +538,10 @@ fn user_aggregation_with_state_dependent_updates() {
     assert_eq!(
         step.transitions.last(),
         Some(&Transition::UpdateEach {
-            w: 0,
-            g: 0,
-            e: 1,
-            us: vec![i(2), i(1)]
+            window: 0,
+            group: 0,
+            extent: 1,
+            updates: vec![i(2), i(1)]
         })
     );
     assert_eq!(
@@ -560,14 +560,14 @@ fn corrupt_transitions_are_rejected() {
     let mut o = op(vec![WindowSpec::fixed("w", "t", 10, count())], vec![]);
     let e = o
         .apply(&Transition::Update {
-            w: 0,
-            g: 3,
-            e: 0,
-            u: i(1),
+            window: 0,
+            group: 3,
+            extent: 0,
+            update: i(1),
         })
         .unwrap_err();
     assert_eq!(e.to_string(), "transition does not apply: no group 3");
-    assert!(o.apply(&Transition::Late { w: 9 }).is_err());
+    assert!(o.apply(&Transition::Late { window: 9 }).is_err());
     assert_eq!(o.live_extents(), 0);
 }
 
@@ -1024,7 +1024,141 @@ fn bytes_per_count_transition() {
         bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
     assert_eq!(back, step.transitions[0]);
     let json = serde_json::to_string(&step.transitions[0]).unwrap();
-    assert_eq!(json, r#"{"Update":{"w":0,"g":0,"e":28333333,"u":1}}"#);
+    assert_eq!(
+        json,
+        r#"{"Update":{"window":0,"group":0,"extent":28333333,"update":1}}"#
+    );
+}
+
+/// The log format of every transition variant, byte for byte: bincode (standard config, as the
+/// engine logs them) writes the variant index, then the fields in declaration order, without
+/// their names. Renaming a field keeps these bytes; reordering fields or variants breaks them.
+/// Each field holds a distinct value, so a swap of two fields shows.
+#[test]
+fn transition_encoding_is_pinned() {
+    let cfg = bincode::config::standard();
+    let cases: Vec<(Transition, Vec<u8>)> = vec![
+        (
+            Transition::Group {
+                id: 5,
+                key: "k".into(),
+            },
+            // variant 0, id 5, Value::Str (tag 5), length 1, 'k'
+            vec![0, 5, 5, 1, b'k'],
+        ),
+        (
+            Transition::Update {
+                window: 1,
+                group: 2,
+                extent: -3,
+                update: i(4),
+            },
+            // variant 1, window 1, group 2, extent zigzag(-3) = 5, Value::Int (tag 2) zigzag(4)
+            vec![1, 1, 2, 5, 2, 8],
+        ),
+        (
+            Transition::UpdateRange {
+                window: 1,
+                group: 2,
+                extent: 300,
+                count: 3,
+                update: Value::Null,
+            },
+            // extent zigzag(300) = 600 = 0xfb then u16 LE 0x0258; count 3; Value::Null (tag 0)
+            vec![2, 1, 2, 0xfb, 0x58, 0x02, 3, 0],
+        ),
+        (
+            Transition::UpdateEach {
+                window: 1,
+                group: 2,
+                extent: 7,
+                updates: vec![i(1), Value::Bool(true)],
+            },
+            // extent zigzag(7) = 14; 2 updates: Int(1) = [2, 2], Bool(true) = [1, 1]
+            vec![3, 1, 2, 14, 2, 2, 2, 1, 1],
+        ),
+        (
+            Transition::Fired {
+                window: 1,
+                trigger: 4,
+                group: 2,
+                extent: 9,
+            },
+            vec![4, 1, 4, 2, 18],
+        ),
+        (
+            Transition::Evict {
+                window: 1,
+                group: 2,
+                extent: 9,
+            },
+            vec![5, 1, 2, 18],
+        ),
+        (Transition::Watermark(-1), vec![6, 1]),
+        (
+            Transition::TimerNext {
+                window: 1,
+                trigger: 4,
+                at: 1_000,
+            },
+            // at zigzag(1000) = 2000 = 0xfb then u16 LE 0x07d0
+            vec![7, 1, 4, 0xfb, 0xd0, 0x07],
+        ),
+        (Transition::Late { window: 3 }, vec![8, 3]),
+    ];
+    for (t, expected) in cases {
+        let bytes = bincode::serde::encode_to_vec(&t, cfg).unwrap();
+        assert_eq!(bytes, expected, "{t:?}");
+        let (back, n): (Transition, usize) =
+            bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!((back, n), (t, expected.len()));
+    }
+}
+
+/// `group_key` answers from the operator's own group table: a key is there once interned, gone
+/// once its group's last extent is evicted, and its id answers the next group's key once reused.
+#[test]
+fn group_key_follows_interning_eviction_and_reuse() {
+    let mut o = op(
+        vec![WindowSpec::fixed("w", "t", 10, count())],
+        vec![TriggerSpec::watermark("w", "close", 0)],
+    );
+    assert_eq!(o.group_key(0), None);
+    o.on_segment(&seg(1), &"a".into()).unwrap();
+    o.on_segment(&seg(12), &"b".into()).unwrap();
+    assert_eq!(o.group_key(0), Some(&"a".into()));
+    assert_eq!(o.group_key(1), Some(&"b".into()));
+    assert_eq!(o.group_key(2), None);
+    assert_eq!(o.group_key(u32::MAX), None);
+    // [0,9] closes: group "a" holds nothing else and leaves the table; "b" stays.
+    let step = o.on_watermark(10);
+    assert!(step.transitions.contains(&Transition::Evict {
+        window: 0,
+        group: 0,
+        extent: 0
+    }));
+    assert_eq!(o.group_key(0), None);
+    assert_eq!(o.group_key(1), Some(&"b".into()));
+    // The freed id 0 is reused by the next new group, and now answers its key.
+    let step = o.on_segment(&seg(15), &"c".into()).unwrap();
+    assert_eq!(
+        step.transitions[0],
+        Transition::Group {
+            id: 0,
+            key: "c".into()
+        }
+    );
+    assert_eq!(o.group_key(0), Some(&"c".into()));
+    assert_eq!(o.group_key(1), Some(&"b".into()));
+    // An operator restored from the snapshot answers the same.
+    let mut r = op(
+        vec![WindowSpec::fixed("w", "t", 10, count())],
+        vec![TriggerSpec::watermark("w", "close", 0)],
+    );
+    r.restore(o.snapshot()).unwrap();
+    assert_eq!(r.group_key(0), Some(&"c".into()));
+    assert_eq!(r.group_key(1), Some(&"b".into()));
+    assert_eq!(r.group_key(2), None);
 }
 
 // ----- found by the golden jobs -----

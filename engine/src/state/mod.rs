@@ -529,7 +529,13 @@ pub fn recover(
         let last = Some(i) == last_batch;
         for t in &b.transitions {
             if last {
-                if let Transition::Fired { w, tr, g, e } = t {
+                if let Transition::Fired {
+                    window: w,
+                    trigger: tr,
+                    group: g,
+                    extent: e,
+                } = t
+                {
                     if let Some(f) = firing_of(op, groups, *w, *tr, *g, *e, FireEvent::Recovered) {
                         out.pending.push(f);
                     }
