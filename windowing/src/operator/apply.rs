@@ -6,7 +6,7 @@
 
 use super::groups::group_entry;
 use super::transition::Transition;
-use super::{all_bits, Extent, Step, WindowOperator};
+use super::{Extent, Step, WindowOperator};
 use crate::error::WindowError;
 use crate::session;
 use crate::trigger::{Refinement, TriggerOn};
@@ -274,5 +274,14 @@ impl WindowOperator {
         self.apply(&t)
             .expect("a transition made by the operator fits its state");
         step.transitions.push(t);
+    }
+}
+
+/// A changed bit set for each of `n` triggers.
+fn all_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
     }
 }

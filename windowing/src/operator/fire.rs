@@ -47,7 +47,7 @@ impl WindowOperator {
             window: Text::new(&self.windows[w].id),
             trigger: Text::new(&trigger.id),
             event,
-            group: self.state.groups[g as usize].clone().unwrap_or_default(),
+            group: self.group_key(g).cloned().unwrap_or_default(),
             lower,
             upper,
             state: x.state.clone(),
@@ -94,7 +94,7 @@ impl WindowOperator {
                     (counter == 0, FireEvent::Segment)
                 }
                 TriggerOn::Punctuation(pred) => {
-                    let group = self.state.groups[g as usize].clone().unwrap_or_default();
+                    let group = self.group_key(g).cloned().unwrap_or_default();
                     let ctx = PunctuationCtx {
                         window: &self.windows[w].id,
                         trigger: &trigger.id,

@@ -1,14 +1,17 @@
-//! The per-window group table: each group's extents and segment-trigger counters, indexed by
-//! dense group id. The ids themselves (key → id, id → key, free ids) live in the operator's
-//! [`Snapshot`](super::Snapshot) and are changed only by transitions; this module holds the
-//! table they index and the group orderings that firing needs.
+//! Groups: the per-window group table (each group's extents and segment-trigger counters,
+//! indexed by dense group id), the lookups of the operator's group ids (key → id, id → key), the
+//! interning of a new group under the lowest free id, and the order in which groups fire. The
+//! ids live in the operator's [`Snapshot`](super::Snapshot) and change only by transitions
+//! (`Group` interns, the last `Evict` of a group frees).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Extent, WindowOperator};
+use super::transition::Transition;
+use super::{Extent, Step, WindowOperator};
 use crate::extent_map::ExtentMap;
+use crate::value::Value;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct GroupState {
@@ -116,6 +119,29 @@ pub(super) fn group_entry(groups: &mut GroupTable, g: u32, n: usize) -> &mut Gro
 
 impl WindowOperator {
     /// Group ids of window `w`, ordered by group value.
+    /// The id of group `key`, if it is interned.
+    pub(super) fn group_id(&self, key: &Value) -> Option<u32> {
+        self.group_ids.get(key).copied()
+    }
+
+    /// Interns group `key` under the lowest free id, or the next new one: applies and records
+    /// its [`Transition::Group`] in `step`. Returns the id.
+    pub(super) fn intern(&mut self, step: &mut Step, key: &Value) -> u32 {
+        let id = self
+            .free_groups
+            .first()
+            .copied()
+            .unwrap_or(self.state.groups.len() as u32);
+        self.apply_and_record(
+            step,
+            Transition::Group {
+                id,
+                key: key.clone(),
+            },
+        );
+        id
+    }
+
     pub(super) fn sorted_groups(&self, w: usize) -> Vec<u32> {
         let mut gs: Vec<u32> = self.state.windows[w].groups.keys().collect();
         gs.sort_by(|a, b| self.state.groups[*a as usize].cmp(&self.state.groups[*b as usize]));

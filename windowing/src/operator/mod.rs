@@ -6,6 +6,13 @@
 //! [`WindowOperator::on_recovered`]) and returns a [`Step`]: the [`Transition`]s it made, the
 //! [`Firing`]s for sync, and the [`Late`] segments.
 //!
+//! **Where things are.** This module holds the operator, its state types and its accessors;
+//! the rest is split by concern: `transition` (the logged change and its format), `apply`
+//! (transitions onto state — the only place state changes), `segment` and `plan` (a segment
+//! becomes transitions, after every window's plan is known), `fire` (triggers, watermark
+//! advances and timers), `complete` (job completion and recovery), `deadline` (bounds,
+//! horizons and the due index) and `groups` (the group table and ids).
+//!
 //! **Exactly-once invariant.** All operator state — extent states per group, sessions, segment
 //! trigger counters, "changed since last fired" marks, refinement resets, evictions, the
 //! watermark, timer deadlines, late counts and the group table — changes only through
@@ -225,22 +232,6 @@ fn append<T>(v: &mut Vec<T>, more: Vec<T>) {
         *v = more;
     } else {
         v.extend(more);
-    }
-}
-
-fn all_bits(n: usize) -> u64 {
-    if n >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << n) - 1
-    }
-}
-
-fn fmt_wm(wm: i64) -> String {
-    if wm == i64::MAX {
-        "+inf".to_owned()
-    } else {
-        wm.to_string()
     }
 }
 

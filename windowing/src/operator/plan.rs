@@ -2,7 +2,7 @@
 //! whether it is late (and why), and the updates of the extents it falls into. Reads the state
 //! only, so a segment rejected by any window changes nothing.
 
-use super::{fmt_wm, Extent, WindowOperator};
+use super::{Extent, WindowOperator};
 use crate::error::{a_type, WindowError};
 use crate::session;
 use crate::value::{Map, Value};
@@ -169,5 +169,14 @@ impl WindowOperator {
                 })
             }
         }
+    }
+}
+
+/// A watermark in a message (`+inf` for `i64::MAX`).
+fn fmt_wm(wm: i64) -> String {
+    if wm == i64::MAX {
+        "+inf".to_owned()
+    } else {
+        wm.to_string()
     }
 }

@@ -28,7 +28,7 @@ impl WindowOperator {
         group: &Value,
         step: &mut Step,
     ) -> Result<(), WindowError> {
-        let known = self.group_ids.get(group).copied();
+        let known = self.group_id(group);
         // Plan every window before changing anything, so an error changes nothing. One window
         // (the common case) needs no list of plans.
         if self.windows.len() == 1 {
@@ -70,21 +70,7 @@ impl WindowOperator {
             Plan::Update { e, u, mut rest } => {
                 let g = match gid {
                     Some(g) => g,
-                    None => {
-                        let id = self
-                            .free_groups
-                            .first()
-                            .copied()
-                            .unwrap_or(self.state.groups.len() as u32);
-                        self.apply_and_record(
-                            step,
-                            Transition::Group {
-                                id,
-                                key: group.clone(),
-                            },
-                        );
-                        id
-                    }
+                    None => self.intern(step, group),
                 };
                 let w16 = w as u16;
                 let n = 1 + rest.len();

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::value::Value;
 
 /// One logged state change. Windows, triggers and groups are small indices: `window` indexes
-/// the windows as given to [`WindowOperator::new`], `trigger` the triggers of that window in the
-/// order given, `group` the group table (filled by [`Transition::Group`]).
+/// the windows as given to [`WindowOperator::new`](super::WindowOperator::new), `trigger` the
+/// triggers of that window in the order given, `group` the group table (filled by
+/// [`Transition::Group`]).
 ///
 /// Encoded with bincode, which stores no field names: a variant is its index, then its fields
 /// in declaration order. The order of variants and of fields is therefore part of the log
