@@ -4,25 +4,15 @@
 //! refinement, and its `Fired` transition is applied and recorded.
 
 use super::transition::Transition;
-use super::{Extent, Step, WindowOperator};
+use super::{Step, WindowOperator};
 use crate::trigger::{FireEvent, Firing, PunctuationCtx, Refinement, TriggerOn};
 use crate::value::{Map, Text};
 
 impl WindowOperator {
-    pub(super) fn extent(&self, w: usize, g: u32, e: i64) -> Option<&Extent> {
-        self.state.windows[w].groups.get(&g)?.extents.get(&e)
-    }
-
+    /// True when extent `e` of group `g` changed since trigger `tr` last fired it.
     pub(super) fn changed(&self, w: usize, tr: usize, g: u32, e: i64) -> bool {
         self.extent(w, g, e)
             .is_some_and(|x| x.changed & (1u64 << tr) != 0)
-    }
-
-    pub(super) fn extent_keys(&self, w: usize, g: u32) -> Vec<i64> {
-        self.state.windows[w]
-            .groups
-            .get(&g)
-            .map_or_else(Vec::new, |gs| gs.extents.keys().copied().collect())
     }
 
     /// Fires extent `e` of group `g` with trigger `tr`: records the firing with the state before
@@ -191,32 +181,6 @@ impl WindowOperator {
             );
         }
         self.restore_due(w, &due);
-    }
-
-    /// The task watermark advanced to `wm`: watermark triggers fire, then extents past their
-    /// horizon get their final firings and are evicted. A watermark not above the current one
-    /// does nothing. A watermark of +∞ (`i64::MAX`: every input finished) is job completion and
-    /// does what [`WindowOperator::on_job_completed`] does.
-    pub fn on_watermark(&mut self, wm: i64) -> Step {
-        let mut step = Step::default();
-        self.on_watermark_into(wm, &mut step);
-        step
-    }
-
-    /// [`WindowOperator::on_watermark`], appending to `step` (a batch's step takes its
-    /// watermark's transitions and firings without another vector to copy them from).
-    pub fn on_watermark_into(&mut self, wm: i64, step: &mut Step) {
-        if wm <= self.state.watermark {
-            return;
-        }
-        if wm == i64::MAX {
-            step.extend(self.on_job_completed());
-            return;
-        }
-        self.apply_and_record(step, Transition::Watermark(wm));
-        for w in 0..self.windows.len() {
-            self.advance(step, w, FireEvent::Watermark, true);
-        }
     }
 
     /// Processing time is `now_ms`: timer triggers whose deadline has come fire every extent of

@@ -1,15 +1,14 @@
 //! Groups: the per-window group table (each group's extents and segment-trigger counters,
-//! indexed by dense group id), the lookups of the operator's group ids (key → id, id → key), the
-//! interning of a new group under the lowest free id, and the order in which groups fire. The
-//! ids live in the operator's [`Snapshot`](super::Snapshot) and change only by transitions
-//! (`Group` interns, the last `Evict` of a group frees).
+//! indexed by dense group id) and its lookups, the operator's group ids (key → id, the id a new
+//! group gets) and the order in which groups fire. The ids live in the operator's
+//! [`Snapshot`](super::Snapshot) and change only by transitions (`Group` interns, the last
+//! `Evict` of a group frees). Reads only: nothing here calls the rest of the operator.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::transition::Transition;
-use super::{Extent, Step, WindowOperator};
+use super::{Extent, WindowOperator};
 use crate::extent_map::ExtentMap;
 use crate::value::Value;
 
@@ -118,30 +117,33 @@ pub(super) fn group_entry(groups: &mut GroupTable, g: u32, n: usize) -> &mut Gro
 }
 
 impl WindowOperator {
-    /// Group ids of window `w`, ordered by group value.
     /// The id of group `key`, if it is interned.
     pub(super) fn group_id(&self, key: &Value) -> Option<u32> {
         self.group_ids.get(key).copied()
     }
 
-    /// Interns group `key` under the lowest free id, or the next new one: applies and records
-    /// its [`Transition::Group`] in `step`. Returns the id.
-    pub(super) fn intern(&mut self, step: &mut Step, key: &Value) -> u32 {
-        let id = self
-            .free_groups
+    /// The id a new group is interned under: the lowest free id, or the next new one.
+    pub(super) fn next_group_id(&self) -> u32 {
+        self.free_groups
             .first()
             .copied()
-            .unwrap_or(self.state.groups.len() as u32);
-        self.apply_and_record(
-            step,
-            Transition::Group {
-                id,
-                key: key.clone(),
-            },
-        );
-        id
+            .unwrap_or(self.state.groups.len() as u32)
     }
 
+    /// Extent `e` of group `g` in window `w`, if it is live.
+    pub(super) fn extent(&self, w: usize, g: u32, e: i64) -> Option<&Extent> {
+        self.state.windows[w].groups.get(&g)?.extents.get(&e)
+    }
+
+    /// The live extent ids of group `g` in window `w`, ascending.
+    pub(super) fn extent_keys(&self, w: usize, g: u32) -> Vec<i64> {
+        self.state.windows[w]
+            .groups
+            .get(&g)
+            .map_or_else(Vec::new, |gs| gs.extents.keys().copied().collect())
+    }
+
+    /// Group ids of window `w`, ordered by group value.
     pub(super) fn sorted_groups(&self, w: usize) -> Vec<u32> {
         let mut gs: Vec<u32> = self.state.windows[w].groups.keys().collect();
         gs.sort_by(|a, b| self.state.groups[*a as usize].cmp(&self.state.groups[*b as usize]));

@@ -9,9 +9,11 @@
 //! **Where things are.** This module holds the operator, its state types and its accessors;
 //! the rest is split by concern: `transition` (the logged change and its format), `apply`
 //! (transitions onto state — the only place state changes), `segment` and `plan` (a segment
-//! becomes transitions, after every window's plan is known), `fire` (triggers, watermark
-//! advances and timers), `complete` (job completion and recovery), `deadline` (bounds,
-//! horizons and the due index) and `groups` (the group table and ids).
+//! becomes transitions, after every window's plan is known), `fire` (triggers, a window's
+//! watermark advance, timers), `watermark` (the watermark event), `complete` (job completion
+//! and recovery), `deadline` (bounds, horizons and the due index) and `groups` (the group table
+//! and ids). In the order `watermark`, `segment`, `complete`, `plan`, `fire`, `apply`,
+//! `deadline`, `groups`, each calls only those after it (and `mod.rs`), never back.
 //!
 //! **Exactly-once invariant.** All operator state — extent states per group, sessions, segment
 //! trigger counters, "changed since last fired" marks, refinement resets, evictions, the
@@ -94,6 +96,7 @@ mod groups;
 mod plan;
 mod segment;
 mod transition;
+mod watermark;
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -70,7 +70,17 @@ impl WindowOperator {
             Plan::Update { e, u, mut rest } => {
                 let g = match gid {
                     Some(g) => g,
-                    None => self.intern(step, group),
+                    None => {
+                        let id = self.next_group_id();
+                        self.apply_and_record(
+                            step,
+                            Transition::Group {
+                                id,
+                                key: group.clone(),
+                            },
+                        );
+                        id
+                    }
                 };
                 let w16 = w as u16;
                 let n = 1 + rest.len();
