@@ -1,0 +1,222 @@
+//! When each extent needs attention: its bounds, its eviction horizon, the watermark at which
+//! each watermark trigger fires it, and the due index (by watermark) kept in step with the state
+//! by every transition, so that a watermark advance visits only the extents that are due. All
+//! of it is derived from the state, so the live operator and a replay agree.
+
+use std::collections::BTreeSet;
+
+use super::{Extent, WindowOperator, DUE_SLACK};
+use crate::due::DueEntry;
+use crate::trigger::TriggerOn;
+use crate::value::Value;
+use crate::window::WindowKind;
+
+impl WindowOperator {
+    pub(super) fn bounds(&self, w: usize, e: i64, x: &Extent) -> (Option<i64>, Option<i64>) {
+        let spec = &self.windows[w];
+        match spec.kind {
+            WindowKind::Global => (None, None),
+            WindowKind::Session { .. } => (Some(e), Some(x.upper)),
+            WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
+                let ext = spec.extents().expect("numbered extents");
+                (Some(ext.lower(e)), Some(ext.upper(e)))
+            }
+        }
+    }
+
+    /// The watermark past which extent `x` is evicted (`i64::MAX`: never). For fixed and
+    /// sliding extents it is also the lateness horizon; a session is kept longer, see
+    /// [`WindowOperator::session_keep`].
+    pub(super) fn horizon(&self, w: usize, x: &Extent) -> i64 {
+        let spec = &self.windows[w];
+        match spec.kind {
+            WindowKind::Global => i64::MAX,
+            WindowKind::Session { gap } => x
+                .upper
+                .saturating_add(gap)
+                .saturating_add(self.session_keep[w]),
+            _ => x.upper.saturating_add(spec.allowed_lateness),
+        }
+    }
+
+    /// The watermark at which watermark trigger `tr` of window `w` fires an extent with these
+    /// bounds (`None`: not a watermark trigger). A session's deadlines count from the moment it
+    /// closes, `upper + timeout_gap + 1` (see the module docs).
+    fn threshold(&self, w: usize, tr: usize, lower: i64, upper: i64) -> Option<i64> {
+        let end = match self.windows[w].kind {
+            WindowKind::Session { gap } => upper.saturating_add(gap).saturating_add(1),
+            _ => upper,
+        };
+        match self.triggers[w][tr].on {
+            TriggerOn::Watermark { delay } => Some(end.saturating_add(delay)),
+            TriggerOn::PercentileWatermark { percentage } => {
+                let offset = (end.saturating_sub(lower) as f64 * percentage).ceil() as i64;
+                Some(lower.saturating_add(offset))
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the watermark trigger `tr` of window `w` has reached its deadline for extent `e`.
+    pub(super) fn deadline_reached(&self, w: usize, tr: usize, e: i64, x: &Extent) -> bool {
+        let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
+            return self.state.watermark == i64::MAX;
+        };
+        self.threshold(w, tr, lower, upper)
+            .is_some_and(|t| self.state.watermark >= t)
+    }
+
+    /// The lowest watermark at which a watermark advance has something to do with extent `e`
+    /// of window `w`: fire it by a watermark trigger whose changed bit is set, or evict it (past
+    /// its horizon). `None` for global windows, which only job completion fires and nothing
+    /// evicts. A pure function of the extent, so the live operator and a replay agree.
+    fn due_key(&self, w: usize, e: i64, x: &Extent) -> Option<i64> {
+        let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
+            return None;
+        };
+        let mut key = self.horizon(w, x).saturating_add(1);
+        for tr in 0..self.triggers[w].len() {
+            if x.changed & (1u64 << tr) != 0 {
+                if let Some(t) = self.threshold(w, tr, lower, upper) {
+                    key = key.min(t);
+                }
+            }
+        }
+        Some(key)
+    }
+
+    /// The due key of extent `e` of group `g` in window `w`, if it exists and has one.
+    pub(super) fn due_of(&self, w: usize, g: u32, e: i64) -> Option<i64> {
+        self.extent(w, g, e).and_then(|x| self.due_key(w, e, x))
+    }
+
+    /// Indexes extent `e` under its key now, if that differs from its key before a change
+    /// (`old`); the entry under `old` goes stale.
+    pub(super) fn reindex(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
+        let new = self.due_of(w, g, e);
+        if new == old {
+            return;
+        }
+        if let Some(k) = new {
+            self.index_due(w, (k, g, e));
+        }
+    }
+
+    /// Adds `entry` to window `w`'s due index, rebuilding the index when stale entries have
+    /// grown it past its limit.
+    fn index_due(&mut self, w: usize, entry: DueEntry) {
+        self.due[w].push(entry);
+        if self.due[w].len() > self.due_limit[w] {
+            self.rebuild_due_window(w);
+        }
+    }
+
+    /// Rebuilds window `w`'s due index from the state.
+    fn rebuild_due_window(&mut self, w: usize) {
+        let mut entries = Vec::new();
+        for (g, gs) in self.state.windows[w].groups.iter() {
+            for (&e, x) in &gs.extents {
+                if let Some(k) = self.due_key(w, e, x) {
+                    entries.push((k, g, e));
+                }
+            }
+        }
+        self.due_limit[w] = 2 * entries.len() + DUE_SLACK;
+        self.due[w] = entries.into_iter().collect();
+    }
+
+    /// The number of entries in window `w`'s due index, stale ones included (for tests).
+    #[doc(hidden)]
+    pub fn due_index_len(&self, w: usize) -> usize {
+        self.due[w].len()
+    }
+
+    /// Rebuilds the due index from the state (after `restore`).
+    pub(super) fn rebuild_due(&mut self) {
+        for w in 0..self.windows.len() {
+            self.rebuild_due_window(w);
+        }
+    }
+
+    /// Takes the extents of window `w` due at watermark `wm` out of the index, ordered by group
+    /// value, then extent (the firing order); stale entries are dropped. They are put back by
+    /// the transitions that fire or evict them, or by [`WindowOperator::restore_due`].
+    pub(super) fn take_due(&mut self, w: usize, wm: i64) -> Vec<(u32, i64)> {
+        let mut due = self.due[w].take_upto(wm);
+        due.retain(|&(k, g, e)| self.due_of(w, g, e) == Some(k));
+        let groups = &self.state.groups;
+        // Integer group keys (the common case) sort as plain integers, without comparing
+        // `Value`s through the group table on every comparison.
+        let int_keyed: Option<Vec<(i64, i64, u32)>> = due
+            .iter()
+            .map(|&(_, g, e)| match groups[g as usize] {
+                Some(Value::Int(i)) => Some((i, e, g)),
+                _ => None,
+            })
+            .collect();
+        if let Some(mut keyed) = int_keyed {
+            keyed.sort_unstable();
+            keyed.dedup();
+            return keyed.into_iter().map(|(_, e, g)| (g, e)).collect();
+        }
+        let mut v: Vec<(u32, i64)> = due.into_iter().map(|(_, g, e)| (g, e)).collect();
+        v.sort_by(|a, b| {
+            groups[a.0 as usize]
+                .cmp(&groups[b.0 as usize])
+                .then(a.1.cmp(&b.1))
+        });
+        v.dedup();
+        v
+    }
+
+    /// Puts the extents taken by [`WindowOperator::take_due`] that are still live back into the
+    /// index under their current keys.
+    pub(super) fn restore_due(&mut self, w: usize, taken: &[(u32, i64)]) {
+        for &(g, e) in taken {
+            if let Some(k) = self.due_of(w, g, e) {
+                self.index_due(w, (k, g, e));
+            }
+        }
+    }
+
+    /// Checks the operator's derived index against its state: every live extent of a
+    /// non-global window is indexed under its current due key (other entries are stale ones,
+    /// dropped when a watermark takes them), and (after
+    /// any event method) no extent is left that a watermark advance to the current watermark
+    /// would have fired or evicted. For tests; `Err` says what is wrong.
+    #[doc(hidden)]
+    pub fn check_due_index(&self) -> Result<(), String> {
+        let wm = self.state.watermark;
+        for (w, ws) in self.state.windows.iter().enumerate() {
+            let mut expected = BTreeSet::new();
+            for (g, gs) in ws.groups.iter() {
+                for (&e, x) in &gs.extents {
+                    if let Some(k) = self.due_key(w, e, x) {
+                        if k <= wm {
+                            return Err(format!(
+                                "window {w} group {g} extent {e} is due at {k} <= watermark {wm}"
+                            ));
+                        }
+                        expected.insert((k, g, e));
+                    }
+                }
+            }
+            // Every live extent's current key is in the index; other entries are stale ones,
+            // dropped when popped.
+            let indexed: BTreeSet<(i64, u32, i64)> = self.due[w].iter().copied().collect();
+            if let Some(missing) = expected.difference(&indexed).next() {
+                return Err(format!(
+                    "window {w}: the index {indexed:?} lacks {missing:?} (the state: {expected:?})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn is_watermark_trigger(&self, w: usize, tr: usize) -> bool {
+        matches!(
+            self.triggers[w][tr].on,
+            TriggerOn::Watermark { .. } | TriggerOn::PercentileWatermark { .. }
+        )
+    }
+}
