@@ -1,39 +1,61 @@
-//! The in-memory index of one bucket: its bloom filter, its locator and its counts.
+//! One bucket of the dedup filter in memory: the name of the RocksDB column family that holds
+//! its ids (the truth), and the two structures derived from them that answer lookups without
+//! reading RocksDB — its bloom filter and its locator — with its counts. No I/O here: the
+//! filter reads and writes the column family and tells the bucket what it stored where.
 
 use super::bloom::BloomBits;
 use super::config::DedupConfig;
-use super::filter::bucket_name;
 use super::hash::IdHash;
-use super::locator::{Firsts, KeyMap};
+use super::locator::Locator;
 
+/// Column families of buckets: `batches-<seq>`.
+const BUCKET_PREFIX: &str = "batches-";
+
+/// The column family of bucket `seq`: `batches-` and the number in 20 digits, so that names
+/// sort as numbers do.
+pub(super) fn bucket_name(seq: u64) -> String {
+    format!("{BUCKET_PREFIX}{seq:020}")
+}
+
+/// The bucket number of a column family named `<prefix><digits>`, or `None` for any other name.
+pub(super) fn parse_name(name: &str, prefix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The bucket number of a column family of the current layout ([`bucket_name`]).
+pub(super) fn parse_bucket_name(name: &str) -> Option<u64> {
+    parse_name(name, BUCKET_PREFIX)
+}
+
+/// One bucket: its column family and what is derived from the ids stored in it.
 pub(super) struct Bucket {
+    /// The bucket's number (buckets are started in increasing order).
     pub(super) seq: u64,
     /// The column family's name, made once.
     pub(super) name: String,
+    /// The fast "no".
     pub(super) bloom: BloomBits,
-    /// Locator key → number of the first stored batch holding an id with that key.
-    pub(super) first: Firsts,
-    /// Further batches for a locator key (another id with the same 32 bits, or an id inserted
-    /// again in a later batch): about one entry per 100 000 ids.
-    pub(super) more: KeyMap<Vec<u32>>,
+    /// Which stored batches may hold an id, consulted after a bloom "maybe".
+    pub(super) locator: Locator,
     /// Number of the next stored batch.
     pub(super) next_batch: u32,
+    /// Ids noted (an id inserted twice counts twice).
     pub(super) count: u64,
 }
 
 impl Bucket {
+    /// An empty bucket `seq` sized for `items` ids (at least the configured bucket size).
     pub(super) fn new(seq: u64, items: u64, config: &DedupConfig) -> Bucket {
         let items = config.bucket_size.max(items).max(1) as usize;
         Bucket {
             seq,
             name: bucket_name(seq),
             bloom: BloomBits::new(items, config.false_positive_rate),
-            // Sized up front (the table is rebuilt with every doubling otherwise).
-            first: Firsts::Open(KeyMap::with_capacity_and_hasher(
-                items.min(1 << 20),
-                Default::default(),
-            )),
-            more: KeyMap::default(),
+            locator: Locator::with_capacity(items),
             next_batch: 0,
             count: 0,
         }
@@ -44,21 +66,29 @@ impl Bucket {
     pub(super) fn note(&mut self, h: IdHash, batch: u32) {
         self.bloom.set(h);
         self.count += 1;
-        let Firsts::Open(first) = &mut self.first else {
-            unreachable!("ids go to the newest bucket only, which is never sealed");
-        };
-        match first.entry(h.key()) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(batch);
-            }
-            std::collections::hash_map::Entry::Occupied(e) => {
-                if *e.get() != batch {
-                    let more = self.more.entry(h.key()).or_default();
-                    if more.last() != Some(&batch) {
-                        more.push(batch);
-                    }
-                }
-            }
+        self.locator.note(h.key(), batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_as_numbers_and_parse_back() {
+        assert_eq!(bucket_name(7), "batches-00000000000000000007");
+        assert!(bucket_name(9) < bucket_name(10));
+        for seq in [0, 7, u64::MAX] {
+            assert_eq!(parse_bucket_name(&bucket_name(seq)), Some(seq));
+        }
+        for other in [
+            "default",
+            "batches-",
+            "batches-12a",
+            "bucket-1",
+            "batches--1",
+        ] {
+            assert_eq!(parse_bucket_name(other), None, "{other}");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::bloom::BloomMask;
-use super::bucket::Bucket;
+use super::bucket::{bucket_name, parse_bucket_name, parse_name, Bucket};
 use super::config::DedupConfig;
 use super::format::{
     batch_number, corrupt, encode_id, put_id_v4, take_front_coded, take_id_v4, BlobIds, TakeId,
@@ -28,22 +28,9 @@ const BLOCK_CACHE_BYTES: usize = 2 << 20;
 /// Key of the mark in the default column family.
 const MARK_KEY: &[u8] = b"mark";
 
-/// Column families of buckets in the current layout: `batches-<seq>`.
-const BUCKET_PREFIX: &str = "batches-";
-/// Column families of buckets in the layout before it (one key per id): `bucket-<seq>`.
+/// Column families of buckets in the layout before the current one (one key per id):
+/// `bucket-<seq>`.
 const LEGACY_PREFIX: &str = "bucket-";
-
-pub(super) fn bucket_name(seq: u64) -> String {
-    format!("{BUCKET_PREFIX}{seq:020}")
-}
-
-fn parse_name(name: &str, prefix: &str) -> Option<u64> {
-    let digits = name.strip_prefix(prefix)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// The ids being written by one call: a `WriteBatch` and the newest bucket's open stored batch.
 struct Pending {
@@ -137,7 +124,7 @@ impl DedupFilter {
         let existing = DB::list_cf(&opts, dir).unwrap_or_default();
         let mut seqs: Vec<u64> = existing
             .iter()
-            .filter_map(|n| parse_name(n, BUCKET_PREFIX))
+            .filter_map(|n| parse_bucket_name(n))
             .collect();
         let legacy: Vec<(u64, String)> = existing
             .iter()
@@ -170,7 +157,7 @@ impl DedupFilter {
         filter.drop_excess()?;
         let newest = filter.buckets.len() - 1;
         for b in filter.buckets.iter_mut().take(newest) {
-            b.first.seal();
+            b.locator.seal();
         }
         Ok(filter)
     }
@@ -246,7 +233,7 @@ impl DedupFilter {
     /// Seals the newest bucket, starts a new one and drops the oldest past `num_buckets`.
     fn rotate(&mut self) -> Result<()> {
         if let Some(b) = self.buckets.back_mut() {
-            b.first.seal();
+            b.locator.seal();
         }
         let seq = self.buckets.back().map_or(0, |b| b.seq + 1);
         self.start_bucket(seq)?;
@@ -275,13 +262,7 @@ impl DedupFilter {
 
     /// True if `id` is stored in `bucket` (after a bloom "maybe").
     fn confirm(&self, bucket: &Bucket, h: IdHash, id: &[u8]) -> Result<bool> {
-        let Some(first) = bucket.first.get(h.key()) else {
-            return Ok(false);
-        };
-        if self.batch_holds(bucket, first, id)? {
-            return Ok(true);
-        }
-        for &batch in bucket.more.get(&h.key()).into_iter().flatten() {
+        for batch in bucket.locator.batches(h.key()) {
             if self.batch_holds(bucket, batch, id)? {
                 return Ok(true);
             }
@@ -581,7 +562,7 @@ mod tests {
             let batches: Vec<u32> = (0..b.next_batch).collect();
             for i in 0..240u64 {
                 let k = IdHash::of(&id(i)).key();
-                match &mut b.first {
+                match &mut b.locator.first {
                     Firsts::Open(m) => {
                         m.insert(k, batches[0]);
                     }
@@ -593,7 +574,7 @@ mod tests {
                         *v = all.into();
                     }
                 }
-                b.more.insert(k, batches[1..].to_vec());
+                b.locator.more.insert(k, batches[1..].to_vec());
             }
         }
         for i in 0..240u64 {
@@ -606,10 +587,7 @@ mod tests {
     fn older_buckets_are_sealed_and_answer_exactly_through_their_locators() {
         let dir = tempfile::tempdir().unwrap();
         let sealed = |f: &DedupFilter| -> Vec<bool> {
-            f.buckets
-                .iter()
-                .map(|b| matches!(b.first, Firsts::Sealed(_)))
-                .collect()
+            f.buckets.iter().map(|b| b.locator.is_sealed()).collect()
         };
         // Ids 0, 2, 4, …, 698 (350 of them) in batches of 50: buckets of 100, 100, 100, 50.
         let inserted = |i: u64| i.is_multiple_of(2) && i < 700;
@@ -648,8 +626,7 @@ mod tests {
         f.insert_batch([b"x", b"x"]).unwrap();
         let b = f.buckets.back().unwrap();
         let kx = IdHash::of(b"x").key();
-        assert_eq!(b.first.get(kx), Some(0));
-        assert_eq!(b.more[&kx], vec![2]);
+        assert_eq!(b.locator.batches(kx).collect::<Vec<_>>(), [0, 2]);
         assert_eq!(f.len(), 4, "inserts are counted, as before");
         assert!(f.contains(b"x").unwrap() && f.contains(b"y").unwrap());
     }
