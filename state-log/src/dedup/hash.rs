@@ -1,13 +1,16 @@
-//! The one hash of an id from which every bloom probe and the locator key are derived.
+//! The one hash of an id ([`IdHash`]) from which every bloom probe and the locator key are
+//! derived. A lookup probes the bloom filter of every bucket and, on a "maybe", a locator:
+//! hashing the id once for all of them (a 64-bit multiply-fold hash, 8 bytes at a time) is what
+//! keeps a lookup to one hash and one cache line per bucket. Pure: bytes in, bits out.
 
 /// The one hash of an id from which every bloom probe and the locator key are derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IdHash {
     /// The id's 64-bit hash: its high half picks the bloom block, its low half is the locator
     /// key.
-    pub(super) h1: u64,
+    h1: u64,
     /// A second 64 bits derived from `h1`: its high half picks the bits within the block.
-    pub(super) h2: u64,
+    h2: u64,
 }
 
 const K0: u64 = 0xa076_1d64_78bd_642f;
@@ -65,6 +68,18 @@ impl IdHash {
         let h1 = fmix64(h ^ K0);
         let h2 = fmix64(h1 ^ K1);
         IdHash { h1, h2 }
+    }
+
+    /// 32 bits that pick the id's bloom block (the high half of `h1`).
+    #[inline]
+    pub(super) fn block_bits(self) -> u32 {
+        (self.h1 >> 32) as u32
+    }
+
+    /// 32 bits that pick the bits the id sets in its bloom block (the high half of `h2`).
+    #[inline]
+    pub(super) fn bit_bits(self) -> u32 {
+        (self.h2 >> 32) as u32
     }
 
     /// The locator key: 32 bits of the hash (others pick the bloom bits).
