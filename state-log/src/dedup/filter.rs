@@ -8,10 +8,10 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use super::bloom::BloomMask;
 use super::bucket::{bucket_name, parse_bucket_name, parse_name, Bucket};
 use super::config::DedupConfig;
-use super::format::{
-    batch_number, corrupt, encode_id, put_id_v4, take_front_coded, take_id_v4, BlobIds, TakeId,
-    EXPORT_MAGIC, EXPORT_MAGIC_V3,
+use super::export::{
+    put_id_v4, take_front_coded, take_id_v4, TakeId, EXPORT_MAGIC, EXPORT_MAGIC_V3,
 };
+use super::format::{batch_number, corrupt, encode_id, BlobIds};
 use super::hash::IdHash;
 use crate::error::{Error, Result};
 
@@ -498,7 +498,7 @@ impl DedupFilter {
 mod tests {
     use super::*;
     use crate::dedup::bloom::Block;
-    use crate::dedup::format::put_front_coded;
+    use crate::dedup::export::put_front_coded;
     use crate::dedup::locator::Firsts;
 
     fn cfg(bucket_size: u64, num_buckets: usize, false_positive_rate: f64) -> DedupConfig {

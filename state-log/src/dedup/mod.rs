@@ -54,6 +54,7 @@
 mod bloom;
 mod bucket;
 mod config;
+mod export;
 mod filter;
 mod format;
 mod hash;
