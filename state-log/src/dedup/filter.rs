@@ -8,9 +8,7 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use super::bloom::BloomMask;
 use super::bucket::{bucket_name, parse_bucket_name, parse_name, Bucket};
 use super::config::DedupConfig;
-use super::export::{
-    put_id_v4, take_front_coded, take_id_v4, TakeId, EXPORT_MAGIC, EXPORT_MAGIC_V3,
-};
+use super::export::{parse_export, ExportWriter};
 use super::format::{batch_number, corrupt, encode_id, BlobIds};
 use super::hash::IdHash;
 use crate::error::{Error, Result};
@@ -405,89 +403,43 @@ impl DedupFilter {
     /// byte, an arbitrary id little more than its bytes. The export is one buffer built without
     /// an allocation per id, and reading the stored batches for it does not fill the block cache.
     pub fn export(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(EXPORT_MAGIC.len() + 64 + self.len() as usize);
-        out.extend_from_slice(EXPORT_MAGIC);
-        let mut prev = Vec::new();
+        let mut export = ExportWriter::with_capacity(self.len() as usize);
         for b in &self.buckets {
             let handle = self
                 .db
                 .cf_handle(&b.name)
                 .expect("bucket column family exists");
-            let at = out.len();
-            out.extend_from_slice(&[0; 8]);
-            prev.clear();
+            export.start_bucket();
             let mut once = rocksdb::ReadOptions::default();
             once.fill_cache(false);
             for kv in self.db.iterator_cf_opt(handle, once, IteratorMode::Start) {
                 let (k, v) = kv?;
                 let n = batch_number(&b.name, &k)?;
                 for id in (BlobIds { blob: &v }) {
-                    let id = id.map_err(|()| corrupt(&b.name, n as u64))?;
-                    put_id_v4(&mut out, &mut prev, id);
+                    export.push(id.map_err(|()| corrupt(&b.name, n as u64))?);
                 }
             }
-            let len = (out.len() - at - 8) as u64;
-            out[at..at + 8].copy_from_slice(&len.to_le_bytes());
         }
-        Ok(out)
+        Ok(export.finish())
     }
 
     /// Replaces the contents with an [`DedupFilter::export`] (or a version-3 export of an earlier
     /// release), keeping its bucket boundaries (the oldest buckets are dropped if the export has
-    /// more than `num_buckets`).
+    /// more than `num_buckets`). An export that does not decode changes nothing.
     pub fn import(&mut self, bytes: &[u8]) -> Result<()> {
-        let bad = |detail: &str| Error::Corrupt {
-            ledger: String::from("<dedup filter export>"),
-            position: 0,
-            detail: detail.to_owned(),
-        };
-        let (mut rest, take_id): (&[u8], TakeId) =
-            if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC) {
-                (rest, take_id_v4)
-            } else if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC_V3) {
-                (rest, take_front_coded)
-            } else {
-                return Err(bad("not a dedup filter export"));
-            };
-        // Check the whole export before changing anything.
-        let mut buckets = Vec::new();
-        let mut id = Vec::new();
-        while !rest.is_empty() {
-            let (len, tail) = rest
-                .split_first_chunk::<8>()
-                .ok_or_else(|| bad("truncated bucket length"))?;
-            let len = usize::try_from(u64::from_le_bytes(*len))
-                .ok()
-                .filter(|l| *l <= tail.len())
-                .ok_or_else(|| bad("bucket longer than the export"))?;
-            let (blob, tail) = tail.split_at(len);
-            let mut count = 0u64;
-            let mut ids = blob;
-            id.clear();
-            while !ids.is_empty() {
-                take_id(&mut ids, &mut id).ok_or_else(|| bad("an id does not decode"))?;
-                count += 1;
-            }
-            buckets.push((blob, count));
-            rest = tail;
-        }
+        let buckets = parse_export(bytes)?;
         self.clear()?;
-        for (i, (blob, count)) in buckets.into_iter().enumerate() {
+        for (i, bucket) in buckets.into_iter().enumerate() {
             if i > 0 {
                 self.rotate()?;
             }
             let current = self.buckets.back_mut().expect("non-empty");
-            if count > self.config.bucket_size {
+            if bucket.count() > self.config.bucket_size {
                 // A bucket from a filter with larger buckets: size its bloom filter to fit.
-                *current = Bucket::new(current.seq, count, &self.config);
+                *current = Bucket::new(current.seq, bucket.count(), &self.config);
             }
             let mut pending = Pending::new();
-            let mut ids = blob;
-            id.clear();
-            while !ids.is_empty() {
-                take_id(&mut ids, &mut id).expect("checked above");
-                pending.add(&self.db, current, &id)?;
-            }
+            bucket.for_each_id(|id| pending.add(&self.db, current, id))?;
             pending.write(&self.db, current, &self.write_opts)?;
         }
         Ok(())
@@ -498,7 +450,7 @@ impl DedupFilter {
 mod tests {
     use super::*;
     use crate::dedup::bloom::Block;
-    use crate::dedup::export::put_front_coded;
+    use crate::dedup::export::{put_front_coded, EXPORT_MAGIC, EXPORT_MAGIC_V3};
     use crate::dedup::locator::Firsts;
 
     fn cfg(bucket_size: u64, num_buckets: usize, false_positive_rate: f64) -> DedupConfig {
