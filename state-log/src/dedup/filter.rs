@@ -111,9 +111,14 @@ impl std::fmt::Debug for DedupFilter {
 
 impl DedupFilter {
     /// Opens (or creates) the filter stored under `dir`, rebuilding the bloom filters and
-    /// locators from its buckets' stored batches (and converting buckets of the earlier
-    /// one-key-per-id layout). If `config` keeps fewer buckets than are stored, the oldest are
-    /// dropped.
+    /// locators from its buckets' stored batches. If `config` keeps fewer buckets than are
+    /// stored, the oldest are dropped.
+    ///
+    /// A directory that holds buckets of the one-key-per-id layout (`bucket-…` column
+    /// families, written only by versions before 2026-11-22, which never stored a mark) is
+    /// not read: the filter forgets everything in it and opens empty and without a mark
+    /// (logged as a warning). The engine then rebuilds it from the ledger, as it does for any
+    /// filter whose mark does not name a replayed record.
     pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
         config.validate()?;
         let dir = dir.as_ref();
@@ -124,6 +129,7 @@ impl DedupFilter {
             .iter()
             .filter_map(|n| parse_bucket_name(n))
             .collect();
+        seqs.sort_unstable();
         let legacy: Vec<(u64, String)> = existing
             .iter()
             .filter_map(|n| Some((parse_name(n, LEGACY_PREFIX)?, n.clone())))
@@ -139,12 +145,25 @@ impl DedupFilter {
             write_opts: WriteOptions::default(),
             cache,
         };
-        for (seq, name) in legacy {
-            filter.convert_legacy(seq, &name)?;
-            seqs.push(seq);
+        if !legacy.is_empty() {
+            tracing::warn!(
+                dir = %dir.display(),
+                legacy_buckets = legacy.len(),
+                "dedup filter in the one-key-per-id layout of versions before 2026-11-22: \
+                 no longer read; it opens empty, without a mark (the engine rebuilds it from \
+                 the ledger)"
+            );
+            let next = (legacy.iter().map(|(s, _)| *s))
+                .chain(seqs.iter().copied())
+                .max()
+                .map_or(0, |s| s.saturating_add(1));
+            filter.delete_mark()?;
+            for name in &names[1..] {
+                filter.db.drop_cf(name)?;
+            }
+            seqs.clear();
+            filter.start_bucket(next)?;
         }
-        seqs.sort_unstable();
-        seqs.dedup();
         for seq in seqs {
             let bucket = filter.load_bucket(seq)?;
             filter.buckets.push_back(bucket);
@@ -160,30 +179,12 @@ impl DedupFilter {
         Ok(filter)
     }
 
-    /// Rewrites a bucket of the earlier layout (id → empty value) as stored batches, then drops
-    /// it. Idempotent: a conversion cut short is redone from the old bucket on the next open.
-    fn convert_legacy(&mut self, seq: u64, old: &str) -> Result<()> {
-        let new = bucket_name(seq);
-        if self.db.cf_handle(&new).is_some() {
-            self.db.drop_cf(&new)?;
-        }
-        self.db
-            .create_cf(&new, &crate::store::cf_options(&self.cache))?;
-        let mut ids = Vec::new();
-        {
-            let handle = self.db.cf_handle(old).expect("opened above");
-            for kv in self.db.iterator_cf(handle, IteratorMode::Start) {
-                let (k, _) = kv?;
-                ids.push(k);
-            }
-        }
-        let mut bucket = Bucket::new(seq, ids.len() as u64, &self.config);
-        let mut pending = Pending::new();
-        for id in &ids {
-            pending.add(&self.db, &mut bucket, id)?;
-        }
-        pending.write(&self.db, &mut bucket, &self.write_opts)?;
-        self.db.drop_cf(old)?;
+    /// Removes the mark durably. Done before ids are forgotten: a filter emptied only in part
+    /// must never look like the ledger prefix the mark names.
+    fn delete_mark(&self) -> Result<()> {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.delete_opt(MARK_KEY, &sync)?;
         Ok(())
     }
 
@@ -362,11 +363,7 @@ impl DedupFilter {
 
     /// Forgets every id (and the mark).
     pub fn clear(&mut self) -> Result<()> {
-        // The mark goes first and durably: a filter emptied only in part must never look like
-        // the ledger prefix the mark names.
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.delete_opt(MARK_KEY, &sync)?;
+        self.delete_mark()?;
         let next = self.buckets.back().map_or(0, |b| b.seq + 1);
         while let Some(b) = self.buckets.pop_front() {
             self.db.drop_cf(&b.name)?;
@@ -624,18 +621,24 @@ mod tests {
         assert!(!f.contains(&id(999)).unwrap());
     }
 
+    /// A directory of the one-key-per-id layout (before 2026-11-22), even one whose
+    /// conversion was cut short (a `batches-` bucket beside the `bucket-` ones) or that somehow
+    /// holds a mark, opens empty and without a mark: never with some of its ids, never looking
+    /// like a ledger prefix. Rebuilt from an export (as the engine does on a missing mark), it
+    /// answers exactly again.
     #[test]
-    fn converts_the_one_key_per_id_layout() {
+    fn a_one_key_per_id_directory_opens_empty_without_a_mark() {
         let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "default",
+            "bucket-00000000000000000004",
+            "bucket-00000000000000000005",
+            "batches-00000000000000000004",
+        ];
         {
             let mut opts = rocksdb::Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let names = [
-                "default",
-                "bucket-00000000000000000004",
-                "bucket-00000000000000000005",
-            ];
             let db = DB::open_cf(&opts, dir.path(), names).unwrap();
             for (cf, ids) in [(names[1], 0..10u64), (names[2], 10..13u64)] {
                 let h = db.cf_handle(cf).unwrap();
@@ -643,23 +646,35 @@ mod tests {
                     db.put_cf(h, id(i), []).unwrap();
                 }
             }
+            let mut blob = Vec::new();
+            for i in 0..10 {
+                encode_id(&mut blob, &id(i));
+            }
+            db.put_cf(db.cf_handle(names[3]).unwrap(), 0u64.to_be_bytes(), blob)
+                .unwrap();
+            db.put(MARK_KEY, b"pos-3").unwrap();
         }
         let mut f = DedupFilter::open(dir.path(), cfg(10, 3, 0.01)).unwrap();
-        assert_eq!(f.bucket_count(), 2);
-        assert_eq!(f.len(), 13);
-        for i in 0..13 {
-            assert!(f.contains(&id(i)).unwrap(), "{i}");
-        }
-        assert!(!f.contains(&id(13)).unwrap());
-        // Rotation continues after the converted buckets.
-        f.insert_batch((13..30).map(id)).unwrap();
+        assert_eq!((f.bucket_count(), f.len()), (1, 0));
+        assert_eq!(f.mark().unwrap(), None);
+        assert_answers_each(&f, 20, |_| false);
+        // Numbering continues after the buckets forgotten.
         assert_eq!(f.buckets.back().unwrap().seq, 6);
-        drop(f);
         let names = DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        assert!(
-            names.iter().all(|n| !n.starts_with(LEGACY_PREFIX)),
-            "{names:?}"
-        );
+        assert_eq!(names, ["default", "batches-00000000000000000006"]);
+
+        // The engine's rebuild: clear, import the snapshot's export, insert the replayed ids.
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = DedupFilter::open(src_dir.path(), cfg(10, 3, 0.01)).unwrap();
+        src.insert_batch((0..10).map(id)).unwrap();
+        f.clear().unwrap();
+        f.import(&src.export().unwrap()).unwrap();
+        f.insert_batch_marked((10..13).map(id), Some(b"pos-9"))
+            .unwrap();
+        drop(f);
+        let f = DedupFilter::open(dir.path(), cfg(10, 3, 0.01)).unwrap();
+        assert_eq!(f.mark().unwrap().as_deref(), Some(&b"pos-9"[..]));
+        assert_answers_each(&f, 20, |i| i < 13);
     }
 
     #[test]

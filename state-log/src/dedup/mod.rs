@@ -48,8 +48,9 @@
 //! rebuilding. Any insert without a mark, [`DedupFilter::clear`] and [`DedupFilter::import`]
 //! remove the mark: the filter no longer corresponds to a ledger prefix.
 //!
-//! Directories written by earlier versions (one key per id in `bucket-…` column families) are
-//! converted to this layout by [`DedupFilter::open`].
+//! Directories written by versions before 2026-11-22 (one key per id in `bucket-…` column
+//! families, never with a mark) are not read: [`DedupFilter::open`] forgets them and opens
+//! the filter empty and without a mark, so the engine rebuilds it from the ledger.
 
 mod bloom;
 mod bucket;
