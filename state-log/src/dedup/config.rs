@@ -1,8 +1,10 @@
-//! The shape of a dedup filter: bucket size, number of buckets, bloom false-positive rate.
+//! The shape of a dedup filter ([`DedupConfig`]): ids per bucket, buckets kept, and the bloom
+//! filters' false-positive rate; together they set the horizon, how many of the most recent
+//! ids the filter is sure to remember.
 
 use crate::error::{Error, Result};
 
-/// Shape of a [`DedupFilter`].
+/// Shape of a [`DedupFilter`](super::DedupFilter).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupConfig {
     /// Ids per bucket before a new bucket is started.
@@ -34,6 +36,7 @@ impl DedupConfig {
         (n.saturating_sub(1) * self.bucket_size, n * self.bucket_size)
     }
 
+    /// Refuses a shape no filter can have (no bucket, empty buckets, a rate outside (0, 1)).
     pub(super) fn validate(&self) -> Result<()> {
         if self.bucket_size == 0 || self.num_buckets == 0 {
             return Err(Error::InvalidRequest(

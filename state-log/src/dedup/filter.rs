@@ -1,4 +1,9 @@
-//! The `DedupFilter`: rotating buckets of ids on RocksDB, and its lookups, inserts, export and import.
+//! The [`DedupFilter`] and its RocksDB I/O: the buckets' column families and the mark in one
+//! database, opening (rebuilding every bucket's bloom filter and locator from its stored
+//! batches), lookups (bloom, then locator, then one stored batch read), inserts batched into
+//! one `WriteBatch`, rotation, and the export and import of its ids. The decisions that need
+//! no I/O live in the modules beside it: the hash, the bloom filter, the locator, the bucket,
+//! the stored batches' and the export's layouts.
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -93,7 +93,10 @@ mod tests {
     proptest! {
         /// Every number below 2^63 (nine LEB128 bytes) reads back, and only its bytes are taken.
         #[test]
-        fn varint_round_trips(n in 0usize..(1 << 63), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+        fn varint_round_trips(
+            n in 0usize..(1 << 63),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
             let mut out = Vec::new();
             put_varint(&mut out, n);
             prop_assert!(out.len() <= 9);

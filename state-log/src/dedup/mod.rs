@@ -12,16 +12,16 @@
 //! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); the bloom block and bits of
 //! every bucket and the locator key are derived from that one hash.
 //!
-//! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the
-//! batch's number in the bucket, 8 bytes big-endian; value: its ids, each as a LEB128 length
-//! and the bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch` with one
-//! value per bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`, so that confirming
-//! an id never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is
-//! looked up in the bucket's locator and confirmed by reading the stored batch it names and
-//! finding the exact id bytes in it, so the answer is exact: a bloom or locator false positive
-//! costs at most one RocksDB read, never a wrong answer. When the newest bucket holds
-//! `bucket_size` ids a new bucket is started, and once there are more than `num_buckets`
-//! buckets the oldest one is dropped with its column family.
+//! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
+//! number in the bucket, 8 bytes big-endian; value: its ids, each as a LEB128 length and the
+//! bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch` with one value per
+//! bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`, so that confirming an id
+//! never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is looked
+//! up in the bucket's locator and confirmed by reading the stored batch it names and finding the
+//! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
+//! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
+//! bucket is started, and once there are more than `num_buckets` buckets the oldest one is dropped
+//! with its column family.
 //!
 //! **Horizon.** The filter remembers the most recent inserts: always at least
 //! `(num_buckets - 1) × bucket_size` ids and at most `num_buckets × bucket_size`
@@ -51,6 +51,12 @@
 //! Directories written by versions before 2026-11-22 (one key per id in `bucket-…` column
 //! families, never with a mark) are not read: [`DedupFilter::open`] forgets them and opens
 //! the filter empty and without a mark, so the engine rebuilds it from the ledger.
+//!
+//! **Where things are.** `hash` (the one hash of an id), `bloom` (the split-block bloom
+//! filter), `locator` (hash bits → stored batch), `bucket` (one bucket's bloom filter, locator
+//! and counts), `format` (the stored batches' bytes), `export` (the export's bytes, versioned:
+//! it lives in ledger snapshots) and `config` are pure; `filter` holds the [`DedupFilter`] and
+//! all of its RocksDB I/O.
 
 mod bloom;
 mod bucket;
