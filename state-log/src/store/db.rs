@@ -1,4 +1,7 @@
-//! The database of one node: column family names, RocksDB options and memory budgets, opening.
+//! The database of one node: the names of its column families (what each holds and how it is
+//! keyed), the RocksDB options and memory budgets shared with the dedup filter's database, and
+//! opening it. The log store and the state machine each own some of its column families; the
+//! helpers they share (storage errors in openraft's type, synced writes) live here too.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,9 +29,6 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// The state machine's data column families (what a Raft snapshot carries).
 pub(super) const DATA_CFS: [&str; 4] = [CF_RECORDS, CF_LEDGERS, CF_SNAPSHOTS, CF_REQUESTS];
-
-/// How many recent sequence numbers per client the state machine remembers for deduplication.
-pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
 
 pub(super) type StorageResult<T> = std::result::Result<T, StorageError<u64>>;
 

@@ -1,4 +1,6 @@
-//! Raft's log store on RocksDB, with the flusher thread that syncs the write-ahead log.
+//! Raft's log store on RocksDB ([`LogStore`]: entries, vote, committed and purged ids) and the
+//! [`Flusher`], the thread that syncs the write-ahead log before appends are acknowledged to
+//! Raft, coalescing the syncs of appends that arrive together.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -14,9 +16,6 @@ use crate::codec::{self, encode};
 use crate::raft_types::TypeConfig;
 
 use super::db::{cf, sto_read, sto_write, sync_opts, StorageResult, CF_LOGS, CF_RAFT_META};
-
-// ---------------------------------------------------------------------------------------------
-// Log store
 
 enum FlushMsg {
     Flush(LogFlushed<TypeConfig>),

@@ -7,6 +7,9 @@
 //! with `sync = true`. State machine writes are not synced on their own: every state machine
 //! write is followed in the same WAL by a synced log write or is re-applied from the synced log
 //! after a crash (each entry's changes and its `last_applied` are one atomic write batch).
+//!
+//! `db` opens the database and names its column families, `log_store` is Raft's log,
+//! `state_machine` the ledgers.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
 #![allow(clippy::result_large_err)]
@@ -15,7 +18,7 @@ mod db;
 mod log_store;
 mod state_machine;
 
-pub use db::REQUEST_ID_WINDOW;
 pub(crate) use db::{cf_options, db_options, open_db};
 pub(crate) use log_store::{Flusher, LogStore};
 pub(crate) use state_machine::StateMachineStore;
+pub use state_machine::REQUEST_ID_WINDOW;

@@ -1,4 +1,8 @@
-//! The ledger state machine on RocksDB, with its Raft snapshots.
+//! The ledger state machine on RocksDB: it applies committed Raft entries to the ledgers
+//! (appends, fenced writes, ledger snapshots, request-id deduplication), serves reads, and
+//! builds and installs the Raft snapshots that carry all of it to a lagging node. Each entry's
+//! changes and its `last_applied` are one atomic write batch, so a crash re-applies whole
+//! entries from the synced log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -22,11 +26,11 @@ use crate::types::{LedgerInfo, LedgerRead, ReadStats};
 
 use super::db::{
     cf, sto_read, sto_write, sync_opts, StorageResult, CF_LEDGERS, CF_RECORDS, CF_REQUESTS,
-    CF_SM_META, CF_SNAPSHOTS, DATA_CFS, REQUEST_ID_WINDOW,
+    CF_SM_META, CF_SNAPSHOTS, DATA_CFS,
 };
 
-// ---------------------------------------------------------------------------------------------
-// State machine
+/// How many recent sequence numbers per client the state machine remembers for deduplication.
+pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
 
 /// Per-ledger metadata kept by the state machine.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
