@@ -1,33 +1,21 @@
-//! RocksDB storage of one node: Raft's log store and the ledger state machine (with its Raft
-//! snapshots), in column families of one database.
-//!
-//! Durability: log appends are written to RocksDB (readable at once) and acknowledged to Raft only
-//! after a dedicated flusher thread has synced the write-ahead log (`fsync`), coalescing the
-//! syncs of appends that arrive together. Votes, truncations and installed snapshots are written
-//! with `sync = true`. State machine writes are not synced on their own: every state machine
-//! write is followed in the same WAL by a synced log write or is re-applied from the synced log
-//! after a crash (each entry's changes and its `last_applied` are one atomic write batch).
-
-// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
-#![allow(clippy::result_large_err)]
+//! The ledger state machine on RocksDB: it applies committed Raft entries to the ledgers
+//! (appends, fenced writes, ledger snapshots, request-id deduplication), serves reads, and
+//! builds and installs the Raft snapshots that carry all of it to a lagging node. Each entry's
+//! changes and its `last_applied` are one atomic write batch, so a crash re-applies whole
+//! entries from the synced log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::{Bound, RangeBounds};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::storage::RaftStateMachine;
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    Vote,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StoredMembership,
 };
-use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -36,378 +24,13 @@ use crate::error::{Error, Result};
 use crate::raft_types::{BatchOutcome, Command, Outcome, TypeConfig};
 use crate::types::{LedgerInfo, LedgerRead, ReadStats};
 
-/// Raft log entries, keyed by index (u64 BE).
-pub(crate) const CF_LOGS: &str = "raft_logs";
-/// Raft vote, committed id, last purged id.
-pub(crate) const CF_RAFT_META: &str = "raft_meta";
-/// Ledger records: `u16 len ‖ ledger ‖ position BE` → `crc32 LE ‖ payload`.
-pub(crate) const CF_RECORDS: &str = "ledger_records";
-/// Ledger metadata: `ledger` → bincode [`LedgerMeta`]; and each fenced ledger's fence:
-/// `0xFF ‖ ledger` → fence (u64 BE) (see [`fence_key`]).
-pub(crate) const CF_LEDGERS: &str = "ledger_meta";
-/// Latest ledger snapshot: `ledger` → `crc32 LE ‖ covers BE ‖ payload`.
-pub(crate) const CF_SNAPSHOTS: &str = "ledger_snapshots";
-/// Remembered request ids: `client BE ‖ seq BE` → position BE.
-pub(crate) const CF_REQUESTS: &str = "ledger_requests";
-/// State machine metadata: last applied log id, membership, the current Raft snapshot.
-pub(crate) const CF_SM_META: &str = "sm_meta";
-
-/// The state machine's data column families (what a Raft snapshot carries).
-const DATA_CFS: [&str; 4] = [CF_RECORDS, CF_LEDGERS, CF_SNAPSHOTS, CF_REQUESTS];
+use super::db::{
+    cf, sto_read, sto_write, sync_opts, StorageResult, CF_LEDGERS, CF_RECORDS, CF_REQUESTS,
+    CF_SM_META, CF_SNAPSHOTS, DATA_CFS,
+};
 
 /// How many recent sequence numbers per client the state machine remembers for deduplication.
 pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
-
-type StorageResult<T> = std::result::Result<T, StorageError<u64>>;
-
-fn sto_read(e: impl std::fmt::Display) -> StorageError<u64> {
-    StorageIOError::read(AnyError::error(e)).into()
-}
-
-fn sto_write(e: impl std::fmt::Display) -> StorageError<u64> {
-    StorageIOError::write(AnyError::error(e)).into()
-}
-
-/// Memtable budget of one database, all column families together: past it RocksDB flushes the
-/// largest memtable. Without a budget every column family may hold two 64 MiB memtables (the
-/// default), which is where most of a 1M-event run's peak RSS went.
-pub(crate) const DB_WRITE_BUFFER_BYTES: usize = 8 << 20;
-/// Memtable size of one column family (RocksDB's default is 64 MiB).
-const CF_WRITE_BUFFER_BYTES: usize = 2 << 20;
-/// Write-ahead log budget of one database: past it RocksDB flushes the column families whose
-/// memtables keep the oldest WAL file alive, so it can be deleted. RocksDB's default is four
-/// times all memtables together; with a column family that is written rarely (Raft's vote, a
-/// ledger's fence) that let 100 WAL files (208 MB at 10M events) pile up, and a restart replayed
-/// every one of them.
-const WAL_BUDGET_BYTES: u64 = 16 << 20;
-/// Block cache shared by the column families of one database (RocksDB's default is a cache
-/// per column family). Small: ledger entries are read back once, when they are applied (most
-/// still in the memtable) or at a recovery, so a cache buys little; 8 MiB of it was ~4 MiB of
-/// Q4's peak RSS at 10M events.
-const BLOCK_CACHE_BYTES: usize = 2 << 20;
-
-/// Values of this size or more go to blob files (see [`cf_options`]).
-const LARGE_VALUE_BYTES: u64 = 64 << 10;
-
-/// Options of every column family: small memtables, a shared block cache, no compression.
-///
-/// Compression is off because what these databases hold is short-lived (ledger entries are
-/// dropped at the next snapshot, dedup batches when their bucket rotates) and mostly small
-/// integers already packed by our own encodings: snappy cost CPU on every flush and
-/// compaction, and it held a compressed copy of each block being written, megabytes when a
-/// block holds a ledger snapshot (7 MB of Q4's 83 MB peak heap at 10M events).
-pub(crate) fn cf_options(cache: &rocksdb::Cache) -> Options {
-    let mut o = Options::default();
-    o.set_write_buffer_size(CF_WRITE_BUFFER_BYTES);
-    o.set_max_write_buffer_number(2);
-    o.set_compression_type(rocksdb::DBCompressionType::None);
-    // Large values (ledger snapshots, Raft entries that pack many commands) are kept apart in
-    // blob files: a flush or compaction writes them out as they are instead of building a
-    // table block around each (a block is buffered whole and copied again when finished),
-    // and compactions of the Raft log move references instead of megabytes. A blob file is
-    // deleted once compactions have dropped every key that refers to it.
-    o.set_enable_blob_files(true);
-    o.set_min_blob_size(LARGE_VALUE_BYTES);
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    o.set_block_based_table_factory(&table);
-    o
-}
-
-/// Options of a database (created if missing) whose memory is bounded: the options of
-/// [`cf_options`] with a block cache of `cache_bytes` of its own, a memtable budget of
-/// `memtable_bytes` and a WAL budget of [`WAL_BUDGET_BYTES`]. Also returns the cache, for the
-/// column families.
-pub(crate) fn db_options(
-    memtable_bytes: usize,
-    cache_bytes: usize,
-) -> Result<(Options, rocksdb::Cache)> {
-    let cache = rocksdb::Cache::new_lru_cache(cache_bytes)?;
-    let mut opts = cf_options(&cache);
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_db_write_buffer_size(memtable_bytes);
-    opts.set_max_total_wal_size(WAL_BUDGET_BYTES);
-    Ok((opts, cache))
-}
-
-/// Opens (or creates) a node's database with all column families.
-pub(crate) fn open_db(dir: &Path) -> Result<Arc<DB>> {
-    std::fs::create_dir_all(dir)?;
-    let (opts, cache) = db_options(DB_WRITE_BUFFER_BYTES, BLOCK_CACHE_BYTES)?;
-    let cfs = [
-        CF_LOGS,
-        CF_RAFT_META,
-        CF_RECORDS,
-        CF_LEDGERS,
-        CF_SNAPSHOTS,
-        CF_REQUESTS,
-        CF_SM_META,
-    ]
-    .into_iter()
-    .map(|n| ColumnFamilyDescriptor::new(n, cf_options(&cache)));
-    let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-    Ok(Arc::new(db))
-}
-
-fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
-    db.cf_handle(name).expect("column family created at open")
-}
-
-fn sync_opts() -> WriteOptions {
-    let mut o = WriteOptions::default();
-    o.set_sync(true);
-    o
-}
-
-// ---------------------------------------------------------------------------------------------
-// Log store
-
-enum FlushMsg {
-    Flush(LogFlushed<TypeConfig>),
-    Stop,
-}
-
-/// The thread that syncs the WAL and acknowledges log appends to Raft, in order.
-pub(crate) struct Flusher {
-    tx: std_mpsc::Sender<FlushMsg>,
-    handle: Option<std::thread::JoinHandle<()>>,
-    /// Number of WAL syncs made (each may cover many appends).
-    pub(crate) syncs: Arc<AtomicU64>,
-}
-
-impl Flusher {
-    pub(crate) fn start(db: Arc<DB>) -> Self {
-        let (tx, rx) = std_mpsc::channel::<FlushMsg>();
-        let syncs = Arc::new(AtomicU64::new(0));
-        let counter = syncs.clone();
-        let handle = std::thread::Builder::new()
-            .name("state-log-fsync".into())
-            .spawn(move || {
-                let mut stop = false;
-                while !stop {
-                    let Ok(first) = rx.recv() else { break };
-                    let mut waiting = Vec::new();
-                    for msg in std::iter::once(first).chain(rx.try_iter()) {
-                        match msg {
-                            FlushMsg::Flush(cb) => waiting.push(cb),
-                            FlushMsg::Stop => stop = true,
-                        }
-                    }
-                    if waiting.is_empty() {
-                        continue;
-                    }
-                    let res = db.flush_wal(true);
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    for cb in waiting {
-                        cb.log_io_completed(match &res {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(std::io::Error::other(e.to_string())),
-                        });
-                    }
-                }
-            })
-            .expect("spawn fsync thread");
-        Self {
-            tx,
-            handle: Some(handle),
-            syncs,
-        }
-    }
-
-    fn sender(&self) -> std_mpsc::Sender<FlushMsg> {
-        self.tx.clone()
-    }
-
-    /// Asks the thread to stop after acknowledging everything queued; returns it to join.
-    pub(crate) fn begin_stop(&mut self) -> Option<std::thread::JoinHandle<()>> {
-        let _ = self.tx.send(FlushMsg::Stop);
-        self.handle.take()
-    }
-
-    /// Stops the thread and joins it.
-    pub(crate) fn stop(&mut self) {
-        if let Some(h) = self.begin_stop() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Raft's log storage on RocksDB.
-#[derive(Clone)]
-pub(crate) struct LogStore {
-    db: Arc<DB>,
-    flush_tx: std_mpsc::Sender<FlushMsg>,
-}
-
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"last_purged";
-
-impl LogStore {
-    pub(crate) fn new(db: Arc<DB>, flusher: &Flusher) -> Self {
-        Self {
-            db,
-            flush_tx: flusher.sender(),
-        }
-    }
-
-    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> StorageResult<Option<T>> {
-        match self
-            .db
-            .get_cf(cf(&self.db, CF_RAFT_META), key)
-            .map_err(sto_read)?
-        {
-            None => Ok(None),
-            Some(v) => codec::decode(&v).map(Some).map_err(sto_read),
-        }
-    }
-
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> StorageResult<()> {
-        let v = encode(value).map_err(sto_write)?;
-        let opts = if sync {
-            sync_opts()
-        } else {
-            WriteOptions::default()
-        };
-        self.db
-            .put_cf_opt(cf(&self.db, CF_RAFT_META), key, v, &opts)
-            .map_err(sto_write)
-    }
-
-    fn last_entry_log_id(&self) -> StorageResult<Option<LogId<u64>>> {
-        let mut it = self
-            .db
-            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
-        match it.next() {
-            None => Ok(None),
-            Some(kv) => {
-                let (_, v) = kv.map_err(sto_read)?;
-                let e: Entry<TypeConfig> = codec::decode(&v).map_err(sto_read)?;
-                Ok(Some(e.log_id))
-            }
-        }
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let start = match range.start_bound() {
-            Bound::Included(&n) => n,
-            Bound::Excluded(&n) => n + 1,
-            Bound::Unbounded => 0,
-        };
-        let key = codec::u64_key(start);
-        let it = self.db.iterator_cf(
-            cf(&self.db, CF_LOGS),
-            IteratorMode::From(&key, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for kv in it {
-            let (k, v) = kv.map_err(sto_read)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(sto_read)?);
-            if !range.contains(&idx) {
-                break;
-            }
-            out.push(codec::decode(&v).map_err(sto_read)?);
-        }
-        Ok(out)
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<u64>> = self.get_meta(KEY_PURGED)?.flatten();
-        let last = self.last_entry_log_id()?.or(last_purged);
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
-        self.put_meta(KEY_VOTE, vote, true)
-    }
-
-    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
-        self.get_meta(KEY_VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.put_meta(KEY_COMMITTED, &committed, false)
-    }
-
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
-        Ok(self
-            .get_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?
-            .flatten())
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut batch = WriteBatch::default();
-        let logs = cf(&self.db, CF_LOGS);
-        for e in entries {
-            batch.put_cf(
-                logs,
-                codec::u64_key(e.log_id.index),
-                encode(&e).map_err(sto_write)?,
-            );
-        }
-        // Readable now; durable when the flusher has synced the WAL and called back.
-        self.db.write(batch).map_err(sto_write)?;
-        self.flush_tx
-            .send(FlushMsg::Flush(callback))
-            .map_err(|_| sto_write("fsync thread stopped"))?;
-        Ok(())
-    }
-
-    async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOGS),
-            codec::u64_key(log_id.index),
-            codec::u64_key(u64::MAX),
-        );
-        self.db.write_opt(batch, &sync_opts()).map_err(sto_write)
-    }
-
-    async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, CF_RAFT_META),
-            KEY_PURGED,
-            encode(&Some(log_id)).map_err(sto_write)?,
-        );
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOGS),
-            codec::u64_key(0),
-            codec::u64_key(log_id.index + 1),
-        );
-        self.db.write(batch).map_err(sto_write)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// State machine
 
 /// Per-ledger metadata kept by the state machine.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -1023,6 +646,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::db::open_db;
     use super::*;
     use crate::raft_types::CommandBatch;
     use crate::types::RequestId;

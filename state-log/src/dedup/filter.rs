@@ -1,0 +1,754 @@
+//! The [`DedupFilter`] and its RocksDB I/O: the buckets' column families and the mark in one
+//! database, opening (rebuilding every bucket's bloom filter and locator from its stored
+//! batches), lookups (bloom, then locator, then one stored batch read), inserts batched into
+//! one `WriteBatch`, rotation, and the export and import of its ids. The decisions that need
+//! no I/O live in the modules beside it: the hash, the bloom filter, the locator, the bucket,
+//! the stored batches' and the export's layouts.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+
+use super::bloom::BloomMask;
+use super::bucket::{bucket_name, parse_bucket_name, parse_name, Bucket};
+use super::config::DedupConfig;
+use super::export::{parse_export, ExportWriter};
+use super::format::{batch_number, corrupt, encode_id, BlobIds};
+use super::hash::IdHash;
+use crate::error::{Error, Result};
+
+/// Ids per stored batch at most: a confirmation reads one stored batch and scans it for the id,
+/// so this bounds its cost (about 10 KB for 9-byte ids).
+const MAX_IDS_PER_BATCH: usize = 1024;
+
+/// Memtable budget of the filter's database: ids are written once and read only to confirm a
+/// rare bloom "maybe", so a smaller budget than the log's costs nothing measurable.
+const MEMTABLE_BYTES: usize = 4 << 20;
+/// Block cache of the filter's database (confirmations and the rebuild on open read it).
+const BLOCK_CACHE_BYTES: usize = 2 << 20;
+
+/// Key of the mark in the default column family.
+const MARK_KEY: &[u8] = b"mark";
+
+/// Column families of buckets in the layout before the current one (one key per id):
+/// `bucket-<seq>`.
+const LEGACY_PREFIX: &str = "bucket-";
+
+/// The ids being written by one call: a `WriteBatch` and the newest bucket's open stored batch.
+struct Pending {
+    writes: WriteBatch,
+    blob: Vec<u8>,
+    ids: usize,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            writes: WriteBatch::default(),
+            blob: Vec::new(),
+            ids: 0,
+        }
+    }
+
+    /// Adds `id` to the open stored batch of `bucket` (the newest).
+    #[inline]
+    fn add(&mut self, db: &DB, bucket: &mut Bucket, id: &[u8]) -> Result<()> {
+        if self.ids == MAX_IDS_PER_BATCH {
+            self.seal(db, bucket)?;
+        }
+        if self.ids == 0 && bucket.next_batch == u32::MAX {
+            return Err(Error::InvalidRequest(
+                "dedup filter bucket holds 2^32 stored batches: use larger insert batches".into(),
+            ));
+        }
+        bucket.note(IdHash::of(id), bucket.next_batch);
+        encode_id(&mut self.blob, id);
+        self.ids += 1;
+        Ok(())
+    }
+
+    /// Puts the open stored batch (if any) into the `WriteBatch`.
+    fn seal(&mut self, db: &DB, bucket: &mut Bucket) -> Result<()> {
+        if self.ids > 0 {
+            let cf = db
+                .cf_handle(&bucket.name)
+                .expect("bucket column family exists");
+            self.writes
+                .put_cf(cf, (bucket.next_batch as u64).to_be_bytes(), &self.blob);
+            bucket.next_batch += 1;
+            self.blob.clear();
+            self.ids = 0;
+        }
+        Ok(())
+    }
+
+    /// Seals and writes everything pending.
+    fn write(&mut self, db: &DB, bucket: &mut Bucket, opts: &WriteOptions) -> Result<()> {
+        self.seal(db, bucket)?;
+        if !self.writes.is_empty() {
+            db.write_opt(std::mem::take(&mut self.writes), opts)?;
+        }
+        Ok(())
+    }
+}
+
+/// A local, persistent set of recently seen ids in rotating buckets (see the module docs).
+pub struct DedupFilter {
+    db: DB,
+    config: DedupConfig,
+    /// Oldest first; never empty.
+    buckets: VecDeque<Bucket>,
+    write_opts: WriteOptions,
+    /// The block cache the column families share (memory bounded as for the log's database).
+    cache: rocksdb::Cache,
+}
+
+impl std::fmt::Debug for DedupFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupFilter")
+            .field("config", &self.config)
+            .field("buckets", &self.buckets.len())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl DedupFilter {
+    /// Opens (or creates) the filter stored under `dir`, rebuilding the bloom filters and
+    /// locators from its buckets' stored batches. If `config` keeps fewer buckets than are
+    /// stored, the oldest are dropped.
+    ///
+    /// A directory that holds buckets of the one-key-per-id layout (`bucket-…` column
+    /// families, written only by versions before 2026-11-22, which never stored a mark) is
+    /// not read: the filter forgets everything in it and opens empty and without a mark
+    /// (logged as a warning). The engine then rebuilds it from the ledger, as it does for any
+    /// filter whose mark does not name a replayed record.
+    pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
+        config.validate()?;
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        let (opts, cache) = crate::store::db_options(MEMTABLE_BYTES, BLOCK_CACHE_BYTES)?;
+        let existing = DB::list_cf(&opts, dir).unwrap_or_default();
+        let mut seqs: Vec<u64> = existing
+            .iter()
+            .filter_map(|n| parse_bucket_name(n))
+            .collect();
+        seqs.sort_unstable();
+        let legacy: Vec<(u64, String)> = existing
+            .iter()
+            .filter_map(|n| Some((parse_name(n, LEGACY_PREFIX)?, n.clone())))
+            .collect();
+        let mut names: Vec<String> = vec!["default".into()];
+        names.extend(seqs.iter().map(|s| bucket_name(*s)));
+        names.extend(legacy.iter().map(|(_, n)| n.clone()));
+        let db = DB::open_cf(&opts, dir, &names)?;
+        let mut filter = DedupFilter {
+            db,
+            config,
+            buckets: VecDeque::new(),
+            write_opts: WriteOptions::default(),
+            cache,
+        };
+        if !legacy.is_empty() {
+            tracing::warn!(
+                dir = %dir.display(),
+                legacy_buckets = legacy.len(),
+                "dedup filter in the one-key-per-id layout of versions before 2026-11-22: \
+                 no longer read; it opens empty, without a mark (the engine rebuilds it from \
+                 the ledger)"
+            );
+            let next = (legacy.iter().map(|(s, _)| *s))
+                .chain(seqs.iter().copied())
+                .max()
+                .map_or(0, |s| s.saturating_add(1));
+            filter.delete_mark()?;
+            for name in &names[1..] {
+                filter.db.drop_cf(name)?;
+            }
+            seqs.clear();
+            filter.start_bucket(next)?;
+        }
+        for seq in seqs {
+            let bucket = filter.load_bucket(seq)?;
+            filter.buckets.push_back(bucket);
+        }
+        if filter.buckets.is_empty() {
+            filter.start_bucket(0)?;
+        }
+        filter.drop_excess()?;
+        let newest = filter.buckets.len() - 1;
+        for b in filter.buckets.iter_mut().take(newest) {
+            b.locator.seal();
+        }
+        Ok(filter)
+    }
+
+    /// Removes the mark durably. Done before ids are forgotten: a filter emptied only in part
+    /// must never look like the ledger prefix the mark names.
+    fn delete_mark(&self) -> Result<()> {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.delete_opt(MARK_KEY, &sync)?;
+        Ok(())
+    }
+
+    /// Reads a bucket's stored batches and rebuilds its bloom filter and locator.
+    fn load_bucket(&self, seq: u64) -> Result<Bucket> {
+        let name = bucket_name(seq);
+        let handle = self.db.cf_handle(&name).expect("opened above");
+        let mut batches = Vec::new();
+        let mut count = 0u64;
+        for kv in self.db.iterator_cf(handle, IteratorMode::Start) {
+            let (k, v) = kv?;
+            let n = batch_number(&name, &k)?;
+            for id in (BlobIds { blob: &v }) {
+                id.map_err(|()| corrupt(&name, n as u64))?;
+                count += 1;
+            }
+            batches.push((n, v));
+        }
+        let mut bucket = Bucket::new(seq, count, &self.config);
+        for (n, v) in &batches {
+            for id in (BlobIds { blob: v }) {
+                bucket.note(IdHash::of(id.expect("decoded above")), *n);
+            }
+            bucket.next_batch = n.saturating_add(1);
+        }
+        Ok(bucket)
+    }
+
+    fn start_bucket(&mut self, seq: u64) -> Result<()> {
+        let b = Bucket::new(seq, 0, &self.config);
+        self.db
+            .create_cf(&b.name, &crate::store::cf_options(&self.cache))?;
+        self.buckets.push_back(b);
+        Ok(())
+    }
+
+    fn drop_excess(&mut self) -> Result<()> {
+        while self.buckets.len() > self.config.num_buckets {
+            let old = self.buckets.pop_front().expect("non-empty");
+            self.db.drop_cf(&old.name)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the newest bucket, starts a new one and drops the oldest past `num_buckets`.
+    fn rotate(&mut self) -> Result<()> {
+        if let Some(b) = self.buckets.back_mut() {
+            b.locator.seal();
+        }
+        let seq = self.buckets.back().map_or(0, |b| b.seq + 1);
+        self.start_bucket(seq)?;
+        self.drop_excess()
+    }
+
+    /// True if stored batch `batch` of `bucket` holds exactly `id`.
+    fn batch_holds(&self, bucket: &Bucket, batch: u32, id: &[u8]) -> Result<bool> {
+        let handle = self
+            .db
+            .cf_handle(&bucket.name)
+            .expect("bucket column family exists");
+        let Some(blob) = self
+            .db
+            .get_pinned_cf(handle, (batch as u64).to_be_bytes())?
+        else {
+            return Ok(false);
+        };
+        for stored in (BlobIds { blob: &blob }) {
+            if stored.map_err(|()| corrupt(&bucket.name, batch as u64))? == id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// True if `id` is stored in `bucket` (after a bloom "maybe").
+    fn confirm(&self, bucket: &Bucket, h: IdHash, id: &[u8]) -> Result<bool> {
+        for batch in bucket.locator.batches(h.key()) {
+            if self.batch_holds(bucket, batch, id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// True if `id` was inserted within the horizon. Never a false "no" within the horizon;
+    /// never a false "yes" (bloom "maybe" answers are confirmed in RocksDB).
+    pub fn contains(&self, id: &[u8]) -> Result<bool> {
+        self.contains_hashed(IdHash::of(id), id)
+    }
+
+    fn contains_hashed(&self, h: IdHash, id: &[u8]) -> Result<bool> {
+        let mask = BloomMask::of(h);
+        for b in self.buckets.iter().rev() {
+            if b.bloom.check_masked(h, &mask) && self.confirm(b, h, id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// [`DedupFilter::contains`] for each of `ids`, in order, into `answers` (cleared first).
+    ///
+    /// Cheaper than one call per id: a lookup's cost is the cache misses of its bloom blocks
+    /// (one per bucket), and here the blocks of all ids are tested in one tight pass with
+    /// nothing between the loads, so the misses of many ids overlap instead of each lookup
+    /// waiting for its own. Only ids some bloom says "maybe" to take the second pass (the
+    /// confirmation).
+    pub fn contains_each<'a, I>(&self, ids: I, answers: &mut Vec<bool>) -> Result<()>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
+        let ids = ids.into_iter();
+        answers.clear();
+        let hashes: Vec<IdHash> = ids.clone().map(IdHash::of).collect();
+        // Pass 1, branch-free: does any bucket's bloom say "maybe"?
+        answers.extend(hashes.iter().map(|&h| {
+            let mask = BloomMask::of(h);
+            self.buckets
+                .iter()
+                .fold(false, |m, b| m | b.bloom.check_masked(h, &mask))
+        }));
+        // Pass 2: confirm the "maybe"s.
+        for ((answer, id), &h) in answers.iter_mut().zip(ids).zip(&hashes) {
+            if *answer {
+                *answer = self.contains_hashed(h, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts ids into the newest bucket, rotating buckets as they fill: one RocksDB write
+    /// (one stored batch per bucket touched, split every 1024 ids) per call,
+    /// plus one per rotation. Removes the mark.
+    pub fn insert_batch<I, T>(&mut self, ids: I) -> Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.insert_batch_marked(ids, None)
+    }
+
+    /// [`DedupFilter::insert_batch`], storing `mark` (or removing the mark, for `None`) in the
+    /// same RocksDB write as the last of the ids (a call with no ids only sets the mark).
+    pub fn insert_batch_marked<I, T>(&mut self, ids: I, mark: Option<&[u8]>) -> Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut pending = Pending::new();
+        if mark.is_none() {
+            // In the first write: no id of this call is ever stored under the old mark.
+            pending.writes.delete(MARK_KEY);
+        }
+        for id in ids {
+            if self.buckets.back().expect("non-empty").count >= self.config.bucket_size {
+                // Write what belongs to the full bucket before its column family may be dropped.
+                let full = self.buckets.back_mut().expect("non-empty");
+                pending.write(&self.db, full, &self.write_opts)?;
+                self.rotate()?;
+            }
+            let current = self.buckets.back_mut().expect("non-empty");
+            pending.add(&self.db, current, id.as_ref())?;
+        }
+        if let Some(m) = mark {
+            pending.writes.put(MARK_KEY, m);
+        }
+        let current = self.buckets.back_mut().expect("non-empty");
+        pending.write(&self.db, current, &self.write_opts)
+    }
+
+    /// The mark stored by the last insert, if it had one (see the module docs).
+    pub fn mark(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(MARK_KEY)?)
+    }
+
+    /// Forgets every id (and the mark).
+    pub fn clear(&mut self) -> Result<()> {
+        self.delete_mark()?;
+        let next = self.buckets.back().map_or(0, |b| b.seq + 1);
+        while let Some(b) = self.buckets.pop_front() {
+            self.db.drop_cf(&b.name)?;
+        }
+        self.start_bucket(next)
+    }
+
+    /// Ids currently stored (inserts counted per bucket; an id inserted twice into one bucket
+    /// counts twice).
+    pub fn len(&self) -> u64 {
+        self.buckets.iter().map(|b| b.count).sum()
+    }
+
+    /// True if no id is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Buckets currently kept (1 ..= `num_buckets`).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The filter's shape.
+    pub fn config(&self) -> DedupConfig {
+        self.config
+    }
+
+    /// Serializes every stored id with its bucket boundaries (for a ledger snapshot): each
+    /// bucket's ids in insertion order. The format is the magic `sardonyx-dedup-export-4\0`,
+    /// then per bucket (oldest first) its byte length (u64, little-endian) and its ids, each
+    /// written as a delta from the previous id when only its last 8 bytes (a big-endian counter)
+    /// differ, front-coded otherwise (see `put_id_v4`): a sequential 9-byte integer id costs one
+    /// byte, an arbitrary id little more than its bytes. The export is one buffer built without
+    /// an allocation per id, and reading the stored batches for it does not fill the block cache.
+    pub fn export(&self) -> Result<Vec<u8>> {
+        let mut export = ExportWriter::with_capacity(self.len() as usize);
+        for b in &self.buckets {
+            let handle = self
+                .db
+                .cf_handle(&b.name)
+                .expect("bucket column family exists");
+            export.start_bucket();
+            let mut once = rocksdb::ReadOptions::default();
+            once.fill_cache(false);
+            for kv in self.db.iterator_cf_opt(handle, once, IteratorMode::Start) {
+                let (k, v) = kv?;
+                let n = batch_number(&b.name, &k)?;
+                for id in (BlobIds { blob: &v }) {
+                    export.push(id.map_err(|()| corrupt(&b.name, n as u64))?);
+                }
+            }
+        }
+        Ok(export.finish())
+    }
+
+    /// Replaces the contents with an [`DedupFilter::export`] (or a version-3 export of an earlier
+    /// release), keeping its bucket boundaries (the oldest buckets are dropped if the export has
+    /// more than `num_buckets`). An export that does not decode changes nothing.
+    pub fn import(&mut self, bytes: &[u8]) -> Result<()> {
+        let buckets = parse_export(bytes)?;
+        self.clear()?;
+        for (i, bucket) in buckets.into_iter().enumerate() {
+            if i > 0 {
+                self.rotate()?;
+            }
+            let current = self.buckets.back_mut().expect("non-empty");
+            if bucket.count() > self.config.bucket_size {
+                // A bucket from a filter with larger buckets: size its bloom filter to fit.
+                *current = Bucket::new(current.seq, bucket.count(), &self.config);
+            }
+            let mut pending = Pending::new();
+            bucket.for_each_id(|id| pending.add(&self.db, current, id))?;
+            pending.write(&self.db, current, &self.write_opts)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::bloom::Block;
+    use crate::dedup::export::{put_front_coded, EXPORT_MAGIC, EXPORT_MAGIC_V3};
+    use crate::dedup::locator::Firsts;
+
+    fn cfg(bucket_size: u64, num_buckets: usize, false_positive_rate: f64) -> DedupConfig {
+        DedupConfig {
+            bucket_size,
+            num_buckets,
+            false_positive_rate,
+        }
+    }
+
+    fn id(i: u64) -> [u8; 8] {
+        i.to_be_bytes()
+    }
+
+    /// `contains_each` over ids `0..n` answers `expected` for each, as `contains` does.
+    fn assert_answers_each(f: &DedupFilter, n: u64, expected: impl Fn(u64) -> bool) {
+        let ids: Vec<[u8; 8]> = (0..n).map(id).collect();
+        let mut answers = vec![true; 3];
+        f.contains_each(ids.iter().map(|i| &i[..]), &mut answers)
+            .unwrap();
+        let want: Vec<bool> = (0..n).map(expected).collect();
+        assert_eq!(answers, want);
+        let one_by_one: Vec<bool> = ids.iter().map(|i| f.contains(i).unwrap()).collect();
+        assert_eq!(one_by_one, want);
+    }
+
+    /// The batch lookup agrees with the reference over several buckets: ids in every bucket,
+    /// ids dropped with the oldest bucket, ids never inserted.
+    #[test]
+    fn contains_each_answers_as_contains_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(100, 3, 0.01)).unwrap();
+        let inserted: Vec<[u8; 8]> = (0..1_000).filter(|i| i % 3 != 0).map(id).collect();
+        for chunk in inserted.chunks(77) {
+            f.insert_batch(chunk).unwrap();
+        }
+        // 666 ids in buckets of 100, 3 kept: the last 266 (from position 400) remain.
+        let first_kept = u64::from_be_bytes(inserted[400]);
+        assert_answers_each(&f, 1_200, |i| i < 1_000 && i % 3 != 0 && i >= first_kept);
+        assert_answers_each(&f, 0, |_| false);
+    }
+
+    /// A bloom filter that says "maybe" to almost everything: every answer must still be exact,
+    /// through the locator and the stored batches.
+    #[test]
+    fn exact_with_false_positives_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(50, 3, 0.999)).unwrap();
+        let ids: Vec<[u8; 8]> = (0..120).map(|i| id(i * 2)).collect();
+        f.insert_batch(&ids[..70]).unwrap();
+        f.insert_batch(&ids[70..]).unwrap();
+        for b in f.buckets.iter_mut() {
+            b.bloom.blocks.fill(Block([u32::MAX; 8]));
+        }
+        for i in 0..240u64 {
+            assert_eq!(f.contains(&id(i)).unwrap(), i % 2 == 0, "{i}");
+        }
+        // Force locator collisions too: every key, of inserted ids or not, names every stored
+        // batch of every bucket, so each lookup reads and scans them all.
+        for b in f.buckets.iter_mut() {
+            let batches: Vec<u32> = (0..b.next_batch).collect();
+            for i in 0..240u64 {
+                let k = IdHash::of(&id(i)).key();
+                match &mut b.locator.first {
+                    Firsts::Open(m) => {
+                        m.insert(k, batches[0]);
+                    }
+                    Firsts::Sealed(v) => {
+                        let mut all: Vec<(u32, u32)> =
+                            v.iter().copied().filter(|e| e.0 != k).collect();
+                        all.push((k, batches[0]));
+                        all.sort_unstable();
+                        *v = all.into();
+                    }
+                }
+                b.locator.more.insert(k, batches[1..].to_vec());
+            }
+        }
+        for i in 0..240u64 {
+            assert_eq!(f.contains(&id(i)).unwrap(), i % 2 == 0, "{i}");
+        }
+        assert_answers_each(&f, 240, |i| i % 2 == 0);
+    }
+
+    #[test]
+    fn older_buckets_are_sealed_and_answer_exactly_through_their_locators() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = |f: &DedupFilter| -> Vec<bool> {
+            f.buckets.iter().map(|b| b.locator.is_sealed()).collect()
+        };
+        // Ids 0, 2, 4, …, 698 (350 of them) in batches of 50: buckets of 100, 100, 100, 50.
+        let inserted = |i: u64| i.is_multiple_of(2) && i < 700;
+        {
+            let mut f = DedupFilter::open(dir.path(), cfg(100, 4, 0.01)).unwrap();
+            for c in (0..350u64).collect::<Vec<_>>().chunks(50) {
+                f.insert_batch(c.iter().map(|i| id(i * 2))).unwrap();
+            }
+            assert_eq!(sealed(&f), [true, true, true, false]);
+            // Every bloom says "maybe": every answer comes from the locators and RocksDB.
+            for b in f.buckets.iter_mut() {
+                b.bloom.blocks.fill(Block([u32::MAX; 8]));
+            }
+            for i in 0..800u64 {
+                assert_eq!(f.contains(&id(i)).unwrap(), inserted(i), "{i}");
+            }
+            assert_answers_each(&f, 800, inserted);
+        }
+        // Reopened: rebuilt from the stored batches, sealed the same way.
+        let mut f = DedupFilter::open(dir.path(), cfg(100, 4, 0.01)).unwrap();
+        assert_eq!(sealed(&f), [true, true, true, false]);
+        assert_answers_each(&f, 800, inserted);
+        // The next rotation seals the newest and drops the oldest (ids 0..198).
+        f.insert_batch((350..400u64).map(|i| id(i * 2))).unwrap();
+        f.insert_batch([id(1_000_001)]).unwrap();
+        assert_eq!(sealed(&f), [true, true, true, false]);
+        assert_answers_each(&f, 800, |i| i.is_multiple_of(2) && i >= 200);
+    }
+
+    #[test]
+    fn locator_keeps_every_batch_of_a_repeated_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(1000, 2, 0.01)).unwrap();
+        f.insert_batch([b"x"]).unwrap();
+        f.insert_batch([b"y"]).unwrap();
+        f.insert_batch([b"x", b"x"]).unwrap();
+        let b = f.buckets.back().unwrap();
+        let kx = IdHash::of(b"x").key();
+        assert_eq!(b.locator.batches(kx).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(f.len(), 4, "inserts are counted, as before");
+        assert!(f.contains(b"x").unwrap() && f.contains(b"y").unwrap());
+    }
+
+    #[test]
+    fn large_batches_are_split_and_rotate_exactly_at_bucket_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = (MAX_IDS_PER_BATCH * 2 + 100) as u64;
+        let mut f = DedupFilter::open(dir.path(), cfg(size, 2, 0.01)).unwrap();
+        let n = size * 3 + 5;
+        f.insert_batch((0..n).map(id)).unwrap();
+        assert_eq!(f.bucket_count(), 2);
+        assert_eq!(f.len(), size + 5);
+        assert_eq!(
+            f.buckets[0].next_batch, 3,
+            "2 full stored batches and 1 of 100"
+        );
+        assert_eq!(f.buckets[1].count, 5);
+        for i in 0..n {
+            assert_eq!(f.contains(&id(i)).unwrap(), i >= size * 2, "{i}");
+        }
+    }
+
+    #[test]
+    fn reopen_after_drop_keeps_batches_and_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut f = DedupFilter::open(dir.path(), cfg(100, 3, 0.01)).unwrap();
+            for c in (0..250u64).collect::<Vec<_>>().chunks(30) {
+                f.insert_batch(c.iter().map(|i| id(*i))).unwrap();
+            }
+        }
+        let mut f = DedupFilter::open(dir.path(), cfg(100, 3, 0.01)).unwrap();
+        assert_eq!(f.len(), 250);
+        assert_eq!(f.bucket_count(), 3);
+        let before = f.buckets.back().unwrap().next_batch;
+        f.insert_batch([id(1000)]).unwrap();
+        assert_eq!(f.buckets.back().unwrap().next_batch, before + 1);
+        for i in 0..250 {
+            assert!(f.contains(&id(i)).unwrap(), "{i}");
+        }
+        assert!(f.contains(&id(1000)).unwrap());
+        assert!(!f.contains(&id(999)).unwrap());
+    }
+
+    /// A directory of the one-key-per-id layout (before 2026-11-22), even one whose
+    /// conversion was cut short (a `batches-` bucket beside the `bucket-` ones) or that somehow
+    /// holds a mark, opens empty and without a mark: never with some of its ids, never looking
+    /// like a ledger prefix. Rebuilt from an export (as the engine does on a missing mark), it
+    /// answers exactly again.
+    #[test]
+    fn a_one_key_per_id_directory_opens_empty_without_a_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "default",
+            "bucket-00000000000000000004",
+            "bucket-00000000000000000005",
+            "batches-00000000000000000004",
+        ];
+        {
+            let mut opts = rocksdb::Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(&opts, dir.path(), names).unwrap();
+            for (cf, ids) in [(names[1], 0..10u64), (names[2], 10..13u64)] {
+                let h = db.cf_handle(cf).unwrap();
+                for i in ids {
+                    db.put_cf(h, id(i), []).unwrap();
+                }
+            }
+            let mut blob = Vec::new();
+            for i in 0..10 {
+                encode_id(&mut blob, &id(i));
+            }
+            db.put_cf(db.cf_handle(names[3]).unwrap(), 0u64.to_be_bytes(), blob)
+                .unwrap();
+            db.put(MARK_KEY, b"pos-3").unwrap();
+        }
+        let mut f = DedupFilter::open(dir.path(), cfg(10, 3, 0.01)).unwrap();
+        assert_eq!((f.bucket_count(), f.len()), (1, 0));
+        assert_eq!(f.mark().unwrap(), None);
+        assert_answers_each(&f, 20, |_| false);
+        // Numbering continues after the buckets forgotten.
+        assert_eq!(f.buckets.back().unwrap().seq, 6);
+        let names = DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        assert_eq!(names, ["default", "batches-00000000000000000006"]);
+
+        // The engine's rebuild: clear, import the snapshot's export, insert the replayed ids.
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = DedupFilter::open(src_dir.path(), cfg(10, 3, 0.01)).unwrap();
+        src.insert_batch((0..10).map(id)).unwrap();
+        f.clear().unwrap();
+        f.import(&src.export().unwrap()).unwrap();
+        f.insert_batch_marked((10..13).map(id), Some(b"pos-9"))
+            .unwrap();
+        drop(f);
+        let f = DedupFilter::open(dir.path(), cfg(10, 3, 0.01)).unwrap();
+        assert_eq!(f.mark().unwrap().as_deref(), Some(&b"pos-9"[..]));
+        assert_answers_each(&f, 20, |i| i < 13);
+    }
+
+    #[test]
+    fn corrupt_stored_batch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut f = DedupFilter::open(dir.path(), cfg(10, 2, 0.01)).unwrap();
+            f.insert_batch([b"abc"]).unwrap();
+            let b = f.buckets.back().unwrap();
+            let h = f.db.cf_handle(&b.name).unwrap();
+            f.db.put_cf(h, 0u64.to_be_bytes(), [0x05, b'a']).unwrap();
+            assert!(f.contains(b"abc").is_err());
+        }
+        assert!(DedupFilter::open(dir.path(), cfg(10, 2, 0.01)).is_err());
+    }
+
+    /// An export of the earlier version (every id front-coded) is still imported.
+    #[test]
+    fn imports_a_version_3_export() {
+        let ids: Vec<Vec<u8>> = (0..2_500u64)
+            .map(|i| [b"i".as_slice(), &i.to_be_bytes()].concat())
+            .chain([b"abc".to_vec(), b"abd".to_vec()])
+            .collect();
+        let mut v3 = EXPORT_MAGIC_V3.to_vec();
+        for bucket in [&ids[..1_000], &ids[1_000..]] {
+            let mut blob = Vec::new();
+            let mut prev = Vec::new();
+            for id in bucket {
+                put_front_coded(&mut blob, &mut prev, id);
+            }
+            v3.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+            v3.extend_from_slice(&blob);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(2_000, 3, 0.01)).unwrap();
+        f.import(&v3).unwrap();
+        assert_eq!((f.bucket_count(), f.len()), (2, 2_502));
+        for id in &ids {
+            assert!(f.contains(id).unwrap(), "{id:?}");
+        }
+        assert!(!f.contains(b"abe").unwrap());
+        // Exported again, in the current version, it reads back to the same filter.
+        let v4 = f.export().unwrap();
+        assert!(v4.starts_with(EXPORT_MAGIC) && v4.len() < v3.len() / 2);
+        let g_dir = tempfile::tempdir().unwrap();
+        let mut g = DedupFilter::open(g_dir.path(), cfg(2_000, 3, 0.01)).unwrap();
+        g.import(&v4).unwrap();
+        assert_eq!(g.export().unwrap(), v4);
+    }
+
+    /// The vote workload's ids (sequential integers, 9-byte keys) export at about 1 byte each.
+    #[test]
+    fn sequential_integer_ids_export_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(50_000, 3, 0.01)).unwrap();
+        let key = |i: i64| {
+            let mut k = vec![b'i'];
+            k.extend_from_slice(&i.to_be_bytes());
+            k
+        };
+        f.insert_batch((1_000_000..1_100_000).map(key)).unwrap();
+        let export = f.export().unwrap();
+        let per_id = export.len() as f64 / 100_000.0;
+        assert!((1.0..1.01).contains(&per_id), "{per_id} bytes per id");
+        let g_dir = tempfile::tempdir().unwrap();
+        let mut g = DedupFilter::open(g_dir.path(), cfg(50_000, 3, 0.01)).unwrap();
+        g.import(&export).unwrap();
+        assert_eq!(g.export().unwrap(), export);
+        assert!(g.contains(&key(1_000_000)).unwrap() && g.contains(&key(1_099_999)).unwrap());
+        assert!(!g.contains(&key(1_100_000)).unwrap());
+    }
+}

@@ -1,0 +1,146 @@
+//! The byte layout of the dedup filter's stored batches: a bucket's column family holds one
+//! value per stored batch under the batch's number (8 bytes big-endian), and the value is its
+//! ids, each as a LEB128 length and the bytes. Also the LEB128 varint the export coding shares.
+//! This layout is local derived state (the filter is rebuilt from the ledger when in doubt);
+//! the layout stored in ledgers is the export's (`export.rs`). Pure: bytes in, bytes out.
+
+use crate::error::{Error, Result};
+
+/// Appends `n` as LEB128 (7 bits per byte, low first).
+pub(super) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Takes a LEB128 number off the front of `bytes`; `None` if it is cut short or too long.
+pub(super) fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    let mut shift = 0;
+    loop {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        if shift > 56 {
+            return None;
+        }
+        n |= ((b & 0x7f) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+}
+
+/// Appends `id` to a stored batch's value: its length (LEB128), then its bytes.
+pub(super) fn encode_id(blob: &mut Vec<u8>, id: &[u8]) {
+    put_varint(blob, id.len());
+    blob.extend_from_slice(id);
+}
+
+/// The ids of a stored batch, in order.
+pub(super) struct BlobIds<'a> {
+    /// The rest of the stored batch's value.
+    pub(super) blob: &'a [u8],
+}
+
+impl<'a> Iterator for BlobIds<'a> {
+    type Item = std::result::Result<&'a [u8], ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.blob.is_empty() {
+            return None;
+        }
+        let Some(len) = take_varint(&mut self.blob).filter(|l| *l <= self.blob.len()) else {
+            self.blob = &[];
+            return Some(Err(()));
+        };
+        let (id, rest) = self.blob.split_at(len);
+        self.blob = rest;
+        Some(Ok(id))
+    }
+}
+
+/// The error for stored batch `batch` of column family `bucket` that does not decode.
+pub(super) fn corrupt(bucket: &str, batch: u64) -> Error {
+    Error::Corrupt {
+        ledger: format!("<dedup filter {bucket}>"),
+        position: batch,
+        detail: "stored batch of ids does not decode".into(),
+    }
+}
+
+/// The number of a stored batch from its RocksDB key (8 bytes, big-endian, below 2^32).
+pub(super) fn batch_number(bucket: &str, key: &[u8]) -> Result<u32> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| corrupt(bucket, 0))?;
+    u32::try_from(u64::from_be_bytes(bytes)).map_err(|_| corrupt(bucket, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The ids of a stored batch's value, or `None` if one does not decode.
+    fn ids_of(blob: &[u8]) -> Option<Vec<Vec<u8>>> {
+        (BlobIds { blob })
+            .map(|id| id.ok().map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    proptest! {
+        /// Every number below 2^63 (nine LEB128 bytes) reads back, and only its bytes are taken.
+        #[test]
+        fn varint_round_trips(
+            n in 0usize..(1 << 63),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut out = Vec::new();
+            put_varint(&mut out, n);
+            prop_assert!(out.len() <= 9);
+            out.extend_from_slice(&tail);
+            let mut rest = &out[..];
+            prop_assert_eq!(take_varint(&mut rest), Some(n));
+            prop_assert_eq!(rest, &tail[..]);
+        }
+
+        /// A stored batch gives back exactly its ids, in order; cut short anywhere inside an id,
+        /// it reports the id that does not decode.
+        #[test]
+        fn stored_batch_round_trips(ids in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..200), 0..20)
+        ) {
+            let mut blob = Vec::new();
+            let mut ends = vec![0];
+            for id in &ids {
+                encode_id(&mut blob, id);
+                ends.push(blob.len());
+            }
+            prop_assert_eq!(ids_of(&blob), Some(ids.clone()));
+            for cut in 0..blob.len() {
+                let whole = ends.iter().position(|e| *e == cut);
+                prop_assert_eq!(ids_of(&blob[..cut]), whole.map(|n| ids[..n].to_vec()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_varint_cut_short_or_too_long_is_refused() {
+        assert_eq!(take_varint(&mut &[][..]), None);
+        assert_eq!(take_varint(&mut &[0x80][..]), None);
+        assert_eq!(take_varint(&mut &[0xff; 9][..]), None);
+        assert_eq!(take_varint(&mut &[0xff; 10][..]), None);
+        let mut max = Vec::new();
+        put_varint(&mut max, (1 << 63) - 1);
+        assert_eq!(take_varint(&mut &max[..]), Some((1 << 63) - 1));
+    }
+
+    #[test]
+    fn batch_numbers_are_8_bytes_below_2_to_the_32() {
+        assert_eq!(batch_number("b", &7u64.to_be_bytes()).unwrap(), 7);
+        assert!(batch_number("b", &[0; 7]).is_err());
+        assert!(batch_number("b", &(1u64 << 32).to_be_bytes()).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! The dedup filter: "has this segment id been applied?" for exactly-once state.
+//!
+//! Ids live in rotating **buckets**. Each bucket is a RocksDB column family (the truth) with two
+//! in-memory structures in front of it, both derived from it:
+//!
+//! - a **bloom filter** (the fast "no"; split into 32-byte blocks so that probing it for an id
+//!   touches one cache line; about 1.5 bytes per id at 1 %, so the filters of all
+//!   buckets stay in the CPU caches);
+//! - a **locator**: 32 bits of the id's hash → the number of the stored batch that holds the
+//!   id (about 10–18 bytes per id), consulted only on a bloom "maybe".
+//!
+//! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); the bloom block and bits of
+//! every bucket and the locator key are derived from that one hash.
+//!
+//! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
+//! number in the bucket, 8 bytes big-endian; value: its ids, each as a LEB128 length and the
+//! bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch` with one value per
+//! bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`, so that confirming an id
+//! never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is looked
+//! up in the bucket's locator and confirmed by reading the stored batch it names and finding the
+//! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
+//! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
+//! bucket is started, and once there are more than `num_buckets` buckets the oldest one is dropped
+//! with its column family.
+//!
+//! **Horizon.** The filter remembers the most recent inserts: always at least
+//! `(num_buckets - 1) × bucket_size` ids and at most `num_buckets × bucket_size`
+//! ([`DedupConfig::horizon`]); an id inserted longer ago than that may be forgotten (and a
+//! redelivery of it counted again). Size the horizon to cover every id that can be redelivered:
+//! inputs resume from their last committed position, so a horizon well beyond the ids of one
+//! checkpoint interval suffices.
+//!
+//! **Durability.** Writes go through RocksDB's WAL without fsync (one WAL record per
+//! `insert_batch`, so this costs a few nanoseconds per id): a process that dies keeps every
+//! completed insert; a machine crash may lose the most recent ones. The bloom filters and
+//! locators are never stored: [`DedupFilter::open`] rebuilds them from the stored batches, so
+//! after any crash they agree with what RocksDB kept (and a lookup always confirms in RocksDB,
+//! so they could never make an answer wrong anyway). The filter is derived state: the engine
+//! stores its contents ([`DedupFilter::export`]) in ledger snapshots and, on a recovery where
+//! the filter on disk does not match the ledger (see the mark below), clears it and re-inserts
+//! the ids of the snapshot and of the replayed ledger entries ([`DedupFilter::clear`],
+//! [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
+//!
+//! **Mark.** An insert may carry a **mark**, opaque bytes stored in the same RocksDB write as
+//! the ids (the engine stores the ledger position whose ids they are). [`DedupFilter::mark`]
+//! returns the mark of the last insert, so a process that opens the filter again knows which
+//! prefix of its ledger the filter already holds and replays only the rest instead of
+//! rebuilding. Any insert without a mark, [`DedupFilter::clear`] and [`DedupFilter::import`]
+//! remove the mark: the filter no longer corresponds to a ledger prefix.
+//!
+//! Directories written by versions before 2026-11-22 (one key per id in `bucket-…` column
+//! families, never with a mark) are not read: [`DedupFilter::open`] forgets them and opens
+//! the filter empty and without a mark, so the engine rebuilds it from the ledger.
+//!
+//! **Where things are.** `hash` (the one hash of an id), `bloom` (the split-block bloom
+//! filter), `locator` (hash bits → stored batch), `bucket` (one bucket's bloom filter, locator
+//! and counts), `format` (the stored batches' bytes), `export` (the export's bytes, versioned:
+//! it lives in ledger snapshots) and `config` are pure; `filter` holds the [`DedupFilter`] and
+//! all of its RocksDB I/O.
+
+mod bloom;
+mod bucket;
+mod config;
+mod export;
+mod filter;
+mod format;
+mod hash;
+mod locator;
+
+pub use config::DedupConfig;
+pub use filter::DedupFilter;
