@@ -26,6 +26,7 @@ mod error;
 mod inbox;
 mod input_log;
 mod input_peer;
+mod input_watermark;
 mod job_log;
 mod launch;
 mod message;
