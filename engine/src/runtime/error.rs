@@ -10,7 +10,8 @@ pub enum RunError {
     /// The job is not valid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// A plugin could not be opened or failed.
+    /// A plugin could not be opened or failed, with the plugin's own message (plugins report
+    /// their errors as strings by API).
     #[error("task \"{task}\": {message}")]
     Plugin {
         /// The task.
@@ -130,11 +131,21 @@ pub enum RunError {
         /// The output task.
         task: String,
         /// The cause.
+        #[source]
         source: sardonyx_connectors::ConnectorError,
     },
-    /// The error output itself failed.
+    /// An input's source failed to read (past its own retries).
+    #[error("task \"{task}\": {source}")]
+    Source {
+        /// The input task.
+        task: String,
+        /// The source's error.
+        #[source]
+        source: sardonyx_connectors::ConnectorError,
+    },
+    /// The error output itself failed (its file could not be created, written or flushed).
     #[error("cannot write the error output: {0}")]
-    ErrorOutput(String),
+    ErrorOutput(#[source] sardonyx_connectors::ConnectorError),
     /// A bug: a peer's task panicked outside the per-segment path or was cancelled.
     #[error("internal error: a peer's task failed: {0}")]
     PeerTask(#[from] tokio::task::JoinError),

@@ -6,12 +6,12 @@ use tokio::time::Instant;
 
 use super::ack::HeldAcks;
 use super::context::{now_ms, PeerContext};
-use super::{Mark, Msg};
+use super::message::{Mark, Msg};
 use crate::segment::Segment;
 use sardonyx_windowing::WatermarkTracker;
 
 /// What one wait for input gave.
-pub(crate) enum Gathered {
+pub(super) enum Gathered {
     /// A batch (possibly only a watermark or acks).
     Batch(Vec<Segment>, HeldAcks),
     /// Nothing arrived before the timer tick.
@@ -21,7 +21,7 @@ pub(crate) enum Gathered {
 }
 
 /// The receiving side of a worker peer: batching and per-sender watermarks.
-pub(crate) struct Inbox {
+pub(super) struct Inbox {
     rx: mpsc::Receiver<Msg>,
     pending: usize,
     tracker: WatermarkTracker<usize>,
@@ -30,32 +30,49 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(crate) fn new(ctx: &PeerContext, rx: mpsc::Receiver<Msg>) -> Self {
+    /// The inbox of a peer of `ctx`'s task, reading `rx`.
+    pub(super) fn new(ctx: &PeerContext, rx: mpsc::Receiver<Msg>) -> Self {
         let upstream = ctx
             .topology
             .upstream_peers
             .get(&ctx.task.name)
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&[][..], Vec::as_slice);
+        Inbox::with(
+            rx,
+            upstream,
+            ctx.task.effective_batch_size(),
+            ctx.task.effective_batch_timeout(),
+        )
+    }
+
+    /// An inbox reading `rx`, sent to by the peers `upstream`, gathering batches of up to
+    /// `batch_size` segments (whole messages: a batch may end a little over) or what arrived
+    /// within `timeout` of the first.
+    fn with(
+        rx: mpsc::Receiver<Msg>,
+        upstream: &[usize],
+        batch_size: usize,
+        timeout: std::time::Duration,
+    ) -> Self {
         // No `idle_timeout` here: an upstream peer is idle only when it says so (a quiet peer
         // may be a slow one, and its data would come late).
         let mut tracker = WatermarkTracker::new(0, None);
         let now = now_ms();
-        for &p in &upstream {
+        for &p in upstream {
             tracker.add_input(p, now);
         }
         Inbox {
             rx,
             pending: upstream.len(),
             tracker,
-            batch_size: ctx.task.effective_batch_size(),
-            timeout: ctx.task.effective_batch_timeout(),
+            batch_size,
+            timeout,
         }
     }
 
     /// The task's mark now: its watermark (`None` until every upstream peer that is not idle
     /// has given one) and whether every upstream peer still sending is idle.
-    pub(crate) fn mark(&mut self) -> Mark {
+    pub(super) fn mark(&mut self) -> Mark {
         let now = now_ms();
         let wm = self.tracker.watermark(now);
         Mark {
@@ -66,7 +83,7 @@ impl Inbox {
 
     /// Gathers a batch: whatever is queued, then waits until it is full or the timeout ends.
     /// With `tick`, gives up waiting for the first message after that long.
-    pub(crate) async fn gather(&mut self, tick: Option<std::time::Duration>) -> Gathered {
+    pub(super) async fn gather(&mut self, tick: Option<std::time::Duration>) -> Gathered {
         let mut segments = Vec::new();
         let mut acks = HeldAcks::default();
         let mut got_any = false;
@@ -97,7 +114,7 @@ impl Inbox {
     }
 
     /// What is queued right now, up to a batch, without waiting (`None` if nothing is).
-    pub(crate) fn try_gather(&mut self) -> Option<(Vec<Segment>, HeldAcks)> {
+    pub(super) fn try_gather(&mut self) -> Option<(Vec<Segment>, HeldAcks)> {
         let mut segments = Vec::new();
         let mut acks = HeldAcks::default();
         let mut got_any = false;
@@ -114,12 +131,7 @@ impl Inbox {
 
     /// Adds one received message (`None`: every sender is gone) to the batch being gathered;
     /// true if it counts as something received.
-    pub(crate) fn take(
-        &mut self,
-        msg: Option<Msg>,
-        segments: &mut Vec<Segment>,
-        acks: &mut HeldAcks,
-    ) -> bool {
+    fn take(&mut self, msg: Option<Msg>, segments: &mut Vec<Segment>, acks: &mut HeldAcks) -> bool {
         match msg {
             None => {
                 self.pending = 0;
@@ -149,6 +161,146 @@ impl Inbox {
                 self.tracker.set_idle(sender, mark.idle, now);
                 true
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::segment::Value;
+
+    /// Segments numbered `from..to`.
+    fn segments(from: i64, to: i64) -> Vec<Segment> {
+        (from..to)
+            .map(|n| {
+                let mut s = Segment::with_capacity(1);
+                s.insert("n", Value::from(n));
+                s
+            })
+            .collect()
+    }
+
+    fn numbers(segments: &[Segment]) -> Vec<i64> {
+        segments
+            .iter()
+            .map(|s| s.get("n").and_then(Value::as_i64).unwrap())
+            .collect()
+    }
+
+    fn batch(sender: usize, segments: Vec<Segment>, watermark: Option<i64>, idle: bool) -> Msg {
+        Msg::Batch {
+            sender,
+            segments,
+            mark: Mark { watermark, idle },
+            acks: HeldAcks::default(),
+        }
+    }
+
+    /// An inbox over upstream peers 0 and 1, batches of `batch_size`, and the sending end.
+    fn inbox(batch_size: usize, timeout: Duration) -> (Inbox, mpsc::Sender<Msg>) {
+        let (tx, rx) = mpsc::channel(16);
+        (Inbox::with(rx, &[0, 1], batch_size, timeout), tx)
+    }
+
+    /// What is queued is gathered in whole messages until the batch size is reached; the rest
+    /// waits for the next batch.
+    #[test]
+    fn a_batch_takes_whole_messages_up_to_the_batch_size() {
+        let (mut inbox, tx) = inbox(3, Duration::ZERO);
+        assert!(inbox.try_gather().is_none(), "nothing queued");
+        tx.try_send(batch(0, segments(0, 2), None, false)).unwrap();
+        tx.try_send(batch(1, segments(2, 4), None, false)).unwrap();
+        tx.try_send(batch(0, segments(4, 5), None, false)).unwrap();
+        let (first, _) = inbox.try_gather().unwrap();
+        assert_eq!(numbers(&first), vec![0, 1, 2, 3]);
+        let (second, _) = inbox.try_gather().unwrap();
+        assert_eq!(numbers(&second), vec![4]);
+        assert!(inbox.try_gather().is_none());
+    }
+
+    /// The watermark is the least over the senders, once every sender that is not idle has
+    /// given one; an idle sender stops holding it back until it sends a batch that is not idle;
+    /// the inbox is idle when every sender still sending is.
+    #[test]
+    fn the_mark_follows_each_senders_watermark_and_idleness() {
+        let (mut inbox, tx) = inbox(100, Duration::ZERO);
+        let none = Mark::default();
+        assert_eq!(inbox.mark(), none);
+        tx.try_send(batch(0, Vec::new(), Some(10), false)).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(inbox.mark(), none, "sender 1 has no watermark yet");
+        tx.try_send(batch(1, Vec::new(), Some(4), false)).unwrap();
+        inbox.try_gather().unwrap();
+        let at = |w: i64, idle: bool| Mark {
+            watermark: Some(w),
+            idle,
+        };
+        assert_eq!(inbox.mark(), at(4, false));
+        tx.try_send(batch(1, Vec::new(), Some(4), true)).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(
+            inbox.mark(),
+            at(10, false),
+            "idle sender 1 holds nothing back"
+        );
+        tx.try_send(batch(0, Vec::new(), Some(12), true)).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(inbox.mark(), at(12, true), "every sender idle");
+        tx.try_send(batch(1, segments(0, 1), Some(6), false))
+            .unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(
+            inbox.mark(),
+            at(12, false),
+            "never backwards, no longer idle"
+        );
+    }
+
+    /// A sender's `Done` ends its hold on the watermark and counts as something received; when
+    /// every sender is done the inbox is finished, and its watermark is +∞.
+    #[tokio::test]
+    async fn done_from_every_sender_finishes_the_inbox() {
+        let (mut inbox, tx) = inbox(100, Duration::ZERO);
+        tx.try_send(batch(0, segments(0, 1), Some(10), false))
+            .unwrap();
+        tx.try_send(Msg::Done { sender: 1 }).unwrap();
+        match inbox.gather(None).await {
+            Gathered::Batch(s, _) => assert_eq!(numbers(&s), vec![0]),
+            _ => panic!("expected a batch"),
+        }
+        assert_eq!(inbox.mark().watermark, Some(10));
+        tx.try_send(Msg::Done { sender: 0 }).unwrap();
+        assert!(matches!(inbox.gather(None).await, Gathered::Batch(s, _) if s.is_empty()));
+        assert_eq!(inbox.mark().watermark, Some(i64::MAX));
+        assert!(matches!(inbox.gather(None).await, Gathered::Finished));
+        assert!(inbox.try_gather().is_none());
+    }
+
+    /// Every sender gone without a `Done` (their peers failed) finishes the inbox too.
+    #[tokio::test]
+    async fn a_closed_channel_finishes_the_inbox() {
+        let (mut inbox, tx) = inbox(100, Duration::ZERO);
+        drop(tx);
+        assert!(matches!(inbox.gather(None).await, Gathered::Finished));
+    }
+
+    /// With a tick and nothing queued, a wait gives `Tick`; a full batch is given at once,
+    /// without waiting for the batch timeout.
+    #[tokio::test]
+    async fn a_wait_ends_at_the_tick_or_when_the_batch_is_full() {
+        let (mut inbox, tx) = inbox(2, Duration::from_secs(3600));
+        assert!(matches!(
+            inbox.gather(Some(Duration::ZERO)).await,
+            Gathered::Tick
+        ));
+        tx.try_send(batch(0, segments(0, 2), None, false)).unwrap();
+        tx.try_send(batch(1, segments(2, 3), None, false)).unwrap();
+        match inbox.gather(None).await {
+            Gathered::Batch(s, _) => assert_eq!(numbers(&s), vec![0, 1]),
+            _ => panic!("expected a batch"),
         }
     }
 }

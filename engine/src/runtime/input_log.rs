@@ -1,4 +1,5 @@
-//! An input peer's committed positions in the state log.
+//! An input peer's committed positions in the state log ([`InputLog`]): where a resumed input
+//! starts reading, and the loop that writes each newly committed value.
 
 use std::sync::Arc;
 
@@ -6,12 +7,12 @@ use sardonyx_connectors::Positions;
 use sardonyx_state_log::RequestId;
 use tokio::sync::watch;
 
+use super::error::RunError;
 use super::job_log::{corrupt, decode, encode, log_error, JobState};
-use super::RunError;
 
 /// An input peer's committed positions in the state log: each record is the peer's whole
 /// committed [`Positions`] (every partition it reads) at the time it was written.
-pub(crate) struct InputLog {
+pub(super) struct InputLog {
     js: Arc<JobState>,
     ledger: String,
 }

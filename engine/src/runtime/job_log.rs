@@ -21,7 +21,8 @@ use std::sync::Arc;
 use sardonyx_state_log::{DedupConfig, Ledgers, RequestId};
 use serde::{Deserialize, Serialize};
 
-use super::{routing, RunError};
+use super::error::RunError;
+use super::routing;
 use crate::job::Job;
 use crate::state::{self};
 
@@ -189,7 +190,7 @@ pub(super) fn process_nonce() -> u64 {
 }
 
 /// The job-wide part: which generation, which epoch, where ledgers live.
-pub(crate) struct JobState {
+pub(super) struct JobState {
     pub options: StateOptions,
     /// True when this run continues an earlier run's state (same generation).
     pub resumed: bool,

@@ -1,9 +1,10 @@
-//! Starting a job: validation, the topology of peers and channels, spawning every peer, the
-//! restart loop, and the run report.
+//! Starting a job: its options and report, validation, one attempt per start of the job's peers
+//! (opening the state, spawning every peer on the topology, joining them), the restart loop,
+//! and each input peer's commit loop (committed positions as its batches complete).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sardonyx_connectors::Positions;
@@ -13,9 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{ErrorsTarget, FluxPolicy, Job, Problem, TaskKind, ValidationError};
 use crate::registry::Registry;
 
+use super::ack;
+use super::error::RunError;
 use super::job_log::StateOptions;
+use super::progress::Progress;
 use super::slot_log::SlotRecovery;
-use super::{ack, Msg, Progress, RunError};
+use super::topology::{Layout, Topology};
 
 /// How to run a job.
 #[derive(Debug, Clone)]
@@ -93,24 +97,6 @@ pub struct JobReport {
     /// How many times the job's peers were restarted (counts such as `read` include what was
     /// read again after a restart).
     pub restarts: u32,
-}
-
-/// The static shape of a running job: tasks, their peers' channels, and who sends to whom.
-pub(crate) struct Topology {
-    pub senders: BTreeMap<String, Vec<mpsc::Sender<Msg>>>,
-    /// Per task, the ids of every peer that sends to it.
-    pub upstream_peers: BTreeMap<String, Vec<usize>>,
-    /// Per task, the id of its first peer (peer ids are global in the job).
-    pub first_peer: BTreeMap<String, usize>,
-    /// Every input peer waits here after opening its reader; peers with nothing to read have
-    /// sent their `Done` by then, so no reading peer's data can overtake them and the
-    /// downstream watermark never waits on a peer that will never read.
-    pub inputs_opened: tokio::sync::Barrier,
-    /// Cancelled to stop the job ([`RunOptions::stop`]).
-    pub stop: CancellationToken,
-    /// Set by an input peer that stopped before its input was exhausted, before it tells its
-    /// downstream peers it is done: they then skip job completion (the job is not complete).
-    pub stopped_early: Arc<AtomicBool>,
 }
 
 /// Runs `job` to completion in this process: validates it, starts every peer, waits until the
@@ -253,7 +239,10 @@ impl Failure {
     fn restarts_job(&self, job: &Job) -> Option<String> {
         match &self.error {
             RunError::RestartRequested { task, .. } => Some(task.clone()),
-            RunError::Plugin { .. } | RunError::Sink { .. } | RunError::PeerTask(_) => {
+            RunError::Plugin { .. }
+            | RunError::Source { .. }
+            | RunError::Sink { .. }
+            | RunError::PeerTask(_) => {
                 let task = self.task.as_deref()?;
                 (job.task(task)?.flux_policy == Some(FluxPolicy::Recover)).then(|| task.to_owned())
             }
@@ -276,77 +265,13 @@ impl Attempt<'_> {
             error_file,
             error_task,
         } = self;
-        let peers_of = |name: &str| {
-            options
-                .peers_override
-                .unwrap_or_else(|| job.task(name).map_or(1, |t| t.peers()))
-        };
-
-        // Channels: one bounded channel per peer.
-        let mut senders = BTreeMap::new();
-        let mut receivers: BTreeMap<String, Vec<mpsc::Receiver<Msg>>> = BTreeMap::new();
-        for t in &job.catalog {
-            let (txs, rxs): (Vec<_>, Vec<_>) = (0..peers_of(&t.name))
-                .map(|_| mpsc::channel(options.channel_capacity.max(1)))
-                .unzip();
-            senders.insert(t.name.clone(), txs);
-            receivers.insert(t.name.clone(), rxs);
-        }
-        // Who sends to whom: downstream edges, the late tasks of the task's windows, and the
-        // error task (from every other task).
-        let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for t in &job.catalog {
-            let mut ts: Vec<String> = job
-                .downstream(&t.name)
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
-            let late = job.windows_of(&t.name).filter_map(|w| w.late.clone());
-            for extra in late.chain(error_task.clone().filter(|e| *e != t.name)) {
-                if !ts.contains(&extra) {
-                    ts.push(extra);
-                }
-            }
-            targets.insert(t.name.clone(), ts);
-        }
-        let mut first_peer = BTreeMap::new();
-        let mut next_id = 0;
-        for t in &job.catalog {
-            first_peer.insert(t.name.clone(), next_id);
-            next_id += peers_of(&t.name);
-        }
-        let mut upstream_peers: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (from, ts) in &targets {
-            for to in ts {
-                let first = first_peer[from];
-                upstream_peers
-                    .entry(to.clone())
-                    .or_default()
-                    .extend(first..first + peers_of(from));
-            }
-        }
-        let input_peers: usize = job
-            .catalog
-            .iter()
-            .filter(|t| t.kind == TaskKind::Input)
-            .map(|t| peers_of(&t.name))
-            .sum();
-        let stopped_early = Arc::new(AtomicBool::new(false));
-        let topology = Arc::new(Topology {
-            senders,
-            upstream_peers,
-            first_peer,
-            inputs_opened: tokio::sync::Barrier::new(input_peers),
-            stop: options.stop.clone(),
-            stopped_early: stopped_early.clone(),
-        });
+        let layout = Layout::of(job, options.peers_override, error_task.as_deref());
+        let (topology, mut receivers) =
+            Topology::new(&layout, options.channel_capacity, options.stop.clone());
+        let topology = Arc::new(topology);
+        let stopped_early = topology.stopped_early.clone();
         let job_state = match state {
             Some(state) => {
-                let peers: BTreeMap<String, usize> = job
-                    .catalog
-                    .iter()
-                    .map(|t| (t.name.clone(), peers_of(&t.name)))
-                    .collect();
                 let windowed = job
                     .catalog
                     .iter()
@@ -354,7 +279,7 @@ impl Attempt<'_> {
                     .map(|t| t.name.clone())
                     .collect();
                 Some(Arc::new(
-                    super::job_log::JobState::open(job, state, &peers, windowed).await?,
+                    super::job_log::JobState::open(job, state, &layout.peers, windowed).await?,
                 ))
             }
             None => None,
@@ -376,7 +301,7 @@ impl Attempt<'_> {
         let mut committers = Vec::new();
         let mut writers = Vec::new();
         for t in &job.catalog {
-            let n = peers_of(&t.name);
+            let n = layout.peers[&t.name];
             let rxs = receivers.remove(&t.name).expect("made above");
             for (peer, rx) in rxs.into_iter().enumerate() {
                 let ctx = super::context::PeerContext {
@@ -386,7 +311,7 @@ impl Attempt<'_> {
                     peer,
                     n_peers: n,
                     topology: topology.clone(),
-                    targets: targets[&t.name].clone(),
+                    targets: layout.targets[&t.name].clone(),
                     error_task: error_task.clone().filter(|e| *e != t.name),
                     error_file: error_file.clone(),
                     progress: progress.clone(),
@@ -432,26 +357,7 @@ impl Attempt<'_> {
         drop(topology);
         drop(job_state);
 
-        // The first failure stops every other peer (peers downstream of a failed one would
-        // otherwise wait for it forever).
-        let mut first_error: Option<Failure> = None;
-        while let Some(joined) = handles.join_next_with_id().await {
-            let (id, result) = match joined {
-                Ok((id, r)) => (id, r),
-                Err(e) if e.is_cancelled() => continue,
-                Err(e) => (e.id(), Err(RunError::PeerTask(e))),
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "peer failed");
-                if first_error.is_none() {
-                    first_error = Some(Failure {
-                        task: task_of.get(&id).cloned(),
-                        error: e,
-                    });
-                    handles.abort_all();
-                }
-            }
-        }
+        let first_error = join_peers(handles, &task_of).await;
         // Every peer has ended, so every ack is released or poisoned and the committers end;
         // their last positions are written before a restart reads them back.
         let mut committed = BTreeMap::new();
@@ -492,6 +398,34 @@ impl Attempt<'_> {
             restarts: 0,
         })
     }
+}
+
+/// Waits for every peer of an attempt; the first failure (with the task whose peer failed)
+/// stops every other peer, since peers downstream of a failed one would otherwise wait for it
+/// forever.
+async fn join_peers(
+    mut handles: tokio::task::JoinSet<Result<(), RunError>>,
+    task_of: &BTreeMap<tokio::task::Id, String>,
+) -> Option<Failure> {
+    let mut first_error: Option<Failure> = None;
+    while let Some(joined) = handles.join_next_with_id().await {
+        let (id, result) = match joined {
+            Ok((id, r)) => (id, r),
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => (e.id(), Err(RunError::PeerTask(e))),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "peer failed");
+            if first_error.is_none() {
+                first_error = Some(Failure {
+                    task: task_of.get(&id).cloned(),
+                    error: e,
+                });
+                handles.abort_all();
+            }
+        }
+    }
+    first_error
 }
 
 /// Advances an input peer's committed positions as its batches complete, and hands each new

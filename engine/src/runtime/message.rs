@@ -1,4 +1,5 @@
-//! What peers send each other: batches with the sender's event-time mark, and `Done`.
+//! What peers send each other ([`Msg`]): batches with the sender's event-time mark ([`Mark`])
+//! and the acks they derive from, and `Done`.
 
 use crate::segment::Segment;
 
@@ -12,7 +13,7 @@ use super::ack;
 /// An idle sender stops holding the receiver's watermark back; its next batch that is not
 /// idle makes it hold it again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Mark {
+pub(super) struct Mark {
     /// The sender's watermark (`None` until it has one).
     pub watermark: Option<i64>,
     /// The sender is idle.
@@ -21,7 +22,7 @@ pub(crate) struct Mark {
 
 /// A message between peers.
 #[derive(Debug)]
-pub(crate) enum Msg {
+pub(super) enum Msg {
     /// Segments, the sender's watermark and idleness, and the acks of the input batches they
     /// derive from.
     Batch {

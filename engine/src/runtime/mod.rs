@@ -7,6 +7,52 @@
 //! own downstream peers. A segment a function fails (or panics) on goes to the error output
 //! with the cause, unless a lifecycle decides to restart or kill.
 //!
+//! # A map of the rooms
+//!
+//! Starting a job:
+//! - `launch`: [`RunOptions`], [`JobReport`], [`run_job`]: validation, one attempt per
+//!   (re)start of the job's peers, spawning them, joining them, the restart loop, and
+//!   `commit_loop` (an input peer's committed positions as its batches complete).
+//! - `topology`: who sends to whom (`Layout`, pure) and the channels peers share (`Topology`).
+//! - `context`: `PeerContext`, what every peer knows of its place in the job; lifecycle hooks;
+//!   the process clock.
+//! - `progress`: [`Progress`], the live counters behind the report.
+//! - `error`: [`RunError`], why a job did not complete.
+//!
+//! The input side:
+//! - `input_peer`: `run_input`: open (at the resume positions), read-parse-route, stop, finish.
+//! - `input_watermark`: `InputWatermark`, an input's per-partition watermark and idleness.
+//!
+//! Between peers:
+//! - `message`: `Msg` (a batch with its sender's `Mark` and acks, or `Done`).
+//! - `router`: `Router`, where a peer's segments go (flow conditions, key placement, the error
+//!   output) and the sending of batches.
+//! - [`routing`]: the pure rules the router applies (flow plans, key hashing).
+//! - `inbox`: `Inbox`, the receiving side of a worker peer (batching, per-sender marks).
+//! - [`ack`]: acknowledgement of input batches, so positions are committed only once done.
+//! - [`rejections`]: [`Rejection`] and the error file.
+//!
+//! The worker side and exactly-once state (DESIGN §5):
+//! - `worker_peer`: function, windowed and output peers: gather, apply, log, deliver, write.
+//! - `window_stage`: a windowed task's window operator and the delivery of its decisions.
+//! - `slot_log`: a windowed slot's ledger and dedup filter (the slot's I/O).
+//! - `job_log`: the job's ledgers in the state log ([`StateOptions`]).
+//! - `input_log`: an input peer's committed positions in the state log.
+//!
+//! # How a batch travels
+//!
+//! An input peer (`input_peer`) reads a batch from its source, parses it into segments and
+//! issues it an ack token ([`ack`]); its `router` places each segment on the downstream peers
+//! it goes to and sends them one batch per peer with the input's mark (`input_watermark`).
+//! A worker peer's `inbox` gathers batches from its upstream peers; the `worker_peer` applies
+//! the task's function, and for a windowed task with exactly-once state hands the batch to its
+//! slot (the protocol's machine, `crate::slot`), whose record `slot_log` appends to the slot's
+//! ledger; once committed, the `window_stage` delivers the firings (syncs, emitted segments)
+//! and an output peer writes to its sink. Every downstream batch holds the input batch's ack;
+//! when the last is dropped the batch is done, `commit_loop` (`launch`) advances the input's
+//! committed positions, and `input_log` writes them to the state log (the input peer also
+//! tells its source).
+//!
 //! **Stopping** ([`RunOptions::stop`], a signal for `sardonyx run`): inputs stop reading and
 //! finish as if exhausted, every batch already read is processed, positions are committed and
 //! outputs flushed, but the job is **not complete**: a stop is not the end of the inputs (the
@@ -26,6 +72,7 @@ mod error;
 mod inbox;
 mod input_log;
 mod input_peer;
+mod input_watermark;
 mod job_log;
 mod launch;
 mod message;
@@ -34,6 +81,7 @@ pub mod rejections;
 mod router;
 pub mod routing;
 mod slot_log;
+mod topology;
 mod window_stage;
 mod worker_peer;
 
@@ -43,9 +91,6 @@ pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_REST
 pub use progress::Progress;
 pub use rejections::Rejection;
 pub use slot_log::{FilterOpened, SlotRecovery, CRASH_AFTER_RECORDS};
-
-pub(crate) use launch::Topology;
-pub(crate) use message::{Mark, Msg};
 
 /// Most firings of one job-completion record (whole groups, so a little more at times): when
 /// every input has finished, a windowed peer fires, logs and syncs its open windows in records

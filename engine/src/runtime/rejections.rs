@@ -1,10 +1,12 @@
-//! The job's error output: where rejected segments go, with their cause.
+//! The job's error output: a rejected segment or input line with its cause ([`Rejection`]),
+//! and the JSON-lines error file every peer shares ([`ErrorFile`]), whose failures are typed
+//! ([`sardonyx_connectors::ConnectorError`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sardonyx_connectors::jsonl::JsonLinesSink;
-use sardonyx_connectors::Sink;
+use sardonyx_connectors::{ConnectorError, Sink};
 
 use crate::segment::{Map, Segment, Value};
 
@@ -107,7 +109,7 @@ impl ErrorFile {
 
     /// Appends one rejection (buffered: see [`ErrorFile::flush`]). A failure to write the error
     /// file itself is fatal for the job, since the rejection would otherwise be lost.
-    pub fn write(&self, rejection: &Rejection) -> Result<(), String> {
+    pub fn write(&self, rejection: &Rejection) -> Result<(), ConnectorError> {
         self.count.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(task = %rejection.task, reason = %rejection.reason, "segment rejected");
         let mut guard = self.sink.lock().expect("error file lock poisoned");
@@ -120,11 +122,10 @@ impl ErrorFile {
                 } else {
                     JsonLinesSink::create(&self.path)
                 };
-                file.insert(opened.map_err(|e| e.to_string())?)
+                file.insert(opened?)
             }
         };
         sink.write_batch(&[rejection.to_segment().to_string().into_bytes()])
-            .map_err(|e| e.to_string())
     }
 
     /// Counts a rejection that went to the error task instead of the file.
@@ -134,9 +135,9 @@ impl ErrorFile {
 
     /// Writes every buffered rejection (of every peer) to the OS, so that a `kill -9` cannot lose
     /// it (the file is not fsynced: a power loss can).
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), ConnectorError> {
         match &mut self.sink.lock().expect("error file lock poisoned").file {
-            Some(s) => s.flush().map_err(|e| e.to_string()),
+            Some(s) => s.flush(),
             None => Ok(()),
         }
     }
@@ -178,5 +179,25 @@ mod tests {
             format!("{first}{{\"task\":\"t\",\"reason\":\"bad\",\"segment\":{{\"n\":2}}}}\n")
         );
         assert_eq!(count.load(Ordering::Relaxed), 1);
+    }
+
+    /// An error file that cannot be created fails with the connector's typed error, which the
+    /// job reports as [`crate::RunError::ErrorOutput`] with that cause as its source.
+    #[test]
+    fn an_error_file_that_cannot_be_created_fails_with_a_typed_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, "").unwrap();
+        let file = ErrorFile::new(blocker.join("errors.jsonl"), Arc::default());
+        let cause = file.write(&rejection(1)).unwrap_err();
+        assert!(!cause.is_retryable());
+        let message = cause.to_string();
+        let error = crate::RunError::ErrorOutput(cause);
+        assert_eq!(
+            error.to_string(),
+            format!("cannot write the error output: {message}")
+        );
+        let source = std::error::Error::source(&error).expect("the cause is kept");
+        assert_eq!(source.to_string(), message);
     }
 }

@@ -9,23 +9,24 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::ack::HeldAcks;
-use super::context::{panic_message, PeerContext};
+use super::context::{dedup_field, panic_message, PeerContext};
+use super::error::RunError;
+use super::message::{Mark, Msg};
+use super::progress::Progress;
 use super::rejections::{ErrorFile, Rejection};
 use super::routing::{jump_hash, key_hash, key_peer, FlowPlan};
-use super::worker_peer::dedup_field;
-use super::{Mark, Msg, Progress, RunError};
 use crate::job::{GroupKey, Unmatched};
 use crate::registry::{GroupFn, Registry};
 use crate::segment::Segment;
 
 /// How segments are spread over one downstream task's peers.
-pub(crate) enum Spread {
+enum Spread {
     RoundRobin(usize),
     Key(GroupKey),
     Fn(GroupFn),
 }
 
-pub(crate) struct Destination {
+struct Destination {
     senders: Vec<mpsc::Sender<Msg>>,
     spread: Spread,
     buffers: Vec<Vec<Segment>>,
@@ -34,7 +35,7 @@ pub(crate) struct Destination {
 }
 
 /// Routes one peer's output to its downstream peers, the error task and the error file.
-pub(crate) struct Router {
+pub(super) struct Router {
     task: String,
     sender: usize,
     registry: Registry,
@@ -52,7 +53,7 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(ctx: &PeerContext) -> Self {
+    pub(super) fn new(ctx: &PeerContext) -> Self {
         let downstream: Vec<String> = ctx
             .job
             .downstream(&ctx.task.name)
@@ -113,7 +114,7 @@ impl Router {
     }
 
     /// Puts a segment the task produced into the buffers of its destinations.
-    pub(crate) fn route(&mut self, segment: Segment) -> Result<(), RunError> {
+    pub(super) fn route(&mut self, segment: Segment) -> Result<(), RunError> {
         if self.plan.unconditional() {
             // Every downstream task, nothing excluded (what the plan's route would say).
             let n = self.plan.downstream_len();
@@ -137,7 +138,7 @@ impl Router {
 
     /// A segment that matched none of the task's flow conditions: counted, and sent to the
     /// error output if the job asks for it (`unmatched: "error"`).
-    pub(crate) fn unmatched(&mut self, segment: Segment) -> Result<(), RunError> {
+    fn unmatched(&mut self, segment: Segment) -> Result<(), RunError> {
         self.progress.unmatched.fetch_add(1, Ordering::Relaxed);
         if self.unmatched_to_errors {
             let reason = format!(
@@ -149,7 +150,7 @@ impl Router {
         Ok(())
     }
 
-    pub(crate) fn place(
+    pub(super) fn place(
         &mut self,
         segment: Segment,
         destinations: Vec<(usize, Vec<String>)>,
@@ -169,12 +170,7 @@ impl Router {
 
     /// Puts a segment (less the `exclude`d fields) into the buffer of the peer of destination
     /// `d` that takes it, or rejects it if its key cannot be computed.
-    pub(crate) fn place_one(
-        &mut self,
-        mut s: Segment,
-        d: usize,
-        exclude: &[String],
-    ) -> Result<(), RunError> {
+    fn place_one(&mut self, mut s: Segment, d: usize, exclude: &[String]) -> Result<(), RunError> {
         for k in exclude {
             s.remove(k);
         }
@@ -201,13 +197,13 @@ impl Router {
     }
 
     /// The index of destination task `name`.
-    pub(crate) fn destination_of(&self, name: &str) -> Option<usize> {
+    pub(super) fn destination_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
     }
 
     /// Sends a segment the task's function failed on to a thrown-exception route, the error
     /// task or the error file.
-    pub(crate) fn fail(&mut self, segment: Segment, reason: String) -> Result<(), RunError> {
+    pub(super) fn fail(&mut self, segment: Segment, reason: String) -> Result<(), RunError> {
         let rejection = Rejection::segment(&self.task, reason, segment);
         let record = rejection.to_segment();
         if let Some(route) = self.plan.route(&self.registry, &record, true) {
@@ -217,7 +213,7 @@ impl Router {
     }
 
     /// Sends a rejection to the error task, or else the error file.
-    pub(crate) fn reject(&mut self, rejection: Rejection) -> Result<(), RunError> {
+    pub(super) fn reject(&mut self, rejection: Rejection) -> Result<(), RunError> {
         match self.error_destination {
             Some(d) => {
                 let record = rejection.to_segment();
@@ -237,7 +233,7 @@ impl Router {
     /// before releasing the acks of the batch they came from, so that an input never commits
     /// past a rejection a crash could lose. (Rejections sent to an error task travel with the
     /// batch's acks instead: that task acknowledges them once written.)
-    pub(crate) fn errors_durable(&mut self) -> Result<(), RunError> {
+    pub(super) fn errors_durable(&mut self) -> Result<(), RunError> {
         if std::mem::take(&mut self.errors_written) {
             self.error_file.flush().map_err(RunError::ErrorOutput)?;
         }
@@ -246,7 +242,7 @@ impl Router {
 
     /// Sends every buffered segment, with the mark (watermark and idleness) and the acks of the
     /// batch they came from. Peers that got nothing still learn a mark that changed.
-    pub(crate) async fn flush(&mut self, mark: Mark, acks: &HeldAcks) {
+    pub(super) async fn flush(&mut self, mark: Mark, acks: &HeldAcks) {
         for dest in &mut self.destinations {
             for (peer, buffer) in dest.buffers.iter_mut().enumerate() {
                 let moved = dest.sent[peer] != mark;
@@ -269,7 +265,7 @@ impl Router {
     }
 
     /// Tells every destination peer this peer is done.
-    pub(crate) async fn finish(&mut self) {
+    pub(super) async fn finish(&mut self) {
         for dest in &self.destinations {
             for s in &dest.senders {
                 let _ = s
@@ -278,6 +274,264 @@ impl Router {
                     })
                     .await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::job::Job;
+    use crate::runtime::topology::{Layout, Receivers, Topology};
+    use crate::segment::Value;
+
+    /// `check` sends adults (less their `secret`) to `adults`, the others to `minors`, and
+    /// everything to `by_name` (3 peers, grouped by `name`); `unmatched` and `errors` are the
+    /// job's, as JSON members (or empty).
+    fn job(extra: &str) -> Job {
+        Job::from_json_str(&format!(
+            r#"{{
+              "workflow": [["in", "check"], ["check", "adults"], ["check", "minors"],
+                           ["check", "by_name"]],
+              "catalog": [
+                {{"name": "in", "type": "input", "plugin": "sardonyx/jsonl"}},
+                {{"name": "check", "type": "function", "fn": "sardonyx/identity"}},
+                {{"name": "adults", "type": "output", "plugin": "sardonyx/null"}},
+                {{"name": "minors", "type": "output", "plugin": "sardonyx/null"}},
+                {{"name": "by_name", "type": "output", "plugin": "sardonyx/null",
+                  "group_by_key": "name", "n_peers": 3}},
+                {{"name": "rejected", "type": "output", "plugin": "sardonyx/null"}}
+              ],
+              "flow_conditions": [
+                {{"from": "check", "to": ["adults"], "predicate": "test/adult",
+                  "exclude_keys": ["secret"]}},
+                {{"from": "check", "to": ["minors"], "predicate": "test/minor"}},
+                {{"from": "check", "to": ["by_name"], "predicate": "test/named"}}
+              ]{extra}
+            }}"#
+        ))
+        .unwrap()
+    }
+
+    fn registry() -> Registry {
+        let age = |s: &Segment| s.get("age").and_then(Value::as_i64);
+        let mut r = Registry::new();
+        r.register_predicate("test/adult", move |s, _| age(s).is_some_and(|a| a >= 18))
+            .register_predicate("test/minor", move |s, _| age(s).is_some_and(|a| a < 18))
+            .register_predicate("test/named", |s, _| s.get("age").is_some());
+        r
+    }
+
+    /// A router for the one peer of `check`, the receivers of every task, and the error file's
+    /// directory.
+    struct Bench {
+        router: Router,
+        receivers: Receivers,
+        progress: Arc<Progress>,
+        errors: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn bench(job: Job) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = dir.path().join("errors.jsonl");
+        let error_task = match &job.errors {
+            Some(crate::job::ErrorsTarget::Task(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let layout = Layout::of(&job, None, error_task.as_deref());
+        let (topology, receivers) = Topology::new(&layout, 64, CancellationToken::new());
+        let progress = Arc::new(Progress::default());
+        let task = job.task("check").unwrap().clone();
+        let ctx = PeerContext {
+            registry: registry(),
+            peer: 0,
+            n_peers: 1,
+            topology: Arc::new(topology),
+            targets: layout.targets["check"].clone(),
+            error_task,
+            error_file: ErrorFile::new(&errors, progress.rejected.clone()),
+            progress: progress.clone(),
+            syncs: Arc::default(),
+            state: None,
+            task,
+            job: Arc::new(job),
+        };
+        Bench {
+            router: Router::new(&ctx),
+            receivers,
+            progress,
+            errors,
+            _dir: dir,
+        }
+    }
+
+    fn person(name: &str, age: Option<i64>) -> Segment {
+        let mut s = Segment::with_capacity(3);
+        s.insert("name", Value::from(name));
+        if let Some(age) = age {
+            s.insert("age", Value::from(age));
+        }
+        s.insert("secret", Value::from(1));
+        s
+    }
+
+    /// Everything queued for peer `peer` of `task`: (sender, segments, mark) per batch.
+    fn received(b: &mut Bench, task: &str, peer: usize) -> Vec<(usize, Vec<Segment>, Mark)> {
+        let mut out = Vec::new();
+        while let Ok(msg) = b.receivers.get_mut(task).unwrap()[peer].try_recv() {
+            match msg {
+                Msg::Batch {
+                    sender,
+                    segments,
+                    mark,
+                    ..
+                } => out.push((sender, segments, mark)),
+                Msg::Done { .. } => panic!("unexpected Done"),
+            }
+        }
+        out
+    }
+
+    fn segments_of(b: &mut Bench, task: &str, peer: usize) -> Vec<Segment> {
+        received(b, task, peer)
+            .into_iter()
+            .flat_map(|(_, s, _)| s)
+            .collect()
+    }
+
+    /// Flow conditions pick the destinations; `exclude_keys` holds for its destination only;
+    /// batches carry the sender's id (its global peer id) and mark.
+    #[tokio::test]
+    async fn flow_conditions_pick_the_destinations_of_each_segment() {
+        let mut b = bench(job(""));
+        b.router.route(person("ann", Some(30))).unwrap();
+        b.router.route(person("bo", Some(7))).unwrap();
+        let mark = Mark {
+            watermark: Some(5),
+            idle: false,
+        };
+        b.router.flush(mark, &HeldAcks::default()).await;
+        let adults = received(&mut b, "adults", 0);
+        let mut ann = person("ann", Some(30));
+        ann.remove("secret");
+        assert_eq!(adults, vec![(1, vec![ann], mark)], "check's peer is peer 1");
+        assert_eq!(
+            segments_of(&mut b, "minors", 0),
+            vec![person("bo", Some(7))]
+        );
+        let grouped: usize = (0..3)
+            .map(|p| segments_of(&mut b, "by_name", p).len())
+            .sum();
+        assert_eq!(grouped, 2, "by_name keeps every field");
+    }
+
+    /// A grouped task gets every segment of one key on one peer, and the keys spread.
+    #[tokio::test]
+    async fn a_grouped_destination_gets_each_key_on_one_peer() {
+        let mut b = bench(job(""));
+        let names: Vec<String> = (0..30).map(|i| format!("name-{i}")).collect();
+        for round in 0..3 {
+            for n in &names {
+                b.router.route(person(n, Some(round))).unwrap();
+            }
+            b.router.flush(Mark::default(), &HeldAcks::default()).await;
+        }
+        let mut peer_of = std::collections::BTreeMap::new();
+        for peer in 0..3 {
+            for s in segments_of(&mut b, "by_name", peer) {
+                let name = format!("{:?}", s.get("name").unwrap());
+                assert_eq!(
+                    *peer_of.entry(name).or_insert(peer),
+                    peer,
+                    "one key, one peer"
+                );
+            }
+        }
+        assert_eq!(peer_of.len(), 30);
+        let used: BTreeSet<usize> = peer_of.values().copied().collect();
+        assert!(used.len() > 1, "keys spread over peers: {used:?}");
+    }
+
+    /// A segment no condition matches is counted and dropped by default, rejected with
+    /// `unmatched: "error"`; a segment without its group key is rejected; rejections go to the
+    /// error file, durable once `errors_durable` returns.
+    #[tokio::test]
+    async fn unmatched_and_keyless_segments_go_to_the_error_file() {
+        let mut dropped = bench(job(""));
+        dropped.router.route(person("cy", None)).unwrap();
+        assert_eq!(dropped.progress.unmatched.load(Ordering::Relaxed), 1);
+        assert_eq!(dropped.progress.rejected.load(Ordering::Relaxed), 0);
+
+        let mut b = bench(job(r#", "unmatched": "error""#));
+        b.router.route(person("cy", None)).unwrap();
+        let mut keyless = person("x", Some(40));
+        keyless.remove("name");
+        b.router.route(keyless).unwrap();
+        b.router.errors_durable().unwrap();
+        assert_eq!(b.progress.unmatched.load(Ordering::Relaxed), 1);
+        assert_eq!(b.progress.rejected.load(Ordering::Relaxed), 2);
+        let unmatched = "matched none of the flow conditions of task \"check\"";
+        let mut keyless = person("x", Some(40));
+        keyless.remove("name");
+        let lines = [
+            Rejection::segment("check", unmatched, person("cy", None)),
+            Rejection::segment("check", "group_by_key field \"name\" is missing", keyless),
+        ]
+        .map(|r| format!("{}\n", r.to_segment()));
+        assert_eq!(std::fs::read_to_string(&b.errors).unwrap(), lines.concat());
+        b.router.flush(Mark::default(), &HeldAcks::default()).await;
+        let mut adult = person("x", Some(40));
+        adult.remove("name");
+        adult.remove("secret");
+        assert_eq!(segments_of(&mut b, "adults", 0), vec![adult]);
+    }
+
+    /// With an error task, a rejection travels to it as a record (and is counted), and the
+    /// error file stays unwritten.
+    #[tokio::test]
+    async fn with_an_error_task_rejections_go_to_it() {
+        let mut b = bench(job(
+            r#", "unmatched": "error", "errors": {"task": "rejected"}"#,
+        ));
+        b.router.route(person("cy", None)).unwrap();
+        b.router.errors_durable().unwrap();
+        b.router.flush(Mark::default(), &HeldAcks::default()).await;
+        let unmatched = "matched none of the flow conditions of task \"check\"";
+        let expected = Rejection::segment("check", unmatched, person("cy", None)).to_segment();
+        assert_eq!(segments_of(&mut b, "rejected", 0), vec![expected]);
+        assert_eq!(b.progress.rejected.load(Ordering::Relaxed), 1);
+        assert!(!b.errors.exists());
+    }
+
+    /// A peer that got nothing still learns a mark that changed, once; `finish` tells every
+    /// destination peer this peer is done.
+    #[tokio::test]
+    async fn a_changed_mark_reaches_every_peer_once_and_finish_sends_done() {
+        let mut b = bench(job(""));
+        let mark = Mark {
+            watermark: Some(9),
+            idle: true,
+        };
+        b.router.flush(mark, &HeldAcks::default()).await;
+        b.router.flush(mark, &HeldAcks::default()).await;
+        for (task, peer) in [
+            ("adults", 0),
+            ("minors", 0),
+            ("by_name", 0),
+            ("by_name", 1),
+            ("by_name", 2),
+        ] {
+            assert_eq!(received(&mut b, task, peer), vec![(1, Vec::new(), mark)]);
+        }
+        b.router.finish().await;
+        for peer in 0..3 {
+            let rx = &mut b.receivers.get_mut("by_name").unwrap()[peer];
+            assert!(matches!(rx.try_recv(), Ok(Msg::Done { sender: 1 })));
         }
     }
 }

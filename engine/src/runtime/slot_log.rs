@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
+use super::error::RunError;
 use super::job_log::{log_error, slot_write_error, JobState};
-use super::{Progress, RunError};
+use super::progress::Progress;
 use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;

@@ -11,15 +11,17 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::ack::{AckToken, HeldAcks};
-use super::context::{call_hooks, now_ms, panic_message, PeerContext};
+use super::context::{call_hooks, dedup_field, now_ms, panic_message, PeerContext};
+use super::error::RunError;
 use super::inbox::{Gathered, Inbox};
+use super::message::{Mark, Msg};
 use super::rejections::Rejection;
 use super::router::Router;
 use super::routing::group_key_ref;
 use super::slot_log::{Committed, SlotLog};
 use super::window_stage::{Delivery, WindowStage};
-use super::{Mark, Msg, RunError, COMPLETION_FIRINGS};
-use crate::job::{GroupKey, Job, TaskKind, TaskSpec};
+use super::COMPLETION_FIRINGS;
+use crate::job::{GroupKey, TaskKind};
 use crate::registry::{ExceptionAction, GroupFn, Lifecycle, SegmentSink};
 use crate::segment::{Segment, Value};
 use sardonyx_windowing::Completion;
@@ -296,15 +298,6 @@ impl Grouping {
                 .map_err(|p| format!("group_by_fn panicked: {}", panic_message(&p))),
         }
     }
-}
-
-/// The field a windowed task deduplicates on: its `uniqueness_key`, unless `deduplicate` is
-/// false or the task has no windows.
-pub(crate) fn dedup_field<'a>(job: &Job, task: &'a TaskSpec) -> Option<&'a str> {
-    if task.deduplicate == Some(false) || job.windows_of(&task.name).next().is_none() {
-        return None;
-    }
-    task.uniqueness_key.as_deref()
 }
 
 /// The greatest offset of each input the acknowledged batches cover.
