@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::ack::HeldAcks;
 use super::context::{panic_message, PeerContext};
 use super::rejections::{ErrorFile, Rejection};
-use super::routing::{jump_hash, key_hash, key_peer, FlowPlan};
+use super::routing::{hash_peer, key_hash, key_peer, FlowPlan};
 use super::worker_peer::dedup_field;
 use super::{Mark, Msg, Progress, RunError};
 use crate::job::{GroupKey, Unmatched};
@@ -48,6 +48,8 @@ pub(crate) struct Router {
     errors_written: bool,
     /// The job's `unmatched: "error"`: segments no flow condition matches are rejected.
     unmatched_to_errors: bool,
+    /// The job's `key_groups`: keys go to the peer that owns their key group.
+    key_groups: usize,
     progress: Arc<Progress>,
 }
 
@@ -108,6 +110,7 @@ impl Router {
             error_file: ctx.error_file.clone(),
             errors_written: false,
             unmatched_to_errors: ctx.job.unmatched == Some(Unmatched::Error),
+            key_groups: ctx.job.key_groups(),
             progress: ctx.progress.clone(),
         }
     }
@@ -185,9 +188,9 @@ impl Router {
                 *next = (*next + 1) % n_peers;
                 Ok(*next)
             }
-            Spread::Key(k) => key_peer(k, &s, n_peers),
+            Spread::Key(k) => key_peer(k, &s, n_peers, self.key_groups),
             Spread::Fn(f) => match catch_unwind(AssertUnwindSafe(|| f(&s))) {
-                Ok(key) => Ok(jump_hash(key_hash(&key), n_peers)),
+                Ok(key) => Ok(hash_peer(key_hash(&key), n_peers, self.key_groups)),
                 Err(p) => Err(format!("group_by_fn panicked: {}", panic_message(&p))),
             },
         };
