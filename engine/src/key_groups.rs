@@ -109,22 +109,20 @@ pub fn reassign(owners: &[usize], new_slots: usize) -> Vec<usize> {
     }
     // Freed groups go to the slot whose contiguous range holds them if it has room, then to
     // the slots with room in index order.
-    for kg in 0..total {
+    for (kg, owner) in new.iter_mut().enumerate() {
         let h = home(kg);
-        if new[kg] == usize::MAX && load[h] < share[h] {
-            new[kg] = h;
+        if *owner == usize::MAX && load[h] < share[h] {
+            *owner = h;
             load[h] += 1;
         }
     }
     let mut next = 0;
-    for kg in 0..total {
-        if new[kg] == usize::MAX {
-            while load[next] == share[next] {
-                next += 1;
-            }
-            new[kg] = next;
-            load[next] += 1;
+    for owner in new.iter_mut().filter(|o| **o == usize::MAX) {
+        while load[next] == share[next] {
+            next += 1;
         }
+        *owner = next;
+        load[next] += 1;
     }
     new
 }
