@@ -23,6 +23,7 @@ pub mod cli;
 pub mod data_dir;
 pub mod demo;
 pub mod job;
+pub mod key_groups;
 pub mod registry;
 pub mod runtime;
 pub mod segment;

@@ -96,7 +96,7 @@ fn schema_errors_are_all_reported_with_the_entry_and_field() {
     assert_eq!(
         messages,
         [
-            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors, unmatched",
+            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors, unmatched, key_groups",
             r#"task "read", field batch_size: invalid type: string "ten", expected usize"#,
             r#"task "write", field type: unknown variant `sink`, expected one of `input`, `function`, `output`"#,
             "task \"third\", field batchsize: unknown field `batchsize`, expected one of `name`, `type`, `fn`, `plugin`, `params`, `batch_size`, `batch_timeout`, `n_peers`, `min_peers`, `max_peers`, `group_by_key`, `group_by_fn`, `flux_policy`, `uniqueness_key`, `deduplicate`, `watermark`, `doc`",
@@ -168,5 +168,91 @@ fn limits_are_checked_at_validation() {
             r#"window "one-over", field range/slide: range [20001, "milliseconds"] / slide [2, "milliseconds"] puts up to 10001 extents on each segment, more than the limit of 10000: use a longer slide or a shorter range"#,
             r#"window "elements", field range/slide: range [10001, "elements"] / slide [1, "elements"] puts up to 10001 extents on each segment, more than the limit of 10000: use a longer slide or a shorter range"#,
         ]
+    );
+}
+
+/// DESIGN §4: `key_groups` is read from JSON and TOML and set by the builder (default 256); it
+/// must be between 1 and 32768 and at least the peers of every grouped or windowed task, so
+/// that each of their peers owns a key group.
+#[test]
+fn key_groups_are_read_built_and_checked() {
+    let grouped = |key_groups: &str, peers: &str| {
+        format!(
+            r#"{{"workflow": [["in","count"], ["count","out"]],{key_groups} "catalog": [
+                {{"name":"in","type":"input","plugin":"sardonyx/jsonl","params":{{"path":"in.jsonl"}},"n_peers":40}},
+                {{"name":"count","type":"function","fn":"sardonyx/identity","group_by_key":"k",{peers}}},
+                {{"name":"out","type":"output","plugin":"sardonyx/null"}}]}}"#
+        )
+    };
+    let json = Job::from_json_str(&grouped(r#""key_groups": 512,"#, r#""n_peers":8"#)).unwrap();
+    assert_eq!((json.key_groups, json.key_groups()), (Some(512), 512));
+    let toml = Job::from_toml_str(&toml::to_string(&json).unwrap()).unwrap();
+    assert_eq!(toml, json);
+    assert!(toml::to_string(&json)
+        .unwrap()
+        .starts_with("workflow = [[\"in\", \"count\"], [\"count\", \"out\"]]\nkey_groups = 512\n"));
+    let built = sardonyx::job::builder::JobBuilder::new()
+        .key_groups(512)
+        .build();
+    assert_eq!(built.key_groups(), 512);
+    json.validate(&Registry::new()).unwrap();
+    // The default; the input's 40 peers do not count (it is not placed by key).
+    let default = Job::from_json_str(&grouped("", r#""n_peers":8"#)).unwrap();
+    assert_eq!((default.key_groups, default.key_groups()), (None, 256));
+    default.validate(&Registry::new()).unwrap();
+    // Exactly as many key groups as peers is enough.
+    let tight = Job::from_json_str(&grouped(r#""key_groups": 8,"#, r#""n_peers":8"#)).unwrap();
+    tight.validate(&Registry::new()).unwrap();
+
+    let problems = |key_groups: &str, peers: &str| {
+        Job::from_json_str(&grouped(key_groups, peers))
+            .unwrap()
+            .validate(&Registry::new())
+            .unwrap_err()
+            .messages()
+    };
+    assert_eq!(
+        problems(r#""key_groups": 0,"#, r#""n_peers":1"#),
+        ["job, field key_groups: must be between 1 and 32768 (found 0)"]
+    );
+    assert_eq!(
+        problems(r#""key_groups": 32769,"#, r#""n_peers":1"#),
+        ["job, field key_groups: must be between 1 and 32768 (found 32769)"]
+    );
+    assert_eq!(
+        problems(r#""key_groups": 4,"#, r#""n_peers":8"#),
+        [
+            r#"job, field key_groups: 4 key groups cannot be divided among the 8 peers of task "count" (each peer of a grouped or windowed task owns at least one key group): give key_groups of at least 8"#
+        ]
+    );
+    assert_eq!(
+        problems(r#""key_groups": 4,"#, r#""min_peers":6"#),
+        [
+            r#"job, field key_groups: 4 key groups cannot be divided among the 6 peers of task "count" (each peer of a grouped or windowed task owns at least one key group): give key_groups of at least 6"#
+        ]
+    );
+    // An ungrouped windowed task is placed by its uniqueness id: its peers count too.
+    let windowed = Job::from_json_str(
+        r#"{"workflow": [["in","count"], ["count","out"]], "key_groups": 2, "catalog": [
+            {"name":"in","type":"input","plugin":"sardonyx/jsonl","params":{"path":"in.jsonl"}},
+            {"name":"count","type":"function","fn":"sardonyx/identity","uniqueness_key":"id","n_peers":3},
+            {"name":"out","type":"output","plugin":"sardonyx/null"}],
+          "windows": [{"id":"all","task":"count","type":"global","aggregation":"count"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        windowed.validate(&Registry::new()).unwrap_err().messages(),
+        [
+            r#"job, field key_groups: 2 key groups cannot be divided among the 3 peers of task "count" (each peer of a grouped or windowed task owns at least one key group): give key_groups of at least 3"#
+        ]
+    );
+    // Not an integer: a schema problem naming the key.
+    let err = Job::from_json_str(&grouped(r#""key_groups": -1,"#, r#""n_peers":1"#)).unwrap_err();
+    assert_eq!(
+        err.problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["job, field key_groups: invalid value: integer `-1`, expected usize"]
     );
 }

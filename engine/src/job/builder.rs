@@ -49,6 +49,7 @@ impl JobBuilder {
                 lifecycles: Vec::new(),
                 errors: None,
                 unmatched: None,
+                key_groups: None,
             },
         }
     }
@@ -114,6 +115,12 @@ impl JobBuilder {
     /// Says what happens to segments that match none of their task's flow conditions.
     pub fn unmatched(mut self, unmatched: Unmatched) -> Self {
         self.job.unmatched = Some(unmatched);
+        self
+    }
+
+    /// Sets the number of key groups grouped keys hash into (default 256; DESIGN §4).
+    pub fn key_groups(mut self, key_groups: usize) -> Self {
+        self.job.key_groups = Some(key_groups);
         self
     }
 

@@ -83,7 +83,7 @@ impl Job {
     }
 }
 
-const TOP_KEYS: [&str; 9] = [
+const TOP_KEYS: [&str; 10] = [
     "id",
     "workflow",
     "catalog",
@@ -93,6 +93,7 @@ const TOP_KEYS: [&str; 9] = [
     "lifecycles",
     "errors",
     "unmatched",
+    "key_groups",
 ];
 
 fn from_document(doc: Doc) -> Result<Job, JobFileError> {
@@ -162,6 +163,7 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
     });
     let errors = decode_field(&mut top, "errors", &mut problems).flatten();
     let unmatched = decode_field(&mut top, "unmatched", &mut problems).flatten();
+    let key_groups = decode_field(&mut top, "key_groups", &mut problems).flatten();
     if problems.is_empty() {
         Ok(Job {
             id,
@@ -173,6 +175,7 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
             lifecycles,
             errors,
             unmatched,
+            key_groups,
         })
     } else {
         Err(JobFileError::Schema(problems))

@@ -49,6 +49,11 @@ pub struct Job {
     /// `drop`; either way it is counted in the run report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmatched: Option<Unmatched>,
+    /// The number of key groups grouped keys hash into (default 256, at most 32768, fixed for
+    /// the life of the job's state): each peer of a grouped task owns a range of them (DESIGN
+    /// §4, [`crate::key_groups`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<usize>,
 }
 
 /// What happens to a segment that matches none of its task's flow conditions (a condition with
@@ -94,6 +99,13 @@ impl Job {
     /// The triggers defined on window `id`.
     pub fn triggers_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a TriggerDef> + 'a {
         self.triggers.iter().filter(move |t| t.window == id)
+    }
+
+    /// The number of key groups, with the default applied ([`Job::key_groups`] field, else
+    /// [`DEFAULT_KEY_GROUPS`](crate::key_groups::DEFAULT_KEY_GROUPS)).
+    pub fn key_groups(&self) -> usize {
+        self.key_groups
+            .unwrap_or(crate::key_groups::DEFAULT_KEY_GROUPS)
     }
 
     /// The job as pretty JSON.

@@ -87,6 +87,7 @@ impl Job {
         v.flow_conditions();
         v.lifecycles();
         v.errors();
+        v.key_groups();
         if v.problems.is_empty() {
             Ok(())
         } else {
@@ -771,6 +772,48 @@ impl<'a> Validator<'a> {
                 ),
                 Some(_) => {}
             }
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// `key_groups`: between 1 and [`MAX_KEY_GROUPS`](crate::key_groups::MAX_KEY_GROUPS), and
+    /// at least the most peers (`n_peers`, `min_peers` or `max_peers`) of a task whose segments
+    /// are placed by key (grouped, or windowed: an ungrouped windowed task is placed by its
+    /// uniqueness id), so that each of its peers owns at least one key group.
+    fn key_groups(&mut self) {
+        use crate::key_groups::MAX_KEY_GROUPS;
+        let Some(n) = self.job.key_groups else {
+            return;
+        };
+        if n == 0 || n > MAX_KEY_GROUPS {
+            let message = format!("must be between 1 and {MAX_KEY_GROUPS} (found {n})");
+            self.problem("job".into(), Some("key_groups"), message);
+            return;
+        }
+        let placed_by_key = |t: &&super::TaskSpec| {
+            t.group_by_key.is_some()
+                || t.group_by_fn.is_some()
+                || self.job.windows_of(&t.name).next().is_some()
+        };
+        let most = self
+            .job
+            .catalog
+            .iter()
+            .filter(placed_by_key)
+            .filter_map(|t| {
+                let peers = [t.n_peers, t.min_peers, t.max_peers].into_iter().flatten();
+                peers.max().map(|p| (p, &t.name))
+            })
+            .rev() // the first of the tasks with the most peers
+            .max_by_key(|(p, _)| *p);
+        if let Some((peers, task)) = most.filter(|(p, _)| *p > n) {
+            let message = format!(
+                "{n} key groups cannot be divided among the {peers} peers of task \"{task}\" \
+                 (each peer of a grouped or windowed task owns at least one key group): give \
+                 key_groups of at least {peers}"
+            );
+            self.problem("job".into(), Some("key_groups"), message);
         }
     }
 }

@@ -115,7 +115,7 @@ pub(super) struct Meta {
     generation: u64,
     peers: Vec<(String, u64)>,
     windowed: Vec<String>,
-    /// How grouped keys were placed on slots ([`routing::ROUTING`]).
+    /// How grouped keys were placed on slots ([`routing::placement`]).
     routing: String,
 }
 
@@ -230,6 +230,7 @@ impl JobState {
         };
         let peers_now: Vec<(String, u64)> =
             peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
+        let placement = routing::placement(job.key_groups());
         let generation = match &last {
             None => 0,
             Some(m) if options.fresh => m.generation + 1,
@@ -242,11 +243,11 @@ impl JobState {
                     });
                 }
                 let split = placed_by_key(m);
-                if m.routing != routing::ROUTING && !split.is_empty() {
+                if m.routing != placement && !split.is_empty() {
                     return Err(RunError::PlacementChanged {
                         job: name,
                         was: m.routing.clone(),
-                        now: routing::ROUTING.to_owned(),
+                        now: placement.clone(),
                         split: split.join(", "),
                     });
                 }
@@ -258,7 +259,7 @@ impl JobState {
             generation,
             peers: peers_now,
             windowed,
-            routing: routing::ROUTING.to_owned(),
+            routing: placement,
         };
         let bytes = encode(&meta);
         let pos = store
@@ -385,7 +386,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "state log: job \"split\" was run by a version that placed keys on slots \
-             with another hash (std DefaultHasher; now xxh3-64/seed-0/canonical-v1/jump), and \
+             with another hash (std DefaultHasher; now \
+             xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256), and \
              its state is split by key (count=3): resumed, keys would be looked up on other \
              slots than their state and dedup ids. Finish it with that version, or start over \
              with --fresh"
@@ -394,7 +396,10 @@ mod tests {
         assert!(whole.resumed);
         let read = store.read("whole/meta", 0).await.unwrap();
         let (_, last) = read.snapshot.expect("each run snapshots its meta record");
-        assert_eq!(Meta::decode(&last).unwrap().routing, routing::ROUTING);
+        assert_eq!(
+            Meta::decode(&last).unwrap().routing,
+            routing::placement(256)
+        );
         // --fresh starts a new generation under the new placement.
         let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
         let mut options = StateOptions::new(store.clone(), dir.path().join("split"));
@@ -403,5 +408,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((fresh.resumed, fresh.prefix.as_str()), (false, "split/g1"));
+    }
+
+    /// The number of key groups is part of the placement: state split by key under 256 key
+    /// groups is not resumed under 512 (some keys would move to other slots), and is resumed
+    /// under 256 again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_placed_with_other_key_groups_is_not_resumed_where_keys_are_split() {
+        use crate::job::TaskSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
+        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
+        let open = |key_groups: usize| {
+            let job = JobBuilder::new()
+                .id("votes")
+                .key_groups(key_groups)
+                .edge("read", "count")
+                .task(TaskSpec::input("read", "sardonyx/jsonl"))
+                .task(TaskSpec::function("count", "sardonyx/identity").group_by_key("candidate"))
+                .build();
+            let peers = BTreeMap::from([("count".to_owned(), 2), ("read".to_owned(), 1)]);
+            let options = StateOptions::new(store.clone(), dir.path().join("votes"));
+            async move { JobState::open(&job, options, &peers, vec!["count".into()]).await }
+        };
+        assert!(!open(256).await.unwrap().resumed);
+        let err = open(512).await.err().expect("a resume across key groups");
+        assert_eq!(
+            err.to_string(),
+            "state log: job \"votes\" was run by a version that placed keys on slots \
+             with another hash (xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256; now \
+             xxh3-64/seed-0/canonical-v1/key-groups/contiguous/512), and its state is split by \
+             key (count=2): resumed, keys would be looked up on other slots than their state \
+             and dedup ids. Finish it with that version, or start over with --fresh"
+        );
+        assert!(open(256).await.unwrap().resumed);
     }
 }

@@ -14,7 +14,7 @@ use super::error::RunError;
 use super::message::{Mark, Msg};
 use super::progress::Progress;
 use super::rejections::{ErrorFile, Rejection};
-use super::routing::{jump_hash, key_hash, key_peer, FlowPlan};
+use super::routing::{hash_peer, key_hash, key_peer, FlowPlan};
 use crate::job::{GroupKey, Unmatched};
 use crate::registry::{GroupFn, Registry};
 use crate::segment::Segment;
@@ -49,6 +49,8 @@ pub(super) struct Router {
     errors_written: bool,
     /// The job's `unmatched: "error"`: segments no flow condition matches are rejected.
     unmatched_to_errors: bool,
+    /// The job's `key_groups`: keys go to the peer that owns their key group.
+    key_groups: usize,
     progress: Arc<Progress>,
 }
 
@@ -109,6 +111,7 @@ impl Router {
             error_file: ctx.error_file.clone(),
             errors_written: false,
             unmatched_to_errors: ctx.job.unmatched == Some(Unmatched::Error),
+            key_groups: ctx.job.key_groups(),
             progress: ctx.progress.clone(),
         }
     }
@@ -181,9 +184,9 @@ impl Router {
                 *next = (*next + 1) % n_peers;
                 Ok(*next)
             }
-            Spread::Key(k) => key_peer(k, &s, n_peers),
+            Spread::Key(k) => key_peer(k, &s, n_peers, self.key_groups),
             Spread::Fn(f) => match catch_unwind(AssertUnwindSafe(|| f(&s))) {
-                Ok(key) => Ok(jump_hash(key_hash(&key), n_peers)),
+                Ok(key) => Ok(hash_peer(key_hash(&key), n_peers, self.key_groups)),
                 Err(p) => Err(format!("group_by_fn panicked: {}", panic_message(&p))),
             },
         };

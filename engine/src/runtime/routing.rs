@@ -1,36 +1,45 @@
 //! Pure routing logic: which downstream tasks a segment goes to (flow conditions) and which peer
-//! of a task takes a key (consistent hashing).
+//! of a task takes a key (key groups).
 //!
-//! **Key placement is specified** (DESIGN §4, "Grouping"): the slot of a group key is
-//! `jump_hash(xxh3_64(canonical bytes of the key, seed 0), n_peers)`, with the canonical bytes
-//! of [`Value::write_canonical`]. A slot's persisted window state and dedup ids are those of the
-//! keys placed on it, so this function must give the same answer in every build and every Rust
-//! release; `tests::key_placement_is_pinned` fails if it changes. A job's meta record says
-//! which placement wrote its state ([`ROUTING`]), and a resume written with another is refused.
+//! **Key placement is specified** (DESIGN §4, "Grouping"): a group key hashes to
+//! `xxh3_64(canonical bytes of the key, seed 0)` ([`key_hash`], with the canonical bytes of
+//! [`Value::write_canonical`]); the hash falls in key group `⌊hash · G / 2⁶⁴⌋` of the job's
+//! `key_groups` G ([`key_groups::key_group_of`]); and the slot of `n_peers` that owns the key
+//! group in the contiguous division ([`key_groups::slot_of`]) takes the key. A slot's persisted
+//! window state and dedup ids are those of the keys placed on it, so this must give the same
+//! answer in every build and every Rust release; `tests::key_placement_is_pinned` fails if it
+//! changes. A job's meta record says which placement wrote its state ([`placement`], which
+//! names the number of key groups), and a resume written with another is refused.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
+use crate::key_groups;
 use crate::registry::Registry;
 use crate::segment::{Segment, Value};
 
-/// Jump consistent hash (Lamping & Veach): maps a 64-bit key to one of `buckets` so that growing
-/// the number of buckets moves as few keys as possible.
-pub fn jump_hash(mut key: u64, buckets: usize) -> usize {
-    let buckets = buckets.max(1) as i64;
-    let (mut b, mut j) = (-1_i64, 0_i64);
-    while j < buckets {
-        b = j;
-        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = ((b + 1) as f64 * ((1_u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
-    }
-    b as usize
+/// The name of the key placement this build uses: the hash, the canonical bytes, the reduction
+/// to key groups and their contiguous division among slots. With the number of key groups
+/// ([`placement`]) it is recorded with a job's state, so that a resume under another placement
+/// is refused (its keys would be on other slots).
+pub const ROUTING: &str = "xxh3-64/seed-0/canonical-v1/key-groups/contiguous";
+
+/// The placement recorded with a job's state: [`ROUTING`] and the job's number of key groups
+/// (a different number puts some keys on other slots, so it is a different placement).
+pub fn placement(key_groups: usize) -> String {
+    format!("{ROUTING}/{key_groups}")
 }
 
-/// The name of the key placement this build uses, recorded with a job's state so that a
-/// resume under another placement is refused (its keys would be on other slots).
-pub const ROUTING: &str = "xxh3-64/seed-0/canonical-v1/jump";
+/// The slot (of `n_peers`) that takes a key of hash `hash`: the owner of its key group (of
+/// `key_groups`) in the contiguous division.
+pub fn hash_peer(hash: u64, n_peers: usize, key_groups: usize) -> usize {
+    key_groups::slot_of(
+        key_groups::key_group_of(hash, key_groups),
+        n_peers,
+        key_groups,
+    )
+}
 
 /// The specified 64-bit hash of a group key: xxh3-64 with seed 0 over the key's canonical bytes
 /// ([`Value::write_canonical`]). The same in every process, build and Rust release.
@@ -87,24 +96,31 @@ fn missing_group_field(f: &str) -> String {
     format!("group_by_key field \"{f}\" is missing")
 }
 
-/// The peer (of `n_peers`) that takes a segment's group key:
-/// `jump_hash(key_hash(&group_key(key, segment)?), n_peers)`, without copying the key, and
-/// without hashing when there is one peer (a missing field is still an error).
-pub fn key_peer(key: &GroupKey, segment: &Segment, n_peers: usize) -> Result<usize, String> {
+/// The peer (of `n_peers`) that takes a segment's group key among `key_groups` key groups:
+/// `hash_peer(key_hash(&group_key(key, segment)?), n_peers, key_groups)`, without copying the
+/// key, and without hashing when there is one peer (a missing field is still an error).
+pub fn key_peer(
+    key: &GroupKey,
+    segment: &Segment,
+    n_peers: usize,
+    key_groups: usize,
+) -> Result<usize, String> {
     match key {
         GroupKey::One(f) => {
             let v = segment.get(f).ok_or_else(|| missing_group_field(f))?;
             Ok(if n_peers <= 1 {
                 0
             } else {
-                jump_hash(key_hash(v), n_peers)
+                hash_peer(key_hash(v), n_peers, key_groups)
             })
         }
         GroupKey::Many(fs) if n_peers <= 1 => match fs.iter().find(|f| segment.get(f).is_none()) {
             Some(f) => Err(missing_group_field(f)),
             None => Ok(0),
         },
-        GroupKey::Many(_) => group_key(key, segment).map(|k| jump_hash(key_hash(&k), n_peers)),
+        GroupKey::Many(_) => {
+            group_key(key, segment).map(|k| hash_peer(key_hash(&k), n_peers, key_groups))
+        }
     }
 }
 
@@ -249,64 +265,84 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The placement of known keys, pinned: a change to the hash, the canonical bytes or the
-    /// jump hash moves keys to other slots (their state and dedup ids would no longer be found),
-    /// so it must show up here and come with a new [`ROUTING`] name.
+    /// The placement of known keys, pinned: a change to the hash, the canonical bytes, the
+    /// reduction to key groups or their division among slots moves keys to other slots (their
+    /// state and dedup ids would no longer be found), so it must show up here and come with a
+    /// new [`ROUTING`] name.
     #[test]
     fn key_placement_is_pinned() {
         let key = |json: &str| serde_json::from_str::<Value>(json).unwrap();
-        // (key as JSON, xxh3-64 of its canonical bytes, slot for 1, 2, 3 and 7 peers)
-        for (json, hash, slots) in PINNED {
+        for (json, hash, key_group, slots) in PINNED {
             let k = key(json);
             assert_eq!(key_hash(&k), hash, "hash of {json}");
-            let got = [1, 2, 3, 7].map(|n| jump_hash(key_hash(&k), n));
+            assert_eq!(
+                key_groups::key_group_of(hash, 256),
+                key_group,
+                "key group of {json}"
+            );
+            let got = [1, 2, 3, 7].map(|n| hash_peer(key_hash(&k), n, 256));
             assert_eq!(got, slots, "slots of {json}");
         }
         // Compound keys (`group_by_key` with several fields) are lists of the fields' values.
         let s = seg(r#"{"candidate":"cand_03","minute":28333333}"#);
         let compound = GroupKey::Many(vec!["candidate".into(), "minute".into()]);
         assert_eq!(
-            [1, 2, 3, 7].map(|n| key_peer(&compound, &s, n).unwrap()),
-            PINNED[14].2
+            [1, 2, 3, 7].map(|n| key_peer(&compound, &s, n, 256).unwrap()),
+            PINNED[14].3
         );
-        assert_eq!(ROUTING, "xxh3-64/seed-0/canonical-v1/jump");
+        assert_eq!(ROUTING, "xxh3-64/seed-0/canonical-v1/key-groups/contiguous");
+        assert_eq!(
+            placement(256),
+            "xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256"
+        );
     }
 
-    /// Computed independently of this crate (a Python script: the canonical bytes by hand, the
-    /// `xxhash` package's xxh3_64, the jump hash transcribed), not copied from its output.
-    const PINNED: [(&str, u64, [usize; 4]); 17] = [
-        ("\"cand_01\"", 0xbfb997f2e7bb95e6, [0, 0, 0, 0]),
-        ("\"cand_02\"", 0x35882d8faf8e70ad, [0, 1, 1, 1]),
-        ("\"cand_03\"", 0x2bbc68e65ffe4a71, [0, 1, 1, 1]),
-        ("\"cand_04\"", 0x7962ba44810f8c94, [0, 0, 0, 0]),
-        ("\"voter-4242\"", 0x6ddbd8cb72cc75ee, [0, 0, 0, 4]),
-        ("\"\"", 0xaa269631f2ca76e1, [0, 1, 1, 3]),
-        ("0", 0x8da2b7ab8b1ee0e7, [0, 1, 1, 3]),
-        ("1", 0x77b9ee4e4f0d5d17, [0, 0, 0, 4]),
-        ("4242", 0x5f18a5188cf48ad6, [0, 1, 1, 1]),
-        ("-1", 0x51957c455b8e6c65, [0, 1, 1, 5]),
-        ("1.0", 0x12863638c08b810c, [0, 1, 1, 3]),
-        ("1.5", 0x1feb7ca504b6705d, [0, 0, 2, 2]),
-        ("true", 0x070d80d6a76865f3, [0, 1, 1, 3]),
-        ("null", 0xc44bdff4074eecdb, [0, 1, 2, 2]),
-        ("[\"cand_03\",28333333]", 0xeb2e160674dcbefa, [0, 1, 1, 4]),
+    /// (key as JSON, xxh3-64 of its canonical bytes, key group of 256, slot for 1, 2, 3 and 7
+    /// peers.) Computed independently of this crate: the hashes by a Python script (the
+    /// canonical bytes by hand, the `xxhash` package's xxh3_64); the key group as the hash's top
+    /// byte (`⌊h · 256 / 2⁶⁴⌋`) and the slot by scanning the ranges `[⌊i·256/n⌋, ⌊(i+1)·256/n⌋)`
+    /// for the one holding it, in Python, not copied from this crate's output.
+    const PINNED: [(&str, u64, usize, [usize; 4]); 17] = [
+        ("\"cand_01\"", 0xbfb997f2e7bb95e6, 191, [0, 1, 2, 5]),
+        ("\"cand_02\"", 0x35882d8faf8e70ad, 53, [0, 0, 0, 1]),
+        ("\"cand_03\"", 0x2bbc68e65ffe4a71, 43, [0, 0, 0, 1]),
+        ("\"cand_04\"", 0x7962ba44810f8c94, 121, [0, 0, 1, 3]),
+        ("\"voter-4242\"", 0x6ddbd8cb72cc75ee, 109, [0, 0, 1, 3]),
+        ("\"\"", 0xaa269631f2ca76e1, 170, [0, 1, 2, 4]),
+        ("0", 0x8da2b7ab8b1ee0e7, 141, [0, 1, 1, 3]),
+        ("1", 0x77b9ee4e4f0d5d17, 119, [0, 0, 1, 3]),
+        ("4242", 0x5f18a5188cf48ad6, 95, [0, 0, 1, 2]),
+        ("-1", 0x51957c455b8e6c65, 81, [0, 0, 0, 2]),
+        ("1.0", 0x12863638c08b810c, 18, [0, 0, 0, 0]),
+        ("1.5", 0x1feb7ca504b6705d, 31, [0, 0, 0, 0]),
+        ("true", 0x070d80d6a76865f3, 7, [0, 0, 0, 0]),
+        ("null", 0xc44bdff4074eecdb, 196, [0, 1, 2, 5]),
+        (
+            "[\"cand_03\",28333333]",
+            0xeb2e160674dcbefa,
+            235,
+            [0, 1, 2, 6],
+        ),
         (
             "{\"team\":\"red\",\"n\":1}",
             0x852db33145c4204e,
-            [0, 1, 1, 1],
+            133,
+            [0, 1, 1, 3],
         ),
-        ("18446744073709551615", 0x461f577b67b45767, [0, 0, 0, 5]),
+        ("18446744073709551615", 0x461f577b67b45767, 70, [0, 0, 0, 1]),
     ];
 
     proptest! {
         #[test]
-        fn jump_hash_is_in_range_and_stable(key in any::<u64>(), n in 1_usize..64) {
-            let b = jump_hash(key, n);
-            prop_assert!(b < n);
-            prop_assert_eq!(b, jump_hash(key, n));
-            // Growing by one bucket either keeps the key or moves it to the new bucket.
-            let grown = jump_hash(key, n + 1);
-            prop_assert!(grown == b || grown == n);
+        fn hash_peer_is_in_range_and_follows_the_key_group(
+            hash in any::<u64>(),
+            n in 1_usize..64,
+            key_groups in 64_usize..=key_groups::MAX_KEY_GROUPS,
+        ) {
+            let peer = hash_peer(hash, n, key_groups);
+            prop_assert!(peer < n);
+            let kg = key_groups::key_group_of(hash, key_groups);
+            prop_assert!(key_groups::range_of(peer, n, key_groups).contains(&kg));
         }
     }
 
@@ -413,10 +449,10 @@ mod tests {
                         if n <= 1 {
                             0
                         } else {
-                            jump_hash(key_hash(&v), n)
+                            hash_peer(key_hash(&v), n, 256)
                         }
                     });
-                    assert_eq!(key_peer(k, s, n), expected, "{k:?} {n}");
+                    assert_eq!(key_peer(k, s, n, 256), expected, "{k:?} {n}");
                 }
             }
         }
