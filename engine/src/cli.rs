@@ -177,10 +177,25 @@ where
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `error: cause: cause…`, leaving out a cause whose text
+/// its error's message already holds (many of our errors name their cause in their message and
+/// keep it as their typed source too).
+fn error_report(e: &anyhow::Error) -> String {
+    let mut report = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !report.contains(&text) {
+            report.push_str(": ");
+            report.push_str(&text);
+        }
+    }
+    report
 }
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
@@ -521,5 +536,27 @@ async fn show_progress(progress: Arc<Progress>, every_ms: u64) {
         } else {
             eprintln!("progress: {msg}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+    use crate::runtime::RunError;
+
+    /// A cause already named in its error's message is not repeated; a cause that is not
+    /// (context added on the way up) is.
+    #[test]
+    fn an_error_report_names_each_cause_once() {
+        let e = anyhow::Error::from(RunError::DedupFilter {
+            ledger: "votes/g0/count/0".into(),
+            source: sardonyx_state_log::Error::Io("disk full".into()),
+        });
+        assert_eq!(
+            error_report(&e),
+            "state log: dedup filter of votes/g0/count/0: I/O error: disk full"
+        );
+        let e = anyhow::anyhow!("no such file").context("reading votes.jsonl");
+        assert_eq!(error_report(&e), "reading votes.jsonl: no such file");
     }
 }

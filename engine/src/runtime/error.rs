@@ -99,12 +99,13 @@ pub enum RunError {
         /// This run's peer counts.
         now: String,
     },
-    /// The job's state was placed on slots by another routing function than this version's.
+    /// The job's state was placed on slots another way than this run places keys (another
+    /// hash, or another `key_groups`).
     #[error(
-        "state log: job {job:?} was run by a version that placed keys on slots with another \
-         hash ({was}; now {now}), and its state is split by key ({split}): resumed, keys would \
-         be looked up on other slots than their state and dedup ids. Finish it with that \
-         version, or start over with --fresh"
+        "state log: job {job:?} was run with keys placed on slots another way ({was}; now \
+         {now}), and its state is split by key ({split}): resumed, keys would be looked up on \
+         other slots than their state and dedup ids. Run it with the key_groups it was run \
+         with, finish it with the version that wrote it, or start over with --fresh"
     )]
     PlacementChanged {
         /// The job's name in the log.

@@ -385,12 +385,11 @@ mod tests {
             .expect("a resume across hashes");
         assert_eq!(
             err.to_string(),
-            "state log: job \"split\" was run by a version that placed keys on slots \
-             with another hash (std DefaultHasher; now \
-             xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256), and \
-             its state is split by key (count=3): resumed, keys would be looked up on other \
-             slots than their state and dedup ids. Finish it with that version, or start over \
-             with --fresh"
+            "state log: job \"split\" was run with keys placed on slots another way (std \
+             DefaultHasher; now xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256), and its \
+             state is split by key (count=3): resumed, keys would be looked up on other slots \
+             than their state and dedup ids. Run it with the key_groups it was run with, finish \
+             it with the version that wrote it, or start over with --fresh"
         );
         let whole = open("whole", 1).await.unwrap();
         assert!(whole.resumed);
@@ -435,11 +434,12 @@ mod tests {
         let err = open(512).await.err().expect("a resume across key groups");
         assert_eq!(
             err.to_string(),
-            "state log: job \"votes\" was run by a version that placed keys on slots \
-             with another hash (xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256; now \
+            "state log: job \"votes\" was run with keys placed on slots another way \
+             (xxh3-64/seed-0/canonical-v1/key-groups/contiguous/256; now \
              xxh3-64/seed-0/canonical-v1/key-groups/contiguous/512), and its state is split by \
              key (count=2): resumed, keys would be looked up on other slots than their state \
-             and dedup ids. Finish it with that version, or start over with --fresh"
+             and dedup ids. Run it with the key_groups it was run with, finish it with the \
+             version that wrote it, or start over with --fresh"
         );
         assert!(open(256).await.unwrap().resumed);
     }
