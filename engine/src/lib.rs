@@ -26,7 +26,7 @@ pub mod job;
 pub mod registry;
 pub mod runtime;
 pub mod segment;
-pub mod state;
+pub mod slot;
 
 pub use job::{Job, Problem, ValidationError};
 pub use registry::Registry;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{routing, RunError};
 use crate::job::Job;
-use crate::state::{self};
+use crate::slot::{self};
 
 /// Where and how a job keeps its exactly-once state.
 #[derive(Clone)]
@@ -102,7 +102,7 @@ pub(super) fn slot_write_error(
 
 /// A record of `ledger` at `position` that does not decode.
 pub(super) fn corrupt(ledger: &str, position: u64, detail: impl std::fmt::Display) -> RunError {
-    RunError::Corrupt(state::StateError::Corrupt {
+    RunError::Corrupt(slot::StateError::Corrupt {
         ledger: ledger.to_owned(),
         position,
         detail: detail.to_string(),

@@ -9,7 +9,7 @@ use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
 use super::job_log::{log_error, slot_write_error, JobState};
 use super::{Progress, RunError};
-use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
+use crate::slot::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -55,7 +55,7 @@ fn filter_error(ledger: &str) -> impl FnOnce(sardonyx_state_log::Error) -> RunEr
 }
 
 /// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
-/// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch
+/// recovered ([`slot::filter_plan`]): keeps what it holds if its mark names a replayed batch
 /// or the snapshot, else clears it and imports the snapshot's `export`; then inserts the ids of
 /// the replayed batches it lacks, marked with the last of them.
 fn open_filter(
@@ -64,12 +64,12 @@ fn open_filter(
     ledger: &str,
     export: Option<Vec<u8>>,
     snapshot: Option<(u64, &[u8])>,
-    batch_ids: &[(u64, state::Ids)],
+    batch_ids: &[(u64, slot::Ids)],
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(DedupFilter, FilterOpened), sardonyx_state_log::Error> {
     let mut f = DedupFilter::open(dir, config)?;
     let mark = f.mark()?.and_then(|m| FilterMark::decode(&m));
-    let plan = state::filter_plan(ledger, mark.as_ref(), snapshot, batch_ids, entries);
+    let plan = slot::filter_plan(ledger, mark.as_ref(), snapshot, batch_ids, entries);
     let from = match plan {
         FilterPlan::Reuse { from } => from,
         FilterPlan::Rebuild => {
@@ -137,7 +137,7 @@ pub(crate) struct InFlight {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
     len: u64,
     crc: u32,
-    ids: state::Ids,
+    ids: slot::Ids,
 }
 
 impl InFlight {
@@ -150,7 +150,7 @@ impl InFlight {
 
 /// The ids of a committed batch record, for the dedup filter ([`SlotLog::insert_committed`]).
 pub(crate) struct Committed {
-    ids: state::Ids,
+    ids: slot::Ids,
     mark: FilterMark,
 }
 
@@ -189,7 +189,7 @@ impl SlotLog {
         let ledger = js.slot_ledger(task, peer);
         let store = js.options.store.clone();
         let client = js.client(&ledger);
-        let owner = state::encode_record(&SlotRecord::Owner { epoch: js.epoch });
+        let owner = slot::encode_record(&SlotRecord::Owner { epoch: js.epoch });
         store
             .append_fenced(&ledger, js.epoch, RequestId::new(client, 0), owner)
             .await
@@ -197,7 +197,7 @@ impl SlotLog {
         let mut read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
         let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)?;
+        let mut recovered = slot::recover(&ledger, op, &mut groups, snapshot, &read.entries)?;
         let snapshot = read.snapshot.take();
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
@@ -285,7 +285,7 @@ impl SlotLog {
 
     /// Appends one batch record (fenced with this run's epoch) and waits for its commit; then
     /// inserts its ids into the filter.
-    pub async fn commit(&mut self, record: state::BatchRecord) -> Result<(), RunError> {
+    pub async fn commit(&mut self, record: slot::BatchRecord) -> Result<(), RunError> {
         let inflight = self.begin_commit(record);
         if let Some(c) = self.end_commit(inflight).await? {
             self.insert_committed(c)?;
@@ -297,9 +297,9 @@ impl SlotLog {
     /// caller can work while Raft and the fsync run; [`SlotLog::end_commit`] waits for it.
     /// Records are appended in the order they are begun; begin the next one only after this
     /// one has ended (a record's firings are synced before the next record is appended).
-    pub fn begin_commit(&mut self, record: state::BatchRecord) -> InFlight {
+    pub fn begin_commit(&mut self, record: slot::BatchRecord) -> InFlight {
         self.groups.observe(&record.transitions);
-        let bytes = state::encode_batch_record(&record);
+        let bytes = slot::encode_batch_record(&record);
         let len = bytes.len() as u64;
         let crc = crc32fast::hash(&bytes);
         let store = self.js.options.store.clone();
@@ -388,7 +388,7 @@ impl SlotLog {
                 .iter()
                 .any(|w| !op.extents(&w.id, key).is_empty())
         });
-        let bytes = state::encode_snapshot_ref(&state::SlotSnapshotRef {
+        let bytes = slot::encode_snapshot_ref(&slot::SlotSnapshotRef {
             epoch: self.epoch,
             operator: op.snapshot_ref(),
             groups: &self.groups.sorted(),
@@ -469,7 +469,7 @@ mod tests {
         op: &mut WindowOperator,
         ids: std::ops::Range<i64>,
     ) -> Result<(), RunError> {
-        let mut record = state::BatchRecord {
+        let mut record = slot::BatchRecord {
             epoch: slot.epoch(),
             ..Default::default()
         };
@@ -481,7 +481,7 @@ mod tests {
             record.transitions.extend(step.transitions);
             values.push(Value::Int(id));
         }
-        record.ids = state::Ids::from_values(&values);
+        record.ids = slot::Ids::from_values(&values);
         slot.commit(record).await
     }
 
@@ -548,7 +548,7 @@ mod tests {
         let read = store.read(&ledger, 0).await.unwrap();
         let mut op = operator();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let recovered = state::recover(
+        let recovered = slot::recover(
             &ledger,
             &mut op,
             &mut GroupTable::default(),

@@ -1,8 +1,13 @@
+use super::record::ZSTD_SNAPSHOT;
+use super::recovery::{record_head, RecordHead};
 use super::*;
 use proptest::prelude::*;
+use sardonyx_state_log::decode_bounded;
 use sardonyx_windowing::aggregation;
+use sardonyx_windowing::trigger::FireEvent;
 use sardonyx_windowing::trigger::{Refinement, TriggerSpec};
 use sardonyx_windowing::{Map, WindowSpec};
+use sardonyx_windowing::{Snapshot, Value, WindowOperator};
 
 fn operator() -> WindowOperator {
     WindowOperator::new(
