@@ -9,7 +9,7 @@ use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
 use super::job_log::{log_error, slot_write_error, JobState};
 use super::{Progress, RunError};
-use crate::slot::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
+use crate::slot::{self, FilterMark, FilterPlan, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -165,8 +165,6 @@ pub(crate) struct SlotLog {
     /// raised the ledger's fence (the log refuses it once a newer run has written there).
     fence: u64,
     filter: Option<DedupFilter>,
-    /// The group table beside the operator (for snapshots and re-derived firings).
-    pub groups: GroupTable,
     last_position: Option<u64>,
     bytes_since_snapshot: u64,
     progress: Arc<Progress>,
@@ -195,9 +193,8 @@ impl SlotLog {
             .await
             .map_err(slot_write_error(&ledger))?;
         let mut read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
-        let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let mut recovered = slot::recover(&ledger, op, &mut groups, snapshot, &read.entries)?;
+        let mut recovered = slot::recover(&ledger, op, snapshot, &read.entries)?;
         let snapshot = read.snapshot.take();
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
@@ -248,7 +245,6 @@ impl SlotLog {
                 epoch: js.epoch.max(recovered.epoch),
                 fence: js.epoch,
                 filter,
-                groups,
                 last_position: recovered.last_position,
                 bytes_since_snapshot: recovered.entry_bytes,
                 js,
@@ -298,7 +294,6 @@ impl SlotLog {
     /// Records are appended in the order they are begun; begin the next one only after this
     /// one has ended (a record's firings are synced before the next record is appended).
     pub fn begin_commit(&mut self, record: slot::BatchRecord) -> InFlight {
-        self.groups.observe(&record.transitions);
         let bytes = slot::encode_batch_record(&record);
         let len = bytes.len() as u64;
         let crc = crc32fast::hash(&bytes);
@@ -383,15 +378,9 @@ impl SlotLog {
             Some(f) => f.export().map_err(filter_error(&self.ledger))?,
             None => Vec::new(),
         };
-        self.groups.retain(|_, key| {
-            op.windows()
-                .iter()
-                .any(|w| !op.extents(&w.id, key).is_empty())
-        });
         let bytes = slot::encode_snapshot_ref(&slot::SlotSnapshotRef {
             epoch: self.epoch,
             operator: op.snapshot_ref(),
-            groups: &self.groups.sorted(),
             filter: &filter,
         });
         drop(filter);
@@ -548,14 +537,7 @@ mod tests {
         let read = store.read(&ledger, 0).await.unwrap();
         let mut op = operator();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let recovered = slot::recover(
-            &ledger,
-            &mut op,
-            &mut GroupTable::default(),
-            snapshot,
-            &read.entries,
-        )
-        .unwrap();
+        let recovered = slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
         assert_eq!((count(&op), recovered.fenced), (Value::Int(7), 0));
         // It compacts, and goes on.
         b.maybe_compact(&op_b).await.unwrap();

@@ -29,7 +29,7 @@
 //! [`recover`] re-derives them (window, trigger, group, bounds, the state before refinement) so
 //! the runtime syncs them again with event `recovered`: sync side effects are at-least-once.
 //!
-//! **Snapshots.** [`SlotSnapshot`] holds the operator's snapshot, the group table, the dedup
+//! **Snapshots.** [`SlotSnapshot`] holds the operator's snapshot (group keys included), the dedup
 //! filter's export and the greatest epoch; it covers the ledger up to a position and lets the
 //! log drop the entries before it (a fenced write too: only the current owner compacts).
 

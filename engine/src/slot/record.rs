@@ -206,8 +206,11 @@ pub struct SlotSnapshot {
     pub epoch: u64,
     /// The operator's complete state.
     pub operator: Snapshot,
-    /// The group table (group id → key), for re-deriving firings.
-    pub groups: Vec<(u32, Value)>,
+    /// A group table (group id → key) written by versions that kept one beside the operator;
+    /// read and ignored (the operator's snapshot holds the same keys:
+    /// [`sardonyx_windowing::WindowOperator::group_key`]). Written empty, so the layout, and
+    /// every snapshot written before, stay readable.
+    pub legacy_groups: Vec<(u32, Value)>,
     /// The dedup filter's export (empty without deduplication).
     pub filter: Vec<u8>,
 }
@@ -246,27 +249,33 @@ pub fn decode_record(bytes: &[u8]) -> Result<SlotRecord, String> {
     }
 }
 
-/// [`SlotSnapshot`] by reference (same fields, same bytes), so that a compaction encodes the
-/// operator state and the group table without copying them first.
-#[derive(Serialize)]
+/// [`SlotSnapshot`] by reference, as a compaction writes it (with an empty
+/// [`SlotSnapshot::legacy_groups`]), so that the operator state is encoded without a copy.
 pub struct SlotSnapshotRef<'a> {
     /// The greatest owner epoch seen up to the covered position.
     pub epoch: u64,
     /// The operator's complete state.
     pub operator: &'a Snapshot,
-    /// The group table (group id → key), sorted by id.
-    pub groups: &'a [(u32, &'a Value)],
     /// The dedup filter's export (empty without deduplication).
     pub filter: &'a [u8],
 }
 
-/// Encodes a snapshot.
+/// The bytes of a [`SlotSnapshot`], field by field, by reference.
+#[derive(Serialize)]
+struct SnapshotLayout<'a> {
+    epoch: u64,
+    operator: &'a Snapshot,
+    legacy_groups: &'a [(u32, Value)],
+    filter: &'a [u8],
+}
+
+/// Encodes a snapshot, its [`SlotSnapshot::legacy_groups`] included (as versions that kept a
+/// group table wrote it: tests build such snapshots with it).
 pub fn encode_snapshot(s: &SlotSnapshot) -> Vec<u8> {
-    let groups: Vec<(u32, &Value)> = s.groups.iter().map(|(g, k)| (*g, k)).collect();
-    encode_snapshot_ref(&SlotSnapshotRef {
+    encode_layout(&SnapshotLayout {
         epoch: s.epoch,
         operator: &s.operator,
-        groups: &groups,
+        legacy_groups: &s.legacy_groups,
         filter: &s.filter,
     })
 }
@@ -284,9 +293,20 @@ const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// Buffer between the bincode encoder (many small writes) and the zstd stream.
 const SNAPSHOT_BUFFER_BYTES: usize = 64 << 10;
 
-/// Encodes a snapshot given by reference: the bytes of [`encode_snapshot`]. The bincode
-/// encoding is streamed through zstd, so the uncompressed bytes are never held whole.
+/// Encodes a snapshot given by reference: the bytes of [`encode_snapshot`] with no legacy
+/// group table.
 pub fn encode_snapshot_ref(s: &SlotSnapshotRef<'_>) -> Vec<u8> {
+    encode_layout(&SnapshotLayout {
+        epoch: s.epoch,
+        operator: s.operator,
+        legacy_groups: &[],
+        filter: s.filter,
+    })
+}
+
+/// Encodes a snapshot's fields: the bincode encoding is streamed through zstd, so the
+/// uncompressed bytes are never held whole.
+fn encode_layout(s: &SnapshotLayout<'_>) -> Vec<u8> {
     const FAILED: &str = "compressing into memory cannot fail";
     let mut z = zstd::stream::Encoder::new(vec![ZSTD_SNAPSHOT], SNAPSHOT_ZSTD_LEVEL).expect(FAILED);
     {

@@ -1,67 +1,17 @@
 //! Rebuilding a slot from its ledger: the snapshot restored, the batch records after it
 //! replayed with read-side fencing, and the firings of the last record re-derived.
 
-use std::collections::HashMap;
-
 use sardonyx_state_log::decode_bounded;
 use sardonyx_windowing::trigger::{FireEvent, Firing};
-use sardonyx_windowing::{Transition, Value, WindowKind, WindowOperator};
+use sardonyx_windowing::{Transition, WindowKind, WindowOperator};
 
 use super::record::{decode_record, decode_snapshot, Ids, SlotRecord, StateError};
-
-/// The group table of an operator (id → key), kept beside it by watching
-/// [`Transition::Group`]s, so a firing can be re-derived from a logged [`Transition::Fired`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GroupTable(HashMap<u32, Value>);
-
-impl GroupTable {
-    /// Notes the group ids interned by `transitions`.
-    pub fn observe<'a>(&mut self, transitions: impl IntoIterator<Item = &'a Transition>) {
-        for t in transitions {
-            if let Transition::Group { id, key } = t {
-                self.0.insert(*id, key.clone());
-            }
-        }
-    }
-
-    /// The table as a sorted list (for snapshots).
-    pub fn to_vec(&self) -> Vec<(u32, Value)> {
-        self.sorted()
-            .into_iter()
-            .map(|(g, k)| (g, k.clone()))
-            .collect()
-    }
-
-    /// The table as a list sorted by id, by reference ([`SlotSnapshotRef::groups`]).
-    pub fn sorted(&self) -> Vec<(u32, &Value)> {
-        let mut v: Vec<(u32, &Value)> = self.0.iter().map(|(g, k)| (*g, k)).collect();
-        v.sort_unstable_by_key(|(g, _)| *g);
-        v
-    }
-
-    /// Keeps only the groups for which `keep(id, key)` is true (in place: a compaction drops
-    /// the groups no window holds any more without building a second table).
-    pub fn retain(&mut self, mut keep: impl FnMut(u32, &Value) -> bool) {
-        self.0.retain(|g, k| keep(*g, k));
-    }
-
-    /// A table from a snapshot's list.
-    pub fn from_vec(v: Vec<(u32, Value)>) -> Self {
-        GroupTable(v.into_iter().collect())
-    }
-
-    /// The key of group `g`.
-    pub fn key(&self, g: u32) -> Option<&Value> {
-        self.0.get(&g)
-    }
-}
 
 /// The firing that trigger `tr` of window `w` made of extent `e` of group `g`, computed from the
 /// operator's current state (so call it *before* applying the `Fired` transition: the state
 /// before refinement). `None` if the extent does not exist.
 pub fn firing_of(
     op: &WindowOperator,
-    groups: &GroupTable,
     w: u16,
     tr: u16,
     g: u32,
@@ -70,7 +20,7 @@ pub fn firing_of(
 ) -> Option<Firing> {
     let spec = op.windows().get(usize::from(w))?;
     let trigger = op.triggers(usize::from(w)).get(usize::from(tr))?;
-    let group = groups.key(g)?.clone();
+    let group = op.group_key(g)?.clone();
     let views = op.extents(&spec.id, &group);
     let view = match spec.kind {
         WindowKind::Global => views.into_iter().next()?,
@@ -114,12 +64,11 @@ pub struct Recovered {
 }
 
 /// Rebuilds a slot from its ledger: restores `snapshot` (position covered, bytes) if any, then
-/// replays `entries` (position, bytes) in order into `op` and `groups` (which must be fresh),
+/// replays `entries` (position, bytes) in order into `op` (which must be fresh),
 /// fencing batches of stale owners, and re-derives the firings of the last batch.
 pub fn recover(
     ledger: &str,
     op: &mut WindowOperator,
-    groups: &mut GroupTable,
     snapshot: Option<(u64, &[u8])>,
     entries: &[(u64, Vec<u8>)],
 ) -> Result<Recovered, StateError> {
@@ -133,7 +82,6 @@ pub fn recover(
         let snap = decode_snapshot(bytes).map_err(|d| corrupt(pos, format!("snapshot: {d}")))?;
         op.restore(snap.operator)
             .map_err(|e| corrupt(pos, format!("snapshot: {e}")))?;
-        *groups = GroupTable::from_vec(snap.groups);
         out.epoch = snap.epoch;
         out.filter_export = Some(snap.filter);
         out.last_position = Some(pos);
@@ -182,14 +130,13 @@ pub fn recover(
                     extent: e,
                 } = t
                 {
-                    if let Some(f) = firing_of(op, groups, *w, *tr, *g, *e, FireEvent::Recovered) {
+                    if let Some(f) = firing_of(op, *w, *tr, *g, *e, FireEvent::Recovered) {
                         out.pending.push(f);
                     }
                 }
             }
             op.apply(t)
                 .map_err(|e| corrupt(pos, format!("transition {t:?}: {e}")))?;
-            groups.observe(std::iter::once(t));
         }
         out.batch_ids.push((pos, b.ids));
     }
