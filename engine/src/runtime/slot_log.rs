@@ -9,7 +9,7 @@ use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
 use super::job_log::{log_error, slot_write_error, JobState};
 use super::{Progress, RunError};
-use crate::slot::{self, FilterMark, FilterPlan, SlotRecord};
+use crate::slot::{self, FilterMark, FilterPlan, RecordSchedule, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -166,7 +166,8 @@ pub(crate) struct SlotLog {
     fence: u64,
     filter: Option<DedupFilter>,
     last_position: Option<u64>,
-    bytes_since_snapshot: u64,
+    /// When to compact and how many batches to merge (decided there, carried out here).
+    schedule: RecordSchedule,
     progress: Arc<Progress>,
 }
 
@@ -246,7 +247,11 @@ impl SlotLog {
                 fence: js.epoch,
                 filter,
                 last_position: recovered.last_position,
-                bytes_since_snapshot: recovered.entry_bytes,
+                schedule: RecordSchedule::new(
+                    js.options.compact_after_bytes,
+                    js.options.max_merged_batches,
+                    recovered.entry_bytes,
+                ),
                 js,
                 progress,
             },
@@ -301,7 +306,7 @@ impl SlotLog {
         let ledger = self.ledger.clone();
         let (fence, request) = (self.fence, RequestId::new(self.client, self.seq));
         self.seq += 1;
-        self.bytes_since_snapshot += len;
+        self.schedule.appended(len);
         let append = tokio::spawn(async move {
             store
                 .append_fenced(&ledger, fence, request, bytes)
@@ -353,25 +358,19 @@ impl SlotLog {
         Ok(())
     }
 
-    /// Most gathered batches to merge into one record ([`StateOptions::max_merged_batches`]).
-    pub fn max_merged_batches(&self) -> usize {
-        self.js.options.max_merged_batches.max(1)
-    }
-
-    /// True if the entries since the last snapshot exceed the threshold, counting records
-    /// begun but not yet ended: [`SlotLog::maybe_compact`] after they end would compact.
-    pub fn compaction_due(&self) -> bool {
-        self.bytes_since_snapshot > self.js.options.compact_after_bytes
+    /// The slot's record schedule: whether a compaction is due, how many batches to merge.
+    pub fn schedule(&self) -> &RecordSchedule {
+        &self.schedule
     }
 
     /// Writes a snapshot (fenced with this run's epoch) and drops the ledger's prefix once the
-    /// entries since the last snapshot exceed the threshold. Call only after the last batch's
-    /// firings were synced.
+    /// schedule says a compaction is due ([`RecordSchedule::compaction_due`]). Call only after
+    /// the last batch's firings were synced.
     pub async fn maybe_compact(&mut self, op: &WindowOperator) -> Result<(), RunError> {
         let Some(pos) = self.last_position else {
             return Ok(());
         };
-        if !self.compaction_due() {
+        if !self.schedule.compaction_due() {
             return Ok(());
         }
         let filter = match &self.filter {
@@ -400,7 +399,7 @@ impl SlotLog {
         }
         tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
         self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.bytes_since_snapshot = 0;
+        self.schedule.compacted();
         Ok(())
     }
 }

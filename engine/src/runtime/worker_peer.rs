@@ -142,13 +142,13 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
             slot.insert_committed(c)?;
         }
-        let compaction_due = slot.as_ref().is_some_and(SlotLog::compaction_due);
-        if let (true, Some(f), false) = (pipelined, &inflight, compaction_due) {
+        let schedule = slot.as_ref().map(SlotLog::schedule);
+        if let (Some(s), Some(f)) = (schedule, &inflight) {
+            let ahead_ok = s.may_prepare_ahead(pipelined, true);
             // Whatever is queued while the record commits becomes the next record (up to
             // `max_merged_batches`): the slower the log, the larger the records.
-            let max = slot.as_ref().map_or(1, SlotLog::max_merged_batches);
             let mut merged = 0;
-            while merged < max && (merged == 0 || !f.is_finished()) {
+            while ahead_ok && s.may_merge_more(merged, f.is_finished()) {
                 let Some((segments, acks)) = inbox.try_gather() else {
                     break;
                 };
@@ -225,7 +225,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
             // (The batch's firings were flushed when they were delivered.) The snapshot holds
             // the filter's contents, so the last batch's ids go in first.
-            if slot.compaction_due() {
+            if slot.schedule().compaction_due() {
                 if let Some(c) = committed.take() {
                     slot.insert_committed(c)?;
                 }

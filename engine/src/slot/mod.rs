@@ -57,18 +57,21 @@
 //!   second line of defence: such a record is fenced off now and in every later recovery.
 //!
 //! **Where it lives.** This module holds the pure parts: [`record`] formats (bincode records,
-//! zstd snapshots, id keys), [`recovery`], [`filter_mark`], [`seen_ids`]. The I/O and, for now,
+//! zstd snapshots, id keys), [`recovery`], [`filter_mark`], [`seen_ids`], and [`schedule`] (when to
+//! compact, when to prepare ahead). The I/O and, for now,
 //! the sequencing above are the runtime's: `runtime/slot_log.rs` (ledger, filter, compaction)
 //! and `runtime/worker_peer.rs` (the per-batch loop, pipelining, completion).
 
 pub mod filter_mark;
 pub mod record;
 pub mod recovery;
+pub mod schedule;
 pub(crate) mod seen_ids;
 
 pub use filter_mark::*;
 pub use record::*;
 pub use recovery::*;
+pub use schedule::RecordSchedule;
 
 #[cfg(test)]
 mod tests;
