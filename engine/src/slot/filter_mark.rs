@@ -46,7 +46,7 @@ impl FilterMark {
     }
 }
 
-/// How to bring a slot's dedup filter up to date after [`recover`].
+/// How to bring a slot's dedup filter up to date after [`recover`](super::recover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterPlan {
     /// The filter already holds the ids of everything the snapshot covers and of
@@ -60,7 +60,7 @@ pub enum FilterPlan {
 }
 
 /// Decides whether the filter found on disk, whose mark is `mark`, can be kept (`snapshot`,
-/// `batch_ids` and `entries` as [`recover`] read and replayed them): only if the mark names
+/// `batch_ids` and `entries` as [`recover`](super::recover) read and replayed them): only if the mark names
 /// this ledger and either a replayed (not fenced) batch record of the tail `entries` with the
 /// same checksum, or the snapshot read with the same checksum. A mark inside the compacted
 /// prefix, past the ledger's end, on a fenced batch (written by a stale owner after the slot was

@@ -10,8 +10,8 @@
 //! acknowledgements go upstream, so its input may commit its position.
 //!
 //! **One batch, in order.** (1) *Look up*: the dedup filter answers "seen?" for every id of the
-//! batch at once ([`seen_ids::BatchKeys`]); ids applied by this batch or the one before it,
-//! which the filter may not hold yet, are in [`seen_ids::SeenPair`]. Seen segments skip the
+//! batch at once (`seen_ids::BatchKeys`); ids applied by this batch or the one before it,
+//! which the filter may not hold yet, are in `seen_ids::SeenPair`. Seen segments skip the
 //! window state (they still travel on). (2) *Apply* the others: the operator applies them ahead
 //! and records every transition (updates, group interning, watermark, timer, firings and
 //! their refinement resets, evictions). (3) *Append* one [`SlotRecord::Batch`] ([`BatchRecord`]:
@@ -57,7 +57,7 @@
 //!   second line of defence: such a record is fenced off now and in every later recovery.
 //!
 //! **Where it lives.** This module holds the pure parts: [`record`] formats (bincode records,
-//! zstd snapshots, id keys), [`recovery`], [`filter_mark`], [`seen_ids`], and [`schedule`] (when to
+//! zstd snapshots, id keys), [`recovery`], [`filter_mark`], `seen_ids`, and [`schedule`] (when to
 //! compact, when to prepare ahead). The I/O and, for now,
 //! the sequencing above are the runtime's: `runtime/slot_log.rs` (ledger, filter, compaction)
 //! and `runtime/worker_peer.rs` (the per-batch loop, pipelining, completion).
