@@ -27,7 +27,7 @@ pub mod key_groups;
 pub mod registry;
 pub mod runtime;
 pub mod segment;
-pub mod state;
+pub mod slot;
 
 pub use job::{Job, Problem, ValidationError};
 pub use registry::Registry;

@@ -2,7 +2,7 @@
 //! the task or ledger at fault and keeping the underlying error as its typed source.
 
 use crate::job::ValidationError;
-use crate::state::StateError;
+use crate::slot::StateError;
 
 /// Why a job could not run to completion.
 #[derive(Debug, thiserror::Error)]

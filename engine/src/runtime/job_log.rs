@@ -1,11 +1,11 @@
 //! The I/O side of exactly-once state: the job's ledgers in the state log, windowed slots'
 //! ledgers and dedup filters, and the inputs' committed positions (DESIGN §5; the record
-//! protocol itself is [`crate::state`]).
+//! protocol itself is [`crate::slot`]).
 //!
 //! Ledgers of a job with id `J` (a job without `id` is named by a hash of its definition):
 //! - `J/meta`: one record per run: the generation and every task's peer count. Its position
 //!   (+1) is the run's **epoch**, greater than every earlier run's.
-//! - `J/g<gen>/<task>/<peer>`: a windowed slot (see [`crate::state`]).
+//! - `J/g<gen>/<task>/<peer>`: a windowed slot (see [`crate::slot`]).
 //! - `J/g<gen>/<task>/<peer>/input`: an input peer's committed positions. A position is
 //!   appended only once every segment read before it is fully processed downstream — in
 //!   particular once every windowed slot has committed the records of those segments — so
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::error::RunError;
 use super::routing;
 use crate::job::Job;
-use crate::state::{self};
+use crate::slot::{self};
 
 /// Where and how a job keeps its exactly-once state.
 #[derive(Clone)]
@@ -103,7 +103,7 @@ pub(super) fn slot_write_error(
 
 /// A record of `ledger` at `position` that does not decode.
 pub(super) fn corrupt(ledger: &str, position: u64, detail: impl std::fmt::Display) -> RunError {
-    RunError::Corrupt(state::StateError::Corrupt {
+    RunError::Corrupt(slot::StateError::Corrupt {
         ledger: ledger.to_owned(),
         position,
         detail: detail.to_string(),

@@ -10,7 +10,7 @@ use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 use super::error::RunError;
 use super::job_log::{log_error, slot_write_error, JobState};
 use super::progress::Progress;
-use crate::state::{self, FilterMark, FilterPlan, GroupTable, SlotRecord};
+use crate::slot::{self, FilterMark, FilterPlan, RecordSchedule, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
@@ -56,7 +56,7 @@ fn filter_error(ledger: &str) -> impl FnOnce(sardonyx_state_log::Error) -> RunEr
 }
 
 /// Opens a slot's dedup filter under `dir` and brings it up to date with the ledger just
-/// recovered ([`state::filter_plan`]): keeps what it holds if its mark names a replayed batch
+/// recovered ([`slot::filter_plan`]): keeps what it holds if its mark names a replayed batch
 /// or the snapshot, else clears it and imports the snapshot's `export`; then inserts the ids of
 /// the replayed batches it lacks, marked with the last of them.
 fn open_filter(
@@ -65,12 +65,12 @@ fn open_filter(
     ledger: &str,
     export: Option<Vec<u8>>,
     snapshot: Option<(u64, &[u8])>,
-    batch_ids: &[(u64, state::Ids)],
+    batch_ids: &[(u64, slot::Ids)],
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(DedupFilter, FilterOpened), sardonyx_state_log::Error> {
     let mut f = DedupFilter::open(dir, config)?;
     let mark = f.mark()?.and_then(|m| FilterMark::decode(&m));
-    let plan = state::filter_plan(ledger, mark.as_ref(), snapshot, batch_ids, entries);
+    let plan = slot::filter_plan(ledger, mark.as_ref(), snapshot, batch_ids, entries);
     let from = match plan {
         FilterPlan::Reuse { from } => from,
         FilterPlan::Rebuild => {
@@ -138,7 +138,7 @@ pub(crate) struct InFlight {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
     len: u64,
     crc: u32,
-    ids: state::Ids,
+    ids: slot::Ids,
 }
 
 impl InFlight {
@@ -151,7 +151,7 @@ impl InFlight {
 
 /// The ids of a committed batch record, for the dedup filter ([`SlotLog::insert_committed`]).
 pub(crate) struct Committed {
-    ids: state::Ids,
+    ids: slot::Ids,
     mark: FilterMark,
 }
 
@@ -166,10 +166,9 @@ pub(crate) struct SlotLog {
     /// raised the ledger's fence (the log refuses it once a newer run has written there).
     fence: u64,
     filter: Option<DedupFilter>,
-    /// The group table beside the operator (for snapshots and re-derived firings).
-    pub groups: GroupTable,
     last_position: Option<u64>,
-    bytes_since_snapshot: u64,
+    /// When to compact and how many batches to merge (decided there, carried out here).
+    schedule: RecordSchedule,
     progress: Arc<Progress>,
 }
 
@@ -190,15 +189,14 @@ impl SlotLog {
         let ledger = js.slot_ledger(task, peer);
         let store = js.options.store.clone();
         let client = js.client(&ledger);
-        let owner = state::encode_record(&SlotRecord::Owner { epoch: js.epoch });
+        let owner = slot::encode_record(&SlotRecord::Owner { epoch: js.epoch });
         store
             .append_fenced(&ledger, js.epoch, RequestId::new(client, 0), owner)
             .await
             .map_err(slot_write_error(&ledger))?;
         let mut read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
-        let mut groups = GroupTable::default();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let mut recovered = state::recover(&ledger, op, &mut groups, snapshot, &read.entries)?;
+        let mut recovered = slot::recover(&ledger, op, snapshot, &read.entries)?;
         let snapshot = read.snapshot.take();
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
@@ -249,9 +247,12 @@ impl SlotLog {
                 epoch: js.epoch.max(recovered.epoch),
                 fence: js.epoch,
                 filter,
-                groups,
                 last_position: recovered.last_position,
-                bytes_since_snapshot: recovered.entry_bytes,
+                schedule: RecordSchedule::new(
+                    js.options.compact_after_bytes,
+                    js.options.max_merged_batches,
+                    recovered.entry_bytes,
+                ),
                 js,
                 progress,
             },
@@ -286,7 +287,7 @@ impl SlotLog {
 
     /// Appends one batch record (fenced with this run's epoch) and waits for its commit; then
     /// inserts its ids into the filter.
-    pub async fn commit(&mut self, record: state::BatchRecord) -> Result<(), RunError> {
+    pub async fn commit(&mut self, record: slot::BatchRecord) -> Result<(), RunError> {
         let inflight = self.begin_commit(record);
         if let Some(c) = self.end_commit(inflight).await? {
             self.insert_committed(c)?;
@@ -298,16 +299,15 @@ impl SlotLog {
     /// caller can work while Raft and the fsync run; [`SlotLog::end_commit`] waits for it.
     /// Records are appended in the order they are begun; begin the next one only after this
     /// one has ended (a record's firings are synced before the next record is appended).
-    pub fn begin_commit(&mut self, record: state::BatchRecord) -> InFlight {
-        self.groups.observe(&record.transitions);
-        let bytes = state::encode_batch_record(&record);
+    pub fn begin_commit(&mut self, record: slot::BatchRecord) -> InFlight {
+        let bytes = slot::encode_batch_record(&record);
         let len = bytes.len() as u64;
         let crc = crc32fast::hash(&bytes);
         let store = self.js.options.store.clone();
         let ledger = self.ledger.clone();
         let (fence, request) = (self.fence, RequestId::new(self.client, self.seq));
         self.seq += 1;
-        self.bytes_since_snapshot += len;
+        self.schedule.appended(len);
         let append = tokio::spawn(async move {
             store
                 .append_fenced(&ledger, fence, request, bytes)
@@ -359,40 +359,28 @@ impl SlotLog {
         Ok(())
     }
 
-    /// Most gathered batches to merge into one record ([`StateOptions::max_merged_batches`]).
-    pub fn max_merged_batches(&self) -> usize {
-        self.js.options.max_merged_batches.max(1)
-    }
-
-    /// True if the entries since the last snapshot exceed the threshold, counting records
-    /// begun but not yet ended: [`SlotLog::maybe_compact`] after they end would compact.
-    pub fn compaction_due(&self) -> bool {
-        self.bytes_since_snapshot > self.js.options.compact_after_bytes
+    /// The slot's record schedule: whether a compaction is due, how many batches to merge.
+    pub fn schedule(&self) -> &RecordSchedule {
+        &self.schedule
     }
 
     /// Writes a snapshot (fenced with this run's epoch) and drops the ledger's prefix once the
-    /// entries since the last snapshot exceed the threshold. Call only after the last batch's
-    /// firings were synced.
+    /// schedule says a compaction is due ([`RecordSchedule::compaction_due`]). Call only after
+    /// the last batch's firings were synced.
     pub async fn maybe_compact(&mut self, op: &WindowOperator) -> Result<(), RunError> {
         let Some(pos) = self.last_position else {
             return Ok(());
         };
-        if !self.compaction_due() {
+        if !self.schedule.compaction_due() {
             return Ok(());
         }
         let filter = match &self.filter {
             Some(f) => f.export().map_err(filter_error(&self.ledger))?,
             None => Vec::new(),
         };
-        self.groups.retain(|_, key| {
-            op.windows()
-                .iter()
-                .any(|w| !op.extents(&w.id, key).is_empty())
-        });
-        let bytes = state::encode_snapshot_ref(&state::SlotSnapshotRef {
+        let bytes = slot::encode_snapshot_ref(&slot::SlotSnapshotRef {
             epoch: self.epoch,
             operator: op.snapshot_ref(),
-            groups: &self.groups.sorted(),
             filter: &filter,
         });
         drop(filter);
@@ -412,7 +400,7 @@ impl SlotLog {
         }
         tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
         self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.bytes_since_snapshot = 0;
+        self.schedule.compacted();
         Ok(())
     }
 }
@@ -470,7 +458,7 @@ mod tests {
         op: &mut WindowOperator,
         ids: std::ops::Range<i64>,
     ) -> Result<(), RunError> {
-        let mut record = state::BatchRecord {
+        let mut record = slot::BatchRecord {
             epoch: slot.epoch(),
             ..Default::default()
         };
@@ -482,7 +470,7 @@ mod tests {
             record.transitions.extend(step.transitions);
             values.push(Value::Int(id));
         }
-        record.ids = state::Ids::from_values(&values);
+        record.ids = slot::Ids::from_values(&values);
         slot.commit(record).await
     }
 
@@ -549,14 +537,7 @@ mod tests {
         let read = store.read(&ledger, 0).await.unwrap();
         let mut op = operator();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let recovered = state::recover(
-            &ledger,
-            &mut op,
-            &mut GroupTable::default(),
-            snapshot,
-            &read.entries,
-        )
-        .unwrap();
+        let recovered = slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
         assert_eq!((count(&op), recovered.fenced), (Value::Int(7), 0));
         // It compacts, and goes on.
         b.maybe_compact(&op_b).await.unwrap();

@@ -3,7 +3,6 @@
 //! the sink, route, release the acks.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use super::COMPLETION_FIRINGS;
 use crate::job::{GroupKey, TaskKind};
 use crate::registry::{ExceptionAction, GroupFn, Lifecycle, SegmentSink};
 use crate::segment::{Segment, Value};
+use crate::slot::seen_ids::SeenPair;
 use sardonyx_windowing::Completion;
 
 /// Runs one function or output peer until every upstream peer is done.
@@ -131,9 +131,9 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         };
         let inflight = match (&mut slot, &mut batch.step) {
             (Some(slot), Some(step)) => {
-                let record = crate::state::BatchRecord {
+                let record = crate::slot::BatchRecord {
                     epoch: slot.epoch(),
-                    ids: crate::state::Ids::from_values(&batch.ids),
+                    ids: crate::slot::Ids::from_values(&batch.ids),
                     transitions: std::mem::take(&mut step.transitions),
                     inputs: std::mem::take(&mut batch.inputs),
                 };
@@ -144,13 +144,13 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
             slot.insert_committed(c)?;
         }
-        let compaction_due = slot.as_ref().is_some_and(SlotLog::compaction_due);
-        if let (true, Some(f), false) = (pipelined, &inflight, compaction_due) {
+        let schedule = slot.as_ref().map(SlotLog::schedule);
+        if let (Some(s), Some(f)) = (schedule, &inflight) {
+            let ahead_ok = s.may_prepare_ahead(pipelined, true);
             // Whatever is queued while the record commits becomes the next record (up to
             // `max_merged_batches`): the slower the log, the larger the records.
-            let max = slot.as_ref().map_or(1, SlotLog::max_merged_batches);
             let mut merged = 0;
-            while merged < max && (merged == 0 || !f.is_finished()) {
+            while ahead_ok && s.may_merge_more(merged, f.is_finished()) {
                 let Some((segments, acks)) = inbox.try_gather() else {
                     break;
                 };
@@ -227,7 +227,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
             // (The batch's firings were flushed when they were delivered.) The snapshot holds
             // the filter's contents, so the last batch's ids go in first.
-            if slot.compaction_due() {
+            if slot.schedule().compaction_due() {
                 if let Some(c) = committed.take() {
                     slot.insert_committed(c)?;
                 }
@@ -345,7 +345,7 @@ fn window_batch(
                 router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
                 continue;
             };
-            crate::state::id_key_into(v, &mut seen.key);
+            crate::slot::id_key_into(v, &mut seen.key);
             if seen.contains(v) || in_filter[i] {
                 ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
                 passed.push(s);
@@ -382,138 +382,6 @@ fn window_batch(
         batch.extend(stage.operator.on_timer(now_ms()));
     }
     Ok((passed, batch, ids))
-}
-
-/// The uniqueness ids one batch applied (kept between batches for their allocations).
-#[derive(Default)]
-struct SeenIds {
-    /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
-    ints: IntIds,
-    /// The keys ([`crate::state::id_key`]) of other ids.
-    keys: HashSet<Vec<u8>, foldhash::fast::RandomState>,
-}
-
-impl SeenIds {
-    fn clear(&mut self) {
-        self.ints.clear();
-        self.keys.clear();
-    }
-
-    fn contains(&self, v: &Value, key: &[u8]) -> bool {
-        match v {
-            Value::Int(i) => self.ints.contains(*i),
-            _ => self.keys.contains(key),
-        }
-    }
-
-    fn insert(&mut self, v: &Value, key: &[u8]) {
-        match v {
-            Value::Int(i) => self.ints.insert(*i),
-            _ => {
-                self.keys.insert(key.to_vec());
-            }
-        }
-    }
-}
-
-/// A set of integer ids built for ids that mostly arrive in increasing order (sequence
-/// numbers, offsets): those above every id before them extend a sorted run, so asking about
-/// the next one is a comparison instead of a hash lookup; the others go to a hash set.
-#[derive(Default)]
-struct IntIds {
-    /// Increasing.
-    run: Vec<i64>,
-    /// Ids that were not above the run's last when inserted (possibly also in the run).
-    others: HashSet<i64, foldhash::fast::RandomState>,
-}
-
-impl IntIds {
-    fn clear(&mut self) {
-        self.run.clear();
-        self.others.clear();
-    }
-
-    fn contains(&self, i: i64) -> bool {
-        let in_run = match self.run.last() {
-            Some(&last) if i <= last => self.run.binary_search(&i).is_ok(),
-            _ => false,
-        };
-        in_run || (!self.others.is_empty() && self.others.contains(&i))
-    }
-
-    /// Adds `i` (callers ask [`IntIds::contains`] first, so an id already in the run is not
-    /// searched for again; one would only be held twice).
-    fn insert(&mut self, i: i64) {
-        match self.run.last() {
-            Some(&last) if i <= last => {
-                self.others.insert(i);
-            }
-            _ => self.run.push(i),
-        }
-    }
-}
-
-/// The ids a windowed peer has applied that the dedup filter may not hold yet: those of the
-/// batch being prepared and of the batch prepared before it (whose record may still be in
-/// flight, or whose ids are inserted into the filter only while the next record is appended).
-/// Every earlier batch's ids are in the filter.
-#[derive(Default)]
-struct SeenPair {
-    here: SeenIds,
-    prev: SeenIds,
-    /// The key of the id at hand.
-    key: Vec<u8>,
-    /// The keys of the ids of the batch at hand.
-    batch: BatchKeys,
-}
-
-/// The id keys of a batch's segments, one after another in one buffer (an empty key for a
-/// segment without the uniqueness field).
-#[derive(Default)]
-struct BatchKeys {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl BatchKeys {
-    /// Each segment's key, in order.
-    fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
-    }
-}
-
-impl SeenPair {
-    /// Starts a batch: the current batch's ids become the previous batch's.
-    fn next_batch(&mut self) {
-        std::mem::swap(&mut self.here, &mut self.prev);
-        self.here.clear();
-    }
-
-    /// True if the id `v`, whose key is in `self.key`, was applied by this batch or the one
-    /// before.
-    fn contains(&self, v: &Value) -> bool {
-        self.here.contains(v, &self.key) || self.prev.contains(v, &self.key)
-    }
-
-    /// Computes the id key of each of `segments` (by the uniqueness field `field`) into
-    /// `self.batch`.
-    fn batch_keys(&mut self, segments: &[Segment], field: &str) {
-        self.batch.bytes.clear();
-        self.batch.ends.clear();
-        for s in segments {
-            if let Some(v) = s.get(field) {
-                crate::state::id_key_into(v, &mut self.key);
-                self.batch.bytes.extend_from_slice(&self.key);
-            }
-            self.batch.ends.push(self.batch.bytes.len());
-        }
-    }
-
-    /// Notes the id `v`, whose key is in `self.key`, as applied by this batch.
-    fn insert(&mut self, v: &Value) {
-        self.here.insert(v, &self.key);
-    }
 }
 
 /// A batch taken through the task's function and windows: what it sends on, and the step it
@@ -620,7 +488,7 @@ async fn settle(
     router: &mut Router,
 ) -> Result<(), RunError> {
     if let Some(slot) = slot {
-        let record = crate::state::BatchRecord {
+        let record = crate::slot::BatchRecord {
             epoch: slot.epoch(),
             transitions: std::mem::take(&mut step.transitions),
             ..Default::default()
@@ -745,39 +613,4 @@ async fn write_out(
     })
     .await
     .map_err(RunError::PeerTask)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IntIds;
-    use proptest::prelude::*;
-    use std::collections::HashSet;
-
-    proptest! {
-        /// Whatever the order of the ids, the set answers as a plain hash set does; runs of
-        /// increasing ids (the case it is built for) are mixed with repeats and strays.
-        #[test]
-        fn int_ids_answer_as_a_hash_set(
-            steps in prop::collection::vec((any::<bool>(), -20_i64..20, prop::bool::weighted(0.05)), 0..200),
-        ) {
-            let mut ids = IntIds::default();
-            let mut model = HashSet::new();
-            let mut next = 0_i64;
-            for (increasing, stray, clear) in steps {
-                if clear {
-                    ids.clear();
-                    model.clear();
-                    continue;
-                }
-                let i = if increasing { next += 3; next } else { next + stray };
-                prop_assert_eq!(ids.contains(i), model.contains(&i), "before inserting {}", i);
-                ids.insert(i);
-                model.insert(i);
-                prop_assert!(ids.contains(i));
-                for probe in next - 25..next + 25 {
-                    prop_assert_eq!(ids.contains(probe), model.contains(&probe), "probe {}", probe);
-                }
-            }
-        }
-    }
 }

@@ -1,8 +1,13 @@
+use super::record::ZSTD_SNAPSHOT;
+use super::recovery::{record_head, RecordHead};
 use super::*;
 use proptest::prelude::*;
+use sardonyx_state_log::decode_bounded;
 use sardonyx_windowing::aggregation;
+use sardonyx_windowing::trigger::FireEvent;
 use sardonyx_windowing::trigger::{Refinement, TriggerSpec};
 use sardonyx_windowing::{Map, WindowSpec};
+use sardonyx_windowing::{Snapshot, Value, WindowOperator};
 
 fn operator() -> WindowOperator {
     WindowOperator::new(
@@ -65,11 +70,11 @@ fn batches() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
     )
 }
 
-fn snapshot_at(op: &WindowOperator, groups: &GroupTable, epoch: u64) -> Vec<u8> {
+fn snapshot_at(op: &WindowOperator, epoch: u64) -> Vec<u8> {
     let owned = encode_snapshot(&SlotSnapshot {
         epoch,
         operator: op.snapshot(),
-        groups: groups.to_vec(),
+        legacy_groups: Vec::new(),
         filter: Vec::new(),
     });
     // Compaction encodes by reference: the same bytes, with or without a filter export.
@@ -77,13 +82,12 @@ fn snapshot_at(op: &WindowOperator, groups: &GroupTable, epoch: u64) -> Vec<u8> 
         let by_ref = encode_snapshot_ref(&SlotSnapshotRef {
             epoch,
             operator: op.snapshot_ref(),
-            groups: &groups.sorted(),
             filter,
         });
         let by_value = encode_snapshot(&SlotSnapshot {
             epoch,
             operator: op.snapshot(),
-            groups: groups.to_vec(),
+            legacy_groups: Vec::new(),
             filter: filter.to_vec(),
         });
         assert_eq!(by_ref, by_value);
@@ -100,23 +104,19 @@ proptest! {
     ) {
         let (entries, live) = run(&batches);
         let mut op = operator();
-        let mut groups = GroupTable::default();
-        let all = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+        let all = recover("l", &mut op, None, &entries).unwrap();
         prop_assert_eq!(op.snapshot(), live.clone());
         prop_assert_eq!(all.id_count(), batches.iter().map(Vec::len).sum::<usize>());
 
         let cut = cut.min(entries.len());
         let mut op1 = operator();
-        let mut g1 = GroupTable::default();
-        let first = recover("l", &mut op1, &mut g1, None, &entries[..cut]).unwrap();
-        let snap = snapshot_at(&op1, &g1, first.epoch);
+        let first = recover("l", &mut op1, None, &entries[..cut]).unwrap();
+        let snap = snapshot_at(&op1, first.epoch);
         let mut op2 = operator();
-        let mut g2 = GroupTable::default();
         let covered = cut.checked_sub(1).map_or(0, |c| c as u64);
-        let rest = recover("l", &mut op2, &mut g2, Some((covered, &snap)), &entries[cut..]).unwrap();
+        let rest = recover("l", &mut op2, Some((covered, &snap)), &entries[cut..]).unwrap();
         prop_assert_eq!(op2.snapshot(), live);
         prop_assert_eq!(first.id_count() + rest.id_count(), all.id_count());
-        prop_assert_eq!(g2, groups);
     }
 
     /// Ids survive their compact encoding.
@@ -156,8 +156,7 @@ fn batches_of_a_fenced_owner_are_skipped() {
     };
     entries.push((n + 1, encode_record(&SlotRecord::Batch(stale))));
     let mut op = operator();
-    let mut groups = GroupTable::default();
-    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    let r = recover("l", &mut op, None, &entries).unwrap();
     assert_eq!(r.fenced, 1);
     assert_eq!(r.epoch, 2);
     assert_eq!(r.batches, 2);
@@ -170,8 +169,7 @@ fn the_last_batch_firings_are_re_derived_before_refinement() {
     // third, with state 3, then resets.
     let (entries, _) = run(&[vec![(1, 1, 0), (2, 1, 0)], vec![(3, 1, 0)]]);
     let mut op = operator();
-    let mut groups = GroupTable::default();
-    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    let r = recover("l", &mut op, None, &entries).unwrap();
     let f: Vec<_> = r
         .pending
         .iter()
@@ -185,8 +183,7 @@ fn the_last_batch_firings_are_re_derived_before_refinement() {
     // Only the last batch's firings are pending.
     let (entries, _) = run(&[vec![(1, 1, 0), (2, 1, 0), (3, 1, 0)], vec![(4, 1, 1)]]);
     let mut op = operator();
-    let mut groups = GroupTable::default();
-    let r = recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    let r = recover("l", &mut op, None, &entries).unwrap();
     assert!(r.pending.iter().all(|f| f.trigger != "every-3"));
 }
 
@@ -195,8 +192,7 @@ fn a_garbled_entry_is_reported_with_its_position() {
     let (mut entries, _) = run(&[vec![(1, 1, 0)], vec![(2, 1, 0)]]);
     entries[2].1 = vec![0xff; 7];
     let mut op = operator();
-    let mut groups = GroupTable::default();
-    match recover("job/t/0", &mut op, &mut groups, None, &entries) {
+    match recover("job/t/0", &mut op, None, &entries) {
         Err(StateError::Corrupt {
             ledger, position, ..
         }) => assert_eq!((ledger.as_str(), position), ("job/t/0", 2)),
@@ -204,7 +200,7 @@ fn a_garbled_entry_is_reported_with_its_position() {
     }
 }
 
-/// A slot with many sessions, as a compaction snapshots it: the operator, its groups, a filter.
+/// A slot with many sessions, as a compaction snapshots it: the operator and a filter.
 fn many_sessions() -> SlotSnapshot {
     let (entries, _) = run(&(0..40)
         .map(|b| {
@@ -214,14 +210,49 @@ fn many_sessions() -> SlotSnapshot {
         })
         .collect::<Vec<_>>());
     let mut op = operator();
-    let mut groups = GroupTable::default();
-    recover("l", &mut op, &mut groups, None, &entries).unwrap();
+    recover("l", &mut op, None, &entries).unwrap();
     SlotSnapshot {
         epoch: 3,
         operator: op.snapshot(),
-        groups: groups.to_vec(),
+        legacy_groups: Vec::new(),
         filter: (0..4000_u32).flat_map(|i| i.to_le_bytes()).collect(),
     }
+}
+
+/// A snapshot written by a version that kept a group table beside the operator (its
+/// `legacy_groups` filled) still resumes: the same state, and the last record's firings are
+/// re-derived for the same groups, from the operator's own keys.
+#[test]
+fn a_snapshot_with_the_old_group_table_still_resumes() {
+    let batches = [
+        vec![(1, 1, 0), (7, 2, 1)],
+        vec![(30, 1, 2), (31, 1, 0)],
+        vec![(70, 1, 1), (200, 2, 2)],
+    ];
+    let (entries, live) = run(&batches);
+    let mut op = operator();
+    let all = recover("l", &mut op, None, &entries).unwrap();
+    assert!(!all.pending.is_empty());
+    // The old compaction after record 2: operator, group table (sorted by id), filter.
+    let mut op = operator();
+    let first = recover("l", &mut op, None, &entries[..3]).unwrap();
+    let legacy_groups: Vec<(u32, Value)> = (0..)
+        .map_while(|g| Some((g, op.group_key(g)?.clone())))
+        .collect();
+    assert_eq!(
+        legacy_groups,
+        [(0, Value::Int(0)), (1, Value::Int(1)), (2, Value::Int(2))]
+    );
+    let old = encode_snapshot(&SlotSnapshot {
+        epoch: first.epoch,
+        operator: op.snapshot(),
+        legacy_groups,
+        filter: Vec::new(),
+    });
+    let mut resumed = operator();
+    let rest = recover("l", &mut resumed, Some((2, &old)), &entries[3..]).unwrap();
+    assert_eq!(resumed.snapshot(), live);
+    assert_eq!(rest.pending, all.pending);
 }
 
 #[test]
@@ -385,8 +416,7 @@ fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
     let (mut entries, _) = run(&[vec![(1, 1, 0)], vec![(2, 1, 0)], vec![(3, 1, 0)]]);
     let recovered = |entries: &[(u64, Vec<u8>)]| {
         let mut op = operator();
-        let mut groups = GroupTable::default();
-        recover("l", &mut op, &mut groups, None, entries).unwrap()
+        recover("l", &mut op, None, entries).unwrap()
     };
     let r = recovered(&entries);
     assert_eq!(
@@ -422,11 +452,11 @@ fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
     // Compacted away: the tail starts after the mark.
     let tail = &entries[3..];
     let r_tail = {
-        let (mut op, mut groups) = (operator(), GroupTable::default());
-        let first = recover("l", &mut op, &mut groups, None, &entries[..3]).unwrap();
-        let snap = snapshot_at(&op, &groups, first.epoch);
-        let (mut op, mut groups) = (operator(), GroupTable::default());
-        recover("l", &mut op, &mut groups, Some((2, &snap)), tail).unwrap()
+        let mut op = operator();
+        let first = recover("l", &mut op, None, &entries[..3]).unwrap();
+        let snap = snapshot_at(&op, first.epoch);
+        let mut op = operator();
+        recover("l", &mut op, Some((2, &snap)), tail).unwrap()
     };
     assert_eq!(plan(Some(mark("l", 2)), &r_tail, tail), FilterPlan::Rebuild);
     assert_eq!(
@@ -435,9 +465,9 @@ fn a_filter_is_reused_only_when_its_mark_names_a_replayed_batch() {
     );
     // The mark of the snapshot itself (set once the compaction is written), and of another.
     let snap = {
-        let (mut op, mut groups) = (operator(), GroupTable::default());
-        let first = recover("l", &mut op, &mut groups, None, &entries[..3]).unwrap();
-        snapshot_at(&op, &groups, first.epoch)
+        let mut op = operator();
+        let first = recover("l", &mut op, None, &entries[..3]).unwrap();
+        snapshot_at(&op, first.epoch)
     };
     let of_snapshot = FilterMark::of_entry("l", 2, &snap);
     let with_snapshot =
@@ -508,7 +538,7 @@ fn valid_encodings() -> Vec<Vec<u8>> {
     let snapshot = SlotSnapshot {
         epoch: 2,
         operator: snap,
-        groups: vec![(0, Value::Int(0)), (1, Value::Str("g".into()))],
+        legacy_groups: vec![(0, Value::Int(0)), (1, Value::Str("g".into()))],
         filter: vec![1, 2, 3, 4],
     };
     vec![
@@ -528,11 +558,10 @@ fn decode_everything(bytes: &[u8]) {
     let _ = decode_snapshot(bytes);
     let _ = FilterMark::decode(bytes);
     let mut op = operator();
-    let mut groups = GroupTable::default();
     let entries = vec![(0, bytes.to_vec())];
-    let _ = recover("l", &mut op, &mut groups, None, &entries);
+    let _ = recover("l", &mut op, None, &entries);
     let mut op = operator();
-    let _ = recover("l", &mut op, &mut groups, Some((0, bytes)), &[]);
+    let _ = recover("l", &mut op, Some((0, bytes)), &[]);
 }
 
 proptest! {
