@@ -27,6 +27,7 @@ pub mod registry;
 pub mod runtime;
 pub mod segment;
 pub mod state;
+mod validation;
 
 pub use job::{Job, Problem, ValidationError};
 pub use registry::Registry;
