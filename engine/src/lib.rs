@@ -23,6 +23,8 @@ pub mod cli;
 pub mod data_dir;
 pub mod demo;
 pub mod job;
+pub mod plugin;
+mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod segment;

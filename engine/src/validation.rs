@@ -10,7 +10,8 @@ use crate::job::{
     AggregationDef, ErrorsTarget, FlowTo, Job, Problem, TaskKind, TriggerDef, TriggerOn,
     ValidationError, WindowDef, WindowKind,
 };
-use crate::registry::{PluginKind, Registry};
+use crate::plugin::PluginKind;
+use crate::registry::Registry;
 
 impl Job {
     /// Checks the job against `registry`; every problem is reported, not only the first.

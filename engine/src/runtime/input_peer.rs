@@ -12,7 +12,7 @@ use super::rejections::Rejection;
 use super::router::Router;
 use super::{Mark, RunError};
 use crate::job::TaskSpec;
-use crate::registry::{InputReader, PluginContext};
+use crate::plugin::{InputReader, PluginContext};
 use crate::segment::{self, Segment, Value};
 use sardonyx_windowing::WatermarkTracker;
 
