@@ -14,8 +14,8 @@ pub mod span;
 use serde::{Deserialize, Serialize};
 
 pub use load::JobFileError;
-pub use span::{Span, Unit};
 pub use problem::{Problem, ValidationError};
+pub use span::{Span, Unit};
 
 use crate::segment::{Map, Value};
 
