@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::job::builder::JobBuilder;
 use crate::job::{AggregationDef, Job, Span, TaskSpec, TriggerDef, WindowDef};
-use crate::registry::{SyncPlugin, SyncSink};
+use crate::plugin::{SyncPlugin, SyncSink};
 use crate::runtime::{run_job_with_progress, Progress, RunOptions};
 use crate::segment::{Map, Value};
 use crate::Registry;

@@ -24,10 +24,13 @@ pub mod data_dir;
 pub mod demo;
 pub mod job;
 pub mod key_groups;
+pub mod plugin;
+mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod segment;
 pub mod slot;
+mod validation;
 
 pub use job::{Job, Problem, ValidationError};
 pub use registry::Registry;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sardonyx::job::builder::JobBuilder;
 use sardonyx::job::TaskSpec;
-use sardonyx::registry::{ExceptionAction, Lifecycle};
+use sardonyx::plugin::{ExceptionAction, Lifecycle};
 use sardonyx::{run_job, Registry, RunError, RunOptions, Segment, Value};
 
 fn seg(i: i64) -> Segment {
@@ -310,7 +310,7 @@ struct CountingSync {
     fail_at: usize,
 }
 
-impl sardonyx::registry::SyncSink for CountingSync {
+impl sardonyx::plugin::SyncSink for CountingSync {
     fn sync(&mut self, _firing: &sardonyx::Map) -> Result<(), String> {
         self.calls += 1;
         if self.calls == self.fail_at {
@@ -366,11 +366,11 @@ fn counting_job(
 fn register_sync(
     registry: &mut Registry,
     name: &str,
-    open: impl Fn() -> Box<dyn sardonyx::registry::SyncSink> + Send + Sync + 'static,
+    open: impl Fn() -> Box<dyn sardonyx::plugin::SyncSink> + Send + Sync + 'static,
 ) {
     registry.register_sync(
         name,
-        sardonyx::registry::SyncPlugin {
+        sardonyx::plugin::SyncPlugin {
             check: Arc::new(|_| Vec::new()),
             open: Arc::new(move |_| Ok(open())),
         },
@@ -450,7 +450,7 @@ async fn firings_are_flushed_before_the_next_record_also_after_a_restart() {
 /// A sync that keeps the greatest `state` it was given (an accumulating count only grows).
 struct MaxStateSync(Arc<AtomicUsize>);
 
-impl sardonyx::registry::SyncSink for MaxStateSync {
+impl sardonyx::plugin::SyncSink for MaxStateSync {
     fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
         if let Some(Value::Int(n)) = firing.get("state") {
             self.0.fetch_max(*n as usize, Ordering::SeqCst);
@@ -529,7 +529,7 @@ struct RecordingSync {
     fail_at: usize,
 }
 
-impl sardonyx::registry::SyncSink for RecordingSync {
+impl sardonyx::plugin::SyncSink for RecordingSync {
     fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
         self.calls += 1;
         if self.calls == self.fail_at {
@@ -714,7 +714,7 @@ type Firings = Arc<Mutex<Vec<(String, i64)>>>;
 
 struct EventSync(Firings);
 
-impl sardonyx::registry::SyncSink for EventSync {
+impl sardonyx::plugin::SyncSink for EventSync {
     fn sync(&mut self, firing: &sardonyx::Map) -> Result<(), String> {
         let event = firing.get("event").and_then(Value::as_str).unwrap_or("");
         let state = firing.get("state").and_then(Value::as_i64).unwrap_or(-1);
@@ -774,11 +774,11 @@ impl IdsOutput {
         let o = out.clone();
         r.register_output(
             "test/ids",
-            sardonyx::registry::OutputPlugin {
+            sardonyx::plugin::OutputPlugin {
                 check: Arc::new(|_| Vec::new()),
                 open: Arc::new(move |_| {
                     o.opened.fetch_add(1, Ordering::SeqCst);
-                    Ok(Box::new(IdsSink(o.clone())) as Box<dyn sardonyx::registry::SegmentSink>)
+                    Ok(Box::new(IdsSink(o.clone())) as Box<dyn sardonyx::plugin::SegmentSink>)
                 }),
             },
         );
@@ -792,7 +792,7 @@ impl IdsOutput {
 
 struct IdsSink(IdsOutput);
 
-impl sardonyx::registry::SegmentSink for IdsSink {
+impl sardonyx::plugin::SegmentSink for IdsSink {
     fn write(&mut self, segments: &[Segment]) -> Result<(), sardonyx_connectors::ConnectorError> {
         let n = self.0.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if (self.0.fail)(n) {

@@ -11,7 +11,7 @@ use sardonyx::job::{
     AggregationDef, FlowCondition, FlowTo, PredicateExpr, Span, TaskSpec, TriggerDef,
     WatermarkSpec, WindowDef,
 };
-use sardonyx::registry::{InputPlugin, InputReader};
+use sardonyx::plugin::{InputPlugin, InputReader};
 use sardonyx::{run_job, Registry, RunOptions, Value};
 use sardonyx_connectors::jsonl::JsonLinesSource;
 use sardonyx_connectors::{ConnectorError, Position, Record, Source, SourceBatch};

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use sardonyx::registry::{SyncPlugin, SyncSink};
+use sardonyx::plugin::{SyncPlugin, SyncSink};
 use sardonyx::runtime::{run_job_with_progress, Progress, StateOptions};
 use sardonyx::{Map, Registry, RunOptions, Segment, Value};
 use sardonyx_benches::{

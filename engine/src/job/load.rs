@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::Value as Doc;
 
-use super::validate::Problem;
+use super::problem::Problem;
 use super::Job;
 
 /// A job file that could not be read: the file itself, or one problem per bad entry.
@@ -32,7 +32,7 @@ pub enum JobFileError {
         message: String,
     },
     /// Entries that do not fit the job schema, all of them.
-    #[error("{}", super::validate::render(.0))]
+    #[error("{}", super::problem::render(.0))]
     Schema(Vec<Problem>),
 }
 

@@ -8,14 +8,14 @@
 
 pub mod builder;
 mod load;
+mod problem;
 pub mod span;
-mod validate;
 
 use serde::{Deserialize, Serialize};
 
 pub use load::JobFileError;
+pub use problem::{Problem, ValidationError};
 pub use span::{Span, Unit};
-pub use validate::{Problem, ValidationError};
 
 use crate::segment::{Map, Value};
 

@@ -14,7 +14,8 @@ use super::rejections::ErrorFile;
 use super::topology::Topology;
 use super::window_stage::Syncs;
 use crate::job::{Job, TaskSpec};
-use crate::registry::{Lifecycle, PluginContext, Registry, TaskEvent};
+use crate::plugin::{Lifecycle, PluginContext, TaskEvent};
+use crate::registry::Registry;
 
 /// The resume positions of peers that have none (outputs, fresh inputs).
 static NO_POSITIONS: Positions = Positions::new();

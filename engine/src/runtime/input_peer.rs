@@ -14,7 +14,7 @@ use super::error::RunError;
 use super::input_watermark::InputWatermark;
 use super::rejections::Rejection;
 use super::router::Router;
-use crate::registry::{InputReader, Lifecycle, PluginContext};
+use crate::plugin::{InputReader, Lifecycle, PluginContext};
 use crate::segment::{self, Segment};
 
 /// The committed positions an input peer receives from its `commit_loop`.

@@ -12,7 +12,8 @@ use sardonyx_windowing::trigger::{
 use sardonyx_windowing::window::{Units, WindowSpec};
 
 use crate::job::{Job, Refinement, TaskSpec, TriggerDef, TriggerOn, WindowDef, WindowKind};
-use crate::registry::{Registry, SyncContext, SyncSink};
+use crate::plugin::{SyncContext, SyncSink};
+use crate::registry::Registry;
 use crate::segment::{Segment, Value};
 
 /// A sync sink shared by every peer of a task (one per trigger and job).

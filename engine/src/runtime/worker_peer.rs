@@ -21,7 +21,8 @@ use super::slot_log::{Committed, SlotLog};
 use super::window_stage::{Delivery, WindowStage};
 use super::COMPLETION_FIRINGS;
 use crate::job::{GroupKey, TaskKind};
-use crate::registry::{ExceptionAction, GroupFn, Lifecycle, SegmentSink};
+use crate::plugin::{ExceptionAction, Lifecycle, SegmentSink};
+use crate::registry::GroupFn;
 use crate::segment::{Segment, Value};
 use crate::slot::seen_ids::SeenPair;
 use sardonyx_windowing::Completion;
@@ -44,7 +45,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         }
         _ => None,
     };
-    let retry = crate::registry::retry_policy(&ctx.task.params).map_err(|e| ctx.plugin_error(e))?;
+    let retry = crate::plugin::retry_policy(&ctx.task.params).map_err(|e| ctx.plugin_error(e))?;
     // The built-in identity gives each segment back unchanged and cannot fail: not calling it
     // at all spares a copy of every segment (kept for the error path).
     let function = ctx

@@ -1,76 +1,17 @@
 //! Validation of a job against a registry, reporting every problem at once.
+//!
+//! It stands outside `job` because it needs the registry (every name a job uses must be
+//! registered, every plugin's params must pass the plugin's check), and the registry's plugin
+//! contexts need the job's types: kept here, the job model stays plain data below both.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt;
 
-use super::{
-    AggregationDef, ErrorsTarget, FlowTo, Job, TaskKind, TriggerDef, TriggerOn, WindowDef,
-    WindowKind,
+use crate::job::{
+    AggregationDef, ErrorsTarget, FlowTo, Job, Problem, TaskKind, TriggerDef, TriggerOn,
+    ValidationError, WindowDef, WindowKind,
 };
-use crate::registry::{PluginKind, Registry};
-
-/// One problem in a job: where it is (a task, window, trigger …), the field, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The entry at fault: `task "count"`, `window "per-minute"`, `workflow`, `job` …
-    pub location: String,
-    /// The field at fault, if one field is.
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem at `location`, optionally in `field`.
-    pub fn new(
-        location: impl Into<String>,
-        field: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
-        Problem {
-            location: location.into(),
-            field: field.map(str::to_owned),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{}, field {}: {}", self.location, field, self.message),
-            None => write!(f, "{}: {}", self.location, self.message),
-        }
-    }
-}
-
-pub(crate) fn render(problems: &[Problem]) -> String {
-    let mut s = format!(
-        "{} problem{} in the job:",
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
-    for p in problems {
-        s.push_str("\n  - ");
-        s.push_str(&p.to_string());
-    }
-    s
-}
-
-/// A job that failed validation, with every problem found.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", render(.problems))]
-pub struct ValidationError {
-    /// The problems, in the order the job's sections are checked.
-    pub problems: Vec<Problem>,
-}
-
-impl ValidationError {
-    /// The problems, each rendered as one line.
-    pub fn messages(&self) -> Vec<String> {
-        self.problems.iter().map(Problem::to_string).collect()
-    }
-}
+use crate::plugin::PluginKind;
+use crate::registry::Registry;
 
 impl Job {
     /// Checks the job against `registry`; every problem is reported, not only the first.
@@ -260,7 +201,7 @@ impl<'a> Validator<'a> {
                     ),
                 );
             }
-            if t.flux_policy == Some(super::FluxPolicy::Continue) {
+            if t.flux_policy == Some(crate::job::FluxPolicy::Continue) {
                 self.problem(
                     loc.clone(),
                     Some("flux_policy"),
@@ -285,7 +226,7 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            if let Some(super::GroupKey::Many(fields)) = &t.group_by_key {
+            if let Some(crate::job::GroupKey::Many(fields)) = &t.group_by_key {
                 if fields.is_empty() {
                     self.problem(loc.clone(), Some("group_by_key"), "an empty list of fields");
                 }
@@ -791,7 +732,7 @@ impl Validator<'_> {
             self.problem("job".into(), Some("key_groups"), message);
             return;
         }
-        let placed_by_key = |t: &&super::TaskSpec| {
+        let placed_by_key = |t: &&crate::job::TaskSpec| {
             t.group_by_key.is_some()
                 || t.group_by_fn.is_some()
                 || self.job.windows_of(&t.name).next().is_some()
