@@ -482,10 +482,7 @@ fn run_child(
         .stdout(out)
         .stderr(err);
     if let Some(n) = crash_after {
-        command.env(
-            sardonyx::runtime::CRASH_AFTER_RECORDS,
-            n.to_string(),
-        );
+        command.env(sardonyx::runtime::CRASH_AFTER_RECORDS, n.to_string());
     }
     let mut child = command
         .spawn()

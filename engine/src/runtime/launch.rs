@@ -18,7 +18,7 @@ use super::ack;
 use super::error::RunError;
 use super::job_log::StateOptions;
 use super::progress::Progress;
-use super::slot_log::SlotRecovery;
+use super::progress::SlotRecovery;
 use super::topology::{Layout, Topology};
 
 /// How to run a job.

@@ -85,15 +85,10 @@ mod topology;
 mod window_stage;
 mod worker_peer;
 
+pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
 pub use job_log::StateOptions;
 pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS};
-pub use progress::Progress;
+pub use progress::{FilterOpened, Progress, SlotRecovery};
 pub use rejections::Rejection;
-pub use slot_log::{FilterOpened, SlotRecovery, CRASH_AFTER_RECORDS};
-
-/// Most firings of one job-completion record (whole groups, so a little more at times): when
-/// every input has finished, a windowed peer fires, logs and syncs its open windows in records
-/// of about this size, so a job with many open windows (a session per user) never holds all
-/// their final firings at once.
-pub const COMPLETION_FIRINGS: usize = 4096;
+pub use slot_log::CRASH_AFTER_RECORDS;

@@ -19,12 +19,12 @@ use super::router::Router;
 use super::routing::group_key_ref;
 use super::slot_log::{Committed, SlotLog};
 use super::window_stage::{Delivery, WindowStage};
-use super::COMPLETION_FIRINGS;
 use crate::job::{GroupKey, TaskKind};
 use crate::plugin::{ExceptionAction, Lifecycle, SegmentSink};
 use crate::registry::GroupFn;
 use crate::segment::{Segment, Value};
 use crate::slot::seen_ids::SeenPair;
+use crate::slot::COMPLETION_FIRINGS;
 use sardonyx_windowing::Completion;
 
 /// Runs one function or output peer until every upstream peer is done.

@@ -33,7 +33,7 @@
 //! record, and the log drops the entries before it.
 //!
 //! **Completion.** When every input is finished, the operator fires every changed extent once,
-//! in records of about `COMPLETION_FIRINGS` firings (whole groups), each committed then
+//! in records of about [`COMPLETION_FIRINGS`] firings (whole groups), each committed then
 //! delivered, so a job with many open windows never holds all its final firings.
 //!
 //! **Recovery** ([`recover`]): a process taking a slot over appends [`SlotRecord::Owner`] with
@@ -72,6 +72,12 @@ pub use filter_mark::*;
 pub use record::*;
 pub use recovery::*;
 pub use schedule::RecordSchedule;
+
+/// Most firings of one job-completion record (whole groups, so a little more at times): when
+/// every input has finished, a windowed peer fires, logs and syncs its open windows in records
+/// of about this size, so a job with many open windows (a session per user) never holds all
+/// their final firings at once.
+pub const COMPLETION_FIRINGS: usize = 4096;
 
 #[cfg(test)]
 mod tests;
