@@ -2,7 +2,8 @@
 //!
 //! Peers exchange batches over bounded channels, so a slow task pushes back on everything
 //! upstream of it. Segments are routed per segment: flow conditions pick the downstream tasks,
-//! and a grouped task gets each key on one peer (jump consistent hashing). Finite inputs end
+//! and a grouped task gets each key on one peer (key → key group → the peer owning that
+//! key group's range, [`crate::key_groups`]). Finite inputs end
 //! the job: each peer, once all its upstream peers are done, finishes its work and tells its
 //! own downstream peers. A segment a function fails (or panics) on goes to the error output
 //! with the cause, unless a lifecycle decides to restart or kill.
@@ -35,7 +36,9 @@
 //! The worker side and exactly-once state (DESIGN §5):
 //! - `worker_peer`: function, windowed and output peers: gather, apply, log, deliver, write.
 //! - `window_stage`: a windowed task's window operator and the delivery of its decisions.
-//! - `slot_log`: a windowed slot's ledger and dedup filter (the slot's I/O).
+//! - `slot_log`: a windowed slot's ledger and dedup filter (the slot's I/O). (The protocol's
+//!   sequencing still lives in `worker_peer`; making it a sans-I/O machine in `crate::slot`
+//!   is the next step.)
 //! - `job_log`: the job's ledgers in the state log ([`StateOptions`]).
 //! - `input_log`: an input peer's committed positions in the state log.
 //!
@@ -45,9 +48,9 @@
 //! issues it an ack token ([`ack`]); its `router` places each segment on the downstream peers
 //! it goes to and sends them one batch per peer with the input's mark (`input_watermark`).
 //! A worker peer's `inbox` gathers batches from its upstream peers; the `worker_peer` applies
-//! the task's function, and for a windowed task with exactly-once state hands the batch to its
-//! slot (the protocol's machine, `crate::slot`), whose record `slot_log` appends to the slot's
-//! ledger; once committed, the `window_stage` delivers the firings (syncs, emitted segments)
+//! the task's function and windows, and for a windowed task with exactly-once state makes the
+//! batch's record (its format, recovery and scheduling rules are in [`crate::slot`]), which
+//! `slot_log` appends to the slot's ledger; once committed, the `window_stage` delivers the firings (syncs, emitted segments)
 //! and an output peer writes to its sink. Every downstream batch holds the input batch's ack;
 //! when the last is dropped the batch is done, `commit_loop` (`launch`) advances the input's
 //! committed positions, and `input_log` writes them to the state log (the input peer also
