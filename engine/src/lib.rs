@@ -24,6 +24,7 @@ pub mod data_dir;
 pub mod demo;
 pub mod job;
 pub mod key_groups;
+pub mod lifecycle;
 pub mod plugin;
 mod plugins;
 pub mod registry;

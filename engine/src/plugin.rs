@@ -1,8 +1,8 @@
 //! The plugin interface: what the runtime asks of the code a job names by plugin, sync or
 //! lifecycle. Input plugins hand over an [`InputReader`], output plugins a [`SegmentSink`], sync
 //! functions a [`SyncSink`]; each is opened with a context ([`PluginContext`], [`SyncContext`])
-//! and checks its `params` first, so a job is refused before it runs. A [`Lifecycle`] holds the
-//! hooks around a task's life. The built-in plugins (`crate::plugins`) and the connectors are
+//! and checks its `params` first, so a job is refused before it runs (a task's hooks are
+//! [`crate::lifecycle`]). The built-in plugins (`crate::plugins`) and the connectors are
 //! written against this interface alone, and a [`PluginFamily`] is how each is registered.
 
 use std::sync::Arc;
@@ -117,45 +117,6 @@ pub struct OutputPlugin {
     pub check: ParamsCheck,
     /// Opens one peer's sink.
     pub open: OutputOpen,
-}
-
-/// What a lifecycle's `handle_exception` decides for a failed segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExceptionAction {
-    /// Send the segment to the error path and go on (the default).
-    Defer,
-    /// Restart the task peer (its `before_task_start` runs again), then go on.
-    Restart,
-    /// Stop the whole job with the error.
-    Kill,
-}
-
-/// Where a lifecycle hook is called from.
-#[derive(Debug, Clone)]
-pub struct TaskEvent<'a> {
-    /// The task.
-    pub task: &'a str,
-    /// The peer's index.
-    pub peer: usize,
-}
-
-type Hook = Arc<dyn Fn(&TaskEvent<'_>) + Send + Sync>;
-type BatchHook = Arc<dyn Fn(&TaskEvent<'_>, usize) + Send + Sync>;
-type ExceptionHook = Arc<dyn Fn(&TaskEvent<'_>, &Segment, &str) -> ExceptionAction + Send + Sync>;
-
-/// Hooks around a task's life; every hook is optional.
-#[derive(Clone, Default)]
-pub struct Lifecycle {
-    /// Before the peer takes its first batch (and after a restart).
-    pub before_task_start: Option<Hook>,
-    /// Before each batch, with its size.
-    pub before_batch: Option<BatchHook>,
-    /// After each batch, with its size.
-    pub after_batch: Option<BatchHook>,
-    /// After the peer has finished (or before a restart).
-    pub after_task_stop: Option<Hook>,
-    /// Decides what a failed segment does: defer (error path), restart or kill.
-    pub handle_exception: Option<ExceptionHook>,
 }
 
 /// The plugins of one family — a built-in such as `sardonyx/jsonl`, or a connector — by name:

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use sardonyx_windowing::aggregation::Aggregation;
 use tokio::sync::mpsc;
 
-use crate::plugin::{InputPlugin, Lifecycle, OutputPlugin, PluginFamily, PluginKind, SyncPlugin};
+use crate::lifecycle::Lifecycle;
+use crate::plugin::{InputPlugin, OutputPlugin, PluginFamily, PluginKind, SyncPlugin};
 use crate::plugins::{self, channel::ChannelEndpoints};
 use crate::segment::{Map, Segment, Value};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sardonyx::job::builder::JobBuilder;
 use sardonyx::job::TaskSpec;
-use sardonyx::plugin::{ExceptionAction, Lifecycle};
+use sardonyx::lifecycle::{ExceptionAction, Lifecycle};
 use sardonyx::{run_job, Registry, RunError, RunOptions, Segment, Value};
 
 fn seg(i: i64) -> Segment {

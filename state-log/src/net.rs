@@ -31,7 +31,7 @@ use crate::types::{LedgerInfo, LedgerRead, RequestId, ServerStatus};
 /// whole in one `Snapshot` request (an engine snapshot is zstd-compressed window state and
 /// dedup filter; Q4 of the vote benchmark: 1.2 MB), whereas Raft's `InstallSnapshot` is chunked
 /// by openraft (3 MiB chunks), `AppendEntries` is split on [`Error::TooLarge`] and reads are
-/// paged ([`READ_PAGE_BYTES`]).
+/// paged (`READ_PAGE_BYTES`, 32 MiB).
 pub const MAX_FRAME_BYTES: usize = 128 << 20;
 
 /// Largest record or snapshot a client may append: a frame less room for the request around

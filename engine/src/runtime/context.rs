@@ -8,13 +8,14 @@ use sardonyx_connectors::Positions;
 use tokio::time::Instant;
 
 use super::error::RunError;
-use super::job_log::JobState;
+use super::job_log::JobLog;
 use super::progress::Progress;
 use super::rejections::ErrorFile;
 use super::topology::Topology;
 use super::window_stage::Syncs;
 use crate::job::{Job, TaskSpec};
-use crate::plugin::{Lifecycle, PluginContext, TaskEvent};
+use crate::lifecycle::{Lifecycle, TaskEvent};
+use crate::plugin::PluginContext;
 use crate::registry::Registry;
 
 /// The resume positions of peers that have none (outputs, fresh inputs).
@@ -34,7 +35,7 @@ pub(super) struct PeerContext {
     pub(super) progress: Arc<Progress>,
     pub(super) syncs: Arc<Syncs>,
     /// The job's exactly-once state, if it has a state log.
-    pub(super) state: Option<Arc<JobState>>,
+    pub(super) state: Option<Arc<JobLog>>,
 }
 
 impl PeerContext {

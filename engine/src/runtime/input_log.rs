@@ -8,18 +8,18 @@ use sardonyx_state_log::RequestId;
 use tokio::sync::watch;
 
 use super::error::RunError;
-use super::job_log::{corrupt, decode, encode, log_error, JobState};
+use super::job_log::{corrupt, decode, encode, log_error, JobLog};
 
 /// An input peer's committed positions in the state log: each record is the peer's whole
 /// committed [`Positions`] (every partition it reads) at the time it was written.
 pub(super) struct InputLog {
-    js: Arc<JobState>,
+    js: Arc<JobLog>,
     ledger: String,
 }
 
 impl InputLog {
     /// The input peer's ledger.
-    pub fn new(js: Arc<JobState>, task: &str, peer: usize) -> Self {
+    pub fn new(js: Arc<JobLog>, task: &str, peer: usize) -> Self {
         let ledger = format!("{}/input", js.slot_ledger(task, peer));
         InputLog { js, ledger }
     }

@@ -14,7 +14,8 @@ use super::error::RunError;
 use super::input_watermark::InputWatermark;
 use super::rejections::Rejection;
 use super::router::Router;
-use crate::plugin::{InputReader, Lifecycle, PluginContext};
+use crate::lifecycle::Lifecycle;
+use crate::plugin::{InputReader, PluginContext};
 use crate::segment::{self, Segment};
 
 /// The committed positions an input peer receives from its `commit_loop`.

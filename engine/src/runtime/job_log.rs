@@ -189,8 +189,9 @@ pub(super) fn process_nonce() -> u64 {
     h.finish()
 }
 
-/// The job-wide part: which generation, which epoch, where ledgers live.
-pub(super) struct JobState {
+/// A job's place in the state log for this run: its generation, this run's epoch, and where
+/// its ledgers live.
+pub(super) struct JobLog {
     pub options: StateOptions,
     /// True when this run continues an earlier run's state (same generation).
     pub resumed: bool,
@@ -202,14 +203,14 @@ pub(super) struct JobState {
     pub(super) nonce: u64,
 }
 
-impl JobState {
+impl JobLog {
     /// Reads the job's meta ledger, checks the peer counts of a resumed job, and records this run.
     pub async fn open(
         job: &Job,
         options: StateOptions,
         peers: &BTreeMap<String, usize>,
         windowed: Vec<String>,
-    ) -> Result<JobState, RunError> {
+    ) -> Result<JobLog, RunError> {
         let name = job_name(job);
         let meta_ledger = format!("{name}/meta");
         let store = &options.store;
@@ -274,7 +275,7 @@ impl JobState {
         if let Some(old) = last.filter(|m| m.generation != generation) {
             drop_generation(store.as_ref(), &name, &old).await?;
         }
-        Ok(JobState {
+        Ok(JobLog {
             resumed,
             prefix: format!("{name}/g{generation}"),
             epoch: pos + 1,
@@ -364,7 +365,7 @@ mod tests {
             async move {
                 let peers = BTreeMap::from([("count".to_owned(), n), ("read".to_owned(), 1)]);
                 let options = StateOptions::new(store, dir);
-                JobState::open(&job(id), options, &peers, vec!["count".into()]).await
+                JobLog::open(&job(id), options, &peers, vec!["count".into()]).await
             }
         };
         for (i, (id, n)) in [("split", 3_u64), ("whole", 1)].into_iter().enumerate() {
@@ -403,7 +404,7 @@ mod tests {
         let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
         let mut options = StateOptions::new(store.clone(), dir.path().join("split"));
         options.fresh = true;
-        let fresh = JobState::open(&job("split"), options, &peers, vec!["count".into()])
+        let fresh = JobLog::open(&job("split"), options, &peers, vec!["count".into()])
             .await
             .unwrap();
         assert_eq!((fresh.resumed, fresh.prefix.as_str()), (false, "split/g1"));
@@ -428,7 +429,7 @@ mod tests {
                 .build();
             let peers = BTreeMap::from([("count".to_owned(), 2), ("read".to_owned(), 1)]);
             let options = StateOptions::new(store.clone(), dir.path().join("votes"));
-            async move { JobState::open(&job, options, &peers, vec!["count".into()]).await }
+            async move { JobLog::open(&job, options, &peers, vec!["count".into()]).await }
         };
         assert!(!open(256).await.unwrap().resumed);
         let err = open(512).await.err().expect("a resume across key groups");

@@ -279,7 +279,7 @@ impl Attempt<'_> {
                     .map(|t| t.name.clone())
                     .collect();
                 Some(Arc::new(
-                    super::job_log::JobState::open(job, state, &layout.peers, windowed).await?,
+                    super::job_log::JobLog::open(job, state, &layout.peers, windowed).await?,
                 ))
             }
             None => None,

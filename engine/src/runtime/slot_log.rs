@@ -8,7 +8,7 @@ use std::time::Instant;
 use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
 
 use super::error::RunError;
-use super::job_log::{log_error, slot_write_error, JobState};
+use super::job_log::{log_error, slot_write_error, JobLog};
 use super::progress::{FilterOpened, Progress, SlotRecovery};
 use crate::slot::{self, FilterMark, FilterPlan, RecordSchedule, SlotRecord};
 use sardonyx_windowing::trigger::Firing;
@@ -124,7 +124,7 @@ pub(crate) struct Committed {
 
 /// One windowed slot's ledger and dedup filter.
 pub(crate) struct SlotLog {
-    js: Arc<JobState>,
+    js: Arc<JobLog>,
     ledger: String,
     client: u64,
     seq: u64,
@@ -145,7 +145,7 @@ impl SlotLog {
     /// reads the snapshot and the tail, rebuilds `op` and the dedup filter. Returns the firings
     /// of the last batch to sync again.
     pub async fn open(
-        js: Arc<JobState>,
+        js: Arc<JobLog>,
         task: &str,
         peer: usize,
         dedup: bool,
@@ -405,7 +405,7 @@ mod tests {
         let mut options = StateOptions::new(store.clone(), dir);
         options.compact_after_bytes = 0;
         let peers = BTreeMap::from([("count".to_owned(), 1)]);
-        let js = JobState::open(&job, options, &peers, vec!["count".into()]).await?;
+        let js = JobLog::open(&job, options, &peers, vec!["count".into()]).await?;
         let mut op = operator();
         let (slot, _) = SlotLog::open(
             Arc::new(js),
@@ -481,7 +481,7 @@ mod tests {
         assert_refused(a.maybe_compact(&op_a).await, &ledger);
         // So is a stale run taking the slot over again (its `Owner` record).
         drop(a);
-        let stale = JobState {
+        let stale = JobLog {
             options: StateOptions::new(store.clone(), dir.path().join("a")),
             resumed: true,
             prefix: "fencing/g0".into(),

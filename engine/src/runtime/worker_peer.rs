@@ -20,7 +20,8 @@ use super::routing::group_key_ref;
 use super::slot_log::{Committed, SlotLog};
 use super::window_stage::{Delivery, WindowStage};
 use crate::job::{GroupKey, TaskKind};
-use crate::plugin::{ExceptionAction, Lifecycle, SegmentSink};
+use crate::lifecycle::{ExceptionAction, Lifecycle};
+use crate::plugin::SegmentSink;
 use crate::registry::GroupFn;
 use crate::segment::{Segment, Value};
 use crate::slot::seen_ids::SeenPair;
@@ -265,7 +266,10 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         tokio::task::spawn_blocking(move || s.flush())
             .await
             .map_err(RunError::PeerTask)?
-            .map_err(|e| ctx.plugin_error(e.to_string()))?;
+            .map_err(|source| RunError::Sink {
+                task: ctx.task.name.clone(),
+                source,
+            })?;
     }
     router.finish().await;
     call_hooks(&lifecycles, |l| {
