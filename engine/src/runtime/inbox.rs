@@ -303,4 +303,41 @@ mod tests {
             _ => panic!("expected a batch"),
         }
     }
+
+    /// A batch that is not full goes out the task's batch timeout after its first message
+    /// arrived: what arrives meanwhile joins it, what arrives later waits for the next batch.
+    /// (On tokio's paused clock: the test takes no time.)
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_is_not_full_goes_out_at_its_timeout() {
+        let (mut inbox, tx) = inbox(100, Duration::from_millis(50));
+        let sender = tokio::spawn(async move {
+            tx.send(batch(0, segments(0, 1), None, false))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tx.send(batch(1, segments(1, 2), None, false))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            tx.send(batch(0, segments(2, 3), None, false))
+                .await
+                .unwrap();
+            tx
+        });
+        let start = Instant::now();
+        match inbox.gather(None).await {
+            Gathered::Batch(s, _) => assert_eq!(numbers(&s), vec![0, 1]),
+            _ => panic!("expected a batch"),
+        }
+        let waited = start.elapsed();
+        assert!(
+            (Duration::from_millis(50)..Duration::from_millis(70)).contains(&waited),
+            "the batch went out after {waited:?}"
+        );
+        let _tx = sender.await.unwrap();
+        match inbox.gather(None).await {
+            Gathered::Batch(s, _) => assert_eq!(numbers(&s), vec![2]),
+            _ => panic!("expected a batch"),
+        }
+    }
 }
