@@ -10,7 +10,8 @@ use sardonyx_connectors::ConnectorError;
 use tokio::sync::mpsc;
 
 use crate::plugin::{
-    require_string, InputPlugin, InputReader, OutputPlugin, PluginFamily, SegmentSink,
+    require_string, InputPlugin, InputReader, OutputPlugin, PluginContext, PluginFamily,
+    SegmentSink,
 };
 use crate::segment::{Segment, Value};
 
@@ -52,6 +53,15 @@ impl ChannelEndpoints {
     }
 }
 
+/// The channel a `sardonyx/channel` task names (its `channel` param, checked to be a string).
+fn channel_name<'a>(ctx: &PluginContext<'a>) -> &'a str {
+    ctx.task
+        .params
+        .get("channel")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// The `sardonyx/channel` input and output, reading and writing the channels of `channels`.
 pub(crate) fn family(channels: &ChannelEndpoints) -> PluginFamily {
     PluginFamily {
@@ -60,12 +70,7 @@ pub(crate) fn family(channels: &ChannelEndpoints) -> PluginFamily {
             InputPlugin {
                 check: Arc::new(|p| require_string(p, "channel")),
                 open: Arc::new(move |ctx| {
-                    let name = ctx
-                        .task
-                        .params
-                        .get("channel")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
+                    let name = channel_name(ctx);
                     let mut ch = channels.lock();
                     if ctx.peer > 0 {
                         return Ok(InputReader::Nothing);
@@ -86,12 +91,7 @@ pub(crate) fn family(channels: &ChannelEndpoints) -> PluginFamily {
             OutputPlugin {
                 check: Arc::new(|p| require_string(p, "channel")),
                 open: Arc::new(move |ctx| {
-                    let name = ctx
-                        .task
-                        .params
-                        .get("channel")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
+                    let name = channel_name(ctx);
                     let ch = channels.lock();
                     ch.outputs
                     .get(name)
