@@ -63,12 +63,14 @@
 //! and `runtime/worker_peer.rs` (the per-batch loop, pipelining, completion).
 
 pub mod filter_mark;
+pub mod machine;
 pub mod record;
 pub mod recovery;
 pub mod schedule;
 pub(crate) mod seen_ids;
 
 pub use filter_mark::*;
+pub use machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
 pub use record::*;
 pub use recovery::*;
 pub use schedule::RecordSchedule;
@@ -79,5 +81,7 @@ pub use schedule::RecordSchedule;
 /// their final firings at once.
 pub const COMPLETION_FIRINGS: usize = 4096;
 
+#[cfg(test)]
+mod machine_tests;
 #[cfg(test)]
 mod tests;

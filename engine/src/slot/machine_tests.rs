@@ -1,0 +1,511 @@
+//! The slot machine driven by a test driver without I/O: a ledger in a `Vec`, a filter in a
+//! set, a source that replays what was not released after a crash. Invariants are checked as
+//! each command is carried out; the final state against a model.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
+
+use proptest::prelude::*;
+use sardonyx_windowing::trigger::{Refinement, TriggerSpec};
+use sardonyx_windowing::{aggregation, Map, Snapshot, Value, WindowOperator, WindowSpec};
+
+use super::machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
+use super::record::{encode_record, encode_snapshot, id_key, SlotRecord, SlotSnapshot};
+use super::recovery::recover;
+use crate::segment::Segment;
+
+fn operator() -> WindowOperator {
+    WindowOperator::new(
+        vec![
+            WindowSpec::global("all", aggregation::count()),
+            WindowSpec::fixed("ten", "t", 10, aggregation::count()),
+        ],
+        vec![
+            TriggerSpec::segment("all", "every-3", 3),
+            TriggerSpec::watermark("ten", "closed", 0).refinement(Refinement::Discarding),
+        ],
+    )
+    .unwrap()
+}
+
+/// Every segment in one group.
+struct NoGroup;
+
+impl GroupOf for NoGroup {
+    fn group_of<'s>(&self, _: &'s Segment) -> Result<Cow<'s, Value>, String> {
+        Ok(Cow::Owned(Value::Null))
+    }
+}
+
+/// The global count of an operator.
+fn count(op: &WindowOperator) -> i64 {
+    match op.extents("all", &Value::Null).first().map(|v| &v.state) {
+        Some(Value::Int(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// A segment: `Some(id)` with the uniqueness field, `None` without (rejected).
+fn segment(id: Option<i64>, t: i64) -> Segment {
+    let mut m = Map::new();
+    if let Some(id) = id {
+        m.insert("id", id);
+    }
+    m.insert("t", t);
+    m
+}
+
+/// The durable side: what survives a crash.
+#[derive(Default)]
+struct Disk {
+    /// Committed entries after the snapshot, by position.
+    entries: Vec<(u64, Vec<u8>)>,
+    next_position: u64,
+    /// The last snapshot (position, bytes) and the filter's contents when it was written.
+    snapshot: Option<(u64, Vec<u8>, HashSet<Vec<u8>>)>,
+}
+
+/// A run of the slot over a source of batches (each a list of `(id, time)`), recording what it
+/// did, checking invariants at every command.
+struct Harness {
+    disk: Disk,
+    source: Vec<Vec<(Option<i64>, i64)>>,
+    /// The first source batch not released (where the input resumes after a crash).
+    resume: usize,
+    /// The next source batch to feed.
+    next: usize,
+    /// Source index of each seq fed in this run.
+    fed: Vec<usize>,
+    slot: Slot,
+    epoch: u64,
+    filter: HashSet<Vec<u8>>,
+    in_flight: Option<Vec<u8>>,
+    rejected: usize,
+    outputs: usize,
+    compactions: usize,
+    log: bool,
+    pipelined: bool,
+}
+
+impl Harness {
+    fn new(source: Vec<Vec<(Option<i64>, i64)>>, log: bool, pipelined: bool) -> Self {
+        let mut h = Harness {
+            disk: Disk::default(),
+            source,
+            resume: 0,
+            next: 0,
+            fed: Vec::new(),
+            slot: Slot::new(operator(), config(log, pipelined, 0)),
+            epoch: 0,
+            filter: HashSet::new(),
+            in_flight: None,
+            rejected: 0,
+            outputs: 0,
+            compactions: 0,
+            log,
+            pipelined,
+        };
+        h.start();
+        h
+    }
+
+    /// A run starts (after a crash, or the first): takes the slot over, recovers it.
+    fn start(&mut self) {
+        self.epoch += 1;
+        self.slot = Slot::new(operator(), config(self.log, self.pipelined, self.epoch));
+        self.fed.clear();
+        self.next = self.resume;
+        self.in_flight = None;
+        if self.log {
+            self.commit_bytes(encode_record(&SlotRecord::Owner { epoch: self.epoch }));
+            let snapshot = self
+                .disk
+                .snapshot
+                .as_ref()
+                .map(|(p, b, _)| (*p, b.as_slice()));
+            let recovered = self
+                .slot
+                .on_recovered(snapshot, &self.disk.entries)
+                .expect("the ledger recovers");
+            // What the filter holds after recovery ([`super::filter_plan`]): the snapshot's
+            // export and every replayed record's ids.
+            self.filter = self
+                .disk
+                .snapshot
+                .as_ref()
+                .map(|s| s.2.clone())
+                .unwrap_or_default();
+            for (_, ids) in &recovered.batch_ids {
+                self.filter.extend(ids.keys());
+            }
+        }
+        self.slot.on_started(0);
+    }
+
+    fn commit_bytes(&mut self, bytes: Vec<u8>) -> u64 {
+        let p = self.disk.next_position;
+        self.disk.next_position += 1;
+        self.disk.entries.push((p, bytes));
+        p
+    }
+
+    /// The operator state the ledger replays to.
+    fn replayed(&self) -> WindowOperator {
+        let mut op = operator();
+        let snapshot = self
+            .disk
+            .snapshot
+            .as_ref()
+            .map(|(p, b, _)| (*p, b.as_slice()));
+        recover("slot", &mut op, snapshot, &self.disk.entries).expect("the ledger replays");
+        op
+    }
+
+    /// Distinct ids of source batches `..end`.
+    fn distinct_ids(&self, end: usize) -> usize {
+        let ids: BTreeSet<i64> = self.source[..end]
+            .iter()
+            .flatten()
+            .filter_map(|(id, _)| *id)
+            .collect();
+        ids.len()
+    }
+
+    /// Carries out every queued command, checking the invariants.
+    fn drain(&mut self) {
+        while let Some(c) = self.slot.next_command() {
+            match c {
+                Command::LookUpIds => {
+                    let answers: Vec<bool> = self
+                        .slot
+                        .lookup_keys()
+                        .map(|k| self.filter.contains(k))
+                        .collect();
+                    self.slot.on_ids_looked_up(&answers, &NoGroup);
+                }
+                Command::Reject { reason, .. } => {
+                    assert_eq!(reason, "uniqueness_key field \"id\" is missing");
+                    self.rejected += 1;
+                }
+                Command::CountDuplicates(_) => {}
+                Command::Append { bytes, .. } => {
+                    assert!(self.log, "memory mode appends nothing");
+                    assert!(
+                        self.in_flight.is_none(),
+                        "records are appended one at a time"
+                    );
+                    self.in_flight = Some(bytes);
+                }
+                Command::InsertIds { ids, mark } => {
+                    assert!(
+                        self.disk.entries.iter().any(|(p, _)| *p == mark.position),
+                        "ids are inserted only once their record is committed"
+                    );
+                    self.filter.extend(ids.keys());
+                }
+                Command::Deliver(_) | Command::Output { .. } | Command::Flush => {
+                    assert!(
+                        self.in_flight.is_none(),
+                        "nothing is delivered while a record is in flight"
+                    );
+                    if let Command::Output { segments, .. } = c {
+                        self.outputs += segments.len();
+                    }
+                }
+                Command::Compact { position, .. } => {
+                    assert!(self.in_flight.is_none());
+                    assert_eq!(
+                        Some(position),
+                        self.disk.entries.last().map(|e| e.0),
+                        "a snapshot covers the last committed record"
+                    );
+                    assert_eq!(
+                        self.replayed().snapshot(),
+                        self.slot.operator().snapshot(),
+                        "the snapshot is the state of exactly the committed records"
+                    );
+                    let bytes = encode_snapshot(&SlotSnapshot {
+                        epoch: self.epoch,
+                        operator: self.slot.operator().snapshot(),
+                        legacy_groups: Vec::new(),
+                        filter: Vec::new(),
+                    });
+                    self.disk.snapshot = Some((position, bytes, self.filter.clone()));
+                    self.disk.entries.clear();
+                    self.compactions += 1;
+                }
+                Command::Release { through } => {
+                    assert!(self.in_flight.is_none(), "released before its commit");
+                    let end = self.fed[through as usize] + 1;
+                    assert!(end > self.resume, "released in order, each batch once");
+                    self.resume = end;
+                    if self.log {
+                        assert_eq!(
+                            count(&self.replayed()) as usize,
+                            self.distinct_ids(end),
+                            "a released batch's ids are counted in the ledger, once"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one step of the slot; `coin` decides what the world does where it may choose.
+    /// Returns false once the slot is done.
+    fn step(&mut self, coin: u8) -> bool {
+        self.drain();
+        match self.slot.want(coin & 1 == 1) {
+            Want::Done => return false,
+            Want::Commit => {
+                let bytes = self.in_flight.take().expect("a record in flight");
+                let p = self.commit_bytes(bytes);
+                self.slot.on_committed(p);
+            }
+            Want::QueuedBatch if coin & 2 == 0 || self.next == self.source.len() => {
+                self.slot.on_queue_empty()
+            }
+            Want::QueuedBatch | Want::Batch => {
+                if self.next == self.source.len() {
+                    self.slot.on_inputs_finished(false);
+                } else {
+                    let seq = self.fed.len() as u64;
+                    self.fed.push(self.next);
+                    let batch = &self.source[self.next];
+                    self.next += 1;
+                    let wm = batch.iter().map(|(_, t)| t - 3).max();
+                    self.slot.on_batch(
+                        Batch {
+                            seq,
+                            segments: batch.iter().map(|&(id, t)| segment(id, t)).collect(),
+                            inputs: vec![(0, seq)],
+                            watermark: wm,
+                            now_ms: 0,
+                        },
+                        &NoGroup,
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    /// The process dies: the machine is dropped, the append in flight committed or not.
+    fn crash(&mut self, append_committed: bool) {
+        if let (Some(bytes), true) = (self.in_flight.take(), append_committed) {
+            self.commit_bytes(bytes);
+        }
+        self.start();
+    }
+
+    fn run(&mut self, coins: &[u8], crashes: &[(usize, bool)]) {
+        let mut i = 0;
+        loop {
+            if let Some(&(_, committed)) = crashes.iter().find(|(at, _)| *at == i) {
+                self.crash(committed);
+            }
+            if !self.step(coins.get(i % coins.len().max(1)).copied().unwrap_or(0)) {
+                break;
+            }
+            i += 1;
+            assert!(i < 100_000, "the slot finishes");
+        }
+        self.drain();
+    }
+}
+
+fn config(log: bool, pipelined: bool, epoch: u64) -> SlotConfig {
+    SlotConfig {
+        ledger: "slot".into(),
+        uniqueness_key: Some("id".into()),
+        timer: false,
+        pipelined,
+        log: log.then_some(LogConfig {
+            epoch,
+            compact_after_bytes: 200,
+            max_merged_batches: 3,
+        }),
+    }
+}
+
+fn snapshot_of(h: &Harness) -> Snapshot {
+    h.slot.operator().snapshot()
+}
+
+#[test]
+fn a_batch_is_appended_then_delivered_and_released_after_its_commit() {
+    let mut slot = Slot::new(operator(), config(true, true, 1));
+    slot.on_recovered(None, &[]).unwrap();
+    slot.on_started(0);
+    assert!(
+        slot.next_command().is_none(),
+        "nothing to log at a fresh start"
+    );
+    assert_eq!(slot.want(false), Want::Batch);
+    let batch = Batch {
+        seq: 0,
+        segments: vec![segment(Some(1), 5), segment(None, 6), segment(Some(2), 7)],
+        inputs: vec![(0, 10)],
+        watermark: None,
+        now_ms: 0,
+    };
+    slot.on_batch(batch, &NoGroup);
+    assert!(matches!(slot.next_command(), Some(Command::LookUpIds)));
+    let keys: Vec<Vec<u8>> = slot.lookup_keys().map(<[u8]>::to_vec).collect();
+    assert_eq!(
+        keys,
+        vec![id_key(&Value::Int(1)), vec![], id_key(&Value::Int(2))]
+    );
+    slot.on_ids_looked_up(&[false, false, true], &NoGroup);
+    let Some(Command::Reject { reason, .. }) = slot.next_command() else {
+        panic!("the segment without an id is rejected")
+    };
+    assert_eq!(reason, "uniqueness_key field \"id\" is missing");
+    assert!(matches!(
+        slot.next_command(),
+        Some(Command::CountDuplicates(1))
+    ));
+    let Some(Command::Append { ids: 1, .. }) = slot.next_command() else {
+        panic!("one record with one new id")
+    };
+    assert!(
+        slot.next_command().is_none(),
+        "nothing goes on before the commit"
+    );
+    // The first queued batch is taken whether or not the commit has finished.
+    assert_eq!(slot.want(true), Want::QueuedBatch);
+    assert_eq!(slot.want(false), Want::QueuedBatch);
+    slot.on_queue_empty();
+    assert_eq!(slot.want(false), Want::Commit);
+    slot.on_committed(7);
+    let Some(Command::Output {
+        segments,
+        through: 0,
+    }) = slot.next_command()
+    else {
+        panic!("the batch goes on")
+    };
+    assert_eq!(
+        segments.len(),
+        2,
+        "the new segment and the duplicate travel on"
+    );
+    assert!(matches!(
+        slot.next_command(),
+        Some(Command::Release { through: 0 })
+    ));
+    assert!(slot.next_command().is_none());
+    assert_eq!(count(slot.operator()), 1);
+    slot.on_inputs_finished(false);
+    let Some(Command::InsertIds { ids, mark }) = slot.next_command() else {
+        panic!("the last record's ids go into the filter before completion")
+    };
+    assert_eq!(
+        (ids.keys(), mark.position),
+        (vec![id_key(&Value::Int(1))], 7)
+    );
+}
+
+#[test]
+fn a_batch_applied_while_a_record_commits_is_appended_only_after_it_is_delivered() {
+    let mut h = Harness::new(
+        vec![
+            vec![(Some(1), 1), (Some(2), 2)],
+            vec![(Some(2), 3), (Some(3), 4)],
+        ],
+        true,
+        true,
+    );
+    h.step(0); // batch 0 applied, appended
+    h.drain();
+    assert!(h.in_flight.is_some());
+    h.step(2); // batch 1 applied ahead (the coin says one is queued)
+    h.drain();
+    assert_eq!(
+        h.disk.entries.len(),
+        1,
+        "only the owner record is committed"
+    );
+    assert_eq!(count(h.slot.operator()), 3, "applied ahead of the commit");
+    assert_eq!(h.resume, 0, "nothing released");
+    h.step(0); // no more queued
+    h.step(0); // commit of batch 0: delivered, released; batch 1 appended
+    h.drain();
+    assert_eq!(h.resume, 1);
+    assert!(h.in_flight.is_some());
+    h.run(&[0], &[]);
+    assert_eq!(h.resume, 2);
+    assert_eq!(
+        count(&h.replayed()),
+        3,
+        "id 2 counted once across the two records"
+    );
+}
+
+#[test]
+fn lifecycle_hooks_turn_pipelining_off() {
+    let mut h = Harness::new(vec![vec![(Some(1), 1)], vec![(Some(2), 2)]], true, false);
+    h.step(3);
+    h.drain();
+    assert_eq!(h.slot.want(false), Want::Commit);
+}
+
+#[test]
+fn memory_mode_delivers_at_once_and_counts_duplicates_only_by_the_operator() {
+    let mut h = Harness::new(
+        vec![vec![(Some(1), 1), (Some(1), 2)], vec![(None, 3)]],
+        false,
+        true,
+    );
+    h.run(&[3], &[]);
+    assert_eq!(
+        count(h.slot.operator()),
+        3,
+        "no deduplication without a log"
+    );
+    assert_eq!(h.rejected, 0);
+    assert_eq!(h.outputs, 3);
+}
+
+#[test]
+fn a_crash_with_the_append_committed_but_unacknowledged_counts_it_once() {
+    let source = vec![vec![(Some(1), 1), (Some(2), 2)], vec![(Some(3), 3)]];
+    let mut h = Harness::new(source, true, true);
+    h.step(0);
+    h.drain();
+    h.crash(true); // the record reached the log; the batch was never released
+    h.run(&[0], &[]);
+    assert_eq!(count(&h.replayed()), 3);
+    assert_eq!(count(h.slot.operator()), 3);
+}
+
+fn sources() -> impl Strategy<Value = Vec<Vec<(Option<i64>, i64)>>> {
+    prop::collection::vec(
+        prop::collection::vec((prop::option::weighted(0.95, 0_i64..40), 0_i64..60), 0..6),
+        0..14,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Random sources (ids repeated within and across batches, segments without ids), commits
+    /// arriving early or late, batches queued or not, crashes with the append in flight lost
+    /// or committed: the invariants hold at every command, every batch is released, and the
+    /// final count is exactly the number of distinct ids, in the slot and in the ledger.
+    #[test]
+    fn every_id_is_counted_once_whatever_happens(
+        source in sources(),
+        coins in prop::collection::vec(any::<u8>(), 1..40),
+        crashes in prop::collection::vec((0_usize..60, any::<bool>()), 0..3),
+        pipelined in any::<bool>(),
+    ) {
+        let mut h = Harness::new(source, true, pipelined);
+        h.run(&coins, &crashes);
+        let distinct = h.distinct_ids(h.source.len());
+        prop_assert_eq!(h.resume, h.source.len(), "every batch released");
+        prop_assert_eq!(count(h.slot.operator()) as usize, distinct);
+        let replayed = h.replayed();
+        prop_assert_eq!(replayed.snapshot(), snapshot_of(&h), "the ledger replays to the slot's state");
+    }
+}
