@@ -1,17 +1,18 @@
-//! A windowed slot's ledger and dedup filter: taking the slot over (owner record, recovery),
-//! appending its batch records, inserting committed ids into the filter, compaction.
+//! A windowed slot's ledger and dedup filter: the I/O of the slot machine
+//! ([`crate::slot::Slot`]) — taking the slot over (owner record, reading the ledger, opening
+//! the filter), appending its batch records, looking ids up and inserting committed ones,
+//! writing snapshots. The machine decides what and when; nothing is decided here.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sardonyx_state_log::{DedupConfig, DedupFilter, RequestId};
+use sardonyx_state_log::{DedupConfig, DedupFilter, LedgerRead, RequestId};
 
 use super::error::RunError;
 use super::job_log::{log_error, slot_write_error, JobLog};
 use super::progress::{FilterOpened, Progress, SlotRecovery};
-use crate::slot::{self, FilterMark, FilterPlan, RecordSchedule, SlotRecord};
-use sardonyx_windowing::trigger::Firing;
+use crate::slot::{self, FilterMark, FilterPlan, SlotRecord};
 use sardonyx_windowing::WindowOperator;
 
 /// The error of the dedup filter of the slot `ledger`.
@@ -100,58 +101,52 @@ fn crash_point_after_commit() {
     }
 }
 
-/// A batch record being appended ([`SlotLog::begin_commit`]).
-pub(crate) struct InFlight {
+/// A batch record being appended ([`SlotLog::begin_append`]).
+pub(crate) struct Appending {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
     len: u64,
-    crc: u32,
-    ids: slot::Ids,
+    ids: u64,
 }
 
-impl InFlight {
-    /// True once the append has finished (committed or failed): [`SlotLog::end_commit`] will
+impl Appending {
+    /// True once the append has finished (committed or failed): [`SlotLog::end_append`] will
     /// not wait.
     pub fn is_finished(&self) -> bool {
         self.append.is_finished()
     }
 }
 
-/// The ids of a committed batch record, for the dedup filter ([`SlotLog::insert_committed`]).
-pub(crate) struct Committed {
-    ids: slot::Ids,
-    mark: FilterMark,
+/// A slot's ledger as [`SlotLog::take_over`] read it, for recovery.
+pub(crate) struct TakenOver {
+    /// The snapshot and the entries after it.
+    pub read: LedgerRead,
+    started: Instant,
 }
 
-/// One windowed slot's ledger and dedup filter.
+/// One windowed slot's ledger and dedup filter: carries out the I/O commands of the slot
+/// machine ([`crate::slot::Slot`]), which decides when and what.
 pub(crate) struct SlotLog {
     js: Arc<JobLog>,
     ledger: String,
     client: u64,
     seq: u64,
-    epoch: u64,
     /// The fence of every write to the ledger: this run's epoch, to which the `Owner` record
     /// raised the ledger's fence (the log refuses it once a newer run has written there).
     fence: u64,
     filter: Option<DedupFilter>,
-    last_position: Option<u64>,
-    /// When to compact and how many batches to merge (decided there, carried out here).
-    schedule: RecordSchedule,
     progress: Arc<Progress>,
 }
 
 impl SlotLog {
     /// Takes over a slot: announces this run as its owner (a write fenced with the run's epoch,
-    /// which raises the ledger's fence to it, so that older runs can no longer write there),
-    /// reads the snapshot and the tail, rebuilds `op` and the dedup filter. Returns the firings
-    /// of the last batch to sync again.
-    pub async fn open(
+    /// which raises the ledger's fence to it, so that older runs can no longer write there) and
+    /// reads the snapshot and the tail, for [`crate::slot::Slot::on_recovered`].
+    pub async fn take_over(
         js: Arc<JobLog>,
         task: &str,
         peer: usize,
-        dedup: bool,
-        op: &mut WindowOperator,
         progress: Arc<Progress>,
-    ) -> Result<(SlotLog, Vec<Firing>), RunError> {
+    ) -> Result<(SlotLog, TakenOver), RunError> {
         let started = Instant::now();
         let ledger = js.slot_ledger(task, peer);
         let store = js.options.store.clone();
@@ -161,36 +156,59 @@ impl SlotLog {
             .append_fenced(&ledger, js.epoch, RequestId::new(client, 0), owner)
             .await
             .map_err(slot_write_error(&ledger))?;
-        let mut read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
-        let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-        let mut recovered = slot::recover(&ledger, op, snapshot, &read.entries)?;
+        let read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
+        let log = SlotLog {
+            ledger,
+            client,
+            seq: 1,
+            fence: js.epoch,
+            filter: None,
+            js,
+            progress,
+        };
+        Ok((log, TakenOver { read, started }))
+    }
+
+    /// The slot's ledger.
+    pub fn ledger(&self) -> &str {
+        &self.ledger
+    }
+
+    /// After recovery: opens the slot's dedup filter (`dedup`) and brings it up to date with
+    /// the ledger just recovered ([`open_filter`]); reports the recovery.
+    pub async fn recovered(
+        &mut self,
+        dedup: bool,
+        mut recovered: slot::Recovered,
+        taken: TakenOver,
+    ) -> Result<(), RunError> {
+        let TakenOver { mut read, started } = taken;
         let snapshot = read.snapshot.take();
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
-        let filter = if dedup {
-            let dir = js
+        if dedup {
+            let dir = self
+                .js
                 .options
                 .dir
                 .join("filters")
-                .join(ledger.replace(['/', '\\', ':'], "_"));
-            let config = js.options.dedup;
+                .join(self.ledger.replace(['/', '\\', ':'], "_"));
+            let config = self.js.options.dedup;
             let export = recovered.filter_export.take();
             let batch_ids = std::mem::take(&mut recovered.batch_ids);
             let entries = std::mem::take(&mut read.entries);
-            let name = ledger.clone();
+            let name = self.ledger.clone();
             let (filter, opened) = tokio::task::spawn_blocking(move || {
                 let snapshot = snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
                 open_filter(&dir, config, &name, export, snapshot, &batch_ids, &entries)
             })
             .await?
-            .map_err(filter_error(&ledger))?;
+            .map_err(filter_error(&self.ledger))?;
             filter_opened = Some(opened);
-            Some(filter)
-        } else {
-            None
-        };
+            self.filter = Some(filter);
+        }
         let report = SlotRecovery {
-            ledger: ledger.clone(),
+            ledger: self.ledger.clone(),
             snapshot_position,
             records_scanned: read.stats.records_scanned,
             bytes_read: read.stats.bytes_read,
@@ -201,30 +219,12 @@ impl SlotLog {
             millis: started.elapsed().as_millis() as u64,
         };
         tracing::info!(?report, "windowed slot recovered");
-        progress
+        self.progress
             .recoveries
             .lock()
             .expect("recoveries lock")
             .push(report);
-        Ok((
-            SlotLog {
-                ledger,
-                client,
-                seq: 1,
-                epoch: js.epoch.max(recovered.epoch),
-                fence: js.epoch,
-                filter,
-                last_position: recovered.last_position,
-                schedule: RecordSchedule::new(
-                    js.options.compact_after_bytes,
-                    js.options.max_merged_batches,
-                    recovered.entry_bytes,
-                ),
-                js,
-                progress,
-            },
-            recovered.pending,
-        ))
+        Ok(())
     }
 
     /// Whether the filter has seen each of `keys`, in order, into `answers` (cleared first;
@@ -247,116 +247,70 @@ impl SlotLog {
         }
     }
 
-    /// The epoch to stamp on records.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Appends one batch record (fenced with this run's epoch) and waits for its commit; then
-    /// inserts its ids into the filter.
-    pub async fn commit(&mut self, record: slot::BatchRecord) -> Result<(), RunError> {
-        let inflight = self.begin_commit(record);
-        if let Some(c) = self.end_commit(inflight).await? {
-            self.insert_committed(c)?;
-        }
-        Ok(())
-    }
-
-    /// Starts appending one batch record (fenced with this run's epoch) on its own task, so the
-    /// caller can work while Raft and the fsync run; [`SlotLog::end_commit`] waits for it.
-    /// Records are appended in the order they are begun; begin the next one only after this
-    /// one has ended (a record's firings are synced before the next record is appended).
-    pub fn begin_commit(&mut self, record: slot::BatchRecord) -> InFlight {
-        let bytes = slot::encode_batch_record(&record);
+    /// Starts appending one encoded batch record (fenced with this run's epoch) on its own
+    /// task, so the caller can work while Raft and the fsync run; [`SlotLog::end_append`] waits
+    /// for it. `ids`: how many ids it applies (for the run's counters).
+    pub fn begin_append(&mut self, bytes: Vec<u8>, ids: u64) -> Appending {
         let len = bytes.len() as u64;
-        let crc = crc32fast::hash(&bytes);
         let store = self.js.options.store.clone();
         let ledger = self.ledger.clone();
         let (fence, request) = (self.fence, RequestId::new(self.client, self.seq));
         self.seq += 1;
-        self.schedule.appended(len);
         let append = tokio::spawn(async move {
             store
                 .append_fenced(&ledger, fence, request, bytes)
                 .await
                 .map_err(slot_write_error(&ledger))
         });
-        InFlight {
-            append,
-            len,
-            crc,
-            ids: record.ids,
-        }
+        Appending { append, len, ids }
     }
 
-    /// Waits for a record begun by [`SlotLog::begin_commit`] to be committed. Returns its ids
-    /// for the dedup filter (`None` without deduplication), to insert with
-    /// [`SlotLog::insert_committed`] before the ids of any later record.
-    pub async fn end_commit(&mut self, inflight: InFlight) -> Result<Option<Committed>, RunError> {
-        let InFlight {
-            append,
-            len,
-            crc,
-            ids,
-        } = inflight;
-        let pos = append.await??;
-        self.last_position = Some(pos);
+    /// Waits for a record begun by [`SlotLog::begin_append`] to be committed; returns its
+    /// position.
+    pub async fn end_append(&mut self, appending: Appending) -> Result<u64, RunError> {
+        let Appending { append, len, ids } = appending;
+        let position = append.await??;
         crash_point_after_commit();
         let p = &self.progress;
         p.logged_records.fetch_add(1, Ordering::Relaxed);
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);
-        p.logged_segments
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        Ok(self.filter.is_some().then(|| Committed {
-            ids,
-            mark: FilterMark {
-                ledger: self.ledger.clone(),
-                position: pos,
-                crc,
-            },
-        }))
+        p.logged_segments.fetch_add(ids, Ordering::Relaxed);
+        Ok(position)
     }
 
     /// Inserts a committed record's ids into the dedup filter, with the mark naming the record.
-    pub fn insert_committed(&mut self, committed: Committed) -> Result<(), RunError> {
+    pub fn insert_ids(&mut self, ids: &slot::Ids, mark: &FilterMark) -> Result<(), RunError> {
         if let Some(f) = &mut self.filter {
-            f.insert_batch_marked(committed.ids.iter_keys(), Some(&committed.mark.encode()))
+            f.insert_batch_marked(ids.iter_keys(), Some(&mark.encode()))
                 .map_err(filter_error(&self.ledger))?;
         }
         Ok(())
     }
 
-    /// The slot's record schedule: whether a compaction is due, how many batches to merge.
-    pub fn schedule(&self) -> &RecordSchedule {
-        &self.schedule
-    }
-
-    /// Writes a snapshot (fenced with this run's epoch) and drops the ledger's prefix once the
-    /// schedule says a compaction is due ([`RecordSchedule::compaction_due`]). Call only after
-    /// the last batch's firings were synced.
-    pub async fn maybe_compact(&mut self, op: &WindowOperator) -> Result<(), RunError> {
-        let Some(pos) = self.last_position else {
-            return Ok(());
-        };
-        if !self.schedule.compaction_due() {
-            return Ok(());
-        }
+    /// Writes a snapshot of `op` and the filter's export (fenced with this run's epoch)
+    /// covering the record at `position`, stamped with `epoch`, and drops the ledger's prefix.
+    pub async fn compact(
+        &mut self,
+        position: u64,
+        epoch: u64,
+        op: &WindowOperator,
+    ) -> Result<(), RunError> {
         let filter = match &self.filter {
             Some(f) => f.export().map_err(filter_error(&self.ledger))?,
             None => Vec::new(),
         };
         let bytes = slot::encode_snapshot_ref(&slot::SlotSnapshotRef {
-            epoch: self.epoch,
+            epoch,
             operator: op.snapshot_ref(),
             filter: &filter,
         });
         drop(filter);
         let len = bytes.len();
-        let mark = FilterMark::of_entry(&self.ledger, pos, &bytes);
+        let mark = FilterMark::of_entry(&self.ledger, position, &bytes);
         self.js
             .options
             .store
-            .snapshot_fenced(&self.ledger, self.fence, pos, bytes)
+            .snapshot_fenced(&self.ledger, self.fence, position, bytes)
             .await
             .map_err(slot_write_error(&self.ledger))?;
         if let Some(f) = &mut self.filter {
@@ -365,9 +319,8 @@ impl SlotLog {
             f.insert_batch_marked(std::iter::empty::<&[u8]>(), Some(&mark.encode()))
                 .map_err(filter_error(&self.ledger))?;
         }
-        tracing::info!(ledger = %self.ledger, covers = pos, bytes = len, "slot compacted");
+        tracing::info!(ledger = %self.ledger, covers = position, bytes = len, "slot compacted");
         self.progress.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.schedule.compacted();
         Ok(())
     }
 }
@@ -396,49 +349,71 @@ mod tests {
             .map_or(Value::Null, |v| v.state.clone())
     }
 
-    /// A run of the job: its state (a new epoch) and the slot `count/0` taken over.
-    async fn take_over(
-        store: &Arc<dyn Ledgers>,
-        dir: &std::path::Path,
-    ) -> Result<(SlotLog, WindowOperator), RunError> {
+    /// A run's slot as the runtime holds it: the ledger and filter, the operator, the epoch
+    /// on its records, its last committed record.
+    struct Run {
+        log: SlotLog,
+        op: WindowOperator,
+        epoch: u64,
+        last: Option<u64>,
+    }
+
+    /// A run of the job: its state (a new epoch) and the slot `count/0` taken over and
+    /// recovered.
+    async fn take_over(store: &Arc<dyn Ledgers>, dir: &std::path::Path) -> Result<Run, RunError> {
         let job = JobBuilder::new().id("fencing").build();
         let mut options = StateOptions::new(store.clone(), dir);
         options.compact_after_bytes = 0;
         let peers = BTreeMap::from([("count".to_owned(), 1)]);
-        let js = JobLog::open(&job, options, &peers, vec!["count".into()]).await?;
+        let js = Arc::new(JobLog::open(&job, options, &peers, vec!["count".into()]).await?);
+        let epoch = js.epoch;
+        let (mut log, taken) =
+            SlotLog::take_over(js, "count", 0, Arc::new(Progress::default())).await?;
         let mut op = operator();
-        let (slot, _) = SlotLog::open(
-            Arc::new(js),
-            "count",
-            0,
-            true,
-            &mut op,
-            Arc::new(Progress::default()),
-        )
-        .await?;
-        Ok((slot, op))
+        let read = &taken.read;
+        let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+        let recovered = slot::recover(log.ledger(), &mut op, snapshot, &read.entries)?;
+        let (epoch, last) = (epoch.max(recovered.epoch), recovered.last_position);
+        log.recovered(true, recovered, taken).await?;
+        Ok(Run {
+            log,
+            op,
+            epoch,
+            last,
+        })
     }
 
     /// One batch of new votes, through the operator and into the slot, as the runtime does.
-    async fn batch(
-        slot: &mut SlotLog,
-        op: &mut WindowOperator,
-        ids: std::ops::Range<i64>,
-    ) -> Result<(), RunError> {
+    async fn batch(run: &mut Run, ids: std::ops::Range<i64>) -> Result<(), RunError> {
         let mut record = slot::BatchRecord {
-            epoch: slot.epoch(),
+            epoch: run.epoch,
             ..Default::default()
         };
         let mut values = Vec::new();
         for id in ids {
             let mut s = Map::new();
             s.insert("vote_id", id);
-            let step = op.on_segment(&s, &Value::Null).unwrap();
+            let step = run.op.on_segment(&s, &Value::Null).unwrap();
             record.transitions.extend(step.transitions);
             values.push(Value::Int(id));
         }
         record.ids = slot::Ids::from_values(&values);
-        slot.commit(record).await
+        let bytes = slot::encode_batch_record(&record);
+        let crc = crc32fast::hash(&bytes);
+        let appending = run.log.begin_append(bytes, record.ids.len() as u64);
+        let position = run.log.end_append(appending).await?;
+        run.last = Some(position);
+        let mark = FilterMark {
+            ledger: run.log.ledger().to_owned(),
+            position,
+            crc,
+        };
+        run.log.insert_ids(&record.ids, &mark)
+    }
+
+    async fn compact(run: &mut Run) -> Result<(), RunError> {
+        let position = run.last.expect("a record was committed");
+        run.log.compact(position, run.epoch, &run.op).await
     }
 
     fn assert_refused(result: Result<(), RunError>, ledger: &str) {
@@ -461,24 +436,24 @@ mod tests {
         let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
         let store: Arc<dyn Ledgers> = Arc::new(log.clone());
         // Each run on its own machine: its own directory for dedup filters.
-        let (mut a, mut op_a) = take_over(&store, &dir.path().join("a")).await.unwrap();
-        assert_eq!((a.fence, a.epoch()), (1, 1));
-        batch(&mut a, &mut op_a, 0..3).await.unwrap();
-        batch(&mut a, &mut op_a, 3..5).await.unwrap();
+        let mut a = take_over(&store, &dir.path().join("a")).await.unwrap();
+        assert_eq!((a.log.fence, a.epoch), (1, 1));
+        batch(&mut a, 0..3).await.unwrap();
+        batch(&mut a, 3..5).await.unwrap();
 
-        let (mut b, mut op_b) = take_over(&store, &dir.path().join("b")).await.unwrap();
-        assert_eq!((b.fence, b.epoch()), (2, 2));
-        assert_eq!(count(&op_b), Value::Int(5));
-        let ledger = b.ledger.clone();
+        let mut b = take_over(&store, &dir.path().join("b")).await.unwrap();
+        assert_eq!((b.log.fence, b.epoch), (2, 2));
+        assert_eq!(count(&b.op), Value::Int(5));
+        let ledger = b.log.ledger.clone();
 
         // The zombie's next batch and its compaction are refused by the log itself.
-        assert_refused(batch(&mut a, &mut op_a, 5..8).await, &ledger);
+        assert_refused(batch(&mut a, 5..8).await, &ledger);
         assert_eq!(
-            count(&op_a),
+            count(&a.op),
             Value::Int(8),
             "the zombie's own state went on"
         );
-        assert_refused(a.maybe_compact(&op_a).await, &ledger);
+        assert_refused(compact(&mut a).await, &ledger);
         // So is a stale run taking the slot over again (its `Owner` record).
         drop(a);
         let stale = JobLog {
@@ -488,36 +463,29 @@ mod tests {
             epoch: 1,
             nonce: 77,
         };
-        let reopened = SlotLog::open(
-            Arc::new(stale),
-            "count",
-            0,
-            true,
-            &mut operator(),
-            Arc::new(Progress::default()),
-        )
-        .await;
+        let reopened =
+            SlotLog::take_over(Arc::new(stale), "count", 0, Arc::new(Progress::default())).await;
         assert_refused(reopened.map(|_| ()), &ledger);
 
         // The new owner goes on; nothing of the zombie's refused writes is in the ledger.
-        batch(&mut b, &mut op_b, 100..102).await.unwrap();
+        batch(&mut b, 100..102).await.unwrap();
         let read = store.read(&ledger, 0).await.unwrap();
         let mut op = operator();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
         let recovered = slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
         assert_eq!((count(&op), recovered.fenced), (Value::Int(7), 0));
         // It compacts, and goes on.
-        b.maybe_compact(&op_b).await.unwrap();
-        batch(&mut b, &mut op_b, 102..103).await.unwrap();
-        assert_eq!(count(&op_b), Value::Int(8));
+        compact(&mut b).await.unwrap();
+        batch(&mut b, 102..103).await.unwrap();
+        assert_eq!(count(&b.op), Value::Int(8));
         let info = store.info(&ledger).await.unwrap();
         assert_eq!(info.fence, 2);
         drop(b);
 
         // A later run recovers exactly B's state: 5 votes of A before the takeover, 3 of B.
-        let (c, op_c) = take_over(&store, &dir.path().join("c")).await.unwrap();
-        assert_eq!(count(&op_c), Value::Int(8));
-        assert_eq!(c.fence, 3);
+        let c = take_over(&store, &dir.path().join("c")).await.unwrap();
+        assert_eq!(count(&c.op), Value::Int(8));
+        assert_eq!(c.log.fence, 3);
         drop(c);
         drop(store);
         log.close().await.unwrap();

@@ -118,10 +118,8 @@ pub(crate) fn trigger_spec(t: &TriggerDef, registry: &Registry) -> TriggerSpec {
     .fire_all_extents(t.fire_all_extents.unwrap_or(false))
 }
 
-/// The windows of one task peer: the operator and where its decisions go.
+/// Where the decisions of one task peer's windows go (the operator itself is the slot's).
 pub(crate) struct WindowStage {
-    /// The pure window logic.
-    pub operator: WindowOperator,
     /// Where each trigger's firings go, one entry per trigger (a few: found by a scan).
     routes: Vec<FiringRoute>,
     /// Per window id, the task late segments go to (if any).
@@ -150,13 +148,13 @@ pub(crate) struct Delivery {
 }
 
 impl WindowStage {
-    /// The stage of `task`, or `None` if the task has no windows.
+    /// The stage of `task` and its window operator, or `None` if the task has no windows.
     pub fn new(
         job: &Job,
         task: &TaskSpec,
         registry: &Registry,
         syncs: &Syncs,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<(Self, WindowOperator)>, String> {
         let defs: Vec<&WindowDef> = job.windows_of(&task.name).collect();
         if defs.is_empty() {
             return Ok(None);
@@ -187,12 +185,12 @@ impl WindowStage {
             .iter()
             .filter_map(|w| w.late.clone().map(|l| (w.id.clone(), l)))
             .collect();
-        Ok(Some(WindowStage {
-            operator,
+        let stage = WindowStage {
             routes,
             late_tasks,
             timer_period_ms,
-        }))
+        };
+        Ok(Some((stage, operator)))
     }
 
     /// Hands a step's firings to their syncs (the state before refinement) and collects what

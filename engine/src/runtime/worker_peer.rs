@@ -1,8 +1,12 @@
-//! Worker peers (function, windowed and output tasks): gather a batch, apply the task's
-//! function and windows, commit the batch's record to the slot's ledger, deliver, write to
-//! the sink, route, release the acks.
+//! Worker peers (function, windowed and output tasks): the driver of a task slot. It gathers
+//! a batch, runs the task's function (and the lifecycles) on it, feeds it to the slot machine
+//! ([`crate::slot::Slot`]) if the task has windows, and carries out the machine's commands in
+//! order: the ledger and the dedup filter through [`SlotLog`], deliveries through
+//! [`WindowStage`], the router, the sink, the acknowledgements. It decides nothing the
+//! machine decides (order, pipelining, compaction, completion).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,16 +21,14 @@ use super::message::{Mark, Msg};
 use super::rejections::Rejection;
 use super::router::Router;
 use super::routing::group_key_ref;
-use super::slot_log::{Committed, SlotLog};
+use super::slot_log::{Appending, SlotLog};
 use super::window_stage::{Delivery, WindowStage};
 use crate::job::{GroupKey, TaskKind};
 use crate::lifecycle::{ExceptionAction, Lifecycle};
 use crate::plugin::SegmentSink;
-use crate::registry::GroupFn;
+use crate::registry::{FunctionFn, GroupFn};
 use crate::segment::{Segment, Value};
-use crate::slot::seen_ids::SeenPair;
-use crate::slot::COMPLETION_FIRINGS;
-use sardonyx_windowing::Completion;
+use crate::slot::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
 
 /// Runs one function or output peer until every upstream peer is done.
 pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Result<(), RunError> {
@@ -34,8 +36,7 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
     call_hooks(&lifecycles, |l| {
         l.before_task_start.as_ref().map(|h| h(&ctx.event()))
     });
-    let mut router = Router::new(&ctx);
-    let mut sink: Option<Box<dyn SegmentSink>> = match ctx.task.kind {
+    let sink: Option<Box<dyn SegmentSink>> = match ctx.task.kind {
         TaskKind::Output => {
             let plugin = ctx
                 .registry
@@ -56,213 +57,84 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         .and_then(|f| ctx.registry.function(f))
         .filter(|f| !ctx.registry.is_identity(f))
         .cloned();
-    let mut stage = WindowStage::new(&ctx.job, &ctx.task, &ctx.registry, &ctx.syncs)
+    let windows = WindowStage::new(&ctx.job, &ctx.task, &ctx.registry, &ctx.syncs)
         .map_err(|e| ctx.plugin_error(e))?;
-    let grouping = Grouping::of(&ctx);
-    let tick = stage
+    let tick = windows
         .as_ref()
-        .and_then(|s| s.timer_period_ms)
+        .and_then(|(s, _)| s.timer_period_ms)
         .map(|p| std::time::Duration::from_millis(p.clamp(1, 1000) as u64));
-    let dedup_key = dedup_field(&ctx.job, &ctx.task).map(str::to_owned);
-    let mut slot: Option<SlotLog> = None;
-    if let (Some(stage), Some(js)) = (&mut stage, &ctx.state) {
-        // Exactly-once state: rebuild the slot from its ledger, sync again what the last batch
-        // before a crash may not have synced, then fire what changed since it last fired.
-        let (recovered, pending) = SlotLog::open(
-            js.clone(),
-            &ctx.task.name,
-            ctx.peer,
-            dedup_key.is_some(),
-            &mut stage.operator,
-            ctx.progress.clone(),
-        )
-        .await?;
-        slot = Some(recovered);
-        let pending = sardonyx_windowing::Step {
-            firings: pending,
-            ..Default::default()
-        };
-        deliver(&ctx, stage, pending, &mut router)?;
-        let step = stage.operator.on_recovered();
-        settle(&ctx, stage, &mut slot, step, &mut router).await?;
-    }
-    let mut inbox = Inbox::new(&ctx, rx);
-    let mut seen = SeenPair::default();
-    if let Some(stage) = &mut stage {
-        // Starts the timers' clocks; a recovered slot's deadlines were on an earlier process's
-        // clock and start afresh too.
-        let step = stage.operator.restart_timers(now_ms());
-        settle(&ctx, stage, &mut slot, step, &mut router).await?;
-    }
-    // An exactly-once slot overlaps each batch's commit with the next batch's work: while the
-    // record of batch N is appended (Raft round and fsync), it inserts the ids of batch N-1 into
-    // the dedup filter and, if batch N+1 is already queued, runs it through the function and the
-    // windows. Nothing of N+1 is delivered, acknowledged or appended before N is committed and
-    // delivered, so the ledger order, the sync-before-next-record rule and the acks are those
-    // of the plain loop. Not with lifecycle hooks (their calls would interleave across batches)
-    // nor when the next batch would find a compaction due (the snapshot must be the state of
-    // exactly the committed records).
-    let pipelined = slot.is_some() && lifecycles.is_empty();
-    let dedup_field = dedup_key.as_deref().filter(|_| slot.is_some());
-    let mut ahead: Option<Prepared> = None;
-    let mut committed: Option<Committed> = None;
+    let mut driver = Driver {
+        router: Router::new(&ctx),
+        inbox: Inbox::new(&ctx, rx),
+        ctx: &ctx,
+        lifecycles: &lifecycles,
+        function,
+        sink,
+        retry,
+        grouping: Grouping::of(&ctx),
+        stage: None,
+        log: None,
+        appending: None,
+        held: VecDeque::new(),
+        next_seq: 0,
+        answers: Vec::new(),
+        timer: tick.is_some(),
+    };
+    let mut slot = match windows {
+        Some((stage, operator)) => {
+            driver.stage = Some(stage);
+            Some(driver.open_slot(operator).await?)
+        }
+        None => None,
+    };
     loop {
-        let mut batch = match ahead.take() {
-            Some(b) => b,
-            None => {
-                let (segments, acks) = match inbox.gather(tick).await {
-                    Gathered::Finished => break,
-                    Gathered::Tick => (Vec::new(), HeldAcks::default()),
-                    Gathered::Batch(s, a) => (s, a),
-                };
-                let mark = inbox.mark();
-                let dedup = slot.as_ref().zip(dedup_field);
-                prepare(
-                    &ctx,
-                    &lifecycles,
-                    function.as_ref(),
-                    stage.as_mut(),
-                    &grouping,
-                    dedup,
-                    &mut seen,
-                    (segments, acks, mark),
-                    true,
-                    &mut router,
-                )?
-            }
-        };
-        let inflight = match (&mut slot, &mut batch.step) {
-            (Some(slot), Some(step)) => {
-                let record = crate::slot::BatchRecord {
-                    epoch: slot.epoch(),
-                    ids: crate::slot::Ids::from_values(&batch.ids),
-                    transitions: std::mem::take(&mut step.transitions),
-                    inputs: std::mem::take(&mut batch.inputs),
-                };
-                (!record.is_empty()).then(|| slot.begin_commit(record))
-            }
-            _ => None,
-        };
-        if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
-            slot.insert_committed(c)?;
+        if let Some(slot) = &mut slot {
+            driver.carry_out(slot).await?;
         }
-        let schedule = slot.as_ref().map(SlotLog::schedule);
-        if let (Some(s), Some(f)) = (schedule, &inflight) {
-            let ahead_ok = s.may_prepare_ahead(pipelined, true);
-            // Whatever is queued while the record commits becomes the next record (up to
-            // `max_merged_batches`): the slower the log, the larger the records.
-            let mut merged = 0;
-            while ahead_ok && s.may_merge_more(merged, f.is_finished()) {
-                let Some((segments, acks)) = inbox.try_gather() else {
-                    break;
-                };
-                let mark = inbox.mark();
-                let dedup = slot.as_ref().zip(dedup_field);
-                let next = prepare(
-                    &ctx,
-                    &lifecycles,
-                    function.as_ref(),
-                    stage.as_mut(),
-                    &grouping,
-                    dedup,
-                    &mut seen,
-                    (segments, acks, mark),
-                    merged == 0,
-                    &mut router,
-                )?;
-                match &mut ahead {
-                    Some(a) => a.absorb(next),
-                    None => ahead = Some(next),
+        let commit_finished = driver
+            .appending
+            .as_ref()
+            .is_some_and(Appending::is_finished);
+        match slot
+            .as_ref()
+            .map_or(Want::Batch, |s| s.want(commit_finished))
+        {
+            Want::Done => break,
+            Want::Commit => {
+                let appending = driver.appending.take().expect("a record is in flight");
+                let log = driver.log.as_mut().expect("a logged slot");
+                let position = log.end_append(appending).await?;
+                slot.as_mut().expect("a slot").on_committed(position);
+            }
+            Want::QueuedBatch => match driver.inbox.try_gather() {
+                Some((segments, acks)) => driver.take(segments, acks, slot.as_mut()).await?,
+                None => slot.as_mut().expect("a slot").on_queue_empty(),
+            },
+            Want::Batch => match driver.inbox.gather(tick).await {
+                Gathered::Finished => match &mut slot {
+                    // An input stopped before it was exhausted ([`super::RunOptions::stop`]):
+                    // the job is not complete and will resume, so its windows must not fire as
+                    // at job completion.
+                    Some(slot) => {
+                        slot.on_inputs_finished(ctx.topology.stopped_early.load(Ordering::SeqCst))
+                    }
+                    None => break,
+                },
+                Gathered::Tick => {
+                    driver
+                        .take(Vec::new(), HeldAcks::default(), slot.as_mut())
+                        .await?
                 }
-                merged += 1;
-            }
-        }
-        if let (Some(slot), Some(f)) = (&mut slot, inflight) {
-            committed = slot.end_commit(f).await?;
-        }
-        let Prepared {
-            len,
-            outputs,
-            step,
-            acks,
-            mark,
-            ..
-        } = batch;
-        if let (Some(stage), Some(step)) = (&stage, step) {
-            deliver(&ctx, stage, step, &mut router)?;
-        }
-        let outputs = match sink.take() {
-            Some(out) if !outputs.is_empty() => {
-                // Durable at the sink (retried while retryable) before the acks go below.
-                let (back, outputs, result) = write_out(out, outputs, retry).await?;
-                sink = Some(back);
-                result.map_err(|source| RunError::Sink {
-                    task: ctx.task.name.clone(),
-                    source,
-                })?;
-                ctx.progress
-                    .written
-                    .fetch_add(outputs.len() as u64, Ordering::Relaxed);
-                // What an output task wrote does not travel further (outputs have no edges).
-                Vec::new()
-            }
-            other => {
-                sink = other;
-                outputs
-            }
-        };
-        for s in outputs {
-            router.route(s)?;
-        }
-        // What is sent now may hold what the batch prepared ahead produced (its rejections, for
-        // one): it holds that batch's acks too, so neither input commits before it is handled.
-        match &ahead {
-            Some(next) => {
-                let mut both = acks.share();
-                both.extend(next.acks.share());
-                router.flush(mark, &both).await;
-                both.release();
-            }
-            None => router.flush(mark, &acks).await,
-        }
-        router.errors_durable()?;
-        if let (Some(stage), Some(slot), None) = (&stage, &mut slot, &ahead) {
-            // (The batch's firings were flushed when they were delivered.) The snapshot holds
-            // the filter's contents, so the last batch's ids go in first.
-            if slot.schedule().compaction_due() {
-                if let Some(c) = committed.take() {
-                    slot.insert_committed(c)?;
+                Gathered::Batch(segments, acks) => {
+                    driver.take(segments, acks, slot.as_mut()).await?
                 }
-                slot.maybe_compact(&stage.operator).await?;
-            }
-        }
-        acks.release();
-        if len > 0 {
-            call_hooks(&lifecycles, |l| {
-                l.after_batch.as_ref().map(|h| h(&ctx.event(), len))
-            });
+            },
         }
     }
-    if let (Some(slot), Some(c)) = (&mut slot, committed.take()) {
-        slot.insert_committed(c)?;
-    }
-    // An input stopped before it was exhausted ([`super::RunOptions::stop`]): the job is not
-    // complete and will resume, so its windows must not fire as at job completion.
-    let stopped = ctx.topology.stopped_early.load(Ordering::SeqCst);
-    if let Some(stage) = stage.as_mut().filter(|_| !stopped) {
-        // Job completion, one record of about `COMPLETION_FIRINGS` firings at a time: a job
-        // with many open windows (a session per user) does not hold all their final firings.
-        let mut completion = Completion::default();
-        while !completion.is_done() {
-            let mut step = sardonyx_windowing::Step::default();
-            stage
-                .operator
-                .on_job_completed_into(&mut completion, &mut step, COMPLETION_FIRINGS);
-            settle(&ctx, stage, &mut slot, step, &mut router).await?;
-        }
-        router.flush(inbox.mark(), &HeldAcks::default()).await;
-    }
-    if let Some(mut s) = sink.take() {
+    let Driver {
+        mut router, sink, ..
+    } = driver;
+    if let Some(mut s) = sink {
         tokio::task::spawn_blocking(move || s.flush())
             .await
             .map_err(RunError::PeerTask)?
@@ -276,6 +148,245 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
         l.after_task_stop.as_ref().map(|h| h(&ctx.event()))
     });
     Ok(())
+}
+
+/// A batch gathered and not yet released.
+struct Held {
+    seq: u64,
+    acks: HeldAcks,
+    mark: Mark,
+    len: usize,
+}
+
+/// What a worker peer carries out for its slot.
+struct Driver<'a> {
+    ctx: &'a PeerContext,
+    lifecycles: &'a [Lifecycle],
+    router: Router,
+    inbox: Inbox,
+    function: Option<FunctionFn>,
+    sink: Option<Box<dyn SegmentSink>>,
+    retry: sardonyx_connectors::RetryPolicy,
+    grouping: Grouping,
+    /// Where a windowed slot's firings and late segments go.
+    stage: Option<WindowStage>,
+    /// An exactly-once slot's ledger and filter.
+    log: Option<SlotLog>,
+    /// The record being appended.
+    appending: Option<Appending>,
+    /// Batches gathered and not yet released, in order.
+    held: VecDeque<Held>,
+    next_seq: u64,
+    /// The filter's answers for a batch (kept for its allocation).
+    answers: Vec<bool>,
+    /// Whether a trigger is a timer (batches then carry the clock).
+    timer: bool,
+}
+
+impl Driver<'_> {
+    /// The slot of a windowed task over `operator`: with a state log, taken over (the `Owner`
+    /// record), rebuilt from its ledger, its dedup filter brought up to date; then started
+    /// (the timers' clocks).
+    async fn open_slot(
+        &mut self,
+        operator: sardonyx_windowing::WindowOperator,
+    ) -> Result<Slot, RunError> {
+        let ctx = self.ctx;
+        let dedup = dedup_field(&ctx.job, &ctx.task).map(str::to_owned);
+        let mut config = SlotConfig {
+            ledger: String::new(),
+            uniqueness_key: None,
+            timer: self.timer,
+            pipelined: self.lifecycles.is_empty(),
+            log: None,
+        };
+        let mut slot = match &ctx.state {
+            Some(js) => {
+                let (mut log, taken) =
+                    SlotLog::take_over(js.clone(), &ctx.task.name, ctx.peer, ctx.progress.clone())
+                        .await?;
+                config.ledger = log.ledger().to_owned();
+                config.uniqueness_key = dedup;
+                config.log = Some(LogConfig {
+                    epoch: js.epoch,
+                    compact_after_bytes: js.options.compact_after_bytes,
+                    max_merged_batches: js.options.max_merged_batches,
+                });
+                let dedup = config.uniqueness_key.is_some();
+                let mut slot = Slot::new(operator, config);
+                let read = &taken.read;
+                let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+                let recovered = slot.on_recovered(snapshot, &read.entries)?;
+                log.recovered(dedup, recovered, taken).await?;
+                self.log = Some(log);
+                slot
+            }
+            None => Slot::new(operator, config),
+        };
+        slot.on_started(now_ms());
+        Ok(slot)
+    }
+
+    /// Takes a gathered batch through the lifecycles' `before_batch` and the task's function,
+    /// then to the slot, or, without windows, straight on.
+    async fn take(
+        &mut self,
+        segments: Vec<Segment>,
+        acks: HeldAcks,
+        slot: Option<&mut Slot>,
+    ) -> Result<(), RunError> {
+        let ctx = self.ctx;
+        let len = segments.len();
+        if len > 0 {
+            call_hooks(self.lifecycles, |l| {
+                l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
+            });
+        }
+        let outputs = match &self.function {
+            Some(f) => apply_function(ctx, self.lifecycles, f, segments, &mut self.router)?,
+            None => segments,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mark = self.inbox.mark();
+        let inputs = match (&slot, &self.log) {
+            (Some(_), Some(_)) => covered_inputs(acks.tokens()),
+            _ => Vec::new(),
+        };
+        self.held.push_back(Held {
+            seq,
+            acks,
+            mark,
+            len,
+        });
+        match slot {
+            Some(slot) => {
+                let batch = Batch {
+                    seq,
+                    segments: outputs,
+                    inputs,
+                    watermark: mark.watermark,
+                    now_ms: if self.timer { now_ms() } else { 0 },
+                };
+                slot.on_batch(batch, &self.grouping);
+            }
+            None => {
+                self.output(outputs, seq).await?;
+                self.release(seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the slot's commands, in order, until it has none.
+    async fn carry_out(&mut self, slot: &mut Slot) -> Result<(), RunError> {
+        let ctx = self.ctx;
+        while let Some(command) = slot.next_command() {
+            match command {
+                Command::LookUpIds => {
+                    let log = self.log.as_ref().expect("only a logged slot deduplicates");
+                    log.seen_each(slot.lookup_keys(), &mut self.answers)?;
+                    slot.on_ids_looked_up(&self.answers, &self.grouping);
+                }
+                Command::Reject { segment, reason } => {
+                    self.router
+                        .reject(Rejection::segment(&ctx.task.name, reason, segment))?
+                }
+                Command::CountDuplicates(n) => {
+                    ctx.progress.duplicates.fetch_add(n, Ordering::Relaxed);
+                }
+                Command::Append { bytes, ids } => {
+                    let log = self.log.as_mut().expect("only a logged slot appends");
+                    self.appending = Some(log.begin_append(bytes, ids));
+                }
+                Command::InsertIds { ids, mark } => {
+                    let log = self.log.as_mut().expect("only a logged slot inserts ids");
+                    log.insert_ids(&ids, &mark)?;
+                }
+                Command::Deliver(step) => {
+                    let stage = self.stage.as_ref().expect("a windowed slot");
+                    deliver(ctx, stage, step, &mut self.router)?;
+                }
+                Command::Output { segments, through } => self.output(segments, through).await?,
+                Command::Compact { position, epoch } => {
+                    let log = self.log.as_mut().expect("only a logged slot compacts");
+                    log.compact(position, epoch, slot.operator()).await?;
+                }
+                Command::Release { through } => self.release(through),
+                Command::Flush => {
+                    let mark = self.inbox.mark();
+                    self.router.flush(mark, &HeldAcks::default()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the segments of the batches up to `through` to the task's sink (durable, retried
+    /// while retryable) or routes them on, then flushes what was sent, holding every batch not
+    /// yet released (what is sent now may hold what a batch applied ahead produced: its
+    /// rejections, for one), and makes the error output durable.
+    async fn output(&mut self, segments: Vec<Segment>, through: u64) -> Result<(), RunError> {
+        let ctx = self.ctx;
+        let segments = match self.sink.take() {
+            Some(out) if !segments.is_empty() => {
+                let (back, segments, result) = write_out(out, segments, self.retry).await?;
+                self.sink = Some(back);
+                result.map_err(|source| RunError::Sink {
+                    task: ctx.task.name.clone(),
+                    source,
+                })?;
+                ctx.progress
+                    .written
+                    .fetch_add(segments.len() as u64, Ordering::Relaxed);
+                // What an output task wrote does not travel further (outputs have no edges).
+                Vec::new()
+            }
+            other => {
+                self.sink = other;
+                segments
+            }
+        };
+        for s in segments {
+            self.router.route(s)?;
+        }
+        // The batches' mark: the latest watermark any of them carried, the last one's idleness.
+        let mut mark: Option<Mark> = None;
+        for h in self.held.iter().take_while(|h| h.seq <= through) {
+            mark = Some(Mark {
+                watermark: h.mark.watermark.or(mark.and_then(|m| m.watermark)),
+                idle: h.mark.idle,
+            });
+        }
+        let mark = mark.unwrap_or_default();
+        match self.held.len() {
+            1 => self.router.flush(mark, &self.held[0].acks).await,
+            _ => {
+                let mut all = HeldAcks::default();
+                for h in &self.held {
+                    all.extend(h.acks.share());
+                }
+                self.router.flush(mark, &all).await;
+                all.release();
+            }
+        }
+        self.router.errors_durable()
+    }
+
+    /// Batches up to `through` are handled: their acknowledgements go upstream, then the
+    /// lifecycles' `after_batch`.
+    fn release(&mut self, through: u64) {
+        let ctx = self.ctx;
+        while self.held.front().is_some_and(|h| h.seq <= through) {
+            let h = self.held.pop_front().expect("a held batch");
+            h.acks.release();
+            if h.len > 0 {
+                call_hooks(self.lifecycles, |l| {
+                    l.after_batch.as_ref().map(|h2| h2(&ctx.event(), h.len))
+                });
+            }
+        }
+    }
 }
 
 /// How a windowed task finds a segment's group (`Value::Null` without grouping).
@@ -293,8 +404,10 @@ impl Grouping {
             (None, None) => Grouping::None,
         }
     }
+}
 
-    fn group<'s>(&self, s: &'s Segment) -> Result<Cow<'s, Value>, String> {
+impl GroupOf for Grouping {
+    fn group_of<'s>(&self, s: &'s Segment) -> Result<Cow<'s, Value>, String> {
         match self {
             Grouping::None => Ok(Cow::Owned(Value::Null)),
             Grouping::Key(k) => group_key_ref(k, s),
@@ -313,196 +426,6 @@ fn covered_inputs(acks: &[Arc<AckToken>]) -> Vec<(u32, u64)> {
         *o = a.positions().iter().map(|p| p.offset).fold(*o, u64::max);
     }
     m.into_iter().collect()
-}
-
-/// Feeds a batch to the task's windows, then the watermark and the timer. With a dedup filter
-/// (`dedup`: the slot and the uniqueness field), segments already applied (by the filter, by
-/// this batch or by the batch before it, `seen`) are skipped (they still travel on). Returns the segments that go on downstream (a segment the windows reject
-/// goes to the error output instead), the batch's combined step, and the ids of the segments
-/// it applied. Nothing is delivered yet: the step must be committed first ([`settle`]).
-fn window_batch(
-    ctx: &PeerContext,
-    stage: &mut WindowStage,
-    grouping: &Grouping,
-    mut dedup: Option<(&SlotLog, &str, &mut SeenPair)>,
-    segments: Vec<Segment>,
-    watermark: Option<i64>,
-    router: &mut Router,
-) -> Result<(Vec<Segment>, sardonyx_windowing::Step, Vec<Value>), RunError> {
-    let mut passed = Vec::with_capacity(segments.len());
-    let mut batch = sardonyx_windowing::Step::default();
-    // About one transition per segment and window: grown once, not by doubling.
-    batch
-        .transitions
-        .reserve(segments.len() * stage.operator.windows().len());
-    let mut ids = Vec::new();
-    // The filter does not change within a batch: ask it about every id at once.
-    let mut in_filter = Vec::new();
-    if let Some((slot, field, seen)) = dedup.as_mut() {
-        seen.batch_keys(&segments, field);
-        slot.seen_each(seen.batch.iter(), &mut in_filter)?;
-    }
-    for (i, s) in segments.into_iter().enumerate() {
-        let mut id = None;
-        if let Some((_, field, seen)) = dedup.as_mut() {
-            let Some(v) = s.get(field) else {
-                let reason = format!("uniqueness_key field \"{field}\" is missing");
-                router.reject(Rejection::segment(&ctx.task.name, reason, s))?;
-                continue;
-            };
-            crate::slot::id_key_into(v, &mut seen.key);
-            if seen.contains(v) || in_filter[i] {
-                ctx.progress.duplicates.fetch_add(1, Ordering::Relaxed);
-                passed.push(s);
-                continue;
-            }
-            id = Some(v.clone());
-        }
-        // On error `batch` is left as it was.
-        let applied = match grouping.group(&s) {
-            Ok(g) => stage
-                .operator
-                .on_segment_into(&s, &g, &mut batch)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match applied {
-            Ok(()) => {
-                if let (Some(v), Some((_, _, seen))) = (id, dedup.as_mut()) {
-                    // `seen.key` is still this segment's id key.
-                    seen.insert(&v);
-                    ids.push(v);
-                }
-                passed.push(s);
-            }
-            Err(reason) => router.reject(Rejection::segment(&ctx.task.name, reason, s))?,
-        }
-    }
-    // +∞ (every input finished) is job completion, which `run_worker` does after its last
-    // batch, in bounded steps.
-    if let Some(wm) = watermark.filter(|&wm| wm < i64::MAX) {
-        stage.operator.on_watermark_into(wm, &mut batch);
-    }
-    if stage.timer_period_ms.is_some() {
-        batch.extend(stage.operator.on_timer(now_ms()));
-    }
-    Ok((passed, batch, ids))
-}
-
-/// A batch taken through the task's function and windows: what it sends on, and the step it
-/// must commit before anything of it is delivered.
-struct Prepared {
-    /// Segments gathered.
-    len: usize,
-    /// Segments going downstream (or to the task's output).
-    outputs: Vec<Segment>,
-    /// The windows' combined step (`None` without windows).
-    step: Option<sardonyx_windowing::Step>,
-    /// Ids of the segments the windows applied.
-    ids: Vec<Value>,
-    /// The greatest offset of each input the batch covers.
-    inputs: Vec<(u32, u64)>,
-    /// The batch's acknowledgements, released once it is handled.
-    acks: HeldAcks,
-    /// The task's mark (watermark and idleness) when the batch was gathered.
-    mark: Mark,
-}
-
-impl Prepared {
-    /// Merges the batch prepared after this one into it: one record, one delivery.
-    fn absorb(&mut self, next: Prepared) {
-        self.len += next.len;
-        self.outputs.extend(next.outputs);
-        match (&mut self.step, next.step) {
-            (Some(step), Some(more)) => step.extend(more),
-            (step, more) => *step = step.take().or(more),
-        }
-        self.ids.extend(next.ids);
-        self.acks.extend(next.acks);
-        self.inputs = covered_inputs(self.acks.tokens());
-        self.mark = Mark {
-            watermark: next.mark.watermark.or(self.mark.watermark),
-            idle: next.mark.idle,
-        };
-    }
-}
-
-/// Takes a gathered batch (segments, acks, mark) through the lifecycle's `before_batch`,
-/// the task's function and its windows ([`window_batch`]). Commits and delivers nothing.
-/// `fresh`: the batch starts a record of its own (else it will be merged into the batch
-/// prepared just before it, [`Prepared::absorb`], and shares its seen ids).
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    ctx: &PeerContext,
-    lifecycles: &[Lifecycle],
-    function: Option<&crate::registry::FunctionFn>,
-    stage: Option<&mut WindowStage>,
-    grouping: &Grouping,
-    dedup: Option<(&SlotLog, &str)>,
-    seen: &mut SeenPair,
-    (segments, acks, mark): (Vec<Segment>, HeldAcks, Mark),
-    fresh: bool,
-    router: &mut Router,
-) -> Result<Prepared, RunError> {
-    let len = segments.len();
-    if len > 0 {
-        call_hooks(lifecycles, |l| {
-            l.before_batch.as_ref().map(|h| h(&ctx.event(), len))
-        });
-    }
-    let outputs = match function {
-        Some(f) => apply_function(ctx, lifecycles, f, segments, router)?,
-        None => segments,
-    };
-    let Some(stage) = stage else {
-        return Ok(Prepared {
-            len,
-            outputs,
-            step: None,
-            ids: Vec::new(),
-            inputs: Vec::new(),
-            acks,
-            mark,
-        });
-    };
-    if fresh {
-        seen.next_batch();
-    }
-    let dedup = dedup.map(|(slot, field)| (slot, field, seen));
-    let (outputs, step, ids) =
-        window_batch(ctx, stage, grouping, dedup, outputs, mark.watermark, router)?;
-    let inputs = covered_inputs(acks.tokens());
-    Ok(Prepared {
-        len,
-        outputs,
-        step: Some(step),
-        ids,
-        inputs,
-        acks,
-        mark,
-    })
-}
-
-/// Commits a step that applied no segments (a restart's firings, a timer, job completion) to
-/// the slot's ledger, if the job has a state log, and only then delivers its firings.
-async fn settle(
-    ctx: &PeerContext,
-    stage: &WindowStage,
-    slot: &mut Option<SlotLog>,
-    mut step: sardonyx_windowing::Step,
-    router: &mut Router,
-) -> Result<(), RunError> {
-    if let Some(slot) = slot {
-        let record = crate::slot::BatchRecord {
-            epoch: slot.epoch(),
-            transitions: std::mem::take(&mut step.transitions),
-            ..Default::default()
-        };
-        if !record.is_empty() {
-            slot.commit(record).await?;
-        }
-    }
-    deliver(ctx, stage, step, router)
 }
 
 /// Syncs a step's firings and flushes the syncs, sends emitted firings downstream and late
@@ -549,7 +472,7 @@ fn deliver(
 fn apply_function(
     ctx: &PeerContext,
     lifecycles: &[Lifecycle],
-    f: &crate::registry::FunctionFn,
+    f: &FunctionFn,
     segments: Vec<Segment>,
     router: &mut Router,
 ) -> Result<Vec<Segment>, RunError> {
