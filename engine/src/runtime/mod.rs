@@ -34,11 +34,11 @@
 //! - [`rejections`]: [`Rejection`] and the error file.
 //!
 //! The worker side and exactly-once state (DESIGN §5):
-//! - `worker_peer`: function, windowed and output peers: gather, apply, log, deliver, write.
-//! - `window_stage`: a windowed task's window operator and the delivery of its decisions.
-//! - `slot_log`: a windowed slot's ledger and dedup filter (the slot's I/O). (The protocol's
-//!   sequencing still lives in `worker_peer`; making it a sans-I/O machine in `crate::slot`
-//!   is the next step.)
+//! - `worker_peer`: function, windowed and output peers: the driver of a task slot (gather,
+//!   run the function, feed the slot machine [`crate::slot::Slot`], carry out its commands).
+//! - `window_stage`: a windowed task's window operator (handed to the slot) and the delivery
+//!   of its decisions (syncs, emitted firings, late segments).
+//! - `slot_log`: a windowed slot's ledger and dedup filter: the I/O of the machine's commands.
 //! - `job_log`: the job's ledgers in the state log ([`StateOptions`]).
 //! - `input_log`: an input peer's committed positions in the state log.
 //!
@@ -48,10 +48,11 @@
 //! issues it an ack token ([`ack`]); its `router` places each segment on the downstream peers
 //! it goes to and sends them one batch per peer with the input's mark (`input_watermark`).
 //! A worker peer's `inbox` gathers batches from its upstream peers; the `worker_peer` applies
-//! the task's function and windows, and for a windowed task with exactly-once state makes the
-//! batch's record (its format, recovery and scheduling rules are in [`crate::slot`]), which
-//! `slot_log` appends to the slot's ledger; once committed, the `window_stage` delivers the firings (syncs, emitted segments)
-//! and an output peer writes to its sink. Every downstream batch holds the input batch's ack;
+//! the task's function and, for a windowed task, hands the batch to the slot machine
+//! ([`crate::slot::Slot`]), which applies it to the windows and, with exactly-once state, asks
+//! for the batch's record to be appended; `slot_log` appends it to the slot's ledger; once it is
+//! committed, the `window_stage` delivers the firings (syncs, emitted segments) and an output
+//! peer writes to its sink. Every downstream batch holds the input batch's ack;
 //! when the last is dropped the batch is done, `commit_loop` (`launch`) advances the input's
 //! committed positions, and `input_log` writes them to the state log (the input peer also
 //! tells its source).

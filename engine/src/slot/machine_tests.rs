@@ -10,7 +10,9 @@ use sardonyx_windowing::trigger::{Refinement, TriggerSpec};
 use sardonyx_windowing::{aggregation, Map, Snapshot, Value, WindowOperator, WindowSpec};
 
 use super::machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
-use super::record::{encode_record, encode_snapshot, id_key, SlotRecord, SlotSnapshot};
+use super::record::{
+    decode_record, encode_record, encode_snapshot, id_key, BatchRecord, SlotRecord, SlotSnapshot,
+};
 use super::recovery::recover;
 use crate::segment::Segment;
 
@@ -518,4 +520,173 @@ proptest! {
         let replayed = h.replayed();
         prop_assert_eq!(replayed.snapshot(), snapshot_of(&h), "the ledger replays to the slot's state");
     }
+}
+
+/// Each segment in the group of its field `id`.
+struct ById;
+
+impl GroupOf for ById {
+    fn group_of<'s>(&self, s: &'s Segment) -> Result<Cow<'s, Value>, String> {
+        s.get("id").map(Cow::Borrowed).ok_or_else(|| "no id".into())
+    }
+}
+
+fn batch(seq: u64, ids: impl IntoIterator<Item = i64>) -> Batch {
+    Batch {
+        seq,
+        segments: ids.into_iter().map(|i| segment(Some(i), 0)).collect(),
+        inputs: vec![(0, seq)],
+        watermark: None,
+        now_ms: 0,
+    }
+}
+
+/// Carries out the lookups of `slot` against an empty filter; returns the other commands.
+fn commands(slot: &mut Slot, grouping: &impl GroupOf) -> Vec<Command> {
+    let mut out = Vec::new();
+    while let Some(c) = slot.next_command() {
+        match c {
+            Command::LookUpIds => {
+                let n = slot.lookup_keys().count();
+                slot.on_ids_looked_up(&vec![false; n], grouping);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_compaction_comes_after_delivery_with_the_last_ids_inserted_and_nothing_applied_ahead() {
+    let mut config = config(true, true, 1);
+    config.log.as_mut().unwrap().compact_after_bytes = 0;
+    let mut slot = Slot::new(operator(), config);
+    slot.on_recovered(None, &[]).unwrap();
+    slot.on_started(0);
+    slot.on_batch(batch(0, [1, 2]), &NoGroup);
+    let c = commands(&mut slot, &NoGroup);
+    assert!(matches!(c[..], [Command::Append { ids: 2, .. }]));
+    assert_eq!(
+        slot.want(false),
+        Want::Commit,
+        "no batch is prepared ahead once a compaction is due"
+    );
+    slot.on_committed(4);
+    let c = commands(&mut slot, &NoGroup);
+    let kinds: Vec<&str> = c
+        .iter()
+        .map(|c| match c {
+            Command::Output { .. } => "output",
+            Command::InsertIds { .. } => "insert",
+            Command::Compact {
+                position: 4,
+                epoch: 1,
+            } => "compact at 4",
+            Command::Release { through: 0 } => "release",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["output", "insert", "compact at 4", "release"]);
+    assert_eq!(slot.want(false), Want::Batch);
+}
+
+#[test]
+fn completion_commits_each_bounded_record_before_delivering_it() {
+    let groups = super::COMPLETION_FIRINGS as i64 + 100;
+    let op = WindowOperator::new(
+        vec![WindowSpec::global("all", aggregation::count())],
+        vec![TriggerSpec::watermark("all", "end", 0)],
+    )
+    .unwrap();
+    let mut config = config(true, true, 1);
+    config.uniqueness_key = None;
+    let mut slot = Slot::new(op, config);
+    slot.on_recovered(None, &[]).unwrap();
+    slot.on_started(0);
+    slot.on_batch(batch(0, 0..groups), &ById);
+    assert!(matches!(
+        commands(&mut slot, &ById)[..],
+        [Command::Append { .. }]
+    ));
+    slot.on_committed(1);
+    commands(&mut slot, &ById);
+    slot.on_inputs_finished(false);
+    let mut fired = Vec::new();
+    let mut position = 1;
+    loop {
+        let c = commands(&mut slot, &ById);
+        match slot.want(false) {
+            Want::Commit => {
+                assert!(
+                    c.iter().all(|c| matches!(c, Command::Append { .. })),
+                    "nothing of a completion record goes out before its commit"
+                );
+                position += 1;
+                slot.on_committed(position);
+                let delivered = commands(&mut slot, &ById);
+                let Some(Command::Deliver(step)) = delivered.first() else {
+                    panic!("a committed completion record is delivered")
+                };
+                fired.push(step.firings.len());
+                match &delivered[1..] {
+                    // Then the next record is appended, or, after the last, the final flush.
+                    [Command::Append { .. }] => continue,
+                    [Command::Flush] => {
+                        assert_eq!(slot.want(false), Want::Done);
+                        break;
+                    }
+                    other => panic!("after a completion record: {other:?}"),
+                }
+            }
+            Want::Done => {
+                assert!(matches!(c[..], [Command::Flush]));
+                break;
+            }
+            other => panic!("completion waits for {other:?}"),
+        }
+    }
+    assert_eq!(
+        fired.iter().sum::<usize>(),
+        groups as usize,
+        "every group fires once"
+    );
+    assert!(fired.len() >= 2, "in more than one record: {fired:?}");
+    assert!(
+        fired.iter().all(|&n| n <= super::COMPLETION_FIRINGS),
+        "{fired:?}"
+    );
+}
+
+#[test]
+fn records_carry_the_run_epoch_and_stale_owners_records_are_fenced_at_recovery() {
+    let mut stale = BatchRecord {
+        epoch: 1,
+        ..Default::default()
+    };
+    let mut op = operator();
+    stale.transitions = op
+        .on_segment(&segment(Some(9), 0), &Value::Null)
+        .unwrap()
+        .transitions;
+    let entries = vec![
+        (0, encode_record(&SlotRecord::Owner { epoch: 1 })),
+        (1, encode_record(&SlotRecord::Owner { epoch: 2 })),
+        // Written by the run of epoch 1 after the run of epoch 2 took over: fenced off.
+        (2, encode_record(&SlotRecord::Batch(stale))),
+        (3, encode_record(&SlotRecord::Owner { epoch: 3 })),
+    ];
+    let mut slot = Slot::new(operator(), config(true, true, 3));
+    let recovered = slot.on_recovered(None, &entries).unwrap();
+    assert_eq!((recovered.fenced, count(slot.operator())), (1, 0));
+    slot.on_started(0);
+    slot.on_batch(batch(0, [1]), &NoGroup);
+    let c = commands(&mut slot, &NoGroup);
+    let [Command::Append { bytes, .. }] = &c[..] else {
+        panic!("one record: {c:?}")
+    };
+    let SlotRecord::Batch(record) = decode_record(bytes).unwrap() else {
+        panic!("a batch record")
+    };
+    assert_eq!(record.epoch, 3);
+    assert_eq!(record.inputs, vec![(0, 0)]);
 }

@@ -56,11 +56,14 @@
 //!   owner seen before them. It covers ledgers written before the log had fences and is a
 //!   second line of defence: such a record is fenced off now and in every later recovery.
 //!
-//! **Where it lives.** This module holds the pure parts: [`record`] formats (bincode records,
-//! zstd snapshots, id keys), [`recovery`], [`filter_mark`], `seen_ids`, and [`schedule`] (when to
-//! compact, when to prepare ahead). The I/O and, for now,
-//! the sequencing above are the runtime's: `runtime/slot_log.rs` (ledger, filter, compaction)
-//! and `runtime/worker_peer.rs` (the per-batch loop, pipelining, completion).
+//! **Where it lives.** Everything above is decided by [`Slot`] ([`machine`]): events in (a
+//! batch, the filter's answers, a commit, the end of the inputs, a recovery), [`Command`]s out,
+//! no I/O, no clock, no runtime; [`Want`] tells its driver what it waits for. Beside it, the
+//! pure parts it uses: [`record`] formats (bincode records, zstd snapshots, id keys),
+//! [`recovery`], [`filter_mark`], `seen_ids`, and [`schedule`] (when to compact, when to
+//! prepare ahead). The runtime drives it: `runtime/worker_peer.rs` gathers batches, runs the
+//! task's function and carries the commands out; `runtime/slot_log.rs` does the ledger and
+//! filter I/O.
 
 pub mod filter_mark;
 pub mod machine;
