@@ -24,8 +24,13 @@ use super::record::{encode_batch_record, id_key_into, BatchRecord, Ids, StateErr
 use super::recovery::{recover, Recovered};
 use super::schedule::RecordSchedule;
 use super::seen_ids::SeenPair;
-use super::COMPLETION_FIRINGS;
 use crate::segment::{Segment, Value};
+
+/// Most firings of one job-completion record (whole groups, so a little more at times): when
+/// every input has finished, a windowed peer fires, logs and syncs its open windows in records
+/// of about this size, so a job with many open windows (a session per user) never holds all
+/// their final firings at once.
+pub const COMPLETION_FIRINGS: usize = 4096;
 
 /// How the slot finds a segment's group. The driver implements it (group by a key, by a
 /// registered function, or not at all); it must not panic: a user's function is called there

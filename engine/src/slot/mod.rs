@@ -73,16 +73,10 @@ pub mod schedule;
 pub(crate) mod seen_ids;
 
 pub use filter_mark::*;
-pub use machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
+pub use machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want, COMPLETION_FIRINGS};
 pub use record::*;
 pub use recovery::*;
 pub use schedule::RecordSchedule;
-
-/// Most firings of one job-completion record (whole groups, so a little more at times): when
-/// every input has finished, a windowed peer fires, logs and syncs its open windows in records
-/// of about this size, so a job with many open windows (a session per user) never holds all
-/// their final firings at once.
-pub const COMPLETION_FIRINGS: usize = 4096;
 
 #[cfg(test)]
 mod machine_tests;

@@ -11,7 +11,7 @@ use crate::segment::{Segment, Value};
 pub(crate) struct SeenIds {
     /// Integer ids (their key `i` + 8 bytes stands for exactly one value).
     ints: IntIds,
-    /// The keys ([`crate::slot::id_key`]) of other ids.
+    /// The keys ([`super::record::id_key`]) of other ids.
     keys: HashSet<Vec<u8>, foldhash::fast::RandomState>,
 }
 
@@ -125,7 +125,7 @@ impl SeenPair {
         self.batch.ends.clear();
         for s in segments {
             if let Some(v) = s.get(field) {
-                crate::slot::id_key_into(v, &mut self.key);
+                super::record::id_key_into(v, &mut self.key);
                 self.batch.bytes.extend_from_slice(&self.key);
             }
             self.batch.ends.push(self.batch.bytes.len());
