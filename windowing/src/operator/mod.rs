@@ -94,6 +94,7 @@ mod deadline;
 mod fire;
 mod groups;
 mod plan;
+mod rescale;
 mod segment;
 mod transition;
 mod watermark;
