@@ -99,6 +99,23 @@ pub enum RunError {
         /// This run's peer counts.
         now: String,
     },
+    /// A task's peer count changed in a way its state cannot follow.
+    #[error(
+        "state log: job {job:?}: task {task:?} cannot go from {was} to {now} peers: {reason}; \
+         run it with {was} peers, or start over with --fresh"
+    )]
+    CannotRescale {
+        /// The job's name in the log.
+        job: String,
+        /// The task.
+        task: String,
+        /// Its peer count in the run that wrote the state.
+        was: u64,
+        /// Its peer count now.
+        now: u64,
+        /// Why not.
+        reason: String,
+    },
     /// The job's state was placed on slots another way than this run places keys (another
     /// hash, or another `key_groups`).
     #[error(

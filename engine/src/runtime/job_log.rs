@@ -117,6 +117,21 @@ pub(super) struct Meta {
     windowed: Vec<String>,
     /// How grouped keys were placed on slots ([`routing::placement`]).
     routing: String,
+    /// Per windowed task, `(task, layout, slots)`: the slots' ledgers are those of the layout
+    /// (0: `g<gen>/<task>/<peer>`; each rescale the next, `g<gen>/<task>/L<layout>/<peer>`).
+    layouts: Vec<(String, u64, u64)>,
+    /// Rescales not finished: `(task, old layout, old slots)`, whose ledgers the new slots
+    /// recover from until each has written its first snapshot; then they are retired.
+    retiring: Vec<(String, u64, u64)>,
+}
+
+/// A meta record written before rescaling (no layouts: every windowed task in layout 0).
+#[derive(Deserialize)]
+pub(super) struct MetaWithoutLayouts {
+    generation: u64,
+    peers: Vec<(String, u64)>,
+    windowed: Vec<String>,
+    routing: String,
 }
 
 /// A meta record written before the key placement was recorded: its keys were placed with
@@ -132,18 +147,45 @@ pub(super) struct MetaWithoutRouting {
 pub(super) const LEGACY_ROUTING: &str = "std DefaultHasher";
 
 impl Meta {
-    /// Decodes a meta record of this version or of the one before it.
+    /// Decodes a meta record of this version or of one of the two before it.
     pub(super) fn decode(bytes: &[u8]) -> Result<Meta, String> {
+        let first_layouts = |peers: &[(String, u64)], windowed: &[String]| {
+            peers
+                .iter()
+                .filter(|(t, _)| windowed.contains(t))
+                .map(|(t, n)| (t.clone(), 0, *n))
+                .collect()
+        };
         decode::<Meta>(bytes).or_else(|e| {
-            decode::<MetaWithoutRouting>(bytes)
+            decode::<MetaWithoutLayouts>(bytes)
                 .map(|m| Meta {
+                    layouts: first_layouts(&m.peers, &m.windowed),
                     generation: m.generation,
                     peers: m.peers,
                     windowed: m.windowed,
-                    routing: LEGACY_ROUTING.to_owned(),
+                    routing: m.routing,
+                    retiring: Vec::new(),
+                })
+                .or_else(|_| {
+                    decode::<MetaWithoutRouting>(bytes).map(|m| Meta {
+                        layouts: first_layouts(&m.peers, &m.windowed),
+                        generation: m.generation,
+                        peers: m.peers,
+                        windowed: m.windowed,
+                        routing: LEGACY_ROUTING.to_owned(),
+                        retiring: Vec::new(),
+                    })
                 })
                 .map_err(|_| e)
         })
+    }
+
+    /// The layout and slot count of windowed task `task`.
+    fn layout(&self, task: &str) -> Option<(u64, u64)> {
+        self.layouts
+            .iter()
+            .find(|(t, ..)| t == task)
+            .map(|(_, l, n)| (*l, *n))
     }
 }
 
@@ -201,10 +243,90 @@ pub(super) struct JobLog {
     pub epoch: u64,
     /// This process's client id for the meta ledger's request ids.
     pub(super) nonce: u64,
+    /// The job's number of key groups.
+    pub key_groups: usize,
+    /// The meta record of this run, and per task being rescaled, the new slots that have not
+    /// yet written their first snapshot.
+    rescales: tokio::sync::Mutex<Rescales>,
+    /// The job's meta ledger.
+    meta_ledger: String,
+    /// Per windowed task, its layout and slot count (see [`Meta`]).
+    layouts: BTreeMap<String, (u64, u64)>,
+    /// Per task being rescaled, its old layout and slot count.
+    retiring: BTreeMap<String, (u64, u64)>,
+}
+
+/// The rescales of a run still waiting for new slots' first snapshots.
+struct Rescales {
+    meta: Meta,
+    pending: BTreeMap<String, usize>,
+    /// The next request id of this process's meta appends.
+    seq: u64,
+}
+
+/// Why a resumed job may run with its peer counts as they are now, or the error that refuses
+/// it. A windowed task with grouped windows is rescaled; a task without state may change
+/// freely; an input (its positions are per peer) or a windowed task whose state is not split
+/// by group key may not.
+fn check_peer_change(
+    job: &Job,
+    name: &str,
+    last: &Meta,
+    peers_now: &[(String, u64)],
+) -> Result<Vec<(String, u64, u64)>, RunError> {
+    let refused = || RunError::PeersChanged {
+        job: name.to_owned(),
+        was: fmt_peers(&last.peers),
+        now: fmt_peers(peers_now),
+    };
+    let was: BTreeMap<&str, u64> = last.peers.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+    let now: BTreeMap<&str, u64> = peers_now.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+    if !was.keys().eq(now.keys()) {
+        return Err(refused());
+    }
+    let mut rescaled = Vec::new();
+    for (task, &n) in &now {
+        let old = was[task];
+        if old == n {
+            continue;
+        }
+        let spec = job.task(task).ok_or_else(refused)?;
+        let cannot = |reason: String| RunError::CannotRescale {
+            job: name.to_owned(),
+            task: (*task).to_owned(),
+            was: old,
+            now: n,
+            reason,
+        };
+        if spec.kind == crate::job::TaskKind::Input {
+            return Err(cannot(
+                "an input's committed positions are kept per peer".to_owned(),
+            ));
+        }
+        let Some((layout, _)) = last.layout(task) else {
+            continue; // no state: nothing to re-divide
+        };
+        if spec.group_by_key.is_none() && spec.group_by_fn.is_none() {
+            return Err(cannot(
+                "its windows are not grouped (group_by_key or group_by_fn), so each slot's \
+                 state is an aggregate of whatever ids hashed to it and cannot be re-divided"
+                    .to_owned(),
+            ));
+        }
+        if let Some((_, _, from)) = last.retiring.iter().find(|(t, ..)| t == task) {
+            return Err(cannot(format!(
+                "its rescale from {from} peers to {old} has not finished (a run stopped before \
+                 every new slot wrote its first snapshot): run it with {old} peers first"
+            )));
+        }
+        rescaled.push(((*task).to_owned(), layout, old));
+    }
+    Ok(rescaled)
 }
 
 impl JobLog {
-    /// Reads the job's meta ledger, checks the peer counts of a resumed job, and records this run.
+    /// Reads the job's meta ledger, checks the peer counts of a resumed job (a changed count of
+    /// a grouped windowed task starts its rescale), and records this run.
     pub async fn open(
         job: &Job,
         options: StateOptions,
@@ -232,17 +354,16 @@ impl JobLog {
         let peers_now: Vec<(String, u64)> =
             peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
         let placement = routing::placement(job.key_groups());
+        let mut layouts: Vec<(String, u64, u64)> = peers_now
+            .iter()
+            .filter(|(t, _)| windowed.contains(t))
+            .map(|(t, n)| (t.clone(), 0, *n))
+            .collect();
+        let mut retiring = Vec::new();
         let generation = match &last {
             None => 0,
             Some(m) if options.fresh => m.generation + 1,
             Some(m) => {
-                if m.peers != peers_now {
-                    return Err(RunError::PeersChanged {
-                        job: name,
-                        was: fmt_peers(&m.peers),
-                        now: fmt_peers(&peers_now),
-                    });
-                }
                 let split = placed_by_key(m);
                 if m.routing != placement && !split.is_empty() {
                     return Err(RunError::PlacementChanged {
@@ -252,6 +373,15 @@ impl JobLog {
                         split: split.join(", "),
                     });
                 }
+                let rescaled = check_peer_change(job, &name, m, &peers_now)?;
+                for (task, layout, _) in &mut layouts {
+                    if let Some((l, _)) = m.layout(task) {
+                        let moved = rescaled.iter().any(|(t, ..)| t == task);
+                        *layout = if moved { l + 1 } else { l };
+                    }
+                }
+                retiring = m.retiring.clone();
+                retiring.extend(rescaled);
                 m.generation
             }
         };
@@ -261,6 +391,8 @@ impl JobLog {
             peers: peers_now,
             windowed,
             routing: placement,
+            layouts,
+            retiring,
         };
         let bytes = encode(&meta);
         let pos = store
@@ -275,13 +407,69 @@ impl JobLog {
         if let Some(old) = last.filter(|m| m.generation != generation) {
             drop_generation(store.as_ref(), &name, &old).await?;
         }
+        let pending = meta
+            .retiring
+            .iter()
+            .map(|(t, ..)| (t.clone(), meta.layout(t).map_or(0, |(_, n)| n as usize)))
+            .collect();
+        for (task, layout, from) in &meta.retiring {
+            let to = meta.layout(task).map_or(0, |(_, n)| n);
+            tracing::info!(%task, from, to, old_layout = layout, "rescaling a windowed task");
+        }
         Ok(JobLog {
             resumed,
             prefix: format!("{name}/g{generation}"),
             epoch: pos + 1,
             nonce,
+            key_groups: job.key_groups(),
+            layouts: meta
+                .layouts
+                .iter()
+                .map(|(t, l, n)| (t.clone(), (*l, *n)))
+                .collect(),
+            retiring: meta
+                .retiring
+                .iter()
+                .map(|(t, l, n)| (t.clone(), (*l, *n)))
+                .collect(),
+            rescales: tokio::sync::Mutex::new(Rescales {
+                meta,
+                pending,
+                seq: 1,
+            }),
+            meta_ledger,
             options,
         })
+    }
+
+    /// A run of job `name` (generation 0, one layout) with this epoch, without reading or
+    /// writing its meta ledger: for tests of what a stale run may still write.
+    #[cfg(test)]
+    pub(super) fn stale(options: StateOptions, name: &str, epoch: u64, nonce: u64) -> JobLog {
+        let meta = Meta {
+            generation: 0,
+            peers: Vec::new(),
+            windowed: Vec::new(),
+            routing: routing::placement(crate::key_groups::DEFAULT_KEY_GROUPS),
+            layouts: Vec::new(),
+            retiring: Vec::new(),
+        };
+        JobLog {
+            options,
+            resumed: true,
+            prefix: format!("{name}/g0"),
+            epoch,
+            nonce,
+            key_groups: crate::key_groups::DEFAULT_KEY_GROUPS,
+            rescales: tokio::sync::Mutex::new(Rescales {
+                meta,
+                pending: BTreeMap::new(),
+                seq: 1,
+            }),
+            meta_ledger: format!("{name}/meta"),
+            layouts: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+        }
     }
 
     /// The request ids of one ledger's appends: a client id unique to this process and ledger.
@@ -291,8 +479,69 @@ impl JobLog {
         self.nonce ^ h.finish()
     }
 
+    /// The ledger of slot `peer` of `task` (an input peer's positions are under it).
     pub(super) fn slot_ledger(&self, task: &str, peer: usize) -> String {
-        format!("{}/{task}/{peer}", self.prefix)
+        let layout = self.layouts.get(task).map_or(0, |(l, _)| *l);
+        layout_ledger(&self.prefix, task, layout, peer as u64)
+    }
+
+    /// The number of slots of windowed task `task`.
+    pub(super) fn slots(&self, task: &str) -> usize {
+        self.layouts.get(task).map_or(1, |(_, n)| *n as usize)
+    }
+
+    /// The old layout and slot count of `task` while it is being rescaled.
+    pub(super) fn retiring(&self, task: &str) -> Option<(u64, u64)> {
+        self.retiring.get(task).copied()
+    }
+
+    /// The ledger of slot `peer` of `task` in layout `layout`.
+    pub(super) fn old_slot_ledger(&self, task: &str, layout: u64, peer: u64) -> String {
+        layout_ledger(&self.prefix, task, layout, peer)
+    }
+
+    /// A new slot of `task` (being rescaled) has written its first snapshot: once every new slot
+    /// has, the rescale is recorded as finished and the old layout's ledgers are retired.
+    pub(super) async fn slot_rescaled(&self, task: &str) -> Result<(), RunError> {
+        let mut r = self.rescales.lock().await;
+        let Some(left) = r.pending.get_mut(task) else {
+            return Ok(());
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return Ok(());
+        }
+        r.pending.remove(task);
+        let Some(i) = r.meta.retiring.iter().position(|(t, ..)| t == task) else {
+            return Ok(());
+        };
+        let (_, layout, slots) = r.meta.retiring.remove(i);
+        let bytes = encode(&r.meta);
+        let store = &self.options.store;
+        let request = RequestId::new(self.nonce, r.seq);
+        r.seq += 1;
+        let pos = store
+            .append(&self.meta_ledger, request, bytes.clone())
+            .await
+            .map_err(log_error(&self.meta_ledger))?;
+        store
+            .snapshot(&self.meta_ledger, pos, bytes)
+            .await
+            .map_err(log_error(&self.meta_ledger))?;
+        let old: Vec<String> = (0..slots)
+            .map(|p| self.old_slot_ledger(task, layout, p))
+            .collect();
+        drop_ledgers(store.as_ref(), &old).await?;
+        tracing::info!(%task, old_slots = slots, "rescale finished: the old slots' ledgers are retired");
+        Ok(())
+    }
+}
+
+/// `J/g<gen>/<task>/<peer>` in layout 0, `J/g<gen>/<task>/L<layout>/<peer>` after.
+fn layout_ledger(prefix: &str, task: &str, layout: u64, peer: u64) -> String {
+    match layout {
+        0 => format!("{prefix}/{task}/{peer}"),
+        l => format!("{prefix}/{task}/L{l}/{peer}"),
     }
 }
 
@@ -309,22 +558,31 @@ pub(super) async fn drop_generation(
     name: &str,
     old: &Meta,
 ) -> Result<(), RunError> {
+    let prefix = format!("{name}/g{}", old.generation);
     let mut ledgers = Vec::new();
     for (task, n) in &old.peers {
         for p in 0..*n {
-            ledgers.push(format!("{name}/g{}/{task}/{p}/input", old.generation));
-            if old.windowed.contains(task) {
-                ledgers.push(format!("{name}/g{}/{task}/{p}", old.generation));
-            }
+            ledgers.push(format!("{}/input", layout_ledger(&prefix, task, 0, p)));
+        }
+        if let Some((layout, n)) = old.layout(task) {
+            ledgers.extend((0..n).map(|p| layout_ledger(&prefix, task, layout, p)));
         }
     }
+    for (task, layout, n) in &old.retiring {
+        ledgers.extend((0..*n).map(|p| layout_ledger(&prefix, task, *layout, p)));
+    }
+    drop_ledgers(store, &ledgers).await
+}
+
+/// Empties `ledgers` (a snapshot of nothing over their last entry).
+async fn drop_ledgers(store: &dyn Ledgers, ledgers: &[String]) -> Result<(), RunError> {
     for l in ledgers {
-        let info = store.info(&l).await.map_err(log_error(&l))?;
+        let info = store.info(l).await.map_err(log_error(l))?;
         if info.entries > 0 {
             store
-                .snapshot(&l, info.next_position - 1, Vec::new())
+                .snapshot(l, info.next_position - 1, Vec::new())
                 .await
-                .map_err(log_error(&l))?;
+                .map_err(log_error(l))?;
         }
     }
     Ok(())

@@ -39,6 +39,7 @@
 //! - `window_stage`: a windowed task's window operator (handed to the slot) and the delivery
 //!   of its decisions (syncs, emitted firings, late segments).
 //! - `slot_log`: a windowed slot's ledger and dedup filter: the I/O of the machine's commands.
+//! - `rescale`: a rescaled task's new slot gathering its first state from the old slots.
 //! - `job_log`: the job's ledgers in the state log ([`StateOptions`]).
 //! - `input_log`: an input peer's committed positions in the state log.
 //!
@@ -82,6 +83,7 @@ mod launch;
 mod message;
 mod progress;
 pub mod rejections;
+mod rescale;
 mod router;
 pub mod routing;
 mod slot_log;
@@ -95,4 +97,5 @@ pub use job_log::StateOptions;
 pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS};
 pub use progress::{FilterOpened, Progress, SlotRecovery};
 pub use rejections::Rejection;
+pub use rescale::CRASH_AFTER_RESCALED_SLOTS;
 pub use slot_log::CRASH_AFTER_RECORDS;

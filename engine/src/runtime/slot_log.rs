@@ -85,19 +85,25 @@ fn crash_point_after_commit() {
         return;
     };
     if COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == after {
-        tracing::warn!(after, "test crash point: killing this process with SIGKILL");
-        let sent = std::process::Command::new("kill")
-            .args(["-9", &std::process::id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !sent {
-            // No `kill` to run: die at once all the same (SIGABRT, no cleanup either).
-            std::process::abort();
-        }
-        // SIGKILL is on its way; this thread does nothing more.
-        loop {
-            std::thread::park();
-        }
+        kill_this_process();
+    }
+}
+
+/// The end of a test crash point: SIGKILL to this process (no cleanup); this thread does
+/// nothing more.
+pub(super) fn kill_this_process() -> ! {
+    tracing::warn!("test crash point: killing this process with SIGKILL");
+    let sent = std::process::Command::new("kill")
+        .args(["-9", &std::process::id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        // No `kill` to run: die at once all the same (SIGABRT, no cleanup either).
+        std::process::abort();
+    }
+    // SIGKILL is on its way.
+    loop {
+        std::thread::park();
     }
 }
 
@@ -187,12 +193,7 @@ impl SlotLog {
         let snapshot_position = snapshot.as_ref().map(|(p, _)| *p);
         let mut filter_opened = None;
         if dedup {
-            let dir = self
-                .js
-                .options
-                .dir
-                .join("filters")
-                .join(self.ledger.replace(['/', '\\', ':'], "_"));
+            let dir = self.filter_dir();
             let config = self.js.options.dedup;
             let export = recovered.filter_export.take();
             let batch_ids = std::mem::take(&mut recovered.batch_ids);
@@ -225,6 +226,32 @@ impl SlotLog {
             .expect("recoveries lock")
             .push(report);
         Ok(())
+    }
+
+    /// A rescaled slot's dedup filter, filled with the ids gathered from the old slots (what was
+    /// on disk under its name is cleared first).
+    pub async fn fill_filter(&mut self, ids: Vec<Vec<u8>>) -> Result<(), RunError> {
+        let dir = self.filter_dir();
+        let config = self.js.options.dedup;
+        let filter = tokio::task::spawn_blocking(move || {
+            let mut f = DedupFilter::open(&dir, config)?;
+            f.clear()?;
+            f.insert_batch(ids.iter().map(Vec::as_slice))?;
+            Ok::<_, sardonyx_state_log::Error>(f)
+        })
+        .await?
+        .map_err(filter_error(&self.ledger))?;
+        self.filter = Some(filter);
+        Ok(())
+    }
+
+    /// Where this slot's dedup filter lives.
+    fn filter_dir(&self) -> std::path::PathBuf {
+        self.js
+            .options
+            .dir
+            .join("filters")
+            .join(self.ledger.replace(['/', '\\', ':'], "_"))
     }
 
     /// Whether the filter has seen each of `keys`, in order, into `answers` (cleared first;
@@ -456,13 +483,8 @@ mod tests {
         assert_refused(compact(&mut a).await, &ledger);
         // So is a stale run taking the slot over again (its `Owner` record).
         drop(a);
-        let stale = JobLog {
-            options: StateOptions::new(store.clone(), dir.path().join("a")),
-            resumed: true,
-            prefix: "fencing/g0".into(),
-            epoch: 1,
-            nonce: 77,
-        };
+        let options = StateOptions::new(store.clone(), dir.path().join("a"));
+        let stale = JobLog::stale(options, "fencing", 1, 77);
         let reopened =
             SlotLog::take_over(Arc::new(stale), "count", 0, Arc::new(Progress::default())).await;
         assert_refused(reopened.map(|_| ()), &ledger);

@@ -202,6 +202,9 @@ impl Driver<'_> {
         };
         let mut slot = match &ctx.state {
             Some(js) => {
+                if let Some(old) = js.retiring(&ctx.task.name) {
+                    self.gather_first_state(js, old, dedup.is_some()).await?;
+                }
                 let (mut log, taken) =
                     SlotLog::take_over(js.clone(), &ctx.task.name, ctx.peer, ctx.progress.clone())
                         .await?;
@@ -225,6 +228,38 @@ impl Driver<'_> {
         };
         slot.on_started(now_ms());
         Ok(slot)
+    }
+
+    /// A slot of a task being rescaled ([`super::rescale`]): its first state gathered from the
+    /// old slots, their last records' firings for its groups delivered again, then written as
+    /// its first snapshot.
+    async fn gather_first_state(
+        &mut self,
+        js: &Arc<super::job_log::JobLog>,
+        old: (u64, u64),
+        dedup: bool,
+    ) -> Result<(), RunError> {
+        let ctx = self.ctx;
+        let fresh = || {
+            WindowStage::new(&ctx.job, &ctx.task, &ctx.registry, &ctx.syncs)
+                .ok()
+                .flatten()
+                .expect("the task's windows were built once already")
+                .1
+        };
+        let Some(mut first) = super::rescale::gather(ctx, js, old, dedup, &fresh).await? else {
+            return Ok(());
+        };
+        let pending = std::mem::take(&mut first.pending);
+        if !pending.is_empty() {
+            let stage = self.stage.as_ref().expect("a windowed slot");
+            let step = sardonyx_windowing::Step {
+                firings: pending,
+                ..Default::default()
+            };
+            deliver(ctx, stage, step, &mut self.router)?;
+        }
+        first.write(js, &ctx.task.name, dedup).await
     }
 
     /// Takes a gathered batch through the lifecycles' `before_batch` and the task's function,

@@ -69,3 +69,50 @@ mod locator;
 
 pub use config::DedupConfig;
 pub use filter::DedupFilter;
+
+/// Calls `f` with every id of a [`DedupFilter::export`], oldest bucket first (for a rescale,
+/// which gathers the ids of several slots' exports into one filter). An export that does not
+/// decode is [`crate::Error::Corrupt`], reported before `f` is called.
+pub fn export_ids(export: &[u8], mut f: impl FnMut(&[u8])) -> crate::Result<()> {
+    for bucket in export::parse_export(export)? {
+        bucket
+            .for_each_id(|id| {
+                f(id);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .expect("infallible");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod export_ids_tests {
+    use super::{export_ids, DedupConfig, DedupFilter};
+
+    #[test]
+    fn export_ids_gives_back_every_id_of_every_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DedupConfig {
+            bucket_size: 4,
+            ..DedupConfig::default()
+        };
+        let mut f = DedupFilter::open(dir.path(), config).unwrap();
+        let ids: Vec<Vec<u8>> = (0..10_u64)
+            .map(|i| [b"i".as_slice(), &i.to_be_bytes()].concat())
+            .chain([b"s\x03abc".to_vec()])
+            .collect();
+        for chunk in ids.chunks(3) {
+            f.insert_batch(chunk.iter().map(Vec::as_slice)).unwrap();
+        }
+        let mut back = Vec::new();
+        export_ids(&f.export().unwrap(), |id| back.push(id.to_vec())).unwrap();
+        back.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(back, want);
+        assert_eq!(
+            export_ids(b"nonsense", |_| ()).unwrap_err().to_string(),
+            "corrupt record in ledger \"<dedup filter export>\" at position 0: not a dedup filter export"
+        );
+    }
+}

@@ -43,6 +43,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `sardonyx ARGS…` in `cwd`.
     pub fn start(args: &[&str], cwd: &Path) -> Proc {
+        Proc::start_with_env(args, cwd, &[])
+    }
+
+    /// Starts `sardonyx ARGS…` in `cwd` with these environment variables set.
+    pub fn start_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
         let exe = std::env::current_exe().expect("test executable");
         let mut child = Command::new(exe)
             .args([
@@ -53,6 +58,7 @@ impl Proc {
             ])
             .env(CHILD_ARGS, serde_json::to_string(args).unwrap())
             .env("SARDONYX_LOG", "warn")
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -207,6 +213,12 @@ pub fn write_votes(path: &Path, n: u64, dups: u64) -> Vec<Value> {
 /// on to the output `done`, a JSON-lines file `dir/out.jsonl` (so each vote reaches it twice in
 /// an uninterrupted run, and at least twice after crashes: [`assert_every_vote_output`]).
 pub fn vote_job(dir: &Path, input: &Path) -> PathBuf {
+    vote_job_with_peers(dir, input, 2)
+}
+
+/// [`vote_job`] with `peers` peers per windowed task (the job file is rewritten: a run after
+/// a change of `peers` rescales the tasks).
+pub fn vote_job_with_peers(dir: &Path, input: &Path, peers: u64) -> PathBuf {
     let p = |f: &str| dir.join(f).display().to_string();
     let job = serde_json::json!({
         "id": "eo-votes",
@@ -217,9 +229,9 @@ pub fn vote_job(dir: &Path, input: &Path) -> PathBuf {
              "params":{"path": input.display().to_string()}, "batch_size": 500,
              "watermark":{"key":"event_time","max_out_of_order":[6,"minutes"]}},
             {"name":"count-votes","type":"function","fn":"sardonyx/identity",
-             "group_by_key":"candidate","uniqueness_key":"vote_id","n_peers":2},
+             "group_by_key":"candidate","uniqueness_key":"vote_id","n_peers":peers},
             {"name":"voter-sessions","type":"function","fn":"sardonyx/identity",
-             "group_by_key":"voter_id","uniqueness_key":"vote_id","n_peers":2},
+             "group_by_key":"voter_id","uniqueness_key":"vote_id","n_peers":peers},
             {"name":"done","type":"output","plugin":"sardonyx/jsonl",
              "params":{"path": p("out.jsonl")}}
         ],

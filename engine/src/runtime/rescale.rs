@@ -1,0 +1,179 @@
+//! Rescaling a windowed task on restart (DESIGN §4 "Grouping"): when a grouped windowed task's
+//! peer count changed since its state was written, each new slot gathers its first state from
+//! the old slots whose key groups overlap its own — their window state for its key groups
+//! ([`sardonyx_windowing::Snapshot::retain_groups`], joined with
+//! [`sardonyx_windowing::Snapshot::join`]) and their dedup ids — and writes it as its first
+//! snapshot. Once every new slot has one, the old ledgers are retired
+//! ([`JobLog::slot_rescaled`]); until then they are left as they were (only fenced), so a run
+//! killed in the middle of a rescale gathers the missing slots' state again the same way.
+//!
+//! The dedup ids of the old slots are not labelled with their key groups: a new slot takes every
+//! id of each old slot it gathers from (a superset: an id only ever arrives at the slot that owns
+//! its segment's key group, so the extra ids are never asked about).
+
+use std::sync::Arc;
+
+use sardonyx_state_log::{export_ids, RequestId};
+use sardonyx_windowing::trigger::Firing;
+use sardonyx_windowing::WindowOperator;
+
+use super::context::PeerContext;
+use super::error::RunError;
+use super::job_log::{corrupt, log_error, slot_write_error, JobLog};
+use super::routing::key_hash;
+use super::slot_log::SlotLog;
+use crate::key_groups::{key_group_of, range_of};
+use crate::slot::{self, SlotRecord};
+
+/// The environment variable of the test-only crash point of a rescale: `N` makes the process
+/// kill itself with SIGKILL right after the `N`-th new slot wrote its first snapshot (before the
+/// old ledgers are retired).
+pub const CRASH_AFTER_RESCALED_SLOTS: &str = "SARDONYX_TEST_CRASH_AFTER_RESCALED_SLOTS";
+
+/// A new slot's first state, gathered from the old slots.
+pub(super) struct FirstState {
+    log: SlotLog,
+    /// The position of the slot's `Owner` record, which the first snapshot covers.
+    position: u64,
+    operator: WindowOperator,
+    /// Every dedup id of the old slots gathered from.
+    ids: Vec<Vec<u8>>,
+    /// The firings of the old slots' last records for this slot's groups (possibly never
+    /// synced before the old run stopped), to deliver again before the first snapshot.
+    pub pending: Vec<Firing>,
+}
+
+/// Gathers the first state of slot `ctx.peer` of a task being rescaled from the `old_slots`
+/// slots of layout `old_layout`; `None` if the slot already has a snapshot (an earlier run
+/// gathered it; the slot then counts as rescaled). `fresh` makes an empty operator of the task.
+pub(super) async fn gather(
+    ctx: &PeerContext,
+    js: &Arc<JobLog>,
+    (old_layout, old_slots): (u64, u64),
+    dedup: bool,
+    fresh: &(dyn Fn() -> WindowOperator + Sync),
+) -> Result<Option<FirstState>, RunError> {
+    let task = &ctx.task.name;
+    let (log, taken) = SlotLog::take_over(js.clone(), task, ctx.peer, ctx.progress.clone()).await?;
+    if taken.read.snapshot.is_some() {
+        js.slot_rescaled(task).await?;
+        return Ok(None);
+    }
+    let position = taken
+        .read
+        .entries
+        .last()
+        .map(|(p, _)| *p)
+        .expect("the slot's Owner record was just read");
+    let g = js.key_groups;
+    let new_slots = js.slots(task);
+    let mine = range_of(ctx.peer, new_slots, g);
+    let owns = |key: &sardonyx_windowing::Value| mine.contains(&key_group_of(key_hash(key), g));
+    let store = js.options.store.clone();
+    let (mut parts, mut ids, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+    let mut from = Vec::new();
+    for old in 0..old_slots {
+        let theirs = range_of(old as usize, old_slots as usize, g);
+        if theirs.end <= mine.start || mine.end <= theirs.start {
+            continue;
+        }
+        let ledger = js.old_slot_ledger(task, old_layout, old);
+        // Fenced: a process of the run before the rescale still running can no longer write
+        // there once any new slot has read it.
+        let owner = slot::encode_record(&SlotRecord::Owner { epoch: js.epoch });
+        store
+            .append_fenced(
+                &ledger,
+                js.epoch,
+                RequestId::new(js.client(&ledger), 0),
+                owner,
+            )
+            .await
+            .map_err(slot_write_error(&ledger))?;
+        let read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
+        let mut op = fresh();
+        let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+        let recovered = slot::recover(&ledger, &mut op, snapshot, &read.entries)?;
+        let mut state = op.snapshot();
+        state.retain_groups(owns);
+        parts.push(state);
+        pending.extend(recovered.pending.into_iter().filter(|f| owns(&f.group)));
+        if dedup {
+            if let Some(export) = recovered.filter_export.as_deref().filter(|e| !e.is_empty()) {
+                let at = read.snapshot.as_ref().map_or(0, |(p, _)| *p);
+                export_ids(export, |id| ids.push(id.to_vec()))
+                    .map_err(|e| corrupt(&ledger, at, format!("snapshot's dedup ids: {e}")))?;
+            }
+            for (_, batch) in &recovered.batch_ids {
+                ids.extend(batch.keys());
+            }
+        }
+        from.push(ledger);
+    }
+    let mut operator = fresh();
+    let joined = operator.snapshot().join(parts).map_err(|e| {
+        corrupt(
+            log.ledger(),
+            position,
+            format!("joining the old slots: {e}"),
+        )
+    })?;
+    operator.restore(joined).map_err(|e| {
+        corrupt(
+            log.ledger(),
+            position,
+            format!("joining the old slots: {e}"),
+        )
+    })?;
+    tracing::info!(
+        ledger = log.ledger(),
+        key_groups = ?mine,
+        from = ?from,
+        ids = ids.len(),
+        "gathered a rescaled slot's first state"
+    );
+    Ok(Some(FirstState {
+        log,
+        position,
+        operator,
+        ids,
+        pending,
+    }))
+}
+
+impl FirstState {
+    /// Writes the gathered state as the slot's first snapshot (with its dedup filter filled with
+    /// the gathered ids), then counts the slot as rescaled. Call once its pending firings are
+    /// delivered.
+    pub(super) async fn write(self, js: &JobLog, task: &str, dedup: bool) -> Result<(), RunError> {
+        let FirstState {
+            mut log,
+            position,
+            operator,
+            ids,
+            ..
+        } = self;
+        if dedup {
+            log.fill_filter(ids).await?;
+        }
+        log.compact(position, js.epoch, &operator).await?;
+        crash_point_after_rescaled_slot();
+        js.slot_rescaled(task).await
+    }
+}
+
+/// The crash point of [`CRASH_AFTER_RESCALED_SLOTS`].
+fn crash_point_after_rescaled_slot() {
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(after) = *AFTER.get_or_init(|| {
+        std::env::var(CRASH_AFTER_RESCALED_SLOTS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == after {
+        super::slot_log::kill_this_process();
+    }
+}

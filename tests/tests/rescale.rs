@@ -1,0 +1,137 @@
+//! Rescaling with state (key groups): the vote job (totals per candidate, per-minute counts,
+//! per-voter sessions; duplicates at the source) run by real `sardonyx` processes killed with
+//! SIGKILL, resumed each time with another number of peers per windowed task, ends with every
+//! final extent exact and every vote counted once; so does a run killed in the middle of the
+//! rescale itself. A change the state cannot follow is refused with a clear error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Not a test: the entry point of the `sardonyx` processes the tests start.
+#[test]
+fn child_process() {
+    child_main();
+}
+
+fn run_args<'a>(job: &'a str, data: &'a str) -> Vec<&'a str> {
+    // Compact past 100 kB: the old slots have snapshots and tails when they are re-divided.
+    vec![
+        "run",
+        job,
+        "--data",
+        data,
+        "--progress-ms",
+        "20",
+        "--compact-bytes",
+        "100000",
+    ]
+}
+
+#[test]
+fn two_then_three_then_one_peers_with_kills_between_ends_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 60_000, 600);
+    let data = dir.join("data").display().to_string();
+    let seed = test_seed("two_then_three_then_one_peers");
+    let thresholds = draws(seed, &[5_000..25_000, 5_000..25_000]);
+    eprintln!("kill points (records read by each run): {thresholds:?}");
+    for (peers, threshold) in [(2, thresholds[0]), (3, thresholds[1])] {
+        let job = vote_job_with_peers(dir, &input, peers)
+            .display()
+            .to_string();
+        let mut p = Proc::start(&run_args(&job, &data), dir);
+        p.wait_until_read(threshold, Duration::from_secs(120));
+        p.kill9();
+    }
+    let job = vote_job_with_peers(dir, &input, 1).display().to_string();
+    let (status, lines) = Proc::start(&run_args(&job, &data), dir).finish(Duration::from_secs(180));
+    let out = lines.join("\n");
+    assert!(status.success(), "final run failed:\n{out}");
+    let recs = recoveries(&lines);
+    assert_eq!(recs.len(), 2, "one slot per windowed task now:\n{out}");
+    for (ledger, snapshot, _) in &recs {
+        assert!(
+            ledger.contains("/L2/"),
+            "{ledger}: the slot of the second rescale\n{out}"
+        );
+        assert!(
+            snapshot.is_some(),
+            "{ledger} starts from its gathered snapshot:\n{out}"
+        );
+    }
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+    assert_every_vote_output(dir, &votes);
+}
+
+#[test]
+fn a_kill_in_the_middle_of_a_rescale_then_a_run_again_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 30_000, 300);
+    let data = dir.join("data").display().to_string();
+    let job = vote_job_with_peers(dir, &input, 2).display().to_string();
+    let mut p = Proc::start(&run_args(&job, &data), dir);
+    p.wait_until_read(12_000, Duration::from_secs(120));
+    p.kill9();
+
+    // Three new slots per windowed task: the process kills itself once two of the six have
+    // written their first snapshot, before the old ledgers are retired.
+    let job = vote_job_with_peers(dir, &input, 3).display().to_string();
+    let crash = [(sardonyx::runtime::CRASH_AFTER_RESCALED_SLOTS, "2")];
+    let (status, lines) =
+        Proc::start_with_env(&run_args(&job, &data), dir, &crash).finish(Duration::from_secs(120));
+    assert!(
+        !status.success(),
+        "the run was to die in the rescale:\n{}",
+        lines.join("\n")
+    );
+
+    // Run again with the same count: the slots without a snapshot gather theirs the same way.
+    let (status, lines) = Proc::start(&run_args(&job, &data), dir).finish(Duration::from_secs(180));
+    let out = lines.join("\n");
+    assert!(status.success(), "final run failed:\n{out}");
+    assert_eq!(recoveries(&lines).len(), 6, "{out}");
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+    assert_every_vote_output(dir, &votes);
+
+    // Another count before that rescale had finished would have been refused; now it is not.
+    let job = vote_job_with_peers(dir, &input, 1).display().to_string();
+    let (status, lines) = Proc::start(&run_args(&job, &data), dir).finish(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert_finals_equal(&oracle(&votes), &reported(dir));
+}
+
+#[test]
+fn a_change_of_the_inputs_peers_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    write_votes(&input, 2_000, 0);
+    let data = dir.join("data").display().to_string();
+    let job = vote_job_with_peers(dir, &input, 2);
+    let (status, lines) = Proc::start(&run_args(&job.display().to_string(), &data), dir)
+        .finish(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&job).unwrap()).unwrap();
+    spec["catalog"][0]["n_peers"] = 2.into();
+    std::fs::write(&job, spec.to_string()).unwrap();
+    let (status, lines) = Proc::start(&run_args(&job.display().to_string(), &data), dir)
+        .finish(Duration::from_secs(120));
+    let out = lines.join("\n");
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(
+            "state log: job \"eo-votes\": task \"read-votes\" cannot go from 1 to 2 peers: an \
+             input's committed positions are kept per peer; run it with 1 peers, or start over \
+             with --fresh"
+        ),
+        "{out}"
+    );
+}
