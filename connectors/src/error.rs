@@ -33,9 +33,9 @@ pub enum ConnectorError {
         /// The last attempt's error.
         source: Box<ConnectorError>,
     },
-    /// An error of the S3 connectors, with its cause.
+    /// An error of the S3 connectors, with its cause (boxed: it keeps the client's error).
     #[error(transparent)]
-    S3(crate::s3::S3Error),
+    S3(Box<crate::s3::S3Error>),
 }
 
 impl ConnectorError {

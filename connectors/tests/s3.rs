@@ -346,7 +346,7 @@ fn a_line_longer_than_the_limit_is_a_faulty_record_and_bad_data_is_fatal() {
     };
     assert!(!err.is_retryable());
     assert!(
-        matches!(&err, ConnectorError::S3(S3Error::Body { key, .. }) if key == "in/b.jsonl.gz"),
+        matches!(&err, ConnectorError::S3(e) if matches!(&**e, S3Error::Body { key, .. } if key == "in/b.jsonl.gz")),
         "{err:?}"
     );
 }
@@ -590,7 +590,7 @@ fn a_missing_bucket_names_the_bucket_parameter() {
         .err()
         .unwrap();
     assert!(
-        matches!(err, ConnectorError::S3(S3Error::BucketNotFound { .. })),
+        matches!(&err, ConnectorError::S3(e) if matches!(**e, S3Error::BucketNotFound { .. })),
         "{err:?}"
     );
     assert!(!err.is_retryable());
@@ -618,7 +618,7 @@ fn bad_credentials_name_the_environment_variables() {
         .err()
         .unwrap();
     assert!(
-        matches!(err, ConnectorError::S3(S3Error::CredentialsRefused { .. })),
+        matches!(&err, ConnectorError::S3(e) if matches!(**e, S3Error::CredentialsRefused { .. })),
         "{err:?}"
     );
     assert!(!err.is_retryable());

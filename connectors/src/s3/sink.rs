@@ -79,9 +79,13 @@ impl S3Sink {
         };
         if !resuming {
             let parts = staged.values().flatten().map(|(_, key)| key);
-            for key in objects.iter().map(|(_, key)| key).chain(parts) {
-                sink.store.delete(key)?;
-            }
+            let keys: Vec<String> = objects
+                .iter()
+                .map(|(_, key)| key)
+                .chain(parts)
+                .cloned()
+                .collect();
+            sink.store.delete_all(&keys)?;
             return Ok(sink);
         }
         let next = |seq: Option<&u64>| seq.map_or(0, |s| s + 1);
@@ -101,9 +105,8 @@ impl S3Sink {
             }
             // (Rolled already, and killed before its parts were all deleted: the object holds
             // them all, and only the deletion is left.)
-            for (_, key) in &parts {
-                sink.store.delete(key)?;
-            }
+            let keys: Vec<String> = parts.into_iter().map(|(_, key)| key).collect();
+            sink.store.delete_all(&keys)?;
         }
         Ok(sink)
     }
@@ -140,14 +143,11 @@ impl S3Sink {
         // The object is complete: parts left behind by a failed deletion are deleted when a
         // later run finds them beside it.
         let prefix = &self.params.location.prefix;
-        for part in 0..parts {
-            if let Err(e) = self
-                .store
-                .delete(&layout::part_key(prefix, self.peer, seq, part))
-            {
-                tracing::warn!(%key, error = %e, "deleting a staged part of a rolled S3 object failed");
-                break;
-            }
+        let keys: Vec<String> = (0..parts)
+            .map(|part| layout::part_key(prefix, self.peer, seq, part))
+            .collect();
+        if let Err(e) = self.store.delete_all(&keys) {
+            tracing::warn!(%key, error = %e, "deleting the staged parts of a rolled S3 object failed");
         }
         Ok(())
     }
@@ -214,6 +214,6 @@ impl Drop for S3Sink {
 
 impl From<S3Error> for ConnectorError {
     fn from(e: S3Error) -> Self {
-        ConnectorError::S3(e)
+        ConnectorError::S3(Box::new(e))
     }
 }

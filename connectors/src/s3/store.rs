@@ -248,6 +248,41 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Deletes the objects `keys` with S3's bulk delete (one request per 1000 keys); missing
+    /// objects are no error.
+    pub fn delete_all(&self, keys: &[String]) -> Result<(), S3Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let paths: Vec<object_store::Result<Path>> =
+            keys.iter().map(|k| Ok(Path::from(k.as_str()))).collect();
+        let results: Vec<_> = self.block_on(
+            self.store
+                .delete_stream(futures::stream::iter(paths).boxed())
+                .collect(),
+        );
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(self.error(
+                        || {
+                            format!(
+                                "deleting {} objects of s3://{}",
+                                keys.len(),
+                                self.location.bucket
+                            )
+                        },
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for S3Store {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
