@@ -238,3 +238,64 @@ fn output_objects(store: &S3Store) -> (usize, Vec<u64>) {
     }
     (objects, ids)
 }
+
+/// `examples/s3-votes.json` as shipped (its bucket and endpoint pointed at the test's): votes
+/// read from S3, each closed minute's count per candidate written back to S3 by the
+/// `sardonyx/s3` sync. The last firing of every (candidate, minute) in the objects is the exact
+/// count.
+#[test]
+fn the_s3_votes_example_writes_exact_per_minute_counts_back() {
+    let Some(endpoint) = server() else { return };
+    std::env::set_var("AWS_ACCESS_KEY_ID", "sardonyx");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "sardonyx");
+    let bucket = format!("s3-example-{}", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let location = params::source_params(&json!({"bucket": bucket, "endpoint": endpoint}))
+        .unwrap()
+        .location;
+    let store = S3Store::open(&location).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 5_000, 0);
+    put_votes(&store, &input, 5);
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/s3-votes.json");
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("\"votes\"", &format!("{bucket:?}"))
+        .replace("http://127.0.0.1:47311", &endpoint);
+    let job = dir.join("s3-votes.json");
+    std::fs::write(&job, text).unwrap();
+    let job = job.display().to_string();
+    let data = dir.join("data").display().to_string();
+    let (status, lines) =
+        Proc::start(&["run", &job, "--data", &data], dir).finish(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "the example failed:\n{}",
+        lines.join("\n")
+    );
+
+    let mut reported = std::collections::BTreeMap::new();
+    for object in store.list("per-minute/").unwrap() {
+        assert!(
+            !object.key.contains("_staging"),
+            "left staged: {}",
+            object.key
+        );
+        for line in store.get_bytes(&object.key).unwrap().split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let f: Value = serde_json::from_slice(line).unwrap();
+            let key = format!(
+                "{}@{}",
+                f["group"].as_str().unwrap(),
+                f["lower"].as_i64().unwrap()
+            );
+            reported.insert(key, f["state"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(reported, oracle(&votes)["per-minute"]);
+}
