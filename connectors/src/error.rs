@@ -33,12 +33,19 @@ pub enum ConnectorError {
         /// The last attempt's error.
         source: Box<ConnectorError>,
     },
+    /// An error of the S3 connectors, with its cause (boxed: it keeps the client's error).
+    #[error(transparent)]
+    S3(Box<crate::s3::S3Error>),
 }
 
 impl ConnectorError {
     /// True when the operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::Retryable { .. })
+        match self {
+            ConnectorError::Retryable { .. } => true,
+            ConnectorError::S3(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 
     /// Classifies an I/O error: interruptions and timeouts are retryable, the rest fatal.

@@ -11,7 +11,8 @@
 //! - JSON-lines files ([`jsonl::JsonLinesSource`], [`jsonl::JsonLinesSink`]);
 //! - Kafka ([`kafka::KafkaSource`], [`kafka::KafkaSink`]), plugin name `kafka`;
 //! - PostgreSQL upserts ([`postgres::PostgresSink`]), plugin name `postgres`;
-//! - HTTP ingestion ([`http::HttpSource`]), plugin name `http`.
+//! - HTTP ingestion ([`http::HttpSource`]), plugin name `http`;
+//! - object storage ([`s3::S3Source`], [`s3::S3Sink`]), plugin name `sardonyx/s3`.
 //!
 //! [`plugins`] maps the plugin names to their checks and constructors.
 //!
@@ -26,6 +27,7 @@ pub mod params;
 pub mod plugins;
 pub mod postgres;
 pub mod retry;
+pub mod s3;
 pub mod source;
 
 pub use error::ConnectorError;

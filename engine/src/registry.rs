@@ -53,7 +53,8 @@ impl Registry {
     /// A registry holding the built-ins: the function `sardonyx/identity`, the predicates
     /// `sardonyx/always` and `sardonyx/never`, the plugins `sardonyx/jsonl` (input and output),
     /// `sardonyx/channel` (input and output) and `sardonyx/null` (output), the sync function
-    /// `sardonyx/jsonl`, and the connectors' plugins (`kafka`, `postgres`, `http`).
+    /// `sardonyx/jsonl`, and the connectors' plugins (`kafka`, `postgres`, `http`,
+    /// `sardonyx/s3`).
     pub fn new() -> Self {
         let mut r = Registry {
             functions: HashMap::new(),
@@ -263,7 +264,13 @@ mod tests {
         assert_eq!(names(&r.predicates), ["sardonyx/always", "sardonyx/never"]);
         assert_eq!(
             names(&r.inputs),
-            ["http", "kafka", "sardonyx/channel", "sardonyx/jsonl"]
+            [
+                "http",
+                "kafka",
+                "sardonyx/channel",
+                "sardonyx/jsonl",
+                "sardonyx/s3"
+            ]
         );
         assert_eq!(
             names(&r.outputs),
@@ -272,10 +279,14 @@ mod tests {
                 "postgres",
                 "sardonyx/channel",
                 "sardonyx/jsonl",
-                "sardonyx/null"
+                "sardonyx/null",
+                "sardonyx/s3"
             ]
         );
-        assert_eq!(names(&r.syncs), ["postgres", "sardonyx/jsonl"]);
+        assert_eq!(
+            names(&r.syncs),
+            ["postgres", "sardonyx/jsonl", "sardonyx/s3"]
+        );
         assert!(r.group_fns.is_empty() && r.aggregations.is_empty() && r.lifecycles.is_empty());
         let identity = r.function("sardonyx/identity").expect("registered");
         assert!(r.is_identity(identity));

@@ -1,12 +1,14 @@
-//! The connectors of `sardonyx-connectors` as plugins: inputs `kafka` and `http`, outputs `kafka`
-//! and `postgres`, and the sync function `postgres` (firings upserted into a table). The
-//! connectors know nothing of segments and block (some on a tokio runtime of their own), so this
-//! module turns segments and firings into JSON documents and opens, writes and drops every
-//! connector on a thread of its own, away from the threads that drive the job's runtime.
+//! The connectors of `sardonyx-connectors` as plugins: inputs `kafka`, `http` and `sardonyx/s3`,
+//! outputs `kafka`, `postgres` and `sardonyx/s3`, and the sync functions `postgres` (firings
+//! upserted into a table) and `sardonyx/s3` (firings as JSON lines in objects). The connectors
+//! know nothing of segments and block (some on a tokio runtime of their own), so this module
+//! turns segments and firings into JSON documents and opens, writes and drops every connector
+//! on a thread of its own, away from the threads that drive the job's runtime.
 
 use std::sync::Arc;
 
-use sardonyx_connectors::{plugins, ConnectorError, RetryPolicy, Sink};
+use sardonyx_connectors::plugins::{self, OutputPeer};
+use sardonyx_connectors::{ConnectorError, RetryPolicy, Sink};
 
 use crate::plugin::{
     to_json, InputPlugin, InputReader, OutputPlugin, PluginFamily, SegmentSink, SyncPlugin,
@@ -14,11 +16,12 @@ use crate::plugin::{
 };
 use crate::segment::{Map, Segment};
 
-/// The connectors' plugins: inputs `kafka` and `http`, outputs `kafka` and `postgres`, and the
-/// sync function `postgres`.
+/// The connectors' plugins: inputs `kafka`, `http` and `sardonyx/s3`, outputs `kafka`,
+/// `postgres` and `sardonyx/s3`, and the sync functions `postgres` and `sardonyx/s3` (firings
+/// as rows, or as JSON lines in objects).
 pub(crate) fn family() -> PluginFamily {
     let mut family = PluginFamily::default();
-    for name in [plugins::KAFKA, plugins::HTTP] {
+    for name in [plugins::KAFKA, plugins::HTTP, plugins::S3] {
         family.inputs.push((
             name,
             InputPlugin {
@@ -39,7 +42,7 @@ pub(crate) fn family() -> PluginFamily {
             },
         ));
     }
-    for name in [plugins::KAFKA, plugins::POSTGRES] {
+    for name in [plugins::KAFKA, plugins::POSTGRES, plugins::S3] {
         family.outputs.push((
             name,
             OutputPlugin {
@@ -48,7 +51,11 @@ pub(crate) fn family() -> PluginFamily {
                 }),
                 open: Arc::new(move |ctx| {
                     let params = to_json(&ctx.task.params);
-                    off_runtime(|| plugins::open_output(name, &params))
+                    let at = OutputPeer {
+                        peer: ctx.peer,
+                        resuming: ctx.resuming,
+                    };
+                    off_runtime(|| plugins::open_output(name, &params, at))
                         .map(|sink| {
                             Box::new(JsonOutput(OffRuntime(Some(sink)))) as Box<dyn SegmentSink>
                         })
@@ -57,27 +64,34 @@ pub(crate) fn family() -> PluginFamily {
             },
         ));
     }
-    family.syncs.push((
-        plugins::POSTGRES,
-        SyncPlugin {
-            check: Arc::new(|p| {
-                plugins::validate_output(plugins::POSTGRES, &to_json(p)).unwrap_or_default()
-            }),
-            open: Arc::new(|ctx| {
-                let params = to_json(ctx.params);
-                let retry = RetryPolicy::from_params(&params).map_err(|e| e.to_string())?;
-                off_runtime(|| plugins::open_output(plugins::POSTGRES, &params))
-                    .map(|sink| {
-                        Box::new(BufferedSync {
-                            sink: OffRuntime(Some(sink)),
-                            pending: Vec::new(),
-                            retry,
-                        }) as Box<dyn SyncSink>
-                    })
-                    .map_err(|e| e.to_string())
-            }),
-        },
-    ));
+    for name in [plugins::POSTGRES, plugins::S3] {
+        family.syncs.push((
+            name,
+            SyncPlugin {
+                check: Arc::new(move |p| {
+                    plugins::validate_output(name, &to_json(p)).unwrap_or_default()
+                }),
+                open: Arc::new(move |ctx| {
+                    let params = to_json(ctx.params);
+                    let retry = RetryPolicy::from_params(&params).map_err(|e| e.to_string())?;
+                    // One sink per trigger, shared by the task's peers: it writes as peer 0.
+                    let at = OutputPeer {
+                        peer: 0,
+                        resuming: ctx.resuming,
+                    };
+                    off_runtime(|| plugins::open_output(name, &params, at))
+                        .map(|sink| {
+                            Box::new(BufferedSync {
+                                sink: OffRuntime(Some(sink)),
+                                pending: Vec::new(),
+                                retry,
+                            }) as Box<dyn SyncSink>
+                        })
+                        .map_err(|e| e.to_string())
+                }),
+            },
+        ));
+    }
     family
 }
 
