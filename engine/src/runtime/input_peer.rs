@@ -255,6 +255,11 @@ impl InputPeer {
             .progress
             .read
             .fetch_add(len as u64, Ordering::Relaxed);
+        let counters = &self.ctx.counters;
+        counters
+            .segments_in
+            .fetch_add(len as u64, Ordering::Relaxed);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
         call_hooks(&self.lifecycles, |l| {
             l.before_batch.as_ref().map(|h| h(&self.ctx.event(), len))
         });
