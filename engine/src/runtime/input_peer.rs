@@ -166,6 +166,7 @@ impl InputPeer {
                 SourceBatch::Records(r) => r,
             };
             // Where the batch ends in each partition it read.
+            let began = Instant::now();
             let positions: Positions = records.iter().map(|r| r.position).collect();
             self.before_batch(records.len());
             let now = now_ms();
@@ -173,6 +174,7 @@ impl InputPeer {
                 self.parse_and_route(r)?;
             }
             self.end_batch(positions, now, records.len()).await?;
+            self.ctx.counters.observe_batch(began.elapsed());
         }
     }
 
@@ -233,6 +235,7 @@ impl InputPeer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            let began = Instant::now();
             n += batch.len() as u64;
             self.before_batch(batch.len());
             let len = batch.len();
@@ -246,6 +249,7 @@ impl InputPeer {
                 offset: n,
             }]);
             self.end_batch(positions, now, len).await?;
+            self.ctx.counters.observe_batch(began.elapsed());
         }
     }
 

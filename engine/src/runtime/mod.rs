@@ -92,6 +92,9 @@ pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
 pub use job_log::StateOptions;
 pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS};
-pub use progress::{FilterOpened, Progress, SlotRecovery};
+pub use progress::{
+    FilterOpened, Progress, RecentFiring, RecentRejection, SlotCounters, SlotRecovery,
+    TriggerFirings,
+};
 pub use rejections::Rejection;
 pub use slot_log::CRASH_AFTER_RECORDS;

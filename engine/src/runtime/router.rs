@@ -564,7 +564,8 @@ mod tests {
                 let _ = rx.try_recv();
             }
         };
-        tokio::join!(b.router.flush(mark, &HeldAcks::default()), drain);
+        let none = HeldAcks::default();
+        tokio::join!(b.router.flush(mark, &none), drain);
         assert_eq!(c.backpressure_waits.load(Ordering::Relaxed), 1);
         assert_eq!(c.segments_out.load(Ordering::Relaxed), 4 + 64 * 2);
     }
