@@ -190,8 +190,6 @@ fn render(standings: &BTreeMap<String, i64>) -> String {
 pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let input = dir.join("votes.jsonl");
-    println!("generating {events} votes into {}", input.display());
-    generate_votes(&input, events, 42)?;
     let standings = Arc::new(Mutex::new(BTreeMap::new()));
     let mut registry = Registry::new();
     let shared = standings.clone();
@@ -240,6 +238,9 @@ pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Re
         }
         None => None,
     };
+    // After the dashboard's address is printed, so that it can be opened before the count.
+    println!("generating {events} votes into {}", input.display());
+    generate_votes(&input, events, 42)?;
     let started = Instant::now();
     let printer = {
         let standings = standings.clone();

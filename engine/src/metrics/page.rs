@@ -183,9 +183,11 @@ fn job_section(
                         duration_text((now_ms - wm as f64) / 1000.0)
                     )
                 }),
-                rejected: (s.rejected > 0)
-                    .then(|| format!("{} rejected", s.rejected))
-                    .unwrap_or_default(),
+                rejected: if s.rejected > 0 {
+                    format!("{} rejected", s.rejected)
+                } else {
+                    String::new()
+                },
             };
             (name.clone(), f)
         })
