@@ -513,3 +513,74 @@ fn the_dashboard_shows_a_running_job_in_a_browser() {
         "every line fed was read (the malformed one too):\n{out}"
     );
 }
+
+/// A one-member `sardonyx log-server --metrics 127.0.0.1:0` serves its Raft node's metrics:
+/// once it has elected itself, `/metrics` says it is the leader of term ≥ 1 with an applied
+/// index, and its page names the server and its role.
+#[test]
+fn a_log_server_serves_its_raft_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = dir.join("server-1").display().to_string();
+    let cluster = format!("1={listen}");
+    let mut p = Proc::start(
+        &[
+            "log-server",
+            "--id",
+            "1",
+            "--listen",
+            &listen,
+            "--data",
+            &data,
+            "--cluster",
+            &cluster,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        dir,
+    );
+    let line = p
+        .wait_line(Duration::from_secs(60), |l| {
+            l.starts_with("metrics: http://")
+        })
+        .unwrap_or_else(|| panic!("no metrics address printed:\n{}", p.seen.join("\n")));
+    let addr = line["metrics: http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Raft state has no event to wait on from outside the process: poll until elected.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let (status, text) = http_get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        let m = parse_metrics(&text);
+        if total(
+            &m,
+            "sardonyx_raft_role",
+            &[("log", "server-1"), ("role", "leader")],
+        ) == 1.0
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never elected:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(total(&m, "sardonyx_raft_term", &[("log", "server-1")]) >= 1.0);
+    assert!(total(&m, "sardonyx_raft_applied_index", &[("log", "server-1")]) >= 1.0);
+    assert!(
+        total(
+            &m,
+            "sardonyx_state_log_wal_syncs_total",
+            &[("log", "server-1")]
+        ) >= 1.0
+    );
+    let (status, page) = http_get(&addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("State log · server-1"), "{page}");
+    assert!(page.contains("Raft leader · term "), "{page}");
+    p.signal("INT");
+    let (status, lines) = p.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+}
