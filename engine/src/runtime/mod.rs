@@ -17,7 +17,9 @@
 //! - `topology`: who sends to whom (`Layout`, pure) and the channels peers share (`Topology`).
 //! - `context`: `PeerContext`, what every peer knows of its place in the job; lifecycle hooks;
 //!   the process clock.
-//! - `progress`: [`Progress`], the live counters behind the report.
+//! - `progress`: [`Progress`], the live counters behind the report and the metrics endpoint
+//!   ([`crate::metrics`]): job totals, per task slot ([`SlotCounters`]), per trigger, the latest
+//!   rejections.
 //! - `error`: [`RunError`], why a job did not complete.
 //!
 //! The input side:
