@@ -377,3 +377,58 @@ fn histogram<'h, L: EncodeLabelSet>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metrics::{JobGraph, ObservedJob};
+    use crate::runtime::Progress;
+
+    /// Exact lines for a slot's counters, a trigger's firings and the job's totals; a slot
+    /// without a watermark has no watermark sample.
+    #[test]
+    fn the_exposition_names_each_count_by_job_task_and_slot() {
+        let progress = Arc::new(Progress::default());
+        let read = progress.slot("read", 0);
+        read.segments_in.fetch_add(12, Ordering::Relaxed);
+        read.rejected.fetch_add(1, Ordering::Relaxed);
+        read.set_watermark(Some(1_700_000_000_500));
+        progress
+            .slot("count", 1)
+            .batches
+            .fetch_add(3, Ordering::Relaxed);
+        progress
+            .trigger("count", "per-minute", "closed")
+            .count
+            .fetch_add(4, Ordering::Relaxed);
+        progress.late.fetch_add(2, Ordering::Relaxed);
+        let observed = Observed {
+            job: Some(ObservedJob {
+                name: "votes".to_owned(),
+                graph: JobGraph::default(),
+                progress,
+                started: SystemTime::now(),
+            }),
+            log: None,
+        };
+        let text = encode(&observed);
+        for line in [
+            "# TYPE sardonyx_segments_in counter",
+            r#"sardonyx_segments_in_total{job="votes",task="read",slot="0"} 12"#,
+            r#"sardonyx_segments_in_total{job="votes",task="count",slot="1"} 0"#,
+            r#"sardonyx_rejected_segments_total{job="votes",task="read",slot="0"} 1"#,
+            r#"sardonyx_batches_total{job="votes",task="count",slot="1"} 3"#,
+            r#"sardonyx_watermark_timestamp_seconds{job="votes",task="read",slot="0"} 1700000000.5"#,
+            r#"sardonyx_firings_total{job="votes",task="count",window="per-minute",trigger="closed"} 4"#,
+            r#"sardonyx_late_segments_total{job="votes"} 2"#,
+            "# TYPE sardonyx_batch_duration_seconds histogram",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains(r#"sardonyx_watermark_timestamp_seconds{job="votes",task="count""#));
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+    }
+}

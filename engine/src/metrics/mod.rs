@@ -6,7 +6,8 @@
 //! (atomics updated per batch, per firing or per rejection), and this module reads those
 //! counters when it is asked — a scrape encodes them ([`exposition`]), a sampler keeps a short
 //! history of them once a second for the dashboard's charts ([`history`]), and a page is
-//! rendered from a snapshot ([`page`], with charts drawn by `plotters` in [`chart`]). The state
+//! rendered from their per-task figures ([`summary`], [`page`], with pictures drawn by
+//! `plotters` in [`chart`]). The state
 //! log is observed through a timing wrapper around its [`sardonyx_state_log::Ledgers`]
 //! ([`ledger_timing`]) and its Raft node's metrics; the process through `/proc` ([`process`]).
 //! The cluster's processes, ring, slot owners and the coordination log's time machine wait for
@@ -21,6 +22,7 @@ mod observed;
 pub mod page;
 pub mod process;
 mod server;
+pub mod summary;
 
 pub use error::MetricsError;
 pub use ledger_timing::{LedgerTiming, TimedLedgers};

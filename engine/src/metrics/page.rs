@@ -1,5 +1,5 @@
-//! The dashboard page: a summary of the job ([`Summary`], computed from the live counters and
-//! the sampled history) rendered as HTML by the server — the job's graph with live figures,
+//! The dashboard page: the job's figures ([`super::summary`], from the live counters and the
+//! sampled history) rendered as HTML by the server — the job's graph with live figures,
 //! a table per task (throughput, watermark and its lag, rejected, backpressure), late and
 //! duplicate counts, the latest rejections with their reasons, recent firings per window,
 //! charts of throughput and watermark lag, and the state log. The page fetches its live part
@@ -13,74 +13,10 @@ use std::time::SystemTime;
 use super::chart::{compact_number, graph_picture, line_chart, TaskFigures};
 use super::error::MetricsError;
 use super::exposition::epoch_seconds;
-use super::history::{History, Sample};
+use super::history::History;
 use super::observed::{Observed, ObservedJob};
 use super::process;
-
-/// How far back the live throughput looks, in seconds.
-pub const THROUGHPUT_WINDOW: f64 = 10.0;
-
-/// One task's figures, summed (or, for the watermark, the least) over its slots.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TaskSummary {
-    /// `input`, `function` or `output`.
-    pub kind: &'static str,
-    /// Slots seen running.
-    pub slots: usize,
-    /// Segments taken in (records read, for an input).
-    pub segments_in: u64,
-    /// Segments sent on.
-    pub segments_out: u64,
-    /// Rejected segments or lines.
-    pub rejected: u64,
-    /// Sends that waited for room downstream.
-    pub backpressure_waits: u64,
-    /// The least watermark over its slots that have one (epoch milliseconds).
-    pub watermark: Option<i64>,
-}
-
-/// Per task, its summary (tasks in catalog order).
-pub fn task_summaries(job: &ObservedJob) -> Vec<(String, TaskSummary)> {
-    let slots = job.progress.slots();
-    job.graph
-        .tasks
-        .iter()
-        .map(|(name, kind)| {
-            let mut s = TaskSummary {
-                kind,
-                ..TaskSummary::default()
-            };
-            for c in slots.iter().filter(|c| &c.task == name) {
-                s.slots += 1;
-                s.segments_in += c.segments_in.load(Ordering::Relaxed);
-                s.segments_out += c.segments_out.load(Ordering::Relaxed);
-                s.rejected += c.rejected.load(Ordering::Relaxed);
-                s.backpressure_waits += c.backpressure_waits.load(Ordering::Relaxed);
-                if let Some(wm) = c.watermark() {
-                    s.watermark = Some(s.watermark.map_or(wm, |w| w.min(wm)));
-                }
-            }
-            (name.clone(), s)
-        })
-        .collect()
-}
-
-/// The sample of `job`'s counters at `at` (seconds on the server's clock), for the history.
-pub fn sample(job: &ObservedJob, at: f64) -> Sample {
-    let now_ms = epoch_seconds(SystemTime::now()) * 1000.0;
-    let mut out = Sample {
-        at,
-        segments_in: BTreeMap::new(),
-        lag: BTreeMap::new(),
-    };
-    for (name, s) in task_summaries(job) {
-        out.segments_in.insert(name.clone(), s.segments_in);
-        if let Some(wm) = s.watermark {
-            out.lag.insert(name, (now_ms - wm as f64) / 1000.0);
-        }
-    }
-    out
-}
+use super::summary::{task_summaries, THROUGHPUT_WINDOW};
 
 /// The whole page: the live part inside a shell that refreshes it.
 pub fn render_page(observed: &Observed, history: &History, now: f64) -> String {

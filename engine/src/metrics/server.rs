@@ -17,6 +17,7 @@ use super::exposition;
 use super::history::History;
 use super::observed::Observed;
 use super::page;
+use super::summary;
 
 /// How often the dashboard's history is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -126,7 +127,7 @@ async fn sample_loop(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let sample = page::sample(&job, shared.now());
+        let sample = summary::sample(&job, shared.now());
         shared.history.lock().expect("history lock").push(sample);
     }
 }
