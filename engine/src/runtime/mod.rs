@@ -96,7 +96,7 @@ pub use job_log::StateOptions;
 pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS};
 pub use progress::{
     FilterOpened, Progress, RecentFiring, RecentRejection, SlotCounters, SlotRecovery,
-    TriggerFirings,
+    TriggerFirings, FIRING_SAMPLE_EVERY, RECENT_FIRINGS, RECENT_REJECTIONS,
 };
 pub use rejections::Rejection;
 pub use slot_log::CRASH_AFTER_RECORDS;
