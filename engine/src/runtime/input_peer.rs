@@ -165,8 +165,8 @@ impl InputPeer {
                 }
                 SourceBatch::Records(r) => r,
             };
-            // Where the batch ends in each partition it read.
             let began = Instant::now();
+            // Where the batch ends in each partition it read.
             let positions: Positions = records.iter().map(|r| r.position).collect();
             self.before_batch(records.len());
             let now = now_ms();
