@@ -283,10 +283,14 @@ fn chromium_available() -> bool {
 }
 
 /// Runs headless Chromium on `url` with `args` (`--dump-dom` or `--screenshot=…`), letting the
-/// page's script run for two seconds of virtual time; returns its stdout.
+/// page's script run for two seconds of virtual time (at most two minutes of real time);
+/// returns its stdout.
 fn chromium(profile: &Path, url: &str, args: &[&str]) -> String {
-    let out = Command::new("chromium")
+    // Bounded: a browser that hangs fails the test instead of holding it forever.
+    let out = Command::new("timeout")
         .args([
+            "120",
+            "chromium",
             "--headless",
             "--disable-gpu",
             "--no-sandbox",
