@@ -15,6 +15,9 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 
 use crate::data_dir::DataDirLock;
+use crate::metrics::{
+    LedgerTiming, MetricsServer, Observed, ObservedJob, ObservedLog, TimedLedgers,
+};
 use crate::runtime::{run_job_with_progress, Progress, StateOptions};
 use crate::{demo, Job, JobReport, Registry, RunOptions};
 use sardonyx_state_log::{
@@ -52,6 +55,10 @@ enum Command {
         /// When output is not a terminal, print a progress line this often (milliseconds).
         #[arg(long, default_value_t = 5000)]
         progress_ms: u64,
+        /// Serve metrics (Prometheus text format) at http://ADDR/metrics and a live dashboard
+        /// at http://ADDR/ (`host:port`; port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Run one server of a state-log cluster (3 servers tolerate the loss of one).
     LogServer {
@@ -73,6 +80,10 @@ enum Command {
         /// loopback address.
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// Serve metrics (Prometheus text format) at http://ADDR/metrics (this server's Raft role, term and
+        /// indexes, group commit, WAL syncs) and a page at http://ADDR/ (`host:port`; port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Show each log server's id, address, role and its last log and applied index.
     LogStatus {
@@ -135,6 +146,10 @@ enum DemoCommand {
         /// Where the demo writes its input and outputs.
         #[arg(long, default_value = "sardonyx-data/demo")]
         dir: PathBuf,
+        /// Serve metrics at http://ADDR/metrics and the live dashboard at http://ADDR/ (the
+        /// address is printed), and keep serving after the count until Ctrl-C.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
 }
 
@@ -223,6 +238,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             errors,
             state,
             progress_ms,
+            metrics,
         } => {
             let registry = Registry::new();
             let loaded = Job::load(&job).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
@@ -230,7 +246,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let _lock = (!state.in_memory)
                 .then(|| DataDirLock::acquire(&state.data))
                 .transpose()?;
-            let (state_options, embedded) = open_state(&state).await?;
+            let timing = metrics.as_ref().map(|_| Arc::new(LedgerTiming::default()));
+            let (state_options, embedded) = open_state(&state, timing.clone()).await?;
             let stop = tokio_util::sync::CancellationToken::new();
             let signals = tokio::spawn(stop_on_signals(StopSignals::install()?, stop.clone()));
             let options = RunOptions {
@@ -241,10 +258,35 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             };
             let progress = Arc::new(Progress::default());
+            let server = match &metrics {
+                Some(addr) => {
+                    let name = job
+                        .file_stem()
+                        .map_or("job".into(), |s| s.to_string_lossy());
+                    let observed = Observed {
+                        job: Some(ObservedJob::new(&loaded, &name, progress.clone())),
+                        log: (!state.in_memory).then(|| ObservedLog {
+                            name: if state.log.is_empty() {
+                                "embedded"
+                            } else {
+                                "cluster"
+                            }
+                            .to_owned(),
+                            timing: timing.clone(),
+                            node: embedded.as_ref().map(EmbeddedLog::observer),
+                        }),
+                    };
+                    Some(MetricsServer::start(addr, observed).await?)
+                }
+                None => None,
+            };
             let started = Instant::now();
             let watcher = tokio::spawn(show_progress(progress.clone(), progress_ms));
             let result = run_job_with_progress(&loaded, &registry, options, progress).await;
             watcher.abort();
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
             // The job is over: what is left (closing the log, the report) ends by itself. (tokio
             // keeps the handlers, so a signal from now on is ignored.)
             signals.abort();
@@ -294,6 +336,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             data,
             cluster,
             secret_file,
+            metrics,
         } => {
             let cluster = parse_cluster(&cluster)?;
             let secret = load_secret(secret_file.as_deref())?;
@@ -312,7 +355,24 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .context("starting the log server")?;
             println!("log server {id} listening on {}", server.local_addr());
+            let endpoint = match &metrics {
+                Some(addr) => {
+                    let observed = Observed {
+                        job: None,
+                        log: Some(ObservedLog {
+                            name: format!("server-{id}"),
+                            timing: None,
+                            node: Some(server.observer()),
+                        }),
+                    };
+                    Some(MetricsServer::start(addr, observed).await?)
+                }
+                None => None,
+            };
             tokio::signal::ctrl_c().await?;
+            if let Some(endpoint) = endpoint {
+                endpoint.shutdown().await;
+            }
             server.shutdown().await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -349,9 +409,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Demo {
-            which: DemoCommand::Votes { events, dir },
+            which:
+                DemoCommand::Votes {
+                    events,
+                    dir,
+                    metrics,
+                },
         } => {
-            demo::votes(events, &dir).await?;
+            demo::votes(events, &dir, metrics.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -398,8 +463,10 @@ async fn stop_on_signals(mut signals: StopSignals, stop: tokio_util::sync::Cance
 
 /// Opens the state log `run` uses: none (`--in-memory`), a log cluster (`--log`) or the
 /// embedded log under `--data` (returned too, so it can be closed cleanly).
+/// With `timing`, appends are timed for the metrics endpoint ([`TimedLedgers`]).
 async fn open_state(
     args: &StateArgs,
+    timing: Option<Arc<LedgerTiming>>,
 ) -> anyhow::Result<(Option<StateOptions>, Option<EmbeddedLog>)> {
     if args.in_memory {
         return Ok((None, None));
@@ -421,6 +488,10 @@ async fn open_state(
             Arc::new(LogClient::with_options(args.log.iter().cloned(), options)?),
             None,
         )
+    };
+    let store: Arc<dyn Ledgers> = match timing {
+        Some(timing) => Arc::new(TimedLedgers::new(store, timing)),
+        None => store,
     };
     let mut options = StateOptions::new(store, &args.data);
     options.fresh = args.fresh;

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::job::builder::JobBuilder;
 use crate::job::{AggregationDef, Job, Span, TaskSpec, TriggerDef, WindowDef};
+use crate::metrics::{
+    LedgerTiming, MetricsServer, Observed, ObservedJob, ObservedLog, TimedLedgers,
+};
 use crate::plugin::{SyncPlugin, SyncSink};
 use crate::runtime::{run_job_with_progress, Progress, RunOptions};
 use crate::segment::{Map, Value};
@@ -182,12 +185,11 @@ fn render(standings: &BTreeMap<String, i64>) -> String {
 }
 
 /// Runs the vote demo with `events` votes under `dir`; prints standings while it runs and the
-/// final tally.
-pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
+/// final tally. With `metrics` (an address), serves the metrics and the dashboard there while
+/// it runs, and afterwards until Ctrl-C.
+pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let input = dir.join("votes.jsonl");
-    println!("generating {events} votes into {}", input.display());
-    generate_votes(&input, events, 42)?;
     let standings = Arc::new(Mutex::new(BTreeMap::new()));
     let mut registry = Registry::new();
     let shared = standings.clone();
@@ -212,14 +214,33 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&state_dir)?;
     }
     let log = sardonyx_state_log::EmbeddedLog::open(state_dir.join("log")).await?;
+    let timing = Arc::new(LedgerTiming::default());
+    let store: Arc<dyn sardonyx_state_log::Ledgers> = match metrics {
+        Some(_) => Arc::new(TimedLedgers::new(Arc::new(log.clone()), timing.clone())),
+        None => Arc::new(log.clone()),
+    };
     let options = RunOptions {
         errors_path: dir.join("errors.jsonl"),
-        state: Some(crate::runtime::StateOptions::new(
-            Arc::new(log.clone()),
-            &state_dir,
-        )),
+        state: Some(crate::runtime::StateOptions::new(store, &state_dir)),
         ..RunOptions::default()
     };
+    let server = match metrics {
+        Some(addr) => {
+            let observed = Observed {
+                job: Some(ObservedJob::new(&job, "vote-count", progress.clone())),
+                log: Some(ObservedLog {
+                    name: "embedded".to_owned(),
+                    timing: Some(timing),
+                    node: Some(log.observer()),
+                }),
+            };
+            Some(MetricsServer::start(addr, observed).await?)
+        }
+        None => None,
+    };
+    // After the dashboard's address is printed, so that it can be opened before the count.
+    println!("generating {events} votes into {}", input.display());
+    generate_votes(&input, events, 42)?;
     let started = Instant::now();
     let printer = {
         let standings = standings.clone();
@@ -269,5 +290,13 @@ pub async fn votes(events: u64, dir: &Path) -> anyhow::Result<()> {
         "per-minute, hourly and per-voter session counts: {}/{{per-minute,hourly,sessions}}.jsonl",
         dir.display()
     );
+    if let Some(server) = server {
+        println!(
+            "the dashboard stays up at http://{}/ until Ctrl-C",
+            server.local_addr()
+        );
+        tokio::signal::ctrl_c().await?;
+        server.shutdown().await;
+    }
     Ok(())
 }

@@ -182,6 +182,11 @@ impl EmbeddedLog {
         self.node.raft.metrics().borrow().last_log_index
     }
 
+    /// A view of the node's Raft metrics that does not keep it open.
+    pub fn observer(&self) -> crate::NodeObserver {
+        crate::NodeObserver::new(Arc::downgrade(&self.node))
+    }
+
     /// WAL syncs (fsyncs) made so far.
     pub fn wal_syncs(&self) -> u64 {
         self.node.wal_syncs()

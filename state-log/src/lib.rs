@@ -94,6 +94,7 @@ mod embedded;
 mod error;
 mod net;
 mod node;
+mod observer;
 mod raft_net;
 mod raft_types;
 mod server;
@@ -114,6 +115,7 @@ pub use net::{
     MAX_INFLIGHT_PER_CONNECTION, MAX_PAYLOAD_BYTES,
 };
 pub use node::Tuning;
+pub use observer::NodeObserver;
 pub use server::{status, status_with, LogServer, ServerConfig};
 pub use store::REQUEST_ID_WINDOW;
 pub use types::{CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus};

@@ -131,6 +131,11 @@ impl LogServer {
         self.local_addr
     }
 
+    /// A view of this server's Raft metrics that does not keep it running.
+    pub fn observer(&self) -> crate::NodeObserver {
+        crate::NodeObserver::new(Arc::downgrade(&self.node))
+    }
+
     /// This server's status line.
     pub fn status(&self) -> ServerStatus {
         self.node.status().0

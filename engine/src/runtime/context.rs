@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::error::RunError;
 use super::job_log::JobLog;
-use super::progress::Progress;
+use super::progress::{Progress, SlotCounters};
 use super::rejections::ErrorFile;
 use super::topology::Topology;
 use super::window_stage::Syncs;
@@ -33,6 +33,8 @@ pub(super) struct PeerContext {
     pub(super) error_task: Option<String>,
     pub(super) error_file: ErrorFile,
     pub(super) progress: Arc<Progress>,
+    /// This peer's own counters (`progress.slot(task, peer)`).
+    pub(super) counters: Arc<SlotCounters>,
     pub(super) syncs: Arc<Syncs>,
     /// The job's exactly-once state, if it has a state log.
     pub(super) state: Option<Arc<JobLog>>,

@@ -1,12 +1,15 @@
 //! The receiving side of a worker peer: gathers batches up to the task's batch size or
 //! timeout and keeps each sender's watermark and idleness.
 
+use std::sync::atomic::Ordering;
+
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ack::HeldAcks;
 use super::context::{now_ms, PeerContext};
 use super::message::{Mark, Msg};
+use super::progress::SlotCounters;
 use crate::segment::Segment;
 use sardonyx_windowing::WatermarkTracker;
 
@@ -27,6 +30,8 @@ pub(super) struct Inbox {
     tracker: WatermarkTracker<usize>,
     batch_size: usize,
     timeout: std::time::Duration,
+    /// The peer's counters (segments and batches taken in).
+    counters: std::sync::Arc<SlotCounters>,
 }
 
 impl Inbox {
@@ -37,12 +42,15 @@ impl Inbox {
             .upstream_peers
             .get(&ctx.task.name)
             .map_or(&[][..], Vec::as_slice);
-        Inbox::with(
-            rx,
-            upstream,
-            ctx.task.effective_batch_size(),
-            ctx.task.effective_batch_timeout(),
-        )
+        Inbox {
+            counters: ctx.counters.clone(),
+            ..Inbox::with(
+                rx,
+                upstream,
+                ctx.task.effective_batch_size(),
+                ctx.task.effective_batch_timeout(),
+            )
+        }
     }
 
     /// An inbox reading `rx`, sent to by the peers `upstream`, gathering batches of up to
@@ -67,6 +75,7 @@ impl Inbox {
             tracker,
             batch_size,
             timeout,
+            counters: std::sync::Arc::new(SlotCounters::new("", 0)),
         }
     }
 
@@ -105,6 +114,7 @@ impl Inbox {
             }
         }
         if got_any {
+            self.count(&segments);
             Gathered::Batch(segments, acks)
         } else if self.pending == 0 {
             Gathered::Finished
@@ -126,7 +136,20 @@ impl Inbox {
             };
             got_any |= self.take(msg, &mut segments, &mut acks);
         }
+        if got_any {
+            self.count(&segments);
+        }
         got_any.then_some((segments, acks))
+    }
+
+    /// Counts a gathered batch (one with segments) in the peer's counters.
+    fn count(&self, segments: &[Segment]) {
+        if !segments.is_empty() {
+            let c = &self.counters;
+            c.segments_in
+                .fetch_add(segments.len() as u64, Ordering::Relaxed);
+            c.batches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Adds one received message (`None`: every sender is gone) to the batch being gathered;

@@ -165,6 +165,7 @@ impl InputPeer {
                 }
                 SourceBatch::Records(r) => r,
             };
+            let began = Instant::now();
             // Where the batch ends in each partition it read.
             let positions: Positions = records.iter().map(|r| r.position).collect();
             self.before_batch(records.len());
@@ -173,6 +174,7 @@ impl InputPeer {
                 self.parse_and_route(r)?;
             }
             self.end_batch(positions, now, records.len()).await?;
+            self.ctx.counters.observe_batch(began.elapsed());
         }
     }
 
@@ -233,6 +235,7 @@ impl InputPeer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            let began = Instant::now();
             n += batch.len() as u64;
             self.before_batch(batch.len());
             let len = batch.len();
@@ -246,6 +249,7 @@ impl InputPeer {
                 offset: n,
             }]);
             self.end_batch(positions, now, len).await?;
+            self.ctx.counters.observe_batch(began.elapsed());
         }
     }
 
@@ -255,6 +259,11 @@ impl InputPeer {
             .progress
             .read
             .fetch_add(len as u64, Ordering::Relaxed);
+        let counters = &self.ctx.counters;
+        counters
+            .segments_in
+            .fetch_add(len as u64, Ordering::Relaxed);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
         call_hooks(&self.lifecycles, |l| {
             l.before_batch.as_ref().map(|h| h(&self.ctx.event(), len))
         });

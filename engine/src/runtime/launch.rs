@@ -290,10 +290,12 @@ impl Attempt<'_> {
         let syncs = match syncs {
             Some(s) => s.clone(),
             None => syncs
-                .insert(Arc::new(
+                .insert(Arc::new(super::progress::counted_syncs(
+                    job,
                     super::window_stage::open_syncs(job, registry, resuming)
                         .map_err(|(task, message)| RunError::Plugin { task, message })?,
-                ))
+                    progress,
+                )))
                 .clone(),
         };
         let mut handles = tokio::task::JoinSet::new();
@@ -315,6 +317,7 @@ impl Attempt<'_> {
                     error_task: error_task.clone().filter(|e| *e != t.name),
                     error_file: error_file.clone(),
                     progress: progress.clone(),
+                    counters: progress.slot(&t.name, peer),
                     syncs: syncs.clone(),
                     state: job_state.clone(),
                 };

@@ -17,7 +17,9 @@
 //! - `topology`: who sends to whom (`Layout`, pure) and the channels peers share (`Topology`).
 //! - `context`: `PeerContext`, what every peer knows of its place in the job; lifecycle hooks;
 //!   the process clock.
-//! - `progress`: [`Progress`], the live counters behind the report.
+//! - `progress`: [`Progress`], the live counters behind the report and the metrics endpoint
+//!   ([`crate::metrics`]): job totals, per task slot ([`SlotCounters`]), per trigger, the latest
+//!   rejections.
 //! - `error`: [`RunError`], why a job did not complete.
 //!
 //! The input side:
@@ -95,7 +97,10 @@ pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
 pub use job_log::StateOptions;
 pub use launch::{run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS};
-pub use progress::{FilterOpened, Progress, SlotRecovery};
+pub use progress::{
+    FilterOpened, Progress, RecentFiring, RecentRejection, SlotCounters, SlotRecovery,
+    TriggerFirings, FIRING_SAMPLE_EVERY, RECENT_FIRINGS, RECENT_REJECTIONS,
+};
 pub use rejections::Rejection;
 pub use rescale::CRASH_AFTER_RESCALED_SLOTS;
 pub use slot_log::CRASH_AFTER_RECORDS;

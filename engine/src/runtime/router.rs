@@ -12,7 +12,7 @@ use super::ack::HeldAcks;
 use super::context::{dedup_field, panic_message, PeerContext};
 use super::error::RunError;
 use super::message::{Mark, Msg};
-use super::progress::Progress;
+use super::progress::{Progress, SlotCounters};
 use super::rejections::{ErrorFile, Rejection};
 use super::routing::{hash_peer, key_hash, key_peer, FlowPlan};
 use crate::job::{GroupKey, Unmatched};
@@ -52,6 +52,8 @@ pub(super) struct Router {
     /// The job's `key_groups`: keys go to the peer that owns their key group.
     key_groups: usize,
     progress: Arc<Progress>,
+    /// This peer's counters (segments out, rejections, backpressure, watermark).
+    counters: Arc<SlotCounters>,
 }
 
 impl Router {
@@ -113,6 +115,7 @@ impl Router {
             unmatched_to_errors: ctx.job.unmatched == Some(Unmatched::Error),
             key_groups: ctx.job.key_groups(),
             progress: ctx.progress.clone(),
+            counters: ctx.counters.clone(),
         }
     }
 
@@ -217,6 +220,8 @@ impl Router {
 
     /// Sends a rejection to the error task, or else the error file.
     pub(super) fn reject(&mut self, rejection: Rejection) -> Result<(), RunError> {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.progress.note_rejection(&rejection);
         match self.error_destination {
             Some(d) => {
                 let record = rejection.to_segment();
@@ -246,6 +251,7 @@ impl Router {
     /// Sends every buffered segment, with the mark (watermark and idleness) and the acks of the
     /// batch they came from. Peers that got nothing still learn a mark that changed.
     pub(super) async fn flush(&mut self, mark: Mark, acks: &HeldAcks) {
+        self.counters.set_watermark(mark.watermark);
         for dest in &mut self.destinations {
             for (peer, buffer) in dest.buffers.iter_mut().enumerate() {
                 let moved = dest.sent[peer] != mark;
@@ -260,9 +266,20 @@ impl Router {
                     mark,
                     acks: acks.share(),
                 };
+                if let Msg::Batch { segments, .. } = &msg {
+                    self.counters
+                        .segments_out
+                        .fetch_add(segments.len() as u64, Ordering::Relaxed);
+                }
                 // A closed receiver means that peer failed; the job reports its error. (The lost
                 // message's acks are dropped unreleased, so its input batch is never committed.)
-                let _ = dest.senders[peer].send(msg).await;
+                // A full one is backpressure: the wait is counted.
+                if let Err(mpsc::error::TrySendError::Full(msg)) = dest.senders[peer].try_send(msg)
+                {
+                    let waiting = std::time::Instant::now();
+                    let _ = dest.senders[peer].send(msg).await;
+                    self.counters.observe_backpressure(waiting.elapsed());
+                }
             }
         }
     }
@@ -359,6 +376,7 @@ mod tests {
             error_task,
             error_file: ErrorFile::new(&errors, progress.rejected.clone()),
             progress: progress.clone(),
+            counters: progress.slot("check", 0),
             syncs: Arc::default(),
             state: None,
             task,
@@ -492,6 +510,64 @@ mod tests {
         adult.remove("name");
         adult.remove("secret");
         assert_eq!(segments_of(&mut b, "adults", 0), vec![adult]);
+    }
+
+    /// The peer's own counters: segments sent per destination peer, each rejection (with its
+    /// reason among the recent ones), the watermark it sent, and a send that found a full queue
+    /// (backpressure) counted as a wait.
+    #[tokio::test]
+    async fn the_slot_counters_follow_what_the_router_sends_and_rejects() {
+        let mut b = bench(job(r#", "unmatched": "error""#));
+        // ann: adults and by_name; bo: minors and by_name; cy: unmatched, rejected.
+        for s in [
+            person("ann", Some(30)),
+            person("bo", Some(7)),
+            person("cy", None),
+        ] {
+            b.router.route(s).unwrap();
+        }
+        let mark = Mark {
+            watermark: Some(1_700_000_000_000),
+            idle: false,
+        };
+        b.router.flush(mark, &HeldAcks::default()).await;
+        let c = b.progress.slot("check", 0);
+        assert_eq!(c.segments_out.load(Ordering::Relaxed), 4);
+        assert_eq!(c.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(c.watermark(), Some(1_700_000_000_000));
+        assert_eq!(c.backpressure_waits.load(Ordering::Relaxed), 0);
+        let recent = b.progress.recent_rejections();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].task, "check");
+        assert_eq!(
+            recent[0].reason,
+            "matched none of the flow conditions of task \"check\""
+        );
+        assert_eq!(recent[0].what, person("cy", None).to_string());
+
+        // `minors` has one peer and a queue of 64 messages, one taken by the flush above: fill
+        // it (the same mark: no message to the other peers but the `by_name` peer of "bo").
+        let minors = b.progress.slot("minors", 0);
+        assert!(Arc::ptr_eq(&minors, &b.progress.slot("minors", 0)));
+        for age in 0..63 {
+            b.router.route(person("bo", Some(age % 10))).unwrap();
+            b.router.flush(mark, &HeldAcks::default()).await;
+        }
+        assert_eq!(c.backpressure_waits.load(Ordering::Relaxed), 0);
+        // One more waits for `minors` (then finds room at `by_name`, drained meanwhile).
+        let mut minors_rx = b.receivers.remove("minors").unwrap().remove(0);
+        let mut by_name = b.receivers.remove("by_name").unwrap();
+        b.router.route(person("bo", Some(1))).unwrap();
+        let drain = async {
+            minors_rx.recv().await.unwrap();
+            for rx in &mut by_name {
+                let _ = rx.try_recv();
+            }
+        };
+        let none = HeldAcks::default();
+        tokio::join!(b.router.flush(mark, &none), drain);
+        assert_eq!(c.backpressure_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.segments_out.load(Ordering::Relaxed), 4 + 64 * 2);
     }
 
     /// With an error task, a rejection travels to it as a record (and is counted), and the
