@@ -156,6 +156,8 @@ struct Held {
     acks: HeldAcks,
     mark: Mark,
     len: usize,
+    /// When it was gathered (its duration, to release, goes to the slot's histogram).
+    began: std::time::Instant,
 }
 
 /// What a worker peer carries out for its slot.
@@ -271,6 +273,7 @@ impl Driver<'_> {
         slot: Option<&mut Slot>,
     ) -> Result<(), RunError> {
         let ctx = self.ctx;
+        let began = std::time::Instant::now();
         let len = segments.len();
         if len > 0 {
             call_hooks(self.lifecycles, |l| {
@@ -293,6 +296,7 @@ impl Driver<'_> {
             acks,
             mark,
             len,
+            began,
         });
         match slot {
             Some(slot) => {
@@ -416,6 +420,7 @@ impl Driver<'_> {
             let h = self.held.pop_front().expect("a held batch");
             h.acks.release();
             if h.len > 0 {
+                ctx.counters.observe_batch(h.began.elapsed());
                 call_hooks(self.lifecycles, |l| {
                     l.after_batch.as_ref().map(|h2| h2(&ctx.event(), h.len))
                 });
