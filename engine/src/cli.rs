@@ -98,6 +98,11 @@ enum Command {
     Validate {
         /// The job file.
         job: PathBuf,
+        /// Also check the job against its state in this data directory's embedded log (read
+        /// only; the job must not be running): a changed `key_groups`, or a peer count its state
+        /// cannot follow, is refused as `run` would refuse it.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Run a built-in demonstration job.
     Demo {
@@ -215,15 +220,25 @@ fn error_report(e: &anyhow::Error) -> String {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { job } => {
+        Command::Validate { job, data } => {
             let registry = Registry::new();
             let loaded = Job::load(&job);
-            match loaded
+            let checked = match loaded
                 .map_err(anyhow::Error::from)
-                .and_then(|j| j.validate(&registry).map_err(Into::into))
+                .and_then(|j| j.validate(&registry).map(|()| j).map_err(Into::into))
             {
-                Ok(()) => {
-                    println!("{}: valid", job.display());
+                Ok(j) => match data {
+                    Some(dir) => check_against_state(&j, &dir).await,
+                    None => Ok(None),
+                },
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(state) => {
+                    match state {
+                        Some(summary) => println!("{}: valid; {summary}", job.display()),
+                        None => println!("{}: valid", job.display()),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -459,6 +474,22 @@ async fn stop_on_signals(mut signals: StopSignals, stop: tokio_util::sync::Cance
     let (name, code) = signals.next().await;
     eprintln!("{name} again: exiting at once, without finishing the batches in flight");
     std::process::exit(code);
+}
+
+/// `validate --data DIR`: what a run would do with the job's state in DIR's embedded log (read
+/// only; the directory's lock is taken so a running job is not read under its feet).
+async fn check_against_state(job: &Job, dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let log_dir = dir.join("log");
+    if !log_dir.exists() {
+        return Ok(None);
+    }
+    let _lock = crate::data_dir::DataDirLock::acquire(dir)?;
+    let log = EmbeddedLog::open(&log_dir)
+        .await
+        .with_context(|| format!("opening the embedded state log in {}", log_dir.display()))?;
+    let checked = crate::runtime::check_state(job, &log).await;
+    log.close().await.ok();
+    Ok(checked?)
 }
 
 /// Opens the state log `run` uses: none (`--in-memory`), a log cluster (`--log`) or the

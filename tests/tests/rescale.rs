@@ -135,3 +135,48 @@ fn a_change_of_the_inputs_peers_is_refused_with_the_reason() {
         "{out}"
     );
 }
+
+#[test]
+fn validate_checks_a_job_against_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    write_votes(&input, 2_000, 0);
+    let data = dir.join("data").display().to_string();
+    let job = vote_job_with_peers(dir, &input, 2).display().to_string();
+    let validate = |dir: &std::path::Path| {
+        let (status, lines) =
+            Proc::start(&["validate", &job, "--data", &data], dir).finish(Duration::from_secs(60));
+        (status.success(), lines.join("\n"))
+    };
+    let (ok, out) = validate(dir);
+    assert!(
+        ok && out.ends_with(&format!("{job}: valid")),
+        "no state yet:\n{out}"
+    );
+    let (status, lines) = Proc::start(&run_args(&job, &data), dir).finish(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+
+    vote_job_with_peers(dir, &input, 3);
+    let (ok, out) = validate(dir);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{job}: valid; resumes the state of job \"eo-votes\" (generation 0), rescaling task \
+             \"count-votes\" from 2 to 3 peers, rescaling task \"voter-sessions\" from 2 to 3 peers"
+        )),
+        "{out}"
+    );
+
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&job).unwrap()).unwrap();
+    spec["key_groups"] = 512.into();
+    std::fs::write(&job, spec.to_string()).unwrap();
+    let (ok, out) = validate(dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("was run with keys placed on slots another way"),
+        "a changed key_groups is refused:\n{out}"
+    );
+    assert!(out.contains("/256; now ") && out.contains("/512)"), "{out}");
+}

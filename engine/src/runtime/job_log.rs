@@ -324,6 +324,67 @@ fn check_peer_change(
     Ok(rescaled)
 }
 
+/// The checks of a resumed job against the meta record of its last run: the same placement of
+/// keys (where its state is split by key), and peer counts its state can follow
+/// ([`check_peer_change`]). Returns the tasks to rescale: `(task, old layout, old slots)`.
+fn check_resume(
+    job: &Job,
+    name: &str,
+    last: &Meta,
+    peers_now: &[(String, u64)],
+    placement: &str,
+) -> Result<Vec<(String, u64, u64)>, RunError> {
+    let split = placed_by_key(last);
+    if last.routing != placement && !split.is_empty() {
+        return Err(RunError::PlacementChanged {
+            job: name.to_owned(),
+            was: last.routing.clone(),
+            now: placement.to_owned(),
+            split: split.join(", "),
+        });
+    }
+    check_peer_change(job, name, last, peers_now)
+}
+
+/// What a run of `job` (with these peer counts) would do with the state in `store`, without
+/// writing anything: `None` if the job has no state there, else a one-line summary (resumed,
+/// and which tasks would be rescaled); the errors are those the run would stop with.
+pub(super) async fn resume_check(
+    job: &Job,
+    store: &dyn Ledgers,
+    peers: &BTreeMap<String, usize>,
+) -> Result<Option<String>, RunError> {
+    let name = job_name(job);
+    let meta_ledger = format!("{name}/meta");
+    let read = store
+        .read(&meta_ledger, 0)
+        .await
+        .map_err(log_error(&meta_ledger))?;
+    let Some((pos, bytes)) = read
+        .entries
+        .last()
+        .map(|(p, b)| (*p, b))
+        .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
+    else {
+        return Ok(None);
+    };
+    let last = Meta::decode(bytes).map_err(|d| corrupt(&meta_ledger, pos, d))?;
+    let peers_now: Vec<(String, u64)> = peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
+    let placement = routing::placement(job.key_groups());
+    let rescaled = check_resume(job, &name, &last, &peers_now, &placement)?;
+    let mut summary = format!(
+        "resumes the state of job {name:?} (generation {})",
+        last.generation
+    );
+    for (task, _, from) in rescaled {
+        let to = peers.get(&task).copied().unwrap_or_default();
+        summary.push_str(&format!(
+            ", rescaling task {task:?} from {from} to {to} peers"
+        ));
+    }
+    Ok(Some(summary))
+}
+
 impl JobLog {
     /// Reads the job's meta ledger, checks the peer counts of a resumed job (a changed count of
     /// a grouped windowed task starts its rescale), and records this run.
@@ -364,16 +425,7 @@ impl JobLog {
             None => 0,
             Some(m) if options.fresh => m.generation + 1,
             Some(m) => {
-                let split = placed_by_key(m);
-                if m.routing != placement && !split.is_empty() {
-                    return Err(RunError::PlacementChanged {
-                        job: name,
-                        was: m.routing.clone(),
-                        now: placement.clone(),
-                        split: split.join(", "),
-                    });
-                }
-                let rescaled = check_peer_change(job, &name, m, &peers_now)?;
+                let rescaled = check_resume(job, &name, m, &peers_now, &placement)?;
                 for (task, layout, _) in &mut layouts {
                     if let Some((l, _)) = m.layout(task) {
                         let moved = rescaled.iter().any(|(t, ..)| t == task);

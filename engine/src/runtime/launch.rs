@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{ErrorsTarget, FluxPolicy, Job, Problem, TaskKind, ValidationError};
 use crate::registry::Registry;
+use sardonyx_state_log::Ledgers;
 
 use super::ack;
 use super::error::RunError;
@@ -97,6 +98,19 @@ pub struct JobReport {
     /// How many times the job's peers were restarted (counts such as `read` include what was
     /// read again after a restart).
     pub restarts: u32,
+}
+
+/// What `sardonyx run JOB` would do with the job's state in `store` (read only): `None` if it
+/// has none, else a one-line summary (resumed; tasks rescaled). Errors are those a run would
+/// stop with: another placement of keys (a changed `key_groups`), a peer count the state
+/// cannot follow.
+pub async fn check_state(job: &Job, store: &dyn Ledgers) -> Result<Option<String>, RunError> {
+    let error_task = match &job.errors {
+        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let layout = Layout::of(job, None, error_task.as_deref());
+    super::job_log::resume_check(job, store, &layout.peers).await
 }
 
 /// Runs `job` to completion in this process: validates it, starts every peer, waits until the
