@@ -423,7 +423,25 @@ fn golden_child(spec: &str) -> Result<(u64, usize), String> {
     let case = PathBuf::from(spec["case"].as_str().unwrap_or_default());
     let dir = PathBuf::from(spec["dir"].as_str().unwrap_or_default());
     let peers = spec["peers"].as_u64().unwrap_or(1) as usize;
-    let job = load_job(&case, &dir)?;
+    let mut job = load_job(&case, &dir)?;
+    // `windowed: true`: only the windowed tasks get `peers` (the others keep the case's own
+    // counts), so that runs with different counts resume one another's state by rescaling.
+    let windowed_only = spec["windowed"].as_bool().unwrap_or(false);
+    if windowed_only {
+        let windowed: Vec<String> = job
+            .catalog
+            .iter()
+            .filter(|t| job.windows_of(&t.name).next().is_some())
+            .map(|t| t.name.clone())
+            .collect();
+        for t in job
+            .catalog
+            .iter_mut()
+            .filter(|t| windowed.contains(&t.name))
+        {
+            t.n_peers = Some(peers);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -438,7 +456,7 @@ fn golden_child(spec: &str) -> Result<(u64, usize), String> {
         // the batches only, not on how fast the log commits.
         state.max_merged_batches = 1;
         let options = RunOptions {
-            peers_override: Some(peers),
+            peers_override: (!windowed_only).then_some(peers),
             errors_path: dir.join("sardonyx-errors.jsonl"),
             state: Some(state),
             ..RunOptions::default()
@@ -453,20 +471,34 @@ fn golden_child(spec: &str) -> Result<(u64, usize), String> {
     })
 }
 
+/// How many peers a golden child gives the tasks.
+#[derive(Debug, Clone, Copy)]
+enum Peers {
+    /// Every task.
+    All(usize),
+    /// The windowed tasks; the others keep the case's counts.
+    Windowed(usize),
+}
+
 /// Runs this test executable as a golden child for `case` in `dir` (its state under
 /// `dir/sardonyx-data`), with the crash point at `crash_after` records if given; waits for it.
 /// Returns its exit status and its output.
 fn run_child(
     case: &Path,
     dir: &Path,
-    peers: usize,
+    peers: Peers,
     crash_after: Option<u64>,
 ) -> Result<(ExitStatus, String), String> {
     let exe = std::env::current_exe().map_err(|e| format!("the test executable: {e}"))?;
     let out_path = dir.join(format!("child-{}.out", crash_after.unwrap_or(0)));
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let spec = serde_json::json!({"case": case, "dir": dir, "peers": peers});
+    let spec = match peers {
+        Peers::All(n) => serde_json::json!({"case": case, "dir": dir, "peers": n}),
+        Peers::Windowed(n) => {
+            serde_json::json!({"case": case, "dir": dir, "peers": n, "windowed": true})
+        }
+    };
     let mut command = Command::new(exe);
     command
         .args([
@@ -529,7 +561,7 @@ pub fn run_case_durable(case: &Path, peers: usize) -> (Vec<String>, u64) {
     if let Err(e) = copy_dir(case, scratch.path()) {
         return fail(format!("copying the case: {e}"));
     }
-    let (status, output) = match run_child(case, scratch.path(), peers, None) {
+    let (status, output) = match run_child(case, scratch.path(), Peers::All(peers), None) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -561,7 +593,7 @@ pub fn run_case_killed(case: &Path, peers: usize, crash_after: u64) -> Vec<Strin
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    match run_child(case, scratch.path(), peers, Some(crash_after)) {
+    match run_child(case, scratch.path(), Peers::All(peers), Some(crash_after)) {
         Ok((status, _)) if status.signal() == Some(9) => {}
         Ok((status, output)) => {
             return fail(format!(
@@ -570,7 +602,7 @@ pub fn run_case_killed(case: &Path, peers: usize, crash_after: u64) -> Vec<Strin
         }
         Err(e) => return fail(e),
     }
-    match run_child(case, scratch.path(), peers, None) {
+    match run_child(case, scratch.path(), Peers::All(peers), None) {
         Ok((status, output)) if status.success() => {
             if !output.contains("recovered slots ") || output.contains("recovered slots 0") {
                 return fail(format!(
@@ -580,6 +612,64 @@ pub fn run_case_killed(case: &Path, peers: usize, crash_after: u64) -> Vec<Strin
         }
         Ok((status, output)) => {
             return fail(format!("the recovered run ended with {status}:\n{output}"))
+        }
+        Err(e) => return fail(e),
+    }
+    compare_after_crash(case, scratch.path(), &name)
+}
+
+/// Runs `case` with `from` peers per windowed task (the other tasks as the case has them) in a
+/// child process with exactly-once state, killed with SIGKILL after its `crash_after`-th batch
+/// record, then on the same data directory with `to` peers per windowed task (a rescale) to
+/// the end; compares the sync files as after a crash. A case with a windowed task that is not
+/// grouped cannot be rescaled: the second run must refuse it, naming the task.
+pub fn run_case_rescaled(case: &Path, from: usize, to: usize, crash_after: u64) -> Vec<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let name = format!(
+        "{} (peers {from} -> {to}, killed after record {crash_after})",
+        case.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let fail = |m: String| vec![format!("{name}: {m}")];
+    let scratch = match scratch_copy(case) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let ungrouped = match load_job(case, scratch.path()) {
+        Ok(job) => job
+            .catalog
+            .iter()
+            .filter(|t| job.windows_of(&t.name).next().is_some())
+            .any(|t| t.group_by_key.is_none() && t.group_by_fn.is_none()),
+        Err(e) => return fail(e),
+    };
+    match run_child(
+        case,
+        scratch.path(),
+        Peers::Windowed(from),
+        Some(crash_after),
+    ) {
+        // A job of fewer records than the crash point finishes: its state is rescaled all the
+        // same (nothing is read again; the firings are all there).
+        Ok((status, _)) if status.signal() == Some(9) || status.success() => {}
+        Ok((status, output)) => {
+            return fail(format!("the first run ended with {status}:\n{output}"))
+        }
+        Err(e) => return fail(e),
+    }
+    match run_child(case, scratch.path(), Peers::Windowed(to), None) {
+        Ok((status, output)) if ungrouped && from != to => {
+            return if !status.success() && output.contains("cannot go from") {
+                Vec::new()
+            } else {
+                fail(format!(
+                    "an ungrouped windowed task was to be refused a rescale, the run ended with \
+                     {status}:\n{output}"
+                ))
+            };
+        }
+        Ok((status, _)) if status.success() => {}
+        Ok((status, output)) => {
+            return fail(format!("the rescaled run ended with {status}:\n{output}"))
         }
         Err(e) => return fail(e),
     }

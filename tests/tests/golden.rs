@@ -7,6 +7,7 @@ use std::path::Path;
 
 use sardonyx_tests::{
     cases, golden_child_main, has_windows, run_case, run_case_durable, run_case_killed,
+    run_case_rescaled,
 };
 
 /// Not a test: the entry of the child processes the golden matrix starts (a no-op otherwise).
@@ -82,6 +83,40 @@ fn golden_jobs_with_windows_give_the_same_states_on_the_log_and_after_kill_9() {
     assert!(
         problems.is_empty(),
         "{} golden matrix problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Restored at a different peer count: each case with windows, killed with SIGKILL after a few
+/// batch records with 2 peers per windowed task, then run to the end with 3 (and another copy
+/// from 3 to 1): the expected firings at least once each, the final states exact, nothing else.
+#[test]
+fn golden_jobs_with_windows_give_the_same_states_after_a_rescale() {
+    let cases: Vec<_> = golden_cases()
+        .into_iter()
+        .filter(|c| has_windows(c))
+        .collect();
+    let problems: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = [(2, 3), (3, 1)]
+            .map(|(from, to)| {
+                let cases = &cases;
+                s.spawn(move || {
+                    cases
+                        .iter()
+                        .flat_map(|case| run_case_rescaled(case, from, to, 2))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .into_iter()
+            .collect();
+        runs.into_iter()
+            .flat_map(|r| r.join().expect("a rescale thread panicked"))
+            .collect()
+    });
+    assert!(
+        problems.is_empty(),
+        "{} golden rescale problems:\n{}",
         problems.len(),
         problems.join("\n")
     );
