@@ -152,7 +152,7 @@ enum DemoCommand {
         #[arg(long, default_value = "sardonyx-data/demo")]
         dir: PathBuf,
         /// Serve metrics at http://ADDR/metrics and the live dashboard at http://ADDR/ (the
-        /// address is printed), and keep serving after the count until Ctrl-C.
+        /// address is printed), and, on a terminal, keep serving after the count until Ctrl-C.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
     },

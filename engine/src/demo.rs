@@ -186,7 +186,7 @@ fn render(standings: &BTreeMap<String, i64>) -> String {
 
 /// Runs the vote demo with `events` votes under `dir`; prints standings while it runs and the
 /// final tally. With `metrics` (an address), serves the metrics and the dashboard there while
-/// it runs, and afterwards until Ctrl-C.
+/// it runs, and afterwards until Ctrl-C when run on a terminal.
 pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let input = dir.join("votes.jsonl");
@@ -291,11 +291,16 @@ pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Re
         dir.display()
     );
     if let Some(server) = server {
-        println!(
-            "the dashboard stays up at http://{}/ until Ctrl-C",
-            server.local_addr()
-        );
-        tokio::signal::ctrl_c().await?;
+        // On a terminal the dashboard stays up to be looked at; piped (a script, CI) the demo
+        // ends with the count, as it does without `--metrics`.
+        use std::io::IsTerminal;
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            println!(
+                "the dashboard stays up at http://{}/ until Ctrl-C",
+                server.local_addr()
+            );
+            tokio::signal::ctrl_c().await?;
+        }
         server.shutdown().await;
     }
     Ok(())
