@@ -250,6 +250,9 @@ pub(super) struct JobLog {
     rescales: tokio::sync::Mutex<Rescales>,
     /// The job's meta ledger.
     meta_ledger: String,
+    /// One rescaled slot at a time replays old ledgers ([`super::rescale::gather`]): each
+    /// replay holds a whole old slot's state, and side by side they would add up.
+    pub(super) gather_permit: tokio::sync::Semaphore,
     /// Per windowed task, its layout and slot count (see [`Meta`]).
     layouts: BTreeMap<String, (u64, u64)>,
     /// Per task being rescaled, its old layout and slot count.
@@ -490,6 +493,7 @@ impl JobLog {
                 seq: 1,
             }),
             meta_ledger,
+            gather_permit: tokio::sync::Semaphore::new(1),
             options,
         })
     }
@@ -519,6 +523,7 @@ impl JobLog {
                 seq: 1,
             }),
             meta_ledger: format!("{name}/meta"),
+            gather_permit: tokio::sync::Semaphore::new(1),
             layouts: BTreeMap::new(),
             retiring: BTreeMap::new(),
         }

@@ -7,6 +7,8 @@
 //! ([`JobLog::slot_rescaled`]); until then they are left as they were (only fenced), so a run
 //! killed in the middle of a rescale gathers the missing slots' state again the same way.
 //!
+//! The new slots of a run gather one at a time (each replay holds a whole old slot's state).
+//!
 //! The dedup ids of the old slots are not labelled with their key groups: a new slot takes every
 //! id of each old slot it gathers from (a superset: an id only ever arrives at the slot that owns
 //! its segment's key group, so the extra ids are never asked about).
@@ -72,6 +74,11 @@ pub(super) async fn gather(
     let store = js.options.store.clone();
     let (mut parts, mut ids, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     let mut from = Vec::new();
+    let _one_at_a_time = js
+        .gather_permit
+        .acquire()
+        .await
+        .expect("the permit is never closed");
     for old in 0..old_slots {
         let theirs = range_of(old as usize, old_slots as usize, g);
         if theirs.end <= mine.start || mine.end <= theirs.start {
