@@ -7,11 +7,11 @@
 //!   `sardonyx_rejected_segments_total`, `sardonyx_backpressure_waits_total`,
 //!   `sardonyx_backpressure_wait_seconds_total`, `sardonyx_watermark_timestamp_seconds` and
 //!   `sardonyx_watermark_lag_seconds` (now − watermark; both once the slot has a watermark),
-//!   `sardonyx_batch_duration_seconds` (histogram);
+//!   `sardonyx_batch_duration_seconds` (histogram), `sardonyx_segments_written_total` (output
+//!   slots), `sardonyx_late_segments_total` and `sardonyx_duplicates_dropped_total` (windowed
+//!   slots);
 //! - per trigger `{job,task,window,trigger}`: `sardonyx_firings_total`;
-//! - per job `{job}`: `sardonyx_segments_written_total`, `sardonyx_late_segments_total`,
-//!   `sardonyx_duplicates_dropped_total`, `sardonyx_unmatched_segments_total`,
-//!   `sardonyx_slot_recoveries_total`;
+//! - per job `{job}`: `sardonyx_unmatched_segments_total`, `sardonyx_slot_recoveries_total`;
 //! - per state log `{log}`: `sardonyx_state_log_appends_total`,
 //!   `sardonyx_state_log_append_bytes_total`, `sardonyx_state_log_append_errors_total`,
 //!   `sardonyx_state_log_compactions_total`, `sardonyx_state_log_append_duration_seconds`
@@ -144,6 +144,24 @@ fn encode_job(e: &mut DescriptorEncoder, job: &ObservedJob) -> std::fmt::Result 
     )?;
     counter(
         e,
+        "sardonyx_segments_written",
+        "Segments an output task slot wrote to its sink.",
+        rows(|c| load(&c.written)),
+    )?;
+    counter(
+        e,
+        "sardonyx_late_segments",
+        "Segments that came too late for a windowed task slot's windows.",
+        rows(|c| load(&c.late)),
+    )?;
+    counter(
+        e,
+        "sardonyx_duplicates_dropped",
+        "Segments a windowed task slot had already applied (skipped by its dedup filter).",
+        rows(|c| load(&c.duplicates)),
+    )?;
+    counter(
+        e,
         "sardonyx_backpressure_waits",
         "Sends of a task slot that waited for room downstream.",
         rows(|c| load(&c.backpressure_waits)),
@@ -203,24 +221,6 @@ fn encode_job(e: &mut DescriptorEncoder, job: &ObservedJob) -> std::fmt::Result 
     )?;
 
     let job_label = [("job", name)];
-    counter(
-        e,
-        "sardonyx_segments_written",
-        "Segments written by output tasks.",
-        [(job_label, load(&p.written))],
-    )?;
-    counter(
-        e,
-        "sardonyx_late_segments",
-        "Segments that came too late for a window.",
-        [(job_label, load(&p.late))],
-    )?;
-    counter(
-        e,
-        "sardonyx_duplicates_dropped",
-        "Segments a windowed task had already applied (dropped by its dedup filter).",
-        [(job_label, load(&p.duplicates))],
-    )?;
     counter(
         e,
         "sardonyx_unmatched_segments",
@@ -403,7 +403,10 @@ mod tests {
             .trigger("count", "per-minute", "closed")
             .count
             .fetch_add(4, Ordering::Relaxed);
-        progress.late.fetch_add(2, Ordering::Relaxed);
+        progress
+            .slot("count", 1)
+            .late
+            .fetch_add(2, Ordering::Relaxed);
         let observed = Observed {
             job: Some(ObservedJob {
                 name: "votes".to_owned(),
@@ -422,7 +425,7 @@ mod tests {
             r#"sardonyx_batches_total{job="votes",task="count",slot="1"} 3"#,
             r#"sardonyx_watermark_timestamp_seconds{job="votes",task="read",slot="0"} 1700000000.5"#,
             r#"sardonyx_firings_total{job="votes",task="count",window="per-minute",trigger="closed"} 4"#,
-            r#"sardonyx_late_segments_total{job="votes"} 2"#,
+            r#"sardonyx_late_segments_total{job="votes",task="count",slot="1"} 2"#,
             "# TYPE sardonyx_batch_duration_seconds histogram",
             "# EOF",
         ] {

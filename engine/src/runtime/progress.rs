@@ -165,6 +165,12 @@ pub struct SlotCounters {
     pub segments_out: AtomicU64,
     /// Segments (or input lines) this slot sent to the error output.
     pub rejected: AtomicU64,
+    /// Segments this (output) slot wrote to its sink.
+    pub written: AtomicU64,
+    /// Segments that came too late for this (windowed) slot's windows.
+    pub late: AtomicU64,
+    /// Segments this (windowed) slot had already applied (skipped by its dedup filter).
+    pub duplicates: AtomicU64,
     /// Sends that found a downstream queue full and waited (backpressure).
     pub backpressure_waits: AtomicU64,
     /// Nanoseconds spent in those waits.
@@ -185,6 +191,9 @@ impl SlotCounters {
             batches: AtomicU64::new(0),
             segments_out: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             backpressure_waits: AtomicU64::new(0),
             backpressure_nanos: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),

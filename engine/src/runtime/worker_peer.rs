@@ -333,6 +333,7 @@ impl Driver<'_> {
                 }
                 Command::CountDuplicates(n) => {
                     ctx.progress.duplicates.fetch_add(n, Ordering::Relaxed);
+                    ctx.counters.duplicates.fetch_add(n, Ordering::Relaxed);
                 }
                 Command::Append { bytes, ids } => {
                     let log = self.log.as_mut().expect("only a logged slot appends");
@@ -375,9 +376,9 @@ impl Driver<'_> {
                     task: ctx.task.name.clone(),
                     source,
                 })?;
-                ctx.progress
-                    .written
-                    .fetch_add(segments.len() as u64, Ordering::Relaxed);
+                let n = segments.len() as u64;
+                ctx.progress.written.fetch_add(n, Ordering::Relaxed);
+                ctx.counters.written.fetch_add(n, Ordering::Relaxed);
                 // What an output task wrote does not travel further (outputs have no edges).
                 Vec::new()
             }
@@ -498,6 +499,7 @@ fn deliver(
     }
     for (task, segment, reason) in delivery.late {
         ctx.progress.late.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.late.fetch_add(1, Ordering::Relaxed);
         match task.and_then(|t| router.destination_of(&t)) {
             Some(d) => router.place(segment, vec![(d, Vec::new())])?,
             None => router.reject(Rejection::segment(&ctx.task.name, reason, segment))?,
