@@ -99,6 +99,7 @@ fn a_kill_in_the_middle_of_a_rescale_then_a_run_again_is_exact() {
     assert_eq!(recoveries(&lines).len(), 6, "{out}");
     assert_finals_equal(&oracle(&votes), &reported(dir));
     assert_every_vote_output(dir, &votes);
+    assert_each_candidate_on_its_own_slot(&dir.join("data"), &votes, 3);
 
     // Another count before that rescale had finished would have been refused; now it is not.
     let job = vote_job_with_peers(dir, &input, 1).display().to_string();
@@ -179,4 +180,68 @@ fn validate_checks_a_job_against_its_state() {
         "a changed key_groups is refused:\n{out}"
     );
     assert!(out.contains("/256; now ") && out.contains("/512)"), "{out}");
+}
+
+/// Every candidate's totals are in the state of exactly one slot of `count-votes` (layout 1,
+/// `slots` slots), the one that owns the candidate's key group: a rescale moved each group to
+/// one new slot, not to several.
+fn assert_each_candidate_on_its_own_slot(
+    data: &std::path::Path,
+    votes: &[serde_json::Value],
+    slots: usize,
+) {
+    use sardonyx::key_groups::{key_group_of, slot_of, DEFAULT_KEY_GROUPS};
+    use sardonyx::runtime::routing::key_hash;
+    use sardonyx_windowing::trigger::TriggerSpec;
+    use sardonyx_windowing::{aggregation, Value, WindowOperator, WindowSpec};
+    let operator = || {
+        WindowOperator::new(
+            vec![
+                WindowSpec::global("totals", aggregation::count()),
+                WindowSpec::fixed("per-minute", "event_time", 60_000, aggregation::count()),
+            ],
+            vec![
+                TriggerSpec::timer("totals", "standings", 200),
+                TriggerSpec::watermark("per-minute", "closed", 0),
+            ],
+        )
+        .unwrap()
+    };
+    let candidates: std::collections::BTreeSet<String> = votes
+        .iter()
+        .map(|v| v["candidate"].as_str().unwrap().to_owned())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ops: Vec<WindowOperator> = runtime.block_on(async {
+        let log = sardonyx_state_log::EmbeddedLog::open(data.join("log"))
+            .await
+            .unwrap();
+        let mut ops = Vec::new();
+        for slot in 0..slots {
+            let ledger = format!("eo-votes/g0/count-votes/L1/{slot}");
+            let read = log.read(&ledger, 0).await.unwrap();
+            let mut op = operator();
+            let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
+            sardonyx::slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
+            ops.push(op);
+        }
+        log.close().await.unwrap();
+        ops
+    });
+    for c in &candidates {
+        let key = Value::from(c.as_str());
+        let holders: Vec<usize> = (0..slots)
+            .filter(|&s| !ops[s].extents("totals", &key).is_empty())
+            .collect();
+        let owner = slot_of(
+            key_group_of(key_hash(&key), DEFAULT_KEY_GROUPS),
+            slots,
+            DEFAULT_KEY_GROUPS,
+        );
+        assert_eq!(
+            holders,
+            vec![owner],
+            "the slots holding candidate {c}'s totals"
+        );
+    }
 }
