@@ -349,6 +349,21 @@ fn check_resume(
     check_peer_change(job, name, last, peers_now)
 }
 
+/// The meta record of a job's last run (its meta ledger's last entry, or its snapshot), if any.
+async fn last_meta(store: &dyn Ledgers, meta_ledger: &str) -> Result<Option<Meta>, RunError> {
+    let read = store
+        .read(meta_ledger, 0)
+        .await
+        .map_err(log_error(meta_ledger))?;
+    let last = read
+        .entries
+        .last()
+        .map(|(p, b)| (*p, b))
+        .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)));
+    last.map(|(pos, bytes)| Meta::decode(bytes).map_err(|d| corrupt(meta_ledger, pos, d)))
+        .transpose()
+}
+
 /// What a run of `job` (with these peer counts) would do with the state in `store`, without
 /// writing anything: `None` if the job has no state there, else a one-line summary (resumed,
 /// and which tasks would be rescaled); the errors are those the run would stop with.
@@ -358,20 +373,9 @@ pub(super) async fn resume_check(
     peers: &BTreeMap<String, usize>,
 ) -> Result<Option<String>, RunError> {
     let name = job_name(job);
-    let meta_ledger = format!("{name}/meta");
-    let read = store
-        .read(&meta_ledger, 0)
-        .await
-        .map_err(log_error(&meta_ledger))?;
-    let Some((pos, bytes)) = read
-        .entries
-        .last()
-        .map(|(p, b)| (*p, b))
-        .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
-    else {
+    let Some(last) = last_meta(store, &format!("{name}/meta")).await? else {
         return Ok(None);
     };
-    let last = Meta::decode(bytes).map_err(|d| corrupt(&meta_ledger, pos, d))?;
     let peers_now: Vec<(String, u64)> = peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
     let placement = routing::placement(job.key_groups());
     let rescaled = check_resume(job, &name, &last, &peers_now, &placement)?;
@@ -400,21 +404,7 @@ impl JobLog {
         let name = job_name(job);
         let meta_ledger = format!("{name}/meta");
         let store = &options.store;
-        let read = store
-            .read(&meta_ledger, 0)
-            .await
-            .map_err(log_error(&meta_ledger))?;
-        let last = match read
-            .entries
-            .last()
-            .map(|(p, b)| (*p, b))
-            .or(read.snapshot.as_ref().map(|(p, b)| (*p, b)))
-        {
-            Some((pos, bytes)) => {
-                Some(Meta::decode(bytes).map_err(|d| corrupt(&meta_ledger, pos, d))?)
-            }
-            None => None,
-        };
+        let last = last_meta(store.as_ref(), &meta_ledger).await?;
         let peers_now: Vec<(String, u64)> =
             peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect();
         let placement = routing::placement(job.key_groups());

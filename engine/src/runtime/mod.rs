@@ -75,6 +75,7 @@
 
 pub mod ack;
 mod context;
+mod crash_point;
 mod error;
 mod inbox;
 mod input_log;

@@ -20,6 +20,7 @@ use sardonyx_windowing::trigger::Firing;
 use sardonyx_windowing::WindowOperator;
 
 use super::context::PeerContext;
+use super::crash_point::CrashPoint;
 use super::error::RunError;
 use super::job_log::{corrupt, log_error, slot_write_error, JobLog};
 use super::routing::key_hash;
@@ -164,23 +165,10 @@ impl FirstState {
             log.fill_filter(ids).await?;
         }
         log.compact(position, js.epoch, &operator).await?;
-        crash_point_after_rescaled_slot();
+        AFTER_RESCALED_SLOT.pass();
         js.slot_rescaled(task).await
     }
 }
 
 /// The crash point of [`CRASH_AFTER_RESCALED_SLOTS`].
-fn crash_point_after_rescaled_slot() {
-    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    static DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(after) = *AFTER.get_or_init(|| {
-        std::env::var(CRASH_AFTER_RESCALED_SLOTS)
-            .ok()
-            .and_then(|v| v.parse().ok())
-    }) else {
-        return;
-    };
-    if DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == after {
-        super::slot_log::kill_this_process();
-    }
-}
+static AFTER_RESCALED_SLOT: CrashPoint = CrashPoint::new(CRASH_AFTER_RESCALED_SLOTS);

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use sardonyx_state_log::{DedupConfig, DedupFilter, LedgerRead, RequestId};
 
+use super::crash_point::CrashPoint;
 use super::error::RunError;
 use super::job_log::{log_error, slot_write_error, JobLog};
 use super::progress::{FilterOpened, Progress, SlotRecovery};
@@ -74,38 +75,7 @@ fn open_filter(
 pub const CRASH_AFTER_RECORDS: &str = "SARDONYX_TEST_CRASH_AFTER_RECORDS";
 
 /// The crash point of [`CRASH_AFTER_RECORDS`]: counts committed batch records in this process.
-fn crash_point_after_commit() {
-    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    static COMMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(after) = *AFTER.get_or_init(|| {
-        std::env::var(CRASH_AFTER_RECORDS)
-            .ok()
-            .and_then(|v| v.parse().ok())
-    }) else {
-        return;
-    };
-    if COMMITTED.fetch_add(1, Ordering::SeqCst) + 1 == after {
-        kill_this_process();
-    }
-}
-
-/// The end of a test crash point: SIGKILL to this process (no cleanup); this thread does
-/// nothing more.
-pub(super) fn kill_this_process() -> ! {
-    tracing::warn!("test crash point: killing this process with SIGKILL");
-    let sent = std::process::Command::new("kill")
-        .args(["-9", &std::process::id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !sent {
-        // No `kill` to run: die at once all the same (SIGABRT, no cleanup either).
-        std::process::abort();
-    }
-    // SIGKILL is on its way.
-    loop {
-        std::thread::park();
-    }
-}
+static AFTER_COMMIT: CrashPoint = CrashPoint::new(CRASH_AFTER_RECORDS);
 
 /// A batch record being appended ([`SlotLog::begin_append`]).
 pub(crate) struct Appending {
@@ -297,7 +267,7 @@ impl SlotLog {
     pub async fn end_append(&mut self, appending: Appending) -> Result<u64, RunError> {
         let Appending { append, len, ids } = appending;
         let position = append.await??;
-        crash_point_after_commit();
+        AFTER_COMMIT.pass();
         let p = &self.progress;
         p.logged_records.fetch_add(1, Ordering::Relaxed);
         p.logged_bytes.fetch_add(len, Ordering::Relaxed);

@@ -354,10 +354,14 @@ impl Slot {
         if self.ahead().is_none() {
             self.seen.next_batch();
         }
-        match self.dedup_field() {
+        let field = self
+            .config
+            .uniqueness_key
+            .as_deref()
+            .filter(|_| self.log.is_some());
+        match field {
             Some(field) => {
-                let field = field.to_owned();
-                self.seen.batch_keys(&batch.segments, &field);
+                self.seen.batch_keys(&batch.segments, field);
                 self.looking_up = Some(batch);
                 self.commands.push_back(Command::LookUpIds);
             }
@@ -430,13 +434,6 @@ impl Slot {
         self.log.as_ref().and_then(|l| l.ahead.as_ref())
     }
 
-    fn dedup_field(&self) -> Option<&str> {
-        self.config
-            .uniqueness_key
-            .as_deref()
-            .filter(|_| self.log.is_some())
-    }
-
     /// Feeds a batch to the operator, then the watermark and the timer. Segments already
     /// applied (by the filter's answer `in_filter`, by this batch or by the one before) skip
     /// the window state and still travel on; a segment the windows refuse is rejected.
@@ -458,11 +455,16 @@ impl Slot {
         // About one transition per segment and window: grown once, not by doubling.
         step.transitions
             .reserve(segments.len() * self.operator.windows().len());
-        let field = self.dedup_field().map(str::to_owned);
+        // The fields are borrowed apart (not through a method), so no copy of the name.
+        let field = self
+            .config
+            .uniqueness_key
+            .as_deref()
+            .filter(|_| self.log.is_some());
         let mut duplicates = 0;
         for (i, s) in segments.into_iter().enumerate() {
             let mut id = None;
-            if let Some(field) = &field {
+            if let Some(field) = field {
                 let Some(v) = s.get(field) else {
                     let reason = format!("uniqueness_key field \"{field}\" is missing");
                     self.commands
