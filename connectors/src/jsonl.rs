@@ -7,7 +7,7 @@
 //! engine sends it to the error output with its line number, and the next lines go on.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use crate::{ConnectorError, Position, Record, Sink, Source, SourceBatch};
 /// The default of `max_line_bytes`: 1 MiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 
-/// How much of a line longer than `max_line_bytes` is kept, to show in the error output.
-pub const TOO_LONG_PREVIEW_BYTES: usize = 256;
+use crate::line_reader::LineReader;
+pub use crate::line_reader::TOO_LONG_PREVIEW_BYTES;
 
 /// Checks the limits in a JSON-lines source's params (`max_line_bytes`: an integer ≥ 1); the
 /// other fields are the engine's (`path`) and are not reported.
@@ -58,11 +58,9 @@ pub fn max_line_bytes(params: &Value) -> Result<usize, ConnectorError> {
 /// than `max_line_bytes` come out as faulty records (see the module's documentation).
 pub struct JsonLinesSource {
     path: PathBuf,
-    reader: BufReader<File>,
+    lines: LineReader<BufReader<File>>,
     offset: u64,
     line: u64,
-    buf: Vec<u8>,
-    max_line_bytes: usize,
 }
 
 impl JsonLinesSource {
@@ -73,59 +71,24 @@ impl JsonLinesSource {
             .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), &e))?;
         Ok(JsonLinesSource {
             path,
-            reader: BufReader::with_capacity(1 << 16, file),
+            lines: LineReader::new(
+                BufReader::with_capacity(1 << 16, file),
+                DEFAULT_MAX_LINE_BYTES,
+            ),
             offset: 0,
             line: 0,
-            buf: Vec::new(),
-            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         })
     }
 
     /// Sets the longest line handed over whole (at least 1).
     pub fn with_max_line_bytes(mut self, max: usize) -> Self {
-        self.max_line_bytes = max.max(1);
+        self.lines.set_max_line_bytes(max);
         self
     }
 
     /// The file being read.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Reads the next line into `buf`, keeping at most `max_line_bytes` + 1 of its bytes (room
-    /// for a `\r` before the `\n`; at least the preview of a too long line) however long it
-    /// is: the rest is read in the reader's chunks and dropped. Returns `(bytes consumed with
-    /// the newline, bytes before the newline)`, or `None` at the end of the file.
-    fn next_line(&mut self) -> std::io::Result<Option<(u64, u64)>> {
-        self.buf.clear();
-        let keep = self
-            .max_line_bytes
-            .saturating_add(1)
-            .max(TOO_LONG_PREVIEW_BYTES);
-        let (mut consumed, mut length) = (0_u64, 0_u64);
-        loop {
-            let chunk = match self.reader.fill_buf() {
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if chunk.is_empty() {
-                break;
-            }
-            let (part, taken, ends) = match memchr::memchr(b'\n', chunk) {
-                Some(i) => (&chunk[..i], i + 1, true),
-                None => (chunk, chunk.len(), false),
-            };
-            let room = keep.saturating_sub(self.buf.len()).min(part.len());
-            self.buf.extend_from_slice(&part[..room]);
-            length += part.len() as u64;
-            consumed += taken as u64;
-            self.reader.consume(taken);
-            if ends {
-                break;
-            }
-        }
-        Ok((consumed > 0).then_some((consumed, length)))
     }
 }
 
@@ -137,7 +100,8 @@ impl Source for JsonLinesSource {
     ) -> Result<SourceBatch, ConnectorError> {
         let mut out = Vec::with_capacity(max.min(4096));
         while out.len() < max {
-            let Some((consumed, length)) = self
+            let Some(crate::line_reader::Line { consumed, length }) = self
+                .lines
                 .next_line()
                 .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), &e))?
             else {
@@ -149,19 +113,14 @@ impl Source for JsonLinesSource {
                 partition: 0,
                 offset: self.offset,
             };
-            let mut payload = self.buf.as_slice();
-            while let Some((b'\n' | b'\r', rest)) = payload.split_last() {
-                payload = rest;
-            }
-            if payload.len() > self.max_line_bytes {
+            let payload = self.lines.text();
+            let limit = self.lines.max_line_bytes();
+            if payload.len() > limit {
                 out.push(Record {
                     position,
                     index: self.line,
                     payload: payload[..TOO_LONG_PREVIEW_BYTES.min(payload.len())].to_vec(),
-                    fault: Some(RecordFault::LineTooLong {
-                        length,
-                        limit: self.max_line_bytes,
-                    }),
+                    fault: Some(RecordFault::LineTooLong { length, limit }),
                 });
                 continue;
             }
@@ -194,7 +153,8 @@ impl Source for JsonLinesSource {
         // large blocks with a vectorized count (resuming far into a large file reads the prefix
         // at memory speed, not line by line).
         let len = self
-            .reader
+            .lines
+            .get_ref()
             .get_ref()
             .metadata()
             .map_err(|e| ConnectorError::io(context(), &e))?
@@ -205,7 +165,8 @@ impl Source for JsonLinesSource {
                 "position is past the end of the file",
             ));
         }
-        self.reader
+        self.lines
+            .get_mut()
             .seek(SeekFrom::Start(0))
             .map_err(|e| ConnectorError::io(context(), &e))?;
         let mut block = vec![0u8; 1 << 20];
@@ -215,7 +176,8 @@ impl Source for JsonLinesSource {
         while read < position.offset {
             let want = block.len().min((position.offset - read) as usize);
             let n = self
-                .reader
+                .lines
+                .get_mut()
                 .read(&mut block[..want])
                 .map_err(|e| ConnectorError::io(context(), &e))?;
             if n == 0 {
@@ -513,7 +475,8 @@ mod tests {
             )
         );
         // Two 4 MiB lines went through a buffer that never grew past a few times the limit.
-        assert!(src.buf.capacity() <= 4 * limit, "{}", src.buf.capacity());
+        let held = src.lines.held_capacity();
+        assert!(held <= 4 * limit, "{held}");
         assert!(matches!(
             src.poll_batch(10, Duration::ZERO).unwrap(),
             SourceBatch::Done

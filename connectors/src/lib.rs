@@ -23,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod jsonl;
 pub mod kafka;
+pub mod line_reader;
 pub mod params;
 pub mod plugins;
 pub mod postgres;

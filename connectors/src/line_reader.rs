@@ -1,10 +1,12 @@
-//! Lines of an object's body with a bound on what is held (DESIGN §10): a line longer than
-//! `max_line_bytes` is read through in the reader's chunks and only its start kept, so one huge
-//! line cannot make the input allocate without bound.
+//! Lines of a file or an object's body with a bound on what is held (DESIGN §10): a line longer
+//! than `max_line_bytes` is read through in the reader's chunks and only its start kept, so one
+//! huge line cannot make an input allocate without bound. The `sardonyx/jsonl` and `sardonyx/s3`
+//! inputs read through it.
 
 use std::io::{self, BufRead};
 
-use crate::jsonl::TOO_LONG_PREVIEW_BYTES;
+/// How much of a too long line is kept (and shown in its rejection).
+pub const TOO_LONG_PREVIEW_BYTES: usize = 256;
 
 /// What [`LineReader::next_line`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,26 @@ impl<R: BufRead> LineReader<R> {
     /// The longest line kept whole.
     pub fn max_line_bytes(&self) -> usize {
         self.max_line_bytes
+    }
+
+    /// Sets the longest line kept whole (at least 1).
+    pub fn set_max_line_bytes(&mut self, max: usize) {
+        self.max_line_bytes = max.max(1);
+    }
+
+    /// The capacity of the buffer that holds a line (bounded, however long the lines).
+    pub fn held_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+
+    /// The underlying reader (to seek it, say).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
     }
 
     /// Reads the next line; `None` at the end.

@@ -9,7 +9,6 @@
 
 pub mod error;
 pub mod layout;
-pub mod line_reader;
 pub mod params;
 pub mod position;
 pub mod sink;

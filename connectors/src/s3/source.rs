@@ -16,11 +16,11 @@ use std::io::{BufReader, Read};
 use std::time::{Duration, Instant};
 
 use super::error::S3Error;
-use super::line_reader::LineReader;
 use super::params::S3SourceParams;
 use super::position::{self, Compression, ObjectPosition};
 use super::store::{ObjectInfo, S3Store};
 use crate::jsonl::TOO_LONG_PREVIEW_BYTES;
+use crate::line_reader::LineReader;
 use crate::source::RecordFault;
 use crate::{ConnectorError, Position, Positions, Record, Source, SourceBatch};
 
