@@ -1,6 +1,6 @@
-//! Key groups (DESIGN §4, "Grouping"): the pure arithmetic that places a key's hash in one of a
-//! job's `key_groups` key groups, divides the key groups among a task's slots, and re-divides
-//! them when the number of slots changes.
+//! Key groups (DESIGN §4, "Grouping"): the specified hash of a group key ([`key_hash`]), the
+//! pure arithmetic that places a key's hash in one of a job's `key_groups` key groups, divides
+//! the key groups among a task's slots, and re-divides them when the number of slots changes.
 //!
 //! **A key group is a range of hashes.** The key group of a 64-bit key hash `h` among `G` groups
 //! is `⌊h · G / 2⁶⁴⌋` (Lemire's multiply-shift, [`key_group_of`]), not `h mod G`: the groups are
@@ -26,7 +26,10 @@
 //! groups leaves one group away from its range, as moving it home is one move more than
 //! needed). The way back from a change never moves more groups than the way out did.
 
+use std::cell::RefCell;
 use std::ops::Range;
+
+use sardonyx_windowing::Value;
 
 /// The number of key groups of a job that does not set `key_groups`.
 pub const DEFAULT_KEY_GROUPS: usize = 256;
@@ -34,6 +37,32 @@ pub const DEFAULT_KEY_GROUPS: usize = 256;
 /// The most key groups a job may have (as Flink's largest `maxParallelism`): a key group is
 /// the unit of state a rescale moves, and a slot's per-group bookkeeping grows with the count.
 pub const MAX_KEY_GROUPS: usize = 32_768;
+
+/// The specified 64-bit hash of a group key: xxh3-64 with seed 0 over the key's canonical bytes
+/// ([`Value::write_canonical`]). The same in every process, build and Rust release.
+pub fn key_hash(key: &Value) -> u64 {
+    thread_local! {
+        // One buffer per thread: hashing a key allocates nothing once it has grown.
+        static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BYTES.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        key.write_canonical(&mut b);
+        let h = xxhash_rust::xxh3::xxh3_64(&b);
+        // A hostile huge key must not pin its memory in the buffer for good.
+        if b.capacity() > 64 << 10 {
+            *b = Vec::new();
+        }
+        h
+    })
+}
+
+/// The key group (of `key_groups`) of a group key: [`key_group_of`] its [`key_hash`], as a
+/// label (key groups number at most [`MAX_KEY_GROUPS`], so they fit in 16 bits).
+pub fn key_group_label(key: &Value, key_groups: usize) -> u16 {
+    key_group_of(key_hash(key), key_groups) as u16
+}
 
 /// The key group (of `key_groups`) of a 64-bit key hash: `⌊hash · key_groups / 2⁶⁴⌋`, the hash's
 /// position in the hash space scaled to the key groups. `key_groups` is at least 1 (0 is read

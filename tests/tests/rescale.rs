@@ -184,7 +184,9 @@ fn validate_checks_a_job_against_its_state() {
 
 /// Every candidate's totals are in the state of exactly one slot of `count-votes` (layout 1,
 /// `slots` slots), the one that owns the candidate's key group: a rescale moved each group to
-/// one new slot, not to several.
+/// one new slot, not to several. So is every vote's dedup id (in the slot's snapshot export or
+/// its replayed records), labelled with its candidate's key group: a new slot took from the old
+/// slots exactly the ids of its own key groups.
 fn assert_each_candidate_on_its_own_slot(
     data: &std::path::Path,
     votes: &[serde_json::Value],
@@ -212,32 +214,68 @@ fn assert_each_candidate_on_its_own_slot(
         .map(|v| v["candidate"].as_str().unwrap().to_owned())
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let ops: Vec<WindowOperator> = runtime.block_on(async {
+    /// A slot's dedup ids with their key groups.
+    type LabelledIds = Vec<(Option<u16>, Vec<u8>)>;
+    let (ops, ids): (Vec<WindowOperator>, Vec<LabelledIds>) = runtime.block_on(async {
         let log = sardonyx_state_log::EmbeddedLog::open(data.join("log"))
             .await
             .unwrap();
-        let mut ops = Vec::new();
+        let (mut ops, mut ids) = (Vec::new(), Vec::new());
         for slot in 0..slots {
             let ledger = format!("eo-votes/g0/count-votes/L1/{slot}");
             let read = log.read(&ledger, 0).await.unwrap();
             let mut op = operator();
             let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
-            sardonyx::slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
+            let recovered =
+                sardonyx::slot::recover(&ledger, &mut op, snapshot, &read.entries).unwrap();
+            let mut held = Vec::new();
+            if let Some(export) = &recovered.filter_export {
+                sardonyx_state_log::export_ids(export, |kg, id| held.push((kg, id.to_vec())))
+                    .unwrap();
+            }
+            for (_, batch) in &recovered.batch_ids {
+                held.extend(
+                    batch
+                        .labelled()
+                        .into_iter()
+                        .map(|(kg, k)| (kg, k.as_ref().to_vec())),
+                );
+            }
             ops.push(op);
+            ids.push(held);
         }
         log.close().await.unwrap();
-        ops
+        (ops, ids)
     });
+    let owner_of = |key: &Value| {
+        let kg = key_group_of(key_hash(key), DEFAULT_KEY_GROUPS);
+        (kg, slot_of(kg, slots, DEFAULT_KEY_GROUPS))
+    };
+    let mut want: Vec<LabelledIds> = vec![Vec::new(); slots];
+    let mut distinct = std::collections::BTreeSet::new();
+    for v in votes {
+        let id = v["vote_id"].as_i64().unwrap();
+        if distinct.insert(id) {
+            let (kg, slot) = owner_of(&Value::from(v["candidate"].as_str().unwrap()));
+            want[slot].push((Some(kg as u16), sardonyx::slot::id_key(&Value::Int(id))));
+        }
+    }
+    for (slot, (mut held, mut want)) in ids.into_iter().zip(want).enumerate() {
+        held.sort();
+        want.sort();
+        assert_eq!(
+            held.len(),
+            want.len(),
+            "slot {slot} holds the ids of exactly its key groups' votes, each once"
+        );
+        assert!(held == want, "slot {slot}'s labelled ids");
+    }
     for c in &candidates {
         let key = Value::from(c.as_str());
         let holders: Vec<usize> = (0..slots)
             .filter(|&s| !ops[s].extents("totals", &key).is_empty())
             .collect();
-        let owner = slot_of(
-            key_group_of(key_hash(&key), DEFAULT_KEY_GROUPS),
-            slots,
-            DEFAULT_KEY_GROUPS,
-        );
+        let owner = owner_of(&key).1;
         assert_eq!(
             holders,
             vec![owner],

@@ -9,9 +9,12 @@
 //!
 //! The new slots of a run gather one at a time (each replay holds a whole old slot's state).
 //!
-//! The dedup ids of the old slots are not labelled with their key groups: a new slot takes every
-//! id of each old slot it gathers from (a superset: an id only ever arrives at the slot that owns
-//! its segment's key group, so the extra ids are never asked about).
+//! The dedup ids of a grouped task are labelled with their key groups, in the ledgers' records
+//! ([`slot::Ids::Grouped`]) and in the filter exports of their snapshots, so a new slot takes
+//! exactly the ids of its own key groups. Ids without a label (written by versions before the
+//! labels) are all taken: a superset, harmless, since an id only ever arrives at the slot that
+//! owns its segment's key group, so the extra ids are never asked about; they only take room in
+//! the filter until they pass its horizon.
 
 use std::sync::Arc;
 
@@ -23,9 +26,8 @@ use super::context::PeerContext;
 use super::crash_point::CrashPoint;
 use super::error::RunError;
 use super::job_log::{corrupt, log_error, slot_write_error, JobLog};
-use super::routing::key_hash;
 use super::slot_log::SlotLog;
-use crate::key_groups::{key_group_of, range_of};
+use crate::key_groups::{key_group_of, key_hash, range_of};
 use crate::slot::{self, SlotRecord};
 
 /// The environment variable of the test-only crash point of a rescale: `N` makes the process
@@ -39,8 +41,9 @@ pub(super) struct FirstState {
     /// The position of the slot's `Owner` record, which the first snapshot covers.
     position: u64,
     operator: WindowOperator,
-    /// Every dedup id of the old slots gathered from.
-    ids: Vec<Vec<u8>>,
+    /// The dedup ids of the old slots gathered from that belong to this slot's key groups
+    /// (and every id without a label), with their key groups.
+    ids: Vec<(Option<u16>, Vec<u8>)>,
     /// The firings of the old slots' last records for this slot's groups (possibly never
     /// synced before the old run stopped), to deliver again before the first snapshot.
     pub pending: Vec<Firing>,
@@ -72,6 +75,7 @@ pub(super) async fn gather(
     let new_slots = js.slots(task);
     let mine = range_of(ctx.peer, new_slots, g);
     let owns = |key: &sardonyx_windowing::Value| mine.contains(&key_group_of(key_hash(key), g));
+    let keeps = |label: Option<u16>| label.is_none_or(|kg| mine.contains(&(kg as usize)));
     let store = js.options.store.clone();
     let (mut parts, mut ids, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     let mut from = Vec::new();
@@ -109,11 +113,16 @@ pub(super) async fn gather(
         if dedup {
             if let Some(export) = recovered.filter_export.as_deref().filter(|e| !e.is_empty()) {
                 let at = read.snapshot.as_ref().map_or(0, |(p, _)| *p);
-                export_ids(export, |id| ids.push(id.to_vec()))
-                    .map_err(|e| corrupt(&ledger, at, format!("snapshot's dedup ids: {e}")))?;
+                export_ids(export, |kg, id| {
+                    if keeps(kg) {
+                        ids.push((kg, id.to_vec()))
+                    }
+                })
+                .map_err(|e| corrupt(&ledger, at, format!("snapshot's dedup ids: {e}")))?;
             }
             for (_, batch) in &recovered.batch_ids {
-                ids.extend(batch.keys());
+                let labelled = batch.labelled().into_iter().filter(|(kg, _)| keeps(*kg));
+                ids.extend(labelled.map(|(kg, id)| (kg, id.as_ref().to_vec())));
             }
         }
         from.push(ledger);

@@ -12,7 +12,6 @@
 //! names the number of key groups), and a resume written with another is refused.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
 use crate::key_groups;
@@ -41,25 +40,7 @@ pub fn hash_peer(hash: u64, n_peers: usize, key_groups: usize) -> usize {
     )
 }
 
-/// The specified 64-bit hash of a group key: xxh3-64 with seed 0 over the key's canonical bytes
-/// ([`Value::write_canonical`]). The same in every process, build and Rust release.
-pub fn key_hash(key: &Value) -> u64 {
-    thread_local! {
-        // One buffer per thread: hashing a key allocates nothing once it has grown.
-        static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-    BYTES.with(|b| {
-        let mut b = b.borrow_mut();
-        b.clear();
-        key.write_canonical(&mut b);
-        let h = xxhash_rust::xxh3::xxh3_64(&b);
-        // A hostile huge key must not pin its memory in the buffer for good.
-        if b.capacity() > 64 << 10 {
-            *b = Vec::new();
-        }
-        h
-    })
-}
+pub use crate::key_groups::key_hash;
 
 /// The group key of a segment for `group_by_key`: the field's value, or the list of the fields'
 /// values for a compound key. A missing field is an error naming it.

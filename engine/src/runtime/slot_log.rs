@@ -56,10 +56,7 @@ fn open_filter(
             .binary_search_by_key(pos, |(p, _)| *p)
             .expect("every replayed batch is an entry read");
         let mark = FilterMark::of_entry(ledger, *pos, &entries[i].1).encode();
-        f.insert_batch_marked(
-            rest.iter().flat_map(|(_, ids)| ids.iter_keys()),
-            Some(&mark),
-        )?;
+        f.insert_labelled_marked(rest.iter().flat_map(|(_, ids)| ids.labelled()), Some(&mark))?;
     }
     let opened = FilterOpened {
         reused: matches!(plan, FilterPlan::Reuse { .. }),
@@ -198,15 +195,15 @@ impl SlotLog {
         Ok(())
     }
 
-    /// A rescaled slot's dedup filter, filled with the ids gathered from the old slots (what was
-    /// on disk under its name is cleared first).
-    pub async fn fill_filter(&mut self, ids: Vec<Vec<u8>>) -> Result<(), RunError> {
+    /// A rescaled slot's dedup filter, filled with the ids gathered from the old slots, with
+    /// their key groups (what was on disk under its name is cleared first).
+    pub async fn fill_filter(&mut self, ids: Vec<(Option<u16>, Vec<u8>)>) -> Result<(), RunError> {
         let dir = self.filter_dir();
         let config = self.js.options.dedup;
         let filter = tokio::task::spawn_blocking(move || {
             let mut f = DedupFilter::open(&dir, config)?;
             f.clear()?;
-            f.insert_batch(ids.iter().map(Vec::as_slice))?;
+            f.insert_labelled_marked(ids.iter().map(|(kg, id)| (*kg, id)), None)?;
             Ok::<_, sardonyx_state_log::Error>(f)
         })
         .await?
@@ -278,7 +275,7 @@ impl SlotLog {
     /// Inserts a committed record's ids into the dedup filter, with the mark naming the record.
     pub fn insert_ids(&mut self, ids: &slot::Ids, mark: &FilterMark) -> Result<(), RunError> {
         if let Some(f) = &mut self.filter {
-            f.insert_batch_marked(ids.iter_keys(), Some(&mark.encode()))
+            f.insert_labelled_marked(ids.labelled(), Some(&mark.encode()))
                 .map_err(filter_error(&self.ledger))?;
         }
         Ok(())

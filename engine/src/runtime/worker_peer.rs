@@ -200,6 +200,7 @@ impl Driver<'_> {
             uniqueness_key: None,
             timer: self.timer,
             pipelined: self.lifecycles.is_empty(),
+            key_groups: None,
             log: None,
         };
         let mut slot = match &ctx.state {
@@ -212,6 +213,8 @@ impl Driver<'_> {
                         .await?;
                 config.ledger = log.ledger().to_owned();
                 config.uniqueness_key = dedup;
+                let grouped = ctx.task.group_by_key.is_some() || ctx.task.group_by_fn.is_some();
+                config.key_groups = grouped.then(|| ctx.job.key_groups());
                 config.log = Some(LogConfig {
                     epoch: js.epoch,
                     compact_after_bytes: js.options.compact_after_bytes,

@@ -24,6 +24,7 @@ use super::record::{encode_batch_record, id_key_into, BatchRecord, Ids, StateErr
 use super::recovery::{recover, Recovered};
 use super::schedule::RecordSchedule;
 use super::seen_ids::SeenPair;
+use crate::key_groups::key_group_label;
 use crate::segment::{Segment, Value};
 
 /// Most firings of one job-completion record (whole groups, so a little more at times): when
@@ -139,6 +140,10 @@ pub struct SlotConfig {
     /// Whether the next batches may be prepared while a record commits (not with lifecycle
     /// hooks: their calls would interleave across batches).
     pub pipelined: bool,
+    /// For a grouped task, the job's number of key groups: each new id is then labelled with
+    /// its segment's key group in the record ([`Ids::Grouped`]) and in the filter, so a
+    /// rescale can take the ids of any key groups out of this slot's ledger.
+    pub key_groups: Option<usize>,
     /// `Some` for an exactly-once slot with a ledger, `None` in memory mode.
     pub log: Option<LogConfig>,
 }
@@ -161,6 +166,8 @@ struct Applied {
     step: Step,
     outputs: Vec<Segment>,
     ids: Vec<Value>,
+    /// The key group of each id (empty when ids are not labelled).
+    labels: Vec<u16>,
     inputs: Vec<(u32, u64)>,
     /// The last batch in it (`None` for a step of the slot's own: recovery, timers restarted,
     /// completion).
@@ -173,6 +180,7 @@ impl Applied {
         self.step.extend(next.step);
         self.outputs.extend(next.outputs);
         self.ids.extend(next.ids);
+        self.labels.extend(next.labels);
         for (input, offset) in next.inputs {
             match self.inputs.iter_mut().find(|(i, _)| *i == input) {
                 Some((_, o)) => *o = (*o).max(offset),
@@ -480,11 +488,16 @@ impl Slot {
                 id = Some(v.clone());
             }
             // On error `step` is left as it was.
+            let mut label = None;
             let result = match grouping.group_of(&s) {
-                Ok(g) => self
-                    .operator
-                    .on_segment_into(&s, &g, step)
-                    .map_err(|e| e.to_string()),
+                Ok(g) => {
+                    if let (Some(_), Some(n)) = (&id, self.config.key_groups) {
+                        label = Some(key_group_label(&g, n));
+                    }
+                    self.operator
+                        .on_segment_into(&s, &g, step)
+                        .map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -493,6 +506,7 @@ impl Slot {
                         // `seen.key` is still this segment's id key.
                         self.seen.insert(&v);
                         applied.ids.push(v);
+                        applied.labels.extend(label);
                     }
                     applied.outputs.push(s);
                 }
@@ -538,7 +552,7 @@ impl Slot {
         log.queue_empty = false;
         let record = BatchRecord {
             epoch: log.epoch,
-            ids: Ids::from_values(&applied.ids),
+            ids: Ids::from_labelled(&applied.ids, &applied.labels),
             transitions: std::mem::take(&mut applied.step.transitions),
             inputs: std::mem::take(&mut applied.inputs),
         };

@@ -11,7 +11,8 @@ use sardonyx_windowing::{aggregation, Map, Snapshot, Value, WindowOperator, Wind
 
 use super::machine::{Batch, Command, GroupOf, LogConfig, Slot, SlotConfig, Want};
 use super::record::{
-    decode_record, encode_record, encode_snapshot, id_key, BatchRecord, SlotRecord, SlotSnapshot,
+    decode_record, encode_record, encode_snapshot, id_key, BatchRecord, Ids, SlotRecord,
+    SlotSnapshot,
 };
 use super::recovery::recover;
 use crate::segment::Segment;
@@ -332,6 +333,7 @@ fn config(log: bool, pipelined: bool, epoch: u64) -> SlotConfig {
         uniqueness_key: Some("id".into()),
         timer: false,
         pipelined,
+        key_groups: None,
         log: log.then_some(LogConfig {
             epoch,
             compact_after_bytes: 200,
@@ -588,6 +590,57 @@ fn a_compaction_comes_after_delivery_with_the_last_ids_inserted_and_nothing_appl
         .collect();
     assert_eq!(kinds, ["output", "insert", "compact at 4", "release"]);
     assert_eq!(slot.want(false), Want::Batch);
+}
+
+/// A grouped slot labels each new id with its segment's key group, in the record it appends
+/// and in the ids it inserts into the filter; duplicates and rejected segments get none.
+#[test]
+fn a_grouped_slot_labels_each_new_id_with_its_key_group() {
+    let mut config = config(true, false, 1);
+    config.key_groups = Some(16);
+    let mut slot = Slot::new(operator(), config);
+    slot.on_recovered(None, &[]).unwrap();
+    slot.on_started(0);
+    let mut b = batch(0, [5, 9, 5, 12]);
+    b.segments.push(segment(None, 0));
+    slot.on_batch(b, &ById);
+    let c = commands(&mut slot, &ById);
+    let Some(Command::Append { bytes, ids: 3 }) =
+        c.iter().find(|c| matches!(c, Command::Append { .. }))
+    else {
+        panic!("one record of 3 ids: {c:?}");
+    };
+    let label = |id: i64| crate::key_groups::key_group_label(&Value::Int(id), 16);
+    let mut want: Vec<(Option<u16>, Vec<u8>)> = [5, 9, 12]
+        .into_iter()
+        .map(|id| (Some(label(id)), id_key(&Value::Int(id))))
+        .collect();
+    want.sort();
+    let labelled = |ids: &Ids| -> Vec<(Option<u16>, Vec<u8>)> {
+        let mut v: Vec<_> = ids
+            .labelled()
+            .into_iter()
+            .map(|(kg, k)| (kg, k.as_ref().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let Ok(SlotRecord::Batch(record)) = decode_record(bytes) else {
+        panic!("a batch record");
+    };
+    assert_eq!(labelled(&record.ids), want);
+    slot.on_committed(2);
+    commands(&mut slot, &ById);
+    // The ids of the last record go into the filter when the inputs finish.
+    slot.on_inputs_finished(true);
+    let inserted = commands(&mut slot, &ById)
+        .into_iter()
+        .find_map(|c| match c {
+            Command::InsertIds { ids, .. } => Some(ids),
+            _ => None,
+        })
+        .expect("the ids go into the filter");
+    assert_eq!(labelled(&inserted), want);
 }
 
 #[test]

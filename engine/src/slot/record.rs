@@ -23,13 +23,185 @@ pub enum StateError {
 }
 
 /// The uniqueness ids of a batch's new segments, compactly: integer ids are delta-encoded
-/// (bincode varints make consecutive ids one byte each), anything else as canonical bytes.
+/// (bincode varints make consecutive ids one byte each), anything else as canonical bytes. The
+/// ids of a grouped task are labelled with their key groups ([`Ids::Grouped`]), so that a
+/// rescale takes out of any slot's ledger exactly the ids of the key groups it keeps; the ids
+/// of a task without grouping have no label ([`Ids::Ints`], [`Ids::Keys`]; also every record
+/// written before labels).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ids {
     /// Integer ids, each stored as the difference from the previous one (the first from 0).
     Ints(Vec<i64>),
     /// Canonical id bytes ([`id_key`]).
     Keys(Vec<Vec<u8>>),
+    /// Ids labelled with their key groups.
+    Grouped(GroupedIds),
+}
+
+/// Ids labelled with their key groups, in runs of one key group in increasing key group order
+/// (a batch's ids keep their batch order within a run), as one buffer: a kind byte (0: every
+/// id an integer, 1: canonical bytes), then per run the key group's difference from the
+/// previous run's (the first from 0) and the run's number of ids, then its ids — integers as
+/// the zigzag difference from the previous id (across runs; the first from 0), anything else
+/// as its canonical bytes' length and the bytes; every number LEB128. Sequential integer ids
+/// spread over key groups cost one or two bytes each and two bytes per run.
+///
+/// Decoded only through its check ([`GroupedIds::try_from`]), so every buffer held decodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "GroupedIdsWire")]
+pub struct GroupedIds {
+    /// The number of ids.
+    count: u32,
+    /// The coded runs.
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+/// [`GroupedIds`] as read, before its check.
+#[derive(Deserialize)]
+struct GroupedIdsWire {
+    count: u32,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+impl TryFrom<GroupedIdsWire> for GroupedIds {
+    type Error = String;
+
+    fn try_from(w: GroupedIdsWire) -> Result<GroupedIds, String> {
+        let ids = GroupedIds {
+            count: w.count,
+            bytes: w.bytes,
+        };
+        let mut n = 0u64;
+        ids.walk(|_, _| n += 1)
+            .ok_or_else(|| "labelled ids do not decode".to_string())?;
+        if n != u64::from(ids.count) {
+            return Err(format!("labelled ids: {n} ids, {} announced", ids.count));
+        }
+        Ok(ids)
+    }
+}
+
+/// The kind byte of [`GroupedIds`] whose ids are all integers.
+const GROUPED_INTS: u8 = 0;
+/// The kind byte of [`GroupedIds`] whose ids are canonical bytes.
+const GROUPED_KEYS: u8 = 1;
+
+fn put_leb(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn take_leb(bytes: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+impl GroupedIds {
+    /// Labels `values` (a batch's ids, in order) with `labels` (each id's key group), grouping
+    /// them in runs of one key group.
+    ///
+    /// # Panics
+    /// If there are not as many labels as ids.
+    pub fn new(values: &[Value], labels: &[u16]) -> GroupedIds {
+        assert_eq!(values.len(), labels.len(), "one label per id");
+        let mut order: Vec<u64> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, kg)| u64::from(*kg) << 32 | i as u64)
+            .collect();
+        order.sort_unstable();
+        let ints = values.iter().all(|v| matches!(v, Value::Int(_)));
+        let mut bytes = Vec::with_capacity(values.len() + 8);
+        bytes.push(if ints { GROUPED_INTS } else { GROUPED_KEYS });
+        let (mut prev_kg, mut prev_id, mut key) = (0u64, 0i64, Vec::new());
+        let mut runs = order.chunk_by(|a, b| a >> 32 == b >> 32);
+        for run in &mut runs {
+            let kg = run[0] >> 32;
+            put_leb(&mut bytes, kg - prev_kg);
+            put_leb(&mut bytes, run.len() as u64);
+            prev_kg = kg;
+            for at in run {
+                let v = &values[(*at & 0xffff_ffff) as usize];
+                match v {
+                    Value::Int(i) if ints => {
+                        let d = i.wrapping_sub(prev_id);
+                        put_leb(&mut bytes, ((d << 1) ^ (d >> 63)) as u64);
+                        prev_id = *i;
+                    }
+                    _ => {
+                        id_key_into(v, &mut key);
+                        put_leb(&mut bytes, key.len() as u64);
+                        bytes.extend_from_slice(&key);
+                    }
+                }
+            }
+        }
+        GroupedIds {
+            count: values.len() as u32,
+            bytes,
+        }
+    }
+
+    /// Calls `f` with each id's key group and key, in order; `None` if the buffer does not
+    /// decode (never for one that passed the check).
+    fn walk<'a>(&'a self, mut f: impl FnMut(u16, IdKey<'a>)) -> Option<()> {
+        let (&kind, mut rest) = self.bytes.split_first()?;
+        let (mut kg, mut prev) = (0u64, 0i64);
+        while !rest.is_empty() {
+            kg = kg.checked_add(take_leb(&mut rest)?)?;
+            let label = u16::try_from(kg).ok()?;
+            let n = take_leb(&mut rest).filter(|n| (1..=rest.len() as u64).contains(n))?;
+            for _ in 0..n {
+                match kind {
+                    GROUPED_INTS => {
+                        let z = take_leb(&mut rest)?;
+                        let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                        prev = prev.wrapping_add(d);
+                        f(label, IdKey::Int(int_key(prev)));
+                    }
+                    GROUPED_KEYS => {
+                        let len = take_leb(&mut rest).filter(|l| *l <= rest.len() as u64)?;
+                        let (key, tail) = rest.split_at(len as usize);
+                        rest = tail;
+                        f(label, IdKey::Bytes(key));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// Each id's key group and key, in order (runs of one key group, increasing).
+    pub fn labelled(&self) -> Vec<(u16, IdKey<'_>)> {
+        let mut out = Vec::with_capacity(self.count as usize);
+        self.walk(|kg, key| out.push((kg, key)))
+            .expect("checked when decoded or built");
+        out
+    }
+
+    /// The number of ids.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True if there are no ids.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 impl Default for Ids {
@@ -113,16 +285,45 @@ impl Ids {
         }
     }
 
-    /// The canonical keys of the ids, in batch order.
-    pub fn keys(&self) -> Vec<Vec<u8>> {
-        self.iter_keys().map(|k| k.as_ref().to_vec()).collect()
+    /// Builds the id list of a batch from its id values and, for a grouped task, each id's
+    /// key group (`labels` empty: no labels).
+    pub fn from_labelled(values: &[Value], labels: &[u16]) -> Ids {
+        if labels.is_empty() {
+            Ids::from_values(values)
+        } else {
+            Ids::Grouped(GroupedIds::new(values, labels))
+        }
     }
 
-    /// The canonical keys of the ids, in batch order, without allocating.
+    /// The canonical keys of the ids (in batch order; for [`Ids::Grouped`], in runs of one key
+    /// group).
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        self.labelled()
+            .into_iter()
+            .map(|(_, k)| k.as_ref().to_vec())
+            .collect()
+    }
+
+    /// Each id's key group (`None` without labels) and canonical key, in the order of
+    /// [`Ids::keys`].
+    pub fn labelled(&self) -> Vec<(Option<u16>, IdKey<'_>)> {
+        match self {
+            Ids::Grouped(g) => g
+                .labelled()
+                .into_iter()
+                .map(|(kg, k)| (Some(kg), k))
+                .collect(),
+            _ => self.iter_keys().map(|k| (None, k)).collect(),
+        }
+    }
+
+    /// The canonical keys of the ids without their labels, in the order of [`Ids::keys`],
+    /// without allocating (for [`Ids::Grouped`], one allocation).
     pub fn iter_keys(&self) -> impl ExactSizeIterator<Item = IdKey<'_>> + '_ {
-        let (deltas, keys): (&[i64], &[Vec<u8>]) = match self {
-            Ids::Ints(d) => (d, &[]),
-            Ids::Keys(k) => (&[], k),
+        let (deltas, keys, grouped): (&[i64], &[Vec<u8>], Vec<IdKey<'_>>) = match self {
+            Ids::Ints(d) => (d, &[], Vec::new()),
+            Ids::Keys(k) => (&[], k, Vec::new()),
+            Ids::Grouped(g) => (&[], &[], g.labelled().into_iter().map(|(_, k)| k).collect()),
         };
         let mut prev = 0_i64;
         let ints = deltas.iter().map(move |d| {
@@ -130,7 +331,7 @@ impl Ids {
             IdKey::Int(int_key(prev))
         });
         let bytes = keys.iter().map(|k| IdKey::Bytes(k));
-        ExactChain(ints, bytes)
+        ExactChain(ExactChain(ints, bytes), grouped.into_iter())
     }
 
     /// Number of ids.
@@ -138,6 +339,7 @@ impl Ids {
         match self {
             Ids::Ints(d) => d.len(),
             Ids::Keys(k) => k.len(),
+            Ids::Grouped(g) => g.len(),
         }
     }
 

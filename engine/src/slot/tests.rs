@@ -381,6 +381,101 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Labelled ids give back every id with its key group: in runs of one key group, in
+    /// increasing key group order, each run in batch order; through a record's bytes too.
+    #[test]
+    fn grouped_ids_give_back_each_id_with_its_key_group(
+        ids in prop::collection::vec((0u16..6, prop_oneof![
+            (-3i64..40).prop_map(Value::Int),
+            any::<i64>().prop_map(Value::Int),
+        ]), 0..60),
+        text in any::<bool>(),
+        wide in any::<bool>(),
+    ) {
+        let mut values: Vec<Value> = ids.iter().map(|(_, v)| v.clone()).collect();
+        let mut labels: Vec<u16> = ids.iter().map(|(kg, _)| if wide { kg * 6_000 } else { *kg }).collect();
+        if text {
+            values.push(Value::from("sx"));
+            labels.push(1);
+        }
+        let grouped = Ids::from_labelled(&values, &labels);
+        prop_assert_eq!(matches!(grouped, Ids::Grouped(_)), !values.is_empty());
+        let mut want: Vec<(u16, usize)> = labels.iter().copied().zip(0..).collect();
+        want.sort();
+        let want: Vec<(Option<u16>, Vec<u8>)> = want
+            .into_iter()
+            .map(|(kg, i)| (Some(kg), id_key_reference(&values[i])))
+            .collect();
+        let got: Vec<(Option<u16>, Vec<u8>)> = grouped
+            .labelled()
+            .into_iter()
+            .map(|(kg, k)| (kg, k.as_ref().to_vec()))
+            .collect();
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(grouped.len(), values.len());
+        prop_assert_eq!(grouped.iter_keys().len(), values.len());
+        let keys: Vec<Vec<u8>> = want.iter().map(|(_, k)| k.clone()).collect();
+        prop_assert_eq!(grouped.keys(), keys);
+        let record = BatchRecord { epoch: 1, ids: grouped, ..Default::default() };
+        let bytes = encode_batch_record(&record);
+        prop_assert_eq!(decode_record(&bytes), Ok(SlotRecord::Batch(record)));
+    }
+}
+
+/// Without labels a batch's ids stay as they were written before labels ([`Ids::Ints`]), and
+/// labelled ids whose bytes do not decode, or whose count is wrong, are refused when the record
+/// is decoded (never a panic later).
+#[test]
+fn grouped_ids_are_checked_when_decoded() {
+    let values = [Value::Int(7), Value::Int(8)];
+    assert_eq!(Ids::from_labelled(&values, &[]), Ids::from_values(&values));
+    let good = BatchRecord {
+        ids: Ids::from_labelled(&values, &[3, 1]),
+        ..Default::default()
+    };
+    let bytes = encode_batch_record(&good);
+    assert_eq!(decode_record(&bytes), Ok(SlotRecord::Batch(good)));
+    // The record's bytes end with the ids' buffer, then the empty transitions and inputs: cut
+    // the buffer's last byte (and its length) so it no longer decodes.
+    for n in 1..bytes.len() {
+        if let Ok(SlotRecord::Batch(r)) = decode_record(&bytes[..bytes.len() - n]) {
+            panic!("a cut record decoded: {r:?}");
+        }
+    }
+    let wire = |count: u32, buf: &[u8]| {
+        #[derive(serde::Serialize)]
+        enum Wire<'a> {
+            #[allow(dead_code)]
+            Ints(Vec<i64>),
+            #[allow(dead_code)]
+            Keys(Vec<Vec<u8>>),
+            Grouped(u32, &'a serde_bytes::Bytes),
+        }
+        bincode::serde::encode_to_vec(
+            (Wire::Grouped(count, serde_bytes::Bytes::new(buf)),),
+            bincode::config::standard(),
+        )
+        .unwrap()
+    };
+    // kind 0, run of key group 1 with 2 ids, deltas 7 and 1 (zigzag 14 and 2).
+    let ok: Vec<u8> = vec![0, 1, 2, 14, 2];
+    assert!(decode_bounded::<(Ids,)>(&wire(2, &ok)).is_ok());
+    for (count, buf, why) in [
+        (3, ok.clone(), "labelled ids: 2 ids, 3 announced"),
+        (2, vec![0, 1, 3, 14, 2], "labelled ids do not decode"),
+        (2, vec![9, 1, 2, 14, 2], "labelled ids do not decode"),
+        (
+            1,
+            vec![0, 0x80, 0x80, 0x04, 1, 2],
+            "labelled ids do not decode",
+        ),
+    ] {
+        let err = decode_bounded::<(Ids,)>(&wire(count, &buf)).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
 #[test]
 fn a_batch_record_encodes_by_reference_as_by_value() {
     let mut op = operator();
@@ -395,6 +490,7 @@ fn a_batch_record_encodes_by_reference_as_by_value() {
     for ids in [
         Ids::from_values(&[Value::Int(1), Value::Int(2)]),
         Ids::from_values(&[Value::from("a"), Value::Int(2)]),
+        Ids::from_labelled(&[Value::Int(1), Value::Int(2)], &[255, 0]),
         Ids::default(),
     ] {
         let record = BatchRecord {

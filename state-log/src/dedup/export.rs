@@ -1,11 +1,13 @@
 //! The layout of a dedup filter export: the ids of every bucket, with the bucket boundaries,
 //! as the engine stores them in ledger snapshots. Unlike the stored batches (local state,
 //! rebuilt when in doubt), an export lives in a ledger and is the truth on recovery, so every
-//! version ever written must stay readable: version 4 is written ([`ExportWriter`]); version 4
-//! and version 3 (every id front-coded, written from 2026-11-22 05:47 to 12:12 UTC by
-//! `2271da8`..`69e670a`) are read ([`parse_export`]). Pure: bytes in, bytes out.
+//! version ever written must stay readable: version 5 (ids with labels, in runs of one label)
+//! is written ([`ExportWriter`]); versions 5, 4 (ids without labels, written from 2026-11-22 to
+//! 2026-12-06) and 3 (every id front-coded, written from 2026-11-22 05:47 to 12:12 UTC by
+//! `2271da8`..`69e670a`) are read ([`parse_export`]), the ids of 4 and 3 without labels. Pure:
+//! bytes in, bytes out.
 
-use super::format::{put_varint, take_varint};
+use super::format::{label_tag, put_varint, tag_label, take_varint};
 use crate::error::{Error, Result};
 
 /// Appends `id` to a version-3 export bucket as the length of the prefix it shares with the
@@ -91,22 +93,32 @@ fn take_id_v4(bytes: &mut &[u8], id: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// The first bytes of an export (version 4: integer-like ids as deltas, others
-/// front-coded).
-pub const EXPORT_MAGIC: &[u8] = b"sardonyx-dedup-export-4\0";
+/// The first bytes of an export (version 5: runs of ids of one label; integer-like ids as
+/// deltas, others front-coded).
+pub const EXPORT_MAGIC: &[u8] = b"sardonyx-dedup-export-5\0";
+/// The first bytes of a version-4 export (as version 5, without labels and runs), still read
+/// by [`parse_export`].
+pub(super) const EXPORT_MAGIC_V4: &[u8] = b"sardonyx-dedup-export-4\0";
 /// The first bytes of a version-3 export (every id front-coded), still read by
 /// [`parse_export`]; earlier exports (a bincode list of ids) are no longer read.
 pub(super) const EXPORT_MAGIC_V3: &[u8] = b"sardonyx-dedup-export-3\0";
 
-/// Builds a version-4 export: [`EXPORT_MAGIC`], then per bucket (oldest first) its byte
-/// length (u64, little-endian) and its ids in insertion order, each written by [`put_id_v4`].
-/// One buffer, no allocation per id.
+/// Builds a version-5 export: [`EXPORT_MAGIC`], then per bucket (oldest first) its byte
+/// length (u64, little-endian) and its ids in insertion order, in runs of one label: each run
+/// is its label's tag and its number of ids (LEB128), then the ids, each written by
+/// [`put_id_v4`] (the previous id carries over from run to run). One buffer, no allocation
+/// per id.
 pub(super) struct ExportWriter {
     out: Vec<u8>,
     /// The previous id of the bucket being written.
     prev: Vec<u8>,
     /// Where the length of the bucket being written goes.
     bucket_at: Option<usize>,
+    /// The run being written: its label, its number of ids, and its ids (written out when
+    /// the label changes or the bucket ends).
+    run: Option<Option<u16>>,
+    run_ids: usize,
+    run_bytes: Vec<u8>,
 }
 
 impl ExportWriter {
@@ -118,6 +130,9 @@ impl ExportWriter {
             out,
             prev: Vec::new(),
             bucket_at: None,
+            run: None,
+            run_ids: 0,
+            run_bytes: Vec::new(),
         }
     }
 
@@ -129,13 +144,28 @@ impl ExportWriter {
         self.prev.clear();
     }
 
-    /// Appends `id` to the bucket being written.
+    /// Appends `id` with its label to the bucket being written.
     ///
     /// # Panics
     /// If no bucket was started.
-    pub(super) fn push(&mut self, id: &[u8]) {
+    pub(super) fn push(&mut self, label: Option<u16>, id: &[u8]) {
         assert!(self.bucket_at.is_some(), "an id outside any bucket");
-        put_id_v4(&mut self.out, &mut self.prev, id);
+        if self.run != Some(label) {
+            self.end_run();
+            self.run = Some(label);
+        }
+        put_id_v4(&mut self.run_bytes, &mut self.prev, id);
+        self.run_ids += 1;
+    }
+
+    /// Writes the run being written, if any.
+    fn end_run(&mut self) {
+        if let Some(label) = self.run.take() {
+            put_varint(&mut self.out, label_tag(label));
+            put_varint(&mut self.out, self.run_ids);
+            self.out.append(&mut self.run_bytes);
+            self.run_ids = 0;
+        }
     }
 
     /// The export.
@@ -146,6 +176,7 @@ impl ExportWriter {
 
     /// Writes the length of the bucket being written, if any.
     fn end_bucket(&mut self) {
+        self.end_run();
         if let Some(at) = self.bucket_at.take() {
             let len = (self.out.len() - at - 8) as u64;
             self.out[at..at + 8].copy_from_slice(&len.to_le_bytes());
@@ -161,6 +192,39 @@ pub(super) struct ExportBucket<'a> {
     count: u64,
     /// The id coding of the export's version.
     take: TakeId,
+    /// The ids come in runs of one label (version 5).
+    runs: bool,
+}
+
+/// Walks a bucket's coded ids, calling `f` with each id and its label, until the bytes end or
+/// `f` fails; `Ok(Err(()))` if the bytes do not decode.
+fn walk<E>(
+    mut ids: &[u8],
+    take: TakeId,
+    runs: bool,
+    mut f: impl FnMut(Option<u16>, &[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<std::result::Result<(), ()>, E> {
+    let mut id = Vec::new();
+    while !ids.is_empty() {
+        let (label, n) = if runs {
+            let label = take_varint(&mut ids).and_then(tag_label);
+            // Each id takes at least one byte: a count beyond the bytes left is corrupt.
+            let n = take_varint(&mut ids).filter(|n| (1..=ids.len()).contains(n));
+            match (label, n) {
+                (Some(label), Some(n)) => (label, n),
+                _ => return Ok(Err(())),
+            }
+        } else {
+            (None, 1)
+        };
+        for _ in 0..n {
+            if take(&mut ids, &mut id).is_none() {
+                return Ok(Err(()));
+            }
+            f(label, &id)?;
+        }
+    }
+    Ok(Ok(()))
 }
 
 impl ExportBucket<'_> {
@@ -169,38 +233,36 @@ impl ExportBucket<'_> {
         self.count
     }
 
-    /// Calls `f` with each id of the bucket, in order, until it fails.
+    /// Calls `f` with each id of the bucket and its label (`None` in exports of versions
+    /// before 5), in order, until it fails.
     pub(super) fn for_each_id<E>(
         &self,
-        mut f: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+        f: impl FnMut(Option<u16>, &[u8]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let (mut ids, mut id) = (self.ids, Vec::new());
-        while !ids.is_empty() {
-            (self.take)(&mut ids, &mut id).expect("checked by parse_export");
-            f(&id)?;
-        }
-        Ok(())
+        walk(self.ids, self.take, self.runs, f).map(|r| r.expect("checked by parse_export"))
     }
 }
 
-/// Reads an export of version 4 or 3 into its buckets, oldest first, checking every id: an
-/// export that is not one, is cut short or holds an id that does not decode is reported as
-/// [`Error::Corrupt`], before the caller has changed anything.
+/// Reads an export of version 5, 4 or 3 into its buckets, oldest first, checking every id: an
+/// export that is not one, is cut short or holds an id (or a run) that does not decode is
+/// reported as [`Error::Corrupt`], before the caller has changed anything.
 pub(super) fn parse_export(bytes: &[u8]) -> Result<Vec<ExportBucket<'_>>> {
     let bad = |detail: &str| Error::Corrupt {
         ledger: String::from("<dedup filter export>"),
         position: 0,
         detail: detail.to_owned(),
     };
-    let (mut rest, take): (&[u8], TakeId) = if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC) {
-        (rest, take_id_v4)
-    } else if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC_V3) {
-        (rest, take_front_coded)
-    } else {
-        return Err(bad("not a dedup filter export"));
-    };
+    let (mut rest, take, runs): (&[u8], TakeId, bool) =
+        if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC) {
+            (rest, take_id_v4, true)
+        } else if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC_V4) {
+            (rest, take_id_v4, false)
+        } else if let Some(rest) = bytes.strip_prefix(EXPORT_MAGIC_V3) {
+            (rest, take_front_coded, false)
+        } else {
+            return Err(bad("not a dedup filter export"));
+        };
     let mut buckets = Vec::new();
-    let mut id = Vec::new();
     while !rest.is_empty() {
         let (len, tail) = rest
             .split_first_chunk::<8>()
@@ -211,16 +273,17 @@ pub(super) fn parse_export(bytes: &[u8]) -> Result<Vec<ExportBucket<'_>>> {
             .ok_or_else(|| bad("bucket longer than the export"))?;
         let (blob, tail) = tail.split_at(len);
         let mut count = 0u64;
-        let mut ids = blob;
-        id.clear();
-        while !ids.is_empty() {
-            take(&mut ids, &mut id).ok_or_else(|| bad("an id does not decode"))?;
+        walk(blob, take, runs, |_, _| {
             count += 1;
-        }
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .expect("infallible")
+        .map_err(|()| bad("an id does not decode"))?;
         buckets.push(ExportBucket {
             ids: blob,
             count,
             take,
+            runs,
         });
         rest = tail;
     }
@@ -305,26 +368,41 @@ mod tests {
         ]
     }
 
+    /// A labelled id like the engine's: few labels, so that runs form; or none.
+    fn a_labelled_id() -> impl Strategy<Value = (Option<u16>, Vec<u8>)> {
+        (
+            proptest::prop_oneof![
+                proptest::strategy::Just(None),
+                (0u16..3).prop_map(Some),
+                proptest::strategy::Just(Some(u16::MAX)),
+            ],
+            an_id(),
+        )
+    }
+
+    /// A bucket's ids with their labels.
+    type Bucket = Vec<(Option<u16>, Vec<u8>)>;
+
     /// `buckets` through an [`ExportWriter`].
-    fn export_of(buckets: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    fn export_of(buckets: &[Bucket]) -> Vec<u8> {
         let mut w = ExportWriter::with_capacity(0);
         for bucket in buckets {
             w.start_bucket();
-            for id in bucket {
-                w.push(id);
+            for (label, id) in bucket {
+                w.push(*label, id);
             }
         }
         w.finish()
     }
 
     /// The buckets of an export, read back.
-    fn buckets_of(export: &[u8]) -> Result<Vec<Vec<Vec<u8>>>> {
+    fn buckets_of(export: &[u8]) -> Result<Vec<Bucket>> {
         let mut back = Vec::new();
         for bucket in parse_export(export)? {
             let mut ids = Vec::new();
             bucket
-                .for_each_id(|id| {
-                    ids.push(id.to_vec());
+                .for_each_id(|label, id| {
+                    ids.push((label, id.to_vec()));
                     Ok::<_, ()>(())
                 })
                 .unwrap();
@@ -335,10 +413,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// An export gives back exactly its buckets (empty ones too) and their ids, in order.
+        /// An export gives back exactly its buckets (empty ones too) and their ids with their
+        /// labels, in order.
         #[test]
         fn export_round_trips(buckets in proptest::collection::vec(
-            proptest::collection::vec(an_id(), 0..30), 0..5)
+            proptest::collection::vec(a_labelled_id(), 0..30), 0..5)
         ) {
             let export = export_of(&buckets);
             proptest::prop_assert!(export.starts_with(EXPORT_MAGIC));
@@ -349,7 +428,8 @@ mod tests {
         /// reads as the buckets before the cut.
         #[test]
         fn a_cut_export_is_refused_or_reads_as_its_whole_buckets(
-            buckets in proptest::collection::vec(proptest::collection::vec(an_id(), 0..8), 1..4),
+            buckets in proptest::collection::vec(
+                proptest::collection::vec(a_labelled_id(), 0..8), 1..4),
         ) {
             let export = export_of(&buckets);
             let mut ends = vec![EXPORT_MAGIC.len()];
@@ -374,10 +454,10 @@ mod tests {
         #[test]
         fn any_bytes_after_the_magic_read_or_are_refused(
             tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
-            v3 in proptest::bool::ANY,
+            version in 3usize..6,
         ) {
-            let magic = if v3 { EXPORT_MAGIC_V3 } else { EXPORT_MAGIC };
-            let bytes = [magic, &tail].concat();
+            let magic = [EXPORT_MAGIC_V3, EXPORT_MAGIC_V4, EXPORT_MAGIC][version - 3];
+            let bytes = [magic, tail.as_slice()].concat();
             let answered = matches!(buckets_of(&bytes), Ok(_) | Err(Error::Corrupt { .. }));
             proptest::prop_assert!(answered);
         }
@@ -388,10 +468,41 @@ mod tests {
         for bytes in [&b""[..], b"sardonyx-dedup-export-2\0", b"hello"] {
             assert!(matches!(buckets_of(bytes), Err(Error::Corrupt { .. })));
         }
-        assert_eq!(
-            buckets_of(EXPORT_MAGIC).unwrap(),
-            Vec::<Vec<Vec<u8>>>::new()
-        );
+        assert!(buckets_of(EXPORT_MAGIC).unwrap().is_empty());
+    }
+
+    /// A version-4 export (ids without labels or runs) reads back, every id without a label.
+    #[test]
+    fn a_version_4_export_reads_back_without_labels() {
+        let ids = [
+            b"i\0\0\0\0\0\0\0\x07".to_vec(),
+            b"i\0\0\0\0\0\0\0\x08".to_vec(),
+            b"abc".to_vec(),
+        ];
+        let (mut blob, mut prev) = (Vec::new(), Vec::new());
+        for id in &ids {
+            put_id_v4(&mut blob, &mut prev, id);
+        }
+        let mut v4 = EXPORT_MAGIC_V4.to_vec();
+        v4.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+        v4.extend_from_slice(&blob);
+        let want: Vec<(Option<u16>, Vec<u8>)> = ids.iter().map(|id| (None, id.clone())).collect();
+        assert_eq!(buckets_of(&v4).unwrap(), vec![want]);
+    }
+
+    /// A run whose count is zero or runs past the bucket's bytes, or whose tag is beyond every
+    /// label, is refused.
+    #[test]
+    fn a_bad_run_is_refused() {
+        for run in [&[1u8, 0][..], &[1, 5, 0x02], &[0x82, 0x80, 0x04, 1, 0x02]] {
+            let mut bytes = EXPORT_MAGIC.to_vec();
+            bytes.extend_from_slice(&(run.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(run);
+            assert!(
+                matches!(buckets_of(&bytes), Err(Error::Corrupt { .. })),
+                "{run:?}"
+            );
+        }
     }
 
     /// A version-3 export (every id front-coded, bucket framing as in version 4) reads back.
@@ -410,6 +521,10 @@ mod tests {
             v3.extend_from_slice(&(blob.len() as u64).to_le_bytes());
             v3.extend_from_slice(&blob);
         }
-        assert_eq!(buckets_of(&v3).unwrap(), buckets);
+        let unlabelled: Vec<Bucket> = buckets
+            .iter()
+            .map(|b| b.iter().map(|id| (None, id.clone())).collect())
+            .collect();
+        assert_eq!(buckets_of(&v3).unwrap(), unlabelled);
     }
 }

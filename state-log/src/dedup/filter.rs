@@ -31,9 +31,10 @@ const BLOCK_CACHE_BYTES: usize = 2 << 20;
 /// Key of the mark in the default column family.
 const MARK_KEY: &[u8] = b"mark";
 
-/// Column families of buckets in the layout before the current one (one key per id):
-/// `bucket-<seq>`.
-const LEGACY_PREFIX: &str = "bucket-";
+/// Column families of buckets in layouts before the current one, no longer read:
+/// `bucket-<seq>` (one key per id, before 2026-11-22) and `batches-<seq>` (stored batches of
+/// ids without labels, before 2026-12-06).
+const LEGACY_PREFIXES: [&str; 2] = ["bucket-", "batches-"];
 
 /// The ids being written by one call: a `WriteBatch` and the newest bucket's open stored batch.
 struct Pending {
@@ -51,9 +52,9 @@ impl Pending {
         }
     }
 
-    /// Adds `id` to the open stored batch of `bucket` (the newest).
+    /// Adds `id` with its label to the open stored batch of `bucket` (the newest).
     #[inline]
-    fn add(&mut self, db: &DB, bucket: &mut Bucket, id: &[u8]) -> Result<()> {
+    fn add(&mut self, db: &DB, bucket: &mut Bucket, label: Option<u16>, id: &[u8]) -> Result<()> {
         if self.ids == MAX_IDS_PER_BATCH {
             self.seal(db, bucket)?;
         }
@@ -63,7 +64,7 @@ impl Pending {
             ));
         }
         bucket.note(IdHash::of(id), bucket.next_batch);
-        encode_id(&mut self.blob, id);
+        encode_id(&mut self.blob, label, id);
         self.ids += 1;
         Ok(())
     }
@@ -119,11 +120,11 @@ impl DedupFilter {
     /// locators from its buckets' stored batches. If `config` keeps fewer buckets than are
     /// stored, the oldest are dropped.
     ///
-    /// A directory that holds buckets of the one-key-per-id layout (`bucket-…` column
-    /// families, written only by versions before 2026-11-22, which never stored a mark) is
-    /// not read: the filter forgets everything in it and opens empty and without a mark
-    /// (logged as a warning). The engine then rebuilds it from the ledger, as it does for any
-    /// filter whose mark does not name a replayed record.
+    /// A directory that holds buckets of an earlier layout (`bucket-…` column families, one key
+    /// per id, written by versions before 2026-11-22; `batches-…`, ids without labels, written
+    /// before 2026-12-06) is not read: the filter forgets everything in it and opens empty and
+    /// without a mark (logged as a warning). The engine then rebuilds it from the ledger, as it
+    /// does for any filter whose mark does not name a replayed record.
     pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
         config.validate()?;
         let dir = dir.as_ref();
@@ -137,7 +138,10 @@ impl DedupFilter {
         seqs.sort_unstable();
         let legacy: Vec<(u64, String)> = existing
             .iter()
-            .filter_map(|n| Some((parse_name(n, LEGACY_PREFIX)?, n.clone())))
+            .filter_map(|n| {
+                let seq = LEGACY_PREFIXES.iter().find_map(|p| parse_name(n, p))?;
+                Some((seq, n.clone()))
+            })
             .collect();
         let mut names: Vec<String> = vec!["default".into()];
         names.extend(seqs.iter().map(|s| bucket_name(*s)));
@@ -154,9 +158,9 @@ impl DedupFilter {
             tracing::warn!(
                 dir = %dir.display(),
                 legacy_buckets = legacy.len(),
-                "dedup filter in the one-key-per-id layout of versions before 2026-11-22: \
-                 no longer read; it opens empty, without a mark (the engine rebuilds it from \
-                 the ledger)"
+                "dedup filter in a layout of earlier versions (one key per id, or ids without \
+                 labels): no longer read; it opens empty, without a mark (the engine rebuilds \
+                 it from the ledger)"
             );
             let next = (legacy.iter().map(|(s, _)| *s))
                 .chain(seqs.iter().copied())
@@ -211,7 +215,7 @@ impl DedupFilter {
         let mut bucket = Bucket::new(seq, count, &self.config);
         for (n, v) in &batches {
             for id in (BlobIds { blob: v }) {
-                bucket.note(IdHash::of(id.expect("decoded above")), *n);
+                bucket.note(IdHash::of(id.expect("decoded above").1), *n);
             }
             bucket.next_batch = n.saturating_add(1);
         }
@@ -257,7 +261,7 @@ impl DedupFilter {
             return Ok(false);
         };
         for stored in (BlobIds { blob: &blob }) {
-            if stored.map_err(|()| corrupt(&bucket.name, batch as u64))? == id {
+            if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
                 return Ok(true);
             }
         }
@@ -321,9 +325,9 @@ impl DedupFilter {
         Ok(())
     }
 
-    /// Inserts ids into the newest bucket, rotating buckets as they fill: one RocksDB write
-    /// (one stored batch per bucket touched, split every 1024 ids) per call,
-    /// plus one per rotation. Removes the mark.
+    /// Inserts ids without labels into the newest bucket, rotating buckets as they fill: one
+    /// RocksDB write (one stored batch per bucket touched, split every 1024 ids) per call, plus
+    /// one per rotation. Removes the mark.
     pub fn insert_batch<I, T>(&mut self, ids: I) -> Result<()>
     where
         I: IntoIterator<Item = T>,
@@ -339,12 +343,24 @@ impl DedupFilter {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
+        self.insert_labelled_marked(ids.into_iter().map(|id| (None, id)), mark)
+    }
+
+    /// [`DedupFilter::insert_batch_marked`] for ids that carry a **label** (the engine stores
+    /// an id's key group there): the label is kept with the id and given back by
+    /// [`DedupFilter::export`] and [`crate::export_ids`], so a subset of the ids can be taken
+    /// out by label. Lookups ignore labels: an id is seen whatever its label.
+    pub fn insert_labelled_marked<I, T>(&mut self, ids: I, mark: Option<&[u8]>) -> Result<()>
+    where
+        I: IntoIterator<Item = (Option<u16>, T)>,
+        T: AsRef<[u8]>,
+    {
         let mut pending = Pending::new();
         if mark.is_none() {
             // In the first write: no id of this call is ever stored under the old mark.
             pending.writes.delete(MARK_KEY);
         }
-        for id in ids {
+        for (label, id) in ids {
             if self.buckets.back().expect("non-empty").count >= self.config.bucket_size {
                 // Write what belongs to the full bucket before its column family may be dropped.
                 let full = self.buckets.back_mut().expect("non-empty");
@@ -352,7 +368,7 @@ impl DedupFilter {
                 self.rotate()?;
             }
             let current = self.buckets.back_mut().expect("non-empty");
-            pending.add(&self.db, current, id.as_ref())?;
+            pending.add(&self.db, current, label, id.as_ref())?;
         }
         if let Some(m) = mark {
             pending.writes.put(MARK_KEY, m);
@@ -397,13 +413,15 @@ impl DedupFilter {
         self.config
     }
 
-    /// Serializes every stored id with its bucket boundaries (for a ledger snapshot): each
-    /// bucket's ids in insertion order. The format is the magic `sardonyx-dedup-export-4\0`,
-    /// then per bucket (oldest first) its byte length (u64, little-endian) and its ids, each
-    /// written as a delta from the previous id when only its last 8 bytes (a big-endian counter)
-    /// differ, front-coded otherwise (see `put_id_v4`): a sequential 9-byte integer id costs one
-    /// byte, an arbitrary id little more than its bytes. The export is one buffer built without
-    /// an allocation per id, and reading the stored batches for it does not fill the block cache.
+    /// Serializes every stored id with its label and its bucket boundaries (for a ledger
+    /// snapshot): each bucket's ids in insertion order. The format is the magic
+    /// `sardonyx-dedup-export-5\0`, then per bucket (oldest first) its byte length (u64,
+    /// little-endian) and its ids in runs of one label (a run: the label's tag and the number
+    /// of ids, LEB128, then the ids), each id written as a delta from the previous id when only
+    /// its last 8 bytes (a big-endian counter) differ, front-coded otherwise (see `put_id_v4`):
+    /// a sequential 9-byte integer id costs one byte, an arbitrary id little more than its
+    /// bytes. The export is one buffer built without an allocation per id, and reading the
+    /// stored batches for it does not fill the block cache.
     pub fn export(&self) -> Result<Vec<u8>> {
         let mut export = ExportWriter::with_capacity(self.len() as usize);
         for b in &self.buckets {
@@ -418,16 +436,18 @@ impl DedupFilter {
                 let (k, v) = kv?;
                 let n = batch_number(&b.name, &k)?;
                 for id in (BlobIds { blob: &v }) {
-                    export.push(id.map_err(|()| corrupt(&b.name, n as u64))?);
+                    let (label, id) = id.map_err(|()| corrupt(&b.name, n as u64))?;
+                    export.push(label, id);
                 }
             }
         }
         Ok(export.finish())
     }
 
-    /// Replaces the contents with an [`DedupFilter::export`] (or a version-3 export of an earlier
-    /// release), keeping its bucket boundaries (the oldest buckets are dropped if the export has
-    /// more than `num_buckets`). An export that does not decode changes nothing.
+    /// Replaces the contents with an [`DedupFilter::export`] (or a version-4 or version-3 export
+    /// of an earlier release, whose ids have no labels), keeping its bucket boundaries (the
+    /// oldest buckets are dropped if the export has more than `num_buckets`) and the ids'
+    /// labels. An export that does not decode changes nothing.
     pub fn import(&mut self, bytes: &[u8]) -> Result<()> {
         let buckets = parse_export(bytes)?;
         self.clear()?;
@@ -441,7 +461,7 @@ impl DedupFilter {
                 *current = Bucket::new(current.seq, bucket.count(), &self.config);
             }
             let mut pending = Pending::new();
-            bucket.for_each_id(|id| pending.add(&self.db, current, id))?;
+            bucket.for_each_id(|label, id| pending.add(&self.db, current, label, id))?;
             pending.write(&self.db, current, &self.write_opts)?;
         }
         Ok(())
@@ -626,13 +646,13 @@ mod tests {
         assert!(!f.contains(&id(999)).unwrap());
     }
 
-    /// A directory of the one-key-per-id layout (before 2026-11-22), even one whose
-    /// conversion was cut short (a `batches-` bucket beside the `bucket-` ones) or that somehow
-    /// holds a mark, opens empty and without a mark: never with some of its ids, never looking
-    /// like a ledger prefix. Rebuilt from an export (as the engine does on a missing mark), it
-    /// answers exactly again.
+    /// A directory of an earlier layout (one key per id, before 2026-11-22, or stored batches
+    /// without labels, before 2026-12-06; here both, as a conversion cut short would leave),
+    /// even one that holds a mark, opens empty and without a mark: never with some of its ids,
+    /// never looking like a ledger prefix. Rebuilt from an export (as the engine does on a
+    /// missing mark), it answers exactly again.
     #[test]
-    fn a_one_key_per_id_directory_opens_empty_without_a_mark() {
+    fn an_earlier_layout_opens_empty_without_a_mark() {
         let dir = tempfile::tempdir().unwrap();
         let names = [
             "default",
@@ -651,9 +671,11 @@ mod tests {
                     db.put_cf(h, id(i), []).unwrap();
                 }
             }
+            // The unlabelled layout: each id as a LEB128 length and its bytes.
             let mut blob = Vec::new();
             for i in 0..10 {
-                encode_id(&mut blob, &id(i));
+                blob.push(8);
+                blob.extend_from_slice(&id(i));
             }
             db.put_cf(db.cf_handle(names[3]).unwrap(), 0u64.to_be_bytes(), blob)
                 .unwrap();
@@ -666,7 +688,7 @@ mod tests {
         // Numbering continues after the buckets forgotten.
         assert_eq!(f.buckets.back().unwrap().seq, 6);
         let names = DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        assert_eq!(names, ["default", "batches-00000000000000000006"]);
+        assert_eq!(names, ["default", "labelled-00000000000000000006"]);
 
         // The engine's rebuild: clear, import the snapshot's export, insert the replayed ids.
         let src_dir = tempfile::tempdir().unwrap();
@@ -722,12 +744,38 @@ mod tests {
         }
         assert!(!f.contains(b"abe").unwrap());
         // Exported again, in the current version, it reads back to the same filter.
-        let v4 = f.export().unwrap();
-        assert!(v4.starts_with(EXPORT_MAGIC) && v4.len() < v3.len() / 2);
+        let v5 = f.export().unwrap();
+        assert!(v5.starts_with(EXPORT_MAGIC) && v5.len() < v3.len() / 2);
         let g_dir = tempfile::tempdir().unwrap();
         let mut g = DedupFilter::open(g_dir.path(), cfg(2_000, 3, 0.01)).unwrap();
-        g.import(&v4).unwrap();
-        assert_eq!(g.export().unwrap(), v4);
+        g.import(&v5).unwrap();
+        assert_eq!(g.export().unwrap(), v5);
+    }
+
+    /// Labels survive an export and an import (and a reopen, through the stored batches), and
+    /// change no answer: an id is seen whatever label it was inserted with.
+    #[test]
+    fn labels_travel_through_export_import_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = DedupFilter::open(dir.path(), cfg(4, 3, 0.01)).unwrap();
+        let ids: Vec<(Option<u16>, [u8; 8])> = (0..10u64)
+            .map(|i| (if i == 9 { None } else { Some((i % 3) as u16) }, id(i)))
+            .collect();
+        f.insert_labelled_marked(ids.iter().map(|(l, i)| (*l, i)), Some(b"m"))
+            .unwrap();
+        assert_answers_each(&f, 12, |i| i < 10);
+        drop(f);
+        let f = DedupFilter::open(dir.path(), cfg(4, 3, 0.01)).unwrap();
+        let export = f.export().unwrap();
+        let mut back = Vec::new();
+        crate::export_ids(&export, |l, i| back.push((l, i.to_vec()))).unwrap();
+        let want: Vec<(Option<u16>, Vec<u8>)> = ids.iter().map(|(l, i)| (*l, i.to_vec())).collect();
+        assert_eq!(back, want);
+        let g_dir = tempfile::tempdir().unwrap();
+        let mut g = DedupFilter::open(g_dir.path(), cfg(4, 3, 0.01)).unwrap();
+        g.import(&export).unwrap();
+        assert_eq!(g.export().unwrap(), export);
+        assert_answers_each(&g, 12, |i| i < 10);
     }
 
     /// The vote workload's ids (sequential integers, 9-byte keys) export at about 1 byte each.

@@ -1,6 +1,7 @@
 //! The byte layout of the dedup filter's stored batches: a bucket's column family holds one
 //! value per stored batch under the batch's number (8 bytes big-endian), and the value is its
-//! ids, each as a LEB128 length and the bytes. Also the LEB128 varint the export coding shares.
+//! ids, each as its label's tag ([`label_tag`]: 0 for none, the label + 1 otherwise; LEB128), a
+//! LEB128 length and the bytes. Also the LEB128 varint the export coding shares.
 //! This layout is local derived state (the filter is rebuilt from the ledger when in doubt);
 //! the layout stored in ledgers is the export's (`export.rs`). Pure: bytes in, bytes out.
 
@@ -33,32 +34,49 @@ pub(super) fn take_varint(bytes: &mut &[u8]) -> Option<usize> {
     }
 }
 
-/// Appends `id` to a stored batch's value: its length (LEB128), then its bytes.
-pub(super) fn encode_id(blob: &mut Vec<u8>, id: &[u8]) {
+/// An id's label as stored: 0 for none, the label + 1 otherwise.
+pub(super) fn label_tag(label: Option<u16>) -> usize {
+    label.map_or(0, |l| l as usize + 1)
+}
+
+/// The label of a stored tag ([`label_tag`]); `None` for a tag no label has.
+pub(super) fn tag_label(tag: usize) -> Option<Option<u16>> {
+    match tag {
+        0 => Some(None),
+        t => u16::try_from(t - 1).ok().map(Some),
+    }
+}
+
+/// Appends `id` to a stored batch's value: its label's tag (LEB128), its length (LEB128), then
+/// its bytes.
+pub(super) fn encode_id(blob: &mut Vec<u8>, label: Option<u16>, id: &[u8]) {
+    put_varint(blob, label_tag(label));
     put_varint(blob, id.len());
     blob.extend_from_slice(id);
 }
 
-/// The ids of a stored batch, in order.
+/// The labelled ids of a stored batch, in order.
 pub(super) struct BlobIds<'a> {
     /// The rest of the stored batch's value.
     pub(super) blob: &'a [u8],
 }
 
 impl<'a> Iterator for BlobIds<'a> {
-    type Item = std::result::Result<&'a [u8], ()>;
+    type Item = std::result::Result<(Option<u16>, &'a [u8]), ()>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.blob.is_empty() {
             return None;
         }
-        let Some(len) = take_varint(&mut self.blob).filter(|l| *l <= self.blob.len()) else {
+        let label = take_varint(&mut self.blob).and_then(tag_label);
+        let len = take_varint(&mut self.blob).filter(|l| *l <= self.blob.len());
+        let (Some(label), Some(len)) = (label, len) else {
             self.blob = &[];
             return Some(Err(()));
         };
         let (id, rest) = self.blob.split_at(len);
         self.blob = rest;
-        Some(Ok(id))
+        Some(Ok((label, id)))
     }
 }
 
@@ -83,10 +101,10 @@ mod tests {
 
     use super::*;
 
-    /// The ids of a stored batch's value, or `None` if one does not decode.
-    fn ids_of(blob: &[u8]) -> Option<Vec<Vec<u8>>> {
+    /// The labelled ids of a stored batch's value, or `None` if one does not decode.
+    fn ids_of(blob: &[u8]) -> Option<Vec<(Option<u16>, Vec<u8>)>> {
         (BlobIds { blob })
-            .map(|id| id.ok().map(<[u8]>::to_vec))
+            .map(|id| id.ok().map(|(l, id)| (l, id.to_vec())))
             .collect()
     }
 
@@ -106,16 +124,17 @@ mod tests {
             prop_assert_eq!(rest, &tail[..]);
         }
 
-        /// A stored batch gives back exactly its ids, in order; cut short anywhere inside an id,
-        /// it reports the id that does not decode.
+        /// A stored batch gives back exactly its labelled ids, in order; cut short anywhere
+        /// inside an id, it reports the id that does not decode.
         #[test]
         fn stored_batch_round_trips(ids in proptest::collection::vec(
-            proptest::collection::vec(any::<u8>(), 0..200), 0..20)
+            (proptest::option::of(any::<u16>()), proptest::collection::vec(any::<u8>(), 0..200)),
+            0..20)
         ) {
             let mut blob = Vec::new();
             let mut ends = vec![0];
-            for id in &ids {
-                encode_id(&mut blob, id);
+            for (label, id) in &ids {
+                encode_id(&mut blob, *label, id);
                 ends.push(blob.len());
             }
             prop_assert_eq!(ids_of(&blob), Some(ids.clone()));
@@ -135,6 +154,18 @@ mod tests {
         let mut max = Vec::new();
         put_varint(&mut max, (1 << 63) - 1);
         assert_eq!(take_varint(&mut &max[..]), Some((1 << 63) - 1));
+    }
+
+    #[test]
+    fn a_tag_beyond_every_label_is_refused() {
+        assert_eq!(tag_label(label_tag(Some(u16::MAX))), Some(Some(u16::MAX)));
+        assert_eq!(tag_label(label_tag(None)), Some(None));
+        assert_eq!(tag_label(u16::MAX as usize + 2), None);
+        let mut blob = Vec::new();
+        put_varint(&mut blob, 1 << 20);
+        put_varint(&mut blob, 1);
+        blob.push(b'x');
+        assert_eq!(ids_of(&blob), None);
     }
 
     #[test]

@@ -13,10 +13,10 @@
 //! every bucket and the locator key are derived from that one hash.
 //!
 //! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
-//! number in the bucket, 8 bytes big-endian; value: its ids, each as a LEB128 length and the
-//! bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch` with one value per
-//! bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`, so that confirming an id
-//! never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is looked
+//! number in the bucket, 8 bytes big-endian; value: its ids, each as its label's tag, a LEB128
+//! length and the bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch`
+//! with one value per bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`,
+//! so that confirming an id never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is looked
 //! up in the bucket's locator and confirmed by reading the stored batch it names and finding the
 //! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
 //! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
@@ -41,6 +41,11 @@
 //! the ids of the snapshot and of the replayed ledger entries ([`DedupFilter::clear`],
 //! [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
 //!
+//! **Labels.** An id may be inserted with a **label** (a `u16`; the engine stores the id's key
+//! group there). Lookups ignore it; it is kept with the id in its stored batch and in the export
+//! ([`export_ids`] gives it back), so the ids of some labels can be taken out of a filter's
+//! export (a rescale keeps the ids of its own key groups).
+//!
 //! **Mark.** An insert may carry a **mark**, opaque bytes stored in the same RocksDB write as
 //! the ids (the engine stores the ledger position whose ids they are). [`DedupFilter::mark`]
 //! returns the mark of the last insert, so a process that opens the filter again knows which
@@ -48,9 +53,10 @@
 //! rebuilding. Any insert without a mark, [`DedupFilter::clear`] and [`DedupFilter::import`]
 //! remove the mark: the filter no longer corresponds to a ledger prefix.
 //!
-//! Directories written by versions before 2026-11-22 (one key per id in `bucket-…` column
-//! families, never with a mark) are not read: [`DedupFilter::open`] forgets them and opens
-//! the filter empty and without a mark, so the engine rebuilds it from the ledger.
+//! Directories written by earlier versions (one key per id in `bucket-…` column families, before
+//! 2026-11-22; stored batches without labels in `batches-…`, before 2026-12-06) are not read:
+//! [`DedupFilter::open`] forgets them and opens the filter empty and without a mark, so the
+//! engine rebuilds it from the ledger (once, on the first run of the new version).
 //!
 //! **Where things are.** `hash` (the one hash of an id), `bloom` (the split-block bloom
 //! filter), `locator` (hash bits → stored batch), `bucket` (one bucket's bloom filter, locator
@@ -70,14 +76,16 @@ mod locator;
 pub use config::DedupConfig;
 pub use filter::DedupFilter;
 
-/// Calls `f` with every id of a [`DedupFilter::export`], oldest bucket first (for a rescale,
-/// which gathers the ids of several slots' exports into one filter). An export that does not
-/// decode is [`crate::Error::Corrupt`], reported before `f` is called.
-pub fn export_ids(export: &[u8], mut f: impl FnMut(&[u8])) -> crate::Result<()> {
+/// Calls `f` with every id of a [`DedupFilter::export`] and its label (`None` for an id
+/// inserted without one, and for every id of an export written before labels), oldest bucket
+/// first (for a rescale, which gathers the ids of some labels from several slots' exports into
+/// one filter). An export that does not decode is [`crate::Error::Corrupt`], reported before
+/// `f` is called.
+pub fn export_ids(export: &[u8], mut f: impl FnMut(Option<u16>, &[u8])) -> crate::Result<()> {
     for bucket in export::parse_export(export)? {
         bucket
-            .for_each_id(|id| {
-                f(id);
+            .for_each_id(|label, id| {
+                f(label, id);
                 Ok::<(), std::convert::Infallible>(())
             })
             .expect("infallible");
@@ -105,13 +113,17 @@ mod export_ids_tests {
             f.insert_batch(chunk.iter().map(Vec::as_slice)).unwrap();
         }
         let mut back = Vec::new();
-        export_ids(&f.export().unwrap(), |id| back.push(id.to_vec())).unwrap();
+        export_ids(&f.export().unwrap(), |label, id| {
+            assert_eq!(label, None);
+            back.push(id.to_vec())
+        })
+        .unwrap();
         back.sort();
         let mut want = ids.clone();
         want.sort();
         assert_eq!(back, want);
         assert_eq!(
-            export_ids(b"nonsense", |_| ()).unwrap_err().to_string(),
+            export_ids(b"nonsense", |_, _| ()).unwrap_err().to_string(),
             "corrupt record in ledger \"<dedup filter export>\" at position 0: not a dedup filter export"
         );
     }
