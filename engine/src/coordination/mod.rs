@@ -36,10 +36,16 @@ pub mod ring;
 pub mod scheduler;
 pub mod time_machine;
 
-pub use diff::{diff, reactions, sealer, Diff, OwnerChange, SlotRef};
+pub use diff::{diff, reactions, sealer, Diff, LayoutChange, OwnerChange, SlotRef, StatusChange};
 pub use entry::{Entry, EntryError, EntryProblem, ProcessId, ProcessInfo};
-pub use failure_detector::{DetectorAction, DetectorConfig, FailureDetector, LogLease};
+pub use failure_detector::{
+    DetectorAction, DetectorConfig, FailureDetector, LogLease, DEFAULT_FAILURE_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL,
+};
 pub use job_spec::{JobId, JobSpec, JobSpecError, PeerBounds, SpecProblem, TaskDemand};
-pub use replica::{Ignored, JobState, JobStatus, Join, JoinStage, Replica, Slot};
+pub use replica::{
+    apply, Ignored, IgnoredEntry, JobState, JobStatus, Join, JoinStage, KeyGroupRange, Process,
+    Replica, Slot, TaskAllocation,
+};
 pub use ring::{joining_watched_by, watched_by, watcher_of};
 pub use time_machine::replay;

@@ -163,23 +163,31 @@ fn place_spread(
     at: u64,
 ) -> bool {
     for alloc in &mut job.tasks {
-        for i in 0..alloc.slots.len() {
-            if alloc.slots[i].owner.is_some() || alloc.slots[i].completed {
+        // How many of this task's slots each process runs, kept as slots are placed.
+        let mut of_task: BTreeMap<ProcessId, usize> = BTreeMap::new();
+        for p in alloc.slots.iter().filter_map(|s| s.owner) {
+            *of_task.entry(p).or_default() += 1;
+        }
+        for slot in alloc.slots.iter_mut() {
+            if slot.owner.is_some() || slot.completed {
                 continue;
             }
-            let of_task = |p: ProcessId| alloc.slots.iter().filter(|s| s.owner == Some(p)).count();
             let Some(p) = free
                 .iter()
                 .filter(|(_, &n)| n > 0)
-                .map(|(&p, &n)| (std::cmp::Reverse(n), of_task(p), p))
+                .map(|(&p, &n)| {
+                    let mine = of_task.get(&p).copied().unwrap_or(0);
+                    (std::cmp::Reverse(n), mine, p)
+                })
                 .min()
                 .map(|(_, _, p)| p)
             else {
                 return false;
             };
             *free.get_mut(&p).expect("a candidate is in") -= 1;
-            alloc.slots[i].owner = Some(p);
-            alloc.slots[i].epoch = at;
+            *of_task.entry(p).or_default() += 1;
+            slot.owner = Some(p);
+            slot.epoch = at;
         }
     }
     true

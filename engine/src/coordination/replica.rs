@@ -26,6 +26,12 @@ use super::entry::{Entry, EntryProblem, ProcessId, ProcessInfo};
 use super::job_spec::{JobId, JobSpec};
 use super::{ring, scheduler};
 
+/// The replica after `entry` at log position `position`: [`Replica::apply`] as a free
+/// function, `apply(entry, replica) → replica` of DESIGN §6.
+pub fn apply(entry: &Entry, position: u64, replica: &Replica) -> Replica {
+    replica.apply(entry, position)
+}
+
 /// A process that is in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {

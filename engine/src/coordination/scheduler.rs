@@ -29,7 +29,7 @@
 //! each task's ⌊budget·percentage/100⌋, `colocated` the same count k for every task, on k
 //! distinct processes each running one slot of every task (k fixed once the job started).
 
-use super::job_spec::{JobSpec, PeerBounds};
+use super::job_spec::{JobSpec, PeerBounds, MAX_TASK_PEERS};
 use super::replica::{JobState, JobStatus, Replica};
 use crate::job::{JobScheduler, TaskScheduler};
 
@@ -190,9 +190,14 @@ pub fn colocated_range(spec: &JobSpec, processes: usize) -> Option<(usize, usize
     (lo <= hi).then_some((lo, hi))
 }
 
-/// A task's greatest count: its bound, its key groups if keyed, and `peers`.
+/// A task's greatest count: its bound, its key groups if keyed, `peers`, and
+/// [`MAX_TASK_PEERS`] (so that no log can make a task allocate without bound).
 fn upper(spec: &JobSpec, bounds: PeerBounds, keyed: bool, peers: usize) -> usize {
-    let mut hi = bounds.max().map_or(peers, |m| m as usize).min(peers);
+    let mut hi = bounds
+        .max()
+        .map_or(peers, |m| m as usize)
+        .min(peers)
+        .min(MAX_TASK_PEERS as usize);
     if keyed {
         hi = hi.min(spec.key_groups as usize);
     }

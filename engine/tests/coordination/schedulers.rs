@@ -4,7 +4,7 @@
 
 use sardonyx::coordination::placement::key_group_table;
 use sardonyx::coordination::{
-    watched_by, Entry, Ignored, JobId, JobSpec, JobStatus, ProcessId, ProcessInfo, Replica,
+    diff, watched_by, Entry, Ignored, JobId, JobSpec, JobStatus, ProcessId, ProcessInfo, Replica,
 };
 use sardonyx::job::builder::JobBuilder;
 use sardonyx::job::{AggregationDef, JobScheduler, TaskScheduler, TaskSpec, WindowDef};
@@ -275,6 +275,17 @@ fn a_process_leaving_moves_only_its_own_slots() {
         }
     }
     assert_eq!(moved, 2);
+    // The diff tells each process what to stop and start, with the epoch to fence with.
+    let changes = diff(&before, after);
+    assert_eq!(changes.left, [gone]);
+    assert_eq!(changes.stopped_on(gone).count(), 2);
+    let started: Vec<_> = ids
+        .iter()
+        .flat_map(|&p| changes.started_on(p))
+        .map(|c| (c.from, c.epoch))
+        .collect();
+    assert_eq!(started, [(Some(gone), leave_at), (Some(gone), leave_at)]);
+    assert!(changes.layouts.is_empty());
     assert_eq!(after.ring.len(), 2);
     assert_eq!(watched_by(after, ids[0]), Some(ids[2]));
     assert_eq!(watched_by(after, ids[2]), Some(ids[0]));
@@ -506,4 +517,44 @@ fn the_replica_as_json_and_as_text() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_spec_from_the_example_job() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/votes.json");
+    let job = sardonyx::Job::load(path).unwrap();
+    let spec = JobSpec::from_job(&job).unwrap();
+    assert_eq!(spec.id, JobId("vote-count".into()));
+    assert_eq!(
+        (spec.job_scheduler, spec.task_scheduler, spec.key_groups),
+        (JobScheduler::Greedy, TaskScheduler::Balanced, 256)
+    );
+    let tasks: Vec<_> = spec
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.peers, t.keyed, t.rescalable))
+        .collect();
+    use sardonyx::coordination::PeerBounds::Exact;
+    assert_eq!(
+        tasks,
+        [
+            ("read-votes", Exact(1), false, false),
+            ("count-votes", Exact(2), true, true),
+            ("voter-sessions", Exact(2), true, true),
+            ("done", Exact(1), false, false),
+        ]
+    );
+    assert_eq!(spec.job().unwrap(), job, "the job travels whole");
+    // A cluster knows jobs by id.
+    let mut anonymous = job.clone();
+    anonymous.id = None;
+    assert!(matches!(
+        JobSpec::from_job(&anonymous),
+        Err(sardonyx::coordination::JobSpecError::MissingId)
+    ));
+    // The spec travels in the log.
+    let entry = Entry::SubmitJob {
+        job: Box::new(spec.clone()),
+    };
+    assert_eq!(Entry::decode(&entry.encode()).unwrap(), entry);
 }
