@@ -18,9 +18,10 @@
 //! only when its floor fits in what is left (until then it is pending and holds nothing).
 //!
 //! **Job schedulers** (each job names its own, `job_scheduler`):
-//! - `percentage`: a job gets at most ⌊P·percentage/100⌋ of the P peers — considered first,
-//!   so its share does not depend on other jobs — and starts only if its floor fits in it;
-//! - `greedy`: after the floors, jobs in priority order take all they can of what is left;
+//! - `percentage`: a job gets at most ⌊P·percentage/100⌋ of the P peers, and starts only if
+//!   its floor fits in that; pending ones are considered right after the running jobs, so a
+//!   share does not depend on greedy or balanced jobs;
+//! - `greedy`: then jobs in priority order take all they can of what is left;
 //! - `balanced`: what is left then is divided evenly: one peer at a time to the balanced job
 //!   that has the fewest (earlier jobs first on ties), each up to its ceiling.
 //!
@@ -79,8 +80,9 @@ pub fn percentage_share(peers: usize, percentage: u32) -> usize {
 /// The budget of each job (in peers, 0: not admitted), jobs given in priority order (running
 /// ones first, then pending ones, each in submission order), among `peers` peers:
 ///
-/// 1. percentage jobs, each up to its share (and what is left);
-/// 2. the floors of the running jobs (so that no job is stopped for a later one);
+/// 1. the running jobs: a percentage job up to its share, any other its floor (so that no job
+///    is stopped for a later one);
+/// 2. the pending percentage jobs, each admitted if its floor fits in its share, up to it;
 /// 3. greedy jobs, each admitted if its floor fits, then taking all it can;
 /// 4. balanced jobs, each admitted if its floor fits, then sharing what is left evenly.
 pub fn job_budgets(asks: &[JobAsk], peers: usize) -> Vec<usize> {
@@ -103,15 +105,17 @@ pub fn job_budgets(asks: &[JobAsk], peers: usize) -> Vec<usize> {
     // A job is admitted once its budget covers its floor (a floor of 0 is a running job whose
     // slots all completed).
     let admitted_now = |i: usize, budget: &[usize]| asks[i].demand.floor <= budget[i];
+    let share = |ask: &JobAsk| percentage_share(peers, ask.percentage.unwrap_or(0));
     for (i, ask) in asks.iter().enumerate() {
-        if ask.scheduler == JobScheduler::Percentage {
-            let share = percentage_share(peers, ask.percentage.unwrap_or(0));
-            admit(i, share, &mut left, &mut budget);
+        match (ask.running, ask.scheduler) {
+            (true, JobScheduler::Percentage) => admit(i, share(ask), &mut left, &mut budget),
+            (true, _) => admit(i, ask.demand.floor, &mut left, &mut budget),
+            (false, _) => {}
         }
     }
     for (i, ask) in asks.iter().enumerate() {
-        if ask.running && ask.scheduler != JobScheduler::Percentage {
-            admit(i, ask.demand.floor, &mut left, &mut budget);
+        if ask.scheduler == JobScheduler::Percentage {
+            admit(i, share(ask), &mut left, &mut budget);
         }
     }
     for (i, ask) in asks.iter().enumerate() {
@@ -407,6 +411,28 @@ mod tests {
         assert_eq!(
             job_budgets(&[ask(Greedy, None, 11, 11), ask(Greedy, None, 2, 2)], 10),
             [0, 2]
+        );
+        // A running job keeps its floor whatever comes after it.
+        let running = |a: JobAsk| JobAsk { running: true, ..a };
+        assert_eq!(
+            job_budgets(
+                &[
+                    running(ask(Greedy, None, 8, 8)),
+                    ask(Percentage, Some(50), 3, 10)
+                ],
+                10
+            ),
+            [8, 0]
+        );
+        assert_eq!(
+            job_budgets(
+                &[
+                    running(ask(Balanced, None, 4, 10)),
+                    ask(Greedy, None, 3, 10)
+                ],
+                10
+            ),
+            [4, 6]
         );
         // A colocated job grows by whole processes.
         let colocated = JobAsk {

@@ -216,13 +216,18 @@ pub fn slots_keep_live_owners(before: &Replica, after: &Replica) -> Check {
 }
 
 /// A running percentage job never holds more than its share ⌊P·percentage/100⌋ of the P peers,
-/// and (balanced task scheduler) no less than its share − 1 unless its tasks cannot grow.
+/// and (balanced task scheduler, only percentage jobs running, at most 100 % asked in all) no
+/// less than its share − 1 unless its tasks cannot grow.
 pub fn percentage_jobs_within_their_share(r: &Replica) -> Check {
     let peers: usize = r.processes.values().map(|p| p.info.slots as usize).sum();
     let running = |j: &&sardonyx::coordination::JobState| {
         j.status == JobStatus::Running && j.spec.job_scheduler == JobScheduler::Percentage
     };
-    // With more than 100 % asked for in all, the later jobs get what the earlier leave.
+    // With more than 100 % asked for in all, the later jobs get what the earlier leave; and
+    // the floors of running jobs of other schedulers ahead of a job come before its share.
+    let only_percentage = r.jobs.iter().all(|j| {
+        j.status != JobStatus::Running || j.spec.job_scheduler == JobScheduler::Percentage
+    });
     let asked: u32 = r
         .jobs
         .iter()
@@ -247,6 +252,7 @@ pub fn percentage_jobs_within_their_share(r: &Replica) -> Check {
                     .is_some_and(|rg| job.tasks[t].slots.len() < rg.hi)
         });
         if asked <= 100
+            && only_percentage
             && job.spec.task_scheduler == TaskScheduler::Balanced
             && can_grow
             && used + 1 < share
