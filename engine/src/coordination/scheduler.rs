@@ -25,6 +25,9 @@
 //! - `balanced`: what is left then is divided evenly: one peer at a time to the balanced job
 //!   that has the fewest (earlier jobs first on ties), each up to its ceiling.
 //!
+//! A task scheduler may leave part of a budget unused; pending jobs whose floor fits in what
+//! is unused then start with their floor ([`allocate_counts`]).
+//!
 //! **Task schedulers** (`task_scheduler`), dividing a job's budget among its tasks from their
 //! floors up: `balanced` one slot at a time to the task with the fewest, `percentage` towards
 //! each task's ⌊budget·percentage/100⌋, `colocated` the same count k for every task, on k
@@ -325,23 +328,57 @@ pub fn allocate_counts(replica: &Replica) -> Vec<(usize, Option<Vec<usize>>)> {
         })
         .collect();
     let budgets = job_budgets(&asks, peers);
-    order
+    let counts_for = |job: &JobState, budget: usize| {
+        if job.tasks.is_empty() && job.spec.task_scheduler == TaskScheduler::Colocated {
+            vec![budget / job.spec.tasks.len(); job.spec.tasks.len()]
+        } else {
+            let ranges = task_ranges(job, peers).expect("an admitted job has ranges");
+            task_counts(job.spec.task_scheduler, &ranges, budget)
+        }
+    };
+    let mut out: Vec<(usize, Option<Vec<usize>>)> = order
         .iter()
         .zip(asks.iter().zip(budgets))
         .map(|(&i, (ask, budget))| {
             let job = &replica.jobs[i];
-            let admitted = ask.demand.floor <= budget;
-            let counts = admitted.then(|| {
-                if job.tasks.is_empty() && job.spec.task_scheduler == TaskScheduler::Colocated {
-                    vec![budget / job.spec.tasks.len(); job.spec.tasks.len()]
-                } else {
-                    let ranges = task_ranges(job, peers).expect("an admitted job has ranges");
-                    task_counts(job.spec.task_scheduler, &ranges, budget)
-                }
-            });
-            (i, counts)
+            (
+                i,
+                (ask.demand.floor <= budget).then(|| counts_for(job, budget)),
+            )
         })
-        .collect()
+        .collect();
+    // A task scheduler may leave part of a budget unused (percentage shares, whole colocated
+    // processes): pending jobs whose floor fits in what is unused start with their floor.
+    let used: usize = out
+        .iter()
+        .filter_map(|(i, c)| c.as_ref().map(|c| peers_used(&replica.jobs[*i], c)))
+        .sum();
+    let mut unused = peers.saturating_sub(used);
+    for ((i, counts), ask) in out.iter_mut().zip(&asks) {
+        let within_share = ask.scheduler != JobScheduler::Percentage
+            || ask.demand.floor <= percentage_share(peers, ask.percentage.unwrap_or(0));
+        if counts.is_none() && ask.demand.floor <= unused && within_share {
+            let job = &replica.jobs[*i];
+            let c = counts_for(job, ask.demand.floor);
+            unused -= peers_used(job, &c).min(unused);
+            *counts = Some(c);
+        }
+    }
+    out
+}
+
+/// The peers `job` uses with these task counts (its completed slots use none).
+pub fn peers_used(job: &JobState, counts: &[usize]) -> usize {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(t, &c)| {
+            let done = job.tasks.get(t).map_or(0, |a| {
+                a.slots.iter().take(c).filter(|s| s.completed).count()
+            });
+            c - done
+        })
+        .sum()
 }
 
 pub(super) fn schedule(replica: &mut Replica, position: u64) {

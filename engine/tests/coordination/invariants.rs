@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use sardonyx::coordination::scheduler::{is_flexible, task_ranges};
+use sardonyx::coordination::scheduler::{demand, is_flexible, task_ranges};
 use sardonyx::coordination::{watched_by, JobStatus, PeerBounds, Replica};
 use sardonyx::job::{JobScheduler, TaskScheduler};
 
@@ -266,6 +266,42 @@ pub fn percentage_jobs_within_their_share(r: &Replica) -> Check {
     Ok(())
 }
 
+/// A pending job waits only when it cannot start: its floor does not fit in the peers that no
+/// running job uses (nor, for a percentage job, in its share). Replicas with a colocated job
+/// pending are left out: its placement needs whole processes, and a failed one leaves its
+/// budget idle.
+pub fn pending_jobs_cannot_start(r: &Replica) -> Check {
+    let waiting_colocated = r.jobs.iter().any(|j| {
+        j.status == JobStatus::Pending && j.spec.task_scheduler == TaskScheduler::Colocated
+    });
+    if waiting_colocated {
+        return Ok(());
+    }
+    let peers: usize = r.processes.values().map(|p| p.info.slots as usize).sum();
+    let used: usize = r
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Running)
+        .flat_map(|j| j.slots())
+        .filter(|(_, _, s)| !s.completed)
+        .count();
+    let free = peers - used;
+    for job in r.jobs.iter().filter(|j| j.status == JobStatus::Pending) {
+        let floor = demand(job, peers, r.processes.len()).floor;
+        let share = match job.spec.job_scheduler {
+            JobScheduler::Percentage => peers * job.spec.percentage.unwrap_or(0) as usize / 100,
+            _ => usize::MAX,
+        };
+        if floor <= free.min(share) {
+            return Err(format!(
+                "{} waits with a floor of {floor} while {free} of {peers} peers are free",
+                job.spec.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every invariant of one replica, then those of the step from `before`.
 pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     ring_is_one_cycle_over_live_processes(after)?;
@@ -274,6 +310,7 @@ pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     running_jobs_are_covered_and_others_hold_nothing(after)?;
     key_groups_are_divided_exactly(after)?;
     percentage_jobs_within_their_share(after)?;
+    pending_jobs_cannot_start(after)?;
     owner_epochs_only_grow(before, after, at)?;
     slots_keep_live_owners(before, after)?;
     Ok(())
