@@ -8,10 +8,12 @@
 //!   re-divided with [`reassign`] (as few key groups moved as possible) when the count changes.
 //! - **Every slot keeps its owner** if that owner is still in: only slots without one are
 //!   placed, so a process joining moves no slot, and a process leaving moves only its own.
-//! - A slot without an owner goes to the process with the most free slots (then the one
-//!   running the fewest slots of that task, then the lowest id); a colocated job's slot `i` of
-//!   every task goes to one process that runs no other slot of the job and has room for all of
-//!   them. A job that cannot be placed (only a colocated one can fail) goes back to pending.
+//! - A slot without an owner goes back to its last owner if that one is in and has room (a job
+//!   that waited for peers resumes where it ran), else to the process with the most free slots
+//!   (then the one running the fewest slots of that task, then the lowest id). A colocated
+//!   job's slot `i` of every task goes to one process that runs no other slot of the job and
+//!   has room for all of them. A job that cannot be placed (only a colocated one can fail)
+//!   goes back to pending.
 //! - A slot that gets an owner gets the entry's position as its owner epoch.
 
 use std::collections::BTreeMap;
@@ -56,6 +58,7 @@ fn ranges_of(table: &[usize], slot: usize) -> Vec<KeyGroupRange> {
 fn empty_slot() -> Slot {
     Slot {
         owner: None,
+        last_owner: None,
         epoch: 0,
         key_groups: Vec::new(),
         completed: false,
@@ -156,7 +159,9 @@ pub(super) fn place(replica: &mut Replica, counts: &[(usize, Option<Vec<usize>>)
     }
 }
 
-/// Gives every slot of `job` without an owner the process with the most free slots.
+/// Gives every slot of `job` without an owner a process: first its last owner if that one is in
+/// and has room (a job that waited resumes where it ran), then the process with the most free
+/// slots.
 fn place_spread(
     job: &mut super::replica::JobState,
     free: &mut BTreeMap<ProcessId, usize>,
@@ -168,66 +173,94 @@ fn place_spread(
         for p in alloc.slots.iter().filter_map(|s| s.owner) {
             *of_task.entry(p).or_default() += 1;
         }
-        for slot in alloc.slots.iter_mut() {
-            if slot.owner.is_some() || slot.completed {
-                continue;
+        for back_home in [true, false] {
+            for slot in alloc.slots.iter_mut() {
+                if slot.owner.is_some() || slot.completed {
+                    continue;
+                }
+                let home = slot
+                    .last_owner
+                    .filter(|p| free.get(p).is_some_and(|&n| n > 0));
+                let p = if back_home {
+                    match home {
+                        Some(p) => p,
+                        None => continue,
+                    }
+                } else {
+                    let most_free = free
+                        .iter()
+                        .filter(|(_, &n)| n > 0)
+                        .map(|(&p, &n)| {
+                            let mine = of_task.get(&p).copied().unwrap_or(0);
+                            (std::cmp::Reverse(n), mine, p)
+                        })
+                        .min();
+                    match most_free {
+                        Some((_, _, p)) => p,
+                        None => return false,
+                    }
+                };
+                *free.get_mut(&p).expect("a candidate is in") -= 1;
+                *of_task.entry(p).or_default() += 1;
+                slot.owner = Some(p);
+                slot.last_owner = Some(p);
+                slot.epoch = at;
             }
-            let Some(p) = free
-                .iter()
-                .filter(|(_, &n)| n > 0)
-                .map(|(&p, &n)| {
-                    let mine = of_task.get(&p).copied().unwrap_or(0);
-                    (std::cmp::Reverse(n), mine, p)
-                })
-                .min()
-                .map(|(_, _, p)| p)
-            else {
-                return false;
-            };
-            *free.get_mut(&p).expect("a candidate is in") -= 1;
-            *of_task.entry(p).or_default() += 1;
-            slot.owner = Some(p);
-            slot.epoch = at;
         }
     }
     true
 }
 
 /// Gives each slot index of a colocated job whose slots have no owner one process for all of
-/// them, one that runs no other slot of the job.
+/// them, one that runs no other slot of the job: first the last owner of those slots if it is
+/// in and has room, then the process with the most free slots.
 fn place_colocated(
     job: &mut super::replica::JobState,
     free: &mut BTreeMap<ProcessId, usize>,
     at: u64,
 ) -> bool {
     let width = job.tasks.iter().map(|t| t.slots.len()).max().unwrap_or(0);
-    for i in 0..width {
-        let open: Vec<usize> = (0..job.tasks.len())
-            .filter(|&t| {
-                job.tasks[t]
-                    .slots
-                    .get(i)
-                    .is_some_and(|s| s.owner.is_none() && !s.completed)
-            })
-            .collect();
-        if open.is_empty() {
-            continue;
-        }
-        let hosts: Vec<ProcessId> = job.slots().filter_map(|(_, _, s)| s.owner).collect();
-        let Some(p) = free
-            .iter()
-            .filter(|(p, &n)| n >= open.len() && !hosts.contains(p))
-            .map(|(&p, &n)| (std::cmp::Reverse(n), p))
-            .min()
-            .map(|(_, p)| p)
-        else {
-            return false;
-        };
-        *free.get_mut(&p).expect("a candidate is in") -= open.len();
-        for t in open {
-            let slot = &mut job.tasks[t].slots[i];
-            slot.owner = Some(p);
-            slot.epoch = at;
+    for back_home in [true, false] {
+        for i in 0..width {
+            let open: Vec<usize> = (0..job.tasks.len())
+                .filter(|&t| {
+                    job.tasks[t]
+                        .slots
+                        .get(i)
+                        .is_some_and(|s| s.owner.is_none() && !s.completed)
+                })
+                .collect();
+            let Some(&first) = open.first() else {
+                continue;
+            };
+            let hosts: Vec<ProcessId> = job.slots().filter_map(|(_, _, s)| s.owner).collect();
+            let fits = |p: &ProcessId, n: usize| n >= open.len() && !hosts.contains(p);
+            let home = job.tasks[first].slots[i]
+                .last_owner
+                .filter(|p| free.get(p).is_some_and(|&n| fits(p, n)));
+            let p = if back_home {
+                match home {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                let most_free = free
+                    .iter()
+                    .filter(|(p, &n)| fits(p, n))
+                    .map(|(&p, &n)| (std::cmp::Reverse(n), p))
+                    .min();
+                match most_free {
+                    Some((_, p)) => p,
+                    None => return false,
+                }
+            };
+            *free.get_mut(&p).expect("a candidate is in") -= open.len();
+            for t in open {
+                let slot = &mut job.tasks[t].slots[i];
+                slot.owner = Some(p);
+                slot.last_owner = Some(p);
+                slot.epoch = at;
+            }
         }
     }
     true

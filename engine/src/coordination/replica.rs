@@ -127,6 +127,10 @@ pub struct KeyGroupRange {
 pub struct Slot {
     /// The process that runs it (none while its job is pending, or once it completed).
     pub owner: Option<ProcessId>,
+    /// The process that owned it last (kept while it has none): placement gives the slot back
+    /// to it when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_owner: Option<ProcessId>,
     /// The position of the entry that gave it its current (or last) owner; 0 before any.
     pub epoch: u64,
     /// The key groups it owns (keyed tasks; empty otherwise), as ranges in order.

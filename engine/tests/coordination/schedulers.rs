@@ -324,6 +324,12 @@ fn colocated_runs_one_slot_of_every_task_per_process_and_waits_for_a_whole_proce
     let r = sim.now();
     assert_eq!(counts(r, "c"), Some(vec![3, 3, 3]));
     assert_eq!(r.load(new), 3);
+    // The slots of the processes that stayed went back to them; the gone one's to the new one.
+    let c = r.job(&JobId("c".into())).unwrap();
+    for t in 0..3 {
+        let owners: Vec<_> = c.tasks[t].slots.iter().map(|s| s.owner).collect();
+        assert_eq!(owners, [Some(new), Some(ids[1]), Some(ids[2])]);
+    }
 }
 
 #[test]
