@@ -4,7 +4,7 @@
 
 use std::fmt::{self, Display, Write as _};
 
-use super::replica::{KeyGroupRange, Replica, Slot};
+use super::replica::{JoinStage, KeyGroupRange, Replica, Slot};
 use super::ring::watched_by;
 
 impl Display for KeyGroupRange {
@@ -53,16 +53,10 @@ impl Display for Replica {
             )?;
         }
         for join in &self.joins {
-            let stage = match join.stage.watcher() {
-                None => "waiting for a watcher".to_owned(),
-                Some(w) => format!(
-                    "{} by {w}",
-                    if matches!(join.stage, super::replica::JoinStage::Prepared { .. }) {
-                        "prepared"
-                    } else {
-                        "notified"
-                    }
-                ),
+            let stage = match join.stage {
+                JoinStage::Waiting => "waiting for a watcher".to_owned(),
+                JoinStage::Prepared { watcher } => format!("prepared by {watcher}"),
+                JoinStage::Notified { watcher } => format!("notified by {watcher}"),
             };
             writeln!(
                 f,

@@ -308,17 +308,12 @@ impl Replica {
                 last: self.position,
             })
         } else {
-            let mut next = self.clone();
-            next.position = position;
-            match next.play(entry, position) {
-                Ok(()) => {
-                    ring::assign_watchers(&mut next, position);
-                    scheduler::schedule(&mut next, position);
-                    *self = next;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+            // `play` decides whether the entry applies before it changes anything.
+            self.play(entry, position).map(|()| {
+                self.position = position;
+                ring::assign_watchers(self, position);
+                scheduler::schedule(self, position);
+            })
         };
         if let Err(reason) = &outcome {
             tracing::debug!(position, entry = entry.name(), %reason, "coordination entry ignored");
@@ -332,6 +327,8 @@ impl Replica {
         outcome
     }
 
+    /// Plays `entry`: each case checks everything that can refuse it before it changes the
+    /// replica, so a refused entry leaves it untouched (the generated tests check it).
     fn play(&mut self, entry: &Entry, position: u64) -> Result<(), Ignored> {
         entry
             .check()

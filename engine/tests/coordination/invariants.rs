@@ -302,6 +302,25 @@ pub fn pending_jobs_cannot_start(r: &Replica) -> Check {
     Ok(())
 }
 
+/// An entry that does not apply changes nothing but the count, the last reason and the
+/// position.
+pub fn ignored_entries_change_nothing(before: &Replica, after: &Replica) -> Check {
+    if after.ignored == before.ignored {
+        return Ok(());
+    }
+    let mut same = after.clone();
+    same.position = before.position;
+    same.ignored = before.ignored;
+    same.last_ignored = before.last_ignored.clone();
+    if &same != before {
+        return Err(format!(
+            "an ignored entry changed the replica: {:?}",
+            after.last_ignored
+        ));
+    }
+    Ok(())
+}
+
 /// Every invariant of one replica, then those of the step from `before`.
 pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     ring_is_one_cycle_over_live_processes(after)?;
@@ -313,5 +332,6 @@ pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     pending_jobs_cannot_start(after)?;
     owner_epochs_only_grow(before, after, at)?;
     slots_keep_live_owners(before, after)?;
+    ignored_entries_change_nothing(before, after)?;
     Ok(())
 }
