@@ -6,7 +6,7 @@
 //! each task its slots, each with its owner process, its **owner epoch** and, for keyed tasks,
 //! its key groups. Applying an entry is a pure function of the entry, its log position and the
 //! replica, so every process that plays the same log holds the same replica; the allocation is
-//! decided inside `apply` ([`scheduler`](super::scheduler)) from the replica alone.
+//! decided inside `apply` ([`scheduler`]) from the replica alone.
 //!
 //! **Owner epochs.** A slot's epoch is the log position of the entry that gave it its current
 //! owner, so it strictly grows each time the owner changes and a new owner can fence an old one

@@ -220,9 +220,28 @@ fn max_peers_grows_a_grouped_task_as_processes_join_moving_few_key_groups() {
         ),
     ];
     for (i, (want, moved)) in expected.into_iter().enumerate() {
+        let replica_before = sim.now().clone();
         let joined = sim.start(100 + i as u64, 1);
         settle(&mut sim);
         let r = sim.now();
+        // The diff names the re-divided task and the one new slot, on the process that joined.
+        let changes = diff(&replica_before, r);
+        let grown: Vec<_> = changes
+            .layouts
+            .iter()
+            .map(|l| (l.task, l.from, l.to))
+            .collect();
+        let started: Vec<_> = changes
+            .started_on(joined)
+            .map(|c| (c.slot.task, c.slot.slot))
+            .collect();
+        if i < 2 {
+            assert_eq!(grown, [(1, 2 + i, 3 + i)]);
+            assert_eq!(started, [(1, 2 + i)]);
+        } else {
+            assert!(grown.is_empty() && started.is_empty());
+        }
+        assert_eq!(changes.owners.len(), started.len(), "no other slot moved");
         assert_eq!(ranges(r), want, "after join {i}\n{r}");
         let after = table(r);
         // The fewest moves a balanced division allows: the key groups above each old slot's
