@@ -9,10 +9,11 @@ use std::time::Duration;
 use openraft::BasicNode;
 
 use crate::auth::ClusterSecret;
+use crate::coordination::MAX_ENTRIES_PER_PAGE;
 use crate::error::{Error, Result};
 use crate::net::{
     serve, Handler, ReadPage, Request, Response, RpcClient, ServeOptions, StatusReply,
-    READ_PAGE_BYTES,
+    MAX_ENTRY_WAIT, READ_PAGE_BYTES,
 };
 use crate::node::{Node, Tuning};
 use crate::types::{CommitStats, Role, ServerStatus};
@@ -233,12 +234,38 @@ impl Handler for Node {
                     .map(|(read, complete)| ReadPage { read, complete }),
             ),
             Request::Info { ledger } => Response::Info(self.info(&ledger).await),
+            Request::AppendEntry {
+                request,
+                entry,
+                crc,
+            } => Response::EntryAppended(self.append_entry_checked(request, entry, crc).await),
+            Request::ReadEntries { from, max } => Response::Entries(
+                self.read_entries(from, page_len(max), READ_PAGE_BYTES)
+                    .await
+                    .map(Into::into),
+            ),
+            Request::WaitEntries { from, max, wait_ms } => {
+                let wait = Duration::from_millis(wait_ms).min(MAX_ENTRY_WAIT);
+                Response::Entries(
+                    self.wait_entries(from, page_len(max), READ_PAGE_BYTES, wait)
+                        .await
+                        .map(Into::into),
+                )
+            }
+            Request::LastEntryPosition => {
+                Response::LastEntryPosition(self.last_entry_position().await)
+            }
             Request::Status => {
                 let (status, members) = self.status();
                 Response::Status(StatusReply { status, members })
             }
         }
     }
+}
+
+/// The entries one page may carry when `max` are asked for.
+fn page_len(max: u64) -> usize {
+    usize::try_from(max).map_or(MAX_ENTRIES_PER_PAGE, |m| m.min(MAX_ENTRIES_PER_PAGE))
 }
 
 /// Asks every server (those in `addrs`, plus members they name) for its status, for an
@@ -304,6 +331,7 @@ pub async fn status_with(addrs: &[String], secret: Option<&ClusterSecret>) -> Ve
                 last_log_index: None,
                 last_applied: None,
                 refused,
+                last_entry_position: None,
             },
         })
         .collect();

@@ -101,12 +101,16 @@ pub struct ServerStatus {
     /// [`Role::Unreachable`].
     #[serde(default)]
     pub refused: Option<String>,
+    /// Position of the last coordination-log entry this server has applied (0: none yet;
+    /// `None` if it did not answer).
+    #[serde(default)]
+    pub last_entry_position: Option<u64>,
 }
 
 /// Counters of the group committer of one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStats {
-    /// Ledger commands (appends and snapshots) submitted.
+    /// Commands (ledger appends and snapshots, coordination-log appends) submitted.
     pub commands: u64,
     /// Raft entries (client writes) they were packed into.
     pub raft_writes: u64,

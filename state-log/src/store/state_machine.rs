@@ -1,8 +1,9 @@
 //! The ledger state machine on RocksDB: it applies committed Raft entries to the ledgers
-//! (appends, fenced writes, ledger snapshots, request-id deduplication), serves reads, and
-//! builds and installs the Raft snapshots that carry all of it to a lagging node. Each entry's
-//! changes and its `last_applied` are one atomic write batch, so a crash re-applies whole
-//! entries from the synced log.
+//! (appends, fenced writes, ledger snapshots, request-id deduplication) and to the coordination
+//! log (its keyspace is in `coordination_log`), serves reads, and builds and installs the Raft
+//! snapshots that carry all of it to a lagging node. Each entry's changes and its
+//! `last_applied` are one atomic write batch, so a crash re-applies whole entries from the
+//! synced log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -18,6 +19,7 @@ use openraft::{
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use tokio::sync::watch;
 
 use crate::codec::{self, crc, encode};
 use crate::error::{Error, Result};
@@ -80,13 +82,17 @@ struct SnapshotData {
 /// with Raft's apply (they use RocksDB snapshots for a consistent view).
 #[derive(Clone)]
 pub(crate) struct StateMachineStore {
-    db: Arc<DB>,
+    pub(super) db: Arc<DB>,
     snapshot_seq: Arc<AtomicU64>,
+    /// The position of the coordination log's last entry (0: empty), sent after every write
+    /// that moves it (an apply, an installed Raft snapshot): the subscriptions' wake-up, and
+    /// the position the next append takes (+ 1). Every entry up to it is in the database.
+    pub(super) last_entry: Arc<watch::Sender<u64>>,
 }
 
 /// Changes made by the entries of one `apply` call that are not in the database yet.
 #[derive(Default)]
-struct Overlay {
+pub(super) struct Overlay {
     metas: HashMap<String, LedgerMeta>,
     requests: HashMap<(u64, u64), u64>,
     /// Records put in this call: ledger → position → payload length.
@@ -95,14 +101,21 @@ struct Overlay {
     snapshots: HashMap<String, u64>,
     /// Fences raised in this call.
     fences: HashMap<String, u64>,
+    /// The coordination log's last position after this call's appends, if it appended.
+    pub(super) last_entry: Option<u64>,
+    /// Coordination-log request ids applied in this call.
+    pub(super) entry_requests: HashMap<(u64, u64), u64>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self {
+    /// The state machine over `db` (whose coordination log's last position is read once here).
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self> {
+        let last = super::coordination_log::stored_last_position(&db)?;
+        Ok(Self {
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
-        }
+            last_entry: Arc::new(watch::channel(last).0),
+        })
     }
 
     /// The underlying database (for shutdown accounting).
@@ -164,7 +177,11 @@ impl StateMachineStore {
     ) -> StorageResult<Outcome> {
         match cmd {
             Command::Fenced { fence, command } => {
-                let ledger = command.ledger().to_owned();
+                let Some(ledger) = command.ledger().map(str::to_owned) else {
+                    return Ok(Outcome::Rejected(Error::InvalidRequest(
+                        "only ledger writes can be fenced".into(),
+                    )));
+                };
                 let current = self.fence_of(ov, &ledger)?;
                 if fence < current {
                     return Ok(Outcome::Rejected(Error::Fenced {
@@ -317,6 +334,11 @@ impl StateMachineStore {
                 ov.metas.insert(ledger, meta);
                 Ok(Outcome::Snapshotted)
             }
+            Command::AppendEntry {
+                request,
+                entry,
+                crc: sum,
+            } => self.apply_append_entry(request, &entry, sum, ov, batch),
         }
     }
 
@@ -584,6 +606,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
         }
         self.db.write(batch).map_err(sto_write)?;
+        if let Some(last) = ov.last_entry {
+            // After the write: a subscriber woken by this finds the entries in the database.
+            self.last_entry.send_replace(last);
+        }
         Ok(responses)
     }
 
@@ -632,7 +658,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data: ByteBuf::from(data),
         };
         batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(&stored).map_err(sto_write)?);
-        self.db.write_opt(batch, &sync_opts()).map_err(sto_write)
+        self.db.write_opt(batch, &sync_opts()).map_err(sto_write)?;
+        // A snapshot only ever moves a node forward along the committed log, so this never
+        // takes back a position a subscriber was told of.
+        let last = super::coordination_log::stored_last_position(&self.db).map_err(sto_read)?;
+        self.last_entry.send_replace(last);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -719,7 +750,7 @@ mod tests {
     #[tokio::test]
     async fn fences_hold_within_one_apply_and_travel_in_raft_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap());
+        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap()).unwrap();
         // One apply call (one Raft entry): the overlay keeps the fence consistent within it.
         let out = apply(
             &mut sm,
@@ -759,7 +790,7 @@ mod tests {
 
         // A Raft snapshot of this state machine, installed on a fresh one, carries the fences.
         let snap = sm.build_snapshot().await.unwrap();
-        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap());
+        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap()).unwrap();
         other
             .install_snapshot(&snap.meta, snap.snapshot)
             .await

@@ -1,0 +1,204 @@
+//! The coordination log's API: the [`CoordinationLog`] trait that [`crate::EmbeddedLog`] and
+//! [`crate::LogClient`] implement (as they do [`crate::Ledgers`]), and the [`EntrySubscription`]
+//! that yields the log's entries in order from a position and then each new one as it commits.
+//!
+//! The coordination log is the state log's second keyspace: one totally ordered list of opaque
+//! entries (this crate knows nothing of what they mean) at positions 1, 2, 3, … without gaps,
+//! never compacted. The engine's peer processes append to it and play it into their replicas.
+//! A subscription is built from a source that can wait for entries (the embedded node's
+//! notification of each apply, or a server's long poll); the subscription itself only keeps
+//! the next position to yield and checks that what the source gives follows on from it.
+
+use std::collections::VecDeque;
+
+use crate::error::{Error, Result};
+use crate::types::RequestId;
+use crate::BoxFuture;
+
+/// Largest entry the coordination log accepts, in bytes: a larger one is refused with
+/// [`Error::TooLarge`] before it is sent (by a [`crate::LogClient`]) and before it reaches Raft
+/// (by every node). Entries are meant to be small (a join, a job submission).
+pub const MAX_ENTRY_BYTES: usize = 16 << 20;
+
+/// Most entries one read or wait of a server answers (a client reads page after page).
+pub(crate) const MAX_ENTRIES_PER_PAGE: usize = 4096;
+
+/// The coordination log, implemented by [`crate::EmbeddedLog`] and [`crate::LogClient`]; hold
+/// it as `Arc<dyn CoordinationLog>` or as a generic.
+///
+/// Positions start at 1 and follow one another without gaps; every reader sees the same entry
+/// at the same position, for ever (nothing is compacted).
+pub trait CoordinationLog: Send + Sync {
+    /// Appends `entry` as the log's next entry and returns its position once it is committed on
+    /// a quorum and fsynced. Appending again with a `request` id that was already applied (the
+    /// last [`REQUEST_ID_WINDOW`](crate::REQUEST_ID_WINDOW) of each client are remembered)
+    /// returns the original position and appends nothing. Request ids of the coordination log
+    /// and of the ledgers are apart: the same id may be used for both. An entry over
+    /// [`MAX_ENTRY_BYTES`] is refused with [`Error::TooLarge`].
+    fn append_entry<'a>(&'a self, request: RequestId, entry: Vec<u8>)
+        -> BoxFuture<'a, Result<u64>>;
+
+    /// The entries at positions `from` (at least 1; 0 is [`Error::InvalidRequest`]) and after,
+    /// in order: `max` of them, or fewer if the log ends first (none if `from` is past its
+    /// end). Sees every append that completed before the call. A stored entry that fails its
+    /// checksum, or a missing one, is [`Error::CorruptEntry`] naming its position.
+    fn read_entries<'a>(
+        &'a self,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<(u64, Vec<u8>)>>>;
+
+    /// The position of the last entry (0 if the log is empty); sees every completed append.
+    fn last_entry_position(&self) -> BoxFuture<'_, Result<u64>>;
+
+    /// A subscription that yields every entry from position `from` (at least 1) in order, then
+    /// each new entry as it commits (see [`EntrySubscription`]).
+    fn subscribe_entries(&self, from: u64) -> Result<EntrySubscription>;
+}
+
+/// Where a subscription gets its entries: the embedded node or a cluster's servers.
+pub(crate) trait EntrySource: Send {
+    /// Entries from position `from` on, in order, waiting until at least one exists — or an
+    /// empty page if a bounded wait passed first (the subscription asks again). Every entry
+    /// given must be committed.
+    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>>;
+}
+
+/// A subscription to the coordination log: [`EntrySubscription::next`] yields the entries from
+/// the starting position in order, without gaps or repeats, then waits for each new one.
+///
+/// Only committed entries are yielded. On the embedded node it wakes on the state machine's
+/// apply; over a [`crate::LogClient`] it long-polls the leader, and survives leader changes and
+/// server restarts: the wait is re-issued to whichever server leads, from the next position
+/// not yet yielded. An error from `next` (e.g. [`Error::Unavailable`] once the client's
+/// `retry_for` has passed with no server answering) ends nothing: calling `next` again resumes
+/// at the same position. `next` is cancel-safe (an abandoned call yields nothing and loses
+/// nothing), so it can sit in a `tokio::select!`.
+pub struct EntrySubscription {
+    next: u64,
+    buffered: VecDeque<(u64, Vec<u8>)>,
+    source: Box<dyn EntrySource>,
+}
+
+impl EntrySubscription {
+    /// A subscription from position `from` (at least 1) over `source`.
+    pub(crate) fn new(from: u64, source: Box<dyn EntrySource>) -> Result<EntrySubscription> {
+        if from == 0 {
+            return Err(Error::InvalidRequest(
+                "coordination log positions start at 1".into(),
+            ));
+        }
+        Ok(EntrySubscription {
+            next: from,
+            buffered: VecDeque::new(),
+            source,
+        })
+    }
+
+    /// The position of the entry the next call to [`EntrySubscription::next`] yields.
+    pub fn next_position(&self) -> u64 {
+        self.next
+    }
+
+    /// The next entry, `(position, bytes)`, waiting for it to be committed if need be.
+    pub async fn next(&mut self) -> Result<(u64, Vec<u8>)> {
+        loop {
+            if let Some(entry) = self.buffered.pop_front() {
+                self.next = entry.0 + 1;
+                return Ok(entry);
+            }
+            let page = self.source.fetch(self.next).await?;
+            check_follows(self.next, &page)?;
+            self.buffered.extend(page);
+        }
+    }
+}
+
+impl std::fmt::Debug for EntrySubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntrySubscription")
+            .field("next", &self.next)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that a page of entries starts at `next` and that its positions follow one another;
+/// anything else is a broken promise of the source, reported rather than yielded.
+pub(crate) fn check_follows(next: u64, page: &[(u64, Vec<u8>)]) -> Result<()> {
+    for (i, (position, _)) in page.iter().enumerate() {
+        let expected = next + i as u64;
+        if *position != expected {
+            return Err(Error::Fatal(format!(
+                "the coordination log answered position {position} where {expected} was due"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A source that serves pages of a fixed list (possibly tampered with), one call at a time.
+    struct Pages(VecDeque<Result<Vec<(u64, Vec<u8>)>>>);
+
+    impl EntrySource for Pages {
+        fn fetch(&mut self, _from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>> {
+            let page = self.0.pop_front().unwrap_or_else(|| Ok(Vec::new()));
+            Box::pin(async move { page })
+        }
+    }
+
+    fn entries(positions: impl IntoIterator<Item = u64>) -> Vec<(u64, Vec<u8>)> {
+        positions.into_iter().map(|p| (p, vec![p as u8])).collect()
+    }
+
+    #[tokio::test]
+    async fn yields_pages_in_order_and_resumes_after_an_error() {
+        let pages = VecDeque::from([
+            Ok(entries(3..5)),
+            Ok(Vec::new()),
+            Err(Error::Unavailable("no server".into())),
+            Ok(entries(5..6)),
+            Ok(entries([7])),
+        ]);
+        let mut sub = EntrySubscription::new(3, Box::new(Pages(pages))).unwrap();
+        assert_eq!(sub.next().await.unwrap().0, 3);
+        assert_eq!(sub.next().await.unwrap(), (4, vec![4]));
+        assert_eq!(sub.next_position(), 5);
+        // The empty page is asked again; the error is reported and ends nothing.
+        assert_eq!(
+            sub.next().await,
+            Err(Error::Unavailable("no server".into()))
+        );
+        assert_eq!(sub.next().await.unwrap().0, 5);
+        // A page that skips a position is refused, not yielded.
+        let e = sub.next().await.unwrap_err();
+        assert_eq!(
+            e,
+            Error::Fatal("the coordination log answered position 7 where 6 was due".into())
+        );
+        assert_eq!(sub.next_position(), 6);
+        assert!(matches!(
+            EntrySubscription::new(0, Box::new(Pages(VecDeque::new()))),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn only_pages_that_follow_on_are_accepted(
+            next in 1u64..1000,
+            positions in proptest::collection::vec(1u64..1100, 0..20),
+        ) {
+            let page = entries(positions.iter().copied());
+            let follows = positions.iter().enumerate().all(|(i, p)| *p == next + i as u64);
+            prop_assert_eq!(check_follows(next, &page).is_ok(), follows);
+            let run = entries(next..next + positions.len() as u64);
+            prop_assert!(check_follows(next, &run).is_ok());
+        }
+    }
+}
