@@ -187,8 +187,7 @@ impl EmbeddedLog {
 
     /// Reads the coordination log (see [`CoordinationLog::read_entries`]).
     pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.retry(|| self.node.read_entries(from, max, usize::MAX))
-            .await
+        self.retry(|| self.node.read_all_entries(from, max)).await
     }
 
     /// The coordination log's last position (see [`CoordinationLog::last_entry_position`]).

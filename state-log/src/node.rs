@@ -229,7 +229,7 @@ impl Node {
         }
     }
 
-    /// Linearizable read of the coordination log (leader only): see
+    /// Linearizable read of one page of the coordination log (leader only): see
     /// [`StateMachineStore::read_entries`].
     pub(crate) async fn read_entries(
         &self,
@@ -239,6 +239,20 @@ impl Node {
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         self.linearize().await?;
         self.read_applied_entries(from, max, budget).await
+    }
+
+    /// Linearizable read of `max` entries of the coordination log from `from`, fewer only if it
+    /// ends first (leader only): see [`StateMachineStore::read_all_entries`].
+    pub(crate) async fn read_all_entries(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.linearize().await?;
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.read_all_entries(from, max, usize::MAX))
+            .await
+            .map_err(|e| Error::Fatal(format!("read task: {e}")))?
     }
 
     /// Reads the coordination log as applied on this node, without asking a quorum. Safe for

@@ -103,7 +103,9 @@ impl StateMachineStore {
     /// Reads the entries from position `from` (at least 1) on: at most `max` of them, up to the
     /// last applied position, and stopping before the payloads would pass `budget` bytes — but
     /// never with nothing while an entry at `from` exists. Every checksum is verified and the
-    /// positions must follow one another: a bad or missing entry is [`Error::CorruptEntry`].
+    /// positions must follow one another. A bad or missing entry ends the page before it; a
+    /// page that would start with one is [`Error::CorruptEntry`] (so a reader gets every good
+    /// entry before the damage, then the error, and never an entry after it).
     pub(crate) fn read_entries(
         &self,
         from: u64,
@@ -139,26 +141,54 @@ impl StateMachineStore {
             }
             let expected = from + entries.len() as u64;
             let (k, v) = kv?;
-            let position = key_position(&k).ok_or_else(|| Error::CorruptEntry {
-                position: expected,
-                detail: format!("a stored key of {} bytes, not 8", k.len()),
-            })?;
-            if position != expected {
-                return Err(missing(expected, Some(position)));
+            let checked = match key_position(&k) {
+                None => Err(Error::CorruptEntry {
+                    position: expected,
+                    detail: format!("a stored key of {} bytes, not 8", k.len()),
+                }),
+                Some(position) if position != expected => Err(missing(expected, Some(position))),
+                Some(position) => {
+                    let size = v.len().saturating_sub(4);
+                    if !entries.is_empty() && bytes.saturating_add(size) > budget {
+                        return Ok(entries);
+                    }
+                    codec::check_record_value(&v)
+                        .map_err(|detail| Error::CorruptEntry { position, detail })
+                }
+            };
+            match checked {
+                Ok(payload) => {
+                    bytes += payload.len();
+                    entries.push((expected, payload.to_vec()));
+                }
+                Err(_) if !entries.is_empty() => return Ok(entries),
+                Err(e) => return Err(e),
             }
-            let size = v.len().saturating_sub(4);
-            if !entries.is_empty() && bytes.saturating_add(size) > budget {
-                return Ok(entries);
-            }
-            let payload = codec::check_record_value(&v)
-                .map_err(|detail| Error::CorruptEntry { position, detail })?;
-            bytes += payload.len();
-            entries.push((position, payload.to_vec()));
         }
-        if entries.len() < want {
-            return Err(missing(from + entries.len() as u64, None));
+        if entries.is_empty() {
+            return Err(missing(from, None));
         }
         Ok(entries)
+    }
+
+    /// [`StateMachineStore::read_entries`] page after page: `max` entries from `from`, fewer
+    /// only if the log ends first; an error if a bad or missing entry comes before that.
+    pub(crate) fn read_all_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let next = from + out.len() as u64;
+            let page = self.read_entries(next, max - out.len(), budget)?;
+            if page.is_empty() {
+                break;
+            }
+            out.extend(page);
+        }
+        Ok(out)
     }
 }
 
@@ -298,21 +328,28 @@ mod tests {
         sm.db
             .delete_cf(cf(&sm.db, CF_ENTRIES), entry_key(2))
             .unwrap();
-        match sm.read_entries(1, 10, usize::MAX) {
+        // A page ends before the gap; the page that would start at it is the error.
+        assert_eq!(sm.read_entries(1, 10, usize::MAX).unwrap(), [(1, vec![0])]);
+        let gap = "missing; the next stored entry is at position 3";
+        match sm.read_entries(2, 10, usize::MAX) {
             Err(Error::CorruptEntry { position, detail }) => {
-                assert_eq!(position, 2);
-                assert_eq!(detail, "missing; the next stored entry is at position 3");
+                assert_eq!((position, detail.as_str()), (2, gap));
             }
             other => panic!("expected CorruptEntry, got {other:?}"),
         }
-        // Only the first entry is readable before the gap; after it, reads work again.
-        assert_eq!(sm.read_entries(1, 1, usize::MAX).unwrap().len(), 1);
-        assert_eq!(sm.read_entries(3, 10, usize::MAX).unwrap().len(), 2);
-        // The missing tail is reported too.
+        // Reading the whole log (page after page) reports it.
+        match sm.read_all_entries(1, 10, usize::MAX) {
+            Err(Error::CorruptEntry { position, .. }) => assert_eq!(position, 2),
+            other => panic!("expected CorruptEntry, got {other:?}"),
+        }
+        // After the gap, reads work again.
+        assert_eq!(sm.read_all_entries(3, 10, usize::MAX).unwrap().len(), 2);
+        // A missing tail is reported too.
         sm.db
             .delete_cf(cf(&sm.db, CF_ENTRIES), entry_key(4))
             .unwrap();
-        match sm.read_entries(3, 10, usize::MAX) {
+        assert_eq!(sm.read_entries(3, 10, usize::MAX).unwrap(), [(3, vec![2])]);
+        match sm.read_entries(4, 10, usize::MAX) {
             Err(Error::CorruptEntry { position, detail }) => {
                 assert_eq!(position, 4);
                 assert_eq!(detail, "missing; no entry is stored at or after it");
