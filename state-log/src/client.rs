@@ -11,7 +11,8 @@ use bytes::Bytes;
 use crate::auth::ClusterSecret;
 use crate::codec::crc;
 use crate::coordination::{
-    check_follows, CoordinationLog, EntrySource, EntrySubscription, MAX_ENTRIES_PER_PAGE,
+    check_follows, CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription,
+    MAX_ENTRIES_PER_PAGE,
 };
 use crate::error::{Error, Result};
 use crate::net::{ReadPage, Request, Response, RpcClient, MAX_PAYLOAD_BYTES};
@@ -341,12 +342,12 @@ impl LogClient {
     }
 
     /// Reads the coordination log (see [`CoordinationLog::read_entries`]), page after page.
-    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<CoordinationEntry>> {
+        let mut out: Vec<CoordinationEntry> = Vec::new();
         let mut next = from;
         while out.len() < max {
             let ask = (max - out.len()).min(MAX_ENTRIES_PER_PAGE) as u64;
-            let page: Vec<(u64, Vec<u8>)> = self
+            let page: Vec<CoordinationEntry> = self
                 .call(
                     || Request::ReadEntries {
                         from: next,
@@ -389,7 +390,7 @@ impl LogClient {
 
     /// One long poll: entries from `from` as soon as the leader has one, or none after
     /// `subscription_wait`. Retried on other servers like every call.
-    async fn wait_entries(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    async fn wait_entries(&self, from: u64) -> Result<Vec<CoordinationEntry>> {
         let wait = self.inner.options.subscription_wait;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         self.call_within(
@@ -411,12 +412,12 @@ struct LongPoll {
 }
 
 impl EntrySource for LongPoll {
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>> {
+    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
         Box::pin(self.client.wait_entries(from))
     }
 }
 
-fn unpack_entries(r: Response) -> Result<Vec<(u64, Vec<u8>)>> {
+fn unpack_entries(r: Response) -> Result<Vec<CoordinationEntry>> {
     match r {
         Response::Entries(r) => r.map(Into::into),
         other => Err(unexpected(other)),
@@ -512,7 +513,7 @@ impl CoordinationLog for LogClient {
         &'a self,
         from: u64,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(u64, Vec<u8>)>>> {
+    ) -> BoxFuture<'a, Result<Vec<CoordinationEntry>>> {
         Box::pin(LogClient::read_entries(self, from, max))
     }
 

@@ -20,6 +20,9 @@ use crate::BoxFuture;
 /// (by every node). Entries are meant to be small (a join, a job submission).
 pub const MAX_ENTRY_BYTES: usize = 16 << 20;
 
+/// An entry of the coordination log with its position: `(position, bytes)`.
+pub type CoordinationEntry = (u64, Vec<u8>);
+
 /// Most entries one read or wait of a server answers (a client reads page after page).
 pub(crate) const MAX_ENTRIES_PER_PAGE: usize = 4096;
 
@@ -46,7 +49,7 @@ pub trait CoordinationLog: Send + Sync {
         &'a self,
         from: u64,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(u64, Vec<u8>)>>>;
+    ) -> BoxFuture<'a, Result<Vec<CoordinationEntry>>>;
 
     /// The position of the last entry (0 if the log is empty); sees every completed append.
     fn last_entry_position(&self) -> BoxFuture<'_, Result<u64>>;
@@ -61,7 +64,7 @@ pub(crate) trait EntrySource: Send {
     /// Entries from position `from` on, in order, waiting until at least one exists — or an
     /// empty page if a bounded wait passed first (the subscription asks again). Every entry
     /// given must be committed.
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>>;
+    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>>;
 }
 
 /// A subscription to the coordination log: [`EntrySubscription::next`] yields the entries from
@@ -76,7 +79,7 @@ pub(crate) trait EntrySource: Send {
 /// nothing), so it can sit in a `tokio::select!`.
 pub struct EntrySubscription {
     next: u64,
-    buffered: VecDeque<(u64, Vec<u8>)>,
+    buffered: VecDeque<CoordinationEntry>,
     source: Box<dyn EntrySource>,
 }
 
@@ -101,7 +104,7 @@ impl EntrySubscription {
     }
 
     /// The next entry, `(position, bytes)`, waiting for it to be committed if need be.
-    pub async fn next(&mut self) -> Result<(u64, Vec<u8>)> {
+    pub async fn next(&mut self) -> Result<CoordinationEntry> {
         loop {
             if let Some(entry) = self.buffered.pop_front() {
                 self.next = entry.0 + 1;
@@ -125,7 +128,7 @@ impl std::fmt::Debug for EntrySubscription {
 
 /// Checks that a page of entries starts at `next` and that its positions follow one another;
 /// anything else is a broken promise of the source, reported rather than yielded.
-pub(crate) fn check_follows(next: u64, page: &[(u64, Vec<u8>)]) -> Result<()> {
+pub(crate) fn check_follows(next: u64, page: &[CoordinationEntry]) -> Result<()> {
     for (i, (position, _)) in page.iter().enumerate() {
         let expected = next + i as u64;
         if *position != expected {
@@ -143,16 +146,16 @@ mod tests {
     use proptest::prelude::*;
 
     /// A source that serves pages of a fixed list (possibly tampered with), one call at a time.
-    struct Pages(VecDeque<Result<Vec<(u64, Vec<u8>)>>>);
+    struct Pages(VecDeque<Result<Vec<CoordinationEntry>>>);
 
     impl EntrySource for Pages {
-        fn fetch(&mut self, _from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>> {
+        fn fetch(&mut self, _from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
             let page = self.0.pop_front().unwrap_or_else(|| Ok(Vec::new()));
             Box::pin(async move { page })
         }
     }
 
-    fn entries(positions: impl IntoIterator<Item = u64>) -> Vec<(u64, Vec<u8>)> {
+    fn entries(positions: impl IntoIterator<Item = u64>) -> Vec<CoordinationEntry> {
         positions.into_iter().map(|p| (p, vec![p as u8])).collect()
     }
 

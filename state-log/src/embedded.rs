@@ -12,7 +12,9 @@ use openraft::BasicNode;
 use tokio::sync::watch;
 
 use crate::codec::crc;
-use crate::coordination::{CoordinationLog, EntrySource, EntrySubscription, MAX_ENTRIES_PER_PAGE};
+use crate::coordination::{
+    CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription, MAX_ENTRIES_PER_PAGE,
+};
 use crate::error::{Error, Result};
 use crate::net::READ_PAGE_BYTES;
 use crate::node::{check_entry_size, Node, Tuning};
@@ -186,7 +188,7 @@ impl EmbeddedLog {
     }
 
     /// Reads the coordination log (see [`CoordinationLog::read_entries`]).
-    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<CoordinationEntry>> {
         self.retry(|| self.node.read_all_entries(from, max)).await
     }
 
@@ -312,7 +314,7 @@ impl CoordinationLog for EmbeddedLog {
         &'a self,
         from: u64,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<(u64, Vec<u8>)>>> {
+    ) -> BoxFuture<'a, Result<Vec<CoordinationEntry>>> {
         Box::pin(EmbeddedLog::read_entries(self, from, max))
     }
 
@@ -333,7 +335,7 @@ struct AppliedEntries {
 }
 
 impl EntrySource for AppliedEntries {
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<(u64, Vec<u8>)>>> {
+    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
         Box::pin(async move {
             let closed = || Error::Fatal("the embedded state log was closed".into());
             // The sender goes with the node's state machine: closing the node ends the wait.

@@ -108,7 +108,7 @@ use std::pin::Pin;
 pub use auth::{ClusterSecret, MIN_SECRET_BYTES};
 pub use client::{ClientOptions, LogClient};
 pub use codec::decode_bounded;
-pub use coordination::{CoordinationLog, EntrySubscription, MAX_ENTRY_BYTES};
+pub use coordination::{CoordinationEntry, CoordinationLog, EntrySubscription, MAX_ENTRY_BYTES};
 pub use dedup::{export_ids, DedupConfig, DedupFilter};
 pub use embedded::EmbeddedLog;
 pub use error::{AuthFailure, Error, Result, SecretProblem};

@@ -9,9 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sardonyx_state_log::{
-    CoordinationLog, EmbeddedLog, Error, Ledgers, RequestId, MAX_ENTRY_BYTES,
-};
+use sardonyx_state_log::{CoordinationLog, EmbeddedLog, Error, RequestId, MAX_ENTRY_BYTES};
 
 /// Upper bound on awaiting something that must happen.
 const LIMIT: Duration = Duration::from_secs(10);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sardonyx_state_log::{
-    status, ClientOptions, CoordinationLog, EntrySubscription, Error, LogClient, LogServer,
-    RequestId, Role, ServerConfig, Tuning, MAX_ENTRY_BYTES,
+    status, ClientOptions, CoordinationEntry, CoordinationLog, EntrySubscription, Error, LogClient,
+    LogServer, RequestId, Role, ServerConfig, Tuning, MAX_ENTRY_BYTES,
 };
 use tokio::sync::watch;
 
@@ -64,7 +64,7 @@ fn collect(
     mut sub: EntrySubscription,
     total: usize,
 ) -> (
-    watch::Receiver<Vec<(u64, Vec<u8>)>>,
+    watch::Receiver<Vec<CoordinationEntry>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = watch::channel(Vec::new());
@@ -87,7 +87,7 @@ fn collect(
 }
 
 /// Waits until the subscriber has yielded at least `n` entries.
-async fn seen(rx: &mut watch::Receiver<Vec<(u64, Vec<u8>)>>, n: usize) {
+async fn seen(rx: &mut watch::Receiver<Vec<CoordinationEntry>>, n: usize) {
     tokio::time::timeout(LIMIT, rx.wait_for(|got| got.len() >= n))
         .await
         .expect("the subscriber keeps up")

@@ -77,7 +77,7 @@ impl StateMachineStore {
         );
         batch.put_cf(requests, rk, position.to_be_bytes());
         // Forget a client's old request ids now and then, as for ledgers.
-        if request.seq % 1024 == 0 && request.seq >= REQUEST_ID_WINDOW {
+        if request.seq.is_multiple_of(1024) && request.seq >= REQUEST_ID_WINDOW {
             batch.delete_range_cf(
                 requests,
                 codec::request_key(request.client, 0),
