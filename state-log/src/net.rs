@@ -213,6 +213,9 @@ pub(crate) struct ReadPage {
 pub(crate) struct StatusReply {
     pub(crate) status: ServerStatus,
     pub(crate) members: Vec<(u64, String)>,
+    /// The server's last applied coordination-log position. Last, and not inside `status`, so
+    /// that a client of an earlier version still decodes the reply (it ignores trailing bytes).
+    pub(crate) last_entry_position: u64,
 }
 
 #[derive(Serialize, Deserialize)]

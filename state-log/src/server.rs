@@ -257,7 +257,11 @@ impl Handler for Node {
             }
             Request::Status => {
                 let (status, members) = self.status();
-                Response::Status(StatusReply { status, members })
+                Response::Status(StatusReply {
+                    last_entry_position: self.applied_entry_position(),
+                    status,
+                    members,
+                })
             }
         }
     }
@@ -321,7 +325,11 @@ pub async fn status_with(addrs: &[String], secret: Option<&ClusterSecret>) -> Ve
     let mut out: Vec<ServerStatus> = answers
         .into_iter()
         .map(|(addr, r)| match r {
-            Ok(r) => ServerStatus { addr, ..r.status },
+            Ok(r) => ServerStatus {
+                addr,
+                last_entry_position: Some(r.last_entry_position),
+                ..r.status
+            },
             Err(refused) => ServerStatus {
                 id: ids.get(&addr).copied(),
                 addr,

@@ -102,8 +102,9 @@ pub struct ServerStatus {
     #[serde(default)]
     pub refused: Option<String>,
     /// Position of the last coordination-log entry this server has applied (0: none yet;
-    /// `None` if it did not answer).
-    #[serde(default)]
+    /// `None` if it did not answer). Not in the serialized form (a server sends it beside this
+    /// line, so that the status reply of earlier versions keeps its layout).
+    #[serde(skip)]
     pub last_entry_position: Option<u64>,
 }
 
