@@ -227,6 +227,32 @@ mod tests {
         sm.apply([entry]).await.unwrap().pop().unwrap().outcomes
     }
 
+    #[test]
+    fn new_variants_come_last_so_old_encodings_still_decode() {
+        // bincode writes an enum's variant index first: Append 0, Snapshot 1, Fenced 2 as
+        // before, then the coordination log's append.
+        assert_eq!(crate::codec::encode(&append(0, b"e")).unwrap()[0], 3);
+        let e = Error::CorruptEntry {
+            position: 1,
+            detail: String::new(),
+        };
+        assert_eq!(crate::codec::encode(&e).unwrap()[0], 10);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_append_to_the_coordination_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::new(open_db(dir.path()).unwrap()).unwrap();
+        let out = apply(&mut sm, 1, vec![append(0, b"e").fenced(Some(1))]).await;
+        assert_eq!(
+            out,
+            [Outcome::Rejected(Error::InvalidRequest(
+                "only ledger writes can be fenced".into()
+            ))]
+        );
+        assert_eq!(sm.last_entry_position(), 0);
+    }
+
     #[tokio::test]
     async fn positions_follow_from_one_apart_from_ledgers_and_travel_in_raft_snapshots() {
         let dir = tempfile::tempdir().unwrap();
