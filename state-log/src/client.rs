@@ -11,12 +11,11 @@ use bytes::Bytes;
 use crate::auth::ClusterSecret;
 use crate::codec::crc;
 use crate::coordination::{
-    check_follows, CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription,
-    MAX_ENTRIES_PER_PAGE,
+    check_entry_size, check_follows, CoordinationEntry, CoordinationLog, EntrySource,
+    EntrySubscription, MAX_ENTRIES_PER_PAGE,
 };
 use crate::error::{Error, Result};
 use crate::net::{ReadPage, Request, Response, RpcClient, MAX_PAYLOAD_BYTES};
-use crate::node::check_entry_size;
 use crate::types::{LedgerInfo, LedgerRead, RequestId};
 use crate::{BoxFuture, Ledgers};
 

@@ -126,6 +126,18 @@ impl std::fmt::Debug for EntrySubscription {
     }
 }
 
+/// Refuses an entry over [`MAX_ENTRY_BYTES`] with [`Error::TooLarge`].
+pub(crate) fn check_entry_size(bytes: usize) -> Result<()> {
+    if bytes > MAX_ENTRY_BYTES {
+        return Err(Error::TooLarge {
+            what: "coordination log entry".into(),
+            bytes: bytes as u64,
+            limit: MAX_ENTRY_BYTES as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Checks that a page of entries starts at `next` and that its positions follow one another;
 /// anything else is a broken promise of the source, reported rather than yielded.
 pub(crate) fn check_follows(next: u64, page: &[CoordinationEntry]) -> Result<()> {

@@ -13,11 +13,12 @@ use tokio::sync::watch;
 
 use crate::codec::crc;
 use crate::coordination::{
-    CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription, MAX_ENTRIES_PER_PAGE,
+    check_entry_size, CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription,
+    MAX_ENTRIES_PER_PAGE,
 };
 use crate::error::{Error, Result};
 use crate::net::READ_PAGE_BYTES;
-use crate::node::{check_entry_size, Node, Tuning};
+use crate::node::{Node, Tuning};
 use crate::types::{CommitStats, LedgerInfo, LedgerRead, RequestId};
 use crate::{BoxFuture, Ledgers};
 

@@ -141,8 +141,10 @@ pub use net::{
 pub use node::Tuning;
 pub use observer::NodeObserver;
 pub use server::{status, status_with, LogServer, ServerConfig};
-pub use store::REQUEST_ID_WINDOW;
-pub use types::{CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus};
+pub use types::{
+    CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus,
+    REQUEST_ID_WINDOW,
+};
 
 /// A boxed, sendable future (keeps [`Ledgers`] usable as `dyn Ledgers`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -14,7 +14,7 @@ use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::auth::ClusterSecret;
-use crate::coordination::MAX_ENTRY_BYTES;
+use crate::coordination::{check_entry_size, CoordinationEntry};
 use crate::error::{Error, Result};
 use crate::raft_net::Network;
 use crate::raft_types::{Command, CommandBatch, LogRaft, Outcome};
@@ -208,7 +208,8 @@ impl Node {
     }
 
     /// Appends an entry to the coordination log (its checksum computed by the caller) and
-    /// returns its position once committed. An entry over [`MAX_ENTRY_BYTES`] is refused here,
+    /// returns its position once committed. An entry over
+    /// [`MAX_ENTRY_BYTES`](crate::MAX_ENTRY_BYTES) is refused here,
     /// before it reaches Raft.
     pub(crate) async fn append_entry_checked(
         &self,
@@ -230,24 +231,24 @@ impl Node {
     }
 
     /// Linearizable read of one page of the coordination log (leader only): see
-    /// [`StateMachineStore::read_entries`].
+    /// `EntryStore::read_entries`.
     pub(crate) async fn read_entries(
         &self,
         from: u64,
         max: usize,
         budget: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         self.linearize().await?;
         self.read_applied_entries(from, max, budget).await
     }
 
     /// Linearizable read of `max` entries of the coordination log from `from`, fewer only if it
-    /// ends first (leader only): see [`StateMachineStore::read_all_entries`].
+    /// ends first (leader only): see `EntryStore::read_all_entries`.
     pub(crate) async fn read_all_entries(
         &self,
         from: u64,
         max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         self.linearize().await?;
         let sm = self.sm.clone();
         tokio::task::spawn_blocking(move || sm.read_all_entries(from, max, usize::MAX))
@@ -262,7 +263,7 @@ impl Node {
         from: u64,
         max: usize,
         budget: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         let sm = self.sm.clone();
         tokio::task::spawn_blocking(move || sm.read_entries(from, max, budget))
             .await
@@ -288,14 +289,14 @@ impl Node {
     /// The long poll of subscriptions: once this node is confirmed leader (so a partitioned
     /// former leader sends its caller elsewhere instead of holding it), waits at most `wait`
     /// until an entry at or after `from` is applied, then reads as
-    /// [`StateMachineStore::read_entries`]; empty if none came in time.
+    /// `EntryStore::read_entries`; empty if none came in time.
     pub(crate) async fn wait_entries(
         &self,
         from: u64,
         max: usize,
         budget: usize,
         wait: Duration,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         if from == 0 {
             return Err(Error::InvalidRequest(
                 "coordination log positions start at 1".into(),
@@ -454,18 +455,6 @@ impl Node {
         drop(self);
         res
     }
-}
-
-/// Refuses an entry over [`MAX_ENTRY_BYTES`].
-pub(crate) fn check_entry_size(bytes: usize) -> Result<()> {
-    if bytes > MAX_ENTRY_BYTES {
-        return Err(Error::TooLarge {
-            what: "coordination log entry".into(),
-            bytes: bytes as u64,
-            limit: MAX_ENTRY_BYTES as u64,
-        });
-    }
-    Ok(())
 }
 
 fn fatal(e: impl std::fmt::Display) -> Error {

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How many recent sequence numbers per client the state machine remembers for deduplication
+/// (of ledger appends, and apart of coordination-log appends).
+pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
+
 /// Identifies one logical append so a retry is applied at most once.
 ///
 /// `client` names the appender (e.g. a peer's random 64-bit id) and `seq` numbers its requests.

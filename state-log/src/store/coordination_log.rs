@@ -6,17 +6,39 @@
 //! position 1. Reads verify every checksum and that no position is missing, and report what is
 //! wrong as [`Error::CorruptEntry`].
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use tokio::sync::watch;
 
 use crate::codec::{self, crc};
+use crate::coordination::CoordinationEntry;
 use crate::error::{Error, Result};
 use crate::raft_types::Outcome;
-use crate::store::REQUEST_ID_WINDOW;
-use crate::types::RequestId;
+use crate::types::{RequestId, REQUEST_ID_WINDOW};
 
 use super::db::{cf, sto_read, StorageResult, CF_ENTRIES, CF_ENTRY_REQUESTS};
-use super::state_machine::{Overlay, StateMachineStore};
+
+/// The coordination log's keyspace of one node's database (which the state machine owns and
+/// passes in), with the notification of its last applied position. Cloning shares it.
+#[derive(Clone)]
+pub(crate) struct EntryStore {
+    /// The position of the last entry (0: empty), sent after every write that moves it (an
+    /// apply, an installed Raft snapshot): the subscriptions' wake-up, and the position the
+    /// next append takes (+ 1). Every entry up to it is in the database.
+    last: Arc<watch::Sender<u64>>,
+}
+
+/// Appends of one `apply` call that are not in the database yet.
+#[derive(Default)]
+pub(super) struct PendingEntries {
+    /// The last position after this call's appends, if it appended.
+    last: Option<u64>,
+    /// Request ids applied in this call.
+    requests: HashMap<(u64, u64), u64>,
+}
 
 /// Key of the entry at `position` (BE, so keys sort by position).
 fn entry_key(position: u64) -> [u8; 8] {
@@ -43,27 +65,36 @@ pub(super) fn stored_last_position(db: &DB) -> Result<u64> {
     }
 }
 
-impl StateMachineStore {
-    /// Applies one append to the coordination log (see [`crate::raft_types::Command`]).
-    pub(super) fn apply_append_entry(
+impl EntryStore {
+    /// The keyspace of `db`, whose last position is read once here.
+    pub(super) fn open(db: &DB) -> Result<Self> {
+        let last = stored_last_position(db)?;
+        Ok(EntryStore {
+            last: Arc::new(watch::channel(last).0),
+        })
+    }
+
+    /// Applies one append (see [`crate::raft_types::Command::AppendEntry`]) into `batch`.
+    pub(super) fn apply_append(
         &self,
+        db: &DB,
         request: RequestId,
         entry: &Bytes,
         sum: u32,
-        ov: &mut Overlay,
+        pending: &mut PendingEntries,
         batch: &mut WriteBatch,
     ) -> StorageResult<Outcome> {
         let id = (request.client, request.seq);
-        if let Some(p) = ov.entry_requests.get(&id) {
+        if let Some(p) = pending.requests.get(&id) {
             return Ok(Outcome::Appended(*p));
         }
         let rk = codec::request_key(request.client, request.seq);
-        let requests = cf(&self.db, CF_ENTRY_REQUESTS);
-        if let Some(v) = self.db.get_cf(requests, rk).map_err(sto_read)? {
+        let requests = cf(db, CF_ENTRY_REQUESTS);
+        if let Some(v) = db.get_cf(requests, rk).map_err(sto_read)? {
             let p = u64::from_be_bytes(v.as_slice().try_into().map_err(sto_read)?);
             return Ok(Outcome::Appended(p));
         }
-        let position = ov.last_entry.unwrap_or(*self.last_entry.borrow()) + 1;
+        let position = pending.last.unwrap_or(*self.last.borrow()) + 1;
         if crc(entry) != sum {
             return Ok(Outcome::Rejected(Error::CorruptEntry {
                 position,
@@ -71,7 +102,7 @@ impl StateMachineStore {
             }));
         }
         batch.put_cf(
-            cf(&self.db, CF_ENTRIES),
+            cf(db, CF_ENTRIES),
             entry_key(position),
             codec::record_value(sum, entry),
         );
@@ -84,20 +115,35 @@ impl StateMachineStore {
                 codec::request_key(request.client, request.seq - REQUEST_ID_WINDOW),
             );
         }
-        ov.entry_requests.insert(id, position);
-        ov.last_entry = Some(position);
+        pending.requests.insert(id, position);
+        pending.last = Some(position);
         Ok(Outcome::Appended(position))
     }
 
-    /// The position of the coordination log's last applied entry (0 if it is empty).
-    pub(crate) fn last_entry_position(&self) -> u64 {
-        *self.last_entry.borrow()
+    /// Tells subscribers of the appends of an `apply` call, once its batch is written.
+    pub(super) fn publish(&self, pending: &PendingEntries) {
+        if let Some(last) = pending.last {
+            self.last.send_replace(last);
+        }
     }
 
-    /// A receiver of the coordination log's last applied position, changed after every apply
-    /// that appended to it (and every installed Raft snapshot).
-    pub(crate) fn watch_last_entry(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.last_entry.subscribe()
+    /// Reads the last position again from the database (after a Raft snapshot replaced the
+    /// keyspace) and tells subscribers. A snapshot only ever moves a node forward along the
+    /// committed log, so this never takes back a position a subscriber was told of.
+    pub(super) fn reload(&self, db: &DB) -> Result<()> {
+        self.last.send_replace(stored_last_position(db)?);
+        Ok(())
+    }
+
+    /// The position of the last applied entry (0 if the log is empty).
+    pub(super) fn last_position(&self) -> u64 {
+        *self.last.borrow()
+    }
+
+    /// A receiver of the last applied position, changed after every apply that appended (and
+    /// every installed Raft snapshot).
+    pub(super) fn watch_last(&self) -> watch::Receiver<u64> {
+        self.last.subscribe()
     }
 
     /// Reads the entries from position `from` (at least 1) on: at most `max` of them, up to the
@@ -106,12 +152,13 @@ impl StateMachineStore {
     /// positions must follow one another. A bad or missing entry ends the page before it; a
     /// page that would start with one is [`Error::CorruptEntry`] (so a reader gets every good
     /// entry before the damage, then the error, and never an entry after it).
-    pub(crate) fn read_entries(
+    pub(super) fn read_entries(
         &self,
+        db: &DB,
         from: u64,
         max: usize,
         budget: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         if from == 0 {
             return Err(Error::InvalidRequest(
                 "coordination log positions start at 1".into(),
@@ -119,17 +166,17 @@ impl StateMachineStore {
         }
         // Read the last position before taking the database snapshot: every entry up to it is
         // in that snapshot (the position is published after the write).
-        let last = self.last_entry_position();
+        let last = self.last_position();
         if from > last || max == 0 {
             return Ok(Vec::new());
         }
         let want = usize::try_from(last - from + 1).map_or(max, |n| n.min(max));
-        let snap = self.db.snapshot();
+        let snap = db.snapshot();
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&snap);
         let key = entry_key(from);
-        let it = self.db.iterator_cf_opt(
-            cf(&self.db, CF_ENTRIES),
+        let it = db.iterator_cf_opt(
+            cf(db, CF_ENTRIES),
             ro,
             IteratorMode::From(&key, Direction::Forward),
         );
@@ -171,18 +218,19 @@ impl StateMachineStore {
         Ok(entries)
     }
 
-    /// [`StateMachineStore::read_entries`] page after page: `max` entries from `from`, fewer
+    /// [`EntryStore::read_entries`] page after page: `max` entries from `from`, fewer
     /// only if the log ends first; an error if a bad or missing entry comes before that.
-    pub(crate) fn read_all_entries(
+    pub(super) fn read_all_entries(
         &self,
+        db: &DB,
         from: u64,
         max: usize,
         budget: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<CoordinationEntry>> {
         let mut out = Vec::new();
         while out.len() < max {
             let next = from + out.len() as u64;
-            let page = self.read_entries(next, max - out.len(), budget)?;
+            let page = self.read_entries(db, next, max - out.len(), budget)?;
             if page.is_empty() {
                 break;
             }
@@ -199,188 +247,4 @@ fn missing(position: u64, next_stored: Option<u64>) -> Error {
         None => "missing; no entry is stored at or after it".to_string(),
     };
     Error::CorruptEntry { position, detail }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{Entry, EntryPayload, RaftSnapshotBuilder};
-
-    use super::super::db::open_db;
-    use super::*;
-    use crate::raft_types::{Command, CommandBatch, TypeConfig};
-
-    fn append(seq: u64, entry: &[u8]) -> Command {
-        Command::AppendEntry {
-            request: RequestId::new(5, seq),
-            entry: Bytes::copy_from_slice(entry),
-            crc: crc(entry),
-        }
-    }
-
-    /// Applies the commands as one Raft entry at `index` (one `apply` call).
-    async fn apply(sm: &mut StateMachineStore, index: u64, commands: Vec<Command>) -> Vec<Outcome> {
-        let entry = Entry::<TypeConfig> {
-            log_id: openraft::testing::log_id(1, 1, index),
-            payload: EntryPayload::Normal(CommandBatch { commands }),
-        };
-        sm.apply([entry]).await.unwrap().pop().unwrap().outcomes
-    }
-
-    #[test]
-    fn new_variants_come_last_so_old_encodings_still_decode() {
-        // bincode writes an enum's variant index first: Append 0, Snapshot 1, Fenced 2 as
-        // before, then the coordination log's append.
-        assert_eq!(crate::codec::encode(&append(0, b"e")).unwrap()[0], 3);
-        let e = Error::CorruptEntry {
-            position: 1,
-            detail: String::new(),
-        };
-        assert_eq!(crate::codec::encode(&e).unwrap()[0], 10);
-    }
-
-    #[tokio::test]
-    async fn a_fenced_append_to_the_coordination_log_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::new(open_db(dir.path()).unwrap()).unwrap();
-        let out = apply(&mut sm, 1, vec![append(0, b"e").fenced(Some(1))]).await;
-        assert_eq!(
-            out,
-            [Outcome::Rejected(Error::InvalidRequest(
-                "only ledger writes can be fenced".into()
-            ))]
-        );
-        assert_eq!(sm.last_entry_position(), 0);
-    }
-
-    #[tokio::test]
-    async fn positions_follow_from_one_apart_from_ledgers_and_travel_in_raft_snapshots() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap()).unwrap();
-        let mut watch = sm.watch_last_entry();
-        assert_eq!(sm.last_entry_position(), 0);
-        let ledger_append = Command::Append {
-            ledger: "l".into(),
-            // The same request id as the first entry: a ledger's ids are another keyspace.
-            request: RequestId::new(5, 0),
-            record: Bytes::from_static(b"ledger"),
-            crc: crc(b"ledger"),
-        };
-        let out = apply(
-            &mut sm,
-            1,
-            vec![
-                append(0, b"first"),
-                ledger_append,
-                append(1, b"second"),
-                append(0, b"retried"),
-                Command::AppendEntry {
-                    request: RequestId::new(5, 2),
-                    entry: Bytes::from_static(b"damaged"),
-                    crc: 7,
-                },
-                append(1, b"retried again"),
-            ],
-        )
-        .await;
-        assert_eq!(out[0], Outcome::Appended(1));
-        assert_eq!(out[1], Outcome::Appended(0));
-        assert_eq!(out[2], Outcome::Appended(2));
-        assert_eq!(out[3], Outcome::Appended(1));
-        assert!(
-            matches!(
-                &out[4],
-                Outcome::Rejected(Error::CorruptEntry { position: 3, .. })
-            ),
-            "{:?}",
-            out[4]
-        );
-        assert_eq!(out[5], Outcome::Appended(2));
-        assert!(watch.has_changed().unwrap());
-        assert_eq!(*watch.borrow_and_update(), 2);
-        // A later apply call goes on from the stored position, and remembers earlier ids.
-        let out = apply(&mut sm, 2, vec![append(1, b"x"), append(2, b"third")]).await;
-        assert_eq!(out, [Outcome::Appended(2), Outcome::Appended(3)]);
-        let all = sm.read_entries(1, usize::MAX, usize::MAX).unwrap();
-        let want: Vec<(u64, Vec<u8>)> = vec![
-            (1, b"first".to_vec()),
-            (2, b"second".to_vec()),
-            (3, b"third".to_vec()),
-        ];
-        assert_eq!(all, want);
-        assert_eq!(
-            sm.read_ledger("l", 0).unwrap().entries,
-            [(0, b"ledger".to_vec())]
-        );
-        // Limits: a count, a byte budget (never nothing), the end of the log.
-        assert_eq!(sm.read_entries(2, 1, usize::MAX).unwrap(), want[1..2]);
-        assert_eq!(sm.read_entries(1, 10, 6).unwrap(), want[..1]);
-        assert_eq!(sm.read_entries(1, 10, 11).unwrap(), want[..2]);
-        assert_eq!(sm.read_entries(1, 10, 0).unwrap(), want[..1]);
-        assert!(sm.read_entries(4, 10, usize::MAX).unwrap().is_empty());
-        assert!(sm.read_entries(1, 0, usize::MAX).unwrap().is_empty());
-        assert!(matches!(
-            sm.read_entries(0, 10, usize::MAX),
-            Err(Error::InvalidRequest(_))
-        ));
-
-        // A Raft snapshot carries the entries and the remembered ids to a fresh node, whose
-        // position (and watch) starts where the snapshot is.
-        let snap = sm.build_snapshot().await.unwrap();
-        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap()).unwrap();
-        let mut other_watch = other.watch_last_entry();
-        other
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
-        assert_eq!(*other_watch.borrow_and_update(), 3);
-        assert_eq!(other.read_entries(1, 10, usize::MAX).unwrap(), want);
-        let out = apply(&mut other, 3, vec![append(2, b"dup"), append(3, b"fourth")]).await;
-        assert_eq!(out, [Outcome::Appended(3), Outcome::Appended(4)]);
-        drop(other);
-
-        // Reopened, the store finds its last position again.
-        drop(sm);
-        let sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap()).unwrap();
-        assert_eq!(sm.last_entry_position(), 3);
-    }
-
-    #[tokio::test]
-    async fn a_missing_entry_is_reported_as_corrupt_not_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::new(open_db(dir.path()).unwrap()).unwrap();
-        let commands = (0..4).map(|i| append(i, &[i as u8])).collect();
-        apply(&mut sm, 1, commands).await;
-        sm.db
-            .delete_cf(cf(&sm.db, CF_ENTRIES), entry_key(2))
-            .unwrap();
-        // A page ends before the gap; the page that would start at it is the error.
-        assert_eq!(sm.read_entries(1, 10, usize::MAX).unwrap(), [(1, vec![0])]);
-        let gap = "missing; the next stored entry is at position 3";
-        match sm.read_entries(2, 10, usize::MAX) {
-            Err(Error::CorruptEntry { position, detail }) => {
-                assert_eq!((position, detail.as_str()), (2, gap));
-            }
-            other => panic!("expected CorruptEntry, got {other:?}"),
-        }
-        // Reading the whole log (page after page) reports it.
-        match sm.read_all_entries(1, 10, usize::MAX) {
-            Err(Error::CorruptEntry { position, .. }) => assert_eq!(position, 2),
-            other => panic!("expected CorruptEntry, got {other:?}"),
-        }
-        // After the gap, reads work again.
-        assert_eq!(sm.read_all_entries(3, 10, usize::MAX).unwrap().len(), 2);
-        // A missing tail is reported too.
-        sm.db
-            .delete_cf(cf(&sm.db, CF_ENTRIES), entry_key(4))
-            .unwrap();
-        assert_eq!(sm.read_entries(3, 10, usize::MAX).unwrap(), [(3, vec![2])]);
-        match sm.read_entries(4, 10, usize::MAX) {
-            Err(Error::CorruptEntry { position, detail }) => {
-                assert_eq!(position, 4);
-                assert_eq!(detail, "missing; no entry is stored at or after it");
-            }
-            other => panic!("expected CorruptEntry, got {other:?}"),
-        }
-    }
 }

@@ -23,4 +23,3 @@ mod state_machine;
 pub(crate) use db::{cf_options, db_options, open_db};
 pub(crate) use log_store::{Flusher, LogStore};
 pub(crate) use state_machine::StateMachineStore;
-pub use state_machine::REQUEST_ID_WINDOW;

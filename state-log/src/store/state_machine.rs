@@ -19,20 +19,18 @@ use openraft::{
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use tokio::sync::watch;
 
 use crate::codec::{self, crc, encode};
+use crate::coordination::CoordinationEntry;
 use crate::error::{Error, Result};
 use crate::raft_types::{BatchOutcome, Command, Outcome, TypeConfig};
-use crate::types::{LedgerInfo, LedgerRead, ReadStats};
+use crate::types::{LedgerInfo, LedgerRead, ReadStats, REQUEST_ID_WINDOW};
 
+use super::coordination_log::{EntryStore, PendingEntries};
 use super::db::{
     cf, sto_read, sto_write, sync_opts, StorageResult, CF_LEDGERS, CF_RECORDS, CF_REQUESTS,
     CF_SM_META, CF_SNAPSHOTS, DATA_CFS,
 };
-
-/// How many recent sequence numbers per client the state machine remembers for deduplication.
-pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
 
 /// Per-ledger metadata kept by the state machine.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -82,17 +80,15 @@ struct SnapshotData {
 /// with Raft's apply (they use RocksDB snapshots for a consistent view).
 #[derive(Clone)]
 pub(crate) struct StateMachineStore {
-    pub(super) db: Arc<DB>,
+    db: Arc<DB>,
     snapshot_seq: Arc<AtomicU64>,
-    /// The position of the coordination log's last entry (0: empty), sent after every write
-    /// that moves it (an apply, an installed Raft snapshot): the subscriptions' wake-up, and
-    /// the position the next append takes (+ 1). Every entry up to it is in the database.
-    pub(super) last_entry: Arc<watch::Sender<u64>>,
+    /// The coordination log's keyspace (in the same database).
+    entries: EntryStore,
 }
 
 /// Changes made by the entries of one `apply` call that are not in the database yet.
 #[derive(Default)]
-pub(super) struct Overlay {
+struct Overlay {
     metas: HashMap<String, LedgerMeta>,
     requests: HashMap<(u64, u64), u64>,
     /// Records put in this call: ledger → position → payload length.
@@ -101,21 +97,50 @@ pub(super) struct Overlay {
     snapshots: HashMap<String, u64>,
     /// Fences raised in this call.
     fences: HashMap<String, u64>,
-    /// The coordination log's last position after this call's appends, if it appended.
-    pub(super) last_entry: Option<u64>,
-    /// Coordination-log request ids applied in this call.
-    pub(super) entry_requests: HashMap<(u64, u64), u64>,
+    /// Appends to the coordination log in this call.
+    entries: PendingEntries,
 }
 
 impl StateMachineStore {
     /// The state machine over `db` (whose coordination log's last position is read once here).
     pub(crate) fn new(db: Arc<DB>) -> Result<Self> {
-        let last = super::coordination_log::stored_last_position(&db)?;
         Ok(Self {
+            entries: EntryStore::open(&db)?,
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
-            last_entry: Arc::new(watch::channel(last).0),
         })
+    }
+
+    /// The position of the coordination log's last applied entry (0 if it is empty).
+    pub(crate) fn last_entry_position(&self) -> u64 {
+        self.entries.last_position()
+    }
+
+    /// A receiver of the coordination log's last applied position, changed after every apply
+    /// that appended to it (and every installed Raft snapshot).
+    pub(crate) fn watch_last_entry(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.entries.watch_last()
+    }
+
+    /// One page of the coordination log: see `EntryStore::read_entries`.
+    pub(crate) fn read_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.entries.read_entries(&self.db, from, max, budget)
+    }
+
+    /// `max` entries of the coordination log, fewer only if it ends first: see
+    /// `EntryStore::read_all_entries`.
+    pub(crate) fn read_all_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.entries.read_all_entries(&self.db, from, max, budget)
     }
 
     /// The underlying database (for shutdown accounting).
@@ -338,7 +363,9 @@ impl StateMachineStore {
                 request,
                 entry,
                 crc: sum,
-            } => self.apply_append_entry(request, &entry, sum, ov, batch),
+            } => self
+                .entries
+                .apply_append(&self.db, request, &entry, sum, &mut ov.entries, batch),
         }
     }
 
@@ -606,10 +633,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
         }
         self.db.write(batch).map_err(sto_write)?;
-        if let Some(last) = ov.last_entry {
-            // After the write: a subscriber woken by this finds the entries in the database.
-            self.last_entry.send_replace(last);
-        }
+        // After the write: a subscriber woken by this finds the entries in the database.
+        self.entries.publish(&ov.entries);
         Ok(responses)
     }
 
@@ -659,11 +684,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(&stored).map_err(sto_write)?);
         self.db.write_opt(batch, &sync_opts()).map_err(sto_write)?;
-        // A snapshot only ever moves a node forward along the committed log, so this never
-        // takes back a position a subscriber was told of.
-        let last = super::coordination_log::stored_last_position(&self.db).map_err(sto_read)?;
-        self.last_entry.send_replace(last);
-        Ok(())
+        self.entries.reload(&self.db).map_err(sto_read)
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -674,6 +695,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "coordination_log_tests.rs"]
+mod coordination_log_tests;
 
 #[cfg(test)]
 mod tests {
