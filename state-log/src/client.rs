@@ -411,8 +411,9 @@ struct LongPoll {
 }
 
 impl EntrySource for LongPoll {
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
-        Box::pin(self.client.wait_entries(from))
+    fn fetch(&self, from: u64) -> BoxFuture<'static, Result<Vec<CoordinationEntry>>> {
+        let client = self.client.clone();
+        Box::pin(async move { client.wait_entries(from).await })
     }
 }
 

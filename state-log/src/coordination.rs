@@ -60,12 +60,16 @@ pub trait CoordinationLog: Send + Sync {
 }
 
 /// Where a subscription gets its entries: the embedded node or a cluster's servers.
-pub(crate) trait EntrySource: Send {
+pub(crate) trait EntrySource: Send + Sync {
     /// Entries from position `from` on, in order, waiting until at least one exists — or an
     /// empty page if a bounded wait passed first (the subscription asks again). Every entry
-    /// given must be committed.
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>>;
+    /// given must be committed. The future owns what it needs, so that a subscription can keep
+    /// it across cancelled calls.
+    fn fetch(&self, from: u64) -> BoxFuture<'static, Result<Vec<CoordinationEntry>>>;
 }
+
+/// A fetch in flight.
+type Fetch = BoxFuture<'static, Result<Vec<CoordinationEntry>>>;
 
 /// A subscription to the coordination log: [`EntrySubscription::next`] yields the entries from
 /// the starting position in order, without gaps or repeats, then waits for each new one.
@@ -76,11 +80,14 @@ pub(crate) trait EntrySource: Send {
 /// not yet yielded. An error from `next` (e.g. [`Error::Unavailable`] once the client's
 /// `retry_for` has passed with no server answering) ends nothing: calling `next` again resumes
 /// at the same position. `next` is cancel-safe (an abandoned call yields nothing and loses
-/// nothing), so it can sit in a `tokio::select!`.
+/// nothing: the request in flight is kept and the next call goes on awaiting it, so a
+/// `tokio::select!` loop that cancels `next` on every tick leaves no abandoned long polls).
 pub struct EntrySubscription {
     next: u64,
     buffered: VecDeque<CoordinationEntry>,
     source: Box<dyn EntrySource>,
+    /// The fetch of `next` in flight, if a call to `next` was cancelled while awaiting it.
+    in_flight: Option<Fetch>,
 }
 
 impl EntrySubscription {
@@ -95,6 +102,7 @@ impl EntrySubscription {
             next: from,
             buffered: VecDeque::new(),
             source,
+            in_flight: None,
         })
     }
 
@@ -110,7 +118,12 @@ impl EntrySubscription {
                 self.next = entry.0 + 1;
                 return Ok(entry);
             }
-            let page = self.source.fetch(self.next).await?;
+            let fetch = self
+                .in_flight
+                .get_or_insert_with(|| self.source.fetch(self.next));
+            let page = fetch.await;
+            self.in_flight = None;
+            let page = page?;
             check_follows(self.next, &page)?;
             self.buffered.extend(page);
         }
@@ -154,17 +167,62 @@ pub(crate) fn check_follows(next: u64, page: &[CoordinationEntry]) -> Result<()>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
     use proptest::prelude::*;
+    use tokio::sync::watch;
+
+    use super::*;
 
     /// A source that serves pages of a fixed list (possibly tampered with), one call at a time.
-    struct Pages(VecDeque<Result<Vec<CoordinationEntry>>>);
+    struct Pages(Mutex<VecDeque<Result<Vec<CoordinationEntry>>>>);
 
     impl EntrySource for Pages {
-        fn fetch(&mut self, _from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
-            let page = self.0.pop_front().unwrap_or_else(|| Ok(Vec::new()));
-            Box::pin(async move { page })
+        fn fetch(&self, _from: u64) -> Fetch {
+            let page = self.0.lock().unwrap().pop_front();
+            Box::pin(async move { page.unwrap_or_else(|| Ok(Vec::new())) })
         }
+    }
+
+    /// A source whose every fetch waits until the gate opens, then answers the entry asked
+    /// for; it counts its fetches.
+    struct Gated {
+        fetches: Arc<AtomicUsize>,
+        gate: watch::Receiver<bool>,
+    }
+
+    impl EntrySource for Gated {
+        fn fetch(&self, from: u64) -> Fetch {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let mut gate = self.gate.clone();
+            Box::pin(async move {
+                gate.wait_for(|open| *open).await.expect("gate kept");
+                Ok(vec![(from, b"e".to_vec())])
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_next_keeps_its_fetch_for_the_next_call() {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (open, gate) = watch::channel(false);
+        let source = Gated {
+            fetches: fetches.clone(),
+            gate,
+        };
+        let mut sub = EntrySubscription::new(4, Box::new(source)).unwrap();
+        for _ in 0..3 {
+            // Abandoned while its fetch waits (a select! that took another branch).
+            let abandoned = tokio::time::timeout(Duration::from_millis(5), sub.next()).await;
+            assert!(abandoned.is_err());
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch, kept");
+        open.send_replace(true);
+        assert_eq!(sub.next().await.unwrap(), (4, b"e".to_vec()));
+        assert_eq!(sub.next().await.unwrap(), (5, b"e".to_vec()));
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
     fn entries(positions: impl IntoIterator<Item = u64>) -> Vec<CoordinationEntry> {
@@ -180,7 +238,7 @@ mod tests {
             Ok(entries(5..6)),
             Ok(entries([7])),
         ]);
-        let mut sub = EntrySubscription::new(3, Box::new(Pages(pages))).unwrap();
+        let mut sub = EntrySubscription::new(3, Box::new(Pages(Mutex::new(pages)))).unwrap();
         assert_eq!(sub.next().await.unwrap().0, 3);
         assert_eq!(sub.next().await.unwrap(), (4, vec![4]));
         assert_eq!(sub.next_position(), 5);
@@ -198,7 +256,7 @@ mod tests {
         );
         assert_eq!(sub.next_position(), 6);
         assert!(matches!(
-            EntrySubscription::new(0, Box::new(Pages(VecDeque::new()))),
+            EntrySubscription::new(0, Box::new(Pages(Mutex::default()))),
             Err(Error::InvalidRequest(_))
         ));
     }

@@ -336,15 +336,16 @@ struct AppliedEntries {
 }
 
 impl EntrySource for AppliedEntries {
-    fn fetch(&mut self, from: u64) -> BoxFuture<'_, Result<Vec<CoordinationEntry>>> {
+    fn fetch(&self, from: u64) -> BoxFuture<'static, Result<Vec<CoordinationEntry>>> {
+        // A clone sees the current value first: nothing sent before it is missed.
+        let (mut last, node) = (self.last.clone(), self.node.clone());
         Box::pin(async move {
             let closed = || Error::Fatal("the embedded state log was closed".into());
             // The sender goes with the node's state machine: closing the node ends the wait.
-            self.last
-                .wait_for(|last| *last >= from)
+            last.wait_for(|last| *last >= from)
                 .await
                 .map_err(|_| closed())?;
-            let node = self.node.upgrade().ok_or_else(closed)?;
+            let node = node.upgrade().ok_or_else(closed)?;
             node.read_applied_entries(from, MAX_ENTRIES_PER_PAGE, READ_PAGE_BYTES)
                 .await
         })
