@@ -260,3 +260,42 @@ async fn a_client_refuses_an_oversized_entry_before_sending_it() {
         Err(Error::InvalidRequest(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_waits_through_a_restart_of_its_only_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cluster = BTreeMap::from([(1, addr.clone())]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = || ServerConfig {
+        tuning: tuning(),
+        ..ServerConfig::new(1, &addr, dir.path(), cluster.clone())
+    };
+    let server = LogServer::start_on(listener, config()).await.unwrap();
+    let log = client(std::slice::from_ref(&addr));
+    for i in 1..=3u64 {
+        log.append_entry(RequestId::new(1, i), entry(1, i))
+            .await
+            .unwrap();
+    }
+    let (mut progress, task) = collect(log.subscribe_entries(2).unwrap(), 4);
+    seen(&mut progress, 2).await;
+    // The subscriber's long poll is in flight at the server when it stops; it comes back on
+    // its directory, and the next entry reaches the subscriber.
+    server.shutdown().await.unwrap();
+    let server = LogServer::start(config()).await.unwrap();
+    assert_eq!(
+        log.append_entry(RequestId::new(1, 4), entry(1, 4))
+            .await
+            .unwrap(),
+        4
+    );
+    seen(&mut progress, 3).await;
+    log.append_entry(RequestId::new(1, 5), entry(1, 5))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
+    let got = progress.borrow().clone();
+    assert_eq!(got, (2..=5).map(|i| (i, entry(1, i))).collect::<Vec<_>>());
+    server.shutdown().await.unwrap();
+}
