@@ -10,6 +10,8 @@
 //! the next position to yield and checks that what the source gives follows on from it.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
 use crate::types::RequestId;
@@ -72,7 +74,8 @@ pub(crate) trait EntrySource: Send + Sync {
 type Fetch = BoxFuture<'static, Result<Vec<CoordinationEntry>>>;
 
 /// A subscription to the coordination log: [`EntrySubscription::next`] yields the entries from
-/// the starting position in order, without gaps or repeats, then waits for each new one.
+/// the starting position in order, without gaps or repeats, then waits for each new one. It is
+/// also a [`futures_core::Stream`] of the same entries.
 ///
 /// Only committed entries are yielded. On the embedded node it wakes on the state machine's
 /// apply; over a [`crate::LogClient`] it long-polls the leader, and survives leader changes and
@@ -113,20 +116,38 @@ impl EntrySubscription {
 
     /// The next entry, `(position, bytes)`, waiting for it to be committed if need be.
     pub async fn next(&mut self) -> Result<CoordinationEntry> {
+        std::future::poll_fn(|cx| self.poll_entry(cx)).await
+    }
+
+    /// Polls for the next entry: yields a buffered one, or drives the fetch of the next page
+    /// (started here if none is in flight, kept across polls until it completes).
+    fn poll_entry(&mut self, cx: &mut Context<'_>) -> Poll<Result<CoordinationEntry>> {
         loop {
             if let Some(entry) = self.buffered.pop_front() {
                 self.next = entry.0 + 1;
-                return Ok(entry);
+                return Poll::Ready(Ok(entry));
             }
             let fetch = self
                 .in_flight
                 .get_or_insert_with(|| self.source.fetch(self.next));
-            let page = fetch.await;
+            let page = std::task::ready!(fetch.as_mut().poll(cx));
             self.in_flight = None;
-            let page = page?;
-            check_follows(self.next, &page)?;
-            self.buffered.extend(page);
+            let page = page.and_then(|page| check_follows(self.next, &page).map(|()| page));
+            match page {
+                Ok(page) => self.buffered.extend(page),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
+    }
+}
+
+/// The same entries as [`EntrySubscription::next`], as a stream that never ends: an error is
+/// an item, after which the stream goes on from the same position.
+impl futures_core::Stream for EntrySubscription {
+    type Item = Result<CoordinationEntry>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_entry(cx).map(Some)
     }
 }
 
@@ -223,6 +244,13 @@ mod tests {
         assert_eq!(sub.next().await.unwrap(), (4, b"e".to_vec()));
         assert_eq!(sub.next().await.unwrap(), (5, b"e".to_vec()));
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        // As a stream: the same entries, going on from where `next` left off.
+        let item = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut sub), cx)
+        })
+        .await;
+        assert_eq!(item, Some(Ok((6, b"e".to_vec()))));
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 
     fn entries(positions: impl IntoIterator<Item = u64>) -> Vec<CoordinationEntry> {
