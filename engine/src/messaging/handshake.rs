@@ -104,25 +104,63 @@ pub(crate) async fn send(w: &mut FrameWriter, msg: &Handshake) -> std::io::Resul
 }
 
 /// Receives one handshake frame. A frame over the limit, or one that is not a handshake frame,
-/// is refused (by this end).
-async fn recv(r: &mut FrameReader, peer: Option<ProcessId>) -> Result<Handshake, HandshakeError> {
+/// is refused (by this end). `versions`: this end's version, and whether this end is the
+/// dialer — so that a `Hello` or `Challenge` of another version whose layout differs from ours
+/// is still refused as a version mismatch, by the version it starts with.
+async fn recv(
+    r: &mut FrameReader,
+    peer: Option<ProcessId>,
+    versions: (u32, bool),
+) -> Result<Handshake, HandshakeError> {
     let refuse = |reason| HandshakeError::Refused {
         peer,
         by_peer: false,
         reason,
     };
-    match r.next().await {
-        None => Err(HandshakeError::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the connection closed during the handshake",
-        ))),
-        Some(Err(e)) if is_too_large(&e) => Err(refuse(Refusal::FrameTooLarge {
-            limit: HANDSHAKE_FRAME_BYTES,
-        })),
-        Some(Err(e)) => Err(HandshakeError::Io(e)),
-        Some(Ok(bytes)) => frame::decode::<Handshake>(&bytes)
-            .map_err(|e| refuse(Refusal::Protocol(format!("not a handshake frame: {e}")))),
+    let bytes = match r.next().await {
+        None => {
+            return Err(HandshakeError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the connection closed during the handshake",
+            )))
+        }
+        Some(Err(e)) if is_too_large(&e) => {
+            return Err(refuse(Refusal::FrameTooLarge {
+                limit: HANDSHAKE_FRAME_BYTES,
+            }))
+        }
+        Some(Err(e)) => return Err(HandshakeError::Io(e)),
+        Some(Ok(bytes)) => bytes,
+    };
+    frame::decode::<Handshake>(&bytes).map_err(|e| {
+        let (ours, dialer) = versions;
+        // `Hello` is variant 0 and `Challenge` variant 1; both start with the version.
+        let opening = if dialer { 1 } else { 0 };
+        match sardonyx_state_log::decode_bounded::<(u32, u32)>(&bytes) {
+            Ok(((variant, theirs), _)) if variant == opening && theirs != ours => {
+                refuse(if dialer {
+                    Refusal::Version {
+                        dialer: ours,
+                        listener: theirs,
+                    }
+                } else {
+                    Refusal::Version {
+                        dialer: theirs,
+                        listener: ours,
+                    }
+                })
+            }
+            _ => refuse(Refusal::Protocol(format!("not a handshake frame: {e}"))),
+        }
+    })
+}
+
+/// Refuses a peer's credit window of 0 (it could never be sent to).
+fn check_window(window: u32) -> Result<(), Refusal> {
+    if window == 0 {
+        return Err(Refusal::Protocol("a credit window of 0 batches".into()));
     }
+    Ok(())
 }
 
 /// Sends our refusal (best effort: the other end may be gone) and returns it as the error.
@@ -163,22 +201,25 @@ pub(crate) async fn dial(
         window: me.window,
     };
     send(w, &hello).await?;
-    let (version, process, their_nonce, proof, window) = match recv(r, Some(expected)).await {
-        Ok(Handshake::Challenge {
-            version,
-            process,
-            nonce,
-            proof,
-            window,
-        }) => (version, process, nonce, proof, window),
-        Ok(Handshake::Refused(reason)) => return refused_by_peer(Some(expected), reason),
-        Ok(other) => {
-            let reason = Refusal::Protocol(format!("expected Challenge, got {}", other.kind()));
-            return refuse(w, Some(expected), reason).await;
-        }
-        Err(HandshakeError::Refused { reason, peer, .. }) => return refuse(w, peer, reason).await,
-        Err(e) => return Err(e),
-    };
+    let (version, process, their_nonce, proof, window) =
+        match recv(r, Some(expected), (me.version, true)).await {
+            Ok(Handshake::Challenge {
+                version,
+                process,
+                nonce,
+                proof,
+                window,
+            }) => (version, process, nonce, proof, window),
+            Ok(Handshake::Refused(reason)) => return refused_by_peer(Some(expected), reason),
+            Ok(other) => {
+                let reason = Refusal::Protocol(format!("expected Challenge, got {}", other.kind()));
+                return refuse(w, Some(expected), reason).await;
+            }
+            Err(HandshakeError::Refused { reason, peer, .. }) => {
+                return refuse(w, peer, reason).await
+            }
+            Err(e) => return Err(e),
+        };
     let peer = Some(process);
     if version != me.version {
         let reason = Refusal::Version {
@@ -213,7 +254,7 @@ pub(crate) async fn dial(
         }
     };
     send(w, &Handshake::Proof { proof: our_proof }).await?;
-    match recv(r, peer).await? {
+    match recv(r, peer, (me.version, true)).await? {
         Handshake::Accepted => Ok(PeerIdentity { process, window }),
         Handshake::Refused(reason) => refused_by_peer(peer, reason),
         other => {
@@ -231,27 +272,31 @@ pub(crate) async fn listen(
     w: &mut FrameWriter,
     me: Identity<'_>,
 ) -> Result<PeerIdentity, HandshakeError> {
-    let (version, process, has_secret, their_nonce, window) = match recv(r, None).await {
-        Ok(Handshake::Hello {
-            version,
-            process,
-            has_secret,
-            nonce,
-            window,
-        }) => (version, process, has_secret, nonce, window),
-        Ok(other) => {
-            let reason = Refusal::Protocol(format!("expected Hello, got {}", other.kind()));
-            return refuse(w, None, reason).await;
-        }
-        Err(HandshakeError::Refused { reason, .. }) => return refuse(w, None, reason).await,
-        Err(e) => return Err(e),
-    };
+    let (version, process, has_secret, their_nonce, window) =
+        match recv(r, None, (me.version, false)).await {
+            Ok(Handshake::Hello {
+                version,
+                process,
+                has_secret,
+                nonce,
+                window,
+            }) => (version, process, has_secret, nonce, window),
+            Ok(other) => {
+                let reason = Refusal::Protocol(format!("expected Hello, got {}", other.kind()));
+                return refuse(w, None, reason).await;
+            }
+            Err(HandshakeError::Refused { reason, .. }) => return refuse(w, None, reason).await,
+            Err(e) => return Err(e),
+        };
     let peer = Some(process);
     if version != me.version {
         let reason = Refusal::Version {
             dialer: version,
             listener: me.version,
         };
+        return refuse(w, peer, reason).await;
+    }
+    if let Err(reason) = check_window(window) {
         return refuse(w, peer, reason).await;
     }
     match (has_secret, me.secret) {
@@ -268,7 +313,7 @@ pub(crate) async fn listen(
         window: me.window,
     };
     send(w, &challenge).await?;
-    match recv(r, peer).await {
+    match recv(r, peer, (me.version, false)).await {
         Ok(Handshake::Proof { proof }) => {
             let verified = match (me.secret, proof) {
                 (None, None) => true,

@@ -456,7 +456,7 @@ impl Inner {
             version: self.version,
             process: self.config.process,
             secret: self.config.secret.as_ref(),
-            window: self.config.credit_per_slot,
+            window: self.config.credit_per_slot.max(1),
         }
     }
 
@@ -660,7 +660,7 @@ impl Inner {
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             dialled,
             send_window: peer.window,
-            receive_window: self.config.credit_per_slot,
+            receive_window: self.config.credit_per_slot.max(1),
             queue_frames: self.config.queue_frames,
             acks_out,
         })

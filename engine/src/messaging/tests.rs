@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
@@ -411,6 +411,34 @@ async fn a_version_mismatch_is_refused() {
     })
     .await;
     assert_eq!(reason, version);
+
+    // A hello of a later version whose layout is not ours is still refused by its version.
+    let (mut r, mut w) = handshake::framed(TcpStream::connect(b.local_addr()).await.unwrap());
+    let future_hello = frame::encode(&(0u32, 7u32, "a field we do not know", true));
+    assert!(frame::decode::<Handshake>(&future_hello).is_err());
+    w.send(future_hello).await.unwrap();
+    let answer = frame::decode::<Handshake>(&r.next().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        answer,
+        Handshake::Refused(Refusal::Version {
+            dialer: 7,
+            listener: PROTOCOL_VERSION
+        })
+    );
+    // A dialer granting no credit at all could never be sent to: refused.
+    let (mut r, mut w) = handshake::framed(TcpStream::connect(b.local_addr()).await.unwrap());
+    let me = Identity {
+        version: PROTOCOL_VERSION,
+        process: ProcessId(9),
+        secret: None,
+        window: 0,
+    };
+    let refused = handshake::dial(&mut r, &mut w, me, ProcessId(2)).await;
+    assert!(
+        matches!(&refused, Err(handshake::HandshakeError::Refused { by_peer: true,
+            reason: Refusal::Protocol(m), .. }) if m == "a credit window of 0 batches"),
+        "{refused:?}"
+    );
 }
 
 /// A connection that drops is dialled again by the next send, and sending resumes; a process
