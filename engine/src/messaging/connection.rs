@@ -88,6 +88,35 @@ impl OutgoingAcks {
     }
 }
 
+/// Gives a credit back unless disarmed (its frame was queued).
+struct CreditGuard<'a> {
+    connection: &'a Connection,
+    slot: &'a SlotAddress,
+    armed: bool,
+}
+
+impl Drop for CreditGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let c = self.connection;
+            c.send_window.lock().expect("send window").untake(self.slot);
+            c.credit_granted.notify_waiters();
+        }
+    }
+}
+
+/// Removes a ping from the pings waiting for their pong when its wait ends.
+struct PingGuard<'a> {
+    pings: &'a Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    seq: u64,
+}
+
+impl Drop for PingGuard<'_> {
+    fn drop(&mut self) {
+        self.pings.lock().expect("pings").remove(&self.seq);
+    }
+}
+
 /// Control frames waiting to be written.
 #[derive(Debug)]
 struct Control {
@@ -176,9 +205,32 @@ impl Connection {
         self.closed.cancel();
     }
 
+    /// Sends an encoded slot frame (a batch or a `Done` for `slot`): takes one credit of the
+    /// slot, waiting for a grant if its window is used up, then queues the frame for writing,
+    /// waiting while the queue is full. Returns whether it had to wait for credit; `Err` if the
+    /// connection closed first (the frame was not sent). Cancel-safe: dropped before the frame
+    /// is queued, it gives its credit back.
+    pub(crate) async fn send_slot(&self, slot: &SlotAddress, bytes: Bytes) -> Result<bool, ()> {
+        let waited = self.take_credit(slot).await?;
+        let mut credit = CreditGuard {
+            connection: self,
+            slot,
+            armed: true,
+        };
+        let queued = tokio::select! {
+            r = self.data.send(bytes) => r.is_ok(),
+            _ = self.closed.cancelled() => false,
+        };
+        if !queued {
+            return Err(());
+        }
+        credit.armed = false;
+        Ok(waited)
+    }
+
     /// Takes one credit for a message to `slot`, waiting for a grant if its window is used up.
     /// Returns whether it had to wait; `Err` if the connection closed meanwhile.
-    pub(crate) async fn take_credit(&self, slot: &SlotAddress) -> Result<bool, ()> {
+    async fn take_credit(&self, slot: &SlotAddress) -> Result<bool, ()> {
         let mut waited = false;
         loop {
             let granted = self.credit_granted.notified();
@@ -206,15 +258,6 @@ impl Connection {
             .in_flight(slot)
     }
 
-    /// Queues an encoded slot frame for writing (after [`take_credit`](Self::take_credit)),
-    /// waiting while the queue is full. The bytes come back if the connection has closed.
-    pub(crate) async fn queue(&self, bytes: Bytes) -> Result<(), Bytes> {
-        tokio::select! {
-            r = self.data.send(bytes) => r.map_err(|e| e.0),
-            _ = self.closed.cancelled() => Err(Bytes::new()),
-        }
-    }
-
     /// The local consumer took a message of `slot` that came by this connection: its credit
     /// goes back.
     pub(crate) fn consumed(&self, slot: &SlotAddress) {
@@ -233,6 +276,11 @@ impl Connection {
         let seq = self.next_ping.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pings.lock().expect("pings").insert(seq, tx);
+        // However the wait ends (a pong, a close, the caller giving up), the ping is forgotten.
+        let _forget = PingGuard {
+            pings: &self.pings,
+            seq,
+        };
         {
             let mut c = self.control.lock().expect("control");
             if c.pings.len() >= MAX_QUEUED_PINGS {

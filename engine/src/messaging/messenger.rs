@@ -493,10 +493,8 @@ impl Inner {
         }
         loop {
             let c = self.connection(to).await?;
-            let Ok(waited) = c.take_credit(slot).await else {
-                continue; // closed while waiting: the next connection has a fresh window
-            };
-            if c.queue(bytes.clone()).await.is_ok() {
+            // A connection that closed meanwhile did not send it: the next one will.
+            if let Ok(waited) = c.send_slot(slot, bytes.clone()).await {
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 if waited {
                     self.credit_waits.fetch_add(1, Ordering::Relaxed);
@@ -524,63 +522,46 @@ impl Inner {
                     .ok_or(MessagingError::UnknownProcess(to))?;
                 match (&peer.link, peer.state()) {
                     (Link::Up(c), LinkState::Up) => return Ok(c.clone()),
-                    (_, LinkState::Dialing) => (peer.changed.clone(), None),
+                    (_, LinkState::Dialing) => {
+                        // Another task is dialling: wait for its outcome, registered under the
+                        // lock so that its notification cannot be missed.
+                        let mut notified = Box::pin(peer.changed.clone().notified_owned());
+                        notified.as_mut().enable();
+                        (peer.changed.clone(), Err(notified))
+                    }
                     _ => {
                         let addr = peer.addr.ok_or(MessagingError::UnknownProcess(to))?;
                         peer.link = Link::Dialing;
-                        (peer.changed.clone(), Some(addr))
+                        (peer.changed.clone(), Ok(addr))
                     }
                 }
             };
-            let notified = changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let Some(addr) = dial else {
-                tokio::select! {
-                    _ = notified => {}
-                    _ = self.shutdown.cancelled() => return Err(MessagingError::Shutdown),
-                }
-                continue;
-            };
-            let result = self.dial(to, addr).await;
-            let failed = {
-                let mut peers = self.peers();
-                let peer = peers.get_mut(&to);
-                match (result, peer) {
-                    (Ok((c, r, w, rx)), Some(peer)) => {
-                        self.install(peer, c.clone());
-                        self.spawn_connection(c.clone(), r, w, rx, None);
-                        return Ok(c);
+            let addr = match dial {
+                Ok(addr) => addr,
+                Err(notified) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = self.shutdown.cancelled() => return Err(MessagingError::Shutdown),
                     }
-                    (Ok((c, ..)), None) => {
-                        c.close();
-                        return Err(MessagingError::UnknownProcess(to));
-                    }
-                    (Err(e), peer) => {
-                        if let Some(peer) = peer {
-                            if matches!(peer.link, Link::Dialing) {
-                                peer.link = Link::Idle;
-                            }
-                            peer.changed.notify_waiters();
-                        }
-                        e
-                    }
+                    continue;
                 }
             };
-            if let MessagingError::Refused {
-                process,
-                addr,
-                by_peer,
-                reason,
-            } = &failed
-            {
-                self.emit(LinkEvent::Refused {
-                    addr: *addr,
-                    process: *process,
-                    by_peer: *by_peer,
-                    reason: reason.clone(),
-                });
-            }
+            // The dial runs on its own task: a caller that gives up (a timeout around a send
+            // or a ping) must not leave the link `Dialing` for ever.
+            let inner = self.clone();
+            let dialled = tokio::spawn(async move {
+                let result = inner.dial(to, addr).await;
+                inner.dial_ended(to, result)
+            })
+            .await
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(MessagingError::Shutdown),
+            });
+            let failed = match dialled {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            };
             if !failed.is_retryable() {
                 return Err(failed);
             }
@@ -602,20 +583,56 @@ impl Inner {
         }
     }
 
-    /// Dials `to` at `addr` and runs the dialer's handshake.
-    async fn dial(
-        &self,
+    /// Records how a dial of `to` ended: the new connection installed and started, or the
+    /// link idle again (and a refusal published).
+    fn dial_ended(
+        self: &Arc<Self>,
         to: ProcessId,
-        addr: SocketAddr,
-    ) -> Result<
-        (
-            Arc<Connection>,
-            handshake::FrameReader,
-            handshake::FrameWriter,
-            tokio::sync::mpsc::Receiver<Bytes>,
-        ),
-        MessagingError,
-    > {
+        result: Result<Dialled, MessagingError>,
+    ) -> Result<Arc<Connection>, MessagingError> {
+        let mut peers = self.peers();
+        let peer = peers.get_mut(&to);
+        let failed = match (result, peer) {
+            (Ok((c, r, w, rx)), Some(peer)) => {
+                self.install(peer, c.clone());
+                self.spawn_connection(c.clone(), r, w, rx, None);
+                return Ok(c);
+            }
+            (Ok((c, ..)), None) => {
+                // Forgotten while we dialled.
+                c.close();
+                return Err(MessagingError::UnknownProcess(to));
+            }
+            (Err(e), peer) => {
+                if let Some(peer) = peer {
+                    if matches!(peer.link, Link::Dialing) {
+                        peer.link = Link::Idle;
+                    }
+                    peer.changed.notify_waiters();
+                }
+                e
+            }
+        };
+        drop(peers);
+        if let MessagingError::Refused {
+            process,
+            addr,
+            by_peer,
+            reason,
+        } = &failed
+        {
+            self.emit(LinkEvent::Refused {
+                addr: *addr,
+                process: *process,
+                by_peer: *by_peer,
+                reason: reason.clone(),
+            });
+        }
+        Err(failed)
+    }
+
+    /// Dials `to` at `addr` and runs the dialer's handshake.
+    async fn dial(&self, to: ProcessId, addr: SocketAddr) -> Result<Dialled, MessagingError> {
         let timeout = self.config.handshake_timeout;
         let connect_error = |source| MessagingError::Connect {
             process: to,
@@ -832,6 +849,15 @@ impl Inner {
         self.spawn_connection(c, r, w, rx, Some(permit));
     }
 }
+
+/// A dialled, authenticated connection not yet started: the connection, its two halves and
+/// its data queue.
+type Dialled = (
+    Arc<Connection>,
+    handshake::FrameReader,
+    handshake::FrameWriter,
+    tokio::sync::mpsc::Receiver<Bytes>,
+);
 
 /// A failed handshake as a [`MessagingError`].
 fn handshake_error(e: HandshakeError, addr: SocketAddr, to: ProcessId) -> MessagingError {

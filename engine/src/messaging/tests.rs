@@ -93,7 +93,7 @@ async fn recv(inbox: &mut SlotReceiver) -> Delivery {
 
 /// Batches from two processes to two slots of a third arrive in order per (sender, slot),
 /// intact (segments, marks, ack edges), each stream's `Done` after its batches.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_arrive_in_order_per_sender_and_slot_intact() {
     let (a, b, c) = (messenger(1).await, messenger(2).await, messenger(3).await);
     introduce(&[&a, &b, &c]);
@@ -159,7 +159,7 @@ async fn batches_arrive_in_order_per_sender_and_slot_intact() {
 /// Different secrets: the dialer refuses the listener's proof before proving its own, and
 /// both ends report why. Without a secret on the dialer, the listener refuses it; with the
 /// same secret, the connection is made.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_is_refused_on_both_sides_with_the_reason() {
     let secret = |s: &str| ClusterSecret::from_bytes(s.as_bytes());
     let with = |p, s| MessengerConfig {
@@ -278,7 +278,7 @@ async fn a_wrong_secret_is_refused_on_both_sides_with_the_reason() {
 
 /// A frame whose declared length is over the limit is refused and the connection closed
 /// before its body is read — during the handshake (the small handshake limit) and after it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_limit_is_refused_and_the_connection_closed() {
     let b = Messenger::bind(MessengerConfig {
         max_frame_bytes: 1 << 20,
@@ -359,7 +359,7 @@ async fn a_frame_over_the_limit_is_refused_and_the_connection_closed() {
 }
 
 /// Processes speaking different protocol versions refuse each other, with both versions named.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_mismatch_is_refused() {
     let a = Messenger::bind_speaking(config(1), PROTOCOL_VERSION + 1)
         .await
@@ -443,7 +443,7 @@ async fn a_version_mismatch_is_refused() {
 
 /// A connection that drops is dialled again by the next send, and sending resumes; a process
 /// that is down is dialled with backoff until it is back.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_redialled_and_sending_resumes() {
     let (a, b) = (messenger(1).await, messenger(2).await);
     introduce(&[&a, &b]);
@@ -530,7 +530,7 @@ async fn a_dropped_connection_is_redialled_and_sending_resumes() {
 /// Backpressure across processes: a consumer taking one batch per tick holds a sender that
 /// pushes as fast as it can to at most `credit_per_slot` batches in flight (sent and not yet
 /// taken), measured after every send and every take.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_holds_its_sender_to_its_credit() {
     const CREDIT: u32 = 4;
     const BATCHES: u64 = 40;
@@ -601,7 +601,7 @@ async fn a_slow_consumer_holds_its_sender_to_its_credit() {
 
 /// Pings come back as pongs; both ends use the one connection the lower process made, even
 /// when both dial at once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_round_trip_over_one_connection_per_pair() {
     for _ in 0..10 {
         let (a, b) = (messenger(1).await, messenger(2).await);
@@ -620,9 +620,35 @@ async fn pings_round_trip_over_one_connection_per_pair() {
     }
 }
 
+/// A caller that gives up while a dial is under way (a timeout around a ping or a send) leaves
+/// nothing stuck: the dial completes on its own, and the next ping uses its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_during_a_dial_leaves_nothing_stuck() {
+    let (a, b) = (messenger(1).await, messenger(2).await);
+    introduce(&[&a, &b]);
+    let mut events = a.events();
+    // Polled once: the dial starts, then the caller is gone.
+    assert!(tokio::time::timeout(Duration::ZERO, a.ping(ProcessId(2)))
+        .await
+        .is_err());
+    event(&mut events, |e| {
+        matches!(
+            e,
+            LinkEvent::Connected {
+                process: ProcessId(2),
+                dialled: true
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    within("a ping", a.ping(ProcessId(2))).await.unwrap();
+    assert_eq!(a.stats().connections, 1);
+}
+
 /// An ack tree spanning three processes completes at the input's process once every batch is
 /// finished; a tree whose batch is dropped never completes and expires at `pending_timeout`.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
     let timeout = Duration::from_secs(30);
     let a = Messenger::bind(MessengerConfig {
@@ -690,7 +716,7 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
 
 /// A batch for a slot that is not open at the receiver is dropped (and counted), and its credit
 /// comes back: the sender is not blocked by a stale route.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_for_a_slot_not_open_is_dropped_and_its_credit_returned() {
     let (a, b) = (messenger(1).await, messenger(2).await);
     introduce(&[&a, &b]);
