@@ -155,6 +155,8 @@ struct Peer {
     /// Woken when `link` changes.
     changed: Arc<Notify>,
     acks: Arc<Mutex<OutgoingAcks>>,
+    /// A task is bringing up the connection that waiting acks need.
+    acks_connecting: bool,
 }
 
 impl Peer {
@@ -338,28 +340,33 @@ impl Messenger {
             self.inner.endpoints.apply_acks([(root, xor)]);
             return Ok(());
         }
-        let connection = {
-            let peers = self.inner.peers();
-            let peer = peers.get(&to).ok_or(MessagingError::UnknownProcess(to))?;
+        let (connection, dial) = {
+            let mut peers = self.inner.peers();
+            let peer = peers
+                .get_mut(&to)
+                .ok_or(MessagingError::UnknownProcess(to))?;
             if !peer.acks.lock().expect("acks").add(root, xor) {
                 tracing::warn!(process = %to, root, "too many acks waiting: one was dropped");
             }
             match &peer.link {
-                Link::Up(c) if !c.is_closed() => Some(c.clone()),
-                _ => None,
+                Link::Up(c) if !c.is_closed() => (Some(c.clone()), false),
+                // One task at most per process brings the connection the acks wait for.
+                _ => (None, !std::mem::replace(&mut peer.acks_connecting, true)),
             }
         };
-        match connection {
-            Some(c) => c.acks_waiting(),
-            None => {
-                // The acks wait for the connection, which the next dial makes.
-                let inner = self.inner.clone();
-                tokio::spawn(async move {
-                    if let Ok(c) = inner.connection(to).await {
-                        c.acks_waiting();
-                    }
-                });
-            }
+        if let Some(c) = connection {
+            c.acks_waiting();
+        } else if dial {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let connected = inner.connection(to).await;
+                if let Some(peer) = inner.peers().get_mut(&to) {
+                    peer.acks_connecting = false;
+                }
+                if let Ok(c) = connected {
+                    c.acks_waiting();
+                }
+            });
         }
         Ok(())
     }
@@ -448,6 +455,7 @@ impl Inner {
             link: Link::Idle,
             changed: Arc::new(Notify::new()),
             acks: Arc::new(Mutex::new(OutgoingAcks::new(self.config.max_pending_acks))),
+            acks_connecting: false,
         }
     }
 

@@ -480,10 +480,13 @@ async fn a_dropped_connection_is_redialled_and_sending_resumes() {
     // The receiving process goes away; a send waits, dialling with backoff, until a process 2
     // listens at that address again.
     let addr = b.local_addr();
-    drop(inbox);
     b.shutdown();
     within("the shutdown", b.stopped()).await;
-    drop(b);
+    assert!(
+        within("the end of the queue", inbox.recv()).await.is_none(),
+        "a shut down messenger's slot queues end"
+    );
+    drop((b, inbox));
     event(&mut a_events, |e| {
         matches!(
             e,
