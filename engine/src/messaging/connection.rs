@@ -142,6 +142,7 @@ pub(crate) struct Connection {
     control: Mutex<Control>,
     control_ready: Notify,
     acks_out: Arc<Mutex<OutgoingAcks>>,
+    bytes: Arc<ByteCounts>,
     pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     next_ping: std::sync::atomic::AtomicU64,
     closed: CancellationToken,
@@ -162,7 +163,19 @@ pub(crate) struct ConnectionSpec {
     pub queue_frames: usize,
     /// Acks waiting for the peer (shared by its successive connections).
     pub acks_out: Arc<Mutex<OutgoingAcks>>,
+    /// The messenger's byte counters (written, read), length prefixes included.
+    pub bytes: Arc<ByteCounts>,
 }
+
+/// Bytes written and read by a messenger's connections, length prefixes included.
+#[derive(Debug, Default)]
+pub(crate) struct ByteCounts {
+    pub written: std::sync::atomic::AtomicU64,
+    pub read: std::sync::atomic::AtomicU64,
+}
+
+/// The length prefix of every frame.
+const PREFIX_BYTES: u64 = 4;
 
 impl Connection {
     /// A connection and the receiving end of its data queue (for [`run`](Self::run)).
@@ -183,6 +196,7 @@ impl Connection {
             }),
             control_ready: Notify::new(),
             acks_out: spec.acks_out,
+            bytes: spec.bytes,
             pings: Mutex::new(HashMap::new()),
             next_ping: std::sync::atomic::AtomicU64::new(0),
             closed: CancellationToken::new(),
@@ -357,6 +371,9 @@ impl Connection {
                 }
                 Some(Ok(bytes)) => bytes,
             };
+            self.bytes
+                .read
+                .fetch_add(bytes.len() as u64 + PREFIX_BYTES, Ordering::Relaxed);
             let frame =
                 frame::decode::<Frame>(&bytes).map_err(|message| MessagingError::Malformed {
                     process: self.peer,
@@ -465,7 +482,9 @@ impl Connection {
             // Control first, then whatever data is queued, in one flush.
             let control = self.control_frames();
             for f in control {
-                writer.feed(frame::encode(&f)).await.map_err(io)?;
+                let bytes = frame::encode(&f);
+                self.count_written(&bytes);
+                writer.feed(bytes).await.map_err(io)?;
             }
             SinkExt::<Bytes>::flush(&mut writer).await.map_err(io)?;
             tokio::select! {
@@ -474,18 +493,28 @@ impl Connection {
                 _ = self.control_ready.notified() => {}
                 bytes = data.recv() => {
                     let Some(bytes) = bytes else { return Ok(()) };
+                    self.count_written(&bytes);
                     writer.feed(bytes).await.map_err(io)?;
                     // More that is ready goes in the same flush (a bounded number, so control
                     // frames are not held back long).
                     for _ in 0..16 {
                         match data.try_recv() {
-                            Ok(bytes) => writer.feed(bytes).await.map_err(io)?,
+                            Ok(bytes) => {
+                                self.count_written(&bytes);
+                                writer.feed(bytes).await.map_err(io)?
+                            }
                             Err(_) => break,
                         }
                     }
                 }
             }
         }
+    }
+
+    fn count_written(&self, frame: &Bytes) {
+        self.bytes
+            .written
+            .fetch_add(frame.len() as u64 + PREFIX_BYTES, Ordering::Relaxed);
     }
 
     /// The control frames to write now (taken: they count as sent).

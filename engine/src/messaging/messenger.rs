@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack_tree::AckTreeError;
 use super::address::{ProcessId, SlotAddress};
-use super::connection::{Connection, ConnectionSpec, OutgoingAcks};
+use super::connection::{ByteCounts, Connection, ConnectionSpec, OutgoingAcks};
 use super::endpoints::{AckTable, Endpoints, SlotReceiver};
 use super::error::MessagingError;
 use super::frame::{self, Batch, Done, Frame, Refusal, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
@@ -138,6 +138,10 @@ pub struct MessengerStats {
     pub connections: u64,
     /// Dials that failed and were tried again.
     pub failed_dials: u64,
+    /// Bytes written to connections after their handshakes (length prefixes included).
+    pub bytes_written: u64,
+    /// Bytes read from connections after their handshakes (length prefixes included).
+    pub bytes_read: u64,
 }
 
 /// One process's connections with the others.
@@ -183,6 +187,7 @@ struct Inner {
     credit_waits: AtomicU64,
     connections_made: AtomicU64,
     failed_dials: AtomicU64,
+    bytes: Arc<ByteCounts>,
     shutdown: CancellationToken,
     /// Cancelled once the listener is closed.
     stopped: CancellationToken,
@@ -246,6 +251,7 @@ impl Messenger {
             credit_waits: AtomicU64::new(0),
             connections_made: AtomicU64::new(0),
             failed_dials: AtomicU64::new(0),
+            bytes: Arc::new(ByteCounts::default()),
             shutdown: shutdown.clone(),
             stopped: CancellationToken::new(),
         });
@@ -421,6 +427,8 @@ impl Messenger {
             misaddressed: i.endpoints.misaddressed.load(Ordering::Relaxed),
             connections: i.connections_made.load(Ordering::Relaxed),
             failed_dials: i.failed_dials.load(Ordering::Relaxed),
+            bytes_written: i.bytes.written.load(Ordering::Relaxed),
+            bytes_read: i.bytes.read.load(Ordering::Relaxed),
         }
     }
 
@@ -688,6 +696,7 @@ impl Inner {
             receive_window: self.config.credit_per_slot.max(1),
             queue_frames: self.config.queue_frames,
             acks_out,
+            bytes: self.bytes.clone(),
         })
     }
 

@@ -151,8 +151,13 @@ async fn batches_arrive_in_order_per_sender_and_slot_intact() {
     let [zero, one] = inboxes;
     let checks = tokio::spawn(async move { tokio::join!(check(0, zero), check(1, one)) });
     within("the checks", checks).await.unwrap();
-    let (a, _c) = within("the senders", senders).await.unwrap();
+    let (a, c) = within("the senders", senders).await.unwrap();
     assert_eq!(a.stats().sent, 32);
+    // A and C wrote only slot frames (they receive nothing, so grant nothing), and B has read
+    // them all: the Done that ended each stream was their last frame.
+    let written = a.stats().bytes_written + c.stats().bytes_written;
+    assert!(written > 64 * 30, "{written}");
+    assert_eq!(b.stats().bytes_read, written);
     assert_eq!(b.stats().misaddressed, 0);
 }
 
