@@ -80,6 +80,11 @@ impl OutgoingAcks {
         }
     }
 
+    /// True if no ack waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     fn drain(&mut self) -> Vec<AckUpdate> {
         self.pending
             .drain()

@@ -363,16 +363,7 @@ impl Messenger {
         if let Some(c) = connection {
             c.acks_waiting();
         } else if dial {
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                let connected = inner.connection(to).await;
-                if let Some(peer) = inner.peers().get_mut(&to) {
-                    peer.acks_connecting = false;
-                }
-                if let Ok(c) = connected {
-                    c.acks_waiting();
-                }
-            });
+            self.inner.connect_for_acks(to);
         }
         Ok(())
     }
@@ -599,6 +590,21 @@ impl Inner {
         }
     }
 
+    /// Brings up a connection with `to` for the acks waiting for it, on a task of its own (the
+    /// caller set `acks_connecting`: one such task per process at most).
+    fn connect_for_acks(self: &Arc<Self>, to: ProcessId) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let connected = inner.connection(to).await;
+            if let Some(peer) = inner.peers().get_mut(&to) {
+                peer.acks_connecting = false;
+            }
+            if let Ok(c) = connected {
+                c.acks_waiting();
+            }
+        });
+    }
+
     /// Records how a dial of `to` ended: the new connection installed and started, or the
     /// link idle again (and a refusal published).
     fn dial_ended(
@@ -742,15 +748,26 @@ impl Inner {
         });
     }
 
-    fn ended(&self, c: &Connection, result: Result<(), MessagingError>) {
-        {
+    fn ended(self: &Arc<Self>, c: &Connection, result: Result<(), MessagingError>) {
+        let acks_waiting = {
             let mut peers = self.peers();
-            if let Some(peer) = peers.get_mut(&c.peer) {
-                if matches!(&peer.link, Link::Up(now) if now.id == c.id) {
-                    peer.link = Link::Idle;
+            match peers.get_mut(&c.peer) {
+                Some(peer) => {
+                    if matches!(&peer.link, Link::Up(now) if now.id == c.id) {
+                        peer.link = Link::Idle;
+                    }
+                    peer.changed.notify_waiters();
+                    let waiting = !peer.acks.lock().expect("acks").is_empty();
+                    waiting
+                        && peer.state() == LinkState::Idle
+                        && !std::mem::replace(&mut peer.acks_connecting, true)
                 }
-                peer.changed.notify_waiters();
+                None => false,
             }
+        };
+        if acks_waiting && !self.shutdown.is_cancelled() {
+            // Acks the closed connection did not write go on the next one.
+            self.connect_for_acks(c.peer);
         }
         match &result {
             Ok(()) => tracing::debug!(process = %c.peer, "connection closed"),
