@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
-use super::frame::{self, Handshake};
+use super::frame::{self, Frame, Handshake};
 use super::handshake::{self, Identity};
 use super::*;
 use crate::runtime::Mark;
@@ -744,4 +744,106 @@ async fn a_batch_for_a_slot_not_open_is_dropped_and_its_credit_returned() {
         b.open_slot(slot(0)),
         Err(MessagingError::SlotAlreadyOpen(_))
     ));
+}
+
+/// A peer that breaks the protocol after its handshake — a batch beyond its credit, a body
+/// that is not a frame — is disconnected, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_breaking_the_protocol_is_disconnected_with_the_reason() {
+    let b = Messenger::bind(MessengerConfig {
+        credit_per_slot: 1,
+        ..config(2)
+    })
+    .await
+    .unwrap();
+    let _inbox = b.open_slot(slot(0)).unwrap();
+    let mut events = b.events();
+    let me = Identity {
+        version: PROTOCOL_VERSION,
+        process: ProcessId(9),
+        secret: None,
+        window: 4,
+    };
+    let connect = || async {
+        let (mut r, mut w) = handshake::framed(TcpStream::connect(b.local_addr()).await.unwrap());
+        let peer = handshake::dial(&mut r, &mut w, me, ProcessId(2))
+            .await
+            .unwrap();
+        assert_eq!(peer.window, 1);
+        (r, w)
+    };
+    let disconnected = |events: &mut broadcast::Receiver<LinkEvent>| {
+        let events = events.resubscribe();
+        async move {
+            let mut events = events;
+            event(&mut events, |e| match e {
+                LinkEvent::Disconnected {
+                    process: ProcessId(9),
+                    error: Some(error),
+                } => Some(error.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
+
+    // Two batches on a window of one, the first not taken.
+    let (_r, mut w) = connect().await;
+    let waiting = tokio::spawn(disconnected(&mut events));
+    for n in 0..2 {
+        let f = Frame::Batch(batch(slot(0), Sender::new("read", 0), n));
+        w.send(frame::encode(&f)).await.unwrap();
+    }
+    let error = within("the disconnection", waiting).await.unwrap();
+    assert!(
+        matches!(&*error, MessagingError::Credit { process: ProcessId(9), slot: s,
+            source: credit::CreditError::Exceeded { window: 1 } } if *s == slot(0)),
+        "{error:?}"
+    );
+
+    // Bytes that are no frame.
+    let (_r, mut w) = connect().await;
+    let waiting = tokio::spawn(disconnected(&mut events));
+    w.send(bytes::Bytes::from_static(&[200, 1, 2, 3]))
+        .await
+        .unwrap();
+    let error = within("the disconnection", waiting).await.unwrap();
+    assert!(
+        matches!(
+            &*error,
+            MessagingError::Malformed {
+                process: ProcessId(9),
+                context: "frame",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+/// A send given up while its frame waits for room in the connection's queue gives its credit
+/// back (no network: the connection is not running, its queue holds one frame).
+#[test]
+fn a_send_given_up_gives_its_credit_back() {
+    use super::connection::{ByteCounts, Connection, ConnectionSpec, OutgoingAcks};
+    let (c, _queue) = Connection::new(ConnectionSpec {
+        peer: ProcessId(2),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        id: 0,
+        dialled: true,
+        send_window: 4,
+        receive_window: 4,
+        queue_frames: 1,
+        acks_out: Arc::new(Mutex::new(OutgoingAcks::new(16))),
+        bytes: Arc::new(ByteCounts::default()),
+    });
+    let frame = bytes::Bytes::from_static(b"frame");
+    assert_eq!(
+        c.send_slot(&slot(0), frame.clone()).now_or_never(),
+        Some(Ok(false))
+    );
+    assert_eq!(c.in_flight(&slot(0)), 1);
+    // The queue is full: the second send takes a credit, then waits, and is given up.
+    assert_eq!(c.send_slot(&slot(0), frame).now_or_never(), None);
+    assert_eq!(c.in_flight(&slot(0)), 1, "the credit came back");
 }
