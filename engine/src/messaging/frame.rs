@@ -3,8 +3,8 @@
 //!
 //! Every frame is a `u32` big-endian length and a bincode body (tokio-util's
 //! `LengthDelimitedCodec`; the length is checked against a limit before anything is allocated).
-//! A connection starts with [`Handshake`] frames of at most [`HANDSHAKE_FRAME_BYTES`] (see
-//! `handshake`), and only once both sides are satisfied carries [`Frame`]s, of at most the
+//! A connection starts with `Handshake` frames of at most [`HANDSHAKE_FRAME_BYTES`] (see
+//! `handshake`), and only once both sides are satisfied carries `Frame`s, of at most the
 //! messenger's `max_frame_bytes`:
 //! - [`Batch`]: segments for one task slot, with the sender's identity and [`Mark`] and the
 //!   [`AckEdge`]s of the ack trees they belong to; takes one credit of the slot;

@@ -3,15 +3,15 @@
 //! trees that span them.
 //!
 //! One TCP connection per pair of processes carries length-delimited frames of bincode
-//! ([`frame`]): an authenticated, versioned handshake first ([`handshake`]: mutual HMAC with
+//! ([`frame`]): an authenticated, versioned handshake first (`handshake`: mutual HMAC with
 //! the cluster secret, before any other frame is read), then batches, `Done`s, credit, acks and
 //! pings. Whichever process dials first makes the connection; simultaneous dials end as one
-//! ([`link`]). Flow control is credit per (connection, destination slot) ([`credit`]): a
+//! (`link`). Flow control is credit per (connection, destination slot) ([`credit`]): a
 //! receiver grants a few batches per slot and grants more only as its consumer takes them, so
 //! a slow consumer holds its senders back. Input batches are tracked with Storm-style ack trees
 //! ([`ack_tree`]) whose XOR updates travel back to the process that read the input.
 //!
-//! The pure parts — [`credit`], [`ack_tree`], [`link`] — are state machines tested alone; the
+//! The pure parts — [`credit`], [`ack_tree`], `link` — are state machines tested alone; the
 //! I/O is in `connection` (one connection's loops) and [`messenger`] (the process's
 //! listener, connections, slot queues and table of trees).
 //!
