@@ -2,8 +2,8 @@
 //! process which read them keeps, as pure state.
 //!
 //! Every input batch gets a random 64-bit **root**, and every batch derived from it downstream
-//! — in this process or another — carries an [`AckEdge`]: the root and the batch's own random
-//! 64-bit id. The table starts a tree at the root's value; each process that handles a batch
+//! — in this process or another — carries an [`AckEdge`]: the process that keeps the tree, the
+//! root and the batch's own random 64-bit id. The table starts a tree at the root's value; each process that handles a batch
 //! XORs together its edges — the id of the batch it finished and the id of every batch it
 //! emitted from it — and sends that XOR back to the root's process (an `Ack` frame), where it
 //! is XORed into the tree. Every id enters the tree twice (once when emitted, once when
@@ -24,9 +24,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// One batch's place in an ack tree: the tree's root and the batch's own id.
+use super::address::ProcessId;
+
+/// One batch's place in an ack tree: where the tree is kept, its root, and the batch's own id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AckEdge {
+    /// The process that read the input batch and keeps the tree: where acks go.
+    pub origin: ProcessId,
     /// The root: the id of the input batch the tree started from.
     pub root: u64,
     /// This batch's random id (never 0).

@@ -245,7 +245,11 @@ mod tests {
                 watermark: Some(1_700_000_000_000),
                 idle: false,
             },
-            acks: vec![AckEdge { root: 9, id: 11 }],
+            acks: vec![AckEdge {
+                origin: ProcessId(1),
+                root: 9,
+                id: 11,
+            }],
         }
     }
 

@@ -59,6 +59,7 @@ fn batch(to: SlotAddress, from: Sender, n: i64) -> Batch {
             idle: n % 7 == 0,
         },
         acks: vec![AckEdge {
+            origin: ProcessId(1),
             root: 1000 + n as u64,
             id: 2000 + n as u64,
         }],
@@ -678,9 +679,13 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
     for r in [root, dropped_root] {
         let id = random_id();
         let mut out = batch(slot(0), Sender::new("read", 0), 0);
-        out.acks = vec![AckEdge { root: r, id }];
+        out.acks = vec![AckEdge {
+            origin: a.process(),
+            root: r,
+            id,
+        }];
         a.send_batch(ProcessId(2), out).await.unwrap();
-        a.send_ack(ProcessId(1), r, r ^ id).unwrap();
+        a.send_ack(a.process(), r, r ^ id).unwrap();
     }
 
     // B finishes the first and emits one batch from it to C; it loses the second.
@@ -695,9 +700,14 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
     assert_eq!(edge.root, root);
     let next = random_id();
     let mut out = batch(slot(1), Sender::new("count", 0), 1);
-    out.acks = vec![AckEdge { root, id: next }];
+    out.acks = vec![AckEdge {
+        origin: edge.origin,
+        root,
+        id: next,
+    }];
     b.send_batch(ProcessId(3), out).await.unwrap();
-    b.send_ack(ProcessId(1), root, edge.id ^ next).unwrap();
+    assert_eq!(edge.origin, ProcessId(1));
+    b.send_ack(edge.origin, root, edge.id ^ next).unwrap();
     assert!(
         a.ack_table().trees().contains(root),
         "C has not finished yet"
@@ -707,7 +717,8 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
     let Delivery::Batch { batch: last, .. } = recv(&mut at_c).await else {
         panic!()
     };
-    c.send_ack(ProcessId(1), root, last.acks[0].id).unwrap();
+    let edge = last.acks[0];
+    c.send_ack(edge.origin, edge.root, edge.id).unwrap();
     assert_eq!(
         within("the completion", a.completed_trees()).await,
         vec![root]
