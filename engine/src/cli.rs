@@ -395,20 +395,28 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let secret = load_secret(secret_file.as_deref())?;
             let statuses = sardonyx_state_log::status_with(&log, secret.as_ref()).await;
             println!(
-                "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13}",
-                "id", "address", "role", "leader", "term", "last log index", "applied index"
+                "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13} {:>14}",
+                "id",
+                "address",
+                "role",
+                "leader",
+                "term",
+                "last log index",
+                "applied index",
+                "coord position"
             );
             let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
             for s in &statuses {
                 println!(
-                    "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13}",
+                    "{:<4} {:<22} {:<12} {:>7} {:>6} {:>14} {:>13} {:>14}",
                     opt(s.id),
                     s.addr,
                     format!("{:?}", s.role).to_lowercase(),
                     opt(s.current_leader),
                     s.current_term,
                     opt(s.last_log_index),
-                    opt(s.last_applied)
+                    opt(s.last_applied),
+                    opt(s.last_entry_position)
                 );
             }
             for s in &statuses {

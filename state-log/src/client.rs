@@ -1,5 +1,6 @@
 //! The client of a log-server cluster: finds the leader, follows leader changes and retries
-//! retryable errors (appends keep their `RequestId`, so a retry is applied once).
+//! retryable errors (appends keep their `RequestId`, so a retry is applied once). Its
+//! coordination-log subscriptions long-poll the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,10 @@ use bytes::Bytes;
 
 use crate::auth::ClusterSecret;
 use crate::codec::crc;
+use crate::coordination::{
+    check_entry_size, check_follows, CoordinationEntry, CoordinationLog, EntrySource,
+    EntrySubscription, MAX_ENTRIES_PER_PAGE,
+};
 use crate::error::{Error, Result};
 use crate::net::{ReadPage, Request, Response, RpcClient, MAX_PAYLOAD_BYTES};
 use crate::types::{LedgerInfo, LedgerRead, RequestId};
@@ -24,6 +29,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Total time a call keeps retrying retryable errors before giving up with the last one.
     pub retry_for: Duration,
+    /// How long a subscription's long poll waits at the server for a new entry before it is
+    /// answered empty and re-issued (capped at 60 s by the server). Its request may take this
+    /// plus `request_timeout`.
+    pub subscription_wait: Duration,
 }
 
 impl Default for ClientOptions {
@@ -32,6 +41,7 @@ impl Default for ClientOptions {
             secret: None,
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(30),
+            subscription_wait: Duration::from_secs(10),
         }
     }
 }
@@ -111,15 +121,22 @@ impl LogClient {
         make: impl Fn() -> Request,
         unpack: impl Fn(Response) -> Result<T>,
     ) -> Result<T> {
+        self.call_within(self.inner.options.request_timeout, make, unpack)
+            .await
+    }
+
+    /// Like [`LogClient::call`], each request to a server limited to `timeout`.
+    async fn call_within<T>(
+        &self,
+        timeout: Duration,
+        make: impl Fn() -> Request,
+        unpack: impl Fn(Response) -> Result<T>,
+    ) -> Result<T> {
         let deadline = Instant::now() + self.inner.options.retry_for;
         let mut backoff = Duration::from_millis(10);
         loop {
             let addr = self.target();
-            let result = match self
-                .conn(&addr)
-                .call(make(), self.inner.options.request_timeout)
-                .await
-            {
+            let result = match self.conn(&addr).call(make(), timeout).await {
                 Ok(Response::Failed(e)) => Err(e),
                 Ok(resp) => unpack(resp),
                 Err(e) => Err(e),
@@ -302,6 +319,111 @@ impl LogClient {
     }
 }
 
+impl LogClient {
+    /// Appends an entry to the coordination log (see [`CoordinationLog::append_entry`]); an
+    /// entry over [`MAX_ENTRY_BYTES`](crate::MAX_ENTRY_BYTES) is refused before it is sent.
+    pub async fn append_entry(&self, request: RequestId, entry: Vec<u8>) -> Result<u64> {
+        check_entry_size(entry.len())?;
+        let sum = crc(&entry);
+        let entry = Bytes::from(entry);
+        self.call(
+            || Request::AppendEntry {
+                request,
+                entry: entry.clone(),
+                crc: sum,
+            },
+            |r| match r {
+                Response::EntryAppended(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Reads the coordination log (see [`CoordinationLog::read_entries`]), page after page.
+    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<CoordinationEntry>> {
+        let mut out: Vec<CoordinationEntry> = Vec::new();
+        let mut next = from;
+        while out.len() < max {
+            let ask = (max - out.len()).min(MAX_ENTRIES_PER_PAGE) as u64;
+            let page: Vec<CoordinationEntry> = self
+                .call(
+                    || Request::ReadEntries {
+                        from: next,
+                        max: ask,
+                    },
+                    unpack_entries,
+                )
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            check_follows(next, &page)?;
+            next = last + 1;
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// The coordination log's last position (see [`CoordinationLog::last_entry_position`]).
+    pub async fn last_entry_position(&self) -> Result<u64> {
+        self.call(
+            || Request::LastEntryPosition,
+            |r| match r {
+                Response::LastEntryPosition(r) => r,
+                other => Err(unexpected(other)),
+            },
+        )
+        .await
+    }
+
+    /// Subscribes to the coordination log from `from` (see
+    /// [`CoordinationLog::subscribe_entries`]): long polls of the leader, each waiting at most
+    /// [`ClientOptions::subscription_wait`] at the server.
+    pub fn subscribe_entries(&self, from: u64) -> Result<EntrySubscription> {
+        EntrySubscription::new(
+            from,
+            Box::new(LongPoll {
+                client: self.clone(),
+            }),
+        )
+    }
+
+    /// One long poll: entries from `from` as soon as the leader has one, or none after
+    /// `subscription_wait`. Retried on other servers like every call.
+    async fn wait_entries(&self, from: u64) -> Result<Vec<CoordinationEntry>> {
+        let wait = self.inner.options.subscription_wait;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.call_within(
+            self.inner.options.request_timeout + wait,
+            || Request::WaitEntries {
+                from,
+                max: MAX_ENTRIES_PER_PAGE as u64,
+                wait_ms,
+            },
+            unpack_entries,
+        )
+        .await
+    }
+}
+
+/// The cluster's subscription source: long polls through the client.
+struct LongPoll {
+    client: LogClient,
+}
+
+impl EntrySource for LongPoll {
+    fn fetch(&self, from: u64) -> BoxFuture<'static, Result<Vec<CoordinationEntry>>> {
+        let client = self.client.clone();
+        Box::pin(async move { client.wait_entries(from).await })
+    }
+}
+
+fn unpack_entries(r: Response) -> Result<Vec<CoordinationEntry>> {
+    match r {
+        Response::Entries(r) => r.map(Into::into),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Refuses a record or snapshot that could not travel in a frame, before anything is sent.
 fn check_payload(what: impl FnOnce() -> String, bytes: usize) -> Result<()> {
     if bytes > MAX_PAYLOAD_BYTES {
@@ -375,5 +497,31 @@ impl Ledgers for LogClient {
 
     fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {
         Box::pin(LogClient::info(self, ledger))
+    }
+}
+
+impl CoordinationLog for LogClient {
+    fn append_entry<'a>(
+        &'a self,
+        request: RequestId,
+        entry: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(LogClient::append_entry(self, request, entry))
+    }
+
+    fn read_entries<'a>(
+        &'a self,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<CoordinationEntry>>> {
+        Box::pin(LogClient::read_entries(self, from, max))
+    }
+
+    fn last_entry_position(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(LogClient::last_entry_position(self))
+    }
+
+    fn subscribe_entries(&self, from: u64) -> Result<EntrySubscription> {
+        LogClient::subscribe_entries(self, from)
     }
 }

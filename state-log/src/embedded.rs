@@ -1,16 +1,23 @@
 //! The embedded default: the same Raft node, storage and group commit as a log server, as a
-//! single-member cluster in this process with no network, on a local data directory.
+//! single-member cluster in this process with no network, on a local data directory; its
+//! coordination-log subscriptions wake on the state machine's apply.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::BasicNode;
+use tokio::sync::watch;
 
 use crate::codec::crc;
-use crate::error::Result;
+use crate::coordination::{
+    check_entry_size, CoordinationEntry, CoordinationLog, EntrySource, EntrySubscription,
+    MAX_ENTRIES_PER_PAGE,
+};
+use crate::error::{Error, Result};
+use crate::net::READ_PAGE_BYTES;
 use crate::node::{Node, Tuning};
 use crate::types::{CommitStats, LedgerInfo, LedgerRead, RequestId};
 use crate::{BoxFuture, Ledgers};
@@ -172,6 +179,36 @@ impl EmbeddedLog {
         self.retry(|| self.node.info(ledger)).await
     }
 
+    /// Appends an entry to the coordination log (see [`CoordinationLog::append_entry`]).
+    pub async fn append_entry(&self, request: RequestId, entry: Vec<u8>) -> Result<u64> {
+        check_entry_size(entry.len())?;
+        let sum = crc(&entry);
+        let entry = Bytes::from(entry);
+        self.retry(|| self.node.append_entry_checked(request, entry.clone(), sum))
+            .await
+    }
+
+    /// Reads the coordination log (see [`CoordinationLog::read_entries`]).
+    pub async fn read_entries(&self, from: u64, max: usize) -> Result<Vec<CoordinationEntry>> {
+        self.retry(|| self.node.read_all_entries(from, max)).await
+    }
+
+    /// The coordination log's last position (see [`CoordinationLog::last_entry_position`]).
+    pub async fn last_entry_position(&self) -> Result<u64> {
+        self.retry(|| self.node.last_entry_position()).await
+    }
+
+    /// Subscribes to the coordination log from `from` (see
+    /// [`CoordinationLog::subscribe_entries`]). The subscription does not keep the node open:
+    /// once it is closed, [`EntrySubscription::next`] fails with [`Error::Fatal`].
+    pub fn subscribe_entries(&self, from: u64) -> Result<EntrySubscription> {
+        let source = AppliedEntries {
+            node: Arc::downgrade(&self.node),
+            last: self.node.watch_last_entry(),
+        };
+        EntrySubscription::new(from, Box::new(source))
+    }
+
     /// Group-commit counters: ledger commands submitted and the Raft entries they became.
     pub fn commit_stats(&self) -> CommitStats {
         self.node.commit_stats()
@@ -262,6 +299,56 @@ impl Ledgers for EmbeddedLog {
 
     fn info<'a>(&'a self, ledger: &'a str) -> BoxFuture<'a, Result<LedgerInfo>> {
         Box::pin(EmbeddedLog::info(self, ledger))
+    }
+}
+
+impl CoordinationLog for EmbeddedLog {
+    fn append_entry<'a>(
+        &'a self,
+        request: RequestId,
+        entry: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(EmbeddedLog::append_entry(self, request, entry))
+    }
+
+    fn read_entries<'a>(
+        &'a self,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<CoordinationEntry>>> {
+        Box::pin(EmbeddedLog::read_entries(self, from, max))
+    }
+
+    fn last_entry_position(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(EmbeddedLog::last_entry_position(self))
+    }
+
+    fn subscribe_entries(&self, from: u64) -> Result<EntrySubscription> {
+        EmbeddedLog::subscribe_entries(self, from)
+    }
+}
+
+/// The embedded node's subscription source: waits on the state machine's notification of its
+/// last applied position (a single member applies only what it committed), then reads.
+struct AppliedEntries {
+    node: Weak<Node>,
+    last: watch::Receiver<u64>,
+}
+
+impl EntrySource for AppliedEntries {
+    fn fetch(&self, from: u64) -> BoxFuture<'static, Result<Vec<CoordinationEntry>>> {
+        // A clone sees the current value first: nothing sent before it is missed.
+        let (mut last, node) = (self.last.clone(), self.node.clone());
+        Box::pin(async move {
+            let closed = || Error::Fatal("the embedded state log was closed".into());
+            // The sender goes with the node's state machine: closing the node ends the wait.
+            last.wait_for(|last| *last >= from)
+                .await
+                .map_err(|_| closed())?;
+            let node = node.upgrade().ok_or_else(closed)?;
+            node.read_applied_entries(from, MAX_ENTRIES_PER_PAGE, READ_PAGE_BYTES)
+                .await
+        })
     }
 }
 

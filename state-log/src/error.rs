@@ -102,6 +102,18 @@ pub enum Error {
         /// What is wrong with it.
         problem: SecretProblem,
     },
+
+    /// A stored entry of the coordination log failed its checksum, is missing (a gap in the
+    /// positions) or could not be decoded. Reported, never yielded. (Apart from
+    /// [`Error::Corrupt`], which names a ledger: the coordination log is not one. Last, so the
+    /// encoding of the other variants is unchanged.)
+    #[error("corrupt entry in the coordination log at position {position}: {detail}")]
+    CorruptEntry {
+        /// The position of the bad (or missing) entry.
+        position: u64,
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 /// Why an authentication at connection start failed.

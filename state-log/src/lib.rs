@@ -30,6 +30,22 @@
 //! with a snapshot of its own. The fence is stored beside the ledger's metadata, survives
 //! restarts and is carried by Raft snapshots. Plain appends and snapshots ignore fences.
 //!
+//! **The coordination log.** Beside the ledgers, the state machine holds a second keyspace: the
+//! coordination log, one totally ordered list of opaque entries at positions 1, 2, 3, …
+//! without gaps, that the engine's peer processes append to and play into their replicas
+//! (DESIGN §6). The [`CoordinationLog`] trait (implemented by [`EmbeddedLog`] and
+//! [`LogClient`], like [`Ledgers`]) appends an entry and returns its position once it is
+//! committed on a quorum (group-committed with the ledgers' writes, applied once per
+//! [`RequestId`], at most [`MAX_ENTRY_BYTES`]), reads entries from a position, and subscribes:
+//! an [`EntrySubscription`] yields every entry from a position in order, without gaps or
+//! repeats, then each new one as it commits — on the embedded node woken by the state
+//! machine's apply, over the network by long polls of the leader that follow it through
+//! leader changes and server restarts. Entries live in column families of their own (no
+//! ledger name or ledger request id can reach them), each with its crc32 (a mismatch, or a
+//! missing position, is [`Error::CorruptEntry`]); they are never compacted (the time machine
+//! replays the log from position 1), and Raft snapshots carry them. `docs/cluster.md` has the
+//! exact semantics.
+//!
 //! The [`DedupFilter`] is a separate, local component: a peer's set of recently applied segment
 //! ids in rotating RocksDB buckets with bloom filters in front.
 //!
@@ -41,6 +57,12 @@
 //! let pos = log.append("job/task/0", RequestId::new(1, 0), b"batch".to_vec()).await?;
 //! log.snapshot("job/task/0", pos, b"state".to_vec()).await?; // compacts up to `pos`
 //! let recovered = log.read("job/task/0", 0).await?; // snapshot + entries after it
+//!
+//! // The coordination log (see `CoordinationLog`): positions from 1, a subscription.
+//! let first = log.append_entry(RequestId::new(1, 1), b"prepare_join".to_vec()).await?;
+//! let mut entries = log.subscribe_entries(first)?;
+//! let (position, bytes) = entries.next().await?; // (first, b"prepare_join"), then the next
+//! # let _ = (position, bytes);
 //! # Ok(()) }
 //! ```
 //!
@@ -67,8 +89,8 @@
 //! - Membership is fixed by the `cluster` map given at first start; there is no API yet to
 //!   add or remove servers.
 //! - A Raft snapshot (used to purge Raft's log and to catch up far-behind servers) serializes
-//!   the whole state machine in memory; fine for ledgers that are compacted regularly, not for
-//!   very large state.
+//!   the whole state machine in memory; fine for ledgers that are compacted regularly and a
+//!   coordination log of small entries, not for very large state.
 //!
 //! # Security of the transport
 //! - **Authentication**: with a [`ClusterSecret`] (`--secret-file`), every connection starts
@@ -89,6 +111,7 @@
 mod auth;
 mod client;
 mod codec;
+mod coordination;
 mod dedup;
 mod embedded;
 mod error;
@@ -107,6 +130,7 @@ use std::pin::Pin;
 pub use auth::{ClusterSecret, MIN_SECRET_BYTES};
 pub use client::{ClientOptions, LogClient};
 pub use codec::decode_bounded;
+pub use coordination::{CoordinationEntry, CoordinationLog, EntrySubscription, MAX_ENTRY_BYTES};
 pub use dedup::{export_ids, DedupConfig, DedupFilter};
 pub use embedded::EmbeddedLog;
 pub use error::{AuthFailure, Error, Result, SecretProblem};
@@ -117,8 +141,10 @@ pub use net::{
 pub use node::Tuning;
 pub use observer::NodeObserver;
 pub use server::{status, status_with, LogServer, ServerConfig};
-pub use store::REQUEST_ID_WINDOW;
-pub use types::{CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus};
+pub use types::{
+    CommitStats, LedgerInfo, LedgerRead, ReadStats, RequestId, Role, ServerStatus,
+    REQUEST_ID_WINDOW,
+};
 
 /// A boxed, sendable future (keeps [`Ledgers`] usable as `dyn Ledgers`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

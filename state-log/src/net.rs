@@ -43,6 +43,9 @@ pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - (1 << 20);
 /// first page, beside them); the client reads page after page.
 pub(crate) const READ_PAGE_BYTES: usize = 32 << 20;
 
+/// Longest a server holds a subscription's `WaitEntries` before answering it empty.
+pub(crate) const MAX_ENTRY_WAIT: Duration = Duration::from_secs(60);
+
 /// Requests of one connection served at once; the server reads no further frame from that
 /// connection until one of them is answered (TCP then holds the client back).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
@@ -92,6 +95,27 @@ pub(crate) enum Request {
         fence: u64,
         request: Box<Request>,
     },
+    // The coordination log (after the ledgers' requests, so their encoding is unchanged).
+    /// Append an entry whose crc32 is `crc`.
+    AppendEntry {
+        request: RequestId,
+        entry: Bytes,
+        crc: u32,
+    },
+    /// Read at most `max` entries from `from` (linearizable).
+    ReadEntries {
+        from: u64,
+        max: u64,
+    },
+    /// The long poll of a subscription: entries from `from` as soon as one exists, or none
+    /// after `wait_ms` (at most [`MAX_ENTRY_WAIT`]).
+    WaitEntries {
+        from: u64,
+        max: u64,
+        wait_ms: u64,
+    },
+    /// The position of the last entry (linearizable).
+    LastEntryPosition,
 }
 
 impl Request {
@@ -118,6 +142,10 @@ impl Request {
             Request::Info { .. } => "Info",
             Request::Status => "Status",
             Request::Fenced { .. } => "Fenced",
+            Request::AppendEntry { .. } => "AppendEntry",
+            Request::ReadEntries { .. } => "ReadEntries",
+            Request::WaitEntries { .. } => "WaitEntries",
+            Request::LastEntryPosition => "LastEntryPosition",
         }
     }
 }
@@ -137,6 +165,38 @@ pub(crate) enum Response {
     Status(StatusReply),
     /// The server could not decode or serve the request at all.
     Failed(Error),
+    /// Answer to `AppendEntry`: the entry's position.
+    EntryAppended(Result<u64>),
+    /// Answer to `ReadEntries` and `WaitEntries`.
+    Entries(Result<EntryPage>),
+    /// Answer to `LastEntryPosition`.
+    LastEntryPosition(Result<u64>),
+}
+
+/// Entries of the coordination log on the wire, in position order (payloads as byte strings).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct EntryPage {
+    pub(crate) entries: Vec<(u64, serde_bytes::ByteBuf)>,
+}
+
+impl From<Vec<(u64, Vec<u8>)>> for EntryPage {
+    fn from(entries: Vec<(u64, Vec<u8>)>) -> Self {
+        EntryPage {
+            entries: entries
+                .into_iter()
+                .map(|(p, e)| (p, serde_bytes::ByteBuf::from(e)))
+                .collect(),
+        }
+    }
+}
+
+impl From<EntryPage> for Vec<(u64, Vec<u8>)> {
+    fn from(page: EntryPage) -> Self {
+        page.entries
+            .into_iter()
+            .map(|(p, e)| (p, e.into_vec()))
+            .collect()
+    }
 }
 
 /// One page of a ledger read (see [`READ_PAGE_BYTES`]).
@@ -153,6 +213,9 @@ pub(crate) struct ReadPage {
 pub(crate) struct StatusReply {
     pub(crate) status: ServerStatus,
     pub(crate) members: Vec<(u64, String)>,
+    /// The server's last applied coordination-log position. Last, and not inside `status`, so
+    /// that a client of an earlier version still decodes the reply (it ignores trailing bytes).
+    pub(crate) last_entry_position: u64,
 }
 
 #[derive(Serialize, Deserialize)]

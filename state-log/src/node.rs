@@ -1,6 +1,6 @@
 //! One state-log node: an openraft instance over the RocksDB stores, with the group committer
-//! that packs concurrent ledger commands into Raft entries. Shared by [`crate::LogServer`] and
-//! [`crate::EmbeddedLog`].
+//! that packs concurrent commands (ledger writes and coordination-log appends) into Raft
+//! entries. Shared by [`crate::LogServer`] and [`crate::EmbeddedLog`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::auth::ClusterSecret;
+use crate::coordination::{check_entry_size, CoordinationEntry};
 use crate::error::{Error, Result};
 use crate::raft_net::Network;
 use crate::raft_types::{Command, CommandBatch, LogRaft, Outcome};
@@ -109,7 +110,7 @@ impl Node {
         let db = open_db(dir)?;
         let flusher = Flusher::start(db.clone());
         let log_store = LogStore::new(db.clone(), &flusher);
-        let sm = StateMachineStore::new(db);
+        let sm = StateMachineStore::new(db)?;
         let raft = LogRaft::new(id, config, Network::new(secret), log_store, sm.clone())
             .await
             .map_err(|e| Error::Fatal(format!("starting raft: {e}")))?;
@@ -206,6 +207,111 @@ impl Node {
         }
     }
 
+    /// Appends an entry to the coordination log (its checksum computed by the caller) and
+    /// returns its position once committed. An entry over
+    /// [`MAX_ENTRY_BYTES`](crate::MAX_ENTRY_BYTES) is refused here,
+    /// before it reaches Raft.
+    pub(crate) async fn append_entry_checked(
+        &self,
+        request: RequestId,
+        entry: Bytes,
+        crc: u32,
+    ) -> Result<u64> {
+        check_entry_size(entry.len())?;
+        let cmd = Command::AppendEntry {
+            request,
+            entry,
+            crc,
+        };
+        match self.submit(cmd).await? {
+            Outcome::Appended(p) => Ok(p),
+            Outcome::Rejected(e) => Err(e),
+            Outcome::Snapshotted => Err(Error::Fatal("append answered as snapshot".into())),
+        }
+    }
+
+    /// Linearizable read of one page of the coordination log (leader only): see
+    /// `EntryStore::read_entries`.
+    pub(crate) async fn read_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.linearize().await?;
+        self.read_applied_entries(from, max, budget).await
+    }
+
+    /// Linearizable read of `max` entries of the coordination log from `from`, fewer only if it
+    /// ends first (leader only): see `EntryStore::read_all_entries`.
+    pub(crate) async fn read_all_entries(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.linearize().await?;
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.read_all_entries(from, max, usize::MAX))
+            .await
+            .map_err(|e| Error::Fatal(format!("read task: {e}")))?
+    }
+
+    /// Reads the coordination log as applied on this node, without asking a quorum. Safe for
+    /// subscriptions: a node applies only committed entries, so this is a prefix of the log.
+    pub(crate) async fn read_applied_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.read_entries(from, max, budget))
+            .await
+            .map_err(|e| Error::Fatal(format!("read task: {e}")))?
+    }
+
+    /// Linearizable position of the coordination log's last entry (0: empty; leader only).
+    pub(crate) async fn last_entry_position(&self) -> Result<u64> {
+        self.linearize().await?;
+        Ok(self.sm.last_entry_position())
+    }
+
+    /// The coordination log's last position as applied on this node (not linearized).
+    pub(crate) fn applied_entry_position(&self) -> u64 {
+        self.sm.last_entry_position()
+    }
+
+    /// A receiver of the last applied coordination-log position on this node.
+    pub(crate) fn watch_last_entry(&self) -> watch::Receiver<u64> {
+        self.sm.watch_last_entry()
+    }
+
+    /// The long poll of subscriptions: once this node is confirmed leader (so a partitioned
+    /// former leader sends its caller elsewhere instead of holding it), waits at most `wait`
+    /// until an entry at or after `from` is applied, then reads as
+    /// `EntryStore::read_entries`; empty if none came in time.
+    pub(crate) async fn wait_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+        wait: Duration,
+    ) -> Result<Vec<CoordinationEntry>> {
+        if from == 0 {
+            return Err(Error::InvalidRequest(
+                "coordination log positions start at 1".into(),
+            ));
+        }
+        self.linearize().await?;
+        let mut last = self.watch_last_entry();
+        match tokio::time::timeout(wait, last.wait_for(|last| *last >= from)).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(Err(_)) => return Err(Error::Unavailable("the node is shutting down".into())),
+            Ok(Ok(_)) => {}
+        }
+        self.read_applied_entries(from, max, budget).await
+    }
+
     /// Confirms leadership with a quorum and waits until everything committed so far is applied.
     async fn linearize(&self) -> Result<()> {
         match self.raft.ensure_linearizable().await {
@@ -281,6 +387,7 @@ impl Node {
                 last_log_index: m.last_log_index,
                 last_applied: m.last_applied.map(|l| l.index),
                 refused: None,
+                last_entry_position: Some(self.applied_entry_position()),
             },
             members,
         )

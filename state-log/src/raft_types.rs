@@ -23,7 +23,7 @@ openraft::declare_raft_types!(
 /// The Raft handle type of a state-log node.
 pub(crate) type LogRaft = openraft::Raft<TypeConfig>;
 
-/// One ledger operation.
+/// One operation of the state machine: a ledger write, or an append to the coordination log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// Append `record` (whose crc32 is `crc`) to `ledger` unless `request` was applied before.
@@ -58,6 +58,16 @@ pub enum Command {
         /// The guarded command (an `Append` or a `Snapshot`).
         command: Box<Command>,
     },
+    /// Append `entry` (whose crc32 is `crc`) to the coordination log, at the position after its
+    /// last, unless `request` was applied to it before. (Last, so earlier Raft logs decode.)
+    AppendEntry {
+        /// Idempotency key (remembered apart from the ledgers' request ids).
+        request: RequestId,
+        /// Opaque entry (shared: a retried command is not copied).
+        entry: Bytes,
+        /// crc32 of `entry`, computed where the append was made.
+        crc: u32,
+    },
 }
 
 impl Command {
@@ -67,14 +77,16 @@ impl Command {
             Command::Append { record, ledger, .. } => record.len() + ledger.len() + 32,
             Command::Snapshot { bytes, ledger, .. } => bytes.len() + ledger.len() + 32,
             Command::Fenced { command, .. } => command.size() + 8,
+            Command::AppendEntry { entry, .. } => entry.len() + 32,
         }
     }
 
-    /// The ledger the command writes to.
-    pub(crate) fn ledger(&self) -> &str {
+    /// The ledger the command writes to (`None` for the coordination log, which is no ledger).
+    pub(crate) fn ledger(&self) -> Option<&str> {
         match self {
-            Command::Append { ledger, .. } | Command::Snapshot { ledger, .. } => ledger,
+            Command::Append { ledger, .. } | Command::Snapshot { ledger, .. } => Some(ledger),
             Command::Fenced { command, .. } => command.ledger(),
+            Command::AppendEntry { .. } => None,
         }
     }
 
@@ -100,7 +112,8 @@ pub struct CommandBatch {
 /// Result of one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Appended (or found already appended, for a repeated request id) at this position.
+    /// Appended (or found already appended, for a repeated request id) at this position (of
+    /// the ledger, or of the coordination log for [`Command::AppendEntry`]).
     Appended(u64),
     /// Snapshot stored (or an equal or newer one was already there).
     Snapshotted,

@@ -9,10 +9,11 @@ use std::time::Duration;
 use openraft::BasicNode;
 
 use crate::auth::ClusterSecret;
+use crate::coordination::MAX_ENTRIES_PER_PAGE;
 use crate::error::{Error, Result};
 use crate::net::{
     serve, Handler, ReadPage, Request, Response, RpcClient, ServeOptions, StatusReply,
-    READ_PAGE_BYTES,
+    MAX_ENTRY_WAIT, READ_PAGE_BYTES,
 };
 use crate::node::{Node, Tuning};
 use crate::types::{CommitStats, Role, ServerStatus};
@@ -233,12 +234,42 @@ impl Handler for Node {
                     .map(|(read, complete)| ReadPage { read, complete }),
             ),
             Request::Info { ledger } => Response::Info(self.info(&ledger).await),
+            Request::AppendEntry {
+                request,
+                entry,
+                crc,
+            } => Response::EntryAppended(self.append_entry_checked(request, entry, crc).await),
+            Request::ReadEntries { from, max } => Response::Entries(
+                self.read_entries(from, page_len(max), READ_PAGE_BYTES)
+                    .await
+                    .map(Into::into),
+            ),
+            Request::WaitEntries { from, max, wait_ms } => {
+                let wait = Duration::from_millis(wait_ms).min(MAX_ENTRY_WAIT);
+                Response::Entries(
+                    self.wait_entries(from, page_len(max), READ_PAGE_BYTES, wait)
+                        .await
+                        .map(Into::into),
+                )
+            }
+            Request::LastEntryPosition => {
+                Response::LastEntryPosition(self.last_entry_position().await)
+            }
             Request::Status => {
                 let (status, members) = self.status();
-                Response::Status(StatusReply { status, members })
+                Response::Status(StatusReply {
+                    last_entry_position: self.applied_entry_position(),
+                    status,
+                    members,
+                })
             }
         }
     }
+}
+
+/// The entries one page may carry when `max` are asked for.
+fn page_len(max: u64) -> usize {
+    usize::try_from(max).map_or(MAX_ENTRIES_PER_PAGE, |m| m.min(MAX_ENTRIES_PER_PAGE))
 }
 
 /// Asks every server (those in `addrs`, plus members they name) for its status, for an
@@ -294,7 +325,11 @@ pub async fn status_with(addrs: &[String], secret: Option<&ClusterSecret>) -> Ve
     let mut out: Vec<ServerStatus> = answers
         .into_iter()
         .map(|(addr, r)| match r {
-            Ok(r) => ServerStatus { addr, ..r.status },
+            Ok(r) => ServerStatus {
+                addr,
+                last_entry_position: Some(r.last_entry_position),
+                ..r.status
+            },
             Err(refused) => ServerStatus {
                 id: ids.get(&addr).copied(),
                 addr,
@@ -304,9 +339,129 @@ pub async fn status_with(addrs: &[String], secret: Option<&ClusterSecret>) -> Ve
                 last_log_index: None,
                 last_applied: None,
                 refused,
+                last_entry_position: None,
             },
         })
         .collect();
     out.sort_by(|a, b| (a.id, &a.addr).cmp(&(b.id, &b.addr)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::crc;
+    use crate::coordination::MAX_ENTRY_BYTES;
+    use crate::types::RequestId;
+
+    /// A one-member cluster on a free loopback port, and a raw connection to it.
+    async fn single_server(dir: &std::path::Path) -> (LogServer, RpcClient) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cluster = BTreeMap::from([(1, addr.clone())]);
+        let server = LogServer::start_on(listener, ServerConfig::new(1, &addr, dir, cluster))
+            .await
+            .unwrap();
+        server
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
+        (server, RpcClient::new(addr, None))
+    }
+
+    fn append_entry(seq: u64, entry: Vec<u8>) -> Request {
+        Request::AppendEntry {
+            request: RequestId::new(1, seq),
+            crc: crc(&entry),
+            entry: Bytes::from(entry),
+        }
+    }
+
+    fn entries(r: Response) -> Result<Vec<(u64, Vec<u8>)>> {
+        match r {
+            Response::Entries(r) => r.map(Into::into),
+            other => panic!("expected Entries, got {other:?}"),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_refuses_an_oversized_entry_that_skipped_the_client_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, raw) = single_server(dir.path()).await;
+        let r = raw
+            .call(append_entry(0, vec![3; MAX_ENTRY_BYTES + 1]), T)
+            .await
+            .unwrap();
+        match r {
+            Response::EntryAppended(Err(Error::TooLarge { bytes, limit, .. })) => {
+                assert_eq!(
+                    (bytes, limit),
+                    (MAX_ENTRY_BYTES as u64 + 1, MAX_ENTRY_BYTES as u64)
+                );
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        match raw.call(Request::LastEntryPosition, T).await.unwrap() {
+            Response::LastEntryPosition(Ok(p)) => assert_eq!(p, 0),
+            other => panic!("{other:?}"),
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_poll_is_answered_when_an_entry_commits_or_empty_at_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, raw) = single_server(dir.path()).await;
+        let raw = Arc::new(raw);
+        // Nothing at 1: answered empty once the wait has passed, not before.
+        let started = Instant::now();
+        let wait = |from, wait_ms| Request::WaitEntries {
+            from,
+            max: 100,
+            wait_ms,
+        };
+        assert_eq!(
+            entries(raw.call(wait(1, 100), T).await.unwrap()),
+            Ok(vec![])
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // A long wait is answered as soon as an entry at or after `from` commits.
+        let waiting = {
+            let raw = raw.clone();
+            tokio::spawn(async move { raw.call(wait(1, 60_000), T).await })
+        };
+        let appended = raw
+            .call(append_entry(0, b"first".to_vec()), T)
+            .await
+            .unwrap();
+        assert!(
+            matches!(appended, Response::EntryAppended(Ok(1))),
+            "{appended:?}"
+        );
+        let got = entries(waiting.await.unwrap().unwrap()).unwrap();
+        assert_eq!(got, vec![(1, b"first".to_vec())]);
+        // An entry that exists is answered at once; position 0 does not exist.
+        let started = Instant::now();
+        assert_eq!(
+            entries(raw.call(wait(1, 60_000), T).await.unwrap()).unwrap(),
+            got
+        );
+        assert!(started.elapsed() < T);
+        assert!(matches!(
+            entries(raw.call(wait(0, 10), T).await.unwrap()),
+            Err(Error::InvalidRequest(_))
+        ));
+        // The status reply carries the position.
+        assert_eq!(
+            status(&[server.local_addr().to_string()]).await[0].last_entry_position,
+            Some(1)
+        );
+        server.shutdown().await.unwrap();
+    }
 }

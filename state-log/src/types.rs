@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How many recent sequence numbers per client the state machine remembers for deduplication
+/// (of ledger appends, and apart of coordination-log appends).
+pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
+
 /// Identifies one logical append so a retry is applied at most once.
 ///
 /// `client` names the appender (e.g. a peer's random 64-bit id) and `seq` numbers its requests.
@@ -101,12 +105,17 @@ pub struct ServerStatus {
     /// [`Role::Unreachable`].
     #[serde(default)]
     pub refused: Option<String>,
+    /// Position of the last coordination-log entry this server has applied (0: none yet;
+    /// `None` if it did not answer). Not in the serialized form (a server sends it beside this
+    /// line, so that the status reply of earlier versions keeps its layout).
+    #[serde(skip)]
+    pub last_entry_position: Option<u64>,
 }
 
 /// Counters of the group committer of one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStats {
-    /// Ledger commands (appends and snapshots) submitted.
+    /// Commands (ledger appends and snapshots, coordination-log appends) submitted.
     pub commands: u64,
     /// Raft entries (client writes) they were packed into.
     pub raft_writes: u64,

@@ -26,9 +26,25 @@ pub(crate) const CF_SNAPSHOTS: &str = "ledger_snapshots";
 pub(crate) const CF_REQUESTS: &str = "ledger_requests";
 /// State machine metadata: last applied log id, membership, the current Raft snapshot.
 pub(crate) const CF_SM_META: &str = "sm_meta";
+/// The coordination log's entries: position (u64 BE, from 1) → `crc32 LE ‖ payload`. A column
+/// family of its own, so no ledger name can ever address it.
+pub(crate) const CF_ENTRIES: &str = "coord_entries";
+/// The coordination log's remembered request ids: `client BE ‖ seq BE` → position BE (apart
+/// from the ledgers' [`CF_REQUESTS`], so the same id used for a ledger and for the
+/// coordination log are two requests).
+pub(crate) const CF_ENTRY_REQUESTS: &str = "coord_requests";
 
-/// The state machine's data column families (what a Raft snapshot carries).
-pub(super) const DATA_CFS: [&str; 4] = [CF_RECORDS, CF_LEDGERS, CF_SNAPSHOTS, CF_REQUESTS];
+/// The state machine's data column families (what a Raft snapshot carries). A snapshot row
+/// names its column family by its index here: new ones go last, so that snapshots written
+/// before them still install.
+pub(super) const DATA_CFS: [&str; 6] = [
+    CF_RECORDS,
+    CF_LEDGERS,
+    CF_SNAPSHOTS,
+    CF_REQUESTS,
+    CF_ENTRIES,
+    CF_ENTRY_REQUESTS,
+];
 
 pub(super) type StorageResult<T> = std::result::Result<T, StorageError<u64>>;
 
@@ -103,7 +119,8 @@ pub(crate) fn db_options(
     Ok((opts, cache))
 }
 
-/// Opens (or creates) a node's database with all column families.
+/// Opens (or creates) a node's database with all column families (a database made before a
+/// column family existed gets it, empty, at its next open).
 pub(crate) fn open_db(dir: &Path) -> Result<Arc<DB>> {
     std::fs::create_dir_all(dir)?;
     let (opts, cache) = db_options(DB_WRITE_BUFFER_BYTES, BLOCK_CACHE_BYTES)?;
@@ -115,6 +132,8 @@ pub(crate) fn open_db(dir: &Path) -> Result<Arc<DB>> {
         CF_SNAPSHOTS,
         CF_REQUESTS,
         CF_SM_META,
+        CF_ENTRIES,
+        CF_ENTRY_REQUESTS,
     ]
     .into_iter()
     .map(|n| ColumnFamilyDescriptor::new(n, cf_options(&cache)));

@@ -9,11 +9,13 @@
 //! after a crash (each entry's changes and its `last_applied` are one atomic write batch).
 //!
 //! `db` opens the database and names its column families, `log_store` is Raft's log,
-//! `state_machine` the ledgers.
+//! `state_machine` the ledgers, and `coordination_log` the state machine's second keyspace:
+//! the coordination log, one totally ordered list of entries.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); helpers share it.
 #![allow(clippy::result_large_err)]
 
+mod coordination_log;
 mod db;
 mod log_store;
 mod state_machine;
@@ -21,4 +23,3 @@ mod state_machine;
 pub(crate) use db::{cf_options, db_options, open_db};
 pub(crate) use log_store::{Flusher, LogStore};
 pub(crate) use state_machine::StateMachineStore;
-pub use state_machine::REQUEST_ID_WINDOW;

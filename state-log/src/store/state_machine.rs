@@ -1,8 +1,9 @@
 //! The ledger state machine on RocksDB: it applies committed Raft entries to the ledgers
-//! (appends, fenced writes, ledger snapshots, request-id deduplication), serves reads, and
-//! builds and installs the Raft snapshots that carry all of it to a lagging node. Each entry's
-//! changes and its `last_applied` are one atomic write batch, so a crash re-applies whole
-//! entries from the synced log.
+//! (appends, fenced writes, ledger snapshots, request-id deduplication) and to the coordination
+//! log (its keyspace is in `coordination_log`), serves reads, and builds and installs the Raft
+//! snapshots that carry all of it to a lagging node. Each entry's changes and its
+//! `last_applied` are one atomic write batch, so a crash re-applies whole entries from the
+//! synced log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -20,17 +21,16 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::codec::{self, crc, encode};
+use crate::coordination::CoordinationEntry;
 use crate::error::{Error, Result};
 use crate::raft_types::{BatchOutcome, Command, Outcome, TypeConfig};
-use crate::types::{LedgerInfo, LedgerRead, ReadStats};
+use crate::types::{LedgerInfo, LedgerRead, ReadStats, REQUEST_ID_WINDOW};
 
+use super::coordination_log::{EntryStore, PendingEntries};
 use super::db::{
     cf, sto_read, sto_write, sync_opts, StorageResult, CF_LEDGERS, CF_RECORDS, CF_REQUESTS,
     CF_SM_META, CF_SNAPSHOTS, DATA_CFS,
 };
-
-/// How many recent sequence numbers per client the state machine remembers for deduplication.
-pub const REQUEST_ID_WINDOW: u64 = 1 << 16;
 
 /// Per-ledger metadata kept by the state machine.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -82,6 +82,8 @@ struct SnapshotData {
 pub(crate) struct StateMachineStore {
     db: Arc<DB>,
     snapshot_seq: Arc<AtomicU64>,
+    /// The coordination log's keyspace (in the same database).
+    entries: EntryStore,
 }
 
 /// Changes made by the entries of one `apply` call that are not in the database yet.
@@ -95,14 +97,50 @@ struct Overlay {
     snapshots: HashMap<String, u64>,
     /// Fences raised in this call.
     fences: HashMap<String, u64>,
+    /// Appends to the coordination log in this call.
+    entries: PendingEntries,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self {
+    /// The state machine over `db` (whose coordination log's last position is read once here).
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self> {
+        Ok(Self {
+            entries: EntryStore::open(&db)?,
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
-        }
+        })
+    }
+
+    /// The position of the coordination log's last applied entry (0 if it is empty).
+    pub(crate) fn last_entry_position(&self) -> u64 {
+        self.entries.last_position()
+    }
+
+    /// A receiver of the coordination log's last applied position, changed after every apply
+    /// that appended to it (and every installed Raft snapshot).
+    pub(crate) fn watch_last_entry(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.entries.watch_last()
+    }
+
+    /// One page of the coordination log: see `EntryStore::read_entries`.
+    pub(crate) fn read_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.entries.read_entries(&self.db, from, max, budget)
+    }
+
+    /// `max` entries of the coordination log, fewer only if it ends first: see
+    /// `EntryStore::read_all_entries`.
+    pub(crate) fn read_all_entries(
+        &self,
+        from: u64,
+        max: usize,
+        budget: usize,
+    ) -> Result<Vec<CoordinationEntry>> {
+        self.entries.read_all_entries(&self.db, from, max, budget)
     }
 
     /// The underlying database (for shutdown accounting).
@@ -164,7 +202,11 @@ impl StateMachineStore {
     ) -> StorageResult<Outcome> {
         match cmd {
             Command::Fenced { fence, command } => {
-                let ledger = command.ledger().to_owned();
+                let Some(ledger) = command.ledger().map(str::to_owned) else {
+                    return Ok(Outcome::Rejected(Error::InvalidRequest(
+                        "only ledger writes can be fenced".into(),
+                    )));
+                };
                 let current = self.fence_of(ov, &ledger)?;
                 if fence < current {
                     return Ok(Outcome::Rejected(Error::Fenced {
@@ -317,6 +359,13 @@ impl StateMachineStore {
                 ov.metas.insert(ledger, meta);
                 Ok(Outcome::Snapshotted)
             }
+            Command::AppendEntry {
+                request,
+                entry,
+                crc: sum,
+            } => self
+                .entries
+                .apply_append(&self.db, request, &entry, sum, &mut ov.entries, batch),
         }
     }
 
@@ -584,6 +633,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             );
         }
         self.db.write(batch).map_err(sto_write)?;
+        // After the write: a subscriber woken by this finds the entries in the database.
+        self.entries.publish(&ov.entries);
         Ok(responses)
     }
 
@@ -632,7 +683,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data: ByteBuf::from(data),
         };
         batch.put_cf(meta_cf, KEY_SNAPSHOT, encode(&stored).map_err(sto_write)?);
-        self.db.write_opt(batch, &sync_opts()).map_err(sto_write)
+        self.db.write_opt(batch, &sync_opts()).map_err(sto_write)?;
+        self.entries.reload(&self.db).map_err(sto_read)
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -643,6 +695,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "coordination_log_tests.rs"]
+mod coordination_log_tests;
 
 #[cfg(test)]
 mod tests {
@@ -719,7 +775,7 @@ mod tests {
     #[tokio::test]
     async fn fences_hold_within_one_apply_and_travel_in_raft_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap());
+        let mut sm = StateMachineStore::new(open_db(&dir.path().join("a")).unwrap()).unwrap();
         // One apply call (one Raft entry): the overlay keeps the fence consistent within it.
         let out = apply(
             &mut sm,
@@ -759,7 +815,7 @@ mod tests {
 
         // A Raft snapshot of this state machine, installed on a fresh one, carries the fences.
         let snap = sm.build_snapshot().await.unwrap();
-        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap());
+        let mut other = StateMachineStore::new(open_db(&dir.path().join("b")).unwrap()).unwrap();
         other
             .install_snapshot(&snap.meta, snap.snapshot)
             .await
