@@ -25,6 +25,7 @@ pub mod demo;
 pub mod job;
 pub mod key_groups;
 pub mod lifecycle;
+pub mod messaging;
 pub mod metrics;
 pub mod plugin;
 mod plugins;

@@ -92,8 +92,9 @@ impl ClusterSecret {
         mac
     }
 
-    /// The server's proof over both nonces.
-    pub(crate) fn server_proof(&self, client_nonce: &Nonce, server_nonce: &Nonce) -> [u8; 32] {
+    /// The server's proof over both nonces (HMAC-SHA256 with the server label). Public so that
+    /// other transports of the cluster (the engine's messaging) authenticate the same way.
+    pub fn server_proof(&self, client_nonce: &Nonce, server_nonce: &Nonce) -> [u8; 32] {
         let tag = self
             .proof(SERVER_LABEL, client_nonce, server_nonce)
             .finalize()
@@ -101,8 +102,9 @@ impl ClusterSecret {
         tag.into()
     }
 
-    /// The client's proof over both nonces.
-    pub(crate) fn client_proof(&self, client_nonce: &Nonce, server_nonce: &Nonce) -> [u8; 32] {
+    /// The client's proof over both nonces (HMAC-SHA256 with the client label). Public so that
+    /// other transports of the cluster (the engine's messaging) authenticate the same way.
+    pub fn client_proof(&self, client_nonce: &Nonce, server_nonce: &Nonce) -> [u8; 32] {
         let tag = self
             .proof(CLIENT_LABEL, client_nonce, server_nonce)
             .finalize()
@@ -111,14 +113,14 @@ impl ClusterSecret {
     }
 
     /// True if `proof` is the server's proof over both nonces (compared in constant time).
-    pub(crate) fn verify_server(&self, client: &Nonce, server: &Nonce, proof: &[u8]) -> bool {
+    pub fn verify_server(&self, client: &Nonce, server: &Nonce, proof: &[u8]) -> bool {
         self.proof(SERVER_LABEL, client, server)
             .verify_slice(proof)
             .is_ok()
     }
 
     /// True if `proof` is the client's proof over both nonces (compared in constant time).
-    pub(crate) fn verify_client(&self, client: &Nonce, server: &Nonce, proof: &[u8]) -> bool {
+    pub fn verify_client(&self, client: &Nonce, server: &Nonce, proof: &[u8]) -> bool {
         self.proof(CLIENT_LABEL, client, server)
             .verify_slice(proof)
             .is_ok()
@@ -126,10 +128,11 @@ impl ClusterSecret {
 }
 
 /// A random challenge.
-pub(crate) type Nonce = [u8; NONCE_BYTES];
+pub type Nonce = [u8; NONCE_BYTES];
 
-/// A fresh nonce from the operating system's random source.
-pub(crate) fn nonce() -> Result<Nonce> {
+/// A fresh nonce from the operating system's random source (public for the engine's messaging,
+/// which challenges its peers the same way).
+pub fn nonce() -> Result<Nonce> {
     let mut n = [0u8; NONCE_BYTES];
     getrandom::fill(&mut n)
         .map_err(|e| Error::Fatal(format!("no random source for a nonce: {e}")))?;

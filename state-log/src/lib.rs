@@ -127,7 +127,7 @@ mod types;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use auth::{ClusterSecret, MIN_SECRET_BYTES};
+pub use auth::{nonce, ClusterSecret, Nonce, MIN_SECRET_BYTES};
 pub use client::{ClientOptions, LogClient};
 pub use codec::decode_bounded;
 pub use coordination::{CoordinationEntry, CoordinationLog, EntrySubscription, MAX_ENTRY_BYTES};

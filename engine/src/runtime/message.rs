@@ -12,8 +12,10 @@ use super::ack;
 /// are (it never infers idleness from a quiet upstream peer: a slow peer is not an idle one).
 /// An idle sender stops holding the receiver's watermark back; its next batch that is not
 /// idle makes it hold it again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Mark {
+///
+/// It travels between processes too (`crate::messaging`), hence public and serializable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
     /// The sender's watermark (`None` until it has one).
     pub watermark: Option<i64>,
     /// The sender is idle.
