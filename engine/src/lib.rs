@@ -19,6 +19,7 @@
 //! ```
 
 pub mod allocator;
+pub mod coordination;
 pub mod cli;
 pub mod data_dir;
 pub mod demo;

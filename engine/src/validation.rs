@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::job::{
-    AggregationDef, ErrorsTarget, FlowTo, Job, Problem, TaskKind, TriggerDef, TriggerOn,
-    ValidationError, WindowDef, WindowKind,
+    AggregationDef, ErrorsTarget, FlowTo, Job, JobScheduler, Problem, TaskKind, TaskScheduler,
+    TriggerDef, TriggerOn, ValidationError, WindowDef, WindowKind,
 };
 use crate::plugin::PluginKind;
 use crate::registry::Registry;
@@ -29,6 +29,7 @@ impl Job {
         v.lifecycles();
         v.errors();
         v.key_groups();
+        v.scheduling();
         if v.problems.is_empty() {
             Ok(())
         } else {
@@ -755,6 +756,102 @@ impl Validator<'_> {
                  key_groups of at least {peers}"
             );
             self.problem("job".into(), Some("key_groups"), message);
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// The cluster's scheduling keys (DESIGN §6): percentages between 1 and 100, a percentage
+    /// for each percentage scheduler and none where no scheduler reads it, task percentages
+    /// that add up to 100, and, for the colocated task scheduler, a peer count every task
+    /// accepts. `sardonyx run` ignores the keys, but a job is one file for both.
+    fn scheduling(&mut self) {
+        let job = self.job;
+        let job_scheduler = job.job_scheduler.unwrap_or_default();
+        let task_scheduler = job.task_scheduler.unwrap_or_default();
+        let out_of_range = |p: u32| !(1..=100).contains(&p);
+        match job.percentage {
+            Some(p) if out_of_range(p) => self.problem(
+                "job".into(),
+                Some("percentage"),
+                format!("must be between 1 and 100 (found {p})"),
+            ),
+            Some(_) if job_scheduler != JobScheduler::Percentage => self.problem(
+                "job".into(),
+                Some("percentage"),
+                format!(
+                    "not used by the {} job scheduler (set job_scheduler to \"percentage\")",
+                    job_scheduler.name()
+                ),
+            ),
+            None if job_scheduler == JobScheduler::Percentage => self.problem(
+                "job".into(),
+                Some("percentage"),
+                "the percentage job scheduler needs the job's percentage of the peers (1 to 100)",
+            ),
+            _ => {}
+        }
+        let percentage_tasks = task_scheduler == TaskScheduler::Percentage;
+        for t in &job.catalog {
+            match t.percentage {
+                Some(p) if out_of_range(p) => self.problem(
+                    task_loc(&t.name),
+                    Some("percentage"),
+                    format!("must be between 1 and 100 (found {p})"),
+                ),
+                Some(_) if !percentage_tasks => self.problem(
+                    task_loc(&t.name),
+                    Some("percentage"),
+                    format!(
+                        "not used by the {} task scheduler (set the job's task_scheduler to \
+                         \"percentage\")",
+                        task_scheduler.name()
+                    ),
+                ),
+                None if percentage_tasks => self.problem(
+                    task_loc(&t.name),
+                    Some("percentage"),
+                    "the percentage task scheduler needs every task's percentage of the job's peers",
+                ),
+                _ => {}
+            }
+        }
+        if percentage_tasks && job.catalog.iter().all(|t| t.percentage.is_some()) {
+            let sum: u64 = job
+                .catalog
+                .iter()
+                .filter_map(|t| t.percentage)
+                .map(u64::from)
+                .sum();
+            if sum != 100 {
+                self.problem(
+                    "job".into(),
+                    Some("task_scheduler"),
+                    format!("the tasks' percentages add up to {sum}, not 100"),
+                );
+            }
+        }
+        if task_scheduler == TaskScheduler::Colocated && !job.catalog.is_empty() {
+            // Each process running the job runs one slot of every task, so every task runs on
+            // the same number of peers.
+            let bounds = |t: &crate::job::TaskSpec| match (t.n_peers, t.min_peers, t.max_peers) {
+                (Some(n), ..) => (n, n),
+                (None, None, None) => (1, 1),
+                (None, min, max) => (min.unwrap_or(1), max.unwrap_or(usize::MAX)),
+            };
+            let lo = job.catalog.iter().map(|t| bounds(t).0).max().unwrap_or(1);
+            let hi = job.catalog.iter().map(|t| bounds(t).1).min().unwrap_or(1);
+            if lo > hi {
+                self.problem(
+                    "job".into(),
+                    Some("task_scheduler"),
+                    format!(
+                        "the colocated task scheduler runs one slot of every task on each of \
+                         the job's processes, but no number of peers suits every task (one \
+                         needs at least {lo}, one takes at most {hi})"
+                    ),
+                );
+            }
         }
     }
 }

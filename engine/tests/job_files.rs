@@ -96,10 +96,10 @@ fn schema_errors_are_all_reported_with_the_entry_and_field() {
     assert_eq!(
         messages,
         [
-            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors, unmatched, key_groups",
+            "job, field surprise: unknown field, expected one of id, workflow, catalog, windows, triggers, flow_conditions, lifecycles, errors, unmatched, key_groups, job_scheduler, task_scheduler, percentage",
             r#"task "read", field batch_size: invalid type: string "ten", expected usize"#,
             r#"task "write", field type: unknown variant `sink`, expected one of `input`, `function`, `output`"#,
-            "task \"third\", field batchsize: unknown field `batchsize`, expected one of `name`, `type`, `fn`, `plugin`, `params`, `batch_size`, `batch_timeout`, `n_peers`, `min_peers`, `max_peers`, `group_by_key`, `group_by_fn`, `flux_policy`, `uniqueness_key`, `deduplicate`, `watermark`, `doc`",
+            "task \"third\", field batchsize: unknown field `batchsize`, expected one of `name`, `type`, `fn`, `plugin`, `params`, `batch_size`, `batch_timeout`, `n_peers`, `min_peers`, `max_peers`, `group_by_key`, `group_by_fn`, `flux_policy`, `uniqueness_key`, `deduplicate`, `watermark`, `percentage`, `doc`",
             r#"window "w", field range: unknown unit "minuts", expected one of milliseconds, seconds, minutes, hours, days, elements"#,
             "triggers[0], field id: missing field `id`",
         ]
@@ -254,5 +254,113 @@ fn key_groups_are_read_built_and_checked() {
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         ["job, field key_groups: invalid value: integer `-1`, expected usize"]
+    );
+}
+
+/// DESIGN §6: the scheduling keys `job_scheduler`, `task_scheduler`, the job's `percentage` and
+/// each task's `percentage` are read from JSON and TOML and set by the builders; validation
+/// reports a percentage scheduler without its percentages, percentages out of range or read by
+/// no scheduler, task percentages that do not add up to 100, and colocated tasks that cannot
+/// run on the same number of peers — all at once; a bad value is a schema problem naming the
+/// field.
+#[test]
+fn scheduling_keys_are_read_built_and_checked() {
+    use sardonyx::job::builder::JobBuilder;
+    use sardonyx::job::{JobScheduler, TaskScheduler, TaskSpec};
+    let job = |top: &str, percentages: [&str; 2]| {
+        format!(
+            r#"{{"workflow": [["in","out"]], {top}
+                "catalog": [
+                {{"name":"in","type":"input","plugin":"sardonyx/jsonl","params":{{"path":"in.jsonl"}}{}}},
+                {{"name":"out","type":"output","plugin":"sardonyx/null"{}}}]}}"#,
+            percentages[0], percentages[1]
+        )
+    };
+    let good = job(
+        r#""job_scheduler": "percentage", "percentage": 70, "task_scheduler": "percentage","#,
+        [r#", "percentage": 40"#, r#", "percentage": 60"#],
+    );
+    let json = Job::from_json_str(&good).unwrap();
+    json.validate(&Registry::new()).unwrap();
+    assert_eq!(json.job_scheduler, Some(JobScheduler::Percentage));
+    assert_eq!(json.task_scheduler, Some(TaskScheduler::Percentage));
+    assert_eq!(
+        (json.percentage, json.catalog[1].percentage),
+        (Some(70), Some(60))
+    );
+    let toml = Job::from_toml_str(&toml::to_string(&json).unwrap()).unwrap();
+    assert_eq!(toml, json);
+    let built = JobBuilder::new()
+        .edge("in", "out")
+        .task(
+            TaskSpec::input("in", "sardonyx/jsonl")
+                .param("path", "in.jsonl")
+                .percentage(40),
+        )
+        .task(TaskSpec::output("out", "sardonyx/null").percentage(60))
+        .job_scheduler(JobScheduler::Percentage)
+        .percentage(70)
+        .task_scheduler(TaskScheduler::Percentage)
+        .build();
+    assert_eq!(built, json);
+    // The defaults: greedy and balanced, no percentages.
+    let plain = Job::from_json_str(&job("", ["", ""])).unwrap();
+    assert_eq!((plain.job_scheduler, plain.task_scheduler), (None, None));
+    plain.validate(&Registry::new()).unwrap();
+
+    let problems = |text: String| {
+        Job::from_json_str(&text)
+            .unwrap()
+            .validate(&Registry::new())
+            .unwrap_err()
+            .messages()
+    };
+    assert_eq!(
+        problems(job(
+            r#""job_scheduler": "percentage", "task_scheduler": "percentage","#,
+            [r#", "percentage": 40"#, ""]
+        )),
+        [
+            "job, field percentage: the percentage job scheduler needs the job's percentage of the peers (1 to 100)",
+            r#"task "out", field percentage: the percentage task scheduler needs every task's percentage of the job's peers"#,
+        ]
+    );
+    assert_eq!(
+        problems(job(
+            r#""percentage": 0, "task_scheduler": "percentage","#,
+            [r#", "percentage": 40"#, r#", "percentage": 50"#]
+        )),
+        [
+            "job, field percentage: must be between 1 and 100 (found 0)",
+            "job, field task_scheduler: the tasks' percentages add up to 90, not 100",
+        ]
+    );
+    assert_eq!(
+        problems(job(r#""percentage": 50,"#, [r#", "percentage": 101"#, ""])),
+        [
+            r#"job, field percentage: not used by the greedy job scheduler (set job_scheduler to "percentage")"#,
+            r#"task "in", field percentage: must be between 1 and 100 (found 101)"#,
+        ]
+    );
+    assert_eq!(
+        problems(job(r#""task_scheduler": "colocated","#, [r#", "n_peers": 2"#, r#", "percentage": 10"#])),
+        [
+            r#"task "out", field percentage: not used by the colocated task scheduler (set the job's task_scheduler to "percentage")"#,
+            "job, field task_scheduler: the colocated task scheduler runs one slot of every task on each of the job's processes, but no number of peers suits every task (one needs at least 2, one takes at most 1)",
+        ]
+    );
+    // A bad value names the field.
+    let err = Job::from_json_str(&job(r#""job_scheduler": "fair","#, ["", ""])).unwrap_err();
+    assert_eq!(
+        err.problems().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["job, field job_scheduler: unknown variant `fair`, expected one of `greedy`, `balanced`, `percentage`"]
+    );
+    let err = Job::from_toml_str(
+        "workflow = [[\"in\", \"out\"]]\ntask_scheduler = \"random\"\n[[catalog]]\nname = \"in\"\ntype = \"input\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.problems().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["job, field task_scheduler: unknown variant `random`, expected one of `balanced`, `percentage`, `colocated`"]
     );
 }

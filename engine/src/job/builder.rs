@@ -17,9 +17,9 @@
 //! ```
 
 use super::{
-    AggregationDef, ErrorsTarget, FlowCondition, FlowTo, GroupKey, Job, LifecycleDef,
-    PredicateExpr, Refinement, Span, TaskKind, TaskSpec, TriggerDef, TriggerOn, Unmatched,
-    WatermarkSpec, WindowDef, WindowKind,
+    AggregationDef, ErrorsTarget, FlowCondition, FlowTo, GroupKey, Job, JobScheduler, LifecycleDef,
+    PredicateExpr, Refinement, Span, TaskKind, TaskScheduler, TaskSpec, TriggerDef, TriggerOn,
+    Unmatched, WatermarkSpec, WindowDef, WindowKind,
 };
 use crate::segment::{Map, Value};
 
@@ -50,6 +50,9 @@ impl JobBuilder {
                 errors: None,
                 unmatched: None,
                 key_groups: None,
+                job_scheduler: None,
+                task_scheduler: None,
+                percentage: None,
             },
         }
     }
@@ -124,6 +127,24 @@ impl JobBuilder {
         self
     }
 
+    /// Sets how a cluster divides its peers between this job and the others (DESIGN §6).
+    pub fn job_scheduler(mut self, scheduler: JobScheduler) -> Self {
+        self.job.job_scheduler = Some(scheduler);
+        self
+    }
+
+    /// Sets how a cluster divides the job's peers among its tasks.
+    pub fn task_scheduler(mut self, scheduler: TaskScheduler) -> Self {
+        self.job.task_scheduler = Some(scheduler);
+        self
+    }
+
+    /// Sets the job's share of the cluster's peers in percent (the `percentage` job scheduler).
+    pub fn percentage(mut self, percent: u32) -> Self {
+        self.job.percentage = Some(percent);
+        self
+    }
+
     /// The finished job.
     pub fn build(self) -> Job {
         self.job
@@ -149,6 +170,7 @@ impl TaskSpec {
             uniqueness_key: None,
             deduplicate: None,
             watermark: None,
+            percentage: None,
             doc: None,
         }
     }
@@ -238,6 +260,20 @@ impl TaskSpec {
             max_out_of_order: Some(max_out_of_order),
             idle_timeout: None,
         });
+        self
+    }
+
+    /// Sets the least and the greatest number of peers (a cluster adds peers up to `max` to a
+    /// grouped windowed task as processes join).
+    pub fn peers_between(mut self, min: usize, max: usize) -> Self {
+        self.min_peers = Some(min);
+        self.max_peers = Some(max);
+        self
+    }
+
+    /// Sets the task's share of its job's peers in percent (the `percentage` task scheduler).
+    pub fn percentage(mut self, percent: u32) -> Self {
+        self.percentage = Some(percent);
         self
     }
 

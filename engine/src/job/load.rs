@@ -83,7 +83,7 @@ impl Job {
     }
 }
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 13] = [
     "id",
     "workflow",
     "catalog",
@@ -94,6 +94,9 @@ const TOP_KEYS: [&str; 10] = [
     "errors",
     "unmatched",
     "key_groups",
+    "job_scheduler",
+    "task_scheduler",
+    "percentage",
 ];
 
 fn from_document(doc: Doc) -> Result<Job, JobFileError> {
@@ -164,6 +167,9 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
     let errors = decode_field(&mut top, "errors", &mut problems).flatten();
     let unmatched = decode_field(&mut top, "unmatched", &mut problems).flatten();
     let key_groups = decode_field(&mut top, "key_groups", &mut problems).flatten();
+    let job_scheduler = decode_field(&mut top, "job_scheduler", &mut problems).flatten();
+    let task_scheduler = decode_field(&mut top, "task_scheduler", &mut problems).flatten();
+    let percentage = decode_field(&mut top, "percentage", &mut problems).flatten();
     if problems.is_empty() {
         Ok(Job {
             id,
@@ -176,6 +182,9 @@ fn from_document(doc: Doc) -> Result<Job, JobFileError> {
             errors,
             unmatched,
             key_groups,
+            job_scheduler,
+            task_scheduler,
+            percentage,
         })
     } else {
         Err(JobFileError::Schema(problems))

@@ -54,6 +54,66 @@ pub struct Job {
     /// §4, [`crate::key_groups`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_groups: Option<usize>,
+    /// How a cluster divides its peers between this job and the others (default `greedy`;
+    /// DESIGN §6, [`crate::coordination`]). Ignored by `sardonyx run` (one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_scheduler: Option<JobScheduler>,
+    /// How a cluster divides the job's peers among its tasks (default `balanced`). Ignored by
+    /// `sardonyx run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_scheduler: Option<TaskScheduler>,
+    /// The job's share of the cluster's peers, in percent (1–100), for the `percentage` job
+    /// scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<u32>,
+}
+
+/// How a cluster divides its peers among jobs (the job key `job_scheduler`, DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobScheduler {
+    /// Jobs in submission order take all the peers they can use.
+    #[default]
+    Greedy,
+    /// The peers are divided evenly among the running jobs.
+    Balanced,
+    /// Each job gets its `percentage` of the peers.
+    Percentage,
+}
+
+impl JobScheduler {
+    /// The name as written in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobScheduler::Greedy => "greedy",
+            JobScheduler::Balanced => "balanced",
+            JobScheduler::Percentage => "percentage",
+        }
+    }
+}
+
+/// How a cluster divides a job's peers among its tasks (the job key `task_scheduler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskScheduler {
+    /// The job's peers are divided evenly among its tasks (within each task's bounds).
+    #[default]
+    Balanced,
+    /// Each task gets its catalog `percentage` of the job's peers.
+    Percentage,
+    /// Every process that runs the job runs one slot of every task.
+    Colocated,
+}
+
+impl TaskScheduler {
+    /// The name as written in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskScheduler::Balanced => "balanced",
+            TaskScheduler::Percentage => "percentage",
+            TaskScheduler::Colocated => "colocated",
+        }
+    }
 }
 
 /// What happens to a segment that matches none of its task's flow conditions (a condition with
@@ -238,6 +298,10 @@ pub struct TaskSpec {
     /// How an input derives its watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
+    /// The task's share of its job's peers, in percent (1–100), for the `percentage` task
+    /// scheduler; the shares of a job's tasks add up to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<u32>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,

@@ -1,0 +1,96 @@
+//! The replica as plain text (`cluster-status`, `replay`): the processes with their address,
+//! slots in use and whom each watches, the joins in progress, and the jobs with, per task,
+//! which process owns which slot at which owner epoch and with which key groups.
+
+use std::fmt::{self, Display, Write as _};
+
+use super::replica::{KeyGroupRange, Replica, Slot};
+use super::ring::watched_by;
+
+impl Display for KeyGroupRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
+    }
+}
+
+fn slot_line(slot: &Slot) -> String {
+    let mut line = match (slot.owner, slot.completed) {
+        (_, true) => "completed".to_owned(),
+        (Some(p), false) => format!("{p} epoch {}", slot.epoch),
+        (None, false) => "no owner".to_owned(),
+    };
+    if !slot.key_groups.is_empty() {
+        let ranges: Vec<String> = slot.key_groups.iter().map(ToString::to_string).collect();
+        let _ = write!(line, " key groups {}", ranges.join(","));
+    }
+    line
+}
+
+impl Display for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "at entry {}: {} processes, {} joining, {} jobs, {} entries ignored",
+            self.position,
+            self.processes.len(),
+            self.joins.len(),
+            self.jobs.len(),
+            self.ignored
+        )?;
+        if let Some(last) = &self.last_ignored {
+            writeln!(f, "last ignored: entry {}: {}", last.position, last.reason)?;
+        }
+        writeln!(f, "processes (in ring order):")?;
+        for id in &self.ring {
+            let p = &self.processes[id];
+            let watches = watched_by(self, *id).map_or("nobody".to_owned(), |w| w.to_string());
+            writeln!(
+                f,
+                "  {id}  {}  slots {}/{}  watches {watches}",
+                p.info.address,
+                self.load(*id),
+                p.info.slots
+            )?;
+        }
+        for join in &self.joins {
+            let stage = match join.stage.watcher() {
+                None => "waiting for a watcher".to_owned(),
+                Some(w) => format!(
+                    "{} by {w}",
+                    if matches!(join.stage, super::replica::JoinStage::Prepared { .. }) {
+                        "prepared"
+                    } else {
+                        "notified"
+                    }
+                ),
+            };
+            writeln!(
+                f,
+                "  joining {}  {}  slots {}  {stage}",
+                join.process.id, join.process.address, join.process.slots
+            )?;
+        }
+        for job in &self.jobs {
+            writeln!(
+                f,
+                "job {}: {} (submitted at entry {}, {} / {})",
+                job.spec.id,
+                job.status.name(),
+                job.submitted_at,
+                job.spec.job_scheduler.name(),
+                job.spec.task_scheduler.name()
+            )?;
+            for (t, task) in job.spec.tasks.iter().enumerate() {
+                let Some(alloc) = job.tasks.get(t) else {
+                    writeln!(f, "  {}: not started", task.name)?;
+                    continue;
+                };
+                writeln!(f, "  {} (layout {}):", task.name, alloc.layout)?;
+                for (i, slot) in alloc.slots.iter().enumerate() {
+                    writeln!(f, "    slot {i}: {}", slot_line(slot))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

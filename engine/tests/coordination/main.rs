@@ -1,0 +1,8 @@
+//! The coordination replica and the schedulers (DESIGN §6), pure: generated runs through
+//! simulated processes with named invariants, scheduler tables on small clusters, and the time
+//! machine.
+
+mod generative;
+mod invariants;
+mod schedulers;
+mod sim;
