@@ -1,9 +1,11 @@
-//! The `sardonyx` command line: run, validate and demo jobs; run and inspect log servers.
+//! The `sardonyx` command line: run, validate and demo jobs; run and inspect log servers; run
+//! peer processes of a cluster and inspect the cluster (its status, its history).
 //!
 //! It lives in the library so that tests (and embedders) can run the very same command in a
 //! process of their own: [`main_from`].
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 
+use crate::cluster;
+use crate::coordination::DetectorConfig;
 use crate::data_dir::DataDirLock;
 use crate::metrics::{
     LedgerTiming, MetricsServer, Observed, ObservedJob, ObservedLog, TimedLedgers,
@@ -91,6 +95,67 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         log: Vec<String>,
         /// File holding the cluster secret the servers were started with.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Run a peer process of a cluster: it joins the cluster through the coordination log of the
+    /// log servers, watches the next process in the join ring with heartbeats and declares it gone
+    /// after the failure timeout, until stopped (SIGINT or SIGTERM: it leaves the cluster).
+    /// Running the slots the cluster allocates to it is not implemented yet.
+    Peer {
+        /// Addresses of log servers (any subset; the others are found through them).
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
+        /// Address to listen on for other peer processes (host:port; port 0 picks one).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The address other processes dial (default: the address listened on).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Virtual peers this process offers (default: the number of cores).
+        #[arg(long)]
+        slots: Option<u32>,
+        /// File holding the cluster secret the log servers were started with (also required of
+        /// other peer processes).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Time between heartbeats to the watched process (milliseconds).
+        #[arg(long, default_value_t = 200)]
+        heartbeat_ms: u64,
+        /// Time without an answer after which the watched process is declared gone
+        /// (milliseconds).
+        #[arg(long, default_value_t = 2000)]
+        failure_timeout_ms: u64,
+        /// Write the replica after every coordination-log entry to this file, one JSON line each.
+        #[arg(long, hide = true)]
+        trace_replicas: Option<PathBuf>,
+    },
+    /// Show the cluster as the coordination log says: processes, the join ring, joins in
+    /// progress, jobs and which process owns which slot.
+    ClusterStatus {
+        /// Addresses of log servers.
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
+        /// Print the replica as JSON.
+        #[arg(long)]
+        json: bool,
+        /// File holding the cluster secret.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// The time machine: the cluster as it was after coordination-log entry N (default: the
+    /// last), with that entry.
+    Replay {
+        /// Addresses of log servers.
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
+        /// The position to play the log to.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print `{"position", "entry", "replica"}` as JSON.
+        #[arg(long)]
+        json: bool,
+        /// File holding the cluster secret.
         #[arg(long)]
         secret_file: Option<PathBuf>,
     },
@@ -220,6 +285,107 @@ fn error_report(e: &anyhow::Error) -> String {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Peer {
+            log,
+            listen,
+            advertise,
+            slots,
+            secret_file,
+            heartbeat_ms,
+            failure_timeout_ms,
+            trace_replicas,
+        } => {
+            let secret = load_secret(secret_file.as_deref())?;
+            if secret.is_none() {
+                refuse_open_listener(&listen.to_string()).await?;
+            }
+            let slots = slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            });
+            let config = cluster::PeerConfig {
+                log,
+                listen,
+                advertise,
+                slots,
+                secret,
+                detector: DetectorConfig {
+                    heartbeat_interval: Duration::from_millis(heartbeat_ms),
+                    failure_timeout: Duration::from_millis(failure_timeout_ms),
+                },
+                trace_replicas,
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(stop_on_signals(StopSignals::install()?, stop.clone()));
+            match cluster::run_peer(config, stop).await? {
+                cluster::PeerExit::Stopped => {
+                    eprintln!("left the cluster");
+                    Ok(ExitCode::SUCCESS)
+                }
+                cluster::PeerExit::Removed { position } => {
+                    eprintln!(
+                        "removed from the cluster by another process (coordination log entry \
+                         {position}): it was declared gone; start the process again to rejoin"
+                    );
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        Command::ClusterStatus {
+            log,
+            json,
+            secret_file,
+        } => {
+            let view = read_coordination_log(log, secret_file).await?;
+            let replica = view.replica_at(None);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&replica).context("replica as JSON")?
+                );
+            } else {
+                print!("{replica}");
+                if !view.undecodable.is_empty() {
+                    println!(
+                        "entries skipped (they do not decode): {:?}",
+                        view.undecodable
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            log,
+            to,
+            json,
+            secret_file,
+        } => {
+            let view = read_coordination_log(log, secret_file).await?;
+            let at = to.unwrap_or(view.last);
+            if at > view.last {
+                anyhow::bail!(
+                    "--to {at}: the coordination log ends at entry {}",
+                    view.last
+                );
+            }
+            let replica = view.replica_at(Some(at));
+            let entry = view.entry(at);
+            if json {
+                let entry = serde_json::to_value(entry).context("entry as JSON")?;
+                let replica = serde_json::to_value(&replica).context("replica as JSON")?;
+                let out = serde_json::json!({"position": at, "entry": entry, "replica": replica});
+                println!("{out}");
+            } else {
+                match entry {
+                    Some(e) => println!("entry {at} of {}: {}", view.last, e.name()),
+                    None if at == 0 => {
+                        println!("before the first entry (the log has {})", view.last)
+                    }
+                    None => println!("entry {at} of {}: does not decode (skipped)", view.last),
+                }
+                print!("{replica}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { job, data } => {
             let registry = Registry::new();
             let loaded = Job::load(&job);
@@ -544,6 +710,21 @@ async fn open_state(
 }
 
 /// Parses `1=host:port,2=host:port`.
+/// Every entry of the coordination log of the log servers at `log`.
+async fn read_coordination_log(
+    log: Vec<String>,
+    secret_file: Option<PathBuf>,
+) -> anyhow::Result<cluster::LogView> {
+    let options = ClientOptions {
+        secret: load_secret(secret_file.as_deref())?,
+        ..ClientOptions::default()
+    };
+    let client = LogClient::with_options(log, options)?;
+    cluster::read_entries(&client)
+        .await
+        .context("reading the coordination log")
+}
+
 /// The cluster secret from `--secret-file`, if given.
 fn load_secret(path: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterSecret>> {
     path.map(ClusterSecret::from_file)

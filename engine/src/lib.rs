@@ -19,8 +19,9 @@
 //! ```
 
 pub mod allocator;
-pub mod coordination;
 pub mod cli;
+pub mod cluster;
+pub mod coordination;
 pub mod data_dir;
 pub mod demo;
 pub mod job;

@@ -97,10 +97,10 @@ mod worker_peer;
 pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
 pub use job_log::StateOptions;
-pub use message::Mark;
 pub use launch::{
     check_state, run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS,
 };
+pub use message::Mark;
 pub use progress::{
     FilterOpened, Progress, RecentFiring, RecentRejection, SlotCounters, SlotRecovery,
     TriggerFirings, FIRING_SAMPLE_EVERY, RECENT_FIRINGS, RECENT_REJECTIONS,

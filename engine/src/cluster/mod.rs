@@ -1,0 +1,21 @@
+//! The peer process of a cluster (DESIGN §6), the edge where the pure coordination replica
+//! ([`crate::coordination`]) meets the world: the coordination log of a log cluster
+//! (`sardonyx_state_log::CoordinationLog`), the messaging between processes
+//! ([`crate::messaging`]) and the clock.
+//!
+//! [`peer::run_peer`] joins a process to the cluster and keeps it there: it appends its
+//! `prepare_join`, plays every entry of the coordination log into its replica, appends the
+//! reactions the replica asks of it (the join handshake, sealing a job), heartbeats the process
+//! it watches in the ring and appends `leave_cluster` for it when it stays silent for
+//! `failure_timeout`. [`log_view`] reads a coordination log whole and plays it to any position
+//! (`sardonyx cluster-status`, `sardonyx replay`: the time machine).
+//!
+//! What is not here yet: running the slots the replica gives a process (its jobs' tasks) —
+//! the replica allocates them and `cluster-status` shows the allocation, but a peer process
+//! does not start them (see `docs/cluster.md`).
+
+pub mod log_view;
+pub mod peer;
+
+pub use log_view::{read_entries, LogView};
+pub use peer::{run_peer, PeerConfig, PeerError, PeerExit};

@@ -1,0 +1,293 @@
+//! One peer process in the cluster: join, play the coordination log, react, watch the next
+//! process in the ring (DESIGN §6).
+//!
+//! The loop waits on three things: the next entry of the coordination log (played into the
+//! replica with [`Replica::apply`]; the [`reactions`] asked of this process are appended), the
+//! failure detector's next deadline (a heartbeat to send, or a `leave_cluster` to append for
+//! the watched process), and the answers to heartbeats. Every decision is the pure
+//! coordination code's; this module only carries it out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sardonyx_state_log::{
+    ClientOptions, ClusterSecret, CoordinationLog, Error as LogError, LogClient, RequestId,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordination::{
+    diff, joining_watched_by, reactions, watched_by, DetectorAction, DetectorConfig, Entry,
+    FailureDetector, LogLease, ProcessId, ProcessInfo, Replica,
+};
+use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
+
+/// How a peer process runs.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Addresses of log servers (any subset of the log cluster).
+    pub log: Vec<String>,
+    /// Where to listen for other processes (messages and heartbeats); port 0 picks one.
+    pub listen: SocketAddr,
+    /// The address other processes dial (default: the address listened on).
+    pub advertise: Option<String>,
+    /// Virtual peers this process offers (its capacity in slots).
+    pub slots: u32,
+    /// The cluster secret (log servers and peer processes), if any.
+    pub secret: Option<ClusterSecret>,
+    /// Heartbeat interval and failure timeout.
+    pub detector: DetectorConfig,
+    /// Writes the replica after every entry played, as one JSON line (`{"position", "replica"}`),
+    /// to this file (for tests of the time machine and for debugging).
+    pub trace_replicas: Option<PathBuf>,
+}
+
+/// Why a peer process stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerExit {
+    /// It was asked to stop, and left the cluster.
+    Stopped,
+    /// Another process appended `leave_cluster` for it (it was declared gone) at this position.
+    Removed {
+        /// The position of the entry.
+        position: u64,
+    },
+}
+
+/// What stops a peer process with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The log cluster refused or could not take a request.
+    #[error("coordination log: {0}")]
+    Log(#[from] LogError),
+    /// The messaging listener could not start.
+    #[error("messaging: {0}")]
+    Messaging(#[from] MessagingError),
+    /// The replica trace file could not be written.
+    #[error("replica trace {path}: {source}")]
+    Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Appends this process's entries, each under its own request id (a retry is applied once).
+struct Appender {
+    log: Arc<dyn CoordinationLog>,
+    client: u64,
+    seq: u64,
+}
+
+impl Appender {
+    async fn append(&mut self, entry: &Entry) -> Result<u64, LogError> {
+        self.seq += 1;
+        let request = RequestId::new(self.client, self.seq);
+        let position = self.log.append_entry(request, entry.encode()).await?;
+        tracing::info!(
+            entry = entry.name(),
+            position,
+            "appended to the coordination log"
+        );
+        Ok(position)
+    }
+}
+
+/// Runs a peer process until `stop` is cancelled (it then leaves the cluster) or it is removed
+/// from the cluster by another process. Prints nothing; logs through `tracing` (`joined the
+/// cluster` once in the ring, `watching` on each change of the watched process).
+pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<PeerExit, PeerError> {
+    let me = ProcessId(messaging::random_id());
+    let mut messaging = MessengerConfig::new(messaging::ProcessId(me.0), config.listen);
+    messaging.secret = config.secret.clone();
+    let messenger = Messenger::bind(messaging).await?;
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| messenger.local_addr().to_string());
+    let client = LogClient::with_options(
+        config.log.clone(),
+        ClientOptions {
+            secret: config.secret.clone(),
+            ..ClientOptions::default()
+        },
+    )?;
+    let log: Arc<dyn CoordinationLog> = Arc::new(client);
+    let mut appender = Appender {
+        log: log.clone(),
+        client: me.0,
+        seq: 0,
+    };
+    let mut trace = match &config.trace_replicas {
+        Some(path) => Some((
+            path.clone(),
+            tokio::fs::File::create(path)
+                .await
+                .map_err(|source| PeerError::Trace {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+        None => None,
+    };
+    tracing::info!(process = %me, %address, slots = config.slots, "joining the cluster");
+    appender
+        .append(&Entry::PrepareJoin {
+            process: ProcessInfo {
+                id: me,
+                address,
+                slots: config.slots,
+            },
+        })
+        .await?;
+
+    let start = Instant::now();
+    let now = || start.elapsed();
+    let mut subscription = log.subscribe_entries(1)?;
+    let mut replica = Replica::new();
+    let mut detector = FailureDetector::new(config.detector);
+    let mut lease = LogLease::new(config.detector.failure_timeout, now());
+    let mut lease_lost = false;
+    let mut in_ring = false;
+    let (answered_tx, mut answered) = mpsc::channel::<ProcessId>(16);
+    let exit = loop {
+        let deadline = detector
+            .next_deadline()
+            .map_or(start + Duration::from_secs(3600), |d| start + d);
+        tokio::select! {
+            _ = stop.cancelled() => break PeerExit::Stopped,
+            next = subscription.next() => {
+                let (position, bytes) = match next {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the coordination log is not reachable");
+                        if lease.expired(now()) && !lease_lost {
+                            lease_lost = true;
+                            tracing::error!(
+                                "cut off from the coordination log for longer than the failure \
+                                 timeout: this process may have been declared gone"
+                            );
+                        }
+                        continue;
+                    }
+                };
+                lease.log_reached(now());
+                lease_lost = false;
+                let entry = match Entry::decode(&bytes) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        tracing::warn!(position, error = %e, "skipped an entry that does not decode");
+                        continue;
+                    }
+                };
+                let next = replica.apply(&entry, position);
+                if let Some(ignored) = next.last_ignored.as_ref().filter(|_| next.ignored > replica.ignored) {
+                    tracing::debug!(position, ?ignored, "entry did not apply");
+                }
+                let changes = diff(&replica, &next);
+                introduce(&messenger, &next).await;
+                for gone in replica.processes.keys().filter(|p| !next.processes.contains_key(p)) {
+                    messenger.forget(messaging::ProcessId(gone.0));
+                }
+                if let Some((path, file)) = &mut trace {
+                    let line = serde_json::json!({"position": position, "replica": &next});
+                    let line = format!("{line}\n");
+                    file.write_all(line.as_bytes()).await.map_err(|source| PeerError::Trace {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                let was_in = in_ring;
+                in_ring = next.ring.contains(&me);
+                if in_ring && !was_in {
+                    tracing::info!(process = %me, position, ring = next.ring.len(), "joined the cluster");
+                }
+                if next.departed.contains(&me) {
+                    tracing::error!(process = %me, position, "removed from the cluster by another process");
+                    break PeerExit::Removed { position };
+                }
+                let watched = watched_by(&next, me).or_else(|| joining_watched_by(&next, me));
+                if watched != detector.watched() {
+                    tracing::info!(process = %me, watched = ?watched.map(|p| p.to_string()), "watching");
+                }
+                detector.watch(watched, now());
+                let to_append = reactions(&changes, &replica, &next, me);
+                replica = next;
+                for entry in to_append {
+                    appender.append(&entry).await?;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                match detector.tick(now()) {
+                    Some(DetectorAction::Heartbeat(target)) => {
+                        let messenger = messenger.clone();
+                        let answered = answered_tx.clone();
+                        let wait = config.detector.failure_timeout;
+                        tokio::spawn(async move {
+                            let ping = messenger.ping(messaging::ProcessId(target.0));
+                            if let Ok(Ok(_)) = tokio::time::timeout(wait, ping).await {
+                                let _ = answered.send(target).await;
+                            }
+                        });
+                    }
+                    Some(DetectorAction::AppendLeave(target)) => {
+                        tracing::warn!(
+                            process = %target,
+                            timeout_ms = config.detector.failure_timeout.as_millis() as u64,
+                            "no answer from the watched process: it leaves the cluster"
+                        );
+                        appender.append(&Entry::LeaveCluster { process: target }).await?;
+                    }
+                    None => {}
+                }
+            }
+            Some(from) = answered.recv() => detector.heartbeat_answered(from, now()),
+        }
+    };
+    if exit == PeerExit::Stopped {
+        // Leave at once rather than after the watcher's timeout (best effort: the watcher
+        // appends the leave anyway if this does not get through).
+        let leave = Entry::LeaveCluster { process: me };
+        let appended =
+            tokio::time::timeout(config.detector.failure_timeout, appender.append(&leave));
+        match appended.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not append this process's leave"),
+            Err(_) => tracing::warn!("the log did not take this process's leave in time"),
+        }
+    }
+    messenger.shutdown();
+    Ok(exit)
+}
+
+/// Tells the messenger where every process in (or joining) the cluster listens.
+async fn introduce(messenger: &Messenger, replica: &Replica) {
+    let infos = replica
+        .processes
+        .values()
+        .map(|p| &p.info)
+        .chain(replica.joins.iter().map(|j| &j.process));
+    for info in infos {
+        let id = messaging::ProcessId(info.id.0);
+        if info.id.0 == messenger.process().0 {
+            continue;
+        }
+        match resolve(&info.address).await {
+            Some(addr) => messenger.set_address(id, addr),
+            None => tracing::warn!(process = %info.id, address = %info.address, "cannot resolve"),
+        }
+    }
+}
+
+/// A `host:port` as a socket address (resolving a host name).
+async fn resolve(address: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = address.parse() {
+        return Some(addr);
+    }
+    tokio::net::lookup_host(address).await.ok()?.next()
+}
