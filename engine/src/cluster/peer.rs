@@ -103,7 +103,7 @@ impl Appender {
 /// cluster` once in the ring, `watching` on each change of the watched process).
 pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<PeerExit, PeerError> {
     let me = ProcessId(messaging::random_id());
-    let mut messaging = MessengerConfig::new(messaging::ProcessId(me.0), config.listen);
+    let mut messaging = MessengerConfig::new(me, config.listen);
     messaging.secret = config.secret.clone();
     let messenger = Messenger::bind(messaging).await?;
     let address = config
@@ -192,7 +192,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 let changes = diff(&replica, &next);
                 introduce(&messenger, &next).await;
                 for gone in replica.processes.keys().filter(|p| !next.processes.contains_key(p)) {
-                    messenger.forget(messaging::ProcessId(gone.0));
+                    messenger.forget(*gone);
                 }
                 if let Some((path, file)) = &mut trace {
                     let line = serde_json::json!({"position": position, "replica": &next});
@@ -229,7 +229,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                         let answered = answered_tx.clone();
                         let wait = config.detector.failure_timeout;
                         tokio::spawn(async move {
-                            let ping = messenger.ping(messaging::ProcessId(target.0));
+                            let ping = messenger.ping(target);
                             if let Ok(Ok(_)) = tokio::time::timeout(wait, ping).await {
                                 let _ = answered.send(target).await;
                             }
@@ -273,12 +273,11 @@ async fn introduce(messenger: &Messenger, replica: &Replica) {
         .map(|p| &p.info)
         .chain(replica.joins.iter().map(|j| &j.process));
     for info in infos {
-        let id = messaging::ProcessId(info.id.0);
-        if info.id.0 == messenger.process().0 {
+        if info.id == messenger.process() {
             continue;
         }
         match resolve(&info.address).await {
-            Some(addr) => messenger.set_address(id, addr),
+            Some(addr) => messenger.set_address(info.id, addr),
             None => tracing::warn!(process = %info.id, address = %info.address, "cannot resolve"),
         }
     }

@@ -6,15 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A peer process of the cluster (as the coordination log numbers them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ProcessId(pub u64);
-
-impl std::fmt::Display for ProcessId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+/// A peer process of the cluster: the coordination replica's [`crate::coordination::ProcessId`]
+/// (the same `u64` on the wire).
+pub use crate::coordination::ProcessId;
 
 /// A task slot of a job: where a batch goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
