@@ -315,7 +315,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 trace_replicas,
             };
             let stop = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(stop_on_signals(StopSignals::install()?, stop.clone()));
+            let mut signals = StopSignals::install()?;
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let (name, _) = signals.next().await;
+                eprintln!("{name}: leaving the cluster (send it again to exit at once)");
+                on_signal.cancel();
+                exit_on_second_signal(signals).await;
+            });
             match cluster::run_peer(config, stop).await? {
                 cluster::PeerExit::Stopped => {
                     eprintln!("left the cluster");
@@ -645,6 +652,11 @@ async fn stop_on_signals(mut signals: StopSignals, stop: tokio_util::sync::Cance
          committed and outputs flushed (send it again to exit at once)"
     );
     stop.cancel();
+    exit_on_second_signal(signals).await;
+}
+
+/// After the first signal (which `stop` answers): a second one ends the process at once.
+async fn exit_on_second_signal(mut signals: StopSignals) {
     let (name, code) = signals.next().await;
     eprintln!("{name} again: exiting at once, without finishing the batches in flight");
     std::process::exit(code);
