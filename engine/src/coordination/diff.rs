@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::{Entry, ProcessId};
 use super::job_spec::JobId;
-use super::replica::{JobStatus, JoinStage, Replica};
+use super::state::{JobStatus, JoinStage, Replica};
 
 /// One slot, by job, task index and slot index.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

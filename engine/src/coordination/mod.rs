@@ -34,6 +34,7 @@ mod render;
 pub mod replica;
 pub mod ring;
 pub mod scheduler;
+pub mod state;
 pub mod time_machine;
 
 pub use diff::{diff, reactions, sealer, Diff, LayoutChange, OwnerChange, SlotRef, StatusChange};
@@ -43,9 +44,10 @@ pub use failure_detector::{
     DEFAULT_HEARTBEAT_INTERVAL,
 };
 pub use job_spec::{JobId, JobSpec, JobSpecError, PeerBounds, SpecProblem, TaskDemand};
-pub use replica::{
-    apply, Ignored, IgnoredEntry, JobState, JobStatus, Join, JoinStage, KeyGroupRange, Process,
-    Replica, Slot, TaskAllocation,
-};
+pub use replica::apply;
 pub use ring::{joining_watched_by, watched_by, watcher_of};
+pub use state::{
+    Ignored, IgnoredEntry, JobState, JobStatus, Join, JoinStage, KeyGroupRange, Process, Replica,
+    Slot, TaskAllocation,
+};
 pub use time_machine::replay;

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use super::entry::ProcessId;
-use super::replica::{JobStatus, KeyGroupRange, Replica, Slot, TaskAllocation};
+use super::state::{JobStatus, KeyGroupRange, Replica, Slot, TaskAllocation};
 use crate::job::TaskScheduler;
 use crate::key_groups::{contiguous, reassign};
 
@@ -163,7 +163,7 @@ pub(super) fn place(replica: &mut Replica, counts: &[(usize, Option<Vec<usize>>)
 /// and has room (a job that waited resumes where it ran), then the process with the most free
 /// slots.
 fn place_spread(
-    job: &mut super::replica::JobState,
+    job: &mut super::state::JobState,
     free: &mut BTreeMap<ProcessId, usize>,
     at: u64,
 ) -> bool {
@@ -215,7 +215,7 @@ fn place_spread(
 /// them, one that runs no other slot of the job: first the last owner of those slots if it is
 /// in and has room, then the process with the most free slots.
 fn place_colocated(
-    job: &mut super::replica::JobState,
+    job: &mut super::state::JobState,
     free: &mut BTreeMap<ProcessId, usize>,
     at: u64,
 ) -> bool {

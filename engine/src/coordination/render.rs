@@ -4,8 +4,8 @@
 
 use std::fmt::{self, Display, Write as _};
 
-use super::replica::{JoinStage, KeyGroupRange, Replica, Slot};
 use super::ring::watched_by;
+use super::state::{JoinStage, KeyGroupRange, Replica, Slot};
 
 impl Display for KeyGroupRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -19,7 +19,7 @@
 //! slots move ([`scheduler`](super::scheduler)).
 
 use super::entry::{ProcessId, ProcessInfo};
-use super::replica::{Ignored, Join, JoinStage, Process, Replica};
+use super::state::{Ignored, Join, JoinStage, Process, Replica};
 
 /// The process `me` watches (sends heartbeats to): its successor in the ring. `None` if `me`
 /// is not in the ring or is alone in it.

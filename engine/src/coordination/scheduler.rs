@@ -34,7 +34,7 @@
 //! distinct processes each running one slot of every task (k fixed once the job started).
 
 use super::job_spec::{JobSpec, PeerBounds, MAX_TASK_PEERS};
-use super::replica::{JobState, JobStatus, Replica};
+use super::state::{JobState, JobStatus, Replica};
 use crate::job::{JobScheduler, TaskScheduler};
 
 /// A job's demand in peers.

@@ -2,7 +2,7 @@
 //! entry gives the replica every process held at that point.
 
 use super::entry::Entry;
-use super::replica::Replica;
+use super::state::Replica;
 
 /// The replica after playing `entries` (each with its log position, in log order) from an
 /// empty cluster up to and including position `to` (`None`: all of them).

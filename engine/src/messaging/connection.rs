@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::address::{ProcessId, SlotAddress};
 use super::credit::{ReceiveWindow, SendWindow};
-use super::endpoints::{Delivered, Delivery, Endpoints, Inbound};
+use super::endpoints::{CreditReturn, Delivered, Delivery, Endpoints, Inbound};
 use super::error::MessagingError;
 use super::frame::{self, AckUpdate, Frame, Refusal, ACKS_PER_FRAME};
 use super::handshake::{is_too_large, FrameReader, FrameWriter};
@@ -277,13 +277,6 @@ impl Connection {
             .in_flight(slot)
     }
 
-    /// The local consumer took a message of `slot` that came by this connection: its credit
-    /// goes back.
-    pub(crate) fn consumed(&self, slot: &SlotAddress) {
-        self.control.lock().expect("control").receive.consume(slot);
-        self.control_ready.notify_one();
-    }
-
     /// Wakes the writer to send acks waiting for this peer.
     pub(crate) fn acks_waiting(&self) {
         self.control_ready.notify_one();
@@ -449,9 +442,10 @@ impl Connection {
                 slot: slot.clone(),
                 source,
             })?;
+        let connection: Arc<dyn CreditReturn> = self.clone();
         let inbound = Inbound {
             delivery,
-            connection: Arc::downgrade(self),
+            connection: Arc::downgrade(&connection),
         };
         match endpoints.deliver(&slot, inbound) {
             Delivered::Queued => Ok(()),
@@ -538,5 +532,14 @@ impl Connection {
             frames.push(Frame::Acks(chunk.to_vec()));
         }
         frames
+    }
+}
+
+impl CreditReturn for Connection {
+    /// The local consumer took a message of `slot` that came by this connection: its credit
+    /// goes back.
+    fn consumed(&self, slot: &SlotAddress) {
+        self.control.lock().expect("control").receive.consume(slot);
+        self.control_ready.notify_one();
     }
 }

@@ -18,8 +18,15 @@ use tokio::sync::{mpsc, Notify};
 
 use super::ack_tree::{AckOutcome, AckTreeError, AckTrees};
 use super::address::{ProcessId, SlotAddress};
-use super::connection::Connection;
 use super::frame::{Batch, Done};
+
+/// Where a slot's consumer gives back the credit of a message it took: the connection the
+/// message came by (implemented by it, so that this module does not depend on the
+/// connection's).
+pub(crate) trait CreditReturn: Send + Sync {
+    /// The local consumer took a message of `slot` that came by this connection.
+    fn consumed(&self, slot: &SlotAddress);
+}
 
 /// A message for a local slot, as its consumer takes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +50,7 @@ pub enum Delivery {
 /// A delivery in a slot's queue, with the connection its credit goes back to.
 pub(crate) struct Inbound {
     pub delivery: Delivery,
-    pub connection: Weak<Connection>,
+    pub connection: Weak<dyn CreditReturn>,
 }
 
 /// The receiving end of one local task slot: its messages from every process, in order per
