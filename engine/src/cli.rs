@@ -129,6 +129,11 @@ enum Command {
         /// Write the replica after every coordination-log entry to this file, one JSON line each.
         #[arg(long, hide = true)]
         trace_replicas: Option<PathBuf>,
+        /// Serve metrics (Prometheus text format) at http://ADDR/metrics and a page at
+        /// http://ADDR/ with the cluster as this process sees it and the coordination log's time
+        /// machine (`host:port`; port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Show the cluster as the coordination log says: processes, the join ring, joins in
     /// progress, jobs and which process owns which slot.
@@ -294,6 +299,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             heartbeat_ms,
             failure_timeout_ms,
             trace_replicas,
+            metrics,
         } => {
             let secret = load_secret(secret_file.as_deref())?;
             if secret.is_none() {
@@ -313,6 +319,18 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     failure_timeout: Duration::from_millis(failure_timeout_ms),
                 },
                 trace_replicas,
+                view: Arc::new(cluster::ClusterView::new()),
+            };
+            let server = match metrics {
+                Some(addr) => {
+                    let observed = Observed {
+                        job: None,
+                        log: None,
+                        cluster: Some(config.view.clone()),
+                    };
+                    Some(MetricsServer::start(&addr, observed).await?)
+                }
+                None => None,
             };
             let stop = tokio_util::sync::CancellationToken::new();
             let mut signals = StopSignals::install()?;
@@ -323,7 +341,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 on_signal.cancel();
                 exit_on_second_signal(signals).await;
             });
-            match cluster::run_peer(config, stop).await? {
+            let exit = cluster::run_peer(config, stop).await;
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
+            match exit? {
                 cluster::PeerExit::Stopped => {
                     eprintln!("left the cluster");
                     Ok(ExitCode::SUCCESS)
@@ -463,6 +485,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                             timing: timing.clone(),
                             node: embedded.as_ref().map(EmbeddedLog::observer),
                         }),
+                        cluster: None,
                     };
                     Some(MetricsServer::start(addr, observed).await?)
                 }
@@ -552,6 +575,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                             timing: None,
                             node: Some(server.observer()),
                         }),
+                        cluster: None,
                     };
                     Some(MetricsServer::start(addr, observed).await?)
                 }

@@ -233,6 +233,7 @@ pub async fn votes(events: u64, dir: &Path, metrics: Option<&str>) -> anyhow::Re
                     timing: Some(timing),
                     node: Some(log.observer()),
                 }),
+                cluster: None,
             };
             Some(MetricsServer::start(addr, observed).await?)
         }

@@ -23,29 +23,33 @@ fn child_process() {
 const WAIT: Duration = Duration::from_secs(60);
 
 fn start_peer(dir: &Path, log: &str, name: &str) -> Proc {
+    start_peer_with(dir, log, name, &[])
+}
+
+/// Starts a peer process (heartbeats every 100 ms, declared gone after 1 s) with `more`
+/// arguments, and waits until it is in the ring.
+fn start_peer_with(dir: &Path, log: &str, name: &str, more: &[&str]) -> Proc {
     let trace = dir
         .join(format!("{name}.trace.jsonl"))
         .display()
         .to_string();
-    let mut p = Proc::start_with_env(
-        &[
-            "peer",
-            "--log",
-            log,
-            "--listen",
-            "127.0.0.1:0",
-            "--slots",
-            "2",
-            "--heartbeat-ms",
-            "100",
-            "--failure-timeout-ms",
-            "1000",
-            "--trace-replicas",
-            &trace,
-        ],
-        dir,
-        &[("SARDONYX_LOG", "info")],
-    );
+    let mut args = vec![
+        "peer",
+        "--log",
+        log,
+        "--listen",
+        "127.0.0.1:0",
+        "--slots",
+        "2",
+        "--heartbeat-ms",
+        "100",
+        "--failure-timeout-ms",
+        "1000",
+        "--trace-replicas",
+        &trace,
+    ];
+    args.extend_from_slice(more);
+    let mut p = Proc::start_with_env(&args, dir, &[("SARDONYX_LOG", "info")]);
     let joined = p.wait_line(WAIT, |l| l.contains("joined the cluster"));
     assert!(
         joined.is_some(),
@@ -88,6 +92,39 @@ fn ring(status: &Value) -> Vec<String> {
         .iter()
         .map(|p| p.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The `host:port` of a process's metrics endpoint, from the line it prints.
+fn metrics_address(p: &Proc) -> String {
+    let line = p
+        .seen
+        .iter()
+        .find(|l| l.contains("metrics: http://"))
+        .expect("the metrics line");
+    let at = line.find("http://").unwrap() + "http://".len();
+    line[at..].split('/').next().unwrap().to_owned()
+}
+
+/// The body of `GET path` from `addr` (HTTP/1.1, one request per connection).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "GET {path}: {response}"
+    );
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The process id a peer printed when it joined: the line's only run of 16 hex digits
@@ -133,7 +170,8 @@ fn peers_join_a_killed_peer_is_declared_gone_and_replay_shows_what_each_peer_hel
         server.seen.join("\n")
     );
 
-    let mut a = start_peer(dir, &addr, "a");
+    let mut a = start_peer_with(dir, &addr, "a", &["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_address(&a);
     let mut b = start_peer(dir, &addr, "b");
     let mut c = start_peer(dir, &addr, "c");
     let ids = [id_of(&a), id_of(&b), id_of(&c)];
@@ -210,6 +248,59 @@ fn peers_join_a_killed_peer_is_declared_gone_and_replay_shows_what_each_peer_hel
     }
     // a saw every entry; b up to its death; c up to its leave; d from its join's prefix on.
     assert!(compared as u64 >= end + 3, "{compared} replicas compared");
+    // a's metrics and its time machine page say the same as the log.
+    let deadline = std::time::Instant::now() + WAIT;
+    let scrape = loop {
+        let scrape = http_get(&metrics, "/metrics");
+        if scrape.contains(&format!("sardonyx_cluster_log_position {end}\n")) {
+            break scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never played entry {end}:\n{scrape}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        scrape.contains("sardonyx_cluster_processes 2\n"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("sardonyx_cluster_joining_processes 0\n"),
+        "{scrape}"
+    );
+    let declared = if *watcher == ids[0] { 1 } else { 0 };
+    let leaves = format!("sardonyx_cluster_leaves_appended_total {declared}\n");
+    assert!(scrape.contains(&leaves), "{scrape}");
+    let answered = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("sardonyx_cluster_heartbeats_answered_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(answered.is_some_and(|n| n > 0), "{scrape}");
+    for n in [1, 4, end] {
+        let page = http_get(&metrics, &format!("/cluster?at={n}"));
+        let shown = page
+            .split("<pre>")
+            .nth(1)
+            .and_then(|p| p.split("</pre>").next())
+            .expect("the replica on the page")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        let text = run(dir, &["replay", "--log", &addr, "--to", &n.to_string()]);
+        let at = text
+            .find(&format!("at entry {n}:"))
+            .expect("the replica's first line");
+        let want: String = text[at..]
+            .lines()
+            .take_while(|l| !l.starts_with("test ") && !l.starts_with("running"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(shown.trim_end(), want.trim_end(), "the time machine at {n}");
+    }
+
     // Past the end is refused with the reason.
     let past = (end + 1).to_string();
     let (code, lines) = Proc::start(&["replay", "--log", &addr, "--to", &past], dir).finish(WAIT);

@@ -150,6 +150,7 @@ async fn metrics_count_exactly_what_the_run_reports() {
             timing: Some(timing),
             node: Some(log.observer()),
         }),
+        cluster: None,
     };
     let server = MetricsServer::start("127.0.0.1:0", observed).await.unwrap();
     let addr = server.local_addr().to_string();

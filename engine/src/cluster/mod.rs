@@ -8,7 +8,8 @@
 //! reactions the replica asks of it (the join handshake, sealing a job), heartbeats the process
 //! it watches in the ring and appends `leave_cluster` for it when it stays silent for
 //! `failure_timeout`. [`log_view`] reads a coordination log whole and plays it to any position
-//! (`sardonyx cluster-status`, `sardonyx replay`: the time machine).
+//! (`sardonyx cluster-status`, `sardonyx replay`: the time machine). [`view::ClusterView`] is
+//! what a peer has seen, for its metrics endpoint and dashboard (`--metrics ADDR`).
 //!
 //! What is not here yet: running the slots the replica gives a process (its jobs' tasks) —
 //! the replica allocates them and `cluster-status` shows the allocation, but a peer process
@@ -16,6 +17,8 @@
 
 pub mod log_view;
 pub mod peer;
+pub mod view;
 
 pub use log_view::{read_entries, LogView};
 pub use peer::{run_peer, PeerConfig, PeerError, PeerExit};
+pub use view::{ClusterSnapshot, ClusterView};

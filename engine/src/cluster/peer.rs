@@ -25,6 +25,8 @@ use crate::coordination::{
 };
 use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
+use super::view::ClusterView;
+
 /// How a peer process runs.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -43,6 +45,8 @@ pub struct PeerConfig {
     /// Writes the replica after every entry played, as one JSON line (`{"position", "replica"}`),
     /// to this file (for tests of the time machine and for debugging).
     pub trace_replicas: Option<PathBuf>,
+    /// Where the process shows what it has seen of the cluster (its metrics endpoint reads it).
+    pub view: Arc<ClusterView>,
 }
 
 /// Why a peer process stopped.
@@ -103,6 +107,7 @@ impl Appender {
 /// cluster` once in the ring, `watching` on each change of the watched process).
 pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<PeerExit, PeerError> {
     let me = ProcessId(messaging::random_id());
+    config.view.set_me(me);
     let mut messaging = MessengerConfig::new(me, config.listen);
     messaging.secret = config.secret.clone();
     let messenger = Messenger::bind(messaging).await?;
@@ -189,6 +194,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 if let Some(ignored) = next.last_ignored.as_ref().filter(|_| next.ignored > replica.ignored) {
                     tracing::debug!(position, ?ignored, "entry did not apply");
                 }
+                config.view.played(position, entry.clone(), &next);
                 let changes = diff(&replica, &next);
                 introduce(&messenger, &next).await;
                 for gone in replica.processes.keys().filter(|p| !next.processes.contains_key(p)) {
@@ -242,11 +248,15 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                             "no answer from the watched process: it leaves the cluster"
                         );
                         appender.append(&Entry::LeaveCluster { process: target }).await?;
+                        config.view.leave_appended();
                     }
                     None => {}
                 }
             }
-            Some(from) = answered.recv() => detector.heartbeat_answered(from, now()),
+            Some(from) = answered.recv() => {
+                detector.heartbeat_answered(from, now());
+                config.view.heartbeat_answered();
+            }
         }
     };
     if exit == PeerExit::Stopped {

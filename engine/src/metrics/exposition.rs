@@ -19,6 +19,10 @@
 //!   role), `sardonyx_raft_term`, `sardonyx_raft_last_log_index`, `sardonyx_raft_applied_index`,
 //!   `sardonyx_state_log_commands_total`, `sardonyx_state_log_raft_writes_total`,
 //!   `sardonyx_state_log_wal_syncs_total`;
+//! - the cluster, as a peer process sees it: `sardonyx_cluster_processes`,
+//!   `sardonyx_cluster_joining_processes`, `sardonyx_cluster_log_position` (entries played),
+//!   `sardonyx_cluster_jobs{status}`, `sardonyx_cluster_owned_slots` (this process's),
+//!   `sardonyx_cluster_heartbeats_answered_total`, `sardonyx_cluster_leaves_appended_total`;
 //! - the process: `process_resident_memory_bytes`, `process_cpu_seconds_total`,
 //!   `process_start_time_seconds`.
 
@@ -65,6 +69,9 @@ impl Collector for ObservedCollector {
         if let Some(log) = &self.0.log {
             encode_log(e, log)?;
         }
+        if let Some(cluster) = &self.0.cluster {
+            encode_cluster(e, &cluster.snapshot())?;
+        }
         if let Some(u) = process::usage() {
             let memory = "Resident memory size in bytes.";
             let family = e.encode_descriptor(
@@ -85,6 +92,67 @@ impl Collector for ObservedCollector {
         ConstGauge::new(epoch_seconds(*PROCESS_START)).encode(family)?;
         Ok(())
     }
+}
+
+/// The cluster families of a peer process.
+fn encode_cluster(
+    e: &mut DescriptorEncoder,
+    c: &crate::cluster::ClusterSnapshot,
+) -> std::fmt::Result {
+    let r = &c.replica;
+    let gauges: [(&str, &str, i64); 4] = [
+        (
+            "sardonyx_cluster_processes",
+            "Processes in the cluster.",
+            r.processes.len() as i64,
+        ),
+        (
+            "sardonyx_cluster_joining_processes",
+            "Processes joining the cluster.",
+            r.joins.len() as i64,
+        ),
+        (
+            "sardonyx_cluster_log_position",
+            "Position of the last coordination-log entry this process played.",
+            r.position as i64,
+        ),
+        (
+            "sardonyx_cluster_owned_slots",
+            "Slots the replica gives this process.",
+            c.me.map_or(0, |me| r.load(me)) as i64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(family)?;
+    }
+    let mut jobs = e.encode_descriptor(
+        "sardonyx_cluster_jobs",
+        "Jobs in the cluster, by status.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for status in ["pending", "running", "killed", "completed"] {
+        let n = r.jobs.iter().filter(|j| j.status.name() == status).count();
+        ConstGauge::new(n as i64).encode(jobs.encode_family(&[("status", status)])?)?;
+    }
+    let counters: [(&str, &str, u64); 2] = [
+        (
+            "sardonyx_cluster_heartbeats_answered",
+            "Heartbeats the watched process answered.",
+            c.heartbeats_answered,
+        ),
+        (
+            "sardonyx_cluster_leaves_appended",
+            "leave_cluster entries this process appended for a silent process.",
+            c.leaves_appended,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(family)?;
+    }
+    Ok(())
 }
 
 /// When this process first encoded its metrics or started a metrics server, close enough to
@@ -415,6 +483,7 @@ mod tests {
                 started: SystemTime::now(),
             }),
             log: None,
+            cluster: None,
         };
         let text = encode(&observed);
         for line in [

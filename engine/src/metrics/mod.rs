@@ -1,6 +1,7 @@
 //! Seeing a running process (DESIGN §9): metrics in the Prometheus text format at `/metrics`
 //! and a live dashboard at `/`, served on `--metrics ADDR` by `sardonyx run`, `sardonyx demo
-//! votes` and `sardonyx log-server`.
+//! votes`, `sardonyx log-server` and `sardonyx peer` (which adds the coordination log's time
+//! machine at `/cluster`).
 //!
 //! Nothing here is on the per-segment path: the run counts in [`crate::runtime::Progress`]
 //! (atomics updated per batch, per firing or per rejection), and this module reads those
@@ -10,8 +11,8 @@
 //! `plotters` in [`chart`]). The state
 //! log is observed through a timing wrapper around its [`sardonyx_state_log::Ledgers`]
 //! ([`ledger_timing`]) and its Raft node's metrics; the process through `/proc` ([`process`]).
-//! The cluster's processes, ring, slot owners and the coordination log's time machine wait for
-//! the cluster (DESIGN §6).
+//! A peer process's cluster (processes, ring, slot owners, the time machine) is read from its
+//! [`crate::cluster::ClusterView`].
 
 pub mod chart;
 mod error;

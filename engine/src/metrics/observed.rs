@@ -1,5 +1,6 @@
 //! What a metrics endpoint observes ([`Observed`]): the job this process runs (its graph and its
-//! live counters) and the state log it writes to (append timing, Raft metrics).
+//! live counters), the state log it writes to (append timing, Raft metrics), and the cluster as
+//! a peer process sees it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,13 +11,16 @@ use super::ledger_timing::LedgerTiming;
 use crate::job::{Job, TaskKind};
 use crate::runtime::Progress;
 
-/// What one metrics endpoint shows: a job, a state log, or both (the process itself always).
+/// What one metrics endpoint shows: a job, a state log, the cluster as a peer process sees it,
+/// or some of them (the process itself always).
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The job this process runs.
     pub job: Option<ObservedJob>,
     /// The state log this process writes to or serves.
     pub log: Option<ObservedLog>,
+    /// The cluster, as this peer process has played its coordination log.
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// A running job: its name (the `job` label), its graph and its live counters.

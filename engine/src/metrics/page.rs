@@ -62,12 +62,55 @@ pub fn render_live(observed: &Observed, history: &History, now: f64) -> String {
         None => h.push_str("<h1>Sardonyx</h1>"),
     }
     log_section(&mut h, observed);
+    match &observed.cluster {
+        Some(view) => cluster_section(&mut h, &view.snapshot()),
+        None => h.push_str(
+            "<p class=\"muted\">One process, no cluster: the processes, the ring, the slot \
+             owners and the coordination log's time machine appear on the page of a peer \
+             process (<code>sardonyx peer --metrics ADDR</code>).</p>",
+        ),
+    }
     process_line(&mut h);
-    h.push_str(
-        "<p class=\"muted\">One process, no cluster: the processes, the ring, the slot owners \
-         and the coordination log's time machine appear here with the cluster (DESIGN §6).</p>",
-    );
     h
+}
+
+/// The cluster as a peer process sees it: the replica after the last entry it played (the
+/// processes in ring order, joins, jobs and slot owners), and a link to the time machine.
+fn cluster_section(h: &mut String, c: &crate::cluster::ClusterSnapshot) {
+    let me = c.me.map_or("?".to_owned(), |p| p.to_string());
+    let _ = write!(
+        h,
+        "<h2>Cluster · this process {me}</h2><p>{} heartbeats answered by the watched \
+         process · {} processes declared gone by this one · \
+         <a href=\"/cluster\">time machine</a></p><pre>{}</pre>",
+        c.heartbeats_answered,
+        c.leaves_appended,
+        escape(&c.replica.to_string())
+    );
+}
+
+/// The time machine (`/cluster?at=N`): the replica after coordination-log entry `at` of the
+/// entries this process played, with a slider over them (a form: no script).
+pub fn render_time_machine(view: &crate::cluster::ClusterView, at: Option<u64>) -> String {
+    let last = view.snapshot().replica.position;
+    let at = at.unwrap_or(last).min(last);
+    let (replica, entry) = view.at(at);
+    let entry = match entry {
+        Some(name) => format!("entry {at} of {last}: <code>{name}</code>"),
+        None => format!("before entry 1 (of {last})"),
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sardonyx · time machine</title>
+<style>body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+input[type=range] {{ width: 30em; }}</style></head>
+<body><h1>Coordination log · time machine</h1>
+<form method="get" action="/cluster">
+<input type="range" name="at" min="0" max="{last}" value="{at}">
+<button type="submit">show</button> <a href="/">back</a></form>
+<p>{entry}</p><pre>{}</pre></body></html>"#,
+        escape(&replica.to_string())
+    )
 }
 
 fn error_text(e: &MetricsError) -> String {

@@ -1,6 +1,7 @@
 //! [`MetricsServer`]: the HTTP endpoint of `--metrics ADDR` — `/metrics` (Prometheus text
-//! format), `/` (the dashboard) and `/live` (its live part) — and the sampler that keeps the
-//! dashboard's history, once a second.
+//! format), `/` (the dashboard), `/live` (its live part) and, for a peer process, `/cluster`
+//! (the coordination log's time machine) — and the sampler that keeps the dashboard's history,
+//! once a second.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,6 +73,7 @@ impl MetricsServer {
             .route("/", get(dashboard))
             .route("/live", get(live))
             .route("/metrics", get(metrics))
+            .route("/cluster", get(time_machine))
             .with_state(shared.clone());
         let serving = {
             let stop = stop.clone();
@@ -145,6 +147,27 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn dashboard(State(shared): State<Arc<Shared>>) -> Html<String> {
     let history = shared.history.lock().expect("history lock");
     Html(page::render_page(&shared.observed, &history, shared.now()))
+}
+
+/// `/cluster?at=N`: the coordination log's time machine of a peer process.
+async fn time_machine(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<TimeMachineQuery>,
+) -> axum::response::Response {
+    match &shared.observed.cluster {
+        Some(view) => Html(page::render_time_machine(view, query.at)).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            "not a peer process: no coordination log here",
+        )
+            .into_response(),
+    }
+}
+
+/// The query of `/cluster`.
+#[derive(serde::Deserialize)]
+struct TimeMachineQuery {
+    at: Option<u64>,
 }
 
 async fn live(State(shared): State<Arc<Shared>>) -> Html<String> {
