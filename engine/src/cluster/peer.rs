@@ -27,6 +27,9 @@ use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
 use super::view::ClusterView;
 
+/// The pause before asking the coordination log again after an error.
+const LOG_RETRY: Duration = Duration::from_millis(100);
+
 /// How a peer process runs.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -178,6 +181,9 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                                  timeout: this process may have been declared gone"
                             );
                         }
+                        // The subscription resumes where it stopped; do not spin on a
+                        // log that answers every request with an error at once.
+                        tokio::time::sleep(LOG_RETRY).await;
                         continue;
                     }
                 };
