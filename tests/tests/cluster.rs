@@ -3,7 +3,8 @@
 //! ring; a peer killed with SIGKILL is declared gone by the process that watches it, and the
 //! ring closes around it; a new peer joins; a peer stopped with SIGTERM leaves at once. Every
 //! peer's replica after every entry (written by `--trace-replicas`) equals what `sardonyx replay
-//! --to N` plays from the log: the time machine shows what the live processes held.
+//! --to N` plays from the log: the time machine shows what the live processes held. And the
+//! peers go on through the loss of the log cluster's Raft leader.
 
 mod common;
 
@@ -312,4 +313,93 @@ fn peers_join_a_killed_peer_is_declared_gone_and_replay_shows_what_each_peer_hel
         lines.join("\n")
     );
     drop((a, d, server));
+}
+
+/// Peers keep playing the coordination log when its Raft leader is killed: a peer joins through
+/// the two servers left, and a peer killed afterwards is still declared gone.
+#[test]
+fn peers_go_on_through_the_loss_of_the_log_leader() {
+    use sardonyx_state_log::Role;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let spec = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let data = dir.join(format!("log{i}")).display().to_string();
+            let id = (i + 1).to_string();
+            let mut p = Proc::start(
+                &[
+                    "log-server",
+                    "--id",
+                    &id,
+                    "--listen",
+                    &addrs[i],
+                    "--data",
+                    &data,
+                    "--cluster",
+                    &spec,
+                ],
+                dir,
+            );
+            let up = p.wait_line(WAIT, |l| l.contains("listening on"));
+            assert!(up.is_some(), "log server {id}:\n{}", p.seen.join("\n"));
+            p
+        })
+        .collect();
+    let log = addrs.join(",");
+    let a = start_peer(dir, &log, "a");
+    let mut b = start_peer(dir, &log, "b");
+    let ids = [id_of(&a), id_of(&b)];
+
+    // Kill the Raft leader of the log cluster.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let leader = rt
+        .block_on(sardonyx_state_log::status(&addrs))
+        .into_iter()
+        .find(|s| s.role == Role::Leader)
+        .and_then(|s| s.id)
+        .expect("a leader");
+    servers[leader as usize - 1].kill9();
+
+    // A third peer joins through the servers left; then b is killed and declared gone.
+    let c = start_peer(dir, &log, "c");
+    let mut members = ring(&status(dir, &log));
+    members.sort();
+    let mut want = vec![ids[0].clone(), ids[1].clone(), id_of(&c)];
+    want.sort();
+    assert_eq!(
+        members, want,
+        "three peers in the ring with the leader gone"
+    );
+    b.kill9();
+    let mut watchers = [a, c];
+    let r = ring(&status(dir, &log));
+    let at = r.iter().position(|p| *p == ids[1]).unwrap();
+    let watcher = &r[(at + r.len() - 1) % r.len()];
+    let w = watchers
+        .iter_mut()
+        .find(|p| id_of(p) == *watcher)
+        .expect("b's watcher is a or c");
+    let declared = w.wait_line(WAIT, |l| l.contains("it leaves the cluster"));
+    assert!(
+        declared.is_some_and(|l| l.contains(&ids[1])),
+        "b's watcher never declared it gone:\n{}",
+        w.seen.join("\n")
+    );
+    let rewatched = w.wait_line(WAIT, |l| l.contains("watching"));
+    assert!(rewatched.is_some(), "{}", w.seen.join("\n"));
+    let after = status(dir, &log);
+    assert_eq!(ring(&after).len(), 2, "{after:#}");
+    assert_eq!(after["departed"], serde_json::json!([ids[1]]));
 }
