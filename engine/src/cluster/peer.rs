@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordination::{
     diff, joining_watched_by, reactions, watched_by, DetectorAction, DetectorConfig, Entry,
-    FailureDetector, LogLease, ProcessId, ProcessInfo, Replica,
+    FailureDetector, ProcessId, ProcessInfo, Replica,
 };
 use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
@@ -159,8 +159,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     let mut subscription = log.subscribe_entries(1)?;
     let mut replica = Replica::new();
     let mut detector = FailureDetector::new(config.detector);
-    let mut lease = LogLease::new(config.detector.failure_timeout, now());
-    let mut lease_lost = false;
+    let mut log_lost = false;
     let mut in_ring = false;
     let (answered_tx, mut answered) = mpsc::channel::<ProcessId>(16);
     let exit = loop {
@@ -173,12 +172,16 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 let (position, bytes) = match next {
                     Ok(entry) => entry,
                     Err(e) => {
-                        tracing::warn!(error = %e, "the coordination log is not reachable");
-                        if lease.expired(now()) && !lease_lost {
-                            lease_lost = true;
+                        // The client retries for its whole retry period before it reports an
+                        // error, which is longer than the failure timeout: by now this
+                        // process may have been declared gone.
+                        if !log_lost {
+                            log_lost = true;
                             tracing::error!(
-                                "cut off from the coordination log for longer than the failure \
-                                 timeout: this process may have been declared gone"
+                                error = %e,
+                                "cut off from the coordination log: no log server answered for \
+                                 longer than the failure timeout, so this process may have been \
+                                 declared gone"
                             );
                         }
                         // The subscription resumes where it stopped; do not spin on a
@@ -187,8 +190,10 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                         continue;
                     }
                 };
-                lease.log_reached(now());
-                lease_lost = false;
+                if log_lost {
+                    log_lost = false;
+                    tracing::info!(position, "the coordination log answers again");
+                }
                 let entry = match Entry::decode(&bytes) {
                     Ok(entry) => entry,
                     Err(e) => {
