@@ -56,7 +56,7 @@ const FIELDS: [&str; 4] = [
 
 impl RetryPolicy {
     /// The policy in `params.retry` (the default if absent). Callers validate first
-    /// ([`check`]); this reports the problems [`check`] finds as a fatal error.
+    /// ([`check_params`]); this reports the problems it finds as a fatal error.
     pub fn from_params(params: &Value) -> Result<Self, ConnectorError> {
         let problems = check_params(params);
         if !problems.is_empty() {
@@ -126,7 +126,7 @@ pub(crate) fn check(f: &mut Fields<'_>) {
 }
 
 /// Problems with `params.retry`, as `(field, message)` with fields such as
-/// `retry.max_retries`; for plugins that check their params without [`Fields`].
+/// `retry.max_retries`; for plugins that check their params without a `Fields` checker.
 pub fn check_params(params: &Value) -> Problems {
     match params.get("retry") {
         None | Some(Value::Null) => Vec::new(),
