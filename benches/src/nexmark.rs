@@ -503,17 +503,19 @@ pub struct NexmarkAnswer {
     pub firings: u64,
 }
 
+/// A firing's group and lower bound (both null for some windows).
+type ExtentOfGroup = (Option<i64>, Option<i64>);
+/// The upper bound and the state of the latest firing of an extent and group.
+type LatestFiring = (Option<i64>, i64);
+
 /// Folds the firings a query's job wrote to `path` (none if the file does not exist).
 pub fn answer_from_sync_file(query: NexmarkQuery, path: &Path) -> anyhow::Result<NexmarkAnswer> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(NexmarkAnswer::default())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NexmarkAnswer::default()),
         Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
     };
-    // (group, lower) → (upper, state) of the latest firing.
-    let mut last: BTreeMap<(Option<i64>, Option<i64>), (Option<i64>, i64)> = BTreeMap::new();
+    let mut last: BTreeMap<ExtentOfGroup, LatestFiring> = BTreeMap::new();
     let mut firings = 0;
     for line in BufReader::with_capacity(1 << 20, f).lines() {
         let line = line?;
@@ -545,7 +547,8 @@ pub fn answer_from_sync_file(query: NexmarkQuery, path: &Path) -> anyhow::Result
             NexmarkQuery::Q5 => format!("{lower},{group}"),
             NexmarkQuery::Q7 => lower.to_string(),
             NexmarkQuery::Q11 => {
-                let upper = upper.with_context(|| format!("session {group},{lower} without an upper bound"))?;
+                let upper = upper
+                    .with_context(|| format!("session {group},{lower} without an upper bound"))?;
                 format!("{group},{lower},{upper}")
             }
             NexmarkQuery::Q12 => group.to_string(),
@@ -721,13 +724,13 @@ mod tests {
         let bids = [
             (1, 7, 300, T0),
             (2, 8, 500, T0 + 1_000),
-            (1, 7, 200, T0 + 11_500),  // next fixed window; bidder 7: gap 11.5 s, new session
-            (1, 8, 100, T0 + 11_000),  // bidder 8: gap exactly 10 s, same session
-            (1, 7, 900, T0 + 21_500),  // gap exactly 10 s after T0 + 11.5 s
+            (1, 7, 200, T0 + 11_500), // next fixed window; bidder 7: gap 11.5 s, new session
+            (1, 8, 100, T0 + 11_000), // bidder 8: gap exactly 10 s, same session
+            (1, 7, 900, T0 + 21_500), // gap exactly 10 s after T0 + 11.5 s
         ];
         let q = |query| Reference::from_bids(query, &bids);
         let base = T0 - 1_500; // the fixed window holding T0
-        // T0 is in the windows starting at T0 rounded down to 2 s and the four before them.
+                               // T0 is in the windows starting at T0 rounded down to 2 s and the four before them.
         let q5 = q(NexmarkQuery::Q5);
         let s = T0.div_euclid(2_000) * 2_000;
         assert_eq!(s, T0 - 1_500);
@@ -839,7 +842,10 @@ mod tests {
                     b.date_time as i64
                 )
             );
-            assert_eq!((&line.channel, &line.url, &line.extra), (&b.channel, &b.url, &b.extra));
+            assert_eq!(
+                (&line.channel, &line.url, &line.extra),
+                (&b.channel, &b.url, &b.extra)
+            );
         }
         // 500 events/s: one every 2 ms from the base time.
         assert_eq!(filtered[0].event_id, 4);

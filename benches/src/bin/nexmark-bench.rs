@@ -211,7 +211,7 @@ fn progress_bar(progress: &Arc<Progress>, input: &Path) -> Option<indicatif::Pro
         return None;
     }
     // Roughly: the file's size over a bid line's length.
-    let total = std::fs::metadata(input).map_or(0, |m| m.len() / 250);
+    let total = std::fs::metadata(input).map_or(0, |m| m.len() / 260);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos}/~{len} bids {per_sec} {elapsed}")
