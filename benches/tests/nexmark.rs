@@ -111,6 +111,11 @@ fn the_references_have_something_to_check() {
 
 /// Runs `query` in `mode` on the test file and checks its answer against the reference.
 fn check_query(query: NexmarkQuery, mode: Mode) -> OnceFigures {
+    check_query_on(query, mode, 1)
+}
+
+/// [`check_query`] with the windowed task on `peers` peers.
+fn check_query_on(query: NexmarkQuery, mode: Mode, peers: usize) -> OnceFigures {
     let dir = tempfile::tempdir().unwrap();
     let input = bids_file(dir.path());
     let spec = OnceSpec {
@@ -120,6 +125,7 @@ fn check_query(query: NexmarkQuery, mode: Mode) -> OnceFigures {
         job: JobOptions {
             // The timer fires during the run, not only at job completion.
             q12_period_ms: 50,
+            peers,
             ..JobOptions::default()
         },
         out: dir.path().join("out"),
@@ -195,6 +201,23 @@ fn q12_in_memory() {
 #[test]
 fn q12_exactly_once() {
     check_query(NexmarkQuery::Q12, Mode::Embedded);
+}
+
+// The answers do not depend on the peer count (every key on one peer).
+
+#[test]
+fn q5_exactly_once_on_two_peers() {
+    check_query_on(NexmarkQuery::Q5, Mode::Embedded, 2);
+}
+
+#[test]
+fn q11_exactly_once_on_two_peers() {
+    check_query_on(NexmarkQuery::Q11, Mode::Embedded, 2);
+}
+
+#[test]
+fn q12_in_memory_on_two_peers() {
+    check_query_on(NexmarkQuery::Q12, Mode::Memory, 2);
 }
 
 #[test]
