@@ -1,6 +1,7 @@
 //! Nexmark through the real engine: the bids of the standard benchmark's generator (the
-//! `nexmark` crate, RisingWave's port of the Beam/Flink generator) as JSON lines, the window
-//! stages of four Nexmark queries as Sardonyx jobs, and an exact reference for each.
+//! `nexmark` crate, RisingWave's port of the Beam/Flink generator) as JSON lines, four Nexmark
+//! queries (two of them only their window stage) as Sardonyx jobs, and an exact reference for
+//! each.
 //!
 //! What is and is not Nexmark here:
 //! - **Events** are the generator's own bids, with its default shape (46 bids in every 50
@@ -18,8 +19,12 @@
 //!   when the gap is ≤ 10 s (DESIGN §4); a pair of one bidder's bids exactly 10 s apart is
 //!   counted in [`Reference::exact_gap_pairs`], as engines differ there.
 //! - **Q12** counts bids per bidder in a global window fired every 10 s of processing time
-//!   (accumulating). Which firing sees which bid depends on timing, so only the counts at job
-//!   completion are checked: the last firing of each bidder.
+//!   (accumulating), in place of Nexmark's processing-time tumbling windows. Which firing sees
+//!   which bid depends on timing, so only the counts at job completion are checked: the last
+//!   firing of each bidder.
+//! - The crate draws its random choices with `rand`'s `SmallRng` where the Java generator uses
+//!   `java.util.Random`, so the values are the standard's distributions, not the Java
+//!   generator's bytes: another engine compared with this one must read the same file.
 //!
 //! Every windowed job reads the bids with the `sardonyx/jsonl` input, its watermark on
 //! `date_time` [`MAX_OUT_OF_ORDER_MS`] behind the greatest event time (the watermark of
