@@ -1,5 +1,6 @@
-//! Benchmarks of Sardonyx: criterion micro-benchmarks for the hot paths (`benches/`) and the
-//! `vote-bench` macro benchmark (the vote workload of `../shared/bench-peers`).
+//! Benchmarks of Sardonyx: criterion micro-benchmarks for the hot paths (`benches/`), the
+//! `vote-bench` macro benchmark (the vote workload of `../shared/bench-peers`) and
+//! `nexmark-bench` (window stages of Nexmark queries; see [`nexmark`]).
 //!
 //! This library holds what both share and what must be obviously right: the four vote queries
 //! as Sardonyx jobs ([`vote_job`]), an independent reference answer computed with plain
@@ -15,6 +16,7 @@ use sardonyx::job::{AggregationDef, Span, TaskSpec, TriggerDef, WindowDef};
 use sardonyx::Job;
 use serde::Deserialize;
 
+pub mod nexmark;
 pub mod recovery;
 
 /// The 1-minute fixed window of Q2, in milliseconds.
