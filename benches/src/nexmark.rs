@@ -614,6 +614,11 @@ pub struct OnceFigures {
     pub events: u64,
     /// Wall time of the job (start to every peer finished), seconds.
     pub secs: f64,
+    /// CPU time (user + system, all threads) the process spent in that time, seconds (from
+    /// `/proc/self/stat`; 0 where it cannot be read): events per CPU second is the per-core
+    /// throughput.
+    #[serde(default)]
+    pub cpu_secs: f64,
     /// Peak resident set of the process when the job had finished, KiB.
     pub peak_rss_kib: u64,
     /// Records appended to the state log (0 in memory mode).
@@ -675,9 +680,12 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
         ..RunOptions::default()
     };
     let registry = Registry::new();
+    let cpu = || sardonyx::metrics::process::usage().map_or(0.0, |u| u.cpu_seconds);
+    let cpu_before = cpu();
     let started = Instant::now();
     let report = run_job_with_progress(&job, &registry, options, progress).await;
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = (cpu() - cpu_before).max(0.0);
     if let Some(log) = embedded {
         log.close().await?;
     }
@@ -700,6 +708,7 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
         mode: spec.mode,
         events: report.read,
         secs,
+        cpu_secs,
         peak_rss_kib,
         logged_records,
         logged_bytes,

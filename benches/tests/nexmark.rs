@@ -138,6 +138,8 @@ fn check_query_on(query: NexmarkQuery, mode: Mode, peers: usize) -> OnceFigures 
     assert_eq!(figures.difference, None);
     assert!(figures.correct);
     assert_eq!(figures.query, query.name());
+    // The job's CPU time is measured (it parsed 20,000 lines): there is a per-core figure.
+    assert!(figures.cpu_secs > 0.0, "cpu_secs {}", figures.cpu_secs);
     assert_eq!(
         (
             figures.events,
