@@ -188,6 +188,59 @@ pub struct Vote {
 /// Canonical answer rows of one query: the CSV row without its count → the count.
 pub type Rows = BTreeMap<String, i64>;
 
+/// A progress bar of the records `progress` has read (of about `total`, counted as `what`) on
+/// a terminal (stderr), updated every 100 ms until it is finished; `None` when stderr is not a
+/// terminal. Call within a tokio runtime.
+pub fn read_progress_bar(
+    progress: &std::sync::Arc<sardonyx::runtime::Progress>,
+    total: u64,
+    what: &str,
+) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {{pos}}/~{{len}} {what} {{per_sec}} {{elapsed}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (b, p) = (bar.clone(), progress.clone());
+    tokio::spawn(async move {
+        while !b.is_finished() {
+            b.set_position(p.read.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    Some(bar)
+}
+
+/// One key's sessions, the plain way: its event `times` sorted, a gap greater than `gap` starts
+/// a new session (DESIGN §4: sessions merge when the gap between them is ≤ `timeout_gap`).
+/// Gives `(start, last, count)` per session in time order, and how many consecutive times are
+/// exactly `gap` apart (where engines differ). `times` must not be empty.
+pub fn sessions(mut times: Vec<i64>, gap: i64) -> (Vec<(i64, i64, i64)>, u64) {
+    times.sort_unstable();
+    let (mut out, mut at_gap) = (Vec::new(), 0);
+    let (mut start, mut prev, mut n) = (times[0], times[0], 0_i64);
+    for &t in &times {
+        if t - prev == gap {
+            at_gap += 1;
+        }
+        if t - prev > gap {
+            out.push((start, prev, n));
+            start = t;
+            n = 0;
+        }
+        n += 1;
+        prev = t;
+    }
+    out.push((start, prev, n));
+    (out, at_gap)
+}
+
 /// The exact answers to Q1–Q4, computed the plain way (no windows, no engine).
 #[derive(Debug, Default, Clone)]
 pub struct Reference {
@@ -244,22 +297,12 @@ impl Reference {
         // (DESIGN §4: sessions merge when the gap between them is ≤ timeout_gap).
         let mut q4 = Rows::new();
         let mut exact = 0;
-        for (voter, mut ts) in per_voter {
-            ts.sort_unstable();
-            let (mut start, mut prev, mut n) = (ts[0], ts[0], 0_i64);
-            for &t in &ts {
-                if t - prev == Q4_GAP_MS {
-                    exact += 1;
-                }
-                if t - prev > Q4_GAP_MS {
-                    q4.insert(format!("{voter},{start}"), n);
-                    start = t;
-                    n = 0;
-                }
-                n += 1;
-                prev = t;
+        for (voter, ts) in per_voter {
+            let (split, at_gap) = sessions(ts, Q4_GAP_MS);
+            exact += at_gap;
+            for (start, _, n) in split {
+                q4.insert(format!("{voter},{start}"), n);
             }
-            q4.insert(format!("{voter},{start}"), n);
         }
         let mut rows = BTreeMap::new();
         rows.insert(

@@ -452,25 +452,14 @@ impl ReferenceFold {
                 .map(|(s, max)| (s.to_string(), max))
                 .collect(),
             NexmarkQuery::Q11 => {
-                // Sort each bidder's times; a gap greater than the timeout starts a new
-                // session (DESIGN §4: sessions merge when the gap is ≤ timeout_gap).
+                // Each bidder's sessions (a gap greater than the timeout starts a new one).
                 let mut rows = Rows::new();
-                for (bidder, mut ts) in self.times_per_bidder {
-                    ts.sort_unstable();
-                    let (mut start, mut prev, mut n) = (ts[0], ts[0], 0_i64);
-                    for &t in &ts {
-                        if t - prev == Q11_GAP_MS {
-                            exact_gap_pairs += 1;
-                        }
-                        if t - prev > Q11_GAP_MS {
-                            rows.insert(format!("{bidder},{start},{prev}"), n);
-                            start = t;
-                            n = 0;
-                        }
-                        n += 1;
-                        prev = t;
+                for (bidder, ts) in self.times_per_bidder {
+                    let (split, at_gap) = crate::sessions(ts, Q11_GAP_MS);
+                    exact_gap_pairs += at_gap;
+                    for (start, last, n) in split {
+                        rows.insert(format!("{bidder},{start},{last}"), n);
                     }
-                    rows.insert(format!("{bidder},{start},{prev}"), n);
                 }
                 rows
             }

@@ -16,9 +16,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -207,22 +205,7 @@ fn generate(a: &GenerateArgs) -> anyhow::Result<()> {
 
 /// A progress bar of bids read on a terminal (stderr), nothing when piped.
 fn progress_bar(progress: &Arc<Progress>, input: &Path) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
     // Roughly: the file's size over a bid line's length.
     let total = std::fs::metadata(input).map_or(0, |m| m.len() / 260);
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos}/~{len} bids {per_sec} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let (b, p) = (bar.clone(), progress.clone());
-    tokio::spawn(async move {
-        while !b.is_finished() {
-            b.set_position(p.read.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    Some(bar)
+    sardonyx_benches::read_progress_bar(progress, total, "bids")
 }

@@ -20,10 +20,8 @@
 //! `python3 ../shared/bench-peers/gen_votes.py /tmp/votes_1m.jsonl -n 1000000 --seed 42 --vote-id`.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -481,30 +479,13 @@ fn progress_bar(
     total: u64,
     input: &Path,
 ) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
     let total = if total > 0 {
         total
     } else {
         // Roughly: the file's size over a vote line's length.
         std::fs::metadata(input).map_or(0, |m| m.len() / 80)
     };
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {pos}/~{len} events {per_sec} {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let (b, p) = (bar.clone(), progress.clone());
-    tokio::spawn(async move {
-        while !b.is_finished() {
-            b.set_position(p.read.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    Some(bar)
+    sardonyx_benches::read_progress_bar(progress, total, "events")
 }
 
 // ---------------------------------------------------------------------------------------------
