@@ -450,11 +450,11 @@ impl Connection {
         match endpoints.deliver(&slot, inbound) {
             Delivered::Queued => Ok(()),
             Delivered::NoSlot => {
-                // The sender's routing is stale (the slot moved, or is not open yet): the
-                // message is dropped and its credit given back; its ack tree expires and the
-                // input replays it.
+                // The slot was open here and closed (the sender's run is stale): the message
+                // is dropped and its credit given back; its ack tree expires and the input
+                // replays it.
                 endpoints.misaddressed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(process = %self.peer, %slot, "a message for a slot not open here was dropped");
+                tracing::warn!(process = %self.peer, %slot, "a message for a slot closed here was dropped");
                 self.consumed(&slot);
                 Ok(())
             }

@@ -4,7 +4,9 @@
 //! A connection's reader delivers a slot's batches into the slot's queue without ever waiting:
 //! credit guarantees room (each connection has at most its window of messages in a slot's
 //! queue, and the queue holds `window × max_connections`), so a full queue can only mean a peer
-//! broke the protocol. Taking a message out of the queue ([`SlotReceiver::recv`]) gives its
+//! broke the protocol. A message for a slot not open yet is parked in the queue the slot will
+//! open with (its credit held until it is taken); one for a slot that was closed is dropped.
+//! Taking a message out of the queue ([`SlotReceiver::recv`]) gives its
 //! credit back to the connection it came by. Incoming acks are applied to the ack table at
 //! once (XOR is cheap and needs no queue); trees that complete are listed for the input to
 //! collect ([`AckTable::take_completed`]).
@@ -169,24 +171,46 @@ impl AckTable {
     }
 }
 
+/// The most slots that may hold parked messages at once (messages for slots not open yet): a
+/// peer addressing many slots that never open can make a process hold no more than this many
+/// queues, each bounded by credit.
+pub(crate) const MAX_PARKED_SLOTS: usize = 4096;
+
+/// One slot's queue: its sending end, and its receiving end while no consumer has opened it
+/// (messages that arrive before the slot opens are parked there, their credit held).
+#[derive(Debug)]
+struct SlotQueue {
+    tx: mpsc::Sender<Inbound>,
+    parked: Option<mpsc::Receiver<Inbound>>,
+}
+
 /// The local ends of one messenger, shared with its connections.
 #[derive(Debug)]
 pub(crate) struct Endpoints {
-    slots: Mutex<HashMap<SlotAddress, mpsc::Sender<Inbound>>>,
+    slots: Mutex<Slots>,
     queue_capacity: usize,
     acks: Mutex<AckTable>,
     /// Woken when a tree completes.
     pub completed: Notify,
-    /// Messages that arrived for a slot not open here (dropped; their credit given back).
+    /// Messages that arrived for a slot that was closed here (dropped; their credit given
+    /// back).
     pub misaddressed: AtomicU64,
+}
+
+/// The slots' queues, open or parked, and the slots that were open and closed since.
+#[derive(Debug, Default)]
+struct Slots {
+    queues: HashMap<SlotAddress, SlotQueue>,
+    closed: std::collections::HashSet<SlotAddress>,
 }
 
 /// Where a delivery went.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Delivered {
-    /// Into the slot's queue.
+    /// Into the slot's queue (open, or parked until it opens).
     Queued,
-    /// No such slot is open here: dropped (its ack tree will expire and replay it).
+    /// The slot was closed here (or too many slots hold parked messages): dropped (its ack
+    /// tree will expire and replay it).
     NoSlot,
     /// The slot's queue is full: the sender broke the credit protocol.
     Full,
@@ -195,7 +219,7 @@ pub(crate) enum Delivered {
 impl Endpoints {
     pub(crate) fn new(queue_capacity: usize, pending_timeout: Duration) -> Self {
         Endpoints {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             queue_capacity,
             acks: Mutex::new(AckTable::new(pending_timeout)),
             completed: Notify::new(),
@@ -203,14 +227,25 @@ impl Endpoints {
         }
     }
 
-    /// Opens a slot's queue; `None` if it is open already.
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().expect("slots lock")
+    }
+
+    /// Opens a slot's queue (with the messages parked for it, if any); `None` if it is open
+    /// already. A slot closed earlier may be opened again.
     pub(crate) fn open_slot(self: &Arc<Self>, slot: SlotAddress) -> Option<SlotReceiver> {
-        let mut slots = self.slots.lock().expect("slots lock");
-        if slots.contains_key(&slot) {
-            return None;
-        }
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        slots.insert(slot.clone(), tx);
+        let mut slots = self.slots();
+        slots.closed.remove(&slot);
+        let rx = match slots.queues.get_mut(&slot) {
+            Some(queue) => queue.parked.take()?,
+            None => {
+                let (tx, rx) = mpsc::channel(self.queue_capacity);
+                slots
+                    .queues
+                    .insert(slot.clone(), SlotQueue { tx, parked: None });
+                rx
+            }
+        };
         Some(SlotReceiver {
             slot,
             rx,
@@ -219,19 +254,73 @@ impl Endpoints {
     }
 
     fn close_slot(&self, slot: &SlotAddress) {
-        self.slots.lock().expect("slots lock").remove(slot);
+        let mut slots = self.slots();
+        slots.queues.remove(slot);
+        slots.closed.insert(slot.clone());
     }
 
     /// Closes every slot's queue (their receivers then end).
     pub(crate) fn close_all(&self) {
-        self.slots.lock().expect("slots lock").clear();
+        self.slots().queues.clear();
     }
 
-    /// Puts a delivery into its slot's queue, never waiting.
+    /// Forgets the slots `stale` picks that are not open: their parked messages are dropped
+    /// (with their credit: the senders are gone or stale) and closed ones are no longer
+    /// remembered.
+    pub(crate) fn discard(&self, stale: impl Fn(&SlotAddress) -> bool) {
+        let mut dropped = Vec::new();
+        {
+            let mut slots = self.slots();
+            slots.closed.retain(|slot| !stale(slot));
+            let parked: Vec<SlotAddress> = slots
+                .queues
+                .iter()
+                .filter(|(slot, queue)| queue.parked.is_some() && stale(slot))
+                .map(|(slot, _)| slot.clone())
+                .collect();
+            for slot in parked {
+                if let Some(rx) = slots.queues.remove(&slot).and_then(|q| q.parked) {
+                    dropped.push((slot, rx));
+                }
+            }
+        }
+        // Outside the lock: giving credit back takes the connection's.
+        for (slot, mut rx) in dropped {
+            while let Ok(inbound) = rx.try_recv() {
+                if let Some(connection) = inbound.connection.upgrade() {
+                    connection.consumed(&slot);
+                }
+            }
+        }
+    }
+
+    /// Puts a delivery into its slot's queue, never waiting. A message for a slot that is not
+    /// open yet is parked in the slot's queue until it opens (its credit held, so a sender
+    /// cannot park more than its window); one for a slot that was closed is dropped.
     pub(crate) fn deliver(&self, slot: &SlotAddress, inbound: Inbound) -> Delivered {
-        let tx = match self.slots.lock().expect("slots lock").get(slot) {
-            Some(tx) => tx.clone(),
-            None => return Delivered::NoSlot,
+        let tx = {
+            let mut slots = self.slots();
+            if slots.closed.contains(slot) {
+                return Delivered::NoSlot;
+            }
+            match slots.queues.get(slot) {
+                Some(queue) => queue.tx.clone(),
+                None => {
+                    let parked = slots.queues.values().filter(|q| q.parked.is_some()).count();
+                    if parked >= MAX_PARKED_SLOTS {
+                        return Delivered::NoSlot;
+                    }
+                    let (tx, rx) = mpsc::channel(self.queue_capacity);
+                    slots.queues.insert(
+                        slot.clone(),
+                        SlotQueue {
+                            tx: tx.clone(),
+                            parked: Some(rx),
+                        },
+                    );
+                    tx
+                }
+            }
         };
         match tx.try_send(inbound) {
             Ok(()) => Delivered::Queued,

@@ -314,12 +314,21 @@ impl Messenger {
     }
 
     /// Opens the queue of local slot `slot`: batches and `Done`s sent to it by other processes
-    /// arrive there. Dropping the receiver closes it (later messages for it are dropped).
+    /// arrive there, beginning with those that arrived before it opened (parked, their credit
+    /// held: a sender may start before the receiver). Dropping the receiver closes it (later
+    /// messages for it are dropped and counted as misaddressed).
     pub fn open_slot(&self, slot: SlotAddress) -> Result<SlotReceiver, MessagingError> {
         self.inner
             .endpoints
             .open_slot(slot.clone())
             .ok_or(MessagingError::SlotAlreadyOpen(slot))
+    }
+
+    /// Forgets the slots `stale` picks that are not open here: messages parked for them are
+    /// dropped, and closed ones are no longer remembered (a message for them would park
+    /// again). For slots of a superseded run, whose senders are gone.
+    pub fn discard_slots(&self, stale: impl Fn(&SlotAddress) -> bool) {
+        self.inner.endpoints.discard(stale);
     }
 
     /// Sends a batch to its slot in process `to`, waiting for the slot's credit (the

@@ -733,12 +733,62 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
     assert_eq!(table.ack(dropped_root, 1), AckOutcome::Unknown);
 }
 
-/// A batch for a slot that is not open at the receiver is dropped (and counted), and its credit
-/// comes back: the sender is not blocked by a stale route.
+/// A batch for a slot not open yet at the receiver is parked, its credit held, and delivered
+/// first when the slot opens: a sender may start before its receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_for_a_slot_not_open_is_dropped_and_its_credit_returned() {
+async fn a_batch_for_a_slot_not_open_yet_waits_for_it_to_open() {
     let (a, b) = (messenger(1).await, messenger(2).await);
     introduce(&[&a, &b]);
+    let window = MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap())
+        .credit_per_slot as u64;
+    let mut open = b.open_slot(slot(0)).unwrap();
+    for n in 0..window {
+        a.send_batch(ProcessId(2), batch(slot(5), Sender::new("read", 0), n as i64))
+            .await
+            .unwrap();
+    }
+    // The parked batches hold their credit: one more waits until the slot opens.
+    let more = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.send_batch(
+                ProcessId(2),
+                batch(slot(5), Sender::new("read", 0), window as i64),
+            )
+            .await
+        })
+    };
+    // Other slots are not held up by it.
+    a.send_batch(ProcessId(2), batch(slot(0), Sender::new("read", 0), 99))
+        .await
+        .unwrap();
+    assert!(matches!(recv(&mut open).await, Delivery::Batch { .. }));
+    assert!(!more.is_finished());
+    let mut late = b.open_slot(slot(5)).unwrap();
+    for n in 0..=window {
+        match recv(&mut late).await {
+            Delivery::Batch { batch: got, .. } => {
+                assert_eq!(got, batch(slot(5), Sender::new("read", 0), n as i64))
+            }
+            other => panic!("expected batch {n}, got {other:?}"),
+        }
+    }
+    more.await.unwrap().unwrap();
+    assert_eq!(b.stats().misaddressed, 0);
+    assert!(matches!(
+        b.open_slot(slot(0)),
+        Err(MessagingError::SlotAlreadyOpen(_))
+    ));
+}
+
+/// A batch for a slot that was open and closed is dropped (and counted), and its credit comes
+/// back: the sender is not blocked by a stale route. Discarding a stale slot drops what was
+/// parked for it and returns its credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_for_a_closed_slot_is_dropped_and_its_credit_returned() {
+    let (a, b) = (messenger(1).await, messenger(2).await);
+    introduce(&[&a, &b]);
+    drop(b.open_slot(slot(5)).unwrap());
     let mut open = b.open_slot(slot(0)).unwrap();
     for n in 0..12 {
         a.send_batch(ProcessId(2), batch(slot(5), Sender::new("read", 0), n))
@@ -751,10 +801,35 @@ async fn a_batch_for_a_slot_not_open_is_dropped_and_its_credit_returned() {
         .unwrap();
     assert!(matches!(recv(&mut open).await, Delivery::Batch { .. }));
     assert_eq!(b.stats().misaddressed, 12);
-    assert!(matches!(
-        b.open_slot(slot(0)),
-        Err(MessagingError::SlotAlreadyOpen(_))
-    ));
+
+    // Parked for slot 6, then discarded: the credit comes back, so the sender goes on.
+    let window = MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap())
+        .credit_per_slot as i64;
+    for n in 0..window {
+        a.send_batch(ProcessId(2), batch(slot(6), Sender::new("read", 0), n))
+            .await
+            .unwrap();
+    }
+    // A marker behind them on the same connection: once it arrived, they are parked.
+    a.send_batch(ProcessId(2), batch(slot(0), Sender::new("read", 0), 100))
+        .await
+        .unwrap();
+    assert!(matches!(recv(&mut open).await, Delivery::Batch { .. }));
+    b.discard_slots(|s| *s == slot(6));
+    within(
+        "a send after the discard",
+        a.send_batch(ProcessId(2), batch(slot(6), Sender::new("read", 0), window)),
+    )
+    .await
+    .unwrap();
+    // It parked anew: the slot opens with it alone.
+    let mut reopened = b.open_slot(slot(6)).unwrap();
+    match recv(&mut reopened).await {
+        Delivery::Batch { batch: got, .. } => {
+            assert_eq!(got, batch(slot(6), Sender::new("read", 0), window))
+        }
+        other => panic!("expected the last batch, got {other:?}"),
+    }
 }
 
 /// A peer that breaks the protocol after its handshake — a batch beyond its credit, a body
