@@ -101,7 +101,8 @@ enum Command {
     /// Run a peer process of a cluster: it joins the cluster through the coordination log of the
     /// log servers, watches the next process in the join ring with heartbeats and declares it gone
     /// after the failure timeout, until stopped (SIGINT or SIGTERM: it leaves the cluster).
-    /// Running the slots the cluster allocates to it is not implemented yet.
+    /// It runs the slots of jobs the cluster gives it, and takes over those of processes that
+    /// die.
     Peer {
         /// Addresses of log servers (any subset; the others are found through them).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -134,6 +135,40 @@ enum Command {
         /// machine (`host:port`; port 0 picks a free port; the address is printed).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Directory for the derived state of the slots it runs (dedup filters) and error files
+        /// (default: `sardonyx-peer-data/<port>`, the port it listens on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// When output is not a terminal, print a progress line of the runs of jobs in this
+        /// process this often (milliseconds).
+        #[arg(long, default_value_t = 5000)]
+        progress_ms: u64,
+    },
+    /// Submit a job to a cluster: its slots are placed on the peer processes, which run them.
+    /// The job must have an `id`.
+    Submit {
+        /// The job file (JSON or TOML).
+        job: PathBuf,
+        /// Addresses of log servers.
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
+        /// Wait until the job completes (exit 0) or is killed (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// File holding the cluster secret.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Kill a job of a cluster: its slots stop and it never runs again.
+    KillJob {
+        /// The job's id.
+        id: String,
+        /// Addresses of log servers.
+        #[arg(long, value_delimiter = ',', required = true)]
+        log: Vec<String>,
+        /// File holding the cluster secret.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Show the cluster as the coordination log says: processes, the join ring, joins in
     /// progress, jobs and which process owns which slot.
@@ -300,11 +335,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             failure_timeout_ms,
             trace_replicas,
             metrics,
+            data,
+            progress_ms,
         } => {
             let secret = load_secret(secret_file.as_deref())?;
             if secret.is_none() {
                 refuse_open_listener(&listen.to_string()).await?;
             }
+            let data = data
+                .unwrap_or_else(|| PathBuf::from(format!("sardonyx-peer-data/{}", listen.port())));
             let slots = slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             });
@@ -320,7 +359,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 trace_replicas,
                 view: Arc::new(cluster::ClusterView::new()),
+                registry: Registry::new(),
+                data,
+                progress: Arc::new(Progress::default()),
             };
+            let watcher = tokio::spawn(show_progress(config.progress.clone(), progress_ms));
             let server = match metrics {
                 Some(addr) => {
                     let observed = Observed {
@@ -342,6 +385,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 exit_on_second_signal(signals).await;
             });
             let exit = cluster::run_peer(config, stop).await;
+            watcher.abort();
             if let Some(server) = server {
                 server.shutdown().await;
             }
@@ -356,6 +400,62 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                          {position}): it was declared gone; start the process again to rejoin"
                     );
                     Ok(ExitCode::from(3))
+                }
+            }
+        }
+        Command::Submit {
+            job: path,
+            log,
+            wait,
+            secret_file,
+        } => {
+            let job = Job::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            job.validate(&Registry::new())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let spec = crate::coordination::JobSpec::from_job(&job)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let id = spec.id.clone();
+            let client = coordination_client(log, secret_file)?;
+            let position = match cluster::submission::submit(&client, spec).await? {
+                cluster::Submitted::Accepted { position } => position,
+                cluster::Submitted::Refused { position, reason } => {
+                    eprintln!("job \"{id}\" was not taken (entry {position}): {reason}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            println!("submitted job \"{id}\" (coordination log entry {position})");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            match cluster::submission::wait_for(&client, &id, position).await? {
+                cluster::JobOutcome::Completed { position } => {
+                    println!("job \"{id}\" completed (entry {position})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                cluster::JobOutcome::Killed { position } => {
+                    eprintln!(
+                        "job \"{id}\" was killed (entry {position}): see the peer processes' logs \
+                         for why"
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::KillJob {
+            id,
+            log,
+            secret_file,
+        } => {
+            let client = coordination_client(log, secret_file)?;
+            let job = crate::coordination::JobId(id);
+            match cluster::submission::kill(&client, &job).await? {
+                Ok(position) => {
+                    println!("killed job \"{job}\" (coordination log entry {position})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(reason) => {
+                    eprintln!("{reason}: nothing to kill");
+                    Ok(ExitCode::from(1))
                 }
             }
         }
@@ -746,16 +846,24 @@ async fn open_state(
 }
 
 /// Parses `1=host:port,2=host:port`.
+/// A client of the log servers at `log`, for their coordination log.
+fn coordination_client(
+    log: Vec<String>,
+    secret_file: Option<PathBuf>,
+) -> anyhow::Result<LogClient> {
+    let options = ClientOptions {
+        secret: load_secret(secret_file.as_deref())?,
+        ..ClientOptions::default()
+    };
+    Ok(LogClient::with_options(log, options)?)
+}
+
 /// Every entry of the coordination log of the log servers at `log`.
 async fn read_coordination_log(
     log: Vec<String>,
     secret_file: Option<PathBuf>,
 ) -> anyhow::Result<cluster::LogView> {
-    let options = ClientOptions {
-        secret: load_secret(secret_file.as_deref())?,
-        ..ClientOptions::default()
-    };
-    let client = LogClient::with_options(log, options)?;
+    let client = coordination_client(log, secret_file)?;
     cluster::read_entries(&client)
         .await
         .context("reading the coordination log")

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod job;
 pub mod key_groups;
 pub mod lifecycle;
+pub mod mark;
 pub mod messaging;
 pub mod metrics;
 pub mod plugin;

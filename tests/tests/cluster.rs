@@ -128,20 +128,6 @@ fn http_get(addr: &str, path: &str) -> String {
         .to_owned()
 }
 
-/// The process id a peer printed when it joined: the line's only run of 16 hex digits
-/// (`process=<id>`, among the log's colour codes).
-fn id_of(p: &Proc) -> String {
-    let line = p
-        .seen
-        .iter()
-        .find(|l| l.contains("joined the cluster"))
-        .expect("the join line");
-    line.split(|c: char| !c.is_ascii_hexdigit())
-        .find(|run| run.len() == 16)
-        .unwrap_or_else(|| panic!("no process id in {line:?}"))
-        .to_owned()
-}
-
 #[test]
 fn peers_join_a_killed_peer_is_declared_gone_and_replay_shows_what_each_peer_held() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,10 +15,14 @@
 //! the replica allocates them and `cluster-status` shows the allocation, but a peer process
 //! does not start them (see `docs/cluster.md`).
 
+pub mod jobs;
 pub mod log_view;
 pub mod peer;
+pub mod submission;
 pub mod view;
 
+pub use jobs::JobContext;
 pub use log_view::{read_entries, LogView};
 pub use peer::{run_peer, PeerConfig, PeerError, PeerExit};
+pub use submission::{JobOutcome, Submitted};
 pub use view::{ClusterSnapshot, ClusterView};

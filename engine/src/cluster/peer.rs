@@ -1,10 +1,12 @@
 //! One peer process in the cluster: join, play the coordination log, react, watch the next
-//! process in the ring (DESIGN §6).
+//! process in the ring, run the slots the replica gives it (DESIGN §6).
 //!
-//! The loop waits on three things: the next entry of the coordination log (played into the
-//! replica with [`Replica::apply`]; the [`reactions`] asked of this process are appended), the
-//! failure detector's next deadline (a heartbeat to send, or a `leave_cluster` to append for
-//! the watched process), and the answers to heartbeats. Every decision is the pure
+//! The loop waits on four things: the next entry of the coordination log (played into the
+//! replica with [`Replica::apply`]; the [`reactions`] asked of this process are appended, and
+//! its runs of jobs brought in line with the replica, [`super::jobs`]), the failure detector's
+//! next deadline (a heartbeat to send, or a `leave_cluster` to append for the watched
+//! process), the answers to heartbeats, and the ends of its runs (`complete_slot` or
+//! `kill_job` to append). Every decision is the pure
 //! coordination code's; this module only carries it out.
 
 use std::net::SocketAddr;
@@ -25,13 +27,14 @@ use crate::coordination::{
 };
 use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
+use super::jobs::{entries_after, JobContext, JobRunner};
 use super::view::ClusterView;
 
 /// The pause before asking the coordination log again after an error.
 const LOG_RETRY: Duration = Duration::from_millis(100);
 
 /// How a peer process runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerConfig {
     /// Addresses of log servers (any subset of the log cluster).
     pub log: Vec<String>,
@@ -50,6 +53,26 @@ pub struct PeerConfig {
     pub trace_replicas: Option<PathBuf>,
     /// Where the process shows what it has seen of the cluster (its metrics endpoint reads it).
     pub view: Arc<ClusterView>,
+    /// The named code of the jobs it runs, and a local directory for their derived state
+    /// (dedup filters) and error files; the state log is the log cluster above.
+    pub registry: crate::registry::Registry,
+    /// The local directory (see `registry`).
+    pub data: PathBuf,
+    /// The counters of the runs of jobs in this process.
+    pub progress: Arc<crate::runtime::Progress>,
+}
+
+impl std::fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("log", &self.log)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("slots", &self.slots)
+            .field("detector", &self.detector)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a peer process stopped.
@@ -73,6 +96,9 @@ pub enum PeerError {
     /// The messaging listener could not start.
     #[error("messaging: {0}")]
     Messaging(#[from] MessagingError),
+    /// The threads that run jobs could not be started.
+    #[error("cannot start the threads that run jobs: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The replica trace file could not be written.
     #[error("replica trace {path}: {source}")]
     Trace {
@@ -125,7 +151,20 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
             ..ClientOptions::default()
         },
     )?;
-    let log: Arc<dyn CoordinationLog> = Arc::new(client);
+    let client = Arc::new(client);
+    let log: Arc<dyn CoordinationLog> = client.clone();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let mut runner = JobRunner::new(
+        JobContext {
+            registry: config.registry.clone(),
+            store: client,
+            data: config.data.clone(),
+            progress: config.progress.clone(),
+        },
+        messenger.clone(),
+        ended_tx,
+    )
+    .map_err(PeerError::Runtime)?;
     let mut appender = Appender {
         log: log.clone(),
         client: me.0,
@@ -238,6 +277,27 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 for entry in to_append {
                     appender.append(&entry).await?;
                 }
+                runner.sync(&replica);
+            }
+            Some(end) = ended.recv() => {
+                let Some(slots) = runner.ended(&end.job, end.version) else {
+                    continue; // a superseded run
+                };
+                match &end.result {
+                    Ok(report) => tracing::info!(
+                        job = %end.job, version = end.version, read = report.read,
+                        written = report.written, fired = report.fired,
+                        duplicates = report.duplicates,
+                        "this process's run ended: its slots completed"
+                    ),
+                    Err(e) => tracing::error!(
+                        job = %end.job, version = end.version, error = %e,
+                        "this process's run failed"
+                    ),
+                }
+                for entry in entries_after(&end, &slots) {
+                    appender.append(&entry).await?;
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 match detector.tick(now()) {
@@ -270,6 +330,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
             }
         }
     };
+    runner.stop_all();
     if exit == PeerExit::Stopped {
         // Leave at once rather than after the watcher's timeout (best effort: the watcher
         // appends the leave anyway if this does not get through).

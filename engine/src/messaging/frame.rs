@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ack_tree::AckEdge;
 use super::address::{ProcessId, Sender, SlotAddress};
-use crate::runtime::Mark;
+use crate::mark::Mark;
 use crate::segment::Segment;
 use sardonyx_state_log::Nonce;
 

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use super::frame::{self, Frame, Handshake};
 use super::handshake::{self, Identity};
 use super::*;
-use crate::runtime::Mark;
+use crate::mark::Mark;
 use crate::segment::{Segment, Value};
 use sardonyx_state_log::ClusterSecret;
 
@@ -739,13 +739,16 @@ async fn ack_trees_complete_across_processes_and_a_dropped_batch_expires() {
 async fn a_batch_for_a_slot_not_open_yet_waits_for_it_to_open() {
     let (a, b) = (messenger(1).await, messenger(2).await);
     introduce(&[&a, &b]);
-    let window = MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap())
-        .credit_per_slot as u64;
+    let window =
+        MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap()).credit_per_slot as u64;
     let mut open = b.open_slot(slot(0)).unwrap();
     for n in 0..window {
-        a.send_batch(ProcessId(2), batch(slot(5), Sender::new("read", 0), n as i64))
-            .await
-            .unwrap();
+        a.send_batch(
+            ProcessId(2),
+            batch(slot(5), Sender::new("read", 0), n as i64),
+        )
+        .await
+        .unwrap();
     }
     // The parked batches hold their credit: one more waits until the slot opens.
     let more = {
@@ -803,8 +806,8 @@ async fn a_batch_for_a_closed_slot_is_dropped_and_its_credit_returned() {
     assert_eq!(b.stats().misaddressed, 12);
 
     // Parked for slot 6, then discarded: the credit comes back, so the sender goes on.
-    let window = MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap())
-        .credit_per_slot as i64;
+    let window =
+        MessengerConfig::new(ProcessId(1), "127.0.0.1:0".parse().unwrap()).credit_per_slot as i64;
     for n in 0..window {
         a.send_batch(ProcessId(2), batch(slot(6), Sender::new("read", 0), n))
             .await

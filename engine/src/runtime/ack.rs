@@ -36,6 +36,11 @@ impl AckToken {
         self.poisoned.store(true, Ordering::SeqCst);
     }
 
+    /// The batch's number in its issuer's order (0, 1, 2, …): what its completion reports.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The input peer (its job-wide peer id) that read the batch.
     pub fn input(&self) -> u32 {
         self.input

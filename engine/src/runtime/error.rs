@@ -164,6 +164,14 @@ pub enum RunError {
     /// The error output itself failed (its file could not be created, written or flushed).
     #[error("cannot write the error output: {0}")]
     ErrorOutput(#[source] sardonyx_connectors::ConnectorError),
+    /// A run's slot could not be opened for messages from other processes (it is open
+    /// already: two runs of one job at once in this process).
+    #[error("messaging: {0}")]
+    Messaging(#[source] crate::messaging::MessagingError),
+    /// The run was aborted ([`super::RunOptions::abort`]): its peers were stopped where they
+    /// were, and nothing was committed past what they had finished.
+    #[error("the run was aborted")]
+    Aborted,
     /// A bug: a peer's task panicked outside the per-segment path or was cancelled.
     #[error("internal error: a peer's task failed: {0}")]
     PeerTask(#[from] tokio::task::JoinError),

@@ -43,6 +43,10 @@ pub struct RunOptions {
     /// How many times the job's peers may be restarted (`flux_policy: recover`, a lifecycle's
     /// `restart`) before the job fails with the cause.
     pub max_restarts: u32,
+    /// Cancel it to abort the run: its peers are stopped where they are (and have ended when
+    /// the run returns [`RunError::Aborted`]); nothing is committed past what they finished.
+    /// A cluster aborts a process's run when the job's slots move.
+    pub abort: CancellationToken,
 }
 
 /// The default of [`RunOptions::max_restarts`].
@@ -57,6 +61,7 @@ impl Default for RunOptions {
             state: None,
             stop: CancellationToken::new(),
             max_restarts: MAX_RESTARTS,
+            abort: CancellationToken::new(),
         }
     }
 }
@@ -157,7 +162,7 @@ pub async fn run_job_with_progress(
             error_file: &error_file,
             error_task: &error_task,
         };
-        match attempt.run(&mut syncs).await {
+        match attempt.run(&mut syncs, None).await {
             Ok(mut report) => {
                 report.restarts = restarts;
                 break Ok(report);
@@ -265,10 +270,51 @@ impl Failure {
     }
 }
 
+/// Runs this process's part of one run of `job` in a cluster: the peers `placement` puts here,
+/// bridged to the others (`remote`). No restarts: a failure ends the run with its error, and
+/// the cluster decides what follows. The report's counts are this process's.
+pub async fn run_placed(
+    job: &Job,
+    registry: &Registry,
+    options: RunOptions,
+    placement: &super::remote::Placement,
+    progress: Arc<Progress>,
+) -> Result<JobReport, RunError> {
+    job.validate(registry)?;
+    if options.state.is_none() {
+        refuse_recover_without_state(job)?;
+    }
+    let error_task = match &job.errors {
+        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let error_path = match &job.errors {
+        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
+        _ => options.errors_path.clone(),
+    };
+    let error_file = super::rejections::ErrorFile::new(error_path, progress.rejected.clone());
+    let attempt = Attempt {
+        job,
+        registry,
+        options: &options,
+        state: options.state.clone(),
+        progress: &progress,
+        error_file: &error_file,
+        error_task: &error_task,
+    };
+    let result = attempt
+        .run(&mut None, Some(placement))
+        .await
+        .map_err(|f| f.error);
+    registry.drop_output_channels();
+    result
+}
+
 impl Attempt<'_> {
     async fn run(
         self,
         syncs: &mut Option<Arc<super::window_stage::Syncs>>,
+        placement: Option<&super::remote::Placement>,
     ) -> Result<JobReport, Failure> {
         let Attempt {
             job,
@@ -279,9 +325,41 @@ impl Attempt<'_> {
             error_file,
             error_task,
         } = self;
-        let layout = Layout::of(job, options.peers_override, error_task.as_deref());
-        let (topology, mut receivers) =
-            Topology::new(&layout, options.channel_capacity, options.stop.clone());
+        use super::remote::SlotHome;
+        let layout = match placement {
+            Some(p) => Layout::with_peers(
+                job,
+                |t| p.homes.get(t).map_or(0, Vec::len),
+                error_task.as_deref(),
+            ),
+            None => Layout::of(job, options.peers_override, error_task.as_deref()),
+        };
+        let here = |task: &str, peer: usize| {
+            placement.is_none_or(|p| p.home(task, peer) == SlotHome::Here)
+        };
+        let local_inputs = job
+            .catalog
+            .iter()
+            .filter(|t| t.kind == TaskKind::Input)
+            .map(|t| {
+                (0..layout.peers[&t.name])
+                    .filter(|&i| here(&t.name, i))
+                    .count()
+            })
+            .sum();
+        let (topology, mut receivers) = Topology::new(
+            &layout,
+            options.channel_capacity,
+            options.stop.clone(),
+            local_inputs,
+        );
+        let mut bridges = match placement {
+            Some(p) => Some(
+                super::remote::start(p, &layout, &topology.senders, &mut receivers)
+                    .map_err(RunError::Messaging)?,
+            ),
+            None => None,
+        };
         let topology = Arc::new(topology);
         let stopped_early = topology.stopped_early.clone();
         let job_state = match state {
@@ -320,6 +398,9 @@ impl Attempt<'_> {
             let n = layout.peers[&t.name];
             let rxs = receivers.remove(&t.name).expect("made above");
             for (peer, rx) in rxs.into_iter().enumerate() {
+                if !here(&t.name, peer) {
+                    continue;
+                }
                 let ctx = super::context::PeerContext {
                     job: Arc::new(job.clone()),
                     registry: registry.clone(),
@@ -374,7 +455,18 @@ impl Attempt<'_> {
         drop(topology);
         drop(job_state);
 
-        let first_error = join_peers(handles, &task_of).await;
+        let mut first_error = join_peers(handles, &task_of, &options.abort).await;
+        if first_error.is_none() {
+            // What was sent to other processes is acknowledged, and what came from them is
+            // finished here.
+            if let Some(b) = &mut bridges {
+                tokio::select! {
+                    () = b.finished() => {}
+                    () = options.abort.cancelled() => first_error = Some(RunError::Aborted.into()),
+                }
+            }
+        }
+        drop(bridges);
         // Every peer has ended, so every ack is released or poisoned and the committers end;
         // their last positions are written before a restart reads them back.
         let mut committed = BTreeMap::new();
@@ -423,9 +515,21 @@ impl Attempt<'_> {
 async fn join_peers(
     mut handles: tokio::task::JoinSet<Result<(), RunError>>,
     task_of: &BTreeMap<tokio::task::Id, String>,
+    abort: &CancellationToken,
 ) -> Option<Failure> {
     let mut first_error: Option<Failure> = None;
-    while let Some(joined) = handles.join_next_with_id().await {
+    loop {
+        let joined = tokio::select! {
+            joined = handles.join_next_with_id() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            () = abort.cancelled(), if first_error.is_none() => {
+                // Every peer has ended (its state dropped: files, filters) when this returns.
+                handles.shutdown().await;
+                return Some(RunError::Aborted.into());
+            }
+        };
         let (id, result) = match joined {
             Ok((id, r)) => (id, r),
             Err(e) if e.is_cancelled() => continue,

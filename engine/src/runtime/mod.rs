@@ -86,6 +86,7 @@ mod launch;
 mod message;
 mod progress;
 pub mod rejections;
+pub mod remote;
 mod rescale;
 mod router;
 pub mod routing;
@@ -98,7 +99,7 @@ pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
 pub use job_log::StateOptions;
 pub use launch::{
-    check_state, run_job, run_job_with_progress, JobReport, RunOptions, MAX_RESTARTS,
+    check_state, run_job, run_job_with_progress, run_placed, JobReport, RunOptions, MAX_RESTARTS,
 };
 pub use message::Mark;
 pub use progress::{

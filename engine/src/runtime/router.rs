@@ -364,7 +364,8 @@ mod tests {
             _ => None,
         };
         let layout = Layout::of(&job, None, error_task.as_deref());
-        let (topology, receivers) = Topology::new(&layout, 64, CancellationToken::new());
+        let (topology, receivers) =
+            Topology::new(&layout, 64, CancellationToken::new(), layout.input_peers);
         let progress = Arc::new(Progress::default());
         let task = job.task("check").unwrap().clone();
         let ctx = PeerContext {

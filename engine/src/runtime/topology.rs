@@ -35,6 +35,15 @@ impl Layout {
     pub(super) fn of(job: &Job, peers_override: Option<usize>, error_task: Option<&str>) -> Self {
         let peers_of =
             |name: &str| peers_override.unwrap_or_else(|| job.task(name).map_or(1, |t| t.peers()));
+        Layout::with_peers(job, peers_of, error_task)
+    }
+
+    /// The layout of `job` with `peers_of(task)` peers per task (a cluster's allocation).
+    pub(super) fn with_peers(
+        job: &Job,
+        peers_of: impl Fn(&str) -> usize,
+        error_task: Option<&str>,
+    ) -> Self {
         let peers: BTreeMap<String, usize> = job
             .catalog
             .iter()
@@ -99,9 +108,9 @@ pub(super) struct Topology {
     pub(super) upstream_peers: BTreeMap<String, Vec<usize>>,
     /// Per task, the id of its first peer (peer ids are global in the job).
     pub(super) first_peer: BTreeMap<String, usize>,
-    /// Every input peer waits here after opening its reader; peers with nothing to read have
-    /// sent their `Done` by then, so no reading peer's data can overtake them and the
-    /// downstream watermark never waits on a peer that will never read.
+    /// Every input peer (of this process) waits here after opening its reader; peers with
+    /// nothing to read have sent their `Done` by then, so no reading peer's data can overtake
+    /// them and the downstream watermark never waits on a peer that will never read.
     pub(super) inputs_opened: tokio::sync::Barrier,
     /// Cancelled to stop the job ([`super::launch::RunOptions::stop`]).
     pub(super) stop: CancellationToken,
@@ -116,11 +125,13 @@ pub(super) type Receivers = BTreeMap<String, Vec<mpsc::Receiver<Msg>>>;
 
 impl Topology {
     /// The topology of `layout`: one bounded channel of `capacity` messages (at least 1) per
-    /// peer, whose receiving ends are returned beside it; `stopped_early` starts false.
+    /// peer, whose receiving ends are returned beside it; `stopped_early` starts false; the
+    /// inputs' barrier waits for `input_peers` peers (those that run in this process).
     pub(super) fn new(
         layout: &Layout,
         capacity: usize,
         stop: CancellationToken,
+        input_peers: usize,
     ) -> (Topology, Receivers) {
         let mut senders = BTreeMap::new();
         let mut receivers = BTreeMap::new();
@@ -134,7 +145,7 @@ impl Topology {
             senders,
             upstream_peers: layout.upstream_peers.clone(),
             first_peer: layout.first_peer.clone(),
-            inputs_opened: tokio::sync::Barrier::new(layout.input_peers),
+            inputs_opened: tokio::sync::Barrier::new(input_peers),
             stop,
             stopped_early: Arc::new(AtomicBool::new(false)),
         };
@@ -242,7 +253,7 @@ mod tests {
         let layout = Layout::of(&job(), None, Some("rejected"));
         for capacity in [0, 2] {
             let (topology, mut receivers) =
-                Topology::new(&layout, capacity, CancellationToken::new());
+                Topology::new(&layout, capacity, CancellationToken::new(), 2);
             assert_eq!(topology.senders["a"].len(), 3);
             assert_eq!(receivers["a"].len(), 3);
             let a1 = &topology.senders["a"][1];

@@ -113,6 +113,14 @@ impl Proc {
         hit.unwrap_or_else(|| panic!("the run never read {n} records:\n{}", self.seen.join("\n")))
     }
 
+    /// Takes in every line printed so far (without waiting) and returns them all.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
     /// The process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -477,4 +485,141 @@ pub fn assert_every_vote_output(dir: &Path, votes: &[Value]) -> usize {
         expected.len()
     );
     lines
+}
+
+/// The vote job of [`vote_job`] with id `id`, its syncs and output written to paths relative
+/// to the working directory of the process that runs each slot (in a cluster, each peer
+/// process writes its own files): `totals.jsonl`, `per-minute.jsonl`, `sessions.jsonl`,
+/// `out.jsonl`. Written to `dir/<id>.json`.
+pub fn relative_vote_job(dir: &Path, input: &Path, id: &str) -> PathBuf {
+    let path = vote_job(dir, input);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut text = text;
+    for file in [
+        "totals.jsonl",
+        "per-minute.jsonl",
+        "sessions.jsonl",
+        "out.jsonl",
+    ] {
+        text = text.replace(&dir.join(file).display().to_string(), file);
+    }
+    let mut job: Value = serde_json::from_str(&text).unwrap();
+    job["id"] = Value::from(id);
+    let path = dir.join(format!("{id}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&job).unwrap()).unwrap();
+    path
+}
+
+/// The final states the syncs reported across the working directories of several processes
+/// (see [`reported`]): per extent and group, the greatest state any firing reported (counts
+/// only grow, and the last firing of each is the whole count).
+pub fn reported_across(dirs: &[PathBuf]) -> Finals {
+    let mut merged = Finals::new();
+    for dir in dirs {
+        for (window, states) in reported(dir) {
+            let m = merged.entry(window).or_default();
+            for (k, n) in states {
+                let e = m.entry(k).or_insert(n);
+                *e = (*e).max(n);
+            }
+        }
+    }
+    // A session reported in one directory may have been merged into a larger one later, in
+    // another: drop those inside another reported session, as `reported` does per file.
+    if let Some(sessions) = merged.get_mut("sessions") {
+        let spans: Vec<(String, i64, i64)> = sessions
+            .keys()
+            .map(|k| {
+                let (g, span) = k.rsplit_once('@').unwrap();
+                let (lo, hi) = span.split_once("..").unwrap();
+                (g.to_owned(), lo.parse().unwrap(), hi.parse().unwrap())
+            })
+            .collect();
+        sessions.retain(|k, _| {
+            let (g, span) = k.rsplit_once('@').unwrap();
+            let (lo, hi) = span.split_once("..").unwrap();
+            let (lo, hi): (i64, i64) = (lo.parse().unwrap(), hi.parse().unwrap());
+            !spans
+                .iter()
+                .any(|(g2, l2, h2)| g2 == g && (*l2, *h2) != (lo, hi) && *l2 <= lo && hi <= *h2)
+        });
+    }
+    merged
+}
+
+/// Lines of `out.jsonl` in each of `dirs` (0 where there is none).
+pub fn output_lines(dirs: &[PathBuf]) -> usize {
+    dirs.iter()
+        .map(|d| {
+            std::fs::read(d.join("out.jsonl"))
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// [`assert_every_vote_output`] over the `out.jsonl` files of several working directories
+/// (each process writes its own while it owns the output's slot).
+pub fn assert_every_vote_output_across(dirs: &[PathBuf], votes: &[Value]) -> usize {
+    let merged = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for d in dirs {
+        if let Ok(b) = std::fs::read(d.join("out.jsonl")) {
+            all.extend_from_slice(&b);
+        }
+    }
+    std::fs::write(merged.path().join("out.jsonl"), all).unwrap();
+    assert_every_vote_output(merged.path(), votes)
+}
+
+/// Starts `n` `sardonyx log-server` processes forming one log cluster (data under `dir`), and
+/// waits until each listens. Returns them and the `--log` argument naming them all.
+pub fn start_log_servers(dir: &Path, n: usize) -> (Vec<Proc>, String) {
+    let addrs: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let spec = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers = (0..n)
+        .map(|i| {
+            let data = dir.join(format!("log{i}")).display().to_string();
+            let id = (i + 1).to_string();
+            let mut p = Proc::start(
+                &[
+                    "log-server",
+                    "--id",
+                    &id,
+                    "--listen",
+                    &addrs[i],
+                    "--data",
+                    &data,
+                    "--cluster",
+                    &spec,
+                ],
+                dir,
+            );
+            let up = p.wait_line(Duration::from_secs(60), |l| l.contains("listening on"));
+            assert!(up.is_some(), "log server {id}:\n{}", p.seen.join("\n"));
+            p
+        })
+        .collect();
+    (servers, addrs.join(","))
+}
+
+/// The process id a peer printed when it joined: the line's only run of 16 hex digits
+/// (`process=<id>`, among the log's colour codes).
+pub fn id_of(p: &Proc) -> String {
+    let line = p
+        .seen
+        .iter()
+        .find(|l| l.contains("joined the cluster"))
+        .expect("the join line");
+    line.split(|c: char| !c.is_ascii_hexdigit())
+        .find(|run| run.len() == 16)
+        .unwrap_or_else(|| panic!("no process id in {line:?}"))
+        .to_owned()
 }

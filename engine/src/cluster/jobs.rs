@@ -1,0 +1,328 @@
+//! The jobs a peer process runs: after every entry of the coordination log, the slots the
+//! replica gives this process are compared with what runs here, and runs are started and
+//! stopped to match (DESIGN §6 "slots that move").
+//!
+//! A job runs in **runs**. A run is named by the job's **version**: the greatest owner epoch
+//! of its slots (the position of the entry that last moved one) or layout position. Every
+//! process with slots of the job runs its own slots of the same run ([`run_placed`]): the same
+//! topology everywhere, bridged over messaging under the slot addresses `job@version`. When a
+//! slot moves (a process left, or joined and took slots), the version changes, and every
+//! process stops its run of the old version at once (its peers are aborted: nothing is
+//! committed past what was acknowledged) and starts the new one, which recovers each windowed
+//! slot from its ledger and resumes each input from its committed positions; the dedup
+//! filters drop what is read again. Each start of a run appends a new meta record to the
+//! job's state, whose position fences every earlier run's writes to the slots' ledgers
+//! (a cut-off process that kept running cannot write after its slots moved).
+//!
+//! A run that ends without error in this process — its inputs exhausted, every peer here
+//! finished, everything it sent elsewhere acknowledged — completes its slots: the process
+//! appends `complete_slot` for each (with the owner epoch it held), and the sealer seals the
+//! job once every slot completed. A run that fails (a plugin error, the state log refusing)
+//! kills the job (`kill_job`): another run would meet the same error, and one process cannot
+//! restart the others' runs. A run fenced by a newer one ends quietly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sardonyx_state_log::Ledgers;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordination::{Entry, JobId, JobState, JobStatus, ProcessId, Replica};
+use crate::key_groups;
+use crate::messaging::Messenger;
+use crate::registry::Registry;
+use crate::runtime::remote::{Placement, RemoteAcks, SlotHome};
+use crate::runtime::{run_placed, JobReport, Progress, RunError, RunOptions, StateOptions};
+
+/// What a peer process needs to run jobs.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The named code jobs refer to.
+    pub registry: Registry,
+    /// The state log (the log cluster the process coordinates through).
+    pub store: Arc<dyn Ledgers>,
+    /// A local directory for the dedup filters and the error files (`<dir>/<job>/…`).
+    pub data: PathBuf,
+    /// The counters every run of this process adds to (what it read, wrote, logged…, across
+    /// jobs and runs: a run after a move counts what it reads again).
+    pub progress: Arc<Progress>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end of a run in this process.
+#[derive(Debug)]
+pub(super) struct RunEnd {
+    /// The job.
+    pub job: JobId,
+    /// The run's version.
+    pub version: u64,
+    /// How it ended ([`RunError::Aborted`]: stopped because the job's slots moved).
+    pub result: Result<JobReport, RunError>,
+}
+
+/// One slot this process holds in a run: `(task index, slot index, owner epoch)`.
+type HeldSlot = (u32, u32, u64);
+
+struct Running {
+    version: u64,
+    slots: Vec<HeldSlot>,
+    /// Cancelled to abort the run ([`RunOptions::abort`]).
+    abort: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The runs of this process, one per job at most.
+pub(super) struct JobRunner {
+    /// The runs' own threads: a run's busy peers (parsing, recovering a slot, RocksDB) never
+    /// hold up the process's coordination and heartbeats, which stay on the caller's runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+    context: JobContext,
+    messenger: Messenger,
+    acks: Arc<RemoteAcks>,
+    me: ProcessId,
+    runs: BTreeMap<JobId, Running>,
+    ended: mpsc::UnboundedSender<RunEnd>,
+}
+
+/// The version of a job's current run: the greatest owner epoch of its slots and layout
+/// position of its tasks.
+pub(crate) fn version(job: &JobState) -> u64 {
+    let epochs = job.slots().map(|(_, _, s)| s.epoch);
+    let layouts = job.tasks.iter().map(|t| t.layout);
+    epochs.chain(layouts).max().unwrap_or(0)
+}
+
+impl JobRunner {
+    /// A runner whose runs report their ends on `ended`.
+    pub(super) fn new(
+        context: JobContext,
+        messenger: Messenger,
+        ended: mpsc::UnboundedSender<RunEnd>,
+    ) -> std::io::Result<JobRunner> {
+        let acks = RemoteAcks::new();
+        tokio::spawn(acks.clone().run(messenger.clone()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("sardonyx-run")
+            .enable_all()
+            .build()?;
+        Ok(JobRunner {
+            runtime: Some(runtime),
+            context,
+            me: messenger.process(),
+            messenger,
+            acks,
+            runs: BTreeMap::new(),
+            ended,
+        })
+    }
+
+    /// Starts and stops runs so that this process runs exactly its slots of every running job
+    /// of `replica`.
+    pub(super) fn sync(&mut self, replica: &Replica) {
+        let mut wanted: BTreeMap<JobId, (u64, Vec<HeldSlot>)> = BTreeMap::new();
+        for job in &replica.jobs {
+            let id = &job.spec.id;
+            if job.status != JobStatus::Running {
+                continue;
+            }
+            let mine: Vec<HeldSlot> = job
+                .slots()
+                .filter(|(_, _, s)| s.owner == Some(self.me) && !s.completed)
+                .map(|(t, i, s)| (t as u32, i as u32, s.epoch))
+                .collect();
+            if !mine.is_empty() {
+                wanted.insert(id.clone(), (version(job), mine));
+            }
+        }
+        let stale: Vec<JobId> = self
+            .runs
+            .iter()
+            .filter(|(id, run)| wanted.get(*id).is_none_or(|(v, _)| *v != run.version))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut stopped = BTreeMap::new();
+        for id in stale {
+            let run = self.runs.remove(&id).expect("listed");
+            tracing::info!(job = %id, version = run.version, "stopping this process's run");
+            run.abort.cancel();
+            stopped.insert(id, run.handle);
+        }
+        for (id, (version, slots)) in wanted {
+            if self.runs.contains_key(&id) {
+                continue;
+            }
+            let job = replica.job(&id).expect("listed");
+            let previous = stopped.remove(&id);
+            let abort = CancellationToken::new();
+            match self.start(&id, job, version, slots.clone(), previous, abort.clone()) {
+                Ok(handle) => {
+                    self.runs.insert(
+                        id,
+                        Running {
+                            version,
+                            slots,
+                            abort,
+                            handle,
+                        },
+                    );
+                }
+                Err(reason) => {
+                    tracing::error!(job = %id, %reason, "cannot run the job's slots here");
+                    let _ = self.ended.send(RunEnd {
+                        job: id,
+                        version,
+                        result: Err(RunError::Plugin {
+                            task: String::new(),
+                            message: reason,
+                        }),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The slots this process held in run `version` of `job`, if that is its current run.
+    /// The run stays listed (ended) until the replica moves on — its slots completed, the job
+    /// killed, or a new version — so that it is not started again in the meantime.
+    pub(super) fn ended(&mut self, job: &JobId, version: u64) -> Option<Vec<HeldSlot>> {
+        match self.runs.get(job) {
+            Some(run) if run.version == version => Some(run.slots.clone()),
+            _ => None,
+        }
+    }
+
+    /// Stops every run (the process is leaving).
+    pub(super) fn stop_all(&mut self) {
+        for (_, run) in std::mem::take(&mut self.runs) {
+            run.abort.cancel();
+        }
+    }
+
+    fn start(
+        &self,
+        id: &JobId,
+        state: &JobState,
+        version: u64,
+        slots: Vec<HeldSlot>,
+        previous: Option<JoinHandle<()>>,
+        abort: CancellationToken,
+    ) -> Result<JoinHandle<()>, String> {
+        let job = state.spec.job().map_err(|e| e.to_string())?;
+        let mut homes = BTreeMap::new();
+        for (t, alloc) in state.tasks.iter().enumerate() {
+            let task = &state.spec.tasks[t];
+            let n = alloc.slots.len();
+            let even = (0..n).all(|i| {
+                let want = key_groups::range_of(i, n, job.key_groups());
+                match alloc.slots[i].key_groups.as_slice() {
+                    [] => true,
+                    [r] => r.start as usize == want.start && r.end as usize == want.end,
+                    _ => false,
+                }
+            });
+            if !even {
+                return Err(format!(
+                    "task \"{}\": its key groups were re-divided unevenly (a task grown to \
+                     max_peers); running such a division is not supported yet",
+                    task.name
+                ));
+            }
+            let home = alloc
+                .slots
+                .iter()
+                .map(|s| match s.owner {
+                    _ if s.completed => SlotHome::Completed,
+                    Some(p) if p == self.me => SlotHome::Here,
+                    Some(p) => SlotHome::There(p),
+                    // A running job has an owner for every slot that has not completed.
+                    None => SlotHome::Completed,
+                })
+                .collect();
+            homes.insert(task.name.clone(), home);
+        }
+        let placement = Placement {
+            messenger: self.messenger.clone(),
+            run: format!("{id}@{version}"),
+            homes,
+            acks: self.acks.clone(),
+        };
+        let dir = self.context.data.join(&id.0);
+        let mut state_options = StateOptions::new(self.context.store.clone(), &dir);
+        state_options.fresh = false;
+        let options = RunOptions {
+            errors_path: dir.join("errors.jsonl"),
+            state: Some(state_options),
+            abort,
+            ..RunOptions::default()
+        };
+        let registry = self.context.registry.clone();
+        let progress = self.context.progress.clone();
+        let ended = self.ended.clone();
+        let messenger = self.messenger.clone();
+        let id = id.clone();
+        let prefix = format!("{id}@");
+        tracing::info!(job = %id, version, slots = ?slots, "starting this process's run");
+        let runtime = self.runtime.as_ref().expect("until dropped");
+        Ok(runtime.spawn(async move {
+            if let Some(previous) = previous {
+                // The superseded run's peers end before this one opens its slots.
+                let _ = previous.await;
+            }
+            messenger.discard_slots(|a| {
+                a.job
+                    .strip_prefix(&prefix)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v < version)
+            });
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the job's directory");
+            }
+            let result = run_placed(&job, &registry, options, &placement, progress).await;
+            let _ = ended.send(RunEnd {
+                job: id,
+                version,
+                result,
+            });
+        }))
+    }
+}
+
+impl Drop for JobRunner {
+    fn drop(&mut self) {
+        // Dropped inside the caller's runtime, which a blocking shutdown would stall.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What this process appends when its run of a job ended: `complete_slot` for each of its
+/// slots when the run finished, `kill_job` when it failed (nothing when a newer run fenced it).
+pub(super) fn entries_after(end: &RunEnd, slots: &[HeldSlot]) -> Vec<Entry> {
+    match &end.result {
+        Ok(report) if !report.stopped => slots
+            .iter()
+            .map(|&(task, slot, epoch)| Entry::CompleteSlot {
+                job: end.job.clone(),
+                task,
+                slot,
+                epoch,
+            })
+            .collect(),
+        Ok(_) => Vec::new(),
+        Err(RunError::Fenced { .. } | RunError::Aborted) => Vec::new(),
+        Err(_) => vec![Entry::KillJob {
+            job: end.job.clone(),
+        }],
+    }
+}

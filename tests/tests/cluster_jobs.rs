@@ -1,0 +1,268 @@
+//! Jobs on a cluster of real processes (DESIGN §6, issue 20): `sardonyx log-server`s and
+//! `sardonyx peer`s on loopback run the vote job submitted with `sardonyx submit --wait`. Peer
+//! processes are killed with SIGKILL mid-run, one after the other, and one is started again:
+//! the killed processes' slots move to the others, which recover them from their ledgers, and
+//! the job completes with every extent exactly as an uninterrupted run computes it and every
+//! vote in the output at least once. The same job on one process and on three gives the same
+//! answer as `sardonyx run`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Not a test: the entry point of the `sardonyx` processes the tests start.
+#[test]
+fn child_process() {
+    child_main();
+}
+
+/// Upper bound on any one wait (each is awaited on an event; this only ends a broken run).
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Starts a peer process in its own working directory `dir/name` (`slots` slots, the default
+/// heartbeats and failure timeout) and waits until it is in the ring.
+fn start_peer(dir: &Path, log: &str, name: &str, slots: u32) -> Proc {
+    let cwd = dir.join(name);
+    std::fs::create_dir_all(&cwd).unwrap();
+    let trace = dir
+        .join(format!("{name}.trace.jsonl"))
+        .display()
+        .to_string();
+    let slots = slots.to_string();
+    let args = [
+        "peer",
+        "--log",
+        log,
+        "--listen",
+        "127.0.0.1:0",
+        "--slots",
+        &slots,
+        "--data",
+        "data",
+        "--progress-ms",
+        "50",
+        "--trace-replicas",
+        &trace,
+    ];
+    let mut p = Proc::start_with_env(&args, &cwd, &[("SARDONYX_LOG", "info")]);
+    let joined = p.wait_line(WAIT, |l| l.contains("joined the cluster"));
+    assert!(
+        joined.is_some(),
+        "{name} did not join:\n{}",
+        p.seen.join("\n")
+    );
+    p
+}
+
+/// The cluster as `cluster-status --json` prints it.
+fn status(dir: &Path, log: &str) -> Value {
+    let (ok, lines) = Proc::start(&["cluster-status", "--log", log, "--json"], dir).finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    let line = lines
+        .iter()
+        .find_map(|l| l.find('{').map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("no JSON in:\n{}", lines.join("\n")));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Per task, the owner of each slot of the cluster's only job (`None`: completed or none).
+fn owners(status: &Value) -> Vec<Vec<Option<String>>> {
+    status["jobs"][0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["owner"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits until the processes' outputs hold at least `n` lines in all (printing what the
+/// peers said if they never do).
+fn wait_for_output(dirs: &[PathBuf], n: usize, peers: &mut [Proc]) {
+    let deadline = Instant::now() + WAIT;
+    while output_lines(dirs) < n {
+        if Instant::now() > deadline {
+            for p in peers.iter_mut() {
+                eprintln!("=== a peer:\n{}", p.drain().join("\n"));
+            }
+            panic!(
+                "the output never reached {n} lines ({} so far)",
+                output_lines(dirs)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Submits `job` with `--wait` (in the background).
+fn submit(dir: &Path, log: &str, job: &Path) -> Proc {
+    let job = job.display().to_string();
+    let mut p = Proc::start(&["submit", &job, "--log", log, "--wait"], dir);
+    let taken = p.wait_line(WAIT, |l| l.contains("submitted job"));
+    assert!(taken.is_some(), "not submitted:\n{}", p.seen.join("\n"));
+    p
+}
+
+fn votes_in_test() -> u64 {
+    std::env::var("SARDONYX_CLUSTER_VOTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+#[test]
+fn peer_processes_killed_mid_run_lose_no_vote_and_count_none_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let n = votes_in_test();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, n, n / 200);
+    let job = relative_vote_job(dir, &input, "cluster-votes");
+    let (_servers, log) = start_log_servers(dir, 3);
+    // Six slots each: after two of the three processes are gone, the last holds the job's six.
+    let mut peers = vec![
+        start_peer(dir, &log, "a", 6),
+        start_peer(dir, &log, "b", 6),
+        start_peer(dir, &log, "c", 6),
+    ];
+    let dirs: Vec<PathBuf> = ["a", "b", "c"].iter().map(|p| dir.join(p)).collect();
+    let submitted = submit(dir, &log, &job);
+
+    // The job's slots are spread over the three processes.
+    let first = owners(&status(dir, &log));
+    let ids: Vec<String> = peers.iter().map(id_of).collect();
+    for id in &ids {
+        assert!(
+            first.iter().flatten().any(|o| o.as_deref() == Some(id)),
+            "process {id} holds no slot: {first:?}"
+        );
+    }
+
+    // Kill the process reading the input mid-run: the input moves, with the windowed slots
+    // that were there, and resumes from its committed position.
+    wait_for_output(&dirs, n as usize / 4, &mut peers);
+    let reader = first[0][0].clone().expect("the input has an owner");
+    let k1 = ids.iter().position(|id| *id == reader).unwrap();
+    peers[k1].kill9();
+    let killed_at = Instant::now();
+    let k2 = (k1 + 1) % 3;
+    let survivor = (k1 + 2) % 3;
+    // Its watcher declares it gone, and the slots move.
+    let moved = |s: &Value| {
+        owners(s)
+            .iter()
+            .flatten()
+            .all(|o| o.as_deref() != Some(ids[k1].as_str()))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !moved(&status(dir, &log)) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed process's slots never moved"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failover = killed_at.elapsed();
+    eprintln!("slots moved {failover:?} after the kill");
+
+    // Later, another.
+    let before = output_lines(&dirs);
+    wait_for_output(&dirs, before + n as usize / 4, &mut peers);
+    peers[k2].kill9();
+    // And the first one comes back (a new process in the same directory).
+    let name = ["a", "b", "c"][k1];
+    peers[k1] = start_peer(dir, &log, name, 6);
+
+    let (ok, lines) = submitted.finish(WAIT);
+    let out = lines.join("\n");
+    if !ok.success() {
+        for (p, name) in peers.iter_mut().zip(["a", "b", "c"]) {
+            eprintln!("=== peer {name}:\n{}", p.drain().join("\n"));
+        }
+    }
+    assert!(ok.success(), "the job did not complete:\n{out}");
+    assert!(out.contains("job \"cluster-votes\" completed"), "{out}");
+
+    assert_finals_equal(&oracle(&votes), &reported_across(&dirs));
+    assert_every_vote_output_across(&dirs, &votes);
+    let survivor_log = peers[survivor].drain().join("\n");
+    assert!(
+        survivor_log.contains("windowed slot recovered"),
+        "the survivor recovered no slot:\n{survivor_log}"
+    );
+
+    // The time machine: every replica a live process held equals `replay --to` its position.
+    let trace =
+        std::fs::read_to_string(dir.join(format!("{}.trace.jsonl", ["a", "b", "c"][survivor])))
+            .unwrap();
+    let mut checked = 0;
+    for line in trace.lines() {
+        let held: Value = serde_json::from_str(line).unwrap();
+        let at = held["position"].as_u64().unwrap().to_string();
+        let (ok, lines) =
+            Proc::start(&["replay", "--log", &log, "--to", &at, "--json"], dir).finish(WAIT);
+        assert!(ok.success(), "{}", lines.join("\n"));
+        let replayed: Value = lines
+            .iter()
+            .find_map(|l| l.find('{').map(|i| serde_json::from_str(&l[i..]).unwrap()))
+            .unwrap();
+        assert_eq!(replayed["replica"], held["replica"], "at entry {at}");
+        checked += 1;
+    }
+    assert!(checked > 3, "{checked} replicas checked");
+}
+
+/// The same job on one peer process and on three gives the answer `sardonyx run` gives, which
+/// is the oracle's.
+#[test]
+fn one_process_or_three_give_the_same_answer_as_a_local_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, 50_000, 300);
+    let expected = oracle(&votes);
+    let (_servers, log) = start_log_servers(dir, 1);
+
+    // One process with every slot.
+    let solo = start_peer(dir, &log, "solo", 6);
+    let job = relative_vote_job(dir, &input, "votes-on-one");
+    let (ok, lines) = submit(dir, &log, &job).finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    let on_one = reported_across(&[dir.join("solo")]);
+    assert_finals_equal(&expected, &on_one);
+    // It leaves the cluster (the next processes join a ring without it).
+    solo.signal("TERM");
+    let (ok, lines) = solo.finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+
+    // Three processes (two slots each: the job needs them all).
+    let _peers: Vec<Proc> = ["x", "y", "z"]
+        .iter()
+        .map(|p| start_peer(dir, &log, p, 2))
+        .collect();
+    let job = relative_vote_job(dir, &input, "votes-on-three");
+    let (ok, lines) = submit(dir, &log, &job).finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    let dirs: Vec<PathBuf> = ["x", "y", "z"].iter().map(|p| dir.join(p)).collect();
+    let on_three = reported_across(&dirs);
+    assert_eq!(on_one, on_three);
+    assert_every_vote_output_across(&dirs, &votes);
+
+    // `sardonyx run` in one process, embedded log.
+    let local = dir.join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let job = job.display().to_string();
+    let (ok, lines) = Proc::start(&["run", &job, "--data", "data"], &local).finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    assert_eq!(reported_across(&[local]), on_three);
+}
