@@ -229,11 +229,11 @@ pub(super) fn start(
         }
     }
     for (task, upstream) in &layout.upstream_peers {
-        for peer in 0..layout.peers[task] {
+        for (peer, tx) in senders[task].iter().enumerate() {
             if placement.home(task, peer) != SlotHome::Here {
                 continue;
             }
-            let tx = senders[task][peer].clone();
+            let tx = tx.clone();
             let mut remote = 0;
             for &up in upstream {
                 let (up_task, up_peer) = names.name(up);
