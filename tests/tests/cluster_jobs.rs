@@ -266,3 +266,103 @@ fn one_process_or_three_give_the_same_answer_as_a_local_run() {
     assert!(ok.success(), "{}", lines.join("\n"));
     assert_eq!(reported_across(&[local]), on_three);
 }
+
+/// The last `read` count in a peer's progress lines seen so far.
+fn last_read(p: &mut Proc) -> u64 {
+    p.drain()
+        .iter()
+        .rev()
+        .find_map(|l| progress_count(l, "read"))
+        .unwrap_or(0)
+}
+
+/// Backpressure crosses processes: the job's output, in one process, writes to a pipe nobody
+/// reads; the input, in the other, stops reading after a bounded number of batches — what the
+/// channels, the messaging credit and the pipe hold — instead of reading its whole file. Once
+/// the pipe is read, the job completes with every line.
+#[test]
+fn a_stalled_output_in_one_process_holds_the_input_in_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("lines.jsonl");
+    let lines = 100_000;
+    // About 100 bytes a line: the pipe's 64 KiB hold some 650 of them.
+    let pad = "x".repeat(80);
+    let text: String = (0..lines)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{pad}\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let job = serde_json::json!({
+        "id": "held-back",
+        "workflow": [["read", "write"]],
+        "catalog": [
+            {"name": "read", "type": "input", "plugin": "sardonyx/jsonl",
+             "params": {"path": input.display().to_string()}, "batch_size": 100},
+            {"name": "write", "type": "output", "plugin": "sardonyx/jsonl",
+             "params": {"path": "out.fifo"}, "batch_size": 100}
+        ]
+    });
+    let job_path = dir.join("held-back.json");
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let (_servers, log) = start_log_servers(dir, 1);
+    // One slot each: the input runs in one process, the output in the other.
+    let mut peers = vec![start_peer(dir, &log, "p", 1), start_peer(dir, &log, "q", 1)];
+    // The output's file is a pipe in each process's directory; each is opened for reading
+    // (which waits for its writer) and read only when the test says so.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Arc::new(std::sync::Mutex::new(go_rx));
+    let (count_tx, count_rx) = std::sync::mpsc::channel::<usize>();
+    for name in ["p", "q"] {
+        let fifo = dir.join(name).join("out.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (go, count) = (go_rx.clone(), count_tx.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&fifo).unwrap();
+            let _ = go.lock().unwrap().recv();
+            let mut all = Vec::new();
+            f.read_to_end(&mut all).unwrap();
+            let _ = count.send(all.iter().filter(|&&b| b == b'\n').count());
+        });
+    }
+    let submitted = submit(dir, &log, &job_path);
+
+    // Wait until the reading process's count stops moving for 20 progress lines (a second).
+    let deadline = Instant::now() + WAIT;
+    let (mut held, mut same) = (0, 0);
+    while same < 20 {
+        assert!(Instant::now() < deadline, "the input never stopped");
+        let mut moved = false;
+        for p in peers.iter_mut() {
+            p.wait_line(Duration::from_millis(200), |l| l.starts_with("progress: "));
+            let read = last_read(p);
+            if read > held {
+                held = read;
+                moved = true;
+            }
+        }
+        same = if moved { 0 } else { same + 1 };
+    }
+    eprintln!("the input stopped at {held} of {lines} lines");
+    // What can be in flight, in batches of 100: the input's own, its channel to the forwarder
+    // (8), the messaging credit (4), the receiver's hand and the output's channel (8), what the
+    // output gathered and holds (2), and the pipe's 64 KiB (under 7 batches of these lines):
+    // about 30 batches (40 allowed), against the 1,000 of the file.
+    assert!(held > 0, "the input read nothing");
+    assert!(
+        held <= 4_000,
+        "the input read {held} lines while the output could take none: no backpressure"
+    );
+
+    // Read the pipes: the job completes with every line.
+    go_tx.send(()).unwrap();
+    go_tx.send(()).unwrap();
+    let (ok, out) = submitted.finish(WAIT);
+    assert!(ok.success(), "{}", out.join("\n"));
+    let written = count_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(written, lines);
+}

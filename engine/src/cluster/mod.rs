@@ -7,13 +7,13 @@
 //! `prepare_join`, plays every entry of the coordination log into its replica, appends the
 //! reactions the replica asks of it (the join handshake, sealing a job), heartbeats the process
 //! it watches in the ring and appends `leave_cluster` for it when it stays silent for
-//! `failure_timeout`. [`log_view`] reads a coordination log whole and plays it to any position
-//! (`sardonyx cluster-status`, `sardonyx replay`: the time machine). [`view::ClusterView`] is
-//! what a peer has seen, for its metrics endpoint and dashboard (`--metrics ADDR`).
-//!
-//! What is not here yet: running the slots the replica gives a process (its jobs' tasks) —
-//! the replica allocates them and `cluster-status` shows the allocation, but a peer process
-//! does not start them (see `docs/cluster.md`).
+//! `failure_timeout`. [`jobs`] runs the slots the replica gives the process (a run per job
+//! version, bridged to the other processes' slots over messaging; aborted and started again
+//! when a slot moves) and appends `complete_slot` or `kill_job` when a run ends.
+//! [`submission`] is what `sardonyx submit` and `kill-job` append. [`log_view`] reads a
+//! coordination log whole and plays it to any position (`sardonyx cluster-status`, `sardonyx
+//! replay`: the time machine). [`view::ClusterView`] is what a peer has seen, for its metrics
+//! endpoint and dashboard (`--metrics ADDR`).
 
 pub mod jobs;
 pub mod log_view;

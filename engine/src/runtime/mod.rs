@@ -11,7 +11,7 @@
 //! # A map of the rooms
 //!
 //! Starting a job:
-//! - `launch`: [`RunOptions`], [`JobReport`], [`run_job`]: validation, one attempt per
+//! - `launch`: [`RunOptions`], [`JobReport`], [`run_job`], [`run_placed`]: validation, one attempt per
 //!   (re)start of the job's peers, spawning them, joining them, the restart loop, and
 //!   `commit_loop` (an input peer's committed positions as its batches complete).
 //! - `topology`: who sends to whom (`Layout`, pure) and the channels peers share (`Topology`).
@@ -34,6 +34,9 @@
 //! - `inbox`: `Inbox`, the receiving side of a worker peer (batching, per-sender marks).
 //! - [`ack`]: acknowledgement of input batches, so positions are committed only once done.
 //! - [`rejections`]: [`Rejection`] and the error file.
+//! - [`remote`]: a run spread over the processes of a cluster ([`run_placed`]): which peers
+//!   are here, forwarders and receivers to the others over messaging, ack trees across
+//!   processes, completed slots.
 //!
 //! The worker side and exactly-once state (DESIGN §5):
 //! - `worker_peer`: function, windowed and output peers: the driver of a task slot (gather,
