@@ -283,11 +283,14 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 let Some(slots) = runner.ended(&end.job, end.version) else {
                     continue; // a superseded run
                 };
+                let sent = messenger.stats();
                 match &end.result {
                     Ok(report) => tracing::info!(
                         job = %end.job, version = end.version, read = report.read,
                         written = report.written, fired = report.fired,
                         duplicates = report.duplicates,
+                        messaging_bytes_written = sent.bytes_written,
+                        messaging_bytes_read = sent.bytes_read,
                         "this process's run ended: its slots completed"
                     ),
                     Err(e) => tracing::error!(
