@@ -306,7 +306,7 @@ fn a_stalled_output_in_one_process_holds_the_input_in_another() {
     std::fs::write(&job_path, job.to_string()).unwrap();
     let (_servers, log) = start_log_servers(dir, 1);
     // One slot each: the input runs in one process, the output in the other.
-    let mut peers = vec![start_peer(dir, &log, "p", 1), start_peer(dir, &log, "q", 1)];
+    let mut peers = [start_peer(dir, &log, "p", 1), start_peer(dir, &log, "q", 1)];
     // The output's file is a pipe in each process's directory; each is opened for reading
     // (which waits for its writer) and read only when the test says so.
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();

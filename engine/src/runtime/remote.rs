@@ -3,7 +3,7 @@
 //! elsewhere, over the process's [`Messenger`].
 //!
 //! A run of a job has the same topology in every process (one channel per peer of every task,
-//! [`super::topology`]); a process spawns only its own peers. What its peers send to a peer of
+//! `topology`); a process spawns only its own peers. What its peers send to a peer of
 //! another process goes into that peer's channel here, and a **forwarder** sends it on: each
 //! batch becomes a messaging [`Batch`] to the peer's slot in the owner's process (waiting for
 //! the slot's credit, so backpressure crosses processes), with one ack edge whose tree this
