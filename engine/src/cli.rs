@@ -366,8 +366,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let watcher = tokio::spawn(show_progress(config.progress.clone(), progress_ms));
             let server = match metrics {
                 Some(addr) => {
+                    // The runs of this process, whatever their jobs: its counters, per slot.
+                    let runs = crate::metrics::ObservedJob {
+                        name: "peer".to_owned(),
+                        graph: crate::metrics::JobGraph::default(),
+                        progress: config.progress.clone(),
+                        started: std::time::SystemTime::now(),
+                    };
                     let observed = Observed {
-                        job: None,
+                        job: Some(runs),
                         log: None,
                         cluster: Some(config.view.clone()),
                     };
