@@ -17,7 +17,8 @@
 #  4. Failover: 3 peer processes; kills the one that reads the input with SIGKILL once half the
 #     votes are in the output, and reads from the survivors' logs when the leave was appended,
 #     when their new run started, and when its last moved slot had recovered from its ledger.
-# Environment: SARDONYX (the binary, default target/release/sardonyx), WORK.
+# Environment: SARDONYX (the binary, default target/release/sardonyx), WORK, COMPACT_BYTES (the
+# peers' --compact-bytes; default theirs, 16 MiB).
 set -euo pipefail
 VOTES=$(realpath "$1"); RUNS=${2:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,7 +54,7 @@ start_peers() { # count slots
   for k in $(seq 1 "$1"); do
     local d=$WORK/peer-$1-$k; mkdir -p "$d"
     (cd "$d" && SARDONYX_LOG=info exec "$S" peer --log "$L" --listen 127.0.0.1:0 --slots "$2" \
-       --data data --progress-ms 100 > "$d.log" 2>&1) &
+       --data data --progress-ms 100 ${COMPACT_BYTES:+--compact-bytes $COMPACT_BYTES} > "$d.log" 2>&1) &
     peers+=($!); PIDS+=($!)
     until grep -q "joined the cluster" "$d.log" 2>/dev/null; do sleep 0.05; done
   done
@@ -87,7 +88,7 @@ for n in 1 2 3; do
   for r in $(seq 1 "$RUNS"); do
     f=$(job "votes-$n-$r")
     t0=$(now); "$S" submit "$f" --log "$L" --wait > "submit-$n-$r.out" 2>&1; t1=$(now)
-    times+=("$(echo "$t1 - $t0" | bc)")
+    times+=("$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")")
   done
   med=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   b=$(bytes_written "$n")
@@ -102,7 +103,7 @@ for how in log embedded; do
     args=(run "$f" --data data)
     [ "$how" = log ] && args+=(--log "$L")
     t0=$(now); (cd "$d" && "$S" "${args[@]}" > out 2>&1); t1=$(now)
-    times+=("$(echo "$t1 - $t0" | bc)")
+    times+=("$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")")
   done
   med=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
   echo "| \`sardonyx run\` ($how log) | 1 | $med | $(echo "$EVENTS / $med" | bc) | – |"
@@ -145,9 +146,10 @@ echo "Failover (3 peer processes, 4 slots each; the input's process killed with 
 echo
 echo "| from the kill to | s |"
 echo "|---|---:|"
-echo "| the watcher appending \`leave_cluster\` | $(echo "$(ts "$leave") - $tk" | bc) |"
-echo "| the survivors' new run started | $(echo "$(ts "$started") - $tk" | bc) |"
-echo "| the last moved slot recovered from its ledger (processing again) | $(echo "$(ts "$recovered") - $tk" | bc) |"
-echo "| the job completed | $(echo "$tdone - $tk" | bc) |"
+secs() { printf '%.2f' "$(echo "$1 - $tk" | bc)"; }
+echo "| the watcher appending \`leave_cluster\` | $(secs "$(ts "$leave")") |"
+echo "| the survivors' new run started | $(secs "$(ts "$started")") |"
+echo "| every slot of the new run recovered from its ledger (processing again) | $(secs "$(ts "$recovered")") |"
+echo "| the job completed | $(secs "$tdone") |"
 grep -q "completed" submit-failover.out || { echo "the failover job did not complete:" >&2; cat submit-failover.out >&2; exit 1; }
 stop_peers

@@ -143,6 +143,10 @@ enum Command {
         /// process this often (milliseconds).
         #[arg(long, default_value_t = 5000)]
         progress_ms: u64,
+        /// Compact a windowed slot's ledger once this many bytes were logged since its snapshot
+        /// (a slot that moves, or restarts with its job's run, replays at most about this much).
+        #[arg(long, default_value_t = 16 << 20)]
+        compact_bytes: u64,
     },
     /// Submit a job to a cluster: its slots are placed on the peer processes, which run them.
     /// The job must have an `id`.
@@ -337,6 +341,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             metrics,
             data,
             progress_ms,
+            compact_bytes,
         } => {
             let secret = load_secret(secret_file.as_deref())?;
             if secret.is_none() {
@@ -361,6 +366,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 view: Arc::new(cluster::ClusterView::new()),
                 registry: Registry::new(),
                 data,
+                compact_after_bytes: compact_bytes,
                 progress: Arc::new(Progress::default()),
             };
             let watcher = tokio::spawn(show_progress(config.progress.clone(), progress_ms));

@@ -46,6 +46,8 @@ pub struct JobContext {
     pub store: Arc<dyn Ledgers>,
     /// A local directory for the dedup filters and the error files (`<dir>/<job>/…`).
     pub data: PathBuf,
+    /// Compact a windowed slot's ledger once this many bytes were logged since its snapshot.
+    pub compact_after_bytes: u64,
     /// The counters every run of this process adds to (what it read, wrote, logged…, across
     /// jobs and runs: a run after a move counts what it reads again).
     pub progress: Arc<Progress>,
@@ -259,6 +261,7 @@ impl JobRunner {
         let dir = self.context.data.join(&id.0);
         let mut state_options = StateOptions::new(self.context.store.clone(), &dir);
         state_options.fresh = false;
+        state_options.compact_after_bytes = self.context.compact_after_bytes;
         let options = RunOptions {
             errors_path: dir.join("errors.jsonl"),
             state: Some(state_options),

@@ -58,6 +58,8 @@ pub struct PeerConfig {
     pub registry: crate::registry::Registry,
     /// The local directory (see `registry`).
     pub data: PathBuf,
+    /// Compact a windowed slot's ledger once this many bytes were logged since its snapshot.
+    pub compact_after_bytes: u64,
     /// The counters of the runs of jobs in this process.
     pub progress: Arc<crate::runtime::Progress>,
 }
@@ -159,6 +161,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
             registry: config.registry.clone(),
             store: client,
             data: config.data.clone(),
+            compact_after_bytes: config.compact_after_bytes,
             progress: config.progress.clone(),
         },
         messenger.clone(),
