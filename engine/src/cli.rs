@@ -407,6 +407,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     eprintln!("left the cluster");
                     Ok(ExitCode::SUCCESS)
                 }
+                cluster::PeerExit::CutOff => {
+                    eprintln!(
+                        "left the cluster after being cut off from the log for longer than the \
+                         failure timeout (its slots moved to the others); start the process again \
+                         to rejoin"
+                    );
+                    Ok(ExitCode::from(3))
+                }
                 cluster::PeerExit::Removed { position } => {
                     eprintln!(
                         "removed from the cluster by another process (coordination log entry \

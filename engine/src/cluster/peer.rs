@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordination::{
     diff, joining_watched_by, reactions, watched_by, DetectorAction, DetectorConfig, Entry,
-    FailureDetector, ProcessId, ProcessInfo, Replica,
+    FailureDetector, LogLease, ProcessId, ProcessInfo, Replica,
 };
 use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
@@ -87,6 +87,9 @@ pub enum PeerExit {
         /// The position of the entry.
         position: u64,
     },
+    /// It could not reach the log for the failure timeout, stopped its slots, and left the
+    /// cluster once the log answered again.
+    CutOff,
 }
 
 /// What stops a peer process with an error.
@@ -204,6 +207,15 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     let mut log_lost = false;
     let mut in_ring = false;
     let (answered_tx, mut answered) = mpsc::channel::<ProcessId>(16);
+    // The lease on the log (DESIGN §6): a process that has not reached the log for the failure
+    // timeout stops its runs — its watcher may have declared it gone by then, and the slots
+    // may be running elsewhere (whose fences would refuse its writes anyway).
+    let mut lease = LogLease::new(config.detector.failure_timeout, now());
+    let mut cut_off = false;
+    let (reached_tx, mut reached) = mpsc::channel::<Duration>(4);
+    let prober = tokio::spawn(probe_log(log.clone(), config.detector, start, reached_tx));
+    let mut lease_check = tokio::time::interval(config.detector.heartbeat_interval);
+    lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let exit = loop {
         let deadline = detector
             .next_deadline()
@@ -236,6 +248,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                     log_lost = false;
                     tracing::info!(position, "the coordination log answers again");
                 }
+                lease.log_reached(now());
                 let entry = match Entry::decode(&bytes) {
                     Ok(entry) => entry,
                     Err(e) => {
@@ -280,7 +293,34 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 for entry in to_append {
                     appender.append(&entry).await?;
                 }
-                runner.sync(&replica);
+                if !cut_off {
+                    runner.sync(&replica);
+                }
+            }
+            Some(at) = reached.recv() => {
+                lease.log_reached(at);
+                if cut_off {
+                    // Its runs were stopped mid-way and may not be started again under the
+                    // same names (what the others' stopped runs sent could reach them): it
+                    // leaves, so that its slots move and every process starts a new run.
+                    tracing::error!(
+                        "the log answers again after this process was cut off: it leaves the \
+                         cluster (its slots move to the others)"
+                    );
+                    appender.append(&Entry::LeaveCluster { process: me }).await?;
+                    break PeerExit::CutOff;
+                }
+            }
+            _ = lease_check.tick() => {
+                if !cut_off && lease.expired(now()) {
+                    cut_off = true;
+                    runner.stop_all();
+                    tracing::error!(
+                        timeout_ms = config.detector.failure_timeout.as_millis() as u64,
+                        "cut off from the log for the failure timeout: this process stops its \
+                         slots until it reaches the log again"
+                    );
+                }
             }
             Some(end) = ended.recv() => {
                 let Some(slots) = runner.ended(&end.job, end.version) else {
@@ -337,6 +377,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
         }
     };
     runner.stop_all();
+    prober.abort();
     if exit == PeerExit::Stopped {
         // Leave at once rather than after the watcher's timeout (best effort: the watcher
         // appends the leave anyway if this does not get through).
@@ -351,6 +392,27 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     }
     messenger.shutdown();
     Ok(exit)
+}
+
+/// Reads the log's last position every heartbeat interval (each read bounded by the failure
+/// timeout) and reports when it answered, for the lease.
+async fn probe_log(
+    log: Arc<dyn CoordinationLog>,
+    detector: DetectorConfig,
+    start: Instant,
+    reached: mpsc::Sender<Duration>,
+) {
+    let mut tick = tokio::time::interval(detector.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let read = tokio::time::timeout(detector.failure_timeout, log.last_entry_position());
+        if let Ok(Ok(_)) = read.await {
+            if reached.send(start.elapsed()).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Tells the messenger where every process in (or joining) the cluster listens.

@@ -527,24 +527,26 @@ pub fn reported_across(dirs: &[PathBuf]) -> Finals {
     // A session reported in one directory may have been merged into a larger one later, in
     // another: drop those inside another reported session, as `reported` does per file.
     if let Some(sessions) = merged.get_mut("sessions") {
-        let spans: Vec<(String, i64, i64)> = sessions
-            .keys()
-            .map(|k| {
-                let (g, span) = k.rsplit_once('@').unwrap();
-                let (lo, hi) = span.split_once("..").unwrap();
-                (g.to_owned(), lo.parse().unwrap(), hi.parse().unwrap())
-            })
-            .collect();
+        let mut by_voter: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        for k in sessions.keys() {
+            let (g, lo, hi) = session_key(k);
+            by_voter.entry(g.to_owned()).or_default().push((lo, hi));
+        }
         sessions.retain(|k, _| {
-            let (g, span) = k.rsplit_once('@').unwrap();
-            let (lo, hi) = span.split_once("..").unwrap();
-            let (lo, hi): (i64, i64) = (lo.parse().unwrap(), hi.parse().unwrap());
-            !spans
+            let (g, lo, hi) = session_key(k);
+            !by_voter[g]
                 .iter()
-                .any(|(g2, l2, h2)| g2 == g && (*l2, *h2) != (lo, hi) && *l2 <= lo && hi <= *h2)
+                .any(|&(l2, h2)| (l2, h2) != (lo, hi) && l2 <= lo && hi <= h2)
         });
     }
     merged
+}
+
+/// A session's key `voter@lower..upper` in its parts.
+fn session_key(k: &str) -> (&str, i64, i64) {
+    let (g, span) = k.rsplit_once('@').unwrap();
+    let (lo, hi) = span.split_once("..").unwrap();
+    (g, lo.parse().unwrap(), hi.parse().unwrap())
 }
 
 /// Lines of `out.jsonl` in each of `dirs` (0 where there is none).
