@@ -183,13 +183,17 @@ fn peer_processes_killed_mid_run_lose_no_vote_and_count_none_twice() {
     let name = ["a", "b", "c"][k1];
     peers[k1] = start_peer(dir, &log, name, 6);
 
-    let (ok, lines) = submitted.finish(WAIT);
-    let out = lines.join("\n");
-    if !ok.success() {
+    let mut submitted = submitted;
+    let ended = submitted.wait_line(WAIT, |l| l.contains("completed") || l.contains("killed"));
+    if !ended.as_deref().is_some_and(|l| l.contains("completed")) {
         for (p, name) in peers.iter_mut().zip(["a", "b", "c"]) {
             eprintln!("=== peer {name}:\n{}", p.drain().join("\n"));
         }
+        let status = status(dir, &log);
+        panic!("the job did not complete: {ended:?}; the cluster: {status:#}");
     }
+    let (ok, lines) = submitted.finish(WAIT);
+    let out = lines.join("\n");
     assert!(ok.success(), "the job did not complete:\n{out}");
     assert!(out.contains("job \"cluster-votes\" completed"), "{out}");
 

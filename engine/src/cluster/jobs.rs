@@ -146,10 +146,18 @@ impl JobRunner {
                 wanted.insert(id.clone(), (version(job), mine));
             }
         }
+        // A run stops when its job stops running or moves to another version — not when its
+        // slots complete under it: the other processes' runs of this version wait for its
+        // slots' `Done`s (a completion appended by its previous run can land after this run
+        // started), and a finished run stays listed until then.
         let stale: Vec<JobId> = self
             .runs
             .iter()
-            .filter(|(id, run)| wanted.get(*id).is_none_or(|(v, _)| *v != run.version))
+            .filter(|(id, run)| {
+                replica
+                    .job(id)
+                    .is_none_or(|j| j.status != JobStatus::Running || version(j) != run.version)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut stopped = BTreeMap::new();
