@@ -631,7 +631,7 @@ mod tests {
         assert!(!missing.is_retryable());
     }
 
-    /// Every record reader `reader` of `readers` hands over, in batches of `batch`.
+    /// Every record reader `reader` of `readers` hands over (lines over `limit` as faults).
     fn read_all(path: &Path, reader: usize, readers: usize, limit: usize) -> Vec<Record> {
         let src = JsonLinesSource::open_stripe(path, reader, readers)
             .unwrap()
@@ -639,6 +639,7 @@ mod tests {
         drain(src, 3)
     }
 
+    /// Every record `src` hands over, polled in batches of `batch`.
     fn drain(mut src: JsonLinesSource, batch: usize) -> Vec<Record> {
         let mut all = Vec::new();
         loop {
