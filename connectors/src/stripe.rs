@@ -9,6 +9,11 @@
 //! end: it reads to the end of the file, however far that is when it gets there (so one reader
 //! reads the whole file, as a file source always did).
 //!
+//! Each reader computes its range from the length it sees. Readers that see different lengths
+//! (a file growing while they open it) get ranges that may overlap (lines read twice) or leave
+//! a gap (lines read by no one): a file must not grow while its readers open it. Lines appended
+//! after that are the last reader's.
+//!
 //! A reader resumes from a committed offset (the end of a line it read, so a line start) and
 //! reads the rest of its range from there. A committed offset before the range's start (the
 //! file grew between runs, so the ranges moved on) resumes at the range's first line instead:
