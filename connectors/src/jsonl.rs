@@ -5,6 +5,10 @@
 //! it is read in bounded chunks up to its newline, and handed over as a record with a
 //! [`RecordFault::LineTooLong`] and only its first [`TOO_LONG_PREVIEW_BYTES`] bytes; the
 //! engine sends it to the error output with its line number, and the next lines go on.
+//!
+//! Several readers (a task's input peers) can read one file together, each the lines that
+//! start in its stripe of the file's bytes ([`JsonLinesSource::open_stripe`], [`crate::stripe`]),
+//! with the file's own line numbers.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -15,6 +19,7 @@ use serde_json::Value;
 
 use crate::params::{Fields, Problems};
 use crate::source::RecordFault;
+use crate::stripe::{cut, Cut, Entry, Stripe};
 use crate::{ConnectorError, Position, Record, Sink, Source, SourceBatch};
 
 /// The default of `max_line_bytes`: 1 MiB.
@@ -53,28 +58,63 @@ pub fn max_line_bytes(params: &Value) -> Result<usize, ConnectorError> {
         }))
 }
 
-/// Reads a JSON-lines file. Positions are byte offsets just after a line; blank lines are
-/// skipped but still counted, so record indices are the file's line numbers. Lines longer
-/// than `max_line_bytes` come out as faulty records (see the module's documentation).
+/// Reads a JSON-lines file, or one stripe of it (see [`crate::stripe`]: with several readers,
+/// each reads the lines that start in its byte range). Positions are byte offsets just after a
+/// line, in partition 0 (each reader has its own committed positions); blank lines are skipped
+/// but still counted, so record indices are the file's line numbers, also in a stripe that
+/// starts far into the file (the lines before it are counted first). Lines longer than
+/// `max_line_bytes` come out as faulty records (see the module's documentation).
 pub struct JsonLinesSource {
     path: PathBuf,
     lines: LineReader<BufReader<File>>,
+    stripe: Stripe,
+    /// Until the first poll: the offset to find the stripe's first line from (see
+    /// [`Entry::FirstLineFrom`]). Finding it reads the file up to there, so it is left to the
+    /// first poll, which runs on a blocking thread, not to `open`.
+    first_line_from: Option<u64>,
+    /// The offset of the next line.
     offset: u64,
+    /// The number of lines before `offset`.
     line: u64,
 }
 
 impl JsonLinesSource {
-    /// Opens `path` for reading from its start.
+    /// Opens `path` for reading the whole file from its start.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        Self::open_stripe(path, 0, 1)
+    }
+
+    /// Opens `path` for reader `reader` of `readers` (at least 1; `reader` below it): it reads
+    /// the lines that start in its stripe of the file's current length ([`Stripe::of`]).
+    pub fn open_stripe(
+        path: impl AsRef<Path>,
+        reader: usize,
+        readers: usize,
+    ) -> Result<Self, ConnectorError> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path)
             .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), &e))?;
+        let stripe = if readers <= 1 {
+            Stripe::WHOLE
+        } else {
+            let len = file
+                .metadata()
+                .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), &e))?
+                .len();
+            Stripe::of(len, reader, readers)
+        };
+        let first_line_from = match stripe.entry(None) {
+            Entry::LineStart(_) => None,
+            Entry::FirstLineFrom(at) => Some(at),
+        };
         Ok(JsonLinesSource {
             path,
             lines: LineReader::new(
                 BufReader::with_capacity(1 << 16, file),
                 DEFAULT_MAX_LINE_BYTES,
             ),
+            stripe,
+            first_line_from,
             offset: 0,
             line: 0,
         })
@@ -90,6 +130,89 @@ impl JsonLinesSource {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The lines this source reads.
+    pub fn stripe(&self) -> Stripe {
+        self.stripe
+    }
+
+    /// Reads the file from its start up to `at`, counting the lines before it: in large blocks
+    /// with a vectorized count (a start far into a large file reads the prefix at memory speed,
+    /// not line by line). Returns the number of newlines before `at` and the byte before it
+    /// (`None` at 0); the reader is left at `at`.
+    fn count_lines_to(
+        &mut self,
+        at: u64,
+        context: &dyn Fn() -> String,
+    ) -> Result<(u64, Option<u8>), ConnectorError> {
+        let len = self.len(context)?;
+        if at > len {
+            return Err(ConnectorError::fatal(
+                context(),
+                "position is past the end of the file",
+            ));
+        }
+        self.lines
+            .get_mut()
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| ConnectorError::io(context(), &e))?;
+        let mut block = vec![0u8; 1 << 20];
+        let mut lines = 0;
+        let mut read = 0;
+        let mut last = None;
+        while read < at {
+            let want = block.len().min((at - read) as usize);
+            let n = self
+                .lines
+                .get_mut()
+                .read(&mut block[..want])
+                .map_err(|e| ConnectorError::io(context(), &e))?;
+            if n == 0 {
+                return Err(ConnectorError::fatal(
+                    context(),
+                    "position is past the end of the file",
+                ));
+            }
+            lines += memchr::memchr_iter(b'\n', &block[..n]).count() as u64;
+            last = Some(block[n - 1]);
+            read += n as u64;
+        }
+        Ok((lines, last))
+    }
+
+    /// The file's current length.
+    fn len(&self, context: &dyn Fn() -> String) -> Result<u64, ConnectorError> {
+        Ok(self
+            .lines
+            .get_ref()
+            .get_ref()
+            .metadata()
+            .map_err(|e| ConnectorError::io(context(), &e))?
+            .len())
+    }
+
+    /// Moves to the first line that starts at or after `at` (see [`cut`]), counting the lines
+    /// before it.
+    fn go_to_first_line_from(&mut self, at: u64) -> Result<(), ConnectorError> {
+        let file = self.path.display().to_string();
+        let context = || format!("finding the first line from byte {at} of {file}");
+        let (lines, before) = self.count_lines_to(at, &context)?;
+        self.offset = at;
+        self.line = lines;
+        if let Some(Cut::SkipRestOfLine) = before.map(cut) {
+            // The line `at` falls inside is the previous reader's; it is read through in
+            // bounded chunks, whatever its length.
+            if let Some(rest) = self
+                .lines
+                .next_line()
+                .map_err(|e| ConnectorError::io(context(), &e))?
+            {
+                self.offset += rest.consumed;
+                self.line += 1;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Source for JsonLinesSource {
@@ -98,8 +221,11 @@ impl Source for JsonLinesSource {
         max: usize,
         _timeout: Duration,
     ) -> Result<SourceBatch, ConnectorError> {
+        if let Some(at) = self.first_line_from.take() {
+            self.go_to_first_line_from(at)?;
+        }
         let mut out = Vec::with_capacity(max.min(4096));
-        while out.len() < max {
+        while out.len() < max && !self.stripe.is_done_at(self.offset) {
             let Some(crate::line_reader::Line { consumed, length }) = self
                 .lines
                 .next_line()
@@ -141,58 +267,25 @@ impl Source for JsonLinesSource {
         })
     }
 
+    /// Resumes just after a line this reader read (its committed offset). An offset before
+    /// the stripe's start (the file grew since, so the stripes moved on) resumes at the
+    /// stripe's first line instead (see [`crate::stripe`]).
     fn seek(&mut self, position: Position) -> Result<(), ConnectorError> {
-        let context = || {
-            format!(
-                "seeking {} to byte {}",
-                self.path.display(),
-                position.offset
-            )
-        };
-        // Line numbers must stay true after a seek, so count the lines before the position: in
-        // large blocks with a vectorized count (resuming far into a large file reads the prefix
-        // at memory speed, not line by line).
-        let len = self
-            .lines
-            .get_ref()
-            .get_ref()
-            .metadata()
-            .map_err(|e| ConnectorError::io(context(), &e))?
-            .len();
-        if position.offset > len {
-            return Err(ConnectorError::fatal(
-                context(),
-                "position is past the end of the file",
-            ));
-        }
-        self.lines
-            .get_mut()
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| ConnectorError::io(context(), &e))?;
-        let mut block = vec![0u8; 1 << 20];
-        let mut lines = 0;
-        let mut read = 0;
-        let mut last = b'\n';
-        while read < position.offset {
-            let want = block.len().min((position.offset - read) as usize);
-            let n = self
-                .lines
-                .get_mut()
-                .read(&mut block[..want])
-                .map_err(|e| ConnectorError::io(context(), &e))?;
-            if n == 0 {
-                return Err(ConnectorError::fatal(
-                    context(),
-                    "position is past the end of the file",
-                ));
+        let at = match self.stripe.entry(Some(position.offset)) {
+            Entry::LineStart(at) => at,
+            Entry::FirstLineFrom(at) => {
+                self.first_line_from = Some(at);
+                return Ok(());
             }
-            lines += memchr::memchr_iter(b'\n', &block[..n]).count() as u64;
-            last = block[n - 1];
-            read += n as u64;
-        }
-        if last != b'\n' {
+        };
+        self.first_line_from = None;
+        let file = self.path.display().to_string();
+        let context = || format!("seeking {file} to byte {at}");
+        // Line numbers must stay true after a seek, so count the lines before the position.
+        let (mut lines, before) = self.count_lines_to(at, &context)?;
+        if before.is_some_and(|b| b != b'\n') {
             // Only the end of a file whose last line has no newline is a boundary there.
-            if read != len {
+            if at != self.len(&context)? {
                 return Err(ConnectorError::fatal(
                     context(),
                     "position is not at a line boundary",
@@ -200,13 +293,13 @@ impl Source for JsonLinesSource {
             }
             lines += 1;
         }
-        self.offset = read;
+        self.offset = at;
         self.line = lines;
         Ok(())
     }
 
-    /// One file is one partition, 0 (the engine registers it before the first batch, so an
-    /// empty file holds the watermark back until it is idle or done).
+    /// One file is one partition, 0, for each of its readers (the engine registers it before
+    /// the first batch, so an empty file holds the watermark back until it is idle or done).
     fn partitions(&self) -> Vec<u32> {
         vec![0]
     }
@@ -536,5 +629,173 @@ mod tests {
             .err()
             .unwrap();
         assert!(!missing.is_retryable());
+    }
+
+    /// Every record reader `reader` of `readers` hands over (lines over `limit` as faults).
+    fn read_all(path: &Path, reader: usize, readers: usize, limit: usize) -> Vec<Record> {
+        let src = JsonLinesSource::open_stripe(path, reader, readers)
+            .unwrap()
+            .with_max_line_bytes(limit);
+        drain(src, 3)
+    }
+
+    /// Every record `src` hands over, polled in batches of `batch`.
+    fn drain(mut src: JsonLinesSource, batch: usize) -> Vec<Record> {
+        let mut all = Vec::new();
+        loop {
+            match src.poll_batch(batch, Duration::ZERO).unwrap() {
+                SourceBatch::Records(r) => all.extend(r),
+                SourceBatch::Done => return all,
+                SourceBatch::Idle => panic!("a file is never idle"),
+            }
+        }
+    }
+
+    /// Stripes on a small file: a line longer than a whole range, blank lines, `\r\n`, no
+    /// trailing newline, more readers than lines; each reader's records keep the file's line
+    /// numbers, and together the readers hand over what one reader does.
+    #[test]
+    fn readers_of_stripes_hand_over_every_line_once_with_its_line_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let long = format!("{{\"a\":\"{}\"}}", "x".repeat(60));
+        // Offsets: line 1 at 0, line 2 (68 bytes and its newline) at 8, line 3 (blank) at 77,
+        // line 4 at 78, line 5 at 87, line 6 (no newline) at 94; 101 bytes.
+        let text = format!("{{\"a\":1}}\n{long}\n\n{{\"a\":2}}\r\n{{\"a\":3\n{{\"a\":4}}");
+        std::fs::write(&path, &text).unwrap();
+        let summary = |records: &[Record]| -> Vec<(u64, String, u64)> {
+            records
+                .iter()
+                .map(|r| {
+                    let text = String::from_utf8(r.payload.clone()).unwrap();
+                    (r.index, text, r.position.offset)
+                })
+                .collect()
+        };
+        let line = |i: u64, t: &str, end: u64| (i, t.to_owned(), end);
+        let whole = summary(&read_all(&path, 0, 1, 1000));
+        assert_eq!(
+            whole,
+            [
+                line(1, "{\"a\":1}", 8),
+                line(2, &long, 77),
+                line(4, "{\"a\":2}", 87),
+                line(5, "{\"a\":3", 94),
+                line(6, "{\"a\":4}", 101),
+            ]
+        );
+        // Two readers split at byte 50, inside the long line: it is the first reader's.
+        assert_eq!(summary(&read_all(&path, 0, 2, 1000)), whole[..2]);
+        assert_eq!(summary(&read_all(&path, 1, 2, 1000)), whole[2..]);
+        // Four (ranges of 25 bytes, shorter than the long line): the splits at 25, 50 and 75
+        // all fall inside the long line, so the middle readers have nothing and the last starts
+        // at the blank line after it.
+        let four: Vec<_> = (0..4)
+            .map(|i| summary(&read_all(&path, i, 4, 1000)))
+            .collect();
+        assert_eq!(four, [&whole[..2], &[], &[], &whole[2..]]);
+        // More readers than lines: each line once, in order.
+        let many: Vec<_> = (0..40)
+            .flat_map(|i| summary(&read_all(&path, i, 40, 1000)))
+            .collect();
+        assert_eq!(many, whole);
+        // Lines over the limit in the second reader's range keep their line numbers.
+        let small = read_all(&path, 1, 2, 5);
+        let faults: Vec<(u64, bool)> = small.iter().map(|r| (r.index, r.fault.is_some())).collect();
+        assert_eq!(faults, [(4, true), (5, true), (6, true)]);
+        // An empty file: nothing for anyone.
+        std::fs::write(&path, "").unwrap();
+        assert!((0..3).all(|i| read_all(&path, i, 3, 1000).is_empty()));
+    }
+
+    /// The last reader reads to the end of the file as it is when it gets there, as a single
+    /// reader always did; the others stop at the end of their range as it was when opened.
+    #[test]
+    fn the_last_reader_reads_lines_appended_after_it_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n").unwrap();
+        let first = JsonLinesSource::open_stripe(&path, 0, 2).unwrap();
+        let last = JsonLinesSource::open_stripe(&path, 1, 2).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"a\":3}\n").unwrap();
+        let indices = |src| drain(src, 10).iter().map(|r| r.index).collect::<Vec<_>>();
+        assert_eq!(indices(first), [1]);
+        assert_eq!(indices(last), [2, 3]);
+    }
+
+    /// A reader resumed from an offset before its range's start (the file grew since it
+    /// committed, so its range moved on) starts at its range's first line.
+    #[test]
+    fn a_resume_before_the_range_starts_at_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let text: String = (0..10).map(|i| format!("{{\"a\":{i}}}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        // 80 bytes: the second of two readers owns the lines from byte 40, line 6.
+        let mut src = JsonLinesSource::open_stripe(&path, 1, 2).unwrap();
+        src.seek(Position {
+            partition: 0,
+            offset: 16,
+        })
+        .unwrap();
+        let got: Vec<u64> = drain(src, 4).iter().map(|r| r.index).collect();
+        assert_eq!(got, [6, 7, 8, 9, 10]);
+    }
+
+    /// Lines: empty, short, long (over a limit of 30), with `\r\n`, blank.
+    fn file_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop::collection::vec(
+                prop_oneof![
+                    Just(String::new()),
+                    Just("  ".to_owned()),
+                    "\\{\"a\":[0-9]{1,5}\\}\r?",
+                    "\\{\"b\":\"[a-z]{30,90}\"\\}",
+                    "[a-z{]{1,12}",
+                ],
+                0..25,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(lines, trailing)| {
+                let mut text = lines.join("\n");
+                if trailing && !lines.is_empty() {
+                    text.push('\n');
+                }
+                text
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the file and the number of readers, the readers together hand over exactly
+        /// the records one reader does (same line numbers, same faults, same end offsets), each
+        /// once; and each reader resumed from any offset it handed over reads exactly the rest
+        /// of its records.
+        #[test]
+        fn stripes_partition_the_records_and_resume_within_their_range(
+            text in file_text(), readers in 1usize..9,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("in.jsonl");
+            std::fs::write(&path, &text).unwrap();
+            let whole = read_all(&path, 0, 1, 30);
+            let mut together = Vec::new();
+            for reader in 0..readers {
+                let mine = read_all(&path, reader, readers, 30);
+                for (k, r) in mine.iter().enumerate() {
+                    let mut again = JsonLinesSource::open_stripe(&path, reader, readers)
+                        .unwrap()
+                        .with_max_line_bytes(30);
+                    again.seek(r.position).unwrap();
+                    proptest::prop_assert_eq!(drain(again, 2), mine[k + 1..].to_vec());
+                }
+                together.extend(mine);
+            }
+            proptest::prop_assert_eq!(together, whole);
+        }
     }
 }

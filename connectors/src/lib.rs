@@ -30,6 +30,7 @@ pub mod postgres;
 pub mod retry;
 pub mod s3;
 pub mod source;
+pub mod stripe;
 
 pub use error::ConnectorError;
 pub use params::Problems;

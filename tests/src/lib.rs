@@ -3,7 +3,8 @@
 //! A golden case is a folder under `tests/golden/<case>/` holding a job file (`job.json` or
 //! `job.toml`), its input files, and `expected/` with the files the job must write (paths
 //! relative to the case folder). [`run_case`] copies the case into a scratch folder, runs the job
-//! through the real runtime with a given number of peers per task, and compares every expected
+//! through the real runtime with a given number of peers per task (inputs keep the case's own
+//! count: the expected files follow from the input's order), and compares every expected
 //! file with what was written: as a multiset of JSON lines (order is free, since peers run
 //! concurrently), merging the per-peer files (`out.jsonl`, `out.1.jsonl` …) of an output.
 //! An optional `checks.json` adds checks such as "each key was written by one peer only".
@@ -114,6 +115,21 @@ pub fn cases(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Puts every task but the inputs on `peers` peers. An input keeps the case's own count: its
+/// peers read parts of the input at once (a `sardonyx/jsonl` input's peers each read a stripe
+/// of the file), so the order segments arrive in, and with it what segment-count triggers see
+/// and which segments are late, depends on that count, while a case's expected files follow
+/// from the order of its input file. A case sets `n_peers` on its input to run it striped.
+fn spread_peers(job: &mut Job, peers: usize) {
+    for t in &mut job.catalog {
+        if t.kind != sardonyx::job::TaskKind::Input {
+            t.n_peers = Some(peers);
+            t.min_peers = None;
+            t.max_peers = None;
+        }
+    }
 }
 
 /// The case's job, with its relative paths anchored in `dir`.
@@ -262,12 +278,12 @@ pub async fn run_case(case: &Path, peers: usize) -> Vec<String> {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    let job = match load_job(case, scratch.path()) {
+    let mut job = match load_job(case, scratch.path()) {
         Ok(j) => j,
         Err(e) => return fail(e),
     };
+    spread_peers(&mut job, peers);
     let options = RunOptions {
-        peers_override: Some(peers),
         errors_path: scratch.path().join("sardonyx-errors.jsonl"),
         ..RunOptions::default()
     };
@@ -427,7 +443,9 @@ fn golden_child(spec: &str) -> Result<(u64, usize), String> {
     // `windowed: true`: only the windowed tasks get `peers` (the others keep the case's own
     // counts), so that runs with different counts resume one another's state by rescaling.
     let windowed_only = spec["windowed"].as_bool().unwrap_or(false);
-    if windowed_only {
+    if !windowed_only {
+        spread_peers(&mut job, peers);
+    } else {
         let windowed: Vec<String> = job
             .catalog
             .iter()
@@ -456,7 +474,6 @@ fn golden_child(spec: &str) -> Result<(u64, usize), String> {
         // the batches only, not on how fast the log commits.
         state.max_merged_batches = 1;
         let options = RunOptions {
-            peers_override: (!windowed_only).then_some(peers),
             errors_path: dir.join("sardonyx-errors.jsonl"),
             state: Some(state),
             ..RunOptions::default()

@@ -134,6 +134,9 @@ struct RunArgs {
     /// Peers of the windowed task.
     #[arg(long, default_value_t = 1)]
     peers: usize,
+    /// Peers of the `file` source's input (each reads its stripe of the file).
+    #[arg(long, default_value_t = 1)]
+    input_peers: usize,
     /// Batch size of the input and the windowed task (default: the engine's, 1000).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -162,6 +165,9 @@ struct OnceArgs {
     /// Peers of the windowed task.
     #[arg(long, default_value_t = 1)]
     peers: usize,
+    /// Peers of the `file` source's input (each reads its stripe of the file).
+    #[arg(long, default_value_t = 1)]
+    input_peers: usize,
     /// Batch size of the input and the windowed task.
     #[arg(long)]
     batch_size: Option<usize>,
@@ -317,6 +323,11 @@ async fn once(a: &OnceArgs) -> anyhow::Result<Figures> {
         a.peers,
         a.batch_size,
     );
+    if a.source == SourceKind::File {
+        for t in job.catalog.iter_mut().filter(|t| t.name == "read-votes") {
+            t.n_peers = Some(a.input_peers);
+        }
+    }
     if a.source == SourceKind::Segments {
         for t in &mut job.triggers {
             t.sync = Some("bench/collect".into());
@@ -557,6 +568,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                         .arg("--source")
                         .arg(source.to_possible_value().expect("no skipped").get_name())
                         .args(["--peers", &a.peers.to_string()])
+                        .args(["--input-peers", &a.input_peers.to_string()])
                         .arg("--out")
                         .arg(&out)
                         .arg("--work")

@@ -1,6 +1,7 @@
 //! The built-in `sardonyx/jsonl` plugins: an input reading one JSON document a line from a file
-//! (one partition, resumed at a byte offset), an output writing one file per peer, and a sync
-//! function appending firings to a file. The files themselves are `sardonyx_connectors::jsonl`'s;
+//! (each of its peers the lines that start in its stripe of the file's bytes, as one partition
+//! resumed at a byte offset), an output writing one file per peer, and a sync function appending
+//! firings to a file. The files themselves are `sardonyx_connectors::jsonl`'s;
 //! this module adapts them to segments and registers them.
 
 use std::path::PathBuf;
@@ -28,17 +29,15 @@ pub(crate) fn family() -> PluginFamily {
                     problems
                 }),
                 open: Arc::new(|ctx| {
-                    if ctx.peer > 0 {
-                        return Ok(InputReader::Nothing);
-                    }
                     let path = param_path(ctx.task)?;
                     let limit =
                         sardonyx_connectors::jsonl::max_line_bytes(&to_json(&ctx.task.params))
                             .map_err(|e| e.to_string())?;
-                    let mut source = JsonLinesSource::open(&path)
+                    // Each peer reads the lines that start in its stripe of the file.
+                    let mut source = JsonLinesSource::open_stripe(&path, ctx.peer, ctx.n_peers)
                         .map_err(|e| e.to_string())?
                         .with_max_line_bytes(limit);
-                    // One partition: resume just after the committed byte offset.
+                    // One partition per peer: resume just after the peer's committed offset.
                     if let Some(offset) = ctx.positions.get(0) {
                         source
                             .seek(Position {

@@ -1,7 +1,8 @@
 //! The receiving side of a worker peer: gathers batches up to the task's batch size or
 //! timeout and keeps each sender's watermark and idleness.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,6 +33,9 @@ pub(super) struct Inbox {
     timeout: std::time::Duration,
     /// The peer's counters (segments and batches taken in).
     counters: std::sync::Arc<SlotCounters>,
+    /// Set when the job was stopped before its inputs' end (set before any input sends its
+    /// `Done` then): a sender's `Done` after it keeps the sender's hold on the watermark.
+    stopped_early: Arc<AtomicBool>,
 }
 
 impl Inbox {
@@ -44,6 +48,7 @@ impl Inbox {
             .map_or(&[][..], Vec::as_slice);
         Inbox {
             counters: ctx.counters.clone(),
+            stopped_early: ctx.topology.stopped_early.clone(),
             ..Inbox::with(
                 rx,
                 upstream,
@@ -76,6 +81,7 @@ impl Inbox {
             batch_size,
             timeout,
             counters: std::sync::Arc::new(SlotCounters::new("", 0)),
+            stopped_early: Arc::default(),
         }
     }
 
@@ -162,7 +168,13 @@ impl Inbox {
             }
             Some(Msg::Done { sender }) => {
                 self.pending -= 1;
-                self.tracker.finish(sender);
+                // A sender stopped early is not exhausted: it holds the watermark where it was.
+                // Were its hold lifted, the other senders' watermark (an input peer further
+                // into its file, say) would be logged, and what the stopped sender reads after
+                // a resume would be late.
+                if !self.stopped_early.load(Ordering::SeqCst) {
+                    self.tracker.finish(sender);
+                }
                 true
             }
             Some(Msg::Batch {
@@ -300,6 +312,25 @@ mod tests {
         assert_eq!(inbox.mark().watermark, Some(i64::MAX));
         assert!(matches!(inbox.gather(None).await, Gathered::Finished));
         assert!(inbox.try_gather().is_none());
+    }
+
+    /// After a stop, a sender's `Done` still finishes it, but its watermark keeps holding the
+    /// task's back (it resumes from there in the next run).
+    #[tokio::test]
+    async fn done_after_a_stop_keeps_the_senders_hold_on_the_watermark() {
+        let (mut inbox, tx) = inbox(100, Duration::ZERO);
+        tx.try_send(batch(0, Vec::new(), Some(10), false)).unwrap();
+        tx.try_send(batch(1, Vec::new(), Some(90), false)).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(inbox.mark().watermark, Some(10));
+        inbox.stopped_early.store(true, Ordering::SeqCst);
+        tx.try_send(Msg::Done { sender: 0 }).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(inbox.mark().watermark, Some(10), "sender 0 still holds it");
+        tx.try_send(Msg::Done { sender: 1 }).unwrap();
+        inbox.try_gather().unwrap();
+        assert_eq!(inbox.mark().watermark, Some(10), "not +∞ either");
+        assert!(matches!(inbox.gather(None).await, Gathered::Finished));
     }
 
     /// Every sender gone without a `Done` (their peers failed) finishes the inbox too.
