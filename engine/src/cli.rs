@@ -397,7 +397,23 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 on_signal.cancel();
                 exit_on_second_signal(signals).await;
             });
-            let exit = cluster::run_peer(config, stop).await;
+            if let Some(path) = &config.trace_replicas {
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+            }
+            let exit = loop {
+                match cluster::run_peer(config.clone(), stop.clone()).await {
+                    // Its slots moved while it was cut off: it joins again as a new process.
+                    Ok(cluster::PeerExit::CutOff) => {
+                        eprintln!(
+                            "left the cluster after being cut off from the log for longer than \
+                             the failure timeout (its slots moved to the others); joining again \
+                             as a new process"
+                        );
+                    }
+                    other => break other,
+                }
+            };
             watcher.abort();
             if let Some(server) = server {
                 server.shutdown().await;
@@ -407,14 +423,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     eprintln!("left the cluster");
                     Ok(ExitCode::SUCCESS)
                 }
-                cluster::PeerExit::CutOff => {
-                    eprintln!(
-                        "left the cluster after being cut off from the log for longer than the \
-                         failure timeout (its slots moved to the others); start the process again \
-                         to rejoin"
-                    );
-                    Ok(ExitCode::from(3))
-                }
+                cluster::PeerExit::CutOff => unreachable!("a cut-off process joins again"),
                 cluster::PeerExit::Removed { position } => {
                     eprintln!(
                         "removed from the cluster by another process (coordination log entry \

@@ -211,6 +211,11 @@ impl JobRunner {
         }
     }
 
+    /// Whether a run of this process is still going (not ended).
+    pub(super) fn has_live_runs(&self) -> bool {
+        self.runs.values().any(|r| !r.handle.is_finished())
+    }
+
     /// Stops every run (the process is leaving).
     pub(super) fn stop_all(&mut self) {
         for (_, run) in std::mem::take(&mut self.runs) {

@@ -87,8 +87,9 @@ pub enum PeerExit {
         /// The position of the entry.
         position: u64,
     },
-    /// It could not reach the log for the failure timeout, stopped its slots, and left the
-    /// cluster once the log answered again.
+    /// It could not reach the log for the failure timeout while it ran slots, stopped them,
+    /// and left the cluster once the log answered again (its slots move to the others, and
+    /// every process starts a new run): `sardonyx peer` then joins again as a new process.
     CutOff,
 }
 
@@ -179,7 +180,11 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     let mut trace = match &config.trace_replicas {
         Some(path) => Some((
             path.clone(),
-            tokio::fs::File::create(path)
+            // Appended to: a process that joins again (after being cut off) goes on writing.
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
                 .await
                 .map_err(|source| PeerError::Trace {
                     path: path.clone(),
@@ -312,7 +317,8 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                 }
             }
             _ = lease_check.tick() => {
-                if !cut_off && lease.expired(now()) {
+                // Only a process running slots has anything to stop (and a reason to leave).
+                if !cut_off && lease.expired(now()) && runner.has_live_runs() {
                     cut_off = true;
                     runner.stop_all();
                     tracing::error!(
@@ -391,6 +397,8 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
         }
     }
     messenger.shutdown();
+    // Its listening port is free again when this returns (a process joining again may bind it).
+    let _ = tokio::time::timeout(config.detector.failure_timeout, messenger.stopped()).await;
     Ok(exit)
 }
 

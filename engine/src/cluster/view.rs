@@ -56,6 +56,10 @@ impl ClusterView {
     /// The entry at `position` was played, giving `replica`.
     pub(crate) fn played(&self, position: u64, entry: Entry, replica: &Replica) {
         let mut seen = self.seen();
+        // A process that joins again plays the log from its start again: keep each entry once.
+        if seen.entries.last().is_some_and(|(p, _)| *p >= position) {
+            return;
+        }
         seen.entries.push((position, entry));
         seen.replica = replica.clone();
     }
