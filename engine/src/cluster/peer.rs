@@ -150,20 +150,25 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
         .advertise
         .clone()
         .unwrap_or_else(|| messenger.local_addr().to_string());
-    let client = LogClient::with_options(
-        config.log.clone(),
-        ClientOptions {
-            secret: config.secret.clone(),
-            ..ClientOptions::default()
-        },
-    )?;
-    let client = Arc::new(client);
-    let log: Arc<dyn CoordinationLog> = client.clone();
+    let client = || {
+        LogClient::with_options(
+            config.log.clone(),
+            ClientOptions {
+                secret: config.secret.clone(),
+                ..ClientOptions::default()
+            },
+        )
+    };
+    // Two clients, so two sets of connections: the coordination log's small requests (entries,
+    // the lease's probes) never wait behind the runs' ledger traffic (a slot's recovery reads
+    // megabytes), which made a busy process miss its lease.
+    let log: Arc<dyn CoordinationLog> = Arc::new(client()?);
+    let ledgers = Arc::new(client()?);
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let mut runner = JobRunner::new(
         JobContext {
             registry: config.registry.clone(),
-            store: client,
+            store: ledgers,
             data: config.data.clone(),
             compact_after_bytes: config.compact_after_bytes,
             progress: config.progress.clone(),
