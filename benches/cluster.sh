@@ -18,7 +18,7 @@
 #     votes are in the output, and reads from the survivors' logs when the leave was appended,
 #     when their new run started, and when its last moved slot had recovered from its ledger.
 # Environment: SARDONYX (the binary, default target/release/sardonyx), WORK, COMPACT_BYTES (the
-# peers' --compact-bytes; default theirs, 16 MiB).
+# peers' --compact-bytes; default theirs, 4 MiB).
 set -euo pipefail
 VOTES=$(realpath "$1"); RUNS=${2:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
