@@ -426,3 +426,72 @@ fn peers_cut_off_from_the_log_stop_their_slots_and_join_again() {
     assert_finals_equal(&oracle(&votes), &reported_across(&dirs));
     assert_every_vote_output_across(&dirs, &votes);
 }
+
+/// `kill-job` kills a running job (`submit --wait` then exits non-zero, and the job's slots
+/// stop); a job whose run fails in a process (its input file does not exist) is killed by that
+/// process; `kill-job` of a job that is not running appends nothing and says why.
+#[test]
+fn killed_and_failing_jobs_end_submit_wait_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = dir.join("votes.jsonl");
+    write_votes(&input, 300_000, 0);
+    let (_servers, log) = start_log_servers(dir, 1);
+    let mut peers = vec![start_peer(dir, &log, "a", 6)];
+    let dirs = vec![dir.join("a")];
+
+    let job = relative_vote_job(dir, &input, "to-kill");
+    let mut submitted = submit(dir, &log, &job);
+    wait_for_output(&dirs, 1_000, &mut peers);
+    let (ok, lines) = Proc::start(&["kill-job", "to-kill", "--log", &log], dir).finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("killed job \"to-kill\"")));
+    let ended = submitted.wait_line(WAIT, |l| {
+        l.contains("was killed") || l.contains("completed")
+    });
+    assert!(
+        ended
+            .as_deref()
+            .is_some_and(|l| l.contains("job \"to-kill\" was killed")),
+        "{ended:?}"
+    );
+    let (ok, _) = submitted.finish(WAIT);
+    assert!(
+        !ok.success(),
+        "submit --wait of a killed job exits non-zero"
+    );
+    let stopped = peers[0].wait_line(WAIT, |l| l.contains("stopping this process's run"));
+    assert!(stopped.is_some(), "{}", peers[0].drain().join("\n"));
+    let st = status(dir, &log);
+    assert_eq!(st["jobs"][0]["status"], "killed", "{st:#}");
+
+    // Killing it again: nothing to kill.
+    let (ok, lines) = Proc::start(&["kill-job", "to-kill", "--log", &log], dir).finish(WAIT);
+    assert!(!ok.success());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("job \"to-kill\" is killed: nothing to kill")),
+        "{}",
+        lines.join("\n")
+    );
+
+    // A run that fails kills its job, with the cause in the process's log.
+    let broken = relative_vote_job(dir, &dir.join("no-such-file.jsonl"), "broken");
+    let (ok, lines) = submit(dir, &log, &broken).finish(WAIT);
+    assert!(!ok.success());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("job \"broken\" was killed")),
+        "{}",
+        lines.join("\n")
+    );
+    let failed = peers[0].wait_line(WAIT, |l| l.contains("this process's run failed"));
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|l| l.contains("no-such-file.jsonl")),
+        "{failed:?}"
+    );
+}
