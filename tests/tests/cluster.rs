@@ -308,39 +308,8 @@ fn peers_go_on_through_the_loss_of_the_log_leader() {
     use sardonyx_state_log::Role;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let spec = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut servers: Vec<Proc> = (0..3)
-        .map(|i| {
-            let data = dir.join(format!("log{i}")).display().to_string();
-            let id = (i + 1).to_string();
-            let mut p = Proc::start(
-                &[
-                    "log-server",
-                    "--id",
-                    &id,
-                    "--listen",
-                    &addrs[i],
-                    "--data",
-                    &data,
-                    "--cluster",
-                    &spec,
-                ],
-                dir,
-            );
-            let up = p.wait_line(WAIT, |l| l.contains("listening on"));
-            assert!(up.is_some(), "log server {id}:\n{}", p.seen.join("\n"));
-            p
-        })
-        .collect();
-    let log = addrs.join(",");
+    let (mut servers, log) = start_log_servers(dir, 3);
+    let addrs: Vec<String> = log.split(',').map(str::to_owned).collect();
     let a = start_peer(dir, &log, "a");
     let mut b = start_peer(dir, &log, "b");
     let ids = [id_of(&a), id_of(&b)];

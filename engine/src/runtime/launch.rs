@@ -135,20 +135,8 @@ pub async fn run_job_with_progress(
     options: RunOptions,
     progress: Arc<Progress>,
 ) -> Result<JobReport, RunError> {
-    job.validate(registry)?;
-    if options.state.is_none() {
-        refuse_recover_without_state(job)?;
-    }
-    let error_task = match &job.errors {
-        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
-        _ => None,
-    };
-    let error_path = match &job.errors {
-        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
-        _ => options.errors_path.clone(),
-    };
+    let (error_task, error_file) = prepare(job, registry, &options, &progress)?;
     // One error file for every attempt: a restart appends to what the failed attempt wrote.
-    let error_file = super::rejections::ErrorFile::new(error_path, progress.rejected.clone());
     let mut syncs = None;
     let mut state = options.state.clone();
     let mut restarts = 0;
@@ -203,6 +191,30 @@ pub async fn run_job_with_progress(
     };
     registry.drop_output_channels();
     result
+}
+
+/// What every run of `job` starts with: the job validated (and a recovery policy refused
+/// without a state log), its error task if it has one, and its error file.
+fn prepare(
+    job: &Job,
+    registry: &Registry,
+    options: &RunOptions,
+    progress: &Progress,
+) -> Result<(Option<String>, super::rejections::ErrorFile), RunError> {
+    job.validate(registry)?;
+    if options.state.is_none() {
+        refuse_recover_without_state(job)?;
+    }
+    let error_task = match &job.errors {
+        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let error_path = match &job.errors {
+        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
+        _ => options.errors_path.clone(),
+    };
+    let error_file = super::rejections::ErrorFile::new(error_path, progress.rejected.clone());
+    Ok((error_task, error_file))
 }
 
 /// `flux_policy: recover` restarts peers from the state log; a run without one would lose the
@@ -280,19 +292,7 @@ pub async fn run_placed(
     placement: &super::remote::Placement,
     progress: Arc<Progress>,
 ) -> Result<JobReport, RunError> {
-    job.validate(registry)?;
-    if options.state.is_none() {
-        refuse_recover_without_state(job)?;
-    }
-    let error_task = match &job.errors {
-        Some(ErrorsTarget::Task(t)) => Some(t.clone()),
-        _ => None,
-    };
-    let error_path = match &job.errors {
-        Some(ErrorsTarget::Path(p)) => PathBuf::from(p),
-        _ => options.errors_path.clone(),
-    };
-    let error_file = super::rejections::ErrorFile::new(error_path, progress.rejected.clone());
+    let (error_task, error_file) = prepare(job, registry, &options, &progress)?;
     let attempt = Attempt {
         job,
         registry,
