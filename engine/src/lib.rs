@@ -3,7 +3,10 @@
 //! A [`Job`] — workflow, catalog, windows, triggers, flow conditions, lifecycles — is read from
 //! JSON or TOML or built in Rust, checked against a [`Registry`] of named code, and run by the
 //! local [`runtime`]: every task on its peers, batches flowing over bounded channels, grouped
-//! segments routed so one key always lands on one peer, failures sent to the error output.
+//! segments routed so one key always lands on one peer, failures sent to the error output. A
+//! [`cluster`] of peer processes runs the same runtime spread over processes: each runs the
+//! slots the [`coordination`] replica gives it, bridged to the others over [`messaging`], and
+//! takes over the slots of a process that dies.
 //!
 //! ```
 //! use sardonyx::{Job, Registry};
