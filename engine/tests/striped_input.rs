@@ -159,12 +159,16 @@ async fn two_input_peers_give_the_final_states_of_one_in_memory() {
     let expected = one_peer_finals(dir.path(), &input).await;
     let (finals, report) = run(&input, 2, memory_options(dir.path())).await;
     assert_eq!(finals, expected);
-    // Each peer committed the end of its stripe: the first up to the line that starts the
-    // second's, the second up to the end of the file.
-    let len = std::fs::metadata(&input).unwrap().len();
+    assert_each_stripe_committed(&report, &input);
+}
+
+/// Each of two peers committed the end of its stripe: the first up to the line that starts
+/// the second's, the second up to the end of the file.
+fn assert_each_stripe_committed(report: &JobReport, input: &Path) {
+    let len = std::fs::metadata(input).unwrap().len();
     assert_eq!(
-        committed(&report, 2),
-        [Some(first_line_from(&input, len as usize / 2)), Some(len)]
+        committed(report, 2),
+        [Some(first_line_from(input, len as usize / 2)), Some(len)]
     );
 }
 
@@ -178,11 +182,7 @@ async fn two_input_peers_give_the_final_states_of_one_with_exactly_once_state() 
         .unwrap();
     let (finals, report) = run(&input, 2, state_options(&log, dir.path())).await;
     assert_eq!(finals, expected);
-    let len = std::fs::metadata(&input).unwrap().len();
-    assert_eq!(
-        committed(&report, 2),
-        [Some(first_line_from(&input, len as usize / 2)), Some(len)]
-    );
+    assert_each_stripe_committed(&report, &input);
     log.close().await.unwrap();
 }
 

@@ -191,10 +191,7 @@ impl JobRunner {
                     let _ = self.ended.send(RunEnd {
                         job: id,
                         version,
-                        result: Err(RunError::Plugin {
-                            task: String::new(),
-                            message: reason,
-                        }),
+                        result: Err(RunError::NotRunnable(reason)),
                     });
                 }
             }

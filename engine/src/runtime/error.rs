@@ -168,6 +168,10 @@ pub enum RunError {
     /// already: two runs of one job at once in this process).
     #[error("messaging: {0}")]
     Messaging(#[source] crate::messaging::MessagingError),
+    /// A cluster cannot run the job's slots in this process (its spec does not give back a
+    /// job, or its key groups are divided in a way the runtime does not route yet).
+    #[error("cannot run the job here: {0}")]
+    NotRunnable(String),
     /// The run was aborted ([`super::RunOptions::abort`]): its peers were stopped where they
     /// were, and nothing was committed past what they had finished.
     #[error("the run was aborted")]
