@@ -441,7 +441,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             secret_file,
         } => {
             let job = Job::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            job.validate(&Registry::new())
+            job.validate_for_cluster(&Registry::new())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let spec = crate::coordination::JobSpec::from_job(&job)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

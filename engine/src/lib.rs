@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod coordination;
 pub mod data_dir;
 pub mod demo;
+pub mod division;
 pub mod job;
 pub mod key_groups;
 pub mod lifecycle;

@@ -14,11 +14,24 @@ use crate::plugin::PluginKind;
 use crate::registry::Registry;
 
 impl Job {
-    /// Checks the job against `registry`; every problem is reported, not only the first.
+    /// Checks the job against `registry` for `sardonyx run` (one process); every problem is
+    /// reported, not only the first.
     pub fn validate(&self, registry: &Registry) -> Result<(), ValidationError> {
+        self.validate_where(registry, false)
+    }
+
+    /// Checks the job against `registry` for a cluster of peer processes (`sardonyx submit`):
+    /// as [`Job::validate`], but `max_peers` is accepted (processes that join add slots up to
+    /// it).
+    pub fn validate_for_cluster(&self, registry: &Registry) -> Result<(), ValidationError> {
+        self.validate_where(registry, true)
+    }
+
+    fn validate_where(&self, registry: &Registry, cluster: bool) -> Result<(), ValidationError> {
         let mut v = Validator {
             job: self,
             registry,
+            cluster,
             problems: Vec::new(),
         };
         v.catalog();
@@ -43,6 +56,8 @@ impl Job {
 struct Validator<'a> {
     job: &'a Job,
     registry: &'a Registry,
+    /// The job is for a cluster of peer processes (`max_peers` acts there).
+    cluster: bool,
     problems: Vec<Problem>,
 }
 
@@ -191,14 +206,14 @@ impl<'a> Validator<'a> {
             // `max_peers` lets joining processes add slots (DESIGN §6), and `continue` lets
             // the peers left take over a lost peer's keys: both need the cluster runtime, and
             // a key that is accepted must act.
-            if let Some(max) = t.max_peers {
+            if let Some(max) = t.max_peers.filter(|_| !self.cluster) {
                 self.problem(
                     loc.clone(),
                     Some("max_peers"),
                     format!(
-                        "max_peers ({max}) is not supported yet: peers are added up to it by \
-                         processes joining a cluster, which `sardonyx run` does not do; give \
-                         n_peers or min_peers"
+                        "max_peers ({max}) acts only in a cluster: peers are added up to it by \
+                         processes joining one (`sardonyx submit`), which `sardonyx run` does \
+                         not do; give n_peers or min_peers"
                     ),
                 );
             }

@@ -929,7 +929,7 @@ async fn flux_policy_recover_without_a_state_log_is_refused() {
 }
 
 #[test]
-fn max_peers_and_flux_policy_continue_are_refused_until_the_cluster_runtime() {
+fn max_peers_is_refused_outside_a_cluster_and_flux_policy_continue_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = vote_file(dir.path(), 1);
     let mut job = file_counting_job(&input, "sardonyx/identity");
@@ -944,14 +944,18 @@ fn max_peers_and_flux_policy_continue_are_refused_until_the_cluster_runtime() {
     assert_eq!(
         err.messages(),
         [
-            "task \"count\", field max_peers: max_peers (4) is not supported yet: peers are \
-             added up to it by processes joining a cluster, which `sardonyx run` does not do; \
-             give n_peers or min_peers",
+            "task \"count\", field max_peers: max_peers (4) acts only in a cluster: peers are \
+             added up to it by processes joining one (`sardonyx submit`), which `sardonyx run` \
+             does not do; give n_peers or min_peers",
             "task \"count\", field flux_policy: \"continue\" is not supported yet: it needs \
              other processes to take over a lost peer's keys (the cluster runtime); in one \
              process use \"recover\" (restart the job's peers from the state log) or \"kill\"",
         ]
     );
+    // For a cluster, max_peers acts (joining processes add slots up to it).
+    let err = job.validate_for_cluster(&r).unwrap_err();
+    assert_eq!(err.messages().len(), 1);
+    assert!(err.messages()[0].contains("field flux_policy"));
 }
 
 /// A registry whose function `test/cursed-57` fails on vote 57 while `curses` is above 0 (each

@@ -495,3 +495,111 @@ fn killed_and_failing_jobs_end_submit_wait_with_an_error() {
         "{failed:?}"
     );
 }
+
+/// The slot counts of the cluster's only job's tasks, and whether a slot of one owns key groups
+/// that are not one range (a division `reassign` made that is not contiguous).
+fn shape(status: &Value) -> (Vec<usize>, bool) {
+    let tasks = status["jobs"][0]["tasks"].as_array().unwrap();
+    let counts = tasks
+        .iter()
+        .map(|t| t["slots"].as_array().unwrap().len())
+        .collect();
+    let uneven = tasks
+        .iter()
+        .flat_map(|t| t["slots"].as_array().unwrap())
+        .any(|s| {
+            s["key_groups"]
+                .as_array()
+                .is_some_and(|ranges| ranges.len() > 1)
+        });
+    (counts, uneven)
+}
+
+/// Waits until `pred` holds of the cluster's status, and returns that status.
+fn wait_for_status(dir: &Path, log: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(dir, log);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tasks with `min_peers`/`max_peers` grow while the job runs as processes join (their key
+/// groups re-divided with as few moves as possible, which leaves a slot with more than one
+/// range), and shrink when a process is killed; each new slot gathers its key groups' state
+/// from the slots of the divisions before it, and the job still counts every vote exactly
+/// once.
+#[test]
+fn tasks_grown_and_shrunk_while_running_count_every_vote_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let n = votes_in_test() * 3 / 10;
+    let input = dir.join("votes.jsonl");
+    let votes = write_votes(&input, n, n / 200);
+    let job = relative_vote_job(dir, &input, "growing-votes");
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&job).unwrap()).unwrap();
+    for t in spec["catalog"].as_array_mut().unwrap() {
+        if t["name"] == "count-votes" || t["name"] == "voter-sessions" {
+            let t = t.as_object_mut().unwrap();
+            t.remove("n_peers");
+            t.insert("min_peers".into(), 1.into());
+            t.insert("max_peers".into(), 3.into());
+        }
+    }
+    std::fs::write(&job, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    let (_servers, log) = start_log_servers(dir, 3);
+    let names = ["a", "b", "c"];
+    let dirs: Vec<PathBuf> = names.iter().map(|p| dir.join(p)).collect();
+    // The floor: one slot per task.
+    let mut peers = vec![start_peer(dir, &log, "a", 4)];
+    let submitted = submit(dir, &log, &job);
+    let windowed = |s: &Value| shape(s).0[1..3].iter().sum::<usize>();
+    assert_eq!(shape(&status(dir, &log)).0, vec![1, 1, 1, 1]);
+
+    // A second process joins: the windowed tasks grow.
+    wait_for_output(&dirs, 2 * n as usize / 10, &mut peers);
+    peers.push(start_peer(dir, &log, "b", 3));
+    wait_for_status(dir, &log, "grown to 5 windowed slots", |s| windowed(s) == 5);
+    // A third: both at their max_peers, one of them re-divided unevenly.
+    let before = output_lines(&dirs);
+    wait_for_output(&dirs, before + 2 * n as usize / 10, &mut peers);
+    peers.push(start_peer(dir, &log, "c", 3));
+    let grown = wait_for_status(dir, &log, "grown to 3 + 3", |s| windowed(s) == 6);
+    let (_, uneven) = shape(&grown);
+    assert!(uneven, "no slot owns more than one range: {grown:#}");
+
+    // The second process is killed: its slots go, the tasks shrink to what is left.
+    let before = output_lines(&dirs);
+    wait_for_output(&dirs, before + 2 * n as usize / 10, &mut peers);
+    let b = id_of(&peers[1]);
+    peers[1].kill9();
+    wait_for_status(dir, &log, "shrunk after the kill", |s| {
+        owners(s)
+            .iter()
+            .flatten()
+            .all(|o| o.as_deref() != Some(b.as_str()))
+    });
+
+    let mut submitted = submitted;
+    let ended = submitted.wait_line(WAIT, |l| l.contains("completed") || l.contains("killed"));
+    let logs: Vec<String> = peers.iter_mut().map(|p| p.drain().join("\n")).collect();
+    if !ended.as_deref().is_some_and(|l| l.contains("completed")) {
+        for (l, name) in logs.iter().zip(names) {
+            eprintln!("=== peer {name}:\n{l}");
+        }
+        panic!("the job did not complete: {ended:?}");
+    }
+    let (ok, lines) = submitted.finish(WAIT);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    assert_finals_equal(&oracle(&votes), &reported_across(&dirs));
+    assert_every_vote_output_across(&dirs, &votes);
+    let gathered = logs
+        .iter()
+        .map(|l| l.matches("gathered a rescaled slot's first state").count())
+        .sum::<usize>();
+    assert!(gathered >= 4, "{gathered} slots gathered a first state");
+}

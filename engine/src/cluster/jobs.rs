@@ -10,9 +10,17 @@
 //! process stops its run of the old version at once (its peers are aborted: nothing is
 //! committed past what was acknowledged) and starts the new one, which recovers each windowed
 //! slot from its ledger and resumes each input from its committed positions; the dedup
-//! filters drop what is read again. Each start of a run appends a new meta record to the
-//! job's state, whose position fences every earlier run's writes to the slots' ledgers
-//! (a cut-off process that kept running cannot write after its slots moved).
+//! filters drop what is read again. A run's version is also its **epoch** in the job's
+//! state: every process of the run fences the ledgers it takes with it, so no run of an older
+//! version can write there afterwards (a cut-off process that kept running cannot write after
+//! its slots moved), while the processes of one run may fence the same past ledgers side by
+//! side when a re-divided task gathers its state.
+//!
+//! A keyed task's key groups are divided among its slots as the replica says: contiguously
+//! until the task is re-divided while running (a process joined or left and the task's slot
+//! count changed within its `min_peers`..`max_peers`), then by [`Division`] tables that
+//! routing looks up; the task's new slots gather their state from the slots of the
+//! divisions before ([`crate::division::sources`]).
 //!
 //! A run that ends without error in this process — its inputs exhausted, every peer here
 //! finished, everything it sent elsewhere acknowledged — completes its slots: the process
@@ -30,12 +38,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordination::{Entry, JobId, JobState, JobStatus, ProcessId, Replica};
-use crate::key_groups;
+use crate::coordination::placement::owner_table;
+use crate::coordination::{
+    Entry, JobId, JobState, JobStatus, KeyGroupRange, ProcessId, Replica, TaskAllocation,
+};
+use crate::division::Division;
 use crate::messaging::Messenger;
 use crate::registry::Registry;
 use crate::runtime::remote::{Placement, RemoteAcks, SlotHome};
-use crate::runtime::{run_placed, JobReport, Progress, RunError, RunOptions, StateOptions};
+use crate::runtime::{
+    run_placed, JobReport, Progress, RunError, RunOptions, StateOptions, TaskLedgers,
+};
 
 /// What a peer process needs to run jobs.
 #[derive(Clone)]
@@ -231,23 +244,15 @@ impl JobRunner {
     ) -> Result<JoinHandle<()>, String> {
         let job = state.spec.job().map_err(|e| e.to_string())?;
         let mut homes = BTreeMap::new();
+        let (mut divisions, mut ledgers) = (BTreeMap::new(), BTreeMap::new());
         for (t, alloc) in state.tasks.iter().enumerate() {
             let task = &state.spec.tasks[t];
-            let n = alloc.slots.len();
-            let even = (0..n).all(|i| {
-                let want = key_groups::range_of(i, n, job.key_groups());
-                match alloc.slots[i].key_groups.as_slice() {
-                    [] => true,
-                    [r] => r.start as usize == want.start && r.end as usize == want.end,
-                    _ => false,
-                }
-            });
-            if !even {
-                return Err(format!(
-                    "task \"{}\": its key groups were re-divided unevenly (a task grown to \
-                     max_peers); running such a division is not supported yet",
-                    task.name
-                ));
+            let (current, past) = divisions_of(alloc, task.keyed, job.key_groups());
+            if !current.1.is_contiguous() {
+                divisions.insert(task.name.clone(), current.1.clone());
+            }
+            if job.windows_of(&task.name).next().is_some() {
+                ledgers.insert(task.name.clone(), TaskLedgers { current, past });
             }
             let home = alloc
                 .slots
@@ -265,7 +270,10 @@ impl JobRunner {
         let placement = Placement {
             messenger: self.messenger.clone(),
             run: format!("{id}@{version}"),
+            version,
             homes,
+            divisions,
+            ledgers,
             acks: self.acks.clone(),
         };
         let dir = self.context.data.join(&id.0);
@@ -290,6 +298,7 @@ impl JobRunner {
             if let Some(previous) = previous {
                 // The superseded run's peers end before this one opens its slots.
                 let _ = previous.await;
+                tracing::info!(job = %id, version, "the superseded run ended");
             }
             messenger.discard_slots(|a| {
                 a.job
@@ -317,6 +326,44 @@ impl Drop for JobRunner {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A task's current division of key groups and its past layouts with theirs, as its ledgers
+/// name them: the task's first layout is layout 0 (`g<gen>/<task>/<peer>`), a later one the
+/// position of the entry that re-divided it. A task that is not keyed has the contiguous
+/// division of its slots.
+fn divisions_of(
+    alloc: &TaskAllocation,
+    keyed: bool,
+    key_groups: usize,
+) -> ((u64, Division), Vec<(u64, Division)>) {
+    let n = alloc.slots.len();
+    let first = alloc.past.first().map_or(alloc.layout, |p| p.layout);
+    let id = |layout: u64| if layout == first { 0 } else { layout };
+    let division = |slots: usize, ranges: Vec<&[KeyGroupRange]>| {
+        Division::from_owners(slots, &owner_table(ranges, key_groups))
+    };
+    let current = if keyed && n > 0 {
+        division(
+            n,
+            alloc
+                .slots
+                .iter()
+                .map(|s| s.key_groups.as_slice())
+                .collect(),
+        )
+    } else {
+        Division::contiguous(n, key_groups)
+    };
+    let past = alloc
+        .past
+        .iter()
+        .map(|p| {
+            let ranges = p.key_groups.iter().map(Vec::as_slice).collect();
+            (id(p.layout), division(p.key_groups.len(), ranges))
+        })
+        .collect();
+    ((id(alloc.layout), current), past)
 }
 
 /// What this process appends when its run of a job ended: `complete_slot` for each of its

@@ -19,15 +19,24 @@
 use std::collections::BTreeMap;
 
 use super::entry::ProcessId;
-use super::state::{JobStatus, KeyGroupRange, Replica, Slot, TaskAllocation};
+use super::state::{JobStatus, KeyGroupRange, PastLayout, Replica, Slot, TaskAllocation};
 use crate::job::TaskScheduler;
 use crate::key_groups::{contiguous, reassign};
 
 /// The owner table (one slot index per key group) of a task's slots.
 pub fn key_group_table(slots: &[Slot], key_groups: usize) -> Vec<usize> {
+    owner_table(slots.iter().map(|s| s.key_groups.as_slice()), key_groups)
+}
+
+/// The owner table (one slot index per key group) of each slot's key group ranges, by slot
+/// index (a key group no range holds is given to slot 0).
+pub fn owner_table<'a>(
+    slots: impl IntoIterator<Item = &'a [KeyGroupRange]>,
+    key_groups: usize,
+) -> Vec<usize> {
     let mut table = vec![0; key_groups];
-    for (i, slot) in slots.iter().enumerate() {
-        for r in &slot.key_groups {
+    for (i, ranges) in slots.into_iter().enumerate() {
+        for r in ranges {
             let end = (r.end as usize).min(key_groups);
             let start = (r.start as usize).min(end);
             table[start..end].fill(i);
@@ -76,6 +85,12 @@ fn resize(alloc: &mut TaskAllocation, count: usize, keyed: bool, key_groups: usi
     } else {
         reassign(&key_group_table(&alloc.slots, key_groups), count)
     };
+    if keyed && old > 0 {
+        alloc.past.push(PastLayout {
+            layout: alloc.layout,
+            key_groups: alloc.slots.iter().map(|s| s.key_groups.clone()).collect(),
+        });
+    }
     alloc.slots.truncate(count);
     alloc.slots.resize_with(count, empty_slot);
     if keyed {
@@ -105,6 +120,7 @@ pub(super) fn place(replica: &mut Replica, counts: &[(usize, Option<Vec<usize>>)
                         .map(|_| TaskAllocation {
                             layout: at,
                             slots: Vec::new(),
+                            past: Vec::new(),
                         })
                         .collect();
                 }

@@ -248,14 +248,12 @@ pub fn task_ranges(job: &JobState, peers: usize) -> Option<Vec<TaskRange>> {
 }
 
 /// Whether task `t` of a started job may still change its slot count: grouped and windowed,
-/// not colocated, and none of its slots completed.
+/// not colocated, and no slot of the job completed (a job whose slots are completing is
+/// finishing: a task re-divided then would only gather its state again to fire it once more).
 pub fn is_flexible(job: &JobState, t: usize) -> bool {
     job.spec.task_scheduler != TaskScheduler::Colocated
         && job.spec.tasks[t].rescalable
-        && job
-            .tasks
-            .get(t)
-            .is_none_or(|a| a.slots.iter().all(|s| !s.completed))
+        && job.slots().all(|(_, _, s)| !s.completed)
 }
 
 /// The demand of `job` among `peers` peers offered by `processes` processes.

@@ -126,6 +126,21 @@ pub struct TaskAllocation {
     pub layout: u64,
     /// Its slots, by index.
     pub slots: Vec<Slot>,
+    /// The divisions of a keyed task before its current one, oldest first: a slot of a
+    /// re-divided task gathers its first state from their slots' ledgers
+    /// ([`crate::division::sources`]). Kept for the life of the job (a few ranges per slot per
+    /// re-division): which of them still hold state is read from their ledgers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<PastLayout>,
+}
+
+/// A division of a task's key groups that a later one replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastLayout {
+    /// Its position (the [`TaskAllocation::layout`] it had).
+    pub layout: u64,
+    /// The key groups of each of its slots, by slot index.
+    pub key_groups: Vec<Vec<KeyGroupRange>>,
 }
 
 /// A job in the cluster.

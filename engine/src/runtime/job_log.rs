@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::RunError;
 use super::routing;
+use crate::division::Division;
 use crate::job::Job;
 use crate::slot::{self};
 
@@ -253,10 +254,24 @@ pub(super) struct JobLog {
     /// One rescaled slot at a time replays old ledgers ([`super::rescale::gather`]): each
     /// replay holds a whole old slot's state, and side by side they would add up.
     pub(super) gather_permit: tokio::sync::Semaphore,
-    /// Per windowed task, its layout and slot count (see [`Meta`]).
-    layouts: BTreeMap<String, (u64, u64)>,
-    /// Per task being rescaled, its old layout and slot count.
-    retiring: BTreeMap<String, (u64, u64)>,
+    /// Per windowed task, its ledgers' layouts (current and past) and key-group divisions.
+    ledgers: BTreeMap<String, TaskLedgers>,
+    /// Whether a cluster placed this run ([`JobLog::open_placed`]): its layouts come from the
+    /// cluster's replica, and a finished rescale retires the past layouts' ledgers without a
+    /// new meta record.
+    placed: bool,
+}
+
+/// Where a windowed task's state is: its current layout (the number in its ledgers' names,
+/// `g<gen>/<task>/<peer>` for 0, else `g<gen>/<task>/L<layout>/<peer>`) with the division of
+/// its key groups among those slots, and the layouts before it whose ledgers may still hold
+/// state its slots gather (oldest first; empty unless the task was re-divided).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLedgers {
+    /// The current layout and its division.
+    pub current: (u64, Division),
+    /// The past layouts and their divisions, oldest first.
+    pub past: Vec<(u64, Division)>,
 }
 
 /// The rescales of a run still waiting for new slots' first snapshots.
@@ -467,19 +482,93 @@ impl JobLog {
             epoch: pos + 1,
             nonce,
             key_groups: job.key_groups(),
-            layouts: meta
-                .layouts
-                .iter()
-                .map(|(t, l, n)| (t.clone(), (*l, *n)))
-                .collect(),
-            retiring: meta
-                .retiring
-                .iter()
-                .map(|(t, l, n)| (t.clone(), (*l, *n)))
-                .collect(),
+            ledgers: ledgers_of(&meta, job.key_groups()),
+            placed: false,
             rescales: tokio::sync::Mutex::new(Rescales {
                 meta,
                 pending,
+                seq: 1,
+            }),
+            meta_ledger,
+            gather_permit: tokio::sync::Semaphore::new(1),
+            options,
+        })
+    }
+
+    /// Opens a run a cluster placed: the layouts of its windowed tasks are the replica's
+    /// (`ledgers`), not derived from the meta ledger, and nothing is refused (the replica
+    /// decided the slot counts). The run's **epoch is its `version`** (the position of the
+    /// coordination entry that started it), the same in every process of the run: they fence
+    /// the past layouts' ledgers they gather from side by side, and a run of an older version
+    /// (a smaller epoch) can no longer write where a newer one fenced. The meta record is
+    /// appended fenced with the version too, so a process that opens an older version after a
+    /// newer one opened gets [`RunError::Fenced`]. (A job's ledgers written by `sardonyx run`,
+    /// whose epochs are meta positions, are not meant to be continued by a cluster.)
+    pub async fn open_placed(
+        job: &Job,
+        options: StateOptions,
+        peers: &BTreeMap<String, usize>,
+        ledgers: BTreeMap<String, TaskLedgers>,
+        version: u64,
+    ) -> Result<JobLog, RunError> {
+        let name = job_name(job);
+        let meta_ledger = format!("{name}/meta");
+        let store = &options.store;
+        let last = last_meta(store.as_ref(), &meta_ledger).await?;
+        let generation = last.as_ref().map_or(0, |m| m.generation);
+        let meta = Meta {
+            generation,
+            peers: peers.iter().map(|(t, n)| (t.clone(), *n as u64)).collect(),
+            windowed: ledgers.keys().cloned().collect(),
+            routing: routing::placement(job.key_groups()),
+            layouts: ledgers
+                .iter()
+                .map(|(t, l)| (t.clone(), l.current.0, l.current.1.slots() as u64))
+                .collect(),
+            retiring: ledgers
+                .iter()
+                .flat_map(|(t, l)| {
+                    l.past
+                        .iter()
+                        .map(|(id, d)| (t.clone(), *id, d.slots() as u64))
+                })
+                .collect(),
+        };
+        let nonce = process_nonce();
+        let bytes = encode(&meta);
+        let at = store
+            .append_fenced(
+                &meta_ledger,
+                version,
+                RequestId::new(nonce, 0),
+                bytes.clone(),
+            )
+            .await
+            .map_err(slot_write_error(&meta_ledger))?;
+        store
+            .snapshot_fenced(&meta_ledger, version, at, bytes)
+            .await
+            .map_err(slot_write_error(&meta_ledger))?;
+        for (task, l) in ledgers.iter().filter(|(_, l)| !l.past.is_empty()) {
+            tracing::info!(
+                %task,
+                layout = l.current.0,
+                slots = l.current.1.slots(),
+                past_layouts = ?l.past.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                "a re-divided windowed task: its new slots gather their first state"
+            );
+        }
+        Ok(JobLog {
+            resumed: last.is_some(),
+            prefix: format!("{name}/g{generation}"),
+            epoch: version,
+            nonce,
+            key_groups: job.key_groups(),
+            ledgers,
+            placed: true,
+            rescales: tokio::sync::Mutex::new(Rescales {
+                meta,
+                pending: BTreeMap::new(),
                 seq: 1,
             }),
             meta_ledger,
@@ -514,8 +603,8 @@ impl JobLog {
             }),
             meta_ledger: format!("{name}/meta"),
             gather_permit: tokio::sync::Semaphore::new(1),
-            layouts: BTreeMap::new(),
-            retiring: BTreeMap::new(),
+            ledgers: BTreeMap::new(),
+            placed: false,
         }
     }
 
@@ -528,18 +617,25 @@ impl JobLog {
 
     /// The ledger of slot `peer` of `task` (an input peer's positions are under it).
     pub(super) fn slot_ledger(&self, task: &str, peer: usize) -> String {
-        let layout = self.layouts.get(task).map_or(0, |(l, _)| *l);
+        let layout = self.ledgers.get(task).map_or(0, |l| l.current.0);
         layout_ledger(&self.prefix, task, layout, peer as u64)
     }
 
-    /// The number of slots of windowed task `task`.
-    pub(super) fn slots(&self, task: &str) -> usize {
-        self.layouts.get(task).map_or(1, |(_, n)| *n as usize)
+    /// The division of windowed task `task`'s key groups among its current slots.
+    pub(super) fn division(&self, task: &str) -> Division {
+        self.ledgers.get(task).map_or_else(
+            || Division::contiguous(1, self.key_groups),
+            |l| l.current.1.clone(),
+        )
     }
 
-    /// The old layout and slot count of `task` while it is being rescaled.
-    pub(super) fn retiring(&self, task: &str) -> Option<(u64, u64)> {
-        self.retiring.get(task).copied()
+    /// The past layouts of `task` its slots gather their first state from, if it is being
+    /// rescaled (oldest first, never empty).
+    pub(super) fn past(&self, task: &str) -> Option<&[(u64, Division)]> {
+        self.ledgers
+            .get(task)
+            .map(|l| l.past.as_slice())
+            .filter(|p| !p.is_empty())
     }
 
     /// The ledger of slot `peer` of `task` in layout `layout`.
@@ -548,8 +644,16 @@ impl JobLog {
     }
 
     /// A new slot of `task` (being rescaled) has written its first snapshot: once every new slot
-    /// has, the rescale is recorded as finished and the old layout's ledgers are retired.
+    /// has, the rescale is finished and the past layouts' ledgers are retired. A run of
+    /// `sardonyx run` counts its own slots and records the end in a new meta record; a placed
+    /// run has only some of the slots, so it reads whether every slot's ledger has a snapshot
+    /// (the last of the processes to write one sees them all), and the cluster's replica keeps
+    /// the past layouts, which are never read again once a newer one has gathered everywhere
+    /// ([`crate::division::sources`]).
     pub(super) async fn slot_rescaled(&self, task: &str) -> Result<(), RunError> {
+        if self.placed {
+            return self.retire_if_gathered(task).await;
+        }
         let mut r = self.rescales.lock().await;
         let Some(left) = r.pending.get_mut(task) else {
             return Ok(());
@@ -582,6 +686,50 @@ impl JobLog {
         tracing::info!(%task, old_slots = slots, "rescale finished: the old slots' ledgers are retired");
         Ok(())
     }
+
+    /// A placed run's end of a rescale: if every current slot of `task` has a snapshot, the
+    /// past layouts' ledgers are dropped (again, harmlessly, if another process did).
+    async fn retire_if_gathered(&self, task: &str) -> Result<(), RunError> {
+        let Some(ledgers) = self.ledgers.get(task).filter(|l| !l.past.is_empty()) else {
+            return Ok(());
+        };
+        let store = &self.options.store;
+        for peer in 0..ledgers.current.1.slots() {
+            let ledger = self.slot_ledger(task, peer);
+            let info = store.info(&ledger).await.map_err(log_error(&ledger))?;
+            if info.snapshot_position.is_none() {
+                return Ok(());
+            }
+        }
+        let old: Vec<String> = ledgers
+            .past
+            .iter()
+            .flat_map(|(layout, d)| {
+                (0..d.slots() as u64).map(|p| self.old_slot_ledger(task, *layout, p))
+            })
+            .collect();
+        drop_ledgers(store.as_ref(), &old).await?;
+        tracing::info!(%task, past_layouts = ledgers.past.len(), "rescale finished: the past layouts' ledgers are retired");
+        Ok(())
+    }
+}
+
+/// The ledgers of each windowed task of `meta` (a run of `sardonyx run`: contiguous divisions,
+/// at most one past layout).
+fn ledgers_of(meta: &Meta, key_groups: usize) -> BTreeMap<String, TaskLedgers> {
+    meta.layouts
+        .iter()
+        .map(|(task, layout, slots)| {
+            let past = meta
+                .retiring
+                .iter()
+                .filter(|(t, ..)| t == task)
+                .map(|(_, l, n)| (*l, Division::contiguous(*n as usize, key_groups)))
+                .collect();
+            let current = (*layout, Division::contiguous(*slots as usize, key_groups));
+            (task.clone(), TaskLedgers { current, past })
+        })
+        .collect()
 }
 
 /// `J/g<gen>/<task>/<peer>` in layout 0, `J/g<gen>/<task>/L<layout>/<peer>` after.
@@ -748,5 +896,50 @@ mod tests {
              version that wrote it, or start over with --fresh"
         );
         assert!(open(256).await.unwrap().resumed);
+    }
+
+    /// A placed run's epoch is its version, the same in every process of it; a process that
+    /// opens an older version after a newer one opened is fenced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn placed_runs_take_their_version_as_epoch_and_older_versions_are_fenced() {
+        use crate::job::TaskSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).await.unwrap();
+        let store: Arc<dyn Ledgers> = Arc::new(log.clone());
+        let job = JobBuilder::new()
+            .id("placed")
+            .edge("read", "count")
+            .task(TaskSpec::input("read", "sardonyx/jsonl"))
+            .task(TaskSpec::function("count", "sardonyx/identity").group_by_key("candidate"))
+            .build();
+        let open = |version: u64| {
+            let (job, store) = (job.clone(), store.clone());
+            let options = StateOptions::new(store, dir.path().join("placed"));
+            let peers = BTreeMap::from([("count".to_owned(), 3), ("read".to_owned(), 1)]);
+            let grown = crate::key_groups::reassign(&crate::key_groups::contiguous(2, 256), 3);
+            let ledgers = BTreeMap::from([(
+                "count".to_owned(),
+                TaskLedgers {
+                    current: (version, Division::from_owners(3, &grown)),
+                    past: vec![(0, Division::contiguous(2, 256))],
+                },
+            )]);
+            async move { JobLog::open_placed(&job, options, &peers, ledgers, version).await }
+        };
+        let first = open(7).await.unwrap();
+        let second = open(7).await.unwrap();
+        assert_eq!((first.epoch, second.epoch), (7, 7));
+        assert!(second.resumed);
+        assert_eq!(first.slot_ledger("count", 2), "placed/g0/count/L7/2");
+        assert_eq!(
+            first.division("count").ranges_of(2),
+            vec![86..128, 213..256]
+        );
+        assert_eq!(first.past("count").map(<[_]>::len), Some(1));
+        assert!(first.past("read").is_none());
+        match open(5).await {
+            Err(RunError::Fenced { fence, current, .. }) => assert_eq!((fence, current), (5, 7)),
+            other => panic!("an older version opened: {:?}", other.map(|l| l.epoch)),
+        }
     }
 }

@@ -135,7 +135,7 @@ pub async fn run_job_with_progress(
     options: RunOptions,
     progress: Arc<Progress>,
 ) -> Result<JobReport, RunError> {
-    let (error_task, error_file) = prepare(job, registry, &options, &progress)?;
+    let (error_task, error_file) = prepare(job, registry, &options, &progress, false)?;
     // One error file for every attempt: a restart appends to what the failed attempt wrote.
     let mut syncs = None;
     let mut state = options.state.clone();
@@ -193,15 +193,21 @@ pub async fn run_job_with_progress(
     result
 }
 
-/// What every run of `job` starts with: the job validated (and a recovery policy refused
-/// without a state log), its error task if it has one, and its error file.
+/// What every run of `job` starts with: the job validated (for a cluster if `cluster`: its
+/// `max_peers` acts there) and a recovery policy refused without a state log, its error task
+/// if it has one, and its error file.
 fn prepare(
     job: &Job,
     registry: &Registry,
     options: &RunOptions,
     progress: &Progress,
+    cluster: bool,
 ) -> Result<(Option<String>, super::rejections::ErrorFile), RunError> {
-    job.validate(registry)?;
+    if cluster {
+        job.validate_for_cluster(registry)?;
+    } else {
+        job.validate(registry)?;
+    }
     if options.state.is_none() {
         refuse_recover_without_state(job)?;
     }
@@ -292,7 +298,7 @@ pub async fn run_placed(
     placement: &super::remote::Placement,
     progress: Arc<Progress>,
 ) -> Result<JobReport, RunError> {
-    let (error_task, error_file) = prepare(job, registry, &options, &progress)?;
+    let (error_task, error_file) = prepare(job, registry, &options, &progress, true)?;
     let attempt = Attempt {
         job,
         registry,
@@ -327,11 +333,15 @@ impl Attempt<'_> {
         } = self;
         use super::remote::SlotHome;
         let layout = match placement {
-            Some(p) => Layout::with_peers(
-                job,
-                |t| p.homes.get(t).map_or(0, Vec::len),
-                error_task.as_deref(),
-            ),
+            Some(p) => {
+                let mut layout = Layout::with_peers(
+                    job,
+                    |t| p.homes.get(t).map_or(0, Vec::len),
+                    error_task.as_deref(),
+                );
+                layout.divisions = p.divisions.clone();
+                layout
+            }
             None => Layout::of(job, options.peers_override, error_task.as_deref()),
         };
         let here = |task: &str, peer: usize| {
@@ -370,9 +380,22 @@ impl Attempt<'_> {
                     .filter(|t| job.windows_of(&t.name).next().is_some())
                     .map(|t| t.name.clone())
                     .collect();
-                Some(Arc::new(
-                    super::job_log::JobLog::open(job, state, &layout.peers, windowed).await?,
-                ))
+                let log = match placement {
+                    Some(p) => {
+                        super::job_log::JobLog::open_placed(
+                            job,
+                            state,
+                            &layout.peers,
+                            p.ledgers.clone(),
+                            p.version,
+                        )
+                        .await?
+                    }
+                    None => {
+                        super::job_log::JobLog::open(job, state, &layout.peers, windowed).await?
+                    }
+                };
+                Some(Arc::new(log))
             }
             None => None,
         };

@@ -100,7 +100,7 @@ mod worker_peer;
 
 pub use crate::slot::COMPLETION_FIRINGS;
 pub use error::RunError;
-pub use job_log::StateOptions;
+pub use job_log::{StateOptions, TaskLedgers};
 pub use launch::{
     check_state, run_job, run_job_with_progress, run_placed, JobReport, RunOptions, MAX_RESTARTS,
 };

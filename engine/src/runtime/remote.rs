@@ -31,8 +31,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::ack::{self, HeldAcks};
+use super::job_log::TaskLedgers;
 use super::message::Msg;
 use super::topology::Layout;
+use crate::division::Division;
 use crate::messaging::{
     random_id, AckEdge, Batch, Delivery, Done, Messenger, ProcessId, Sender, SlotAddress,
     SlotReceiver,
@@ -57,8 +59,15 @@ pub struct Placement {
     /// The run's name in slot addresses (`job@version`: every process of the run uses the
     /// same).
     pub run: String,
+    /// The run's version: the position of the coordination log entry that started it.
+    pub version: u64,
     /// Per task, where each of its slots is (the length is the task's peer count).
     pub homes: BTreeMap<String, Vec<SlotHome>>,
+    /// The division of each keyed task's key groups among its slots that is not the
+    /// contiguous one (a task the cluster re-divided while it ran).
+    pub divisions: BTreeMap<String, Division>,
+    /// Per windowed task, the layouts of its ledgers (current and past) in the replica.
+    pub ledgers: BTreeMap<String, TaskLedgers>,
     /// The process's table of batches sent elsewhere and not yet acknowledged.
     pub acks: Arc<RemoteAcks>,
 }

@@ -16,6 +16,7 @@
 //! owns its segment's key group, so the extra ids are never asked about; they only take room in
 //! the filter until they pass its horizon.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sardonyx_state_log::{export_ids, RequestId};
@@ -27,7 +28,7 @@ use super::crash_point::CrashPoint;
 use super::error::RunError;
 use super::job_log::{corrupt, log_error, slot_write_error, JobLog};
 use super::slot_log::SlotLog;
-use crate::key_groups::{key_group_of, key_hash, range_of};
+use crate::key_groups::{key_group_of, key_hash};
 use crate::slot::{self, SlotRecord};
 
 /// The environment variable of the test-only crash point of a rescale: `N` makes the process
@@ -49,13 +50,17 @@ pub(super) struct FirstState {
     pub pending: Vec<Firing>,
 }
 
-/// Gathers the first state of slot `ctx.peer` of a task being rescaled from the `old_slots`
-/// slots of layout `old_layout`; `None` if the slot already has a snapshot (an earlier run
+/// Gathers the first state of slot `ctx.peer` of a task being rescaled from the slots of its
+/// past layouts ([`JobLog::past`]) that hold the state of its key groups
+/// ([`crate::division::sources`]); `None` if the slot already has a snapshot (an earlier run
 /// gathered it; the slot then counts as rescaled). `fresh` makes an empty operator of the task.
+///
+/// Every past slot that may hold one of its key groups is fenced with this run's epoch before
+/// it is asked whether it gathered (has a snapshot), so a run of an older version still going
+/// elsewhere cannot make it gather after the question was answered.
 pub(super) async fn gather(
     ctx: &PeerContext,
     js: &Arc<JobLog>,
-    (old_layout, old_slots): (u64, u64),
     dedup: bool,
     fresh: &(dyn Fn() -> WindowOperator + Sync),
 ) -> Result<Option<FirstState>, RunError> {
@@ -72,10 +77,10 @@ pub(super) async fn gather(
         .map(|(p, _)| *p)
         .expect("the slot's Owner record was just read");
     let g = js.key_groups;
-    let new_slots = js.slots(task);
-    let mine = range_of(ctx.peer, new_slots, g);
-    let owns = |key: &sardonyx_windowing::Value| mine.contains(&key_group_of(key_hash(key), g));
-    let keeps = |label: Option<u16>| label.is_none_or(|kg| mine.contains(&(kg as usize)));
+    let mine = js.division(task).groups_of(ctx.peer);
+    let past = js
+        .past(task)
+        .expect("gathered only while the task is rescaled");
     let store = js.options.store.clone();
     let (mut parts, mut ids, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     let mut from = Vec::new();
@@ -84,24 +89,39 @@ pub(super) async fn gather(
         .acquire()
         .await
         .expect("the permit is never closed");
-    for old in 0..old_slots {
-        let theirs = range_of(old as usize, old_slots as usize, g);
-        if theirs.end <= mine.start || mine.end <= theirs.start {
-            continue;
+    // Fenced first, then asked: a run before this one still going can no longer write there.
+    let mut gathered = BTreeMap::new();
+    for (i, (layout, division)) in past.iter().enumerate() {
+        let owners: BTreeSet<usize> = mine.iter().map(|&kg| division.owner(kg)).collect();
+        for slot in owners {
+            let ledger = js.old_slot_ledger(task, *layout, slot as u64);
+            let owner = slot::encode_record(&SlotRecord::Owner { epoch: js.epoch });
+            store
+                .append_fenced(
+                    &ledger,
+                    js.epoch,
+                    RequestId::new(js.client(&ledger), 0),
+                    owner,
+                )
+                .await
+                .map_err(slot_write_error(&ledger))?;
+            if i > 0 {
+                let info = store.info(&ledger).await.map_err(log_error(&ledger))?;
+                gathered.insert((i, slot), info.snapshot_position.is_some());
+            }
         }
-        let ledger = js.old_slot_ledger(task, old_layout, old);
-        // Fenced: a process of the run before the rescale still running can no longer write
-        // there once any new slot has read it.
-        let owner = slot::encode_record(&SlotRecord::Owner { epoch: js.epoch });
-        store
-            .append_fenced(
-                &ledger,
-                js.epoch,
-                RequestId::new(js.client(&ledger), 0),
-                owner,
-            )
-            .await
-            .map_err(slot_write_error(&ledger))?;
+    }
+    let divisions: Vec<_> = past.iter().map(|(_, d)| d.clone()).collect();
+    let sources = crate::division::sources(&mine, &divisions, |i, s| gathered[&(i, s)]);
+    for ((i, slot), groups) in sources {
+        let ledger = js.old_slot_ledger(task, past[i].0, slot as u64);
+        let mut here = vec![false; g];
+        for kg in groups {
+            here[kg] = true;
+        }
+        let owns = |key: &sardonyx_windowing::Value| here[key_group_of(key_hash(key), g)];
+        let keeps =
+            |label: Option<u16>| label.is_none_or(|kg| here.get(kg as usize) == Some(&true));
         let read = store.read(&ledger, 0).await.map_err(log_error(&ledger))?;
         let mut op = fresh();
         let snapshot = read.snapshot.as_ref().map(|(p, b)| (*p, b.as_slice()));
@@ -144,7 +164,7 @@ pub(super) async fn gather(
     })?;
     tracing::info!(
         ledger = log.ledger(),
-        key_groups = ?mine,
+        key_groups = ?js.division(task).ranges_of(ctx.peer),
         from = ?from,
         ids = ids.len(),
         "gathered a rescaled slot's first state"

@@ -14,7 +14,8 @@ use super::error::RunError;
 use super::message::{Mark, Msg};
 use super::progress::{Progress, SlotCounters};
 use super::rejections::{ErrorFile, Rejection};
-use super::routing::{hash_peer, key_hash, key_peer, FlowPlan};
+use super::routing::{key_hash, key_slot, FlowPlan};
+use crate::division::Division;
 use crate::job::{GroupKey, Unmatched};
 use crate::registry::{GroupFn, Registry};
 use crate::segment::Segment;
@@ -29,6 +30,8 @@ enum Spread {
 struct Destination {
     senders: Vec<mpsc::Sender<Msg>>,
     spread: Spread,
+    /// How the task's key groups are divided among its peers (keyed spreads).
+    division: Division,
     buffers: Vec<Vec<Segment>>,
     /// The last mark each peer was sent.
     sent: Vec<Mark>,
@@ -49,8 +52,6 @@ pub(super) struct Router {
     errors_written: bool,
     /// The job's `unmatched: "error"`: segments no flow condition matches are rejected.
     unmatched_to_errors: bool,
-    /// The job's `key_groups`: keys go to the peer that owns their key group.
-    key_groups: usize,
     progress: Arc<Progress>,
     /// This peer's counters (segments out, rejections, backpressure, watermark).
     counters: Arc<SlotCounters>,
@@ -90,9 +91,11 @@ impl Router {
                     (None, None) => Spread::RoundRobin(ctx.peer),
                 };
                 let n = senders.len();
+                let division = ctx.topology.division(name, n, ctx.job.key_groups());
                 Destination {
                     senders,
                     spread,
+                    division,
                     buffers: vec![Vec::new(); n],
                     sent: vec![Mark::default(); n],
                 }
@@ -113,7 +116,6 @@ impl Router {
             error_file: ctx.error_file.clone(),
             errors_written: false,
             unmatched_to_errors: ctx.job.unmatched == Some(Unmatched::Error),
-            key_groups: ctx.job.key_groups(),
             progress: ctx.progress.clone(),
             counters: ctx.counters.clone(),
         }
@@ -187,9 +189,9 @@ impl Router {
                 *next = (*next + 1) % n_peers;
                 Ok(*next)
             }
-            Spread::Key(k) => key_peer(k, &s, n_peers, self.key_groups),
+            Spread::Key(k) => key_slot(k, &s, &dest.division),
             Spread::Fn(f) => match catch_unwind(AssertUnwindSafe(|| f(&s))) {
-                Ok(key) => Ok(hash_peer(key_hash(&key), n_peers, self.key_groups)),
+                Ok(key) => Ok(dest.division.slot_of_hash(key_hash(&key))),
                 Err(p) => Err(format!("group_by_fn panicked: {}", panic_message(&p))),
             },
         };

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 
+use crate::division::Division;
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
 use crate::key_groups;
 use crate::registry::Registry;
@@ -77,31 +78,36 @@ fn missing_group_field(f: &str) -> String {
     format!("group_by_key field \"{f}\" is missing")
 }
 
-/// The peer (of `n_peers`) that takes a segment's group key among `key_groups` key groups:
-/// `hash_peer(key_hash(&group_key(key, segment)?), n_peers, key_groups)`, without copying the
-/// key, and without hashing when there is one peer (a missing field is still an error).
+/// The peer (of `n_peers`) that takes a segment's group key among `key_groups` key groups in
+/// the contiguous division: [`key_slot`] of [`Division::contiguous`].
 pub fn key_peer(
     key: &GroupKey,
     segment: &Segment,
     n_peers: usize,
     key_groups: usize,
 ) -> Result<usize, String> {
+    key_slot(key, segment, &Division::contiguous(n_peers, key_groups))
+}
+
+/// The slot of `division` that takes a segment's group key: the owner of the key group of
+/// `key_hash(&group_key(key, segment)?)`, without copying the key, and without hashing when
+/// there is one slot (a missing field is still an error).
+pub fn key_slot(key: &GroupKey, segment: &Segment, division: &Division) -> Result<usize, String> {
+    let one = division.slots() <= 1;
     match key {
         GroupKey::One(f) => {
             let v = segment.get(f).ok_or_else(|| missing_group_field(f))?;
-            Ok(if n_peers <= 1 {
+            Ok(if one {
                 0
             } else {
-                hash_peer(key_hash(v), n_peers, key_groups)
+                division.slot_of_hash(key_hash(v))
             })
         }
-        GroupKey::Many(fs) if n_peers <= 1 => match fs.iter().find(|f| segment.get(f).is_none()) {
+        GroupKey::Many(fs) if one => match fs.iter().find(|f| segment.get(f).is_none()) {
             Some(f) => Err(missing_group_field(f)),
             None => Ok(0),
         },
-        GroupKey::Many(_) => {
-            group_key(key, segment).map(|k| hash_peer(key_hash(&k), n_peers, key_groups))
-        }
+        GroupKey::Many(_) => group_key(key, segment).map(|k| division.slot_of_hash(key_hash(&k))),
     }
 }
 

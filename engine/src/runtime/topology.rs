@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::message::Msg;
+use crate::division::Division;
 use crate::job::{Job, TaskKind};
 
 /// Who sends to whom in a job, and how many peers each task runs on; peer ids are global in the
@@ -27,6 +28,9 @@ pub(super) struct Layout {
     pub(super) upstream_peers: BTreeMap<String, Vec<usize>>,
     /// How many input peers the job has.
     pub(super) input_peers: usize,
+    /// The key groups' division of each task whose division is not the contiguous one of its
+    /// peer count (a task a cluster re-divided while it ran).
+    pub(super) divisions: BTreeMap<String, Division>,
 }
 
 impl Layout {
@@ -95,6 +99,7 @@ impl Layout {
             first_peer,
             upstream_peers,
             input_peers,
+            divisions: BTreeMap::new(),
         }
     }
 }
@@ -117,6 +122,9 @@ pub(super) struct Topology {
     /// Set by an input peer that stopped before its input was exhausted, before it tells its
     /// downstream peers it is done: they then skip job completion (the job is not complete).
     pub(super) stopped_early: Arc<AtomicBool>,
+    /// The divisions of the tasks whose key groups are not divided contiguously
+    /// ([`Layout::divisions`]).
+    divisions: BTreeMap<String, Division>,
 }
 
 /// Per task, the receiving end of each of its peers' channels (peer `i` of a task reads the
@@ -148,8 +156,18 @@ impl Topology {
             inputs_opened: tokio::sync::Barrier::new(input_peers),
             stop,
             stopped_early: Arc::new(AtomicBool::new(false)),
+            divisions: layout.divisions.clone(),
         };
         (topology, receivers)
+    }
+
+    /// How task `task`'s key groups (of `key_groups`) are divided among its `peers` peers:
+    /// its division in the layout, else the contiguous one.
+    pub(super) fn division(&self, task: &str, peers: usize, key_groups: usize) -> Division {
+        self.divisions
+            .get(task)
+            .cloned()
+            .unwrap_or_else(|| Division::contiguous(peers, key_groups))
     }
 }
 

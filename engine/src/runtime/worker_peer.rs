@@ -205,8 +205,8 @@ impl Driver<'_> {
         };
         let mut slot = match &ctx.state {
             Some(js) => {
-                if let Some(old) = js.retiring(&ctx.task.name) {
-                    self.gather_first_state(js, old, dedup.is_some()).await?;
+                if js.past(&ctx.task.name).is_some() {
+                    self.gather_first_state(js, dedup.is_some()).await?;
                 }
                 let (mut log, taken) =
                     SlotLog::take_over(js.clone(), &ctx.task.name, ctx.peer, ctx.progress.clone())
@@ -241,7 +241,6 @@ impl Driver<'_> {
     async fn gather_first_state(
         &mut self,
         js: &Arc<super::job_log::JobLog>,
-        old: (u64, u64),
         dedup: bool,
     ) -> Result<(), RunError> {
         let ctx = self.ctx;
@@ -252,7 +251,7 @@ impl Driver<'_> {
                 .expect("the task's windows were built once already")
                 .1
         };
-        let Some(mut first) = super::rescale::gather(ctx, js, old, dedup, &fresh).await? else {
+        let Some(mut first) = super::rescale::gather(ctx, js, dedup, &fresh).await? else {
             return Ok(());
         };
         let pending = std::mem::take(&mut first.pending);

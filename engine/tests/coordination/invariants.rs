@@ -161,6 +161,53 @@ pub fn key_groups_are_divided_exactly(r: &Replica) -> Check {
     Ok(())
 }
 
+/// A keyed task whose division changed keeps the division it had as its newest past layout
+/// (its new slots gather their state from there), and past layouts only grow, oldest first,
+/// each dividing every key group exactly once.
+pub fn re_divisions_keep_the_past(before: &Replica, after: &Replica) -> Check {
+    for job in &after.jobs {
+        let g = job.spec.key_groups as usize;
+        let old = before
+            .job(&job.spec.id)
+            .filter(|o| o.submitted_at == job.submitted_at);
+        for (t, alloc) in job.tasks.iter().enumerate() {
+            let name = format!("{} task {t}", job.spec.id);
+            if alloc.past.windows(2).any(|w| w[0].layout >= w[1].layout)
+                || alloc.past.last().is_some_and(|p| p.layout >= alloc.layout)
+            {
+                return Err(format!("{name}: past layouts out of order: {alloc:?}"));
+            }
+            for p in &alloc.past {
+                let mut owned = vec![0_u32; g];
+                for r in p.key_groups.iter().flatten() {
+                    for kg in r.start..r.end {
+                        owned[kg as usize] += 1;
+                    }
+                }
+                if owned.iter().any(|&c| c != 1) {
+                    return Err(format!("{name}: past layout {} owns {owned:?}", p.layout));
+                }
+            }
+            let Some(was) = old.and_then(|o| o.tasks.get(t)) else {
+                continue;
+            };
+            if !alloc.past.starts_with(&was.past) {
+                return Err(format!("{name}: a past layout was lost"));
+            }
+            let divided = |a: &sardonyx::coordination::TaskAllocation| -> Vec<_> {
+                a.slots.iter().map(|s| s.key_groups.clone()).collect()
+            };
+            if job.spec.tasks[t].keyed && !was.slots.is_empty() && divided(was) != divided(alloc) {
+                let kept = alloc.past.last().filter(|p| p.layout == was.layout);
+                if kept.is_none_or(|p| p.key_groups != divided(was)) {
+                    return Err(format!("{name}: re-divided without keeping its division"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Owner epochs only grow: a slot that gets an owner gets the entry's position, and a slot
 /// keeps its epoch otherwise.
 pub fn owner_epochs_only_grow(before: &Replica, after: &Replica, at: u64) -> Check {
@@ -331,6 +378,7 @@ pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     percentage_jobs_within_their_share(after)?;
     pending_jobs_cannot_start(after)?;
     owner_epochs_only_grow(before, after, at)?;
+    re_divisions_keep_the_past(before, after)?;
     slots_keep_live_owners(before, after)?;
     ignored_entries_change_nothing(before, after)?;
     Ok(())
