@@ -24,6 +24,26 @@ pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
     }
 }
 
+/// Parses one JSON document that must be an object into a segment of only the fields named in
+/// `fields` (sorted): exactly [`from_json_slice`] with every other field removed, and the same
+/// errors. The fast path skips the other fields' values without building them.
+pub fn from_json_slice_projected(bytes: &[u8], fields: &[String]) -> Result<Segment, String> {
+    match flat::parse_projected(bytes, Some(fields)) {
+        Some(segment) => Ok(segment),
+        None => from_json_slice_full(bytes).map(|mut m| {
+            let other: Vec<String> = m
+                .iter()
+                .filter(|(k, _)| fields.binary_search_by(|f| f.as_str().cmp(k)).is_err())
+                .map(|(k, _)| k.to_owned())
+                .collect();
+            for k in other {
+                m.remove(&k);
+            }
+            m
+        }),
+    }
+}
+
 /// The full parser (serde_json): what [`from_json_slice`] gives for any document.
 fn from_json_slice_full(bytes: &[u8]) -> Result<Segment, String> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -54,6 +74,14 @@ mod flat {
 
     /// Parses `bytes` if it is a simple flat object.
     pub(super) fn parse(bytes: &[u8]) -> Option<Segment> {
+        parse_projected(bytes, None)
+    }
+
+    /// Parses `bytes` if it is a simple flat object, keeping only the fields of `keep` (sorted)
+    /// if given; the values of the others are checked but not built.
+    pub(super) fn parse_projected(bytes: &[u8], keep: Option<&[String]>) -> Option<Segment> {
+        let kept =
+            |key: &str| keep.is_none_or(|k| k.binary_search_by(|f| f.as_str().cmp(key)).is_ok());
         let text = std::str::from_utf8(bytes).ok()?;
         let mut c = Cursor { text, bytes, at: 0 };
         c.skip_ws();
@@ -68,9 +96,14 @@ mod flat {
                 c.skip_ws();
                 c.eat(b':')?;
                 c.skip_ws();
-                let value = c.value()?;
-                // As the full parser's map visitor: a repeated key replaces the value in place.
-                m.insert(key, value);
+                if kept(key) {
+                    let value = c.value()?;
+                    // As the full parser's map visitor: a repeated key replaces the value in
+                    // place.
+                    m.insert(key, value);
+                } else {
+                    c.skip_value()?;
+                }
                 c.skip_ws();
                 match c.peek()? {
                     b',' => {
@@ -130,6 +163,14 @@ mod flat {
                 self.at = end;
                 value
             })
+        }
+
+        /// A value as [`Cursor::value`] checks it, without building it.
+        fn skip_value(&mut self) -> Option<()> {
+            match self.peek()? {
+                b'"' => self.string().map(drop),
+                _ => self.value().map(drop),
+            }
         }
 
         fn value(&mut self) -> Option<Value> {
@@ -250,6 +291,27 @@ mod tests {
         if let (Ok(a), Ok(b)) = (&fast, &full) {
             assert_eq!(a.to_string(), b.to_string());
             assert_eq!(to_bincode(a), to_bincode(b));
+        }
+        // Projected: the same, less the other fields (and the same errors).
+        for keep in [&["a"][..], &["b", "c", "vote_id"], &[]] {
+            let keep: Vec<String> = keep.iter().map(|f| (*f).to_owned()).collect();
+            let projected = from_json_slice_projected(text, &keep);
+            let want = full.clone().map(|m| {
+                let mut out = Segment::new();
+                for (k, v) in m.iter().filter(|(k, _)| keep.iter().any(|f| f == k)) {
+                    out.insert(k, v.clone());
+                }
+                out
+            });
+            assert_eq!(
+                projected,
+                want,
+                "{keep:?} of {:?}",
+                String::from_utf8_lossy(text)
+            );
+            if let (Ok(a), Ok(b)) = (&projected, &want) {
+                assert_eq!(to_bincode(a), to_bincode(b));
+            }
         }
     }
 

@@ -74,6 +74,9 @@ struct InputPeer {
     issuer: AckIssuer,
     batch_size: usize,
     timeout: std::time::Duration,
+    /// The fields of a record the job reads, if it reads only some
+    /// ([`super::projection::input_fields`]): a line is parsed into those alone.
+    fields: Option<Vec<String>>,
 }
 
 impl InputPeer {
@@ -102,6 +105,7 @@ impl InputPeer {
             batch_size: ctx.task.effective_batch_size(),
             timeout: ctx.task.effective_batch_timeout(),
             watermark: InputWatermark::new(&ctx.task),
+            fields: super::projection::input_fields(&ctx.job, &ctx.task.name),
             lifecycles,
             issuer,
             ctx,
@@ -183,7 +187,10 @@ impl InputPeer {
     fn parse_and_route(&mut self, r: &Record) -> Result<(), RunError> {
         let parsed = match &r.fault {
             Some(fault) => Err(fault.to_string()),
-            None => segment::from_json_slice(&r.payload),
+            None => match &self.fields {
+                Some(fields) => segment::from_json_slice_projected(&r.payload, fields),
+                None => segment::from_json_slice(&r.payload),
+            },
         };
         match parsed {
             Ok(s) => {

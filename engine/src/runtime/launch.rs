@@ -490,6 +490,12 @@ impl Attempt<'_> {
             }
         }
         drop(bridges);
+        let aborted = first_error
+            .as_ref()
+            .is_some_and(|f| matches!(f.error, RunError::Aborted));
+        if aborted {
+            tracing::info!("aborted: every peer of the run here has ended");
+        }
         // Every peer has ended, so every ack is released or poisoned and the committers end;
         // their last positions are written before a restart reads them back.
         let mut committed = BTreeMap::new();
@@ -501,6 +507,9 @@ impl Attempt<'_> {
         }
         for w in writers {
             w.await.map_err(RunError::PeerTask)??;
+        }
+        if aborted {
+            tracing::info!("aborted: the inputs' committed positions are written");
         }
         if let Some(failure) = first_error {
             return Err(failure);

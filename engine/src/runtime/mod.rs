@@ -88,6 +88,7 @@ mod job_log;
 mod launch;
 mod message;
 mod progress;
+pub mod projection;
 pub mod rejections;
 pub mod remote;
 mod rescale;
