@@ -79,7 +79,17 @@ impl Display for Replica {
                     writeln!(f, "  {}: not started", task.name)?;
                     continue;
                 };
-                writeln!(f, "  {} (layout {}):", task.name, alloc.layout)?;
+                let past: Vec<String> = alloc.past.iter().map(|p| p.layout.to_string()).collect();
+                match past.as_slice() {
+                    [] => writeln!(f, "  {} (layout {}):", task.name, alloc.layout)?,
+                    _ => writeln!(
+                        f,
+                        "  {} (layout {}, re-divided from {}):",
+                        task.name,
+                        alloc.layout,
+                        past.join(", ")
+                    )?,
+                }
                 for (i, slot) in alloc.slots.iter().enumerate() {
                     writeln!(f, "    slot {i}: {}", slot_line(slot))?;
                 }
