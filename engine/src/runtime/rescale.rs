@@ -1,6 +1,8 @@
-//! Rescaling a windowed task on restart (DESIGN §4 "Grouping"): when a grouped windowed task's
-//! peer count changed since its state was written, each new slot gathers its first state from
-//! the old slots whose key groups overlap its own — their window state for its key groups
+//! Rescaling a windowed task (DESIGN §4 "Grouping"): when a grouped windowed task's peer count
+//! changed since its state was written (`sardonyx run` restarted with another count, or a
+//! cluster re-divided the task while it ran), each new slot gathers its first state from the
+//! slots of the past layouts that hold its key groups ([`crate::division::sources`]: the newest
+//! whose owner of a group gathered, else the oldest) — their window state for its key groups
 //! ([`sardonyx_windowing::Snapshot::retain_groups`], joined with
 //! [`sardonyx_windowing::Snapshot::join`]) and their dedup ids — and writes it as its first
 //! snapshot. Once every new slot has one, the old ledgers are retired
