@@ -169,7 +169,7 @@ pub enum RunError {
     #[error("messaging: {0}")]
     Messaging(#[source] crate::messaging::MessagingError),
     /// A cluster cannot run the job's slots in this process (its spec does not give back a
-    /// job, or its key groups are divided in a way the runtime does not route yet).
+    /// job).
     #[error("cannot run the job here: {0}")]
     NotRunnable(String),
     /// The run was aborted ([`super::RunOptions::abort`]): its peers were stopped where they
