@@ -110,12 +110,11 @@ def epoch_ms(ts):
 
 
 def canonical(line):
-    f = line.split(",")
-    if q == "q5":  # window_start, auction, count
-        return f"{epoch_ms(f[0])},{f[1]},{f[2]}"
-    if q == "q7":  # window_start, max_price
-        return f"{epoch_ms(f[0])},{f[1]}"
+    if q in ("q5", "q7"):  # window_start, then the rest as is (auction,count / max_price)
+        ts, _, rest = line.partition(",")
+        return f"{epoch_ms(ts)},{rest}"
     # q11: bidder, session start (first bid), last bid (= Flink's window_end - gap), count
+    f = line.split(",")
     return f"{f[0]},{epoch_ms(f[1])},{epoch_ms(f[2]) - GAP_MS},{f[3]}"
 
 
