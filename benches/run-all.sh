@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole benchmark of issue 5 in one command: the peers side by side, the full Sardonyx table
-# and the recovery time after a kill -9, printed as one markdown document on stdout (progress
-# on stderr).
+# The whole benchmark in one command: the vote workload (issue 5: the peers side by side, the
+# full Sardonyx table, the recovery time after a kill -9) and Nexmark beside PyFlink (issue 21),
+# printed as one markdown document on stdout (progress on stderr).
 #
 # Usage (from the repository root):
 #   benches/run-all.sh [N_EVENTS=1000000] [RUNS=3] > /tmp/bench-N.md
@@ -20,13 +20,21 @@
 #     (file, segments), RUNS runs each; Q4 from the file in every mode, Q4_RUNS runs (default 1:
 #     Q4 takes ~100 s per run at 1M events).
 #  5. vote-bench recovery: kill -9 after N events and restart, with and without compaction.
+#  6. benches/run-nexmark.sh N RUNS: Nexmark Q5, Q7 (window stages) and Q11 over N bids, PyFlink
+#     (the standard Nexmark SQL) beside Sardonyx (memory, embedded), through the peers' harness,
+#     every answer checked; events/s and events/s per core. The bids file is $NEXMARK_BIDS if
+#     set (e.g. /work/nexmark/bids_10m.jsonl for N=10000000), else $W/bids_N.jsonl, generated
+#     once (~260 bytes a bid: 2.6 GB at 10M).
+#  SKIP_VOTES=1 skips steps 2-5 (the vote part), SKIP_NEXMARK=1 step 6.
 #
 # Environment: W, CARGO_TARGET_DIR (default /tmp/target-bench), BENCH_PEERS (the peers'
 # scripts, default ../shared/bench-peers beside the repository), INSTALL_PEERS (1), PEER_WAIT
-# (seconds to wait for a running pip install, 3600), PEERS (which peers, default all three),
+# (seconds to wait for a running pip install, 3600), PEERS (which peers to install and run,
+# default all three: "bytewax pathway pyflink"),
 # MODES (memory,embedded,cluster), SOURCES (file,segments), Q4_RUNS (1), SKIP_Q4 (0),
 # RECOVERY_QUERIES (q2), RECOVERY_COMPACT_BYTES (16777216, the sardonyx run default),
-# FROM_HEAD (0; 1 builds a clean export of the committed HEAD instead of the working tree).
+# FROM_HEAD (0; 1 builds a clean export of the committed HEAD instead of the working tree),
+# SKIP_VOTES (0), SKIP_NEXMARK (0), NEXMARK_BIDS, NEXMARK_QUERIES ("q5 q7 q11").
 # Exit status: 0 if every step ran and every answer was right, 1 otherwise (the document still
 # prints, with the failures listed at its end).
 set -euo pipefail
@@ -78,15 +86,21 @@ install_peer() { # venv-name pip-spec module
     failed+=("installing $spec")
   fi
 }
-install_peer bytewax bytewax==0.21.1 bytewax
-install_peer pathway pathway==0.33.0 pathway
-install_peer flink apache-flink==2.3.0 pyflink
+SKIP_VOTES=${SKIP_VOTES:-0}; SKIP_NEXMARK=${SKIP_NEXMARK:-0}
+# Only the peers in PEERS (default all three); bytewax and pathway run only in the vote part.
+wants() { [[ " ${PEERS:-bytewax pathway pyflink} " == *" $1 "* ]]; }
+if [ "$SKIP_VOTES" != 1 ]; then
+  wants bytewax && install_peer bytewax bytewax==0.21.1 bytewax
+  wants pathway && install_peer pathway pathway==0.33.0 pathway
+fi
+wants pyflink && install_peer flink apache-flink==2.3.0 pyflink
 command -v java >/dev/null || log "no java on PATH: PyFlink will be skipped (it needs Java 17)"
 
 # ---- 2. data and build --------------------------------------------------------------------------
 NR=$((N + N / 5))
 DATA=$W/votes_${N}_id.jsonl; RDATA=$W/votes_${NR}_id.jsonl
 for f in "$DATA:$N" "$RDATA:$NR"; do
+  [ "$SKIP_VOTES" = 1 ] && break
   [ -f "${f%%:*}" ] || { log "generating ${f%%:*}"; python3 "$B/gen_votes.py" "${f%%:*}" -n "${f##*:}" --seed 42 --vote-id >&2; }
 done
 SRC=$ROOT
@@ -100,14 +114,16 @@ if [ "${FROM_HEAD:-0}" = 1 ]; then
   [ -d "$SRC" ] || { mkdir -p "$SRC.tmp" && git -C "$ROOT" archive HEAD | tar -x -C "$SRC.tmp" && mv "$SRC.tmp" "$SRC"; }
   log "building the clean export of HEAD $COMMIT in $SRC"
 fi
-log "building vote-bench (release) in $CARGO_TARGET_DIR"
-cargo build --release -q --manifest-path "$SRC/Cargo.toml" -p sardonyx-benches --bin vote-bench
-# One copy of the binary for every step: a later build into the target directory cannot
+log "building vote-bench and nexmark-bench (release) in $CARGO_TARGET_DIR"
+cargo build --release -q --manifest-path "$SRC/Cargo.toml" -p sardonyx-benches --bin vote-bench --bin nexmark-bench
+# One copy of each binary for every step: a later build into the target directory cannot
 # change what the rest of this run measures.
 cp "$CARGO_TARGET_DIR/release/vote-bench" "$OUT/vote-bench"
+cp "$CARGO_TARGET_DIR/release/nexmark-bench" "$OUT/nexmark-bench"
 VB=$OUT/vote-bench
-export VOTE_BENCH=$VB SARDONYX_VERSION=$COMMIT
+export VOTE_BENCH=$VB NEXMARK_BENCH=$OUT/nexmark-bench SARDONYX_VERSION=$COMMIT
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ "$SKIP_VOTES" != 1 ]; then
 
 # ---- 3. side by side ----------------------------------------------------------------------------
 log "side by side: benches/run-peers.sh $N $RUNS"
@@ -131,6 +147,14 @@ log "vote-bench recovery: $RECOVERY_QUERIES, kill -9 after $N of $NR events, com
 "$VB" recovery --input "$RDATA" --events "$N" --queries "$RECOVERY_QUERIES" --compaction on,off \
   --compact-bytes "$RECOVERY_COMPACT_BYTES" --work "$W/vb-recovery" --results "$OUT/recovery.jsonl" \
   > "$OUT/recovery.md" || failed+=("vote-bench recovery")
+fi  # SKIP_VOTES
+
+# ---- 6. Nexmark beside PyFlink ------------------------------------------------------------------
+if [ "$SKIP_NEXMARK" != 1 ]; then
+  log "Nexmark side by side: benches/run-nexmark.sh $N $RUNS"
+  "$ROOT/benches/run-nexmark.sh" "$N" "$RUNS" > "$OUT/nexmark.md" \
+    || failed+=("benches/run-nexmark.sh (see its tables)")
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the document -------------------------------------------------------------------------------
@@ -156,6 +180,9 @@ body() { grep '^|' "$1" 2>/dev/null || echo "(no table: the step failed, see std
   echo "| Tools | $(rustc -V), $(python3 -V 2>&1), $(command -v java >/dev/null && java -version 2>&1 | head -1 || echo 'no java') |"
   echo "| Load average | $LOAD_START at the start, $LOAD_END at the end |"
   echo
+  if [ "$SKIP_VOTES" = 1 ]; then
+  echo "(The vote part was skipped: SKIP_VOTES=1.)"
+  else
   echo "## Side by side (the peers' harness: whole-process wall, answers checked)"
   echo
   grep -v '^(results:' "$OUT/peers.md" 2>/dev/null || echo "(run-peers.sh printed nothing, see stderr)"
@@ -181,7 +208,14 @@ body() { grep '^|' "$1" 2>/dev/null || echo "(no table: the step failed, see std
   echo "the slot's recovery (ledger read, replay, dedup filter rebuilt)."
   echo
   body "$OUT/recovery.md"
+  fi  # SKIP_VOTES
   echo
+  if [ "$SKIP_NEXMARK" != 1 ]; then
+    echo "## Nexmark beside PyFlink (\`benches/run-nexmark.sh $N $RUNS\`: the peers' harness, answers checked)"
+    echo
+    grep -v '^(results:' "$OUT/nexmark.md" 2>/dev/null || echo "(run-nexmark.sh printed nothing, see stderr)"
+    echo
+  fi
   if [ ${#failed[@]} -gt 0 ]; then
     echo "## Failures"
     echo

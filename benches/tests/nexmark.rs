@@ -130,13 +130,14 @@ fn check_query_on(query: NexmarkQuery, mode: Mode, peers: usize) -> OnceFigures 
         },
         out: dir.path().join("out"),
         work: dir.path().join("work"),
+        check: true,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let figures = rt
         .block_on(run_once(&spec, Arc::new(Progress::default())))
         .unwrap();
     assert_eq!(figures.difference, None);
-    assert!(figures.correct);
+    assert_eq!(figures.correct, Some(true));
     assert_eq!(figures.query, query.name());
     // The job's CPU time is measured (it parsed 20,000 lines): there is a per-core figure.
     assert!(figures.cpu_secs > 0.0, "cpu_secs {}", figures.cpu_secs);
@@ -235,6 +236,7 @@ fn q7_refuses_several_peers() {
         },
         out: dir.path().join("out"),
         work: dir.path().join("work"),
+        check: true,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let e = rt
@@ -245,7 +247,8 @@ fn q7_refuses_several_peers() {
 }
 
 /// The command line end to end: `generate` writes the library's bytes, `once` prints one JSON
-/// line saying the answer is right and writes the same CSV as `reference`.
+/// line saying the answer is right and writes the same CSV as `reference`; `once --no-check`
+/// writes that CSV too and says nothing was checked.
 #[test]
 fn the_command_line() {
     let exe = env!("CARGO_BIN_EXE_nexmark-bench");
@@ -286,7 +289,7 @@ fn the_command_line() {
         &p(&dir.path().join("work")),
     ]);
     let figures: OnceFigures = serde_json::from_str(line.trim()).unwrap();
-    assert!(figures.correct, "{line}");
+    assert_eq!(figures.correct, Some(true), "{line}");
     assert_eq!((figures.events, figures.mode), (5_000, Mode::Embedded));
     let reference = dir.path().join("reference");
     run(&[
@@ -300,6 +303,33 @@ fn the_command_line() {
     ]);
     assert_eq!(
         std::fs::read_to_string(out.join("q11.csv")).unwrap(),
+        std::fs::read_to_string(reference.join("q11.csv")).unwrap()
+    );
+    // `--no-check` (the peers' harness checks the CSV itself): the same CSV, nothing checked.
+    let unchecked = dir.path().join("unchecked");
+    let line = run(&[
+        "once",
+        "--input",
+        &p(&input),
+        "--query",
+        "q11",
+        "--mode",
+        "memory",
+        "--no-check",
+        "--out",
+        &p(&unchecked),
+        "--work",
+        &p(&dir.path().join("work")),
+    ]);
+    let figures: OnceFigures = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(
+        (figures.correct, figures.difference),
+        (None, None),
+        "{line}"
+    );
+    assert_eq!(figures.events, 5_000);
+    assert_eq!(
+        std::fs::read_to_string(unchecked.join("q11.csv")).unwrap(),
         std::fs::read_to_string(reference.join("q11.csv")).unwrap()
     );
 }
