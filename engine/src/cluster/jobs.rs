@@ -96,12 +96,10 @@ pub(super) struct JobRunner {
     ended: mpsc::UnboundedSender<RunEnd>,
 }
 
-/// The version of a job's current run: the greatest owner epoch of its slots and layout
-/// position of its tasks.
+/// The version of a job's current run ([`JobState::version`]: the greatest owner epoch of its
+/// slots and layout position of its tasks; a `restart_job` sets it).
 pub(crate) fn version(job: &JobState) -> u64 {
-    let epochs = job.slots().map(|(_, _, s)| s.epoch);
-    let layouts = job.tasks.iter().map(|t| t.layout);
-    epochs.chain(layouts).max().unwrap_or(0)
+    job.version()
 }
 
 impl JobRunner {
