@@ -119,6 +119,7 @@ async fn backpressure_crosses_processes() {
         let done = Done {
             to: slot(),
             from: Sender::new("read", 0),
+            batches: BATCHES as u64,
         };
         a.send_done(ProcessId(2), done).await.unwrap();
         let taken: i64 = value_of("taken ").await.parse().unwrap();

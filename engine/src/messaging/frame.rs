@@ -28,7 +28,7 @@ use crate::segment::Segment;
 use sardonyx_state_log::Nonce;
 
 /// Version of the messaging protocol (handshake and frames); both ends must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest handshake frame (they are under 150 bytes): before a peer is authenticated, it can
 /// make a process read no more than this.
@@ -61,6 +61,10 @@ pub struct Done {
     pub to: SlotAddress,
     /// The slot that finished.
     pub from: Sender,
+    /// How many batches it sent to the slot before this (in this run): a receiver that took
+    /// fewer knows that some were lost (with a connection that dropped), and does not count
+    /// the sender as finished — the lost batches' ack trees expire and the job is restarted.
+    pub batches: u64,
 }
 
 /// One ack-tree update: XOR `xor` into the tree of `root`.
@@ -260,6 +264,7 @@ mod tests {
             Frame::Done(Done {
                 to: SlotAddress::new("j", "t", 0),
                 from: Sender::new("u", 1),
+                batches: 12,
             }),
             Frame::Credit {
                 slot: SlotAddress::new("j", "t", 0),

@@ -21,10 +21,21 @@
 //!
 //! A run's slot addresses carry the run's name (`job@version`), so messages of a superseded run
 //! never reach the next one (messaging drops them once the run's slots closed).
+//!
+//! **Lost batches.** A batch lost between two live processes (a connection that dropped with
+//! it) leaves its ack tree pending: [`RemoteAcks::run`] reports each run with a tree pending
+//! past the messenger's `pending_timeout`, and the process asks the cluster to restart the job
+//! (`restart_job`), whose next run replays the batch from its input's committed position. The
+//! expired batch's acks stay held until then, so its run can neither commit past it nor
+//! complete. A receiver counts the batches of each sender elsewhere, and a `Done` says how many
+//! were sent: a receiver that took fewer does not count the sender as finished (its peer would
+//! otherwise complete without the lost batch, and a completed slot drops what is replayed to
+//! it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sardonyx_connectors::Positions;
 use tokio::sync::mpsc;
@@ -94,7 +105,12 @@ impl Placement {
 pub struct RemoteAcks {
     held: Mutex<HashMap<u64, Held>>,
     next_run: AtomicU64,
+    /// The name (`job@version`) of each run that has bridges here, by its number.
+    names: Mutex<HashMap<u64, String>>,
 }
+
+/// The shortest pause between two looks for expired ack trees.
+const MIN_EXPIRY_CHECK: Duration = Duration::from_millis(10);
 
 struct Held {
     run: u64,
@@ -109,12 +125,34 @@ impl RemoteAcks {
         Arc::new(RemoteAcks::default())
     }
 
-    /// Releases the acks of every tree that completes at `messenger`, until the messenger shuts
-    /// down (run it as a task for the process's life).
-    pub async fn run(self: Arc<Self>, messenger: Messenger) {
+    /// Releases the acks of every tree that completes at `messenger`, and sends on `expired`
+    /// the name of each run (`job@version`) with a batch whose tree stayed pending past the
+    /// messenger's `pending_timeout` (looked for every quarter of it), until the messenger shuts
+    /// down (run it as a task for the process's life). An expired batch's acks stay held
+    /// (poisoned when its run ends): its run waits for the restart.
+    pub async fn run(
+        self: Arc<Self>,
+        messenger: Messenger,
+        expired: mpsc::UnboundedSender<String>,
+    ) {
+        let timeout = messenger.ack_table().trees().pending_timeout();
+        let mut check = tokio::time::interval((timeout / 4).max(MIN_EXPIRY_CHECK));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let roots = tokio::select! {
                 roots = messenger.completed_trees() => roots,
+                _ = check.tick() => {
+                    let roots = messenger.ack_table().expired(Instant::now());
+                    for run in self.runs_of(&roots) {
+                        tracing::warn!(
+                            run = %run, timeout_ms = timeout.as_millis() as u64,
+                            "a batch sent to another process was not acknowledged within \
+                             pending_timeout: its run is to be restarted to replay it"
+                        );
+                        let _ = expired.send(run);
+                    }
+                    continue;
+                }
                 () = messenger.stopped() => return,
             };
             let released: Vec<Held> = {
@@ -132,8 +170,27 @@ impl RemoteAcks {
         self.held.lock().expect("remote acks").len()
     }
 
-    fn new_run(&self) -> u64 {
-        self.next_run.fetch_add(1, Ordering::Relaxed)
+    fn new_run(&self, name: &str) -> u64 {
+        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
+        self.names
+            .lock()
+            .expect("run names")
+            .insert(run, name.to_owned());
+        run
+    }
+
+    /// The names of the runs that hold batches with these roots (each once).
+    fn runs_of(&self, roots: &[u64]) -> BTreeSet<String> {
+        if roots.is_empty() {
+            return BTreeSet::new();
+        }
+        let held = self.held.lock().expect("remote acks");
+        let names = self.names.lock().expect("run names");
+        roots
+            .iter()
+            .filter_map(|r| held.get(r))
+            .filter_map(|h| names.get(&h.run).cloned())
+            .collect()
     }
 
     fn hold(&self, root: u64, run: u64, acks: HeldAcks, outstanding: mpsc::Sender<()>) {
@@ -150,6 +207,7 @@ impl RemoteAcks {
     /// Drops what run `run` still holds: its batches will never be acknowledged (their acks
     /// are poisoned, so nothing is committed past them).
     fn forget_run(&self, run: u64) {
+        self.names.lock().expect("run names").remove(&run);
         let dropped: Vec<Held> = {
             let mut held = self.held.lock().expect("remote acks");
             let roots: Vec<u64> = held
@@ -199,7 +257,7 @@ pub(super) fn start(
     let mut bridges = Bridges {
         tasks: JoinSet::new(),
         acks: placement.acks.clone(),
-        run: placement.acks.new_run(),
+        run: placement.acks.new_run(&placement.run),
     };
     let names = Arc::new(PeerNames::from_layout(layout));
     let me = placement.messenger.process();
@@ -311,6 +369,8 @@ struct Forwarder {
 /// sender is gone, waits until every batch it sent is acknowledged.
 async fn forward(mut f: Forwarder) {
     let (outstanding, mut all_acked) = mpsc::channel::<()>(1);
+    // Batches sent per local sender (their `Done` says how many).
+    let mut sent_by: HashMap<usize, u64> = HashMap::new();
     while let Some(msg) = f.rx.recv().await {
         let sent = match msg {
             Msg::Batch {
@@ -326,6 +386,7 @@ async fn forward(mut f: Forwarder) {
                     }
                 };
                 f.acks.hold(root, f.run, acks, outstanding.clone());
+                *sent_by.entry(sender).or_default() += 1;
                 let (task, slot) = f.names.name(sender);
                 let batch = Batch {
                     to: f.address.clone(),
@@ -345,6 +406,7 @@ async fn forward(mut f: Forwarder) {
                 let done = Done {
                     to: f.address.clone(),
                     from: Sender::new(task, slot as u32),
+                    batches: sent_by.get(&sender).copied().unwrap_or(0),
                 };
                 f.messenger.send_done(f.to, done).await
             }
@@ -400,6 +462,8 @@ async fn receive(mut r: Receiver) {
         })
     };
     let slot = r.rx.slot().clone();
+    // Batches taken per remote sender, against the count its `Done` gives.
+    let mut taken: HashMap<usize, u64> = HashMap::new();
     while r.remote > 0 {
         let Some(delivery) = r.rx.recv().await else {
             break; // the messenger shut down
@@ -410,6 +474,7 @@ async fn receive(mut r: Receiver) {
                     tracing::warn!(%slot, %process, from = ?batch.from, "a batch from a sender not in the run was dropped");
                     continue;
                 };
+                *taken.entry(sender).or_default() += 1;
                 let token = issuer.issue(Positions::new());
                 edges.lock().expect("edges").insert(token.seq(), batch.acks);
                 let msg = Msg::Batch {
@@ -425,6 +490,15 @@ async fn receive(mut r: Receiver) {
                     tracing::warn!(%slot, %process, from = ?done.from, "a done from a sender not in the run was dropped");
                     continue;
                 };
+                let got = taken.get(&sender).copied().unwrap_or(0);
+                if got != done.batches {
+                    // Lost with a connection (or dropped): the sender's trees of the missing
+                    // batches expire, and the restarted job replays them. Until then this
+                    // peer must not finish, or its slot would complete without them.
+                    tracing::warn!(%slot, %process, from = ?done.from, sent = done.batches, taken = got,
+                        "batches from another process were lost: this slot waits for their replay");
+                    continue;
+                }
                 r.remote -= 1;
                 (sender, Msg::Done { sender })
             }
