@@ -111,6 +111,7 @@ async fn backpressure_crosses_processes() {
                     idle: false,
                 },
                 acks: vec![],
+                seq: n as u64,
             };
             a.send_batch(ProcessId(2), batch).await.unwrap();
             assert!(a.in_flight(ProcessId(2), &slot()) <= CREDIT);

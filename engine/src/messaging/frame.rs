@@ -52,6 +52,11 @@ pub struct Batch {
     pub mark: Mark,
     /// The ack trees the batch belongs to: per tree, its root and this batch's id.
     pub acks: Vec<AckEdge>,
+    /// Its number among the batches its sender sent to the slot (0, 1, …, in sending order):
+    /// a receiver that sees a number it did not expect knows that earlier ones were lost, and
+    /// applies nothing more from that sender (what it applied after a gap would be ahead of
+    /// the replay).
+    pub seq: u64,
 }
 
 /// A sender has finished its stream to a slot: nothing more comes from it.
@@ -254,6 +259,7 @@ mod tests {
                 root: 9,
                 id: 11,
             }],
+            seq: 4,
         }
     }
 

@@ -31,6 +31,7 @@
 //!     segments: vec![],
 //!     mark: Default::default(),
 //!     acks: vec![],
+//!     seq: 0,
 //! }).await?;
 //! let delivery = inbox.recv().await;
 //! # Ok(()) }

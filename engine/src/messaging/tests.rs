@@ -63,6 +63,7 @@ fn batch(to: SlotAddress, from: Sender, n: i64) -> Batch {
             root: 1000 + n as u64,
             id: 2000 + n as u64,
         }],
+        seq: n as u64,
     }
 }
 

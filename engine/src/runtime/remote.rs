@@ -27,12 +27,13 @@
 //! past the messenger's `pending_timeout`, and the process asks the cluster to restart the job
 //! (`restart_job`), whose next run replays the batch from its input's committed position. The
 //! expired batch's acks stay held until then, so its run can neither commit past it nor
-//! complete. A receiver counts the batches of each sender elsewhere, and a `Done` says how many
-//! were sent: a receiver that took fewer does not count the sender as finished (its peer would
-//! otherwise complete without the lost batch, and a completed slot drops what is replayed to
-//! it).
+//! complete. Batches carry their number per (sender, slot), and a `Done` the count sent: a
+//! receiver that sees a gap takes nothing more from that sender (what it applied past the gap
+//! would be ahead of the replay: its watermark past the lost segments, which would come late)
+//! and never counts it as finished (its slot would complete without the lost batch, and a
+//! completed slot drops what is replayed to it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -386,7 +387,9 @@ async fn forward(mut f: Forwarder) {
                     }
                 };
                 f.acks.hold(root, f.run, acks, outstanding.clone());
-                *sent_by.entry(sender).or_default() += 1;
+                let sent = sent_by.entry(sender).or_default();
+                let seq = *sent;
+                *sent += 1;
                 let (task, slot) = f.names.name(sender);
                 let batch = Batch {
                     to: f.address.clone(),
@@ -398,6 +401,7 @@ async fn forward(mut f: Forwarder) {
                         root,
                         id: root,
                     }],
+                    seq,
                 };
                 f.messenger.send_batch(f.to, batch).await
             }
@@ -462,8 +466,10 @@ async fn receive(mut r: Receiver) {
         })
     };
     let slot = r.rx.slot().clone();
-    // Batches taken per remote sender, against the count its `Done` gives.
+    // Batches taken per remote sender (the next one's expected number), and the senders from
+    // which one was lost: nothing more from them is applied.
     let mut taken: HashMap<usize, u64> = HashMap::new();
+    let mut broken: HashSet<usize> = HashSet::new();
     while r.remote > 0 {
         let Some(delivery) = r.rx.recv().await else {
             break; // the messenger shut down
@@ -474,7 +480,20 @@ async fn receive(mut r: Receiver) {
                     tracing::warn!(%slot, %process, from = ?batch.from, "a batch from a sender not in the run was dropped");
                     continue;
                 };
-                *taken.entry(sender).or_default() += 1;
+                let expected = taken.entry(sender).or_default();
+                if broken.contains(&sender) || batch.seq != *expected {
+                    // Batches before it were lost (with a connection): their trees expire and
+                    // the job restarts to replay them. Applying this one (or any later) now
+                    // would put this slot ahead of the replay — its watermark past the lost
+                    // segments, which would then come late — so it is dropped unacknowledged.
+                    if broken.insert(sender) {
+                        tracing::warn!(%slot, %process, from = ?batch.from, expected = *expected,
+                            got = batch.seq, "batches from another process were lost: this slot \
+                            takes nothing more from that sender until the job restarts");
+                    }
+                    continue;
+                }
+                *expected += 1;
                 let token = issuer.issue(Positions::new());
                 edges.lock().expect("edges").insert(token.seq(), batch.acks);
                 let msg = Msg::Batch {
@@ -491,7 +510,7 @@ async fn receive(mut r: Receiver) {
                     continue;
                 };
                 let got = taken.get(&sender).copied().unwrap_or(0);
-                if got != done.batches {
+                if broken.contains(&sender) || got != done.batches {
                     // Lost with a connection (or dropped): the sender's trees of the missing
                     // batches expire, and the restarted job replays them. Until then this
                     // peer must not finish, or its slot would complete without them.
