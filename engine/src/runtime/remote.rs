@@ -185,8 +185,9 @@ impl RemoteAcks {
         if roots.is_empty() {
             return BTreeSet::new();
         }
-        let held = self.held.lock().expect("remote acks");
+        // The same order as `hold` and `forget_run`: names, then held.
         let names = self.names.lock().expect("run names");
+        let held = self.held.lock().expect("remote acks");
         roots
             .iter()
             .filter_map(|r| held.get(r))
@@ -194,7 +195,17 @@ impl RemoteAcks {
             .collect()
     }
 
+    /// Holds a batch's acks until its tree completes — unless its run was forgotten already (a
+    /// forwarder still running for an instant after its run was aborted): its acks are then
+    /// dropped at once (poisoned), since nothing would ever release them and the run's input
+    /// would wait for them for ever.
     fn hold(&self, root: u64, run: u64, acks: HeldAcks, outstanding: mpsc::Sender<()>) {
+        let names = self.names.lock().expect("run names");
+        if !names.contains_key(&run) {
+            drop(names);
+            drop((acks, outstanding));
+            return;
+        }
         self.held.lock().expect("remote acks").insert(
             root,
             Held {
@@ -208,8 +219,11 @@ impl RemoteAcks {
     /// Drops what run `run` still holds: its batches will never be acknowledged (their acks
     /// are poisoned, so nothing is committed past them).
     fn forget_run(&self, run: u64) {
-        self.names.lock().expect("run names").remove(&run);
         let dropped: Vec<Held> = {
+            // Under the names lock: a `hold` for this run either comes before (and is dropped
+            // here) or sees the run forgotten.
+            let mut names = self.names.lock().expect("run names");
+            names.remove(&run);
             let mut held = self.held.lock().expect("remote acks");
             let roots: Vec<u64> = held
                 .iter()
