@@ -127,6 +127,10 @@ enum Command {
         /// (milliseconds).
         #[arg(long, default_value_t = 2000)]
         failure_timeout_ms: u64,
+        /// Time after which a batch sent to another process and not acknowledged is replayed
+        /// from its input (the job's runs restart: `restart_job`), in milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        pending_timeout_ms: u64,
         /// Write the replica after every coordination-log entry to this file, one JSON line each.
         #[arg(long, hide = true)]
         trace_replicas: Option<PathBuf>,
@@ -338,6 +342,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             secret_file,
             heartbeat_ms,
             failure_timeout_ms,
+            pending_timeout_ms,
             trace_replicas,
             metrics,
             data,
@@ -363,6 +368,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     heartbeat_interval: Duration::from_millis(heartbeat_ms),
                     failure_timeout: Duration::from_millis(failure_timeout_ms),
                 },
+                pending_timeout: Duration::from_millis(pending_timeout_ms),
                 trace_replicas,
                 view: Arc::new(cluster::ClusterView::new()),
                 registry: Registry::new(),
@@ -463,7 +469,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     println!("job \"{id}\" completed (entry {position})");
                     Ok(ExitCode::SUCCESS)
                 }
-                cluster::JobOutcome::Killed { position } => {
+                cluster::JobOutcome::Killed {
+                    position,
+                    reason: Some(reason),
+                } => {
+                    eprintln!("job \"{id}\" was killed (entry {position}): {reason}");
+                    Ok(ExitCode::from(1))
+                }
+                cluster::JobOutcome::Killed {
+                    position,
+                    reason: None,
+                } => {
                     eprintln!(
                         "job \"{id}\" was killed (entry {position}): see the peer processes' logs \
                          for why"

@@ -76,6 +76,10 @@ impl Registry {
         r.register_family(plugins::null::family());
         r.register_family(plugins::channel::family(&r.channels));
         r.register_family(plugins::connector::family());
+        // Only in a test's process (an environment variable): see `plugins::test_hooks`.
+        if let Some(family) = plugins::test_hooks::family() {
+            r.register_family(family);
+        }
         r
     }
 

@@ -111,6 +111,7 @@ async fn backpressure_crosses_processes() {
                     idle: false,
                 },
                 acks: vec![],
+                seq: n as u64,
             };
             a.send_batch(ProcessId(2), batch).await.unwrap();
             assert!(a.in_flight(ProcessId(2), &slot()) <= CREDIT);
@@ -119,6 +120,7 @@ async fn backpressure_crosses_processes() {
         let done = Done {
             to: slot(),
             from: Sender::new("read", 0),
+            batches: BATCHES as u64,
         };
         a.send_done(ProcessId(2), done).await.unwrap();
         let taken: i64 = value_of("taken ").await.parse().unwrap();

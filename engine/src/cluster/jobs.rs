@@ -25,9 +25,14 @@
 //! A run that ends without error in this process — its inputs exhausted, every peer here
 //! finished, everything it sent elsewhere acknowledged — completes its slots: the process
 //! appends `complete_slot` for each (with the owner epoch it held), and the sealer seals the
-//! job once every slot completed. A run that fails (a plugin error, the state log refusing)
-//! kills the job (`kill_job`): another run would meet the same error, and one process cannot
-//! restart the others' runs. A run fenced by a newer one ends quietly.
+//! job once every slot completed. A run that fails with a cause the job recovers from (a peer
+//! of a task with `flux_policy: recover` lost to its plugin's error, a lifecycle's `restart`)
+//! asks the cluster to restart the job (`restart_job` at the run's version: every process then
+//! starts a new run, as after a move, and the cluster kills the job once its failures exceed
+//! the restarts allowed); any other failure (the state log refusing, a plugin error without
+//! `recover`) kills the job (`kill_job`): another run would meet the same error. So does a run
+//! with a batch whose ack tree expired ([`RemoteAcks::run`]): the process asks for a restart,
+//! which replays the batch from its input. A run fenced by a newer one ends quietly.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordination::placement::owner_table;
 use crate::coordination::{
-    Entry, JobId, JobState, JobStatus, KeyGroupRange, ProcessId, Replica, TaskAllocation,
+    Entry, JobId, JobState, JobStatus, KeyGroupRange, ProcessId, Replica, RestartReason,
+    TaskAllocation,
 };
 use crate::division::Division;
 use crate::messaging::Messenger;
@@ -109,23 +115,24 @@ pub(super) struct JobRunner {
     ended: mpsc::UnboundedSender<RunEnd>,
 }
 
-/// The version of a job's current run: the greatest owner epoch of its slots and layout
-/// position of its tasks.
+/// The version of a job's current run ([`JobState::version`]: the greatest owner epoch of its
+/// slots and layout position of its tasks; a `restart_job` sets it).
 pub(crate) fn version(job: &JobState) -> u64 {
-    let epochs = job.slots().map(|(_, _, s)| s.epoch);
-    let layouts = job.tasks.iter().map(|t| t.layout);
-    epochs.chain(layouts).max().unwrap_or(0)
+    job.version()
 }
 
 impl JobRunner {
     /// A runner whose runs report their ends on `ended`.
+    /// The names (`job@version`) of runs with a batch whose ack tree expired are sent on
+    /// `expired` ([`RemoteAcks::run`]; [`JobRunner::run_named`] tells which run it is).
     pub(super) fn new(
         context: JobContext,
         messenger: Messenger,
         ended: mpsc::UnboundedSender<RunEnd>,
+        expired: mpsc::UnboundedSender<String>,
     ) -> std::io::Result<JobRunner> {
         let acks = RemoteAcks::new();
-        tokio::spawn(acks.clone().run(messenger.clone()));
+        tokio::spawn(acks.clone().run(messenger.clone(), expired));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("sardonyx-run")
             .enable_all()
@@ -219,6 +226,15 @@ impl JobRunner {
             Some(run) if run.version == version => Some(run.slots.clone()),
             _ => None,
         }
+    }
+
+    /// The job and version of the run named `name` (`job@version`, as in slot addresses), if it
+    /// is a current run of this process.
+    pub(super) fn run_named(&self, name: &str) -> Option<(JobId, u64)> {
+        self.runs
+            .iter()
+            .find(|(id, run)| format!("{id}@{}", run.version) == name)
+            .map(|(id, run)| (id.clone(), run.version))
     }
 
     /// Whether a run of this process is still going (not ended).
@@ -367,8 +383,14 @@ fn divisions_of(
 }
 
 /// What this process appends when its run of a job ended: `complete_slot` for each of its
-/// slots when the run finished, `kill_job` when it failed (nothing when a newer run fenced it).
-pub(super) fn entries_after(end: &RunEnd, slots: &[HeldSlot]) -> Vec<Entry> {
+/// slots when the run finished; when it failed, `restart_job` at the run's version if the job
+/// (`job`, as the replica holds it) recovers from the failure, else `kill_job`; nothing when it
+/// was aborted or a newer run fenced it.
+pub(super) fn entries_after(
+    end: &RunEnd,
+    slots: &[HeldSlot],
+    job: Option<&JobState>,
+) -> Vec<Entry> {
     match &end.result {
         Ok(report) if !report.stopped => slots
             .iter()
@@ -381,8 +403,18 @@ pub(super) fn entries_after(end: &RunEnd, slots: &[HeldSlot]) -> Vec<Entry> {
             .collect(),
         Ok(_) => Vec::new(),
         Err(RunError::Fenced { .. } | RunError::Aborted) => Vec::new(),
-        Err(_) => vec![Entry::KillJob {
-            job: end.job.clone(),
-        }],
+        Err(error) => {
+            let parsed = job.and_then(|j| j.spec.job().ok());
+            match parsed.as_ref().and_then(|j| error.recoverable_task(j)) {
+                Some(task) => vec![Entry::RestartJob {
+                    job: end.job.clone(),
+                    version: end.version,
+                    reason: RestartReason::failed(task, &error.to_string()),
+                }],
+                None => vec![Entry::KillJob {
+                    job: end.job.clone(),
+                }],
+            }
+        }
     }
 }

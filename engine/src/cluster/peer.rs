@@ -5,8 +5,9 @@
 //! replica with [`Replica::apply`]; the [`reactions`] asked of this process are appended, and
 //! its runs of jobs brought in line with the replica, [`super::jobs`]), the failure detector's
 //! next deadline (a heartbeat to send, or a `leave_cluster` to append for the watched
-//! process), the answers to heartbeats, and the ends of its runs (`complete_slot` or
-//! `kill_job` to append). Every decision is the pure
+//! process), the answers to heartbeats, the ends of its runs (`complete_slot`, `restart_job`
+//! or `kill_job` to append), and its runs' batches whose ack trees expired (`restart_job`, to
+//! replay them). Every decision is the pure
 //! coordination code's; this module only carries it out.
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordination::{
     diff, joining_watched_by, reactions, watched_by, DetectorAction, DetectorConfig, Entry,
-    FailureDetector, LogLease, ProcessId, ProcessInfo, Replica,
+    FailureDetector, LogLease, ProcessId, ProcessInfo, Replica, RestartReason,
 };
 use crate::messaging::{self, MessagingError, Messenger, MessengerConfig};
 
@@ -48,6 +49,9 @@ pub struct PeerConfig {
     pub secret: Option<ClusterSecret>,
     /// Heartbeat interval and failure timeout.
     pub detector: DetectorConfig,
+    /// Age at which a batch sent to another process and not acknowledged is replayed (its
+    /// job's runs restart).
+    pub pending_timeout: Duration,
     /// Writes the replica after every entry played, as one JSON line (`{"position", "replica"}`),
     /// to this file (for tests of the time machine and for debugging).
     pub trace_replicas: Option<PathBuf>,
@@ -145,6 +149,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     config.view.set_me(me);
     let mut messaging = MessengerConfig::new(me, config.listen);
     messaging.secret = config.secret.clone();
+    messaging.pending_timeout = config.pending_timeout;
     let messenger = Messenger::bind(messaging).await?;
     let address = config
         .advertise
@@ -165,6 +170,7 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
     let log: Arc<dyn CoordinationLog> = Arc::new(client()?);
     let ledgers = Arc::new(client()?);
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let (expired_tx, mut expired) = mpsc::unbounded_channel::<String>();
     let mut runner = JobRunner::new(
         JobContext {
             registry: config.registry.clone(),
@@ -175,8 +181,12 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
         },
         messenger.clone(),
         ended_tx,
+        expired_tx,
     )
     .map_err(PeerError::Runtime)?;
+    // The runs this process asked to restart for an expired ack tree (once each).
+    let mut replays_asked: std::collections::BTreeSet<(crate::coordination::JobId, u64)> =
+        Default::default();
     let mut appender = Appender {
         log: log.clone(),
         client: me.0,
@@ -352,7 +362,20 @@ pub async fn run_peer(config: PeerConfig, stop: CancellationToken) -> Result<Pee
                         "this process's run failed"
                     ),
                 }
-                for entry in entries_after(&end, &slots) {
+                for entry in entries_after(&end, &slots, replica.job(&end.job)) {
+                    appender.append(&entry).await?;
+                }
+            }
+            Some(run) = expired.recv() => {
+                let Some((job, version)) = runner.run_named(&run) else {
+                    continue; // a run that has been stopped since
+                };
+                if replays_asked.insert((job.clone(), version)) {
+                    let entry = Entry::RestartJob {
+                        job,
+                        version,
+                        reason: RestartReason::Expired { process: me },
+                    };
                     appender.append(&entry).await?;
                 }
             }

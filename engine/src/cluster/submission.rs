@@ -15,10 +15,13 @@ pub enum JobOutcome {
         /// The position of the entry that sealed it.
         position: u64,
     },
-    /// The job was killed (by `kill-job`, or by a process whose run of it failed).
+    /// The job was killed (by `kill-job`, by a process whose run of it failed, or by a
+    /// `restart_job` after its restarts were used up).
     Killed {
         /// The position of the entry that killed it.
         position: u64,
+        /// Why, when the replica knows (restarts used up: the last failure).
+        reason: Option<String>,
     },
 }
 
@@ -94,9 +97,16 @@ pub async fn wait_for(
         if position < submitted {
             continue;
         }
-        match replica.job(job).map(|j| j.status) {
-            Some(JobStatus::Completed) => return Ok(JobOutcome::Completed { position }),
-            Some(JobStatus::Killed) => return Ok(JobOutcome::Killed { position }),
+        match replica.job(job) {
+            Some(j) if j.status == JobStatus::Completed => {
+                return Ok(JobOutcome::Completed { position })
+            }
+            Some(j) if j.status == JobStatus::Killed => {
+                return Ok(JobOutcome::Killed {
+                    position,
+                    reason: j.restarts.killed_because.clone(),
+                })
+            }
             _ => {}
         }
     }

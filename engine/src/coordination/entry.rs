@@ -22,6 +22,14 @@ pub const MAX_ADDRESS_BYTES: usize = 256;
 /// The largest encoded entry [`Entry::decode`] accepts, in bytes (a job's JSON text included).
 pub const MAX_ENTRY_BYTES: usize = 16 << 20;
 
+/// The longest failure message a `restart_job` may carry, in bytes (longer ones are cut by the
+/// process that appends it, [`RestartReason::failed`]).
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// How many times a job's runs may be restarted for a failure before the next failure kills it:
+/// the same default as `sardonyx run`'s [`RunOptions::max_restarts`](crate::runtime::RunOptions).
+pub const MAX_RESTARTS: u32 = 3;
+
 /// A process of the cluster: a random number it picks when it starts, so a restarted process
 /// joins as a new one. Written as 16 hex digits in JSON (a u64 does not fit a JavaScript
 /// number), as a plain integer in bincode.
@@ -143,6 +151,70 @@ pub enum Entry {
         /// The job.
         job: JobId,
     },
+    /// A process's run of version `version` of a job needs every process to start the job's
+    /// runs again (appended by that process): a batch's ack tree stayed pending past
+    /// `pending_timeout` (the batch is replayed from the input), or the run failed with a cause
+    /// the job recovers from (`flux_policy: recover`, a lifecycle's `restart`). It applies only
+    /// while the job runs at that version, so several processes appending it for one failure
+    /// restart the job once; it gives the job a new version, or kills it once its failures
+    /// exceed [`MAX_RESTARTS`].
+    RestartJob {
+        /// The job.
+        job: JobId,
+        /// The version the run had (the greatest owner epoch or layout of the job's slots).
+        version: u64,
+        /// Why.
+        reason: RestartReason,
+    },
+}
+
+/// Why a run of a job is to be restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    /// A batch that `process` sent to another process was not acknowledged within
+    /// `pending_timeout` (lost with a connection, or dropped): its input replays it. Does not
+    /// count against [`MAX_RESTARTS`].
+    Expired {
+        /// The process whose ack tree expired.
+        process: ProcessId,
+    },
+    /// A peer of `task` failed with `error` and the job recovers from it: the task has
+    /// `flux_policy: recover`, or a lifecycle asked for a restart. Counts against
+    /// [`MAX_RESTARTS`].
+    Failed {
+        /// The task whose peer failed.
+        task: String,
+        /// The error, as the process's log shows it.
+        error: String,
+    },
+}
+
+impl RestartReason {
+    /// A failure of `task` with `error`, the message cut to [`MAX_REASON_BYTES`] (at a char
+    /// boundary) so that the entry is within the limits.
+    pub fn failed(task: &str, error: &str) -> RestartReason {
+        let mut end = error.len().min(MAX_REASON_BYTES);
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        RestartReason::Failed {
+            task: task.to_owned(),
+            error: error[..end].to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartReason::Expired { process } => write!(
+                f,
+                "a batch sent by process {process} was not acknowledged within pending_timeout"
+            ),
+            RestartReason::Failed { task, error } => write!(f, "task \"{task}\" failed: {error}"),
+        }
+    }
 }
 
 /// Bytes from the log that are not an entry.
@@ -183,6 +255,13 @@ pub enum EntryProblem {
     /// A job spec past the limits.
     #[error("job spec: {0}")]
     Job(#[source] SpecProblem),
+    /// A restart's task name or failure message past its limit ([`MAX_NAME_BYTES`](super::job_spec::MAX_NAME_BYTES),
+    /// [`MAX_REASON_BYTES`]).
+    #[error("a restart reason of {len} bytes is past the limit")]
+    Reason {
+        /// Its length.
+        len: usize,
+    },
 }
 
 impl Entry {
@@ -222,6 +301,18 @@ impl Entry {
                 Ok(())
             }
             Entry::SubmitJob { job } => job.check().map_err(EntryProblem::Job),
+            Entry::RestartJob {
+                reason: RestartReason::Failed { task, error },
+                ..
+            } => {
+                if task.len() > super::job_spec::MAX_NAME_BYTES {
+                    return Err(EntryProblem::Reason { len: task.len() });
+                }
+                if error.len() > MAX_REASON_BYTES {
+                    return Err(EntryProblem::Reason { len: error.len() });
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -238,6 +329,7 @@ impl Entry {
             Entry::KillJob { .. } => "kill_job",
             Entry::CompleteSlot { .. } => "complete_slot",
             Entry::SealJob { .. } => "seal_job",
+            Entry::RestartJob { .. } => "restart_job",
         }
     }
 }
@@ -273,6 +365,18 @@ mod tests {
             },
             Entry::SealJob {
                 job: JobId("votes".into()),
+            },
+            Entry::RestartJob {
+                job: JobId("votes".into()),
+                version: 12,
+                reason: RestartReason::Expired {
+                    process: ProcessId(7),
+                },
+            },
+            Entry::RestartJob {
+                job: JobId("votes".into()),
+                version: 12,
+                reason: RestartReason::failed("write", "the sink is down"),
             },
         ];
         for e in entries {
@@ -310,6 +414,36 @@ mod tests {
         };
         assert_eq!(zero.check(), Err(EntryProblem::Slots { slots: 0 }));
         assert!(serde_json::from_str::<ProcessId>("\"12\"").is_err());
+        let long = Entry::RestartJob {
+            job: JobId("votes".into()),
+            version: 1,
+            reason: RestartReason::Failed {
+                task: "write".into(),
+                error: "x".repeat(MAX_REASON_BYTES + 1),
+            },
+        };
+        assert_eq!(
+            long.check(),
+            Err(EntryProblem::Reason {
+                len: MAX_REASON_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_failure_message_is_cut_at_a_char_boundary_within_the_limit() {
+        let error = format!("{}é", "x".repeat(MAX_REASON_BYTES - 1));
+        let RestartReason::Failed { error: cut, .. } = RestartReason::failed("t", &error) else {
+            unreachable!()
+        };
+        assert_eq!(cut.len(), MAX_REASON_BYTES - 1);
+        assert_eq!(
+            serde_json::to_string(&RestartReason::Expired {
+                process: ProcessId(0xab)
+            })
+            .unwrap(),
+            r#"{"expired":{"process":"00000000000000ab"}}"#
+        );
     }
 
     proptest! {

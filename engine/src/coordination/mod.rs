@@ -38,7 +38,10 @@ pub mod state;
 pub mod time_machine;
 
 pub use diff::{diff, reactions, sealer, Diff, LayoutChange, OwnerChange, SlotRef, StatusChange};
-pub use entry::{Entry, EntryError, EntryProblem, ProcessId, ProcessInfo};
+pub use entry::{
+    Entry, EntryError, EntryProblem, ProcessId, ProcessInfo, RestartReason, MAX_REASON_BYTES,
+    MAX_RESTARTS,
+};
 pub use failure_detector::{
     DetectorAction, DetectorConfig, FailureDetector, LogLease, DEFAULT_FAILURE_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -48,6 +51,6 @@ pub use replica::apply;
 pub use ring::{joining_watched_by, watched_by, watcher_of};
 pub use state::{
     Ignored, IgnoredEntry, JobState, JobStatus, Join, JoinStage, KeyGroupRange, Process, Replica,
-    Slot, TaskAllocation,
+    Restarts, Slot, TaskAllocation,
 };
 pub use time_machine::replay;

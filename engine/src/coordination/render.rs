@@ -1,6 +1,7 @@
 //! The replica as plain text (`cluster-status`, `replay`): the processes with their address,
 //! slots in use and whom each watches, the joins in progress, and the jobs with, per task,
-//! which process owns which slot at which owner epoch and with which key groups.
+//! which process owns which slot at which owner epoch and with which key groups, and how often
+//! each was restarted (the last restart's reason, and why the cluster killed it if it did).
 
 use std::fmt::{self, Display, Write as _};
 
@@ -74,6 +75,23 @@ impl Display for Replica {
                 job.spec.job_scheduler.name(),
                 job.spec.task_scheduler.name()
             )?;
+            let r = &job.restarts;
+            if r.count > 0 {
+                write!(
+                    f,
+                    "  restarts: {} ({} after failures, version {})",
+                    r.count,
+                    r.failures,
+                    job.version()
+                )?;
+                if let Some((at, reason)) = &r.last {
+                    write!(f, "; last at entry {at}: {reason}")?;
+                }
+                writeln!(f)?;
+            }
+            if let Some(why) = &r.killed_because {
+                writeln!(f, "  killed: {why}")?;
+            }
             for (t, task) in job.spec.tasks.iter().enumerate() {
                 let Some(alloc) = job.tasks.get(t) else {
                     writeln!(f, "  {}: not started", task.name)?;

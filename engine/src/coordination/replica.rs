@@ -13,12 +13,19 @@
 //! in the slot's ledger. A task's `layout` is the position of the entry that last changed its
 //! slot count (and so its division of key groups).
 //!
+//! **Restarts.** `restart_job` applies only to a running job at the version it names
+//! ([`JobState::version`]): every slot that has an owner gets the entry's position as its
+//! owner epoch, so the job's version becomes that position and every process starts its runs
+//! again (a later `restart_job` for the old version, appended by another process for the same
+//! failure, is stale). A failure after [`MAX_RESTARTS`] restarts for failures kills the job,
+//! with the reason kept in [`JobState::restarts`].
+//!
 //! An entry that does not apply — a join by a process already in, a leave of an unknown
 //! process, a stale join step, a `complete_slot` with an old epoch, a position not after the
 //! last — leaves the replica as it was but for the count of ignored entries and the last one's
 //! reason ([`Replica::ignored`], [`Replica::last_ignored`]); nothing panics.
 
-use super::entry::Entry;
+use super::entry::{Entry, RestartReason, MAX_RESTARTS};
 use super::job_spec::{JobId, JobSpec};
 use super::state::{Ignored, IgnoredEntry, JobState, JobStatus, Replica};
 use super::{ring, scheduler};
@@ -123,6 +130,11 @@ impl Replica {
                 s.owner = None;
                 Ok(())
             }
+            Entry::RestartJob {
+                job,
+                version,
+                reason,
+            } => restart(self.job_mut(job)?, *version, reason, position),
             Entry::SealJob { job } => {
                 let state = self.job_mut(job)?;
                 if state.status != JobStatus::Running || !state.all_completed() {
@@ -143,6 +155,7 @@ impl Replica {
             submitted_at: position,
             status: JobStatus::Pending,
             tasks: Vec::new(),
+            restarts: Default::default(),
         };
         match self.jobs.iter().position(|j| j.spec.id == spec.id) {
             Some(i) if self.jobs[i].status.is_active() => Err(Ignored::DuplicateJob {
@@ -167,4 +180,69 @@ impl Replica {
             .find(|j| &j.spec.id == id)
             .ok_or_else(|| Ignored::UnknownJob { job: id.clone() })
     }
+}
+
+impl JobState {
+    /// The job's version: the greatest owner epoch of its slots and layout position of its
+    /// tasks — the position of the entry that last moved one of its slots, re-divided one of
+    /// its tasks or restarted it. Every process runs the job's slots in runs named by it.
+    pub fn version(&self) -> u64 {
+        let epochs = self.slots().map(|(_, _, s)| s.epoch);
+        let layouts = self.tasks.iter().map(|t| t.layout);
+        epochs.chain(layouts).max().unwrap_or(0)
+    }
+}
+
+/// `restart_job` for `state` at `version`, at `position`: a new version (every owned slot's
+/// epoch set to `position`), or the job killed if the failure is one more than allowed.
+fn restart(
+    state: &mut JobState,
+    version: u64,
+    reason: &RestartReason,
+    position: u64,
+) -> Result<(), Ignored> {
+    if state.status != JobStatus::Running {
+        return Err(Ignored::JobState {
+            job: state.spec.id.clone(),
+            status: state.status,
+        });
+    }
+    let current = state.version();
+    if version != current {
+        return Err(Ignored::StaleRestart {
+            job: state.spec.id.clone(),
+            version,
+            current,
+        });
+    }
+    if state.slots().all(|(_, _, s)| s.owner.is_none()) {
+        return Err(Ignored::NothingToRestart {
+            job: state.spec.id.clone(),
+        });
+    }
+    let failed = matches!(reason, RestartReason::Failed { .. });
+    if failed && state.restarts.failures >= MAX_RESTARTS {
+        // As `sardonyx run`: the failure after the last allowed restart ends the job.
+        let RestartReason::Failed { task, error } = reason else {
+            unreachable!("matched above")
+        };
+        state.restarts.killed_because = Some(format!(
+            "task \"{task}\" failed again after {} restarts: {error}",
+            state.restarts.failures
+        ));
+        state.status = JobStatus::Killed;
+        for slot in state.tasks.iter_mut().flat_map(|t| &mut t.slots) {
+            slot.owner = None;
+        }
+        return Ok(());
+    }
+    for slot in state.tasks.iter_mut().flat_map(|t| &mut t.slots) {
+        if slot.owner.is_some() {
+            slot.epoch = position;
+        }
+    }
+    state.restarts.count += 1;
+    state.restarts.failures += u32::from(failed);
+    state.restarts.last = Some((position, reason.clone()));
+    Ok(())
 }

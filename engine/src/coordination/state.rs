@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::entry::{EntryProblem, ProcessId, ProcessInfo};
+use super::entry::{EntryProblem, ProcessId, ProcessInfo, RestartReason};
 use super::job_spec::{JobId, JobSpec};
 
 /// A process that is in the cluster.
@@ -154,6 +154,33 @@ pub struct JobState {
     pub status: JobStatus,
     /// One per task of the spec, in order, once the job first started (empty before).
     pub tasks: Vec<TaskAllocation>,
+    /// How its runs were restarted (`restart_job`), and why the cluster killed it, if it did.
+    #[serde(default, skip_serializing_if = "Restarts::is_none")]
+    pub restarts: Restarts,
+}
+
+/// A job's restarts (`restart_job` entries that applied to it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restarts {
+    /// How many, for any reason.
+    pub count: u32,
+    /// Of those, how many after a failure (counted against
+    /// [`MAX_RESTARTS`](super::entry::MAX_RESTARTS); replays after an expired ack tree are not).
+    pub failures: u32,
+    /// The last one: the position of its entry and its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<(u64, RestartReason)>,
+    /// Why the cluster killed the job: a failure after its restarts were used up (none if it
+    /// was not, or was killed with `kill_job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_because: Option<String>,
+}
+
+impl Restarts {
+    /// Whether nothing was restarted (or killed for it).
+    pub fn is_none(&self) -> bool {
+        self == &Restarts::default()
+    }
 }
 
 impl JobState {
@@ -246,6 +273,24 @@ pub enum Ignored {
         slot: u32,
         /// The epoch it carried.
         epoch: u64,
+    },
+    /// A `restart_job` for a version that is not the job's current one (another process's
+    /// restart for the same failure applied first, or a slot moved since).
+    #[error("stale restart of job \"{job}\" at version {version} (now {current})")]
+    StaleRestart {
+        /// The job.
+        job: JobId,
+        /// The version it carried.
+        version: u64,
+        /// The job's version.
+        current: u64,
+    },
+    /// A `restart_job` for a running job every slot of which completed: nothing runs to
+    /// restart (the job awaits its seal).
+    #[error("job \"{job}\" has no slot left to restart")]
+    NothingToRestart {
+        /// The job.
+        job: JobId,
     },
 }
 

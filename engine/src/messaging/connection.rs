@@ -442,6 +442,11 @@ impl Connection {
                 slot: slot.clone(),
                 source,
             })?;
+        if matches!(delivery, Delivery::Batch { .. }) && super::drop_point::drop_this_batch() {
+            tracing::warn!(process = %self.peer, %slot, "test hook: an incoming batch was dropped");
+            self.consumed(&slot);
+            return Ok(());
+        }
         let connection: Arc<dyn CreditReturn> = self.clone();
         let inbound = Inbound {
             delivery,

@@ -28,7 +28,7 @@ use crate::segment::Segment;
 use sardonyx_state_log::Nonce;
 
 /// Version of the messaging protocol (handshake and frames); both ends must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest handshake frame (they are under 150 bytes): before a peer is authenticated, it can
 /// make a process read no more than this.
@@ -52,6 +52,11 @@ pub struct Batch {
     pub mark: Mark,
     /// The ack trees the batch belongs to: per tree, its root and this batch's id.
     pub acks: Vec<AckEdge>,
+    /// Its number among the batches its sender sent to the slot (0, 1, …, in sending order):
+    /// a receiver that sees a number it did not expect knows that earlier ones were lost, and
+    /// applies nothing more from that sender (what it applied after a gap would be ahead of
+    /// the replay).
+    pub seq: u64,
 }
 
 /// A sender has finished its stream to a slot: nothing more comes from it.
@@ -61,6 +66,10 @@ pub struct Done {
     pub to: SlotAddress,
     /// The slot that finished.
     pub from: Sender,
+    /// How many batches it sent to the slot before this (in this run): a receiver that took
+    /// fewer knows that some were lost (with a connection that dropped), and does not count
+    /// the sender as finished — the lost batches' ack trees expire and the job is restarted.
+    pub batches: u64,
 }
 
 /// One ack-tree update: XOR `xor` into the tree of `root`.
@@ -250,6 +259,7 @@ mod tests {
                 root: 9,
                 id: 11,
             }],
+            seq: 4,
         }
     }
 
@@ -260,6 +270,7 @@ mod tests {
             Frame::Done(Done {
                 to: SlotAddress::new("j", "t", 0),
                 from: Sender::new("u", 1),
+                batches: 12,
             }),
             Frame::Credit {
                 slot: SlotAddress::new("j", "t", 0),

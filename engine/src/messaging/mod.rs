@@ -31,6 +31,7 @@
 //!     segments: vec![],
 //!     mark: Default::default(),
 //!     acks: vec![],
+//!     seq: 0,
 //! }).await?;
 //! let delivery = inbox.recv().await;
 //! # Ok(()) }
@@ -40,6 +41,7 @@ pub mod ack_tree;
 mod address;
 mod connection;
 pub mod credit;
+mod drop_point;
 mod endpoints;
 mod error;
 pub mod frame;
@@ -49,6 +51,7 @@ pub mod messenger;
 
 pub use ack_tree::{random_id, AckEdge, AckOutcome, AckTreeError, AckTrees};
 pub use address::{ProcessId, Sender, SlotAddress};
+pub use drop_point::DROP_INCOMING_BATCH;
 pub use endpoints::{AckTable, Delivery, SlotReceiver};
 pub use error::MessagingError;
 pub use frame::{AckUpdate, Batch, Done, Refusal, PROTOCOL_VERSION};

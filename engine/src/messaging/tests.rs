@@ -63,6 +63,7 @@ fn batch(to: SlotAddress, from: Sender, n: i64) -> Batch {
             root: 1000 + n as u64,
             id: 2000 + n as u64,
         }],
+        seq: n as u64,
     }
 }
 
@@ -141,6 +142,7 @@ async fn batches_arrive_in_order_per_sender_and_slot_intact() {
             let done = Done {
                 to: slot(s),
                 from: Sender::new(task, 0),
+                batches: 15,
             };
             m.send_done(ProcessId(2), done).await.unwrap();
         }
@@ -386,7 +388,7 @@ async fn a_version_mismatch_is_refused() {
     );
     assert_eq!(
         version.to_string(),
-        "the dialer speaks messaging protocol version 2 and the listener version 1"
+        "the dialer speaks messaging protocol version 3 and the listener version 2"
     );
     let reason = event(&mut b_events, |e| match e {
         LinkEvent::Refused {

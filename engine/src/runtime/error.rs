@@ -180,3 +180,21 @@ pub enum RunError {
     #[error("internal error: a peer's task failed: {0}")]
     PeerTask(#[from] tokio::task::JoinError),
 }
+
+impl RunError {
+    /// The task to restart the job's peers for, if this error is one the job recovers from: a
+    /// lifecycle asked for a restart, or a peer of a task with `flux_policy: recover` failed
+    /// with its plugin's, source's or sink's error. (A cluster's process decides with this
+    /// whether its failed run asks the cluster for a restart or kills the job; `sardonyx run`
+    /// also restarts for a panicked peer of such a task, which the error alone does not name.)
+    pub fn recoverable_task(&self, job: &crate::job::Job) -> Option<&str> {
+        let task = match self {
+            RunError::RestartRequested { task, .. } => return Some(task),
+            RunError::Plugin { task, .. }
+            | RunError::Source { task, .. }
+            | RunError::Sink { task, .. } => task,
+            _ => return None,
+        };
+        (job.task(task)?.flux_policy == Some(crate::job::FluxPolicy::Recover)).then_some(task)
+    }
+}

@@ -21,10 +21,22 @@
 //!
 //! A run's slot addresses carry the run's name (`job@version`), so messages of a superseded run
 //! never reach the next one (messaging drops them once the run's slots closed).
+//!
+//! **Lost batches.** A batch lost between two live processes (a connection that dropped with
+//! it) leaves its ack tree pending: [`RemoteAcks::run`] reports each run with a tree pending
+//! past the messenger's `pending_timeout`, and the process asks the cluster to restart the job
+//! (`restart_job`), whose next run replays the batch from its input's committed position. The
+//! expired batch's acks stay held until then, so its run can neither commit past it nor
+//! complete. Batches carry their number per (sender, slot), and a `Done` the count sent: a
+//! receiver that sees a gap takes nothing more from that sender (what it applied past the gap
+//! would be ahead of the replay: its watermark past the lost segments, which would come late)
+//! and never counts it as finished (its slot would complete without the lost batch, and a
+//! completed slot drops what is replayed to it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sardonyx_connectors::Positions;
 use tokio::sync::mpsc;
@@ -103,7 +115,12 @@ impl Placement {
 pub struct RemoteAcks {
     held: Mutex<HashMap<u64, Held>>,
     next_run: AtomicU64,
+    /// The name (`job@version`) of each run that has bridges here, by its number.
+    names: Mutex<HashMap<u64, String>>,
 }
+
+/// The shortest pause between two looks for expired ack trees.
+const MIN_EXPIRY_CHECK: Duration = Duration::from_millis(10);
 
 struct Held {
     run: u64,
@@ -118,12 +135,34 @@ impl RemoteAcks {
         Arc::new(RemoteAcks::default())
     }
 
-    /// Releases the acks of every tree that completes at `messenger`, until the messenger shuts
-    /// down (run it as a task for the process's life).
-    pub async fn run(self: Arc<Self>, messenger: Messenger) {
+    /// Releases the acks of every tree that completes at `messenger`, and sends on `expired`
+    /// the name of each run (`job@version`) with a batch whose tree stayed pending past the
+    /// messenger's `pending_timeout` (looked for every quarter of it), until the messenger shuts
+    /// down (run it as a task for the process's life). An expired batch's acks stay held
+    /// (poisoned when its run ends): its run waits for the restart.
+    pub async fn run(
+        self: Arc<Self>,
+        messenger: Messenger,
+        expired: mpsc::UnboundedSender<String>,
+    ) {
+        let timeout = messenger.ack_table().trees().pending_timeout();
+        let mut check = tokio::time::interval((timeout / 4).max(MIN_EXPIRY_CHECK));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let roots = tokio::select! {
                 roots = messenger.completed_trees() => roots,
+                _ = check.tick() => {
+                    let roots = messenger.ack_table().expired(Instant::now());
+                    for run in self.runs_of(&roots) {
+                        tracing::warn!(
+                            run = %run, timeout_ms = timeout.as_millis() as u64,
+                            "a batch sent to another process was not acknowledged within \
+                             pending_timeout: its run is to be restarted to replay it"
+                        );
+                        let _ = expired.send(run);
+                    }
+                    continue;
+                }
                 () = messenger.stopped() => return,
             };
             let released: Vec<Held> = {
@@ -141,11 +180,41 @@ impl RemoteAcks {
         self.held.lock().expect("remote acks").len()
     }
 
-    fn new_run(&self) -> u64 {
-        self.next_run.fetch_add(1, Ordering::Relaxed)
+    fn new_run(&self, name: &str) -> u64 {
+        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
+        self.names
+            .lock()
+            .expect("run names")
+            .insert(run, name.to_owned());
+        run
     }
 
+    /// The names of the runs that hold batches with these roots (each once).
+    fn runs_of(&self, roots: &[u64]) -> BTreeSet<String> {
+        if roots.is_empty() {
+            return BTreeSet::new();
+        }
+        // The same order as `hold` and `forget_run`: names, then held.
+        let names = self.names.lock().expect("run names");
+        let held = self.held.lock().expect("remote acks");
+        roots
+            .iter()
+            .filter_map(|r| held.get(r))
+            .filter_map(|h| names.get(&h.run).cloned())
+            .collect()
+    }
+
+    /// Holds a batch's acks until its tree completes — unless its run was forgotten already (a
+    /// forwarder still running for an instant after its run was aborted): its acks are then
+    /// dropped at once (poisoned), since nothing would ever release them and the run's input
+    /// would wait for them for ever.
     fn hold(&self, root: u64, run: u64, acks: HeldAcks, outstanding: mpsc::Sender<()>) {
+        let names = self.names.lock().expect("run names");
+        if !names.contains_key(&run) {
+            drop(names);
+            drop((acks, outstanding));
+            return;
+        }
         self.held.lock().expect("remote acks").insert(
             root,
             Held {
@@ -160,6 +229,10 @@ impl RemoteAcks {
     /// are poisoned, so nothing is committed past them).
     fn forget_run(&self, run: u64) {
         let dropped: Vec<Held> = {
+            // Under the names lock: a `hold` for this run either comes before (and is dropped
+            // here) or sees the run forgotten.
+            let mut names = self.names.lock().expect("run names");
+            names.remove(&run);
             let mut held = self.held.lock().expect("remote acks");
             let roots: Vec<u64> = held
                 .iter()
@@ -208,7 +281,7 @@ pub(super) fn start(
     let mut bridges = Bridges {
         tasks: JoinSet::new(),
         acks: placement.acks.clone(),
-        run: placement.acks.new_run(),
+        run: placement.acks.new_run(&placement.run),
     };
     let names = Arc::new(PeerNames::from_layout(layout));
     let me = placement.messenger.process();
@@ -320,6 +393,8 @@ struct Forwarder {
 /// sender is gone, waits until every batch it sent is acknowledged.
 async fn forward(mut f: Forwarder) {
     let (outstanding, mut all_acked) = mpsc::channel::<()>(1);
+    // Batches sent per local sender (their `Done` says how many).
+    let mut sent_by: HashMap<usize, u64> = HashMap::new();
     while let Some(msg) = f.rx.recv().await {
         let sent = match msg {
             Msg::Batch {
@@ -335,6 +410,9 @@ async fn forward(mut f: Forwarder) {
                     }
                 };
                 f.acks.hold(root, f.run, acks, outstanding.clone());
+                let sent = sent_by.entry(sender).or_default();
+                let seq = *sent;
+                *sent += 1;
                 let (task, slot) = f.names.name(sender);
                 let batch = Batch {
                     to: f.address.clone(),
@@ -346,6 +424,7 @@ async fn forward(mut f: Forwarder) {
                         root,
                         id: root,
                     }],
+                    seq,
                 };
                 f.messenger.send_batch(f.to, batch).await
             }
@@ -354,6 +433,7 @@ async fn forward(mut f: Forwarder) {
                 let done = Done {
                     to: f.address.clone(),
                     from: Sender::new(task, slot as u32),
+                    batches: sent_by.get(&sender).copied().unwrap_or(0),
                 };
                 f.messenger.send_done(f.to, done).await
             }
@@ -409,6 +489,10 @@ async fn receive(mut r: Receiver) {
         })
     };
     let slot = r.rx.slot().clone();
+    // Batches taken per remote sender (the next one's expected number), and the senders from
+    // which one was lost: nothing more from them is applied.
+    let mut taken: HashMap<usize, u64> = HashMap::new();
+    let mut broken: HashSet<usize> = HashSet::new();
     while r.remote > 0 {
         let Some(delivery) = r.rx.recv().await else {
             break; // the messenger shut down
@@ -419,6 +503,20 @@ async fn receive(mut r: Receiver) {
                     tracing::warn!(%slot, %process, from = ?batch.from, "a batch from a sender not in the run was dropped");
                     continue;
                 };
+                let expected = taken.entry(sender).or_default();
+                if broken.contains(&sender) || batch.seq != *expected {
+                    // Batches before it were lost (with a connection): their trees expire and
+                    // the job restarts to replay them. Applying this one (or any later) now
+                    // would put this slot ahead of the replay — its watermark past the lost
+                    // segments, which would then come late — so it is dropped unacknowledged.
+                    if broken.insert(sender) {
+                        tracing::warn!(%slot, %process, from = ?batch.from, expected = *expected,
+                            got = batch.seq, "batches from another process were lost: this slot \
+                            takes nothing more from that sender until the job restarts");
+                    }
+                    continue;
+                }
+                *expected += 1;
                 let token = issuer.issue(Positions::new());
                 edges.lock().expect("edges").insert(token.seq(), batch.acks);
                 let msg = Msg::Batch {
@@ -434,6 +532,15 @@ async fn receive(mut r: Receiver) {
                     tracing::warn!(%slot, %process, from = ?done.from, "a done from a sender not in the run was dropped");
                     continue;
                 };
+                let got = taken.get(&sender).copied().unwrap_or(0);
+                if broken.contains(&sender) || got != done.batches {
+                    // Lost with a connection (or dropped): the sender's trees of the missing
+                    // batches expire, and the restarted job replays them. Until then this
+                    // peer must not finish, or its slot would complete without them.
+                    tracing::warn!(%slot, %process, from = ?done.from, sent = done.batches, taken = got,
+                        "batches from another process were lost: this slot waits for their replay");
+                    continue;
+                }
                 r.remote -= 1;
                 (sender, Msg::Done { sender })
             }

@@ -11,7 +11,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 use sardonyx::coordination::{
-    replay, Entry, JobId, JobSpec, JobStatus, PeerBounds, ProcessId, TaskDemand,
+    replay, Entry, JobId, JobSpec, JobStatus, PeerBounds, ProcessId, RestartReason, TaskDemand,
 };
 use sardonyx::job::{JobScheduler, TaskKind, TaskScheduler};
 
@@ -115,6 +115,17 @@ pub enum Op {
     Complete { pick: Index, stale: bool },
     /// Every slot of a running job completes.
     CompleteJob { pick: Index },
+    /// A process asks to restart a running job (a failure if `failed`, else an expired ack
+    /// tree), `copies` times at the same version (several processes seeing one failure), or
+    /// at an old version if `stale`; then `again` more times, each at the version the last
+    /// one gave (a job that keeps failing).
+    Restart {
+        pick: Index,
+        failed: bool,
+        stale: bool,
+        copies: u8,
+        again: u8,
+    },
     /// One process reads up to `n` entries.
     Step { pick: Index, n: u8 },
 }
@@ -129,6 +140,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<Index>().prop_map(|pick| Op::KillJob { pick }),
         2 => (any::<Index>(), prop::bool::weighted(0.2)).prop_map(|(pick, stale)| Op::Complete { pick, stale }),
         1 => any::<Index>().prop_map(|pick| Op::CompleteJob { pick }),
+        2 => (any::<Index>(), any::<bool>(), prop::bool::weighted(0.2), 1_u8..=3, prop_oneof![3 => Just(0_u8), 1 => 1_u8..=4])
+            .prop_map(|(pick, failed, stale, copies, again)| Op::Restart { pick, failed, stale, copies, again }),
         6 => (any::<Index>(), 1_u8..6).prop_map(|(pick, n)| Op::Step { pick, n }),
     ]
 }
@@ -143,6 +156,8 @@ pub struct Coverage {
     ignored: u64,
     pending_then_running: usize,
     colocated_running: usize,
+    restarts: usize,
+    killed_by_failures: usize,
 }
 
 /// Plays `ops` with at most `processes` alive at once; panics naming the invariant that broke.
@@ -251,6 +266,50 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
                     }
                 }
             }
+            Op::Restart {
+                pick,
+                failed,
+                stale,
+                copies,
+                again,
+            } => {
+                let running: Vec<_> = now
+                    .jobs
+                    .iter()
+                    .filter(|j| j.status == JobStatus::Running)
+                    .collect();
+                if !running.is_empty() {
+                    let j = running[pick.index(running.len())];
+                    let reason = if *failed {
+                        RestartReason::failed("t0", "the sink is down")
+                    } else {
+                        RestartReason::Expired {
+                            process: j
+                                .slots()
+                                .find_map(|(_, _, s)| s.owner)
+                                .unwrap_or(ProcessId(1)),
+                        }
+                    };
+                    let job = j.spec.id.clone();
+                    for _ in 0..*copies {
+                        sim.append(Entry::RestartJob {
+                            job: job.clone(),
+                            version: j.version() - u64::from(*stale),
+                            reason: reason.clone(),
+                        });
+                    }
+                    for _ in 0..*again {
+                        let Some(version) = sim.now().job(&job).map(|j| j.version()) else {
+                            break;
+                        };
+                        sim.append(Entry::RestartJob {
+                            job: job.clone(),
+                            version,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
             Op::Step { pick, n } if !sim.processes.is_empty() => {
                 if now.joins.iter().any(|j| j.stage.watcher().is_some()) {
                     coverage.joins_interleaved += 1;
@@ -270,6 +329,21 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
         let (before, after) = (&sim.reference[at - 1], &sim.reference[at]);
         if let Err(broke) = check_all(before, after, at as u64) {
             panic!("after entry {at} ({:?}): {broke}\n{after}", sim.log[at - 1]);
+        }
+        if matches!(sim.log[at - 1], Entry::RestartJob { .. }) && after.ignored == before.ignored {
+            coverage.restarts += 1;
+            coverage.killed_by_failures += after
+                .jobs
+                .iter()
+                .filter(|j| j.restarts.killed_because.is_some())
+                .count()
+                .saturating_sub(
+                    before
+                        .jobs
+                        .iter()
+                        .filter(|j| j.restarts.killed_because.is_some())
+                        .count(),
+                );
         }
         coverage.seals += usize::from(
             matches!(sim.log[at - 1], Entry::SealJob { .. }) && after.ignored == before.ignored,
@@ -372,4 +446,6 @@ fn generated_runs_reach_every_path() {
     assert!(coverage.ignored > 0, "{coverage:?}");
     assert!(coverage.pending_then_running > 0, "{coverage:?}");
     assert!(coverage.colocated_running > 0, "{coverage:?}");
+    assert!(coverage.restarts > 0, "{coverage:?}");
+    assert!(coverage.killed_by_failures > 0, "{coverage:?}");
 }

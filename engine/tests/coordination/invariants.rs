@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use sardonyx::coordination::scheduler::{demand, is_flexible, task_ranges};
-use sardonyx::coordination::{watched_by, JobStatus, PeerBounds, Replica};
+use sardonyx::coordination::{watched_by, JobStatus, PeerBounds, Replica, MAX_RESTARTS};
 use sardonyx::job::{JobScheduler, TaskScheduler};
 
 type Check = Result<(), String>;
@@ -208,8 +208,8 @@ pub fn re_divisions_keep_the_past(before: &Replica, after: &Replica) -> Check {
     Ok(())
 }
 
-/// Owner epochs only grow: a slot that gets an owner gets the entry's position, and a slot
-/// keeps its epoch otherwise.
+/// Owner epochs only grow: a slot that gets an owner gets the entry's position, every owned
+/// slot of a job that was restarted gets it too, and a slot keeps its epoch otherwise.
 pub fn owner_epochs_only_grow(before: &Replica, after: &Replica, at: u64) -> Check {
     for job in &after.jobs {
         let Some(old) = before
@@ -222,7 +222,8 @@ pub fn owner_epochs_only_grow(before: &Replica, after: &Replica, at: u64) -> Che
             let Some(o) = old.tasks.get(t).and_then(|a| a.slots.get(i)) else {
                 continue;
             };
-            let got_owner = s.owner.is_some() && s.owner != o.owner;
+            let restarted = job.restarts.count > old.restarts.count;
+            let got_owner = s.owner.is_some() && (s.owner != o.owner || restarted);
             if s.epoch < o.epoch
                 || (got_owner && s.epoch != at)
                 || (!got_owner && s.epoch != o.epoch)
@@ -368,6 +369,48 @@ pub fn ignored_entries_change_nothing(before: &Replica, after: &Replica) -> Chec
     Ok(())
 }
 
+/// A restart gives its job a new version, the entry's position, and counts once; a job is
+/// killed for failures only past `MAX_RESTARTS`, and a running job has never failed more
+/// often than that.
+pub fn restarts_give_a_new_version(before: &Replica, after: &Replica, at: u64) -> Check {
+    for job in &after.jobs {
+        let r = &job.restarts;
+        if job.status == JobStatus::Running && r.failures > MAX_RESTARTS {
+            return Err(format!(
+                "{} runs after {} failures (at most {MAX_RESTARTS})",
+                job.spec.id, r.failures
+            ));
+        }
+        let Some(old) = before
+            .job(&job.spec.id)
+            .filter(|o| o.submitted_at == job.submitted_at)
+        else {
+            continue;
+        };
+        let grew = r.count - old.restarts.count;
+        if grew > 1
+            || (grew == 1 && (job.version() != at || r.last.as_ref().map(|l| l.0) != Some(at)))
+        {
+            return Err(format!(
+                "{}: restarts {} → {} at {at}, version {}",
+                job.spec.id,
+                old.restarts.count,
+                r.count,
+                job.version()
+            ));
+        }
+        if r.killed_because.is_some() != old.restarts.killed_because.is_some()
+            && (job.status != JobStatus::Killed || old.restarts.failures != MAX_RESTARTS)
+        {
+            return Err(format!(
+                "{}: killed for failures after {} of them",
+                job.spec.id, old.restarts.failures
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every invariant of one replica, then those of the step from `before`.
 pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     ring_is_one_cycle_over_live_processes(after)?;
@@ -379,6 +422,7 @@ pub fn check_all(before: &Replica, after: &Replica, at: u64) -> Check {
     pending_jobs_cannot_start(after)?;
     owner_epochs_only_grow(before, after, at)?;
     re_divisions_keep_the_past(before, after)?;
+    restarts_give_a_new_version(before, after, at)?;
     slots_keep_live_owners(before, after)?;
     ignored_entries_change_nothing(before, after)?;
     Ok(())

@@ -4,5 +4,6 @@
 
 mod generative;
 mod invariants;
+mod restarts;
 mod schedulers;
 mod sim;
