@@ -66,13 +66,7 @@ fn start_peer(dir: &Path, log: &str, name: &str, env: &[(&str, &str)], extra: &[
 
 /// The cluster as `cluster-status --json` prints it.
 fn status(dir: &Path, log: &str) -> Value {
-    let (ok, lines) = Proc::start(&["cluster-status", "--log", log, "--json"], dir).finish(WAIT);
-    assert!(ok.success(), "{}", lines.join("\n"));
-    let line = lines
-        .iter()
-        .find_map(|l| l.find('{').map(|at| &l[at..]))
-        .unwrap_or_else(|| panic!("no JSON in:\n{}", lines.join("\n")));
-    serde_json::from_str(line).unwrap()
+    cluster_status(dir, log, WAIT)
 }
 
 /// The job `id` in `status`.

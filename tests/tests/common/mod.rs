@@ -625,3 +625,15 @@ pub fn id_of(p: &Proc) -> String {
         .unwrap_or_else(|| panic!("no process id in {line:?}"))
         .to_owned()
 }
+
+/// The cluster as `sardonyx cluster-status --json` prints it (run in `dir`, against the log
+/// servers `log`, waiting at most `wait`).
+pub fn cluster_status(dir: &Path, log: &str, wait: Duration) -> Value {
+    let (ok, lines) = Proc::start(&["cluster-status", "--log", log, "--json"], dir).finish(wait);
+    assert!(ok.success(), "{}", lines.join("\n"));
+    let line = lines
+        .iter()
+        .find_map(|l| l.find('{').map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("no JSON in:\n{}", lines.join("\n")));
+    serde_json::from_str(line).unwrap()
+}
