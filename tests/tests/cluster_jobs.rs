@@ -48,14 +48,7 @@ fn start_peer(dir: &Path, log: &str, name: &str, slots: u32) -> Proc {
         "--trace-replicas",
         &trace,
     ];
-    let mut p = Proc::start_with_env(&args, &cwd, &[("SARDONYX_LOG", "info")]);
-    let joined = p.wait_line(WAIT, |l| l.contains("joined the cluster"));
-    assert!(
-        joined.is_some(),
-        "{name} did not join:\n{}",
-        p.seen.join("\n")
-    );
-    p
+    start_joined(&args, &cwd, &[("SARDONYX_LOG", "info")], name, WAIT)
 }
 
 /// The cluster as `cluster-status --json` prints it.

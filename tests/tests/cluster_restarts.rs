@@ -54,14 +54,7 @@ fn start_peer(dir: &Path, log: &str, name: &str, env: &[(&str, &str)], extra: &[
     args.extend_from_slice(extra);
     let mut env = env.to_vec();
     env.push(("SARDONYX_LOG", "info"));
-    let mut p = Proc::start_with_env(&args, &cwd, &env);
-    let joined = p.wait_line(WAIT, |l| l.contains("joined the cluster"));
-    assert!(
-        joined.is_some(),
-        "{name} did not join:\n{}",
-        p.seen.join("\n")
-    );
-    p
+    start_joined(&args, &cwd, &env, name, WAIT)
 }
 
 /// The cluster as `cluster-status --json` prints it.

@@ -637,3 +637,22 @@ pub fn cluster_status(dir: &Path, log: &str, wait: Duration) -> Value {
         .unwrap_or_else(|| panic!("no JSON in:\n{}", lines.join("\n")));
     serde_json::from_str(line).unwrap()
 }
+
+/// Starts a `sardonyx peer` process (`args`, in `cwd`, with `env`) and waits at most `wait`
+/// until it says it joined the cluster (failing with what it printed, naming it `name`).
+pub fn start_joined(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    name: &str,
+    wait: Duration,
+) -> Proc {
+    let mut p = Proc::start_with_env(args, cwd, env);
+    let joined = p.wait_line(wait, |l| l.contains("joined the cluster"));
+    assert!(
+        joined.is_some(),
+        "{name} did not join:\n{}",
+        p.seen.join("\n")
+    );
+    p
+}
