@@ -4,8 +4,8 @@
 //! **Key placement is specified** (DESIGN §4, "Grouping"): a group key hashes to
 //! `xxh3_64(canonical bytes of the key, seed 0)` ([`key_hash`], with the canonical bytes of
 //! [`Value::write_canonical`]); the hash falls in key group `⌊hash · G / 2⁶⁴⌋` of the job's
-//! `key_groups` G ([`key_groups::key_group_of`]); and the slot of `n_peers` that owns the key
-//! group in the contiguous division ([`key_groups::slot_of`]) takes the key. A slot's persisted
+//! `key_groups` G ([`crate::key_groups::key_group_of`]); and the slot of `n_peers` that owns the key
+//! group in the contiguous division ([`crate::key_groups::slot_of`]) takes the key. A slot's persisted
 //! window state and dedup ids are those of the keys placed on it, so this must give the same
 //! answer in every build and every Rust release; `tests::key_placement_is_pinned` fails if it
 //! changes. A job's meta record says which placement wrote its state ([`placement`], which
@@ -15,7 +15,6 @@ use std::borrow::Cow;
 
 use crate::division::Division;
 use crate::job::{FlowCondition, FlowTo, GroupKey, PredicateExpr};
-use crate::key_groups;
 use crate::registry::Registry;
 use crate::segment::{Segment, Value};
 
@@ -32,13 +31,10 @@ pub fn placement(key_groups: usize) -> String {
 }
 
 /// The slot (of `n_peers`) that takes a key of hash `hash`: the owner of its key group (of
-/// `key_groups`) in the contiguous division.
+/// `key_groups`) in the contiguous division ([`Division::slot_of_hash`], which routing calls
+/// with the task's own division).
 pub fn hash_peer(hash: u64, n_peers: usize, key_groups: usize) -> usize {
-    key_groups::slot_of(
-        key_groups::key_group_of(hash, key_groups),
-        n_peers,
-        key_groups,
-    )
+    Division::contiguous(n_peers, key_groups).slot_of_hash(hash)
 }
 
 pub use crate::key_groups::key_hash;
@@ -250,6 +246,7 @@ impl FlowPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_groups;
     use proptest::prelude::*;
 
     /// The placement of known keys, pinned: a change to the hash, the canonical bytes, the
