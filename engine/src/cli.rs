@@ -1006,8 +1006,9 @@ async fn show_progress(progress: Arc<Progress>, every_ms: u64) {
     loop {
         tokio::time::sleep(Duration::from_millis(tick)).await;
         let msg = format!(
-            "read {} · written {} · rejected {} · logged {}",
+            "read {} · committed {} · written {} · rejected {} · logged {}",
             progress.read.load(Ordering::Relaxed),
+            progress.committed.load(Ordering::Relaxed),
             progress.written.load(Ordering::Relaxed),
             progress.rejected.load(Ordering::Relaxed),
             progress.logged_segments.load(Ordering::Relaxed)

@@ -26,8 +26,20 @@ pub struct AckToken {
     seq: u64,
     input: u32,
     positions: Positions,
-    done: mpsc::UnboundedSender<(u64, Positions)>,
+    records: u64,
+    done: mpsc::UnboundedSender<Completion>,
     poisoned: AtomicBool,
+}
+
+/// What a finished batch's token reports to its committer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The batch's number in its issuer's order.
+    pub seq: u64,
+    /// The positions the batch ends at, per partition it read.
+    pub positions: Positions,
+    /// How many input records the batch holds.
+    pub records: u64,
 }
 
 impl AckToken {
@@ -58,8 +70,11 @@ impl Drop for AckToken {
             return;
         }
         // The committer may have gone (job aborted): nothing left to record then.
-        let positions = std::mem::take(&mut self.positions);
-        let _ = self.done.send((self.seq, positions));
+        let _ = self.done.send(Completion {
+            seq: self.seq,
+            positions: std::mem::take(&mut self.positions),
+            records: self.records,
+        });
     }
 }
 
@@ -113,18 +128,20 @@ impl Drop for HeldAcks {
 pub struct AckIssuer {
     next: u64,
     input: u32,
-    done: mpsc::UnboundedSender<(u64, Positions)>,
+    done: mpsc::UnboundedSender<Completion>,
 }
 
 impl AckIssuer {
-    /// A token for the next batch, which ends at `positions` (per partition it read).
-    pub fn issue(&mut self, positions: Positions) -> Arc<AckToken> {
+    /// A token for the next batch, which holds `records` input records and ends at
+    /// `positions` (per partition it read).
+    pub fn issue(&mut self, positions: Positions, records: u64) -> Arc<AckToken> {
         let seq = self.next;
         self.next += 1;
         Arc::new(AckToken {
             seq,
             input: self.input,
             positions,
+            records,
             done: self.done.clone(),
             poisoned: AtomicBool::new(false),
         })
@@ -135,8 +152,9 @@ impl AckIssuer {
 #[derive(Debug, Default)]
 pub struct Committer {
     next: u64,
-    completed: BTreeMap<u64, Positions>,
+    completed: BTreeMap<u64, (Positions, u64)>,
     committed: Positions,
+    records: u64,
 }
 
 impl Committer {
@@ -148,13 +166,14 @@ impl Committer {
         }
     }
 
-    /// Records that batch `seq` (ending at `positions`) is done; returns the new committed
-    /// positions if they advanced.
-    pub fn complete(&mut self, seq: u64, positions: Positions) -> Option<&Positions> {
-        self.completed.insert(seq, positions);
+    /// Records that a batch is done; returns the new committed positions if they advanced.
+    pub fn complete(&mut self, done: Completion) -> Option<&Positions> {
+        self.completed
+            .insert(done.seq, (done.positions, done.records));
         let mut advanced = false;
-        while let Some(ps) = self.completed.remove(&self.next) {
+        while let Some((ps, records)) = self.completed.remove(&self.next) {
             self.next += 1;
+            self.records += records;
             for p in ps.iter() {
                 let before = self.committed.get(p.partition);
                 self.committed.advance(p);
@@ -169,10 +188,15 @@ impl Committer {
     pub fn committed(&self) -> &Positions {
         &self.committed
     }
+
+    /// How many records the batches committed so far (since this committer started) hold.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
 }
 
 /// A token issuer for input peer `input` and the receiving end of its completions.
-pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<(u64, Positions)>) {
+pub fn channel(input: u32) -> (AckIssuer, mpsc::UnboundedReceiver<Completion>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         AckIssuer {
@@ -193,6 +217,15 @@ mod tests {
         at(&[(0, offset)])
     }
 
+    /// Batch `seq`, of 10 records, ending at `positions`.
+    fn done(seq: u64, positions: Positions) -> Completion {
+        Completion {
+            seq,
+            positions,
+            records: 10,
+        }
+    }
+
     fn at(ps: &[(u32, u64)]) -> Positions {
         ps.iter()
             .map(|&(partition, offset)| Position { partition, offset })
@@ -202,48 +235,56 @@ mod tests {
     #[test]
     fn commits_only_the_contiguous_prefix() {
         let mut c = Committer::default();
-        assert_eq!(c.complete(1, pos(20)), None);
+        assert_eq!(c.complete(done(1, pos(20))), None);
         assert!(c.committed().is_empty());
-        assert_eq!(c.complete(0, pos(10)), Some(&pos(20)));
-        assert_eq!(c.complete(3, pos(40)), None);
+        assert_eq!(c.complete(done(0, pos(10))), Some(&pos(20)));
+        assert_eq!(c.complete(done(3, pos(40))), None);
         assert_eq!(c.committed(), &pos(20));
-        assert_eq!(c.complete(2, pos(30)), Some(&pos(40)));
+        assert_eq!(c.complete(done(2, pos(30))), Some(&pos(40)));
+        assert_eq!(c.records(), 40, "batches 0 to 3, 10 records each");
     }
 
     #[test]
     fn merges_the_partitions_of_completed_batches() {
         let mut c = Committer::new(at(&[(0, 5), (2, 9)]));
         // Batch 1 (partitions 1 and 2) is done before batch 0: nothing moves yet.
-        assert_eq!(c.complete(1, at(&[(1, 30), (2, 12)])), None);
+        assert_eq!(c.complete(done(1, at(&[(1, 30), (2, 12)]))), None);
         assert_eq!(c.committed(), &at(&[(0, 5), (2, 9)]));
         assert_eq!(
-            c.complete(0, at(&[(0, 8), (1, 20)])),
+            c.complete(done(0, at(&[(0, 8), (1, 20)]))),
             Some(&at(&[(0, 8), (1, 30), (2, 12)]))
         );
         // A batch of one partition leaves the others where they are.
         assert_eq!(
-            c.complete(2, at(&[(1, 31)])),
+            c.complete(done(2, at(&[(1, 31)]))),
             Some(&at(&[(0, 8), (1, 31), (2, 12)]))
         );
         // A batch that moves nothing (positions never go back) reports nothing.
-        assert_eq!(c.complete(3, at(&[(0, 7)])), None);
+        assert_eq!(c.complete(done(3, at(&[(0, 7)]))), None);
     }
 
     #[test]
     fn tokens_report_when_the_last_clone_drops() {
         let (mut issuer, mut rx) = channel(0);
-        let t = issuer.issue(pos(7));
+        let t = issuer.issue(pos(7), 3);
         let clone = t.clone();
         drop(t);
         assert!(rx.try_recv().is_err());
         drop(clone);
-        assert_eq!(rx.try_recv().unwrap(), (0, pos(7)));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Completion {
+                seq: 0,
+                positions: pos(7),
+                records: 3
+            }
+        );
     }
 
     #[test]
     fn acks_dropped_unreleased_never_report() {
         let (mut issuer, mut rx) = channel(0);
-        let held = HeldAcks::new(vec![issuer.issue(pos(1))]);
+        let held = HeldAcks::new(vec![issuer.issue(pos(1), 1)]);
         let downstream = held.share();
         held.release();
         // A peer fails with the batch in hand: its acks drop without a release.
@@ -252,9 +293,16 @@ mod tests {
             rx.try_recv().is_err(),
             "a poisoned batch must not be committed"
         );
-        let ok = HeldAcks::new(vec![issuer.issue(pos(2))]);
+        let ok = HeldAcks::new(vec![issuer.issue(pos(2), 1)]);
         ok.share().release();
         ok.release();
-        assert_eq!(rx.try_recv().unwrap(), (1, pos(2)));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Completion {
+                seq: 1,
+                positions: pos(2),
+                records: 1
+            }
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! An input peer's committed positions in the state log ([`InputLog`]): where a resumed input
 //! starts reading, and the loop that writes each newly committed value.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sardonyx_connectors::Positions;
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 
 use super::error::RunError;
 use super::job_log::{corrupt, decode, encode, log_error, JobLog};
+use super::progress::Progress;
 
 /// An input peer's committed positions in the state log: each record is the peer's whole
 /// committed [`Positions`] (every partition it reads) at the time it was written.
@@ -44,15 +46,21 @@ impl InputLog {
     }
 
     /// Appends every committed positions it is told of (skipping superseded ones while an
-    /// append is in flight) until the sender is dropped; compacts every 256 appends.
-    pub async fn write_loop(self, mut rx: watch::Receiver<Positions>) -> Result<(), RunError> {
+    /// append is in flight) until the sender is dropped; compacts every 256 appends. Each
+    /// value comes with the records committed so far, added to [`Progress::committed`] once
+    /// it is written.
+    pub async fn write_loop(
+        self,
+        mut rx: watch::Receiver<(Positions, u64)>,
+        progress: Arc<Progress>,
+    ) -> Result<(), RunError> {
         let store = self.js.options.store.clone();
         let client = self.js.client(&self.ledger);
         let mut seq = 0_u64;
-        let mut written = rx.borrow().clone();
+        let (mut written, mut counted) = rx.borrow().clone();
         loop {
             let closed = rx.changed().await.is_err();
-            let current = rx.borrow_and_update().clone();
+            let (current, records) = rx.borrow_and_update().clone();
             if current != written && !current.is_empty() {
                 let bytes = encode(&current);
                 let pos = store
@@ -61,6 +69,10 @@ impl InputLog {
                     .map_err(log_error(&self.ledger))?;
                 seq += 1;
                 written = current;
+                progress
+                    .committed
+                    .fetch_add(records - counted, Ordering::Relaxed);
+                counted = records;
                 if seq.is_multiple_of(256) {
                     store
                         .snapshot(&self.ledger, pos, bytes)

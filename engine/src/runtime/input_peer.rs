@@ -285,7 +285,7 @@ impl InputPeer {
         read_at: i64,
         len: usize,
     ) -> Result<(), RunError> {
-        let acks = HeldAcks::new(vec![self.issuer.issue(positions)]);
+        let acks = HeldAcks::new(vec![self.issuer.issue(positions, len as u64)]);
         self.router
             .flush(self.watermark.mark(read_at, now_ms()), &acks)
             .await;

@@ -448,8 +448,8 @@ impl Attempt<'_> {
                                 let log =
                                     super::input_log::InputLog::new(js.clone(), &t.name, peer);
                                 let resume = log.resume_positions().await?;
-                                let (tx, rx) = tokio::sync::watch::channel(resume.clone());
-                                writers.push(tokio::spawn(log.write_loop(rx)));
+                                let (tx, rx) = tokio::sync::watch::channel((resume.clone(), 0));
+                                writers.push(tokio::spawn(log.write_loop(rx, progress.clone())));
                                 (resume, Some(tx))
                             }
                             None => (Positions::new(), None),
@@ -458,8 +458,10 @@ impl Attempt<'_> {
                         // its consumer group); the state log stays the resume point.
                         let (to_source, committed_rx) = tokio::sync::watch::channel(resume.clone());
                         let start = resume.clone();
+                        let counts = progress.clone();
                         committers.push(tokio::spawn(async move {
-                            (key, commit_loop(done, start, writer, to_source).await)
+                            let loop_ = commit_loop(done, start, writer, to_source, &counts);
+                            (key, loop_.await)
                         }));
                         handles.spawn(super::input_peer::run_input(
                             ctx,
@@ -582,22 +584,34 @@ async fn join_peers(
 }
 
 /// Advances an input peer's committed positions as its batches complete, and hands each new
-/// value to the position writer (if the job has a state log) and to the input peer (which
-/// commits it to its source).
+/// value to the position writer (if the job has a state log; with the records committed so
+/// far, which it counts in [`Progress::committed`] once written) and to the input peer (which
+/// commits it to its source). Without a state log the records are counted here.
 async fn commit_loop(
-    mut done: mpsc::UnboundedReceiver<(u64, Positions)>,
+    mut done: mpsc::UnboundedReceiver<ack::Completion>,
     resume: Positions,
-    writer: Option<tokio::sync::watch::Sender<Positions>>,
+    writer: Option<tokio::sync::watch::Sender<(Positions, u64)>>,
     to_source: tokio::sync::watch::Sender<Positions>,
+    progress: &Progress,
 ) -> Positions {
     let mut c = ack::Committer::new(resume);
-    while let Some((seq, positions)) = done.recv().await {
-        if let Some(ps) = c.complete(seq, positions) {
+    let mut counted = 0;
+    while let Some(d) = done.recv().await {
+        if let Some(ps) = c.complete(d) {
             tracing::trace!(positions = ?ps, "input positions committed");
-            if let Some(w) = &writer {
-                let _ = w.send(ps.clone());
+            let ps = ps.clone();
+            match &writer {
+                Some(w) => {
+                    let _ = w.send((ps.clone(), c.records()));
+                }
+                None => {
+                    progress
+                        .committed
+                        .fetch_add(c.records() - counted, Ordering::Relaxed);
+                    counted = c.records();
+                }
             }
-            let _ = to_source.send(ps.clone());
+            let _ = to_source.send(ps);
         }
     }
     c.committed().clone()

@@ -35,6 +35,10 @@ const PREVIEW_CHARS: usize = 200;
 pub struct Progress {
     /// Records read by input tasks.
     pub read: AtomicU64,
+    /// Records read by input tasks whose positions are committed: fully processed downstream
+    /// and, when the job has a state log, their positions written there (a rerun resumes after
+    /// them).
+    pub committed: AtomicU64,
     /// Segments written by output tasks.
     pub written: AtomicU64,
     /// Segments (or input lines) sent to the error output.

@@ -478,8 +478,8 @@ async fn receive(mut r: Receiver) {
         let edges = edges.clone();
         let messenger = r.messenger.clone();
         tokio::spawn(async move {
-            while let Some((seq, _)) = done.recv().await {
-                let finished = edges.lock().expect("edges").remove(&seq);
+            while let Some(d) = done.recv().await {
+                let finished = edges.lock().expect("edges").remove(&d.seq);
                 for e in finished.into_iter().flatten() {
                     if let Err(err) = messenger.send_ack(e.origin, e.root, e.id) {
                         tracing::debug!(error = %err, "an ack for a process that left");
@@ -517,7 +517,7 @@ async fn receive(mut r: Receiver) {
                     continue;
                 }
                 *expected += 1;
-                let token = issuer.issue(Positions::new());
+                let token = issuer.issue(Positions::new(), 0);
                 edges.lock().expect("edges").insert(token.seq(), batch.acks);
                 let msg = Msg::Batch {
                     sender,

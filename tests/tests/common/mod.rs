@@ -107,10 +107,20 @@ impl Proc {
     /// Waits (at most `timeout`) until the run's progress says it has read `n` records and
     /// returns that progress line; fails the test with the output seen if it never does.
     pub fn wait_until_read(&mut self, n: u64, timeout: Duration) -> String {
-        let hit = self.wait_line(timeout, |l| {
-            progress_count(l, "read").is_some_and(|r| r >= n)
-        });
-        hit.unwrap_or_else(|| panic!("the run never read {n} records:\n{}", self.seen.join("\n")))
+        self.wait_until_count("read", n, timeout)
+    }
+
+    /// Waits (at most `timeout`) until the run's progress line counts at least `n` under `key`
+    /// (`read`, `committed`, `written` …) and returns that line; fails the test with the
+    /// output seen if it never does.
+    pub fn wait_until_count(&mut self, key: &str, n: u64, timeout: Duration) -> String {
+        let hit = self.wait_line(timeout, |l| progress_count(l, key).is_some_and(|r| r >= n));
+        hit.unwrap_or_else(|| {
+            panic!(
+                "the run's {key} never reached {n}:\n{}",
+                self.seen.join("\n")
+            )
+        })
     }
 
     /// Takes in every line printed so far (without waiting) and returns them all.
