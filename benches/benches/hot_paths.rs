@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sardonyx::segment::{from_json_slice, to_bincode};
+use sardonyx::segment::{from_json_slice, from_json_slice_projected, to_bincode};
 use sardonyx::{Segment, Value};
 use sardonyx_windowing::aggregation;
 use sardonyx_windowing::extent::Extents;
@@ -18,6 +18,8 @@ use sardonyx_windowing::{Transition, WindowOperator};
 const LINE: &[u8] =
     br#"{"vote_id": 123456, "voter_id": 4242, "candidate": "cand_03", "event_time": 1700000123456}"#;
 const T0: i64 = 1_700_000_000_000;
+/// A Nexmark bid as `nexmark-bench` writes it (eight fields, two long strings).
+const BID: &[u8] = br#"{"auction":1000,"bidder":1001,"price":73134520,"channel":"channel-7568","url":"https://www.nexmark.com/rswp/bsu/_gzj/item.htm?query=1&channel_id=163053568","date_time":1767225600000,"extra":"tjegpemlelrhcglaovelrtxwcwcintpbwbhwemkngirkduwbqfbwmnrtegvmrittzvxgswwdln","event_id":4}"#;
 
 fn vote(i: u64) -> Segment {
     let mut s = Segment::with_capacity(4);
@@ -61,6 +63,14 @@ fn segment_access(c: &mut Criterion) {
     g.bench_function("clone", |b| b.iter(|| black_box(&seg).clone()));
     g.bench_function("json parse (vote line)", |b| {
         b.iter(|| from_json_slice(black_box(LINE)))
+    });
+    // What Nexmark Q7 reads of a bid: three of its eight fields (sorted names).
+    let q7: Vec<String> = ["date_time", "event_id", "price"].map(String::from).into();
+    g.bench_function("json parse projected (bid line, 3 of 8 fields)", |b| {
+        b.iter(|| from_json_slice_projected(black_box(BID), black_box(&q7)))
+    });
+    g.bench_function("json parse (bid line, all 8 fields)", |b| {
+        b.iter(|| from_json_slice(black_box(BID)))
     });
     g.bench_function("bincode encode", |b| b.iter(|| to_bincode(black_box(&seg))));
     g.finish();
