@@ -154,8 +154,9 @@ mod flat {
     }
 
     /// Whether `s` holds a byte a JSON string must escape (a backslash or a control
-    /// character): one pass with no early exit, so the compiler can test many bytes at once.
-    fn needs_unescaping(s: &[u8]) -> bool {
+    /// character): one pass with no early exit. (Eight bytes at a time with a bit trick
+    /// measured no faster on Nexmark's bids.)
+    pub(super) fn needs_unescaping(s: &[u8]) -> bool {
         s.iter().fold(0_u8, |any, &b| {
             any | u8::from(b == b'\\') | u8::from(b < 0x20)
         }) != 0
@@ -431,6 +432,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_escape_check_finds_every_backslash_and_control_byte(
+            bytes in prop::collection::vec(prop_oneof![
+                Just(b'\\'), Just(0x1f_u8), Just(0x00), Just(0x20), Just(0x5b), Just(0x5d),
+                Just(0x7f), Just(0x80), Just(0xdc), Just(0xff), any::<u8>(),
+            ], 0..40),
+            clean in "[ -\\[\\]-~é𝄞]{0,40}",
+        ) {
+            let bytewise = |s: &[u8]| s.iter().any(|&b| b == b'\\' || b < 0x20);
+            prop_assert_eq!(flat::needs_unescaping(&bytes), bytewise(&bytes));
+            prop_assert!(!flat::needs_unescaping(clean.as_bytes()));
+        }
+
         #[test]
         fn the_flat_fast_path_agrees_with_serde_json_on_any_text(text in "[ {}\":,a-c0-9.eE\\\\-]{0,24}") {
             same_as_serde(text.as_bytes());
