@@ -56,7 +56,9 @@ enum Command {
         errors: PathBuf,
         #[command(flatten)]
         state: StateArgs,
-        /// When output is not a terminal, print a progress line this often (milliseconds).
+        /// When output is not a terminal, print a progress line this often (milliseconds):
+        /// records read, records committed (fully processed, their input positions in the state
+        /// log: a rerun resumes after them), segments written, rejected, and logged.
         #[arg(long, default_value_t = 5000)]
         progress_ms: u64,
         /// Serve metrics (Prometheus text format) at http://ADDR/metrics and a live dashboard
