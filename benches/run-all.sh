@@ -12,8 +12,9 @@
 #     (pathway is 1.6 GB, apache-flink 844 MB and needs Java 17). A venv that already imports
 #     its package is left alone; if a pip install into it is running, it waits for that one.
 #     INSTALL_PEERS=0 never installs (missing peers are then reported as skipped).
-#  2. Generates the vote files (gen_votes.py, seed 42, --vote-id): N events, and N + N/5 for the
-#     recovery run (it is killed after N, so the file must go on past N).
+#  2. Generates the vote files (gen_votes.py, seed 42, --vote-id): N events, and N + N/5 (at
+#     least N + 200000) for the recovery run: it is killed once N are committed, so the file must
+#     go on long enough past N that the run is still going when the kill lands.
 #  3. benches/run-peers.sh N RUNS: the Rust baseline, every installed peer and Sardonyx
 #     (memory, embedded) through the peers' harness; the ratio to the best peer of this run.
 #  4. vote-bench run: Q1-Q3 in every state mode (memory, embedded, cluster) from both sources
@@ -97,7 +98,7 @@ wants pyflink && install_peer flink apache-flink==2.3.0 pyflink
 command -v java >/dev/null || log "no java on PATH: PyFlink will be skipped (it needs Java 17)"
 
 # ---- 2. data and build --------------------------------------------------------------------------
-NR=$((N + N / 5))
+NR=$((N + (N / 5 > 200000 ? N / 5 : 200000)))
 DATA=$W/votes_${N}_id.jsonl; RDATA=$W/votes_${NR}_id.jsonl
 for f in "$DATA:$N" "$RDATA:$NR"; do
   [ "$SKIP_VOTES" = 1 ] && break
@@ -199,7 +200,7 @@ body() { grep '^|' "$1" 2>/dev/null || echo "(no table: the step failed, see std
   echo "## Recovery after kill -9 (\`vote-bench recovery\`, exactly-once on the embedded log)"
   echo
   echo "The job runs as a real \`sardonyx run\` process, is killed with SIGKILL once its progress line"
-  echo "says it has read N events, and is started again on the same data directory; it then reads the"
+  echo "says it has committed N events, and is started again on the same data directory; it then reads the"
   echo "rest of a $NR-event file. Compaction on = \`--compact-bytes $RECOVERY_COMPACT_BYTES\`; off = never."
   echo "*start → slot recovered*: spawn to the engine's \`windowed slot recovered\` log line; *start →"
   echo "processing again*: spawn to the first progress line (every 10 ms) showing a new batch committed to"

@@ -690,8 +690,9 @@ mod tests {
 
     #[test]
     fn cli_lines() {
-        let l = "progress: read 1200 · written 7 · rejected 0 · logged 1000";
+        let l = "progress: read 1200 · committed 800 · written 7 · rejected 0 · logged 1000";
         assert_eq!(progress_count(l, "read"), Some(1200));
+        assert_eq!(progress_count(l, "committed"), Some(800));
         assert_eq!(progress_count(l, "logged"), Some(1000));
         assert_eq!(progress_count("read 3", "read"), None);
         let r = "recovered vote-bench-q2/g1/count/0: snapshot at 41, 3 records scanned, \

@@ -1,8 +1,9 @@
 //! Recovery time after a kill -9 (`vote-bench recovery`).
 //!
 //! One case: a query's job (exactly-once on the embedded log, under a data directory of its own)
-//! runs as a real `sardonyx run` process; once its progress line says it has read `N` events it
-//! is killed with SIGKILL; the same command is started again on the same data directory and
+//! runs as a real `sardonyx run` process; once its progress line says it has committed `N` events
+//! (fully processed, their input positions in the log; reads run ahead of that) it is killed with
+//! SIGKILL; the same command is started again on the same data directory and
 //! reads the rest of the file. The restart is timed from the instant before `spawn` to:
 //!
 //! - **slot recovered**: the engine's `windowed slot recovered` log line (tracing, INFO, target
@@ -83,7 +84,7 @@ pub struct Setup {
 pub struct Case {
     /// The query.
     pub query: Query,
-    /// Kill once the progress line says at least this many events were read.
+    /// Kill once the progress line says at least this many events were committed.
     pub kill_at: u64,
     /// `--compact-bytes` (`None`: compaction off, i.e. `u64::MAX`).
     pub compact_bytes: Option<u64>,
@@ -292,7 +293,9 @@ pub fn measure(setup: &Setup, case: Case, reference: &Reference) -> anyhow::Resu
     .map(|s| s.to_string())
     .collect();
 
-    // 1. A fresh run, killed with SIGKILL once it has read `kill_at` events.
+    // 1. A fresh run, killed with SIGKILL once it has committed `kill_at` events. (Killed after
+    //    reading them instead, a small N could be killed before anything was committed: the
+    //    restart then had nothing to recover and read everything again.)
     let mut fresh_args = args.clone();
     fresh_args.push("--fresh".into());
     let mut p = Proc::start(&setup.launcher, &fresh_args, &dir)?;
@@ -301,7 +304,7 @@ pub fn measure(setup: &Setup, case: Case, reference: &Reference) -> anyhow::Resu
     let (read_at_kill, logged_at_kill, killed_after) = loop {
         let Some((t, line)) = p.next(deadline)? else {
             bail!(
-                "the first run ended before reading {} events:\n{}",
+                "the first run ended before committing {} events:\n{}",
                 case.kill_at,
                 p.tail()
             );
@@ -313,9 +316,9 @@ pub fn measure(setup: &Setup, case: Case, reference: &Reference) -> anyhow::Resu
         if logged > 0 && fresh_first_batch.is_none() {
             fresh_first_batch = Some(t);
         }
-        if let Some(read) = progress_count(&line, "read").filter(|r| *r >= case.kill_at) {
+        if progress_count(&line, "committed").is_some_and(|c| c >= case.kill_at) {
             p.kill9();
-            break (read, logged, t);
+            break (progress_count(&line, "read").unwrap_or(0), logged, t);
         }
     };
     drop(p);

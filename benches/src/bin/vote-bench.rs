@@ -64,7 +64,7 @@ struct RecoveryArgs {
     /// The vote file (with `vote_id`); it must hold more events than the largest kill point.
     #[arg(long)]
     input: PathBuf,
-    /// Kill points: kill once this many events were read (comma-separated).
+    /// Kill points: kill once this many events were committed (comma-separated).
     #[arg(long, default_value = "1000000", value_delimiter = ',')]
     events: Vec<u64>,
     /// Queries, comma-separated.
