@@ -24,16 +24,58 @@ pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
     }
 }
 
-/// Parses one JSON document that must be an object into a segment of only the fields named in
-/// `fields` (sorted): exactly [`from_json_slice`] with every other field removed, and the same
-/// errors. The fast path skips the other fields' values without building them.
-pub fn from_json_slice_projected(bytes: &[u8], fields: &[String]) -> Result<Segment, String> {
+/// The fields a projected parse keeps ([`from_json_slice_projected`]), ready for a lookup per
+/// key: most keys of a line are rejected by their length alone (a mask of the names' lengths),
+/// the rest compared with the few names of that length. Built once per input, not per line (a
+/// binary search of string comparisons per key was ~10 % of a Nexmark job's CPU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields {
+    /// Sorted, each once.
+    names: Vec<String>,
+    /// Bit `n` (below 63) set when some name is `n` bytes long; bit 63 for 63 and longer.
+    lengths: u64,
+}
+
+impl Fields {
+    /// Above this many names a binary search beats comparing each.
+    const LINEAR_UP_TO: usize = 8;
+
+    /// The fields named in `names` (in any order).
+    pub fn new(mut names: Vec<String>) -> Self {
+        names.sort();
+        names.dedup();
+        let lengths = names.iter().fold(0, |m, n| m | 1 << n.len().min(63));
+        Fields { names, lengths }
+    }
+
+    /// The names, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// True if `key` is one of the fields.
+    pub fn has(&self, key: &str) -> bool {
+        if self.lengths & 1 << key.len().min(63) == 0 {
+            return false;
+        }
+        if self.names.len() <= Self::LINEAR_UP_TO {
+            self.names.iter().any(|n| n == key)
+        } else {
+            self.names.binary_search_by(|n| n.as_str().cmp(key)).is_ok()
+        }
+    }
+}
+
+/// Parses one JSON document that must be an object into a segment of only `fields`: exactly
+/// [`from_json_slice`] with every other field removed, and the same errors. The fast path skips
+/// the other fields' values without building them.
+pub fn from_json_slice_projected(bytes: &[u8], fields: &Fields) -> Result<Segment, String> {
     match flat::parse_projected(bytes, Some(fields)) {
         Some(segment) => Ok(segment),
         None => from_json_slice_full(bytes).map(|mut m| {
             let other: Vec<String> = m
                 .iter()
-                .filter(|(k, _)| fields.binary_search_by(|f| f.as_str().cmp(k)).is_err())
+                .filter(|(k, _)| !fields.has(k))
                 .map(|(k, _)| k.to_owned())
                 .collect();
             for k in other {
@@ -62,7 +104,7 @@ fn from_json_slice_full(bytes: &[u8]) -> Result<Segment, String> {
 /// floats, escapes, long or odd numbers, malformed text), which then takes the full parser
 /// (and its error messages).
 mod flat {
-    use super::{Map, Segment, Value};
+    use super::{Fields, Map, Segment, Value};
 
     struct Cursor<'a> {
         /// The whole line, checked as UTF-8 once (one pass over the line instead of one call
@@ -77,16 +119,15 @@ mod flat {
         parse_projected(bytes, None)
     }
 
-    /// Parses `bytes` if it is a simple flat object, keeping only the fields of `keep` (sorted)
-    /// if given; the values of the others are checked but not built.
-    pub(super) fn parse_projected(bytes: &[u8], keep: Option<&[String]>) -> Option<Segment> {
-        let wanted = keep.map(Wanted::new);
-        let kept = |key: &str| wanted.as_ref().is_none_or(|w| w.has(key));
+    /// Parses `bytes` if it is a simple flat object, keeping only the fields of `keep` if given;
+    /// the values of the others are checked but not built.
+    pub(super) fn parse_projected(bytes: &[u8], keep: Option<&Fields>) -> Option<Segment> {
+        let kept = |key: &str| keep.is_none_or(|f| f.has(key));
         let text = std::str::from_utf8(bytes).ok()?;
         let mut c = Cursor { text, bytes, at: 0 };
         c.skip_ws();
         c.eat(b'{')?;
-        let mut m = Map::with_capacity(keep.map_or(0, <[String]>::len));
+        let mut m = Map::with_capacity(keep.map_or(0, |f| f.names().len()));
         c.skip_ws();
         if c.peek() == Some(b'}') {
             c.at += 1;
@@ -120,37 +161,6 @@ mod flat {
         }
         c.skip_ws();
         (c.at == bytes.len()).then_some(m)
-    }
-
-    /// The field names a projected parse keeps (sorted), with a mask of their lengths: most
-    /// keys of a line are rejected by their length alone, and the rest compared with the few
-    /// names of that length (a binary search of string comparisons per key was ~10 % of a
-    /// Nexmark job's CPU).
-    struct Wanted<'k> {
-        names: &'k [String],
-        /// Bit `n` (below 64) set when some name is `n` bytes long; bit 63 also for longer ones.
-        lengths: u64,
-    }
-
-    impl<'k> Wanted<'k> {
-        /// Above this many names a binary search beats comparing each.
-        const LINEAR_UP_TO: usize = 8;
-
-        fn new(names: &'k [String]) -> Self {
-            let lengths = names.iter().fold(0, |m, n| m | 1 << n.len().min(63));
-            Wanted { names, lengths }
-        }
-
-        fn has(&self, key: &str) -> bool {
-            if self.lengths & 1 << key.len().min(63) == 0 {
-                return false;
-            }
-            if self.names.len() <= Self::LINEAR_UP_TO {
-                self.names.iter().any(|n| n == key)
-            } else {
-                self.names.binary_search_by(|n| n.as_str().cmp(key)).is_ok()
-            }
-        }
     }
 
     /// Whether `s` holds a byte a JSON string must escape (a backslash or a control
@@ -336,12 +346,14 @@ mod tests {
         ];
         let few_long = [&long[1][..], "a"];
         for keep in [&["a"][..], &["b", "c", "vote_id"], &[], &many, &few_long] {
-            let mut keep: Vec<String> = keep.iter().map(|f| (*f).to_owned()).collect();
-            keep.sort();
+            let keep = Fields::new(keep.iter().map(|f| (*f).to_owned()).collect());
             let projected = from_json_slice_projected(text, &keep);
             let want = full.clone().map(|m| {
                 let mut out = Segment::new();
-                for (k, v) in m.iter().filter(|(k, _)| keep.iter().any(|f| f == k)) {
+                for (k, v) in m
+                    .iter()
+                    .filter(|(k, _)| keep.names().iter().any(|f| f == k))
+                {
                     out.insert(k, v.clone());
                 }
                 out

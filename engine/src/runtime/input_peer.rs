@@ -76,7 +76,7 @@ struct InputPeer {
     timeout: std::time::Duration,
     /// The fields of a record the job reads, if it reads only some
     /// ([`super::projection::input_fields`]): a line is parsed into those alone.
-    fields: Option<Vec<String>>,
+    fields: Option<segment::Fields>,
 }
 
 impl InputPeer {
@@ -105,7 +105,8 @@ impl InputPeer {
             batch_size: ctx.task.effective_batch_size(),
             timeout: ctx.task.effective_batch_timeout(),
             watermark: InputWatermark::new(&ctx.task),
-            fields: super::projection::input_fields(&ctx.job, &ctx.task.name),
+            fields: super::projection::input_fields(&ctx.job, &ctx.task.name)
+                .map(segment::Fields::new),
             lifecycles,
             issuer,
             ctx,

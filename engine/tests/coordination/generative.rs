@@ -181,6 +181,11 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
             .map(|p| p.id)
             .collect();
         let now = sim.now().clone();
+        let running: Vec<_> = now
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Running)
+            .collect();
         match op {
             Op::Start { slots } if alive.len() < processes => {
                 // Ids spread over the range, so the choice of watchers varies.
@@ -229,10 +234,8 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
             }
             Op::KillJob { .. } => {}
             Op::Complete { pick, stale } => {
-                let owned: Vec<Entry> = now
-                    .jobs
+                let owned: Vec<Entry> = running
                     .iter()
-                    .filter(|j| j.status == JobStatus::Running)
                     .flat_map(|j| {
                         j.slots()
                             .filter(|(_, _, s)| s.owner.is_some())
@@ -249,11 +252,6 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
                 }
             }
             Op::CompleteJob { pick } => {
-                let running: Vec<_> = now
-                    .jobs
-                    .iter()
-                    .filter(|j| j.status == JobStatus::Running)
-                    .collect();
                 if !running.is_empty() {
                     let j = running[pick.index(running.len())];
                     for (t, i, s) in j.slots().filter(|(_, _, s)| s.owner.is_some()) {
@@ -273,11 +271,6 @@ pub fn run(processes: usize, ops: &[Op], coverage: &mut Coverage, keep_history: 
                 copies,
                 again,
             } => {
-                let running: Vec<_> = now
-                    .jobs
-                    .iter()
-                    .filter(|j| j.status == JobStatus::Running)
-                    .collect();
                 if !running.is_empty() {
                     let j = running[pick.index(running.len())];
                     let reason = if *failed {

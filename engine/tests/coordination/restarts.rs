@@ -7,31 +7,12 @@
 use sardonyx::coordination::{
     diff, Entry, Ignored, JobId, JobSpec, JobStatus, ProcessId, RestartReason, MAX_RESTARTS,
 };
-use sardonyx::job::builder::JobBuilder;
-use sardonyx::job::{AggregationDef, TaskSpec, WindowDef};
 
+use super::schedulers::{spec, three_tasks};
 use super::sim::Sim;
 
 fn job() -> JobSpec {
-    let job = JobBuilder::new()
-        .id("a")
-        .edge("read", "count")
-        .edge("count", "write")
-        .task(TaskSpec::input("read", "sardonyx/jsonl").param("path", "votes.jsonl"))
-        .task(
-            TaskSpec::function("count", "sardonyx/identity")
-                .group_by_key("candidate")
-                .uniqueness_key("vote_id")
-                .peers_between(2, 2),
-        )
-        .task(TaskSpec::output("write", "sardonyx/null"))
-        .window(WindowDef::global(
-            "totals",
-            "count",
-            AggregationDef::count(),
-        ))
-        .build();
-    JobSpec::from_job(&job).unwrap()
+    spec(three_tasks("a", 2, 2))
 }
 
 /// Two processes of three slots running job "a" (four slots), settled.

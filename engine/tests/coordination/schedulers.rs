@@ -14,7 +14,7 @@ use super::sim::Sim;
 
 /// A vote-count-like job of three tasks: an input on one peer, a grouped windowed count
 /// (between `min` and `max` peers), an output on one peer.
-fn three_tasks(id: &str, min: usize, max: usize) -> JobBuilder {
+pub(super) fn three_tasks(id: &str, min: usize, max: usize) -> JobBuilder {
     JobBuilder::new()
         .id(id)
         .edge("read", "count")
@@ -34,7 +34,8 @@ fn three_tasks(id: &str, min: usize, max: usize) -> JobBuilder {
         ))
 }
 
-fn spec(job: JobBuilder) -> JobSpec {
+/// The spec of a built job.
+pub(super) fn spec(job: JobBuilder) -> JobSpec {
     JobSpec::from_job(&job.build()).unwrap()
 }
 
