@@ -168,3 +168,55 @@ fn the_mark_is_stored_with_the_ids_and_removed_by_unmarked_changes() {
     assert_eq!(f.mark().unwrap(), None, "import removes the mark");
     assert!(f.contains(b"y").unwrap() && !f.contains(b"z").unwrap());
 }
+
+const CRASH_DIR_VAR: &str = "SARDONYX_DEDUP_CRASH_DIR";
+
+/// The child of [`a_killed_process_keeps_a_marked_prefix`]: does nothing unless run by it.
+/// Inserts 25 marked calls of 7 ids into buckets of 60 (rotations at ids 60 and 120 write what
+/// came before them, with the mark of the call before), flushes
+/// after call 20, then inserts 4 more calls and aborts: no destructor runs.
+#[test]
+fn dedup_crash_child() {
+    let Ok(dir) = std::env::var(CRASH_DIR_VAR) else {
+        return;
+    };
+    let mut f = DedupFilter::open(&dir, cfg(60, 10)).unwrap();
+    for call in 0..25u32 {
+        let ids = (call * 7..call * 7 + 7).map(u32::to_be_bytes);
+        f.insert_batch_marked(ids, Some(format!("call-{call}").as_bytes()))
+            .unwrap();
+        if call == 20 {
+            f.flush().unwrap();
+        }
+    }
+    std::process::abort();
+}
+
+/// A process killed with ids not yet written leaves a filter that is a marked prefix of its
+/// inserts: the mark names the last call it holds whole (at least the last flushed one), every
+/// id up to that call is found, and nothing it did not insert is. The engine replays its ledger
+/// from the mark, so the lost tail costs a replay, never a wrong answer.
+#[test]
+fn a_killed_process_keeps_a_marked_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["dedup_crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_DIR_VAR, dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child must have aborted");
+    let f = DedupFilter::open(dir.path(), cfg(60, 10)).unwrap();
+    let mark = String::from_utf8(f.mark().unwrap().expect("a mark was flushed")).unwrap();
+    let through: u32 = mark.strip_prefix("call-").unwrap().parse().unwrap();
+    assert!((20..25).contains(&through), "{mark}");
+    for i in 0..(through + 1) * 7 {
+        assert!(f.contains(&i.to_be_bytes()).unwrap(), "{i} (mark {mark})");
+    }
+    // Calls 21–24 were not written (no rotation came after them: the next is at id 180), so
+    // the mark is the flushed one and their ids are gone.
+    assert_eq!(through, 20);
+    assert_eq!(f.len(), 21 * 7);
+    for i in 21 * 7..25 * 7 + 10u32 {
+        assert!(!f.contains(&i.to_be_bytes()).unwrap(), "{i}");
+    }
+}

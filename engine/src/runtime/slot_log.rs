@@ -58,6 +58,8 @@ fn open_filter(
         let mark = FilterMark::of_entry(ledger, *pos, &entries[i].1).encode();
         f.insert_labelled_marked(rest.iter().flat_map(|(_, ids)| ids.labelled()), Some(&mark))?;
     }
+    // Written now, so that a second crash does not have to do this again.
+    f.flush()?;
     let opened = FilterOpened {
         reused: matches!(plan, FilterPlan::Reuse { .. }),
         ids: rest.iter().map(|(_, ids)| ids.len() as u64).sum(),
@@ -308,9 +310,11 @@ impl SlotLog {
             .await
             .map_err(slot_write_error(&self.ledger))?;
         if let Some(f) = &mut self.filter {
-            // The filter holds what the snapshot covers: name the snapshot, so that a restart
-            // before the next batch still keeps the filter.
+            // The filter holds what the snapshot covers: name the snapshot and write it out,
+            // so that a restart keeps the filter (a mark older than the snapshot would name
+            // a record the compaction is about to drop, and the filter would be rebuilt).
             f.insert_batch_marked(std::iter::empty::<&[u8]>(), Some(&mark.encode()))
+                .and_then(|()| f.flush())
                 .map_err(filter_error(&self.ledger))?;
         }
         tracing::info!(ledger = %self.ledger, covers = position, bytes = len, "slot compacted");

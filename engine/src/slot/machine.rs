@@ -175,20 +175,16 @@ struct Applied {
 }
 
 impl Applied {
-    /// Takes in the batch applied after this one: one record, one delivery.
-    fn absorb(&mut self, next: Applied) {
-        self.step.extend(next.step);
-        self.outputs.extend(next.outputs);
-        self.ids.extend(next.ids);
-        self.labels.extend(next.labels);
-        for (input, offset) in next.inputs {
+    /// Takes in the input positions of a batch applied after this one (one record, one
+    /// delivery): each input's greatest offset.
+    fn absorb_inputs(&mut self, inputs: Vec<(u32, u64)>) {
+        for (input, offset) in inputs {
             match self.inputs.iter_mut().find(|(i, _)| *i == input) {
                 Some((_, o)) => *o = (*o).max(offset),
                 None => self.inputs.push((input, offset)),
             }
         }
         self.inputs.sort_unstable();
-        self.through = next.through.or(self.through);
     }
 }
 
@@ -453,11 +449,26 @@ impl Slot {
             watermark,
             now_ms,
         } = batch;
-        let mut applied = Applied {
-            outputs: Vec::with_capacity(segments.len()),
-            inputs,
-            through: Some(seq),
-            ..Default::default()
+        // A batch applied while a record is in flight joins the batches applied ahead of it:
+        // applied straight into them, so nothing of theirs is copied.
+        let mut applied = match self
+            .log
+            .as_mut()
+            .filter(|l| l.in_flight.is_some())
+            .and_then(|l| l.ahead.take())
+        {
+            Some(mut ahead) => {
+                ahead.absorb_inputs(inputs);
+                ahead.through = Some(seq);
+                ahead.outputs.reserve(segments.len());
+                ahead
+            }
+            None => Applied {
+                outputs: Vec::with_capacity(segments.len()),
+                inputs,
+                through: Some(seq),
+                ..Default::default()
+            },
         };
         let step = &mut applied.step;
         // About one transition per segment and window: grown once, not by doubling.
@@ -529,10 +540,7 @@ impl Slot {
         }
         match self.log.as_mut() {
             Some(log) if log.in_flight.is_some() => {
-                match &mut log.ahead {
-                    Some(a) => a.absorb(applied),
-                    None => log.ahead = Some(applied),
-                }
+                log.ahead = Some(applied);
                 log.merged += 1;
             }
             _ => self.start_record(applied),

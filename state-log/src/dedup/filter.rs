@@ -1,7 +1,8 @@
 //! The [`DedupFilter`] and its RocksDB I/O: the buckets' column families and the mark in one
 //! database, opening (rebuilding every bucket's bloom filter and locator from its stored
-//! batches), lookups (bloom, then locator, then one stored batch read), inserts batched into
-//! one `WriteBatch`, rotation, and the export and import of its ids. The decisions that need
+//! batches), lookups (bloom, then locator, then one stored batch read), inserts kept in memory
+//! until the newest bucket is written as one `WriteBatch`, rotation, and the export and import
+//! of its ids. The decisions that need
 //! no I/O live in the modules beside it: the hash, the bloom filter, the locator, the bucket,
 //! the stored batches' and the export's layouts.
 
@@ -36,61 +37,63 @@ const MARK_KEY: &[u8] = b"mark";
 /// ids without labels, before 2026-12-06).
 const LEGACY_PREFIXES: [&str; 2] = ["bucket-", "batches-"];
 
-/// The ids being written by one call: a `WriteBatch` and the newest bucket's open stored batch.
-struct Pending {
-    writes: WriteBatch,
-    blob: Vec<u8>,
-    ids: usize,
+/// Bytes of unwritten stored batches past which an insert writes them out at its end, so that
+/// memory stays bounded whatever the bucket size and id length (a bucket of the default 100 000
+/// 9-byte ids is about 1.1 MB, written once when it is full).
+const UNWRITTEN_BYTES: usize = 4 << 20;
+
+/// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
+/// "Durability" in the module docs): stored batches numbered `first`, `first + 1`, …, the last
+/// one open (it takes ids until it holds [`MAX_IDS_PER_BATCH`]).
+#[derive(Default)]
+struct Unwritten {
+    /// The values of the unwritten stored batches, in order; the number of the last one is the
+    /// newest bucket's `next_batch - 1`.
+    blobs: Vec<Vec<u8>>,
+    /// Ids in the last blob.
+    open_ids: usize,
+    /// Bytes in `blobs`.
+    bytes: usize,
+    /// The mark to write with them: `None` to leave the stored mark as it is, `Some(None)` to
+    /// remove it, `Some(Some(m))` to store `m`.
+    mark: Option<Option<Vec<u8>>>,
 }
 
-impl Pending {
-    fn new() -> Pending {
-        Pending {
-            writes: WriteBatch::default(),
-            blob: Vec::new(),
-            ids: 0,
-        }
-    }
-
-    /// Adds `id` with its label to the open stored batch of `bucket` (the newest).
+impl Unwritten {
+    /// Adds `id` with its label to the open stored batch of `bucket` (the newest), starting a
+    /// new stored batch when there is none open or the open one is full.
     #[inline]
-    fn add(&mut self, db: &DB, bucket: &mut Bucket, label: Option<u16>, id: &[u8]) -> Result<()> {
-        if self.ids == MAX_IDS_PER_BATCH {
-            self.seal(db, bucket)?;
-        }
-        if self.ids == 0 && bucket.next_batch == u32::MAX {
-            return Err(Error::InvalidRequest(
-                "dedup filter bucket holds 2^32 stored batches: use larger insert batches".into(),
-            ));
-        }
-        bucket.note(IdHash::of(id), bucket.next_batch);
-        encode_id(&mut self.blob, label, id);
-        self.ids += 1;
-        Ok(())
-    }
-
-    /// Puts the open stored batch (if any) into the `WriteBatch`.
-    fn seal(&mut self, db: &DB, bucket: &mut Bucket) -> Result<()> {
-        if self.ids > 0 {
-            let cf = db
-                .cf_handle(&bucket.name)
-                .expect("bucket column family exists");
-            self.writes
-                .put_cf(cf, (bucket.next_batch as u64).to_be_bytes(), &self.blob);
+    fn add(&mut self, bucket: &mut Bucket, label: Option<u16>, id: &[u8]) -> Result<()> {
+        if self.blobs.is_empty() || self.open_ids == MAX_IDS_PER_BATCH {
+            if bucket.next_batch == u32::MAX {
+                return Err(Error::InvalidRequest(
+                    "dedup filter bucket holds 2^32 stored batches: use larger insert batches"
+                        .into(),
+                ));
+            }
             bucket.next_batch += 1;
-            self.blob.clear();
-            self.ids = 0;
+            self.blobs.push(Vec::new());
+            self.open_ids = 0;
         }
+        bucket.note(IdHash::of(id), bucket.next_batch - 1);
+        let blob = self.blobs.last_mut().expect("one is open");
+        let before = blob.len();
+        encode_id(blob, label, id);
+        self.bytes += blob.len() - before;
+        self.open_ids += 1;
         Ok(())
     }
 
-    /// Seals and writes everything pending.
-    fn write(&mut self, db: &DB, bucket: &mut Bucket, opts: &WriteOptions) -> Result<()> {
-        self.seal(db, bucket)?;
-        if !self.writes.is_empty() {
-            db.write_opt(std::mem::take(&mut self.writes), opts)?;
-        }
-        Ok(())
+    /// The unwritten stored batch `batch` of the newest bucket `bucket`, if it is one.
+    fn blob(&self, bucket: &Bucket, batch: u32) -> Option<&[u8]> {
+        let first = bucket.next_batch - self.blobs.len() as u32;
+        let i = batch.checked_sub(first)?;
+        self.blobs.get(i as usize).map(Vec::as_slice)
+    }
+
+    /// True if there is nothing to write.
+    fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.mark.is_none()
     }
 }
 
@@ -103,6 +106,8 @@ pub struct DedupFilter {
     write_opts: WriteOptions,
     /// The block cache the column families share (memory bounded as for the log's database).
     cache: rocksdb::Cache,
+    /// The newest bucket's ids and the mark not yet written.
+    unwritten: Unwritten,
 }
 
 impl std::fmt::Debug for DedupFilter {
@@ -153,6 +158,7 @@ impl DedupFilter {
             buckets: VecDeque::new(),
             write_opts: WriteOptions::default(),
             cache,
+            unwritten: Unwritten::default(),
         };
         if !legacy.is_empty() {
             tracing::warn!(
@@ -240,6 +246,8 @@ impl DedupFilter {
 
     /// Seals the newest bucket, starts a new one and drops the oldest past `num_buckets`.
     fn rotate(&mut self) -> Result<()> {
+        // What belongs to the full bucket is written before its column family may be dropped.
+        self.flush()?;
         if let Some(b) = self.buckets.back_mut() {
             b.locator.seal();
         }
@@ -250,6 +258,15 @@ impl DedupFilter {
 
     /// True if stored batch `batch` of `bucket` holds exactly `id`.
     fn batch_holds(&self, bucket: &Bucket, batch: u32, id: &[u8]) -> Result<bool> {
+        let newest = self.buckets.back().is_some_and(|b| b.seq == bucket.seq);
+        if let Some(blob) = self.unwritten.blob(bucket, batch).filter(|_| newest) {
+            for stored in (BlobIds { blob }) {
+                if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
         let handle = self
             .db
             .cf_handle(&bucket.name)
@@ -325,9 +342,10 @@ impl DedupFilter {
         Ok(())
     }
 
-    /// Inserts ids without labels into the newest bucket, rotating buckets as they fill: one
-    /// RocksDB write (one stored batch per bucket touched, split every 1024 ids) per call, plus
-    /// one per rotation. Removes the mark.
+    /// Inserts ids without labels into the newest bucket, rotating buckets as they fill. The
+    /// ids go into the newest bucket's stored batches in memory; RocksDB sees them when the
+    /// bucket is full or on [`DedupFilter::flush`] (see "Durability" in the module docs).
+    /// Removes the mark.
     pub fn insert_batch<I, T>(&mut self, ids: I) -> Result<()>
     where
         I: IntoIterator<Item = T>,
@@ -336,8 +354,9 @@ impl DedupFilter {
         self.insert_batch_marked(ids, None)
     }
 
-    /// [`DedupFilter::insert_batch`], storing `mark` (or removing the mark, for `None`) in the
-    /// same RocksDB write as the last of the ids (a call with no ids only sets the mark).
+    /// [`DedupFilter::insert_batch`], storing `mark` (or removing the mark, for `None`) with
+    /// the ids: any write that stores them stores the mark too (a call with no ids only sets
+    /// the mark).
     pub fn insert_batch_marked<I, T>(&mut self, ids: I, mark: Option<&[u8]>) -> Result<()>
     where
         I: IntoIterator<Item = T>,
@@ -355,35 +374,67 @@ impl DedupFilter {
         I: IntoIterator<Item = (Option<u16>, T)>,
         T: AsRef<[u8]>,
     {
-        let mut pending = Pending::new();
         if mark.is_none() {
-            // In the first write: no id of this call is ever stored under the old mark.
-            pending.writes.delete(MARK_KEY);
+            // Before any id of this call can be written: none is ever stored under the old mark.
+            self.unwritten.mark = Some(None);
         }
         for (label, id) in ids {
             if self.buckets.back().expect("non-empty").count >= self.config.bucket_size {
-                // Write what belongs to the full bucket before its column family may be dropped.
-                let full = self.buckets.back_mut().expect("non-empty");
-                pending.write(&self.db, full, &self.write_opts)?;
                 self.rotate()?;
             }
             let current = self.buckets.back_mut().expect("non-empty");
-            pending.add(&self.db, current, label, id.as_ref())?;
+            self.unwritten.add(current, label, id.as_ref())?;
         }
         if let Some(m) = mark {
-            pending.writes.put(MARK_KEY, m);
+            self.unwritten.mark = Some(Some(m.to_vec()));
         }
-        let current = self.buckets.back_mut().expect("non-empty");
-        pending.write(&self.db, current, &self.write_opts)
+        if self.unwritten.bytes > UNWRITTEN_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the ids and the mark not yet written to RocksDB, in one write (through its WAL,
+    /// without fsync): a process that dies after this keeps them. Inserts write by themselves
+    /// when the newest bucket is full (and past a few MB of ids), and dropping the filter
+    /// writes what is left; the engine also calls this once a snapshot's mark is inserted.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let bucket = self.buckets.back_mut().expect("non-empty");
+        let unwritten = std::mem::take(&mut self.unwritten);
+        let mut writes = WriteBatch::default();
+        let first = bucket.next_batch - unwritten.blobs.len() as u32;
+        if !unwritten.blobs.is_empty() {
+            let cf = self
+                .db
+                .cf_handle(&bucket.name)
+                .expect("bucket column family exists");
+            for (n, blob) in (first..).zip(&unwritten.blobs) {
+                writes.put_cf(cf, (n as u64).to_be_bytes(), blob);
+            }
+        }
+        match &unwritten.mark {
+            None => {}
+            Some(None) => writes.delete(MARK_KEY),
+            Some(Some(m)) => writes.put(MARK_KEY, m),
+        }
+        self.db.write_opt(writes, &self.write_opts)?;
+        Ok(())
     }
 
     /// The mark stored by the last insert, if it had one (see the module docs).
     pub fn mark(&self) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(MARK_KEY)?)
+        match &self.unwritten.mark {
+            Some(m) => Ok(m.clone()),
+            None => Ok(self.db.get(MARK_KEY)?),
+        }
     }
 
     /// Forgets every id (and the mark).
     pub fn clear(&mut self) -> Result<()> {
+        self.unwritten = Unwritten::default();
         self.delete_mark()?;
         let next = self.buckets.back().map_or(0, |b| b.seq + 1);
         while let Some(b) = self.buckets.pop_front() {
@@ -441,6 +492,15 @@ impl DedupFilter {
                 }
             }
         }
+        // The newest bucket's ids not yet written come after its stored ones.
+        let newest = self.buckets.back().expect("non-empty");
+        let first = newest.next_batch - self.unwritten.blobs.len() as u32;
+        for (n, blob) in (first..).zip(&self.unwritten.blobs) {
+            for id in (BlobIds { blob }) {
+                let (label, id) = id.map_err(|()| corrupt(&newest.name, n as u64))?;
+                export.push(label, id);
+            }
+        }
         Ok(export.finish())
     }
 
@@ -460,11 +520,20 @@ impl DedupFilter {
                 // A bucket from a filter with larger buckets: size its bloom filter to fit.
                 *current = Bucket::new(current.seq, bucket.count(), &self.config);
             }
-            let mut pending = Pending::new();
-            bucket.for_each_id(|label, id| pending.add(&self.db, current, label, id))?;
-            pending.write(&self.db, current, &self.write_opts)?;
+            let unwritten = &mut self.unwritten;
+            bucket.for_each_id(|label, id| unwritten.add(current, label, id))?;
         }
-        Ok(())
+        self.flush()
+    }
+}
+
+impl Drop for DedupFilter {
+    /// Writes what is not yet written (a process that exits keeps it; one killed does not,
+    /// and its engine brings the filter up to date from the ledger).
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "dedup filter: writing its last ids failed");
+        }
     }
 }
 
@@ -591,12 +660,41 @@ mod tests {
         assert_answers_each(&f, 800, |i| i.is_multiple_of(2) && i >= 200);
     }
 
+    /// The newest bucket's ids are partly written and partly in memory: lookups (every bloom
+    /// forced to "maybe") and the export are exact across the boundary, the export is the same
+    /// before and after the rest is written, and a reopen finds what was written.
+    #[test]
+    fn ids_not_yet_written_answer_and_export_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let inserted = |i: u64| i.is_multiple_of(3) && i < 3 * 2_500;
+        let mut f = DedupFilter::open(dir.path(), cfg(10_000, 2, 0.01)).unwrap();
+        f.insert_batch((0..1_500u64).map(|i| id(i * 3))).unwrap();
+        f.flush().unwrap();
+        f.insert_batch((1_500..2_500u64).map(|i| id(i * 3))).unwrap();
+        assert_eq!(f.unwritten.blobs.len(), 1, "1000 ids, one open stored batch");
+        for b in f.buckets.iter_mut() {
+            b.bloom.blocks.fill(Block([u32::MAX; 8]));
+        }
+        assert_answers_each(&f, 8_000, inserted);
+        let export = f.export().unwrap();
+        f.flush().unwrap();
+        assert!(f.unwritten.blobs.is_empty());
+        assert_eq!(f.export().unwrap(), export);
+        drop(f);
+        let f = DedupFilter::open(dir.path(), cfg(10_000, 2, 0.01)).unwrap();
+        assert_eq!(f.len(), 2_500);
+        assert_answers_each(&f, 8_000, inserted);
+    }
+
     #[test]
     fn locator_keeps_every_batch_of_a_repeated_key() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = DedupFilter::open(dir.path(), cfg(1000, 2, 0.01)).unwrap();
+        // A write closes the open stored batch: x in batch 0, y in 1, x twice in 2.
         f.insert_batch([b"x"]).unwrap();
+        f.flush().unwrap();
         f.insert_batch([b"y"]).unwrap();
+        f.flush().unwrap();
         f.insert_batch([b"x", b"x"]).unwrap();
         let b = f.buckets.back().unwrap();
         let kx = IdHash::of(b"x").key();
@@ -710,6 +808,7 @@ mod tests {
         {
             let mut f = DedupFilter::open(dir.path(), cfg(10, 2, 0.01)).unwrap();
             f.insert_batch([b"abc"]).unwrap();
+            f.flush().unwrap();
             let b = f.buckets.back().unwrap();
             let h = f.db.cf_handle(&b.name).unwrap();
             f.db.put_cf(h, 0u64.to_be_bytes(), [0x05, b'a']).unwrap();

@@ -14,10 +14,13 @@
 //!
 //! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
 //! number in the bucket, 8 bytes big-endian; value: its ids, each as its label's tag, a LEB128
-//! length and the bytes), not one key per id: `insert_batch` of 1000 ids is one `WriteBatch`
-//! with one value per bucket touched (a batch is split every 1024 ids, `MAX_IDS_PER_BATCH`,
-//! so that confirming an id never scans much). A lookup asks each bucket's bloom filter, newest first; a "maybe" is looked
-//! up in the bucket's locator and confirmed by reading the stored batch it names and finding the
+//! length and the bytes), not one key per id. A stored batch holds up to 1024 ids
+//! (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
+//! successive inserts until it is full. The newest bucket's stored batches stay in memory until
+//! they are written (see "Durability"): an insert costs no RocksDB write at all, and a full
+//! bucket of 100 000 ids is written as one `WriteBatch`. A lookup asks each bucket's bloom
+//! filter, newest first; a "maybe" is looked up in the bucket's locator and confirmed by
+//! reading the stored batch it names (from memory if it is not yet written) and finding the
 //! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
 //! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
 //! bucket is started, and once there are more than `num_buckets` buckets the oldest one is dropped
@@ -30,15 +33,20 @@
 //! inputs resume from their last committed position, so a horizon well beyond the ids of one
 //! checkpoint interval suffices.
 //!
-//! **Durability.** Writes go through RocksDB's WAL without fsync (one WAL record per
-//! `insert_batch`, so this costs a few nanoseconds per id): a process that dies keeps every
-//! completed insert; a machine crash may lose the most recent ones. The bloom filters and
-//! locators are never stored: [`DedupFilter::open`] rebuilds them from the stored batches, so
-//! after any crash they agree with what RocksDB kept (and a lookup always confirms in RocksDB,
-//! so they could never make an answer wrong anyway). The filter is derived state: the engine
-//! stores its contents ([`DedupFilter::export`]) in ledger snapshots and, on a recovery where
-//! the filter on disk does not match the ledger (see the mark below), clears it and re-inserts
-//! the ids of the snapshot and of the replayed ledger entries ([`DedupFilter::clear`],
+//! **Durability.** Ids and the mark (below) are written to RocksDB together, in one write
+//! through its WAL without fsync, when the newest bucket is full, when more than a few MB of ids
+//! wait, on [`DedupFilter::flush`] (the engine calls it once a snapshot's mark is inserted) and
+//! when the filter is dropped. So what is on disk is always a prefix of the inserts together
+//! with the mark of a call within it: a process that dies loses at most the inserts since the
+//! last write (up to one bucket), and its mark still names the ledger prefix the filter holds,
+//! so the engine replays its ledger from there (below); a machine crash may lose more of the
+//! most recent writes, with the same consistency. The bloom filters and locators are never
+//! stored: [`DedupFilter::open`] rebuilds them from the stored batches, so after any crash they
+//! agree with what RocksDB kept (and a lookup always confirms in RocksDB or in the unwritten
+//! batches, so they could never make an answer wrong anyway). The filter is derived state: the
+//! engine stores its contents ([`DedupFilter::export`]) in ledger snapshots and, on a recovery
+//! where the filter on disk does not match the ledger (see the mark below), clears it and
+//! re-inserts the ids of the snapshot and of the replayed ledger entries ([`DedupFilter::clear`],
 //! [`DedupFilter::import`], then [`DedupFilter::insert_batch`]).
 //!
 //! **Labels.** An id may be inserted with a **label** (a `u16`; the engine stores the id's key

@@ -142,31 +142,27 @@ impl WindowOperator {
                 let v = v.expect("fixed and sliding windows have a window key");
                 let ext = spec.extents().expect("numbered extents");
                 let ids = ext.ids(v).expect("v >= min_value");
-                let live: Vec<i64> = ids
-                    .filter(|&id| wm <= ext.upper(id).saturating_add(spec.allowed_lateness))
-                    .collect();
-                if live.is_empty() {
+                // The live extents are a suffix of `ids` (uppers grow with ids): no list of
+                // them, so a fixed window's segment allocates nothing here.
+                let mut live =
+                    ids.filter(|&id| wm <= ext.upper(id).saturating_add(spec.allowed_lateness));
+                let Some(first) = live.next() else {
                     let upper = ext.last_upper(v).unwrap_or(v);
                     return Ok(Plan::Late(format!(
                         "value {v} of {key:?} is late: watermark {} > upper {upper} + allowed_lateness {}",
                         fmt_wm(wm),
                         spec.allowed_lateness
                     )));
-                }
+                };
                 let update = |id: i64| match gs.and_then(|gs| gs.extents.get(&id)) {
                     Some(x) => create(&x.state),
                     None => create(&agg.init()),
                 };
-                let u = update(live[0])?;
-                let rest = live[1..]
-                    .iter()
-                    .map(|&id| update(id))
+                let u = update(first)?;
+                let rest = live
+                    .map(update)
                     .collect::<Result<Vec<Value>, WindowError>>()?;
-                Ok(Plan::Update {
-                    e: live[0],
-                    u,
-                    rest,
-                })
+                Ok(Plan::Update { e: first, u, rest })
             }
         }
     }
