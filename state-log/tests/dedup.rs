@@ -200,7 +200,12 @@ fn dedup_crash_child() {
 fn a_killed_process_keeps_a_marked_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["dedup_crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "dedup_crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_DIR_VAR, dir.path())
         .output()
         .unwrap();

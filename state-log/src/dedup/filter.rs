@@ -670,8 +670,13 @@ mod tests {
         let mut f = DedupFilter::open(dir.path(), cfg(10_000, 2, 0.01)).unwrap();
         f.insert_batch((0..1_500u64).map(|i| id(i * 3))).unwrap();
         f.flush().unwrap();
-        f.insert_batch((1_500..2_500u64).map(|i| id(i * 3))).unwrap();
-        assert_eq!(f.unwritten.blobs.len(), 1, "1000 ids, one open stored batch");
+        f.insert_batch((1_500..2_500u64).map(|i| id(i * 3)))
+            .unwrap();
+        assert_eq!(
+            f.unwritten.blobs.len(),
+            1,
+            "1000 ids, one open stored batch"
+        );
         for b in f.buckets.iter_mut() {
             b.bloom.blocks.fill(Block([u32::MAX; 8]));
         }
