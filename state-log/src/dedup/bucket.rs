@@ -8,10 +8,11 @@ use super::config::DedupConfig;
 use super::hash::IdHash;
 use super::locator::Locator;
 
-/// Column families of buckets: `labelled-<seq>` (stored batches whose ids carry labels).
-const BUCKET_PREFIX: &str = "labelled-";
+/// Column families of buckets: `coded-<seq>` (stored batches of labelled ids, each coded against
+/// the one before it).
+const BUCKET_PREFIX: &str = "coded-";
 
-/// The column family of bucket `seq`: `labelled-` and the number in 20 digits, so that names
+/// The column family of bucket `seq`: `coded-` and the number in 20 digits, so that names
 /// sort as numbers do.
 pub(super) fn bucket_name(seq: u64) -> String {
     format!("{BUCKET_PREFIX}{seq:020}")
@@ -76,18 +77,19 @@ mod tests {
 
     #[test]
     fn names_sort_as_numbers_and_parse_back() {
-        assert_eq!(bucket_name(7), "labelled-00000000000000000007");
+        assert_eq!(bucket_name(7), "coded-00000000000000000007");
         assert!(bucket_name(9) < bucket_name(10));
         for seq in [0, 7, u64::MAX] {
             assert_eq!(parse_bucket_name(&bucket_name(seq)), Some(seq));
         }
         for other in [
             "default",
-            "labelled-",
-            "labelled-12a",
+            "coded-",
+            "coded-12a",
+            "labelled-1",
             "bucket-1",
             "batches-1",
-            "labelled--1",
+            "coded--1",
         ] {
             assert_eq!(parse_bucket_name(other), None, "{other}");
         }

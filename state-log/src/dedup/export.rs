@@ -53,7 +53,7 @@ const MAX_DELTA: u64 = 1 << 61;
 /// the next integer. Any other id is front-coded: `shared << 1 | 1` (the length of the prefix
 /// it shares with the previous id), the length of the rest, the rest. `prev` holds the previous
 /// id and is replaced by `id`.
-fn put_id_v4(out: &mut Vec<u8>, prev: &mut Vec<u8>, id: &[u8]) {
+pub(super) fn put_id_v4(out: &mut Vec<u8>, prev: &mut Vec<u8>, id: &[u8]) {
     if prev.len() == id.len() && id.len() >= 8 && prev[..id.len() - 8] == id[..id.len() - 8] {
         let (a, b) = (counter(prev), counter(id));
         let delta = b.expect("8 bytes").wrapping_sub(a.expect("8 bytes")) as i64;
@@ -75,7 +75,7 @@ fn put_id_v4(out: &mut Vec<u8>, prev: &mut Vec<u8>, id: &[u8]) {
 
 /// Takes one id written by [`put_id_v4`] off `bytes` into `id` (which holds the previous one);
 /// `None` if it does not decode.
-fn take_id_v4(bytes: &mut &[u8], id: &mut Vec<u8>) -> Option<()> {
+pub(super) fn take_id_v4(bytes: &mut &[u8], id: &mut Vec<u8>) -> Option<()> {
     let tag = take_varint(bytes)? as u64;
     if tag & 1 == 0 {
         let zigzag = tag >> 1;

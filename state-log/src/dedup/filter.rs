@@ -33,13 +33,14 @@ const BLOCK_CACHE_BYTES: usize = 2 << 20;
 const MARK_KEY: &[u8] = b"mark";
 
 /// Column families of buckets in layouts before the current one, no longer read:
-/// `bucket-<seq>` (one key per id, before 2026-11-22) and `batches-<seq>` (stored batches of
-/// ids without labels, before 2026-12-06).
-const LEGACY_PREFIXES: [&str; 2] = ["bucket-", "batches-"];
+/// `bucket-<seq>` (one key per id, before 2026-11-22), `batches-<seq>` (stored batches of
+/// ids without labels, before 2026-12-06) and `labelled-<seq>` (stored batches of whole ids,
+/// before 2026-12-07).
+const LEGACY_PREFIXES: [&str; 3] = ["bucket-", "batches-", "labelled-"];
 
 /// Bytes of unwritten stored batches past which an insert writes them out at its end, so that
 /// memory stays bounded whatever the bucket size and id length (a bucket of the default 100 000
-/// 9-byte ids is about 1.1 MB, written once when it is full).
+/// ids is about 200 KB for the engine's integer ids, about 4 MB for 36-byte UUIDs).
 const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
@@ -52,6 +53,8 @@ struct Unwritten {
     blobs: Vec<Vec<u8>>,
     /// Ids in the last blob.
     open_ids: usize,
+    /// The last id of the last blob (ids are coded against the one before them).
+    prev: Vec<u8>,
     /// Bytes in `blobs`.
     bytes: usize,
     /// The mark to write with them: `None` to leave the stored mark as it is, `Some(None)` to
@@ -72,13 +75,14 @@ impl Unwritten {
                 ));
             }
             bucket.next_batch += 1;
-            self.blobs.push(Vec::new());
+            self.blobs.push(Vec::with_capacity(MAX_IDS_PER_BATCH * 2));
             self.open_ids = 0;
+            self.prev.clear();
         }
         bucket.note(IdHash::of(id), bucket.next_batch - 1);
         let blob = self.blobs.last_mut().expect("one is open");
         let before = blob.len();
-        encode_id(blob, label, id);
+        encode_id(blob, &mut self.prev, label, id);
         self.bytes += blob.len() - before;
         self.open_ids += 1;
         Ok(())
@@ -127,7 +131,7 @@ impl DedupFilter {
     ///
     /// A directory that holds buckets of an earlier layout (`bucket-…` column families, one key
     /// per id, written by versions before 2026-11-22; `batches-…`, ids without labels, written
-    /// before 2026-12-06) is not read: the filter forgets everything in it and opens empty and
+    /// before 2026-12-06; `labelled-…`, whole ids, written before 2026-12-07) is not read: the filter forgets everything in it and opens empty and
     /// without a mark (logged as a warning). The engine then rebuilds it from the ledger, as it
     /// does for any filter whose mark does not name a replayed record.
     pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
@@ -212,7 +216,8 @@ impl DedupFilter {
         for kv in self.db.iterator_cf(handle, IteratorMode::Start) {
             let (k, v) = kv?;
             let n = batch_number(&name, &k)?;
-            for id in (BlobIds { blob: &v }) {
+            let mut stored_ids = BlobIds::new(&v);
+            while let Some(id) = stored_ids.next() {
                 id.map_err(|()| corrupt(&name, n as u64))?;
                 count += 1;
             }
@@ -220,7 +225,8 @@ impl DedupFilter {
         }
         let mut bucket = Bucket::new(seq, count, &self.config);
         for (n, v) in &batches {
-            for id in (BlobIds { blob: v }) {
+            let mut stored_ids = BlobIds::new(v);
+            while let Some(id) = stored_ids.next() {
                 bucket.note(IdHash::of(id.expect("decoded above").1), *n);
             }
             bucket.next_batch = n.saturating_add(1);
@@ -260,7 +266,8 @@ impl DedupFilter {
     fn batch_holds(&self, bucket: &Bucket, batch: u32, id: &[u8]) -> Result<bool> {
         let newest = self.buckets.back().is_some_and(|b| b.seq == bucket.seq);
         if let Some(blob) = self.unwritten.blob(bucket, batch).filter(|_| newest) {
-            for stored in (BlobIds { blob }) {
+            let mut stored_ids = BlobIds::new(blob);
+            while let Some(stored) = stored_ids.next() {
                 if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
                     return Ok(true);
                 }
@@ -277,7 +284,8 @@ impl DedupFilter {
         else {
             return Ok(false);
         };
-        for stored in (BlobIds { blob: &blob }) {
+        let mut stored_ids = BlobIds::new(&blob);
+        while let Some(stored) = stored_ids.next() {
             if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
                 return Ok(true);
             }
@@ -486,7 +494,8 @@ impl DedupFilter {
             for kv in self.db.iterator_cf_opt(handle, once, IteratorMode::Start) {
                 let (k, v) = kv?;
                 let n = batch_number(&b.name, &k)?;
-                for id in (BlobIds { blob: &v }) {
+                let mut stored_ids = BlobIds::new(&v);
+                while let Some(id) = stored_ids.next() {
                     let (label, id) = id.map_err(|()| corrupt(&b.name, n as u64))?;
                     export.push(label, id);
                 }
@@ -496,7 +505,8 @@ impl DedupFilter {
         let newest = self.buckets.back().expect("non-empty");
         let first = newest.next_batch - self.unwritten.blobs.len() as u32;
         for (n, blob) in (first..).zip(&self.unwritten.blobs) {
-            for id in (BlobIds { blob }) {
+            let mut stored_ids = BlobIds::new(blob);
+            while let Some(id) = stored_ids.next() {
                 let (label, id) = id.map_err(|()| corrupt(&newest.name, n as u64))?;
                 export.push(label, id);
             }
@@ -749,8 +759,9 @@ mod tests {
         assert!(!f.contains(&id(999)).unwrap());
     }
 
-    /// A directory of an earlier layout (one key per id, before 2026-11-22, or stored batches
-    /// without labels, before 2026-12-06; here both, as a conversion cut short would leave),
+    /// A directory of an earlier layout (one key per id, before 2026-11-22, stored batches
+    /// without labels, before 2026-12-06, or of whole ids, before 2026-12-07; here all three,
+    /// as conversions cut short would leave),
     /// even one that holds a mark, opens empty and without a mark: never with some of its ids,
     /// never looking like a ledger prefix. Rebuilt from an export (as the engine does on a
     /// missing mark), it answers exactly again.
@@ -762,6 +773,7 @@ mod tests {
             "bucket-00000000000000000004",
             "bucket-00000000000000000005",
             "batches-00000000000000000004",
+            "labelled-00000000000000000005",
         ];
         {
             let mut opts = rocksdb::Options::default();
@@ -780,7 +792,13 @@ mod tests {
                 blob.push(8);
                 blob.extend_from_slice(&id(i));
             }
-            db.put_cf(db.cf_handle(names[3]).unwrap(), 0u64.to_be_bytes(), blob)
+            db.put_cf(db.cf_handle(names[3]).unwrap(), 0u64.to_be_bytes(), &blob)
+                .unwrap();
+            // The whole-id layout: each id as its label's tag (0), a LEB128 length, its bytes.
+            let blob: Vec<u8> = (0..10)
+                .flat_map(|i| [&[0, 8][..], &id(i)].concat())
+                .collect();
+            db.put_cf(db.cf_handle(names[4]).unwrap(), 0u64.to_be_bytes(), blob)
                 .unwrap();
             db.put(MARK_KEY, b"pos-3").unwrap();
         }
@@ -791,7 +809,7 @@ mod tests {
         // Numbering continues after the buckets forgotten.
         assert_eq!(f.buckets.back().unwrap().seq, 6);
         let names = DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        assert_eq!(names, ["default", "labelled-00000000000000000006"]);
+        assert_eq!(names, ["default", "coded-00000000000000000006"]);
 
         // The engine's rebuild: clear, import the snapshot's export, insert the replayed ids.
         let src_dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,13 @@
 //! The byte layout of the dedup filter's stored batches: a bucket's column family holds one
 //! value per stored batch under the batch's number (8 bytes big-endian), and the value is its
-//! ids, each as its label's tag ([`label_tag`]: 0 for none, the label + 1 otherwise; LEB128), a
-//! LEB128 length and the bytes. Also the LEB128 varint the export coding shares.
+//! ids, each as its label's tag ([`label_tag`]: 0 for none, the label + 1 otherwise; LEB128)
+//! and the id coded against the one before it in the batch as the export codes ids
+//! (`export::put_id_v4`: the next integer id in one byte, any other front-coded; the first id
+//! of a batch against the empty id). Also the LEB128 varint the export coding shares.
 //! This layout is local derived state (the filter is rebuilt from the ledger when in doubt);
 //! the layout stored in ledgers is the export's (`export.rs`). Pure: bytes in, bytes out.
 
+use super::export::{put_id_v4, take_id_v4};
 use crate::error::{Error, Result};
 
 /// Appends `n` as LEB128 (7 bits per byte, low first).
@@ -47,36 +50,47 @@ pub(super) fn tag_label(tag: usize) -> Option<Option<u16>> {
     }
 }
 
-/// Appends `id` to a stored batch's value: its label's tag (LEB128), its length (LEB128), then
-/// its bytes.
-pub(super) fn encode_id(blob: &mut Vec<u8>, label: Option<u16>, id: &[u8]) {
+/// Appends `id` to a stored batch's value: its label's tag (LEB128), then the id coded against
+/// the previous id of the batch, `prev` (empty for the first), which becomes `id`.
+pub(super) fn encode_id(blob: &mut Vec<u8>, prev: &mut Vec<u8>, label: Option<u16>, id: &[u8]) {
     put_varint(blob, label_tag(label));
-    put_varint(blob, id.len());
-    blob.extend_from_slice(id);
+    put_id_v4(blob, prev, id);
 }
 
-/// The labelled ids of a stored batch, in order.
+/// One id of a stored batch with its label, or `Err(())` where the batch does not decode.
+pub(super) type StoredId<'a> = std::result::Result<(Option<u16>, &'a [u8]), ()>;
+
+/// The labelled ids of a stored batch, in order: call [`BlobIds::next`] until `None` (each id
+/// is decoded into a buffer the next call reuses, so this is not an `Iterator`).
 pub(super) struct BlobIds<'a> {
     /// The rest of the stored batch's value.
-    pub(super) blob: &'a [u8],
+    blob: &'a [u8],
+    /// The id decoded last.
+    id: Vec<u8>,
 }
 
-impl<'a> Iterator for BlobIds<'a> {
-    type Item = std::result::Result<(Option<u16>, &'a [u8]), ()>;
+impl<'a> BlobIds<'a> {
+    /// The ids of the stored batch `blob`.
+    pub(super) fn new(blob: &'a [u8]) -> BlobIds<'a> {
+        BlobIds {
+            blob,
+            id: Vec::new(),
+        }
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next id and its label; `Some(Err(()))` (then `None`) if it does not decode.
+    #[allow(clippy::should_implement_trait)]
+    pub(super) fn next(&mut self) -> Option<StoredId<'_>> {
         if self.blob.is_empty() {
             return None;
         }
         let label = take_varint(&mut self.blob).and_then(tag_label);
-        let len = take_varint(&mut self.blob).filter(|l| *l <= self.blob.len());
-        let (Some(label), Some(len)) = (label, len) else {
+        let Some(label) = label.filter(|_| take_id_v4(&mut self.blob, &mut self.id).is_some())
+        else {
             self.blob = &[];
             return Some(Err(()));
         };
-        let (id, rest) = self.blob.split_at(len);
-        self.blob = rest;
-        Some(Ok((label, id)))
+        Some(Ok((label, &self.id)))
     }
 }
 
@@ -103,9 +117,13 @@ mod tests {
 
     /// The labelled ids of a stored batch's value, or `None` if one does not decode.
     fn ids_of(blob: &[u8]) -> Option<Vec<(Option<u16>, Vec<u8>)>> {
-        (BlobIds { blob })
-            .map(|id| id.ok().map(|(l, id)| (l, id.to_vec())))
-            .collect()
+        let mut ids = BlobIds::new(blob);
+        let mut out = Vec::new();
+        while let Some(id) = ids.next() {
+            let (label, id) = id.ok()?;
+            out.push((label, id.to_vec()));
+        }
+        Some(out)
     }
 
     proptest! {
@@ -125,16 +143,25 @@ mod tests {
         }
 
         /// A stored batch gives back exactly its labelled ids, in order; cut short anywhere
-        /// inside an id, it reports the id that does not decode.
+        /// inside an id, it reports the id that does not decode. Sequential integer ids take
+        /// two bytes each (the label's tag and the delta).
         #[test]
         fn stored_batch_round_trips(ids in proptest::collection::vec(
-            (proptest::option::of(any::<u16>()), proptest::collection::vec(any::<u8>(), 0..200)),
+            (
+                proptest::option::of(any::<u16>()),
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..200),
+                    // Integer ids as the engine writes them: coded as deltas when close.
+                    (0u64..40).prop_map(|n| [&b"i"[..], &n.to_be_bytes()].concat()),
+                    any::<u64>().prop_map(|n| [&b"i"[..], &n.to_be_bytes()].concat()),
+                ],
+            ),
             0..20)
         ) {
-            let mut blob = Vec::new();
+            let (mut blob, mut prev) = (Vec::new(), Vec::new());
             let mut ends = vec![0];
             for (label, id) in &ids {
-                encode_id(&mut blob, *label, id);
+                encode_id(&mut blob, &mut prev, *label, id);
                 ends.push(blob.len());
             }
             prop_assert_eq!(ids_of(&blob), Some(ids.clone()));
@@ -143,6 +170,30 @@ mod tests {
                 prop_assert_eq!(ids_of(&blob[..cut]), whole.map(|n| ids[..n].to_vec()));
             }
         }
+    }
+
+    #[test]
+    fn sequential_integer_ids_take_two_bytes_each() {
+        let (mut blob, mut prev) = (Vec::new(), Vec::new());
+        for n in 1_000u64..2_024 {
+            encode_id(
+                &mut blob,
+                &mut prev,
+                Some(3),
+                &[&b"i"[..], &n.to_be_bytes()].concat(),
+            );
+        }
+        assert_eq!(
+            blob.len(),
+            1 + 1 + 1 + 9 + 1_023 * 2,
+            "the first id front-coded whole"
+        );
+        let ids = ids_of(&blob).unwrap();
+        assert_eq!(ids.len(), 1_024);
+        assert_eq!(
+            ids[1_023],
+            (Some(3), [&b"i"[..], &2_023u64.to_be_bytes()].concat())
+        );
     }
 
     #[test]

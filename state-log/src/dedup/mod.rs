@@ -13,9 +13,10 @@
 //! every bucket and the locator key are derived from that one hash.
 //!
 //! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
-//! number in the bucket, 8 bytes big-endian; value: its ids, each as its label's tag, a LEB128
-//! length and the bytes), not one key per id. A stored batch holds up to 1024 ids
-//! (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
+//! number in the bucket, 8 bytes big-endian; value: its ids, each as its label's tag and the id
+//! coded against the one before it as the export codes ids, so that the engine's sequential
+//! integer ids take 2 bytes each instead of 11), not one key per id. A stored batch holds up to
+//! 1024 ids (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
 //! successive inserts until it is full. The newest bucket's stored batches stay in memory until
 //! they are written (see "Durability"): an insert costs no RocksDB write at all, and a full
 //! bucket of 100 000 ids is written as one `WriteBatch`. A lookup asks each bucket's bloom
@@ -62,7 +63,8 @@
 //! remove the mark: the filter no longer corresponds to a ledger prefix.
 //!
 //! Directories written by earlier versions (one key per id in `bucket-…` column families, before
-//! 2026-11-22; stored batches without labels in `batches-…`, before 2026-12-06) are not read:
+//! 2026-11-22; stored batches without labels in `batches-…`, before 2026-12-06; stored batches
+//! of whole ids in `labelled-…`, before 2026-12-07) are not read:
 //! [`DedupFilter::open`] forgets them and opens the filter empty and without a mark, so the
 //! engine rebuilds it from the ledger (once, on the first run of the new version).
 //!
