@@ -39,8 +39,8 @@ const MARK_KEY: &[u8] = b"mark";
 const LEGACY_PREFIXES: [&str; 3] = ["bucket-", "batches-", "labelled-"];
 
 /// Bytes of unwritten stored batches past which an insert writes them out at its end, so that
-/// memory stays bounded whatever the bucket size and id length (a bucket of the default 100 000
-/// ids is about 200 KB for the engine's integer ids, about 4 MB for 36-byte UUIDs).
+/// memory stays bounded whatever the bucket size and id length (a bucket of the default 225 000
+/// ids is about 450 KB for the engine's integer ids, past 4 MB for 36-byte UUIDs).
 const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
