@@ -2,9 +2,8 @@
 //! database, opening (rebuilding every bucket's bloom filter and locator from its stored
 //! batches), lookups (bloom, then locator, then one stored batch read), inserts kept in memory
 //! until the newest bucket is written as one `WriteBatch`, rotation, and the export and import
-//! of its ids. The decisions that need
-//! no I/O live in the modules beside it: the hash, the bloom filter, the locator, the bucket,
-//! the stored batches' and the export's layouts.
+//! of its ids. The decisions that need no I/O live in the modules beside it: the hash, the
+//! bloom filter, the locator, the bucket, the stored batches' and the export's layouts.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -44,8 +43,8 @@ const LEGACY_PREFIXES: [&str; 3] = ["bucket-", "batches-", "labelled-"];
 const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
-/// "Durability" in the module docs): stored batches numbered `first`, `first + 1`, …, the last
-/// one open (it takes ids until it holds [`MAX_IDS_PER_BATCH`]).
+/// "Durability" in the module docs): the bucket's last stored batches, the last one open (it
+/// takes ids until it holds [`MAX_IDS_PER_BATCH`]).
 #[derive(Default)]
 struct Unwritten {
     /// The values of the unwritten stored batches, in order; the number of the last one is the
@@ -131,8 +130,8 @@ impl DedupFilter {
     ///
     /// A directory that holds buckets of an earlier layout (`bucket-…` column families, one key
     /// per id, written by versions before 2026-11-22; `batches-…`, ids without labels, written
-    /// before 2026-12-06; `labelled-…`, whole ids, written before 2026-12-07) is not read: the filter forgets everything in it and opens empty and
-    /// without a mark (logged as a warning). The engine then rebuilds it from the ledger, as it
+    /// before 2026-12-06; `labelled-…`, whole ids, written before 2026-12-07) is not read: the
+    /// filter forgets everything in it and opens empty and without a mark (logged as a warning). The engine then rebuilds it from the ledger, as it
     /// does for any filter whose mark does not name a replayed record.
     pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
         config.validate()?;
@@ -410,8 +409,8 @@ impl DedupFilter {
         if self.unwritten.is_empty() {
             return Ok(());
         }
-        let bucket = self.buckets.back_mut().expect("non-empty");
-        let unwritten = std::mem::take(&mut self.unwritten);
+        let bucket = self.buckets.back().expect("non-empty");
+        let unwritten = &self.unwritten;
         let mut writes = WriteBatch::default();
         let first = bucket.next_batch - unwritten.blobs.len() as u32;
         if !unwritten.blobs.is_empty() {
@@ -429,6 +428,8 @@ impl DedupFilter {
             Some(Some(m)) => writes.put(MARK_KEY, m),
         }
         self.db.write_opt(writes, &self.write_opts)?;
+        // Only now: had the write failed, lookups would still find these ids in memory.
+        self.unwritten = Unwritten::default();
         Ok(())
     }
 

@@ -143,8 +143,7 @@ mod tests {
         }
 
         /// A stored batch gives back exactly its labelled ids, in order; cut short anywhere
-        /// inside an id, it reports the id that does not decode. Sequential integer ids take
-        /// two bytes each (the label's tag and the delta).
+        /// inside an id, it reports the id that does not decode.
         #[test]
         fn stored_batch_round_trips(ids in proptest::collection::vec(
             (
