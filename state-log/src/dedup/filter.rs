@@ -23,8 +23,10 @@ use crate::error::{Error, Result};
 const MAX_IDS_PER_BATCH: usize = 1024;
 
 /// Memtable budget of the filter's database: ids are written once and read only to confirm a
-/// rare bloom "maybe", so a smaller budget than the log's costs nothing measurable.
-const MEMTABLE_BYTES: usize = 4 << 20;
+/// rare bloom "maybe", so a smaller budget than the log's costs nothing measurable. Ids reach
+/// it a whole bucket at a time, coded (about 200 KB per bucket of integer ids), so 1 MB holds
+/// about five buckets: what it does not hold is memory the process does not use.
+const MEMTABLE_BYTES: usize = 1 << 20;
 /// Block cache of the filter's database (confirmations and the rebuild on open read it).
 const BLOCK_CACHE_BYTES: usize = 2 << 20;
 
@@ -38,8 +40,8 @@ const MARK_KEY: &[u8] = b"mark";
 const LEGACY_PREFIXES: [&str; 3] = ["bucket-", "batches-", "labelled-"];
 
 /// Bytes of unwritten stored batches past which an insert writes them out at its end, so that
-/// memory stays bounded whatever the bucket size and id length (a bucket of the default 225 000
-/// ids is about 450 KB for the engine's integer ids, past 4 MB for 36-byte UUIDs).
+/// memory stays bounded whatever the bucket size and id length (a bucket of the default 100 000
+/// ids is about 200 KB for the engine's integer ids, about 4 MB for 36-byte UUIDs).
 const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
