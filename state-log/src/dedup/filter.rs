@@ -14,7 +14,7 @@ use super::bloom::BloomMask;
 use super::bucket::{bucket_name, parse_bucket_name, parse_name, Bucket};
 use super::config::DedupConfig;
 use super::export::{parse_export, ExportWriter};
-use super::format::{batch_number, corrupt, encode_id, BlobIds};
+use super::format::{batch_number, encode_id, scan_ids};
 use super::hash::IdHash;
 use crate::error::{Error, Result};
 
@@ -89,10 +89,19 @@ impl Unwritten {
         Ok(())
     }
 
+    /// The number of the first unwritten stored batch of the newest bucket `bucket`.
+    fn first(&self, bucket: &Bucket) -> u32 {
+        bucket.next_batch - self.blobs.len() as u32
+    }
+
+    /// The unwritten stored batches of the newest bucket `bucket` with their numbers.
+    fn numbered<'a>(&'a self, bucket: &Bucket) -> impl Iterator<Item = (u32, &'a [u8])> {
+        (self.first(bucket)..).zip(self.blobs.iter().map(Vec::as_slice))
+    }
+
     /// The unwritten stored batch `batch` of the newest bucket `bucket`, if it is one.
     fn blob(&self, bucket: &Bucket, batch: u32) -> Option<&[u8]> {
-        let first = bucket.next_batch - self.blobs.len() as u32;
-        let i = batch.checked_sub(first)?;
+        let i = batch.checked_sub(self.first(bucket))?;
         self.blobs.get(i as usize).map(Vec::as_slice)
     }
 
@@ -217,19 +226,18 @@ impl DedupFilter {
         for kv in self.db.iterator_cf(handle, IteratorMode::Start) {
             let (k, v) = kv?;
             let n = batch_number(&name, &k)?;
-            let mut stored_ids = BlobIds::new(&v);
-            while let Some(id) = stored_ids.next() {
-                id.map_err(|()| corrupt(&name, n as u64))?;
+            scan_ids(&v, &name, n, |_, _| {
                 count += 1;
-            }
+                false
+            })?;
             batches.push((n, v));
         }
         let mut bucket = Bucket::new(seq, count, &self.config);
         for (n, v) in &batches {
-            let mut stored_ids = BlobIds::new(v);
-            while let Some(id) = stored_ids.next() {
-                bucket.note(IdHash::of(id.expect("decoded above").1), *n);
-            }
+            scan_ids(v, &name, *n, |_, id| {
+                bucket.note(IdHash::of(id), *n);
+                false
+            })?;
             bucket.next_batch = n.saturating_add(1);
         }
         Ok(bucket)
@@ -267,13 +275,7 @@ impl DedupFilter {
     fn batch_holds(&self, bucket: &Bucket, batch: u32, id: &[u8]) -> Result<bool> {
         let newest = self.buckets.back().is_some_and(|b| b.seq == bucket.seq);
         if let Some(blob) = self.unwritten.blob(bucket, batch).filter(|_| newest) {
-            let mut stored_ids = BlobIds::new(blob);
-            while let Some(stored) = stored_ids.next() {
-                if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
-                    return Ok(true);
-                }
-            }
-            return Ok(false);
+            return scan_ids(blob, &bucket.name, batch, |_, stored| stored == id);
         }
         let handle = self
             .db
@@ -285,13 +287,7 @@ impl DedupFilter {
         else {
             return Ok(false);
         };
-        let mut stored_ids = BlobIds::new(&blob);
-        while let Some(stored) = stored_ids.next() {
-            if stored.map_err(|()| corrupt(&bucket.name, batch as u64))?.1 == id {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        scan_ids(&blob, &bucket.name, batch, |_, stored| stored == id)
     }
 
     /// True if `id` is stored in `bucket` (after a bloom "maybe").
@@ -412,19 +408,17 @@ impl DedupFilter {
             return Ok(());
         }
         let bucket = self.buckets.back().expect("non-empty");
-        let unwritten = &self.unwritten;
         let mut writes = WriteBatch::default();
-        let first = bucket.next_batch - unwritten.blobs.len() as u32;
-        if !unwritten.blobs.is_empty() {
+        if !self.unwritten.blobs.is_empty() {
             let cf = self
                 .db
                 .cf_handle(&bucket.name)
                 .expect("bucket column family exists");
-            for (n, blob) in (first..).zip(&unwritten.blobs) {
+            for (n, blob) in self.unwritten.numbered(bucket) {
                 writes.put_cf(cf, (n as u64).to_be_bytes(), blob);
             }
         }
-        match &unwritten.mark {
+        match &self.unwritten.mark {
             None => {}
             Some(None) => writes.delete(MARK_KEY),
             Some(Some(m)) => writes.put(MARK_KEY, m),
@@ -497,22 +491,19 @@ impl DedupFilter {
             for kv in self.db.iterator_cf_opt(handle, once, IteratorMode::Start) {
                 let (k, v) = kv?;
                 let n = batch_number(&b.name, &k)?;
-                let mut stored_ids = BlobIds::new(&v);
-                while let Some(id) = stored_ids.next() {
-                    let (label, id) = id.map_err(|()| corrupt(&b.name, n as u64))?;
+                scan_ids(&v, &b.name, n, |label, id| {
                     export.push(label, id);
-                }
+                    false
+                })?;
             }
         }
         // The newest bucket's ids not yet written come after its stored ones.
         let newest = self.buckets.back().expect("non-empty");
-        let first = newest.next_batch - self.unwritten.blobs.len() as u32;
-        for (n, blob) in (first..).zip(&self.unwritten.blobs) {
-            let mut stored_ids = BlobIds::new(blob);
-            while let Some(id) = stored_ids.next() {
-                let (label, id) = id.map_err(|()| corrupt(&newest.name, n as u64))?;
+        for (n, blob) in self.unwritten.numbered(newest) {
+            scan_ids(blob, &newest.name, n, |label, id| {
                 export.push(label, id);
-            }
+                false
+            })?;
         }
         Ok(export.finish())
     }

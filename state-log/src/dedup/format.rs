@@ -94,6 +94,25 @@ impl<'a> BlobIds<'a> {
     }
 }
 
+/// Calls `f` with each labelled id of stored batch `batch` of column family `bucket`, in
+/// order, until it returns `true`; whether it did. A batch that does not decode is
+/// [`Error::Corrupt`] (after `f` saw the ids before the fault).
+pub(super) fn scan_ids(
+    blob: &[u8],
+    bucket: &str,
+    batch: u32,
+    mut f: impl FnMut(Option<u16>, &[u8]) -> bool,
+) -> Result<bool> {
+    let mut ids = BlobIds::new(blob);
+    while let Some(id) = ids.next() {
+        let (label, id) = id.map_err(|()| corrupt(bucket, batch as u64))?;
+        if f(label, id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The error for stored batch `batch` of column family `bucket` that does not decode.
 pub(super) fn corrupt(bucket: &str, batch: u64) -> Error {
     Error::Corrupt {
