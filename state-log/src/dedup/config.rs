@@ -19,8 +19,8 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     /// 10 buckets of 100 000 ids (horizon 900 000 – 1 000 000 ids), 1 % false positives
     /// (about 150 KB of bloom filter per full bucket). Fewer, larger buckets make a lookup
-    /// cheaper (one bloom probe per bucket) and rotations rarer, but above 114 688 ids the open
-    /// bucket's locator doubles (BENCHMARKS.md, session 17: 5 × 225 000 cost Q4 its RSS target).
+    /// cheaper (one bloom probe per bucket) and rotations rarer, but the maximum horizon is what
+    /// memory holds (BENCHMARKS.md, sessions 17 and 18: 5 × 225 000 cost Q4 its RSS target).
     fn default() -> Self {
         Self {
             bucket_size: 100_000,

@@ -546,7 +546,6 @@ mod tests {
     use super::*;
     use crate::dedup::bloom::Block;
     use crate::dedup::export::{put_front_coded, EXPORT_MAGIC, EXPORT_MAGIC_V3};
-    use crate::dedup::locator::Firsts;
 
     fn cfg(bucket_size: u64, num_buckets: usize, false_positive_rate: f64) -> DedupConfig {
         DedupConfig {
@@ -605,24 +604,10 @@ mod tests {
         }
         // Force locator collisions too: every key, of inserted ids or not, names every stored
         // batch of every bucket, so each lookup reads and scans them all.
+        let keys: Vec<u32> = (0..240u64).map(|i| IdHash::of(&id(i)).key()).collect();
         for b in f.buckets.iter_mut() {
             let batches: Vec<u32> = (0..b.next_batch).collect();
-            for i in 0..240u64 {
-                let k = IdHash::of(&id(i)).key();
-                match &mut b.locator.first {
-                    Firsts::Open(m) => {
-                        m.insert(k, batches[0]);
-                    }
-                    Firsts::Sealed(v) => {
-                        let mut all: Vec<(u32, u32)> =
-                            v.iter().copied().filter(|e| e.0 != k).collect();
-                        all.push((k, batches[0]));
-                        all.sort_unstable();
-                        *v = all.into();
-                    }
-                }
-                b.locator.more.insert(k, batches[1..].to_vec());
-            }
+            b.locator.force(&keys, &batches);
         }
         for i in 0..240u64 {
             assert_eq!(f.contains(&id(i)).unwrap(), i % 2 == 0, "{i}");
@@ -662,6 +647,38 @@ mod tests {
         f.insert_batch([id(1_000_001)]).unwrap();
         assert_eq!(sealed(&f), [true, true, true, false]);
         assert_answers_each(&f, 800, |i| i.is_multiple_of(2) && i >= 200);
+    }
+
+    /// A bucket larger than a locator chunk keeps its locator in several chunks (only the
+    /// newest a hash map), and answers exactly through all of them, before and after a reopen
+    /// rebuilds them.
+    #[test]
+    fn a_large_bucket_answers_exactly_through_its_locator_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 130_000u64;
+        let inserted = |i: u64| i.is_multiple_of(2) && i < 2 * n;
+        let chunks = |f: &DedupFilter| f.buckets.back().unwrap().locator.chunks.len();
+        let check = |f: &mut DedupFilter| {
+            for b in f.buckets.iter_mut() {
+                b.bloom.blocks.fill(Block([u32::MAX; 8]));
+            }
+            let sample: Vec<[u8; 8]> = (0..2 * n + 100).step_by(89).map(id).collect();
+            let mut answers = Vec::new();
+            f.contains_each(sample.iter().map(|i| &i[..]), &mut answers)
+                .unwrap();
+            let want: Vec<bool> = (0..2 * n + 100).step_by(89).map(inserted).collect();
+            assert_eq!(answers, want);
+        };
+        let mut f = DedupFilter::open(dir.path(), cfg(200_000, 2, 0.01)).unwrap();
+        for c in (0..n).collect::<Vec<_>>().chunks(2_850) {
+            f.insert_batch(c.iter().map(|i| id(i * 2))).unwrap();
+        }
+        assert_eq!(chunks(&f), 3, "130 000 keys in chunks of about 56 320");
+        check(&mut f);
+        drop(f);
+        let mut f = DedupFilter::open(dir.path(), cfg(200_000, 2, 0.01)).unwrap();
+        assert_eq!(chunks(&f), 3);
+        check(&mut f);
     }
 
     /// The newest bucket's ids are partly written and partly in memory: lookups (every bloom

@@ -62,9 +62,18 @@ impl Firsts {
     }
 }
 
-/// The locator of one bucket: for each key, the stored batches noted for it, in the order
-/// they were noted, each once.
-pub(super) struct Locator {
+/// Keys a chunk's hash map takes before the chunk is sealed at the next stored batch: a stored
+/// batch adds at most 1 024 more, and 56 320 + 1 023 stays under 57 344, the most a map of
+/// 65 536 slots holds before it doubles. However large a bucket is, its open part is one such
+/// map (~600 KB) and the sorted copy made while sealing it (~450 KB).
+pub(super) const CHUNK_KEYS: usize = 56_320;
+
+/// What a map sized for [`CHUNK_KEYS`] plus one stored batch is created with.
+const CHUNK_CAPACITY: usize = 57_344;
+
+/// The locator of a run of consecutive stored batches: for each key, the batches noted for it,
+/// in the order they were noted, each once.
+pub(super) struct Chunk {
     /// Key → the first batch noted for it (almost every key has only this one).
     pub(super) first: Firsts,
     /// Further batches for a key (another id with the same 32 bits, or an id inserted again in
@@ -72,16 +81,68 @@ pub(super) struct Locator {
     pub(super) more: KeyMap<Vec<u32>>,
 }
 
-impl Locator {
-    /// An open locator with room for `keys` keys without growing (capped at 2^20: the table
-    /// is rebuilt with every doubling otherwise).
-    pub(super) fn with_capacity(keys: usize) -> Locator {
-        Locator {
+impl Chunk {
+    fn open(keys: usize) -> Chunk {
+        Chunk {
             first: Firsts::Open(KeyMap::with_capacity_and_hasher(
-                keys.min(1 << 20),
+                keys.min(CHUNK_CAPACITY),
                 Default::default(),
             )),
             more: KeyMap::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.first {
+            Firsts::Open(m) => m.len(),
+            Firsts::Sealed(v) => v.len(),
+        }
+    }
+
+    fn batches(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
+        self.first
+            .get(key)
+            .into_iter()
+            .chain(self.more.get(&key).into_iter().flatten().copied())
+    }
+}
+
+/// The locator of one bucket: for each key, the stored batches noted for it, in the order
+/// they were noted, each once. It is a list of chunks, each the locator of a run of
+/// consecutive stored batches; all but the last are sealed, and the last is sealed too once
+/// it holds [`CHUNK_KEYS`] keys (at the next stored batch) or the bucket is. A bucket of any
+/// size thus keeps at most one hash map, of bounded size; a lookup (only after a bloom "maybe")
+/// consults every chunk.
+pub(super) struct Locator {
+    /// Chunks in the order of their stored batches; never empty.
+    pub(super) chunks: Vec<Chunk>,
+    /// Keys the bucket is expected to take, for sizing the next open chunk.
+    expected: usize,
+    /// The last batch noted, if any.
+    last: Option<u32>,
+    /// Keys after which the open chunk is sealed at the next stored batch ([`CHUNK_KEYS`]).
+    chunk_keys: usize,
+}
+
+impl Locator {
+    /// An open locator expecting `keys` keys (its open chunk takes at most [`CHUNK_KEYS`] and one
+    /// stored batch without growing).
+    pub(super) fn with_capacity(keys: usize) -> Locator {
+        Locator {
+            chunks: vec![Chunk::open(keys)],
+            expected: keys,
+            last: None,
+            chunk_keys: CHUNK_KEYS,
+        }
+    }
+
+    /// [`Locator::with_capacity`] with chunks sealed after `chunk_keys` keys: tests reach
+    /// several chunks with few keys.
+    #[cfg(test)]
+    pub(super) fn with_chunks(keys: usize, chunk_keys: usize) -> Locator {
+        Locator {
+            chunk_keys,
+            ..Locator::with_capacity(keys)
         }
     }
 
@@ -92,8 +153,20 @@ impl Locator {
     /// If the locator is sealed: ids go to the newest bucket only, which is never sealed.
     #[inline]
     pub(super) fn note(&mut self, key: u32, batch: u32) {
-        let Firsts::Open(first) = &mut self.first else {
+        let chunk = self.chunks.last_mut().expect("never empty");
+        if matches!(chunk.first, Firsts::Sealed(_)) {
             unreachable!("ids go to the newest bucket only, which is never sealed");
+        }
+        if self.last != Some(batch) && chunk.len() >= self.chunk_keys {
+            chunk.first.seal();
+            let noted: usize = self.chunks.iter().map(Chunk::len).sum();
+            self.chunks
+                .push(Chunk::open(self.expected.saturating_sub(noted)));
+        }
+        self.last = Some(batch);
+        let chunk = self.chunks.last_mut().expect("never empty");
+        let Firsts::Open(first) = &mut chunk.first else {
+            unreachable!("the last chunk is open");
         };
         match first.entry(key) {
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -101,7 +174,7 @@ impl Locator {
             }
             std::collections::hash_map::Entry::Occupied(e) => {
                 if *e.get() != batch {
-                    let more = self.more.entry(key).or_default();
+                    let more = chunk.more.entry(key).or_default();
                     if more.last() != Some(&batch) {
                         more.push(batch);
                     }
@@ -110,24 +183,48 @@ impl Locator {
         }
     }
 
-    /// The batches noted for `key`, first noted first (none for a key never noted).
+    /// The batches noted for `key`, first noted first (none for a key never noted). Chunks
+    /// cover disjoint runs of batches, so no batch comes twice.
     pub(super) fn batches(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
-        self.first
-            .get(key)
-            .into_iter()
-            .chain(self.more.get(&key).into_iter().flatten().copied())
+        self.chunks.iter().flat_map(move |c| c.batches(key))
     }
 
-    /// Seals the locator: it takes no more keys and holds its first batches in a sorted array
+    /// Seals the locator: it takes no more keys and holds its first batches in sorted arrays
     /// (no-op if it is sealed).
     pub(super) fn seal(&mut self) {
-        self.first.seal();
+        self.chunks.last_mut().expect("never empty").first.seal();
     }
 
     /// True once [`Locator::seal`] was called.
     #[cfg(test)]
     pub(super) fn is_sealed(&self) -> bool {
-        matches!(self.first, Firsts::Sealed(_))
+        self.chunks
+            .iter()
+            .all(|c| matches!(c.first, Firsts::Sealed(_)))
+    }
+
+    /// Makes every key of `keys` name `batches` in the first chunk: forces locator collisions
+    /// for tests of the confirmation.
+    #[cfg(test)]
+    pub(super) fn force(&mut self, keys: &[u32], batches: &[u32]) {
+        {
+            let c = &mut self.chunks[0];
+            for &k in keys {
+                match &mut c.first {
+                    Firsts::Open(m) => {
+                        m.insert(k, batches[0]);
+                    }
+                    Firsts::Sealed(v) => {
+                        let mut all: Vec<(u32, u32)> =
+                            v.iter().copied().filter(|e| e.0 != k).collect();
+                        all.push((k, batches[0]));
+                        all.sort_unstable();
+                        *v = all.into();
+                    }
+                }
+                c.more.insert(k, batches[1..].to_vec());
+            }
+        }
     }
 }
 
@@ -159,6 +256,38 @@ mod tests {
         assert_eq!(l.batches(9).collect::<Vec<_>>(), [3]);
     }
 
+    /// The open chunk is sealed at the first new batch after it holds `chunk_keys` keys, never
+    /// inside a batch; only the last chunk is open, and sealing the locator seals it.
+    #[test]
+    fn chunks_are_sealed_between_batches() {
+        let mut l = Locator::with_chunks(100, 2);
+        for (key, batch) in [
+            (1, 0),
+            (2, 0),
+            (3, 0),
+            (4, 0),
+            (5, 1),
+            (1, 1),
+            (6, 2),
+            (1, 2),
+        ] {
+            l.note(key, batch);
+        }
+        let lens: Vec<usize> = l.chunks.iter().map(Chunk::len).collect();
+        assert_eq!(lens, [4, 2, 2], "batch 0 whole, then batch 1, then batch 2");
+        let open: Vec<bool> = l
+            .chunks
+            .iter()
+            .map(|c| matches!(c.first, Firsts::Open(_)))
+            .collect();
+        assert_eq!(open, [false, false, true]);
+        assert_eq!(l.batches(1).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(l.batches(4).collect::<Vec<_>>(), [0]);
+        l.seal();
+        assert!(l.is_sealed());
+        assert_eq!(l.batches(1).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
     #[test]
     #[should_panic(expected = "never sealed")]
     fn a_sealed_locator_takes_no_keys() {
@@ -173,6 +302,7 @@ mod tests {
         #[test]
         fn gives_back_every_batch_noted_for_a_key(
             notes in proptest::collection::vec((0u32..16, 0u32..4), 0..200),
+            chunk_keys in prop_oneof![1usize..6, Just(CHUNK_KEYS)],
         ) {
             // Batch numbers grow as a bucket fills: make them non-decreasing.
             let mut batch = 0u32;
@@ -184,7 +314,7 @@ mod tests {
                 })
                 .collect();
             let mut want: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-            let mut l = Locator::with_capacity(notes.len());
+            let mut l = Locator::with_chunks(notes.len(), chunk_keys);
             for &(key, batch) in &notes {
                 l.note(key, batch);
                 let batches = want.entry(key).or_default();
