@@ -250,10 +250,10 @@ struct StateArgs {
     #[arg(long, default_value_t = 16 << 20)]
     compact_bytes: u64,
     /// Ids per dedup-filter bucket.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 200_000)]
     dedup_bucket_size: u64,
     /// Dedup-filter buckets kept (horizon: (buckets − 1) × bucket size ids at least).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     dedup_buckets: usize,
 }
 

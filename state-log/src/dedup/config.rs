@@ -17,14 +17,16 @@ pub struct DedupConfig {
 }
 
 impl Default for DedupConfig {
-    /// 10 buckets of 100 000 ids (horizon 900 000 – 1 000 000 ids), 1 % false positives
-    /// (about 150 KB of bloom filter per full bucket). Fewer, larger buckets make a lookup
-    /// cheaper (one bloom probe per bucket) and rotations rarer, but the maximum horizon is what
-    /// memory holds (BENCHMARKS.md, sessions 17 and 18: 5 × 225 000 cost Q4 its RSS target).
+    /// 5 buckets of 200 000 ids (horizon 800 000 – 1 000 000 ids), 1 % false positives
+    /// (about 300 KB of bloom filter per full bucket). Few, large buckets make a lookup cheap
+    /// (one bloom probe per bucket) and rotations (a column family created, one dropped) rare;
+    /// the open bucket's locator stays one bounded chunk whatever the bucket size. The maximum
+    /// horizon is what memory holds (sealed locators, blooms, RocksDB memtables: ~12 bytes per
+    /// id), and is the same as 10 buckets of 100 000 (BENCHMARKS.md, sessions 17 and 18).
     fn default() -> Self {
         Self {
-            bucket_size: 100_000,
-            num_buckets: 10,
+            bucket_size: 200_000,
+            num_buckets: 5,
             false_positive_rate: 0.01,
         }
     }

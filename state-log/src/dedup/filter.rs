@@ -40,8 +40,8 @@ const MARK_KEY: &[u8] = b"mark";
 const LEGACY_PREFIXES: [&str; 3] = ["bucket-", "batches-", "labelled-"];
 
 /// Bytes of unwritten stored batches past which an insert writes them out at its end, so that
-/// memory stays bounded whatever the bucket size and id length (a bucket of the default 100 000
-/// ids is about 200 KB for the engine's integer ids, about 4 MB for 36-byte UUIDs).
+/// memory stays bounded whatever the bucket size and id length (a bucket of the default 200 000
+/// ids is about 400 KB for the engine's integer ids, about 8 MB for 36-byte UUIDs).
 const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The newest bucket's ids not yet written to RocksDB, and the mark to write with them (see
@@ -265,6 +265,15 @@ impl DedupFilter {
         self.flush()?;
         if let Some(b) = self.buckets.back_mut() {
             b.locator.seal();
+        }
+        // The full bucket takes no more writes: its memtable is flushed to a table file in the
+        // background now rather than held until the memtable budget is reached, so that the
+        // filter's RocksDB memory is about one bucket's recent writes, not several buckets'.
+        if let Some(b) = self.buckets.back() {
+            let handle = self.db.cf_handle(&b.name).expect("bucket column family exists");
+            let mut background = rocksdb::FlushOptions::default();
+            background.set_wait(false);
+            self.db.flush_cf_opt(handle, &background)?;
         }
         let seq = self.buckets.back().map_or(0, |b| b.seq + 1);
         self.start_bucket(seq)?;

@@ -21,7 +21,7 @@
 //! 1024 ids (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
 //! successive inserts until it is full. The newest bucket's stored batches stay in memory until
 //! they are written (see "Durability"): an insert costs no RocksDB write at all, and a full
-//! bucket of 100 000 ids is written as one `WriteBatch`. A lookup asks each bucket's bloom
+//! bucket of 200 000 ids is written as one `WriteBatch`. A lookup asks each bucket's bloom
 //! filter, newest first; a "maybe" is looked up in the bucket's locator and confirmed by
 //! reading the stored batch it names (from memory if it is not yet written) and finding the
 //! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
