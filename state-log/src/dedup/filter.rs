@@ -270,7 +270,10 @@ impl DedupFilter {
         // background now rather than held until the memtable budget is reached, so that the
         // filter's RocksDB memory is about one bucket's recent writes, not several buckets'.
         if let Some(b) = self.buckets.back() {
-            let handle = self.db.cf_handle(&b.name).expect("bucket column family exists");
+            let handle = self
+                .db
+                .cf_handle(&b.name)
+                .expect("bucket column family exists");
             let mut background = rocksdb::FlushOptions::default();
             background.set_wait(false);
             self.db.flush_cf_opt(handle, &background)?;
