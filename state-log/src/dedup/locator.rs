@@ -32,33 +32,90 @@ pub(super) type KeyMap<V> = HashMap<u32, V, BuildHasherDefault<KeyHasher>>;
 
 /// Locator key → number of the first stored batch holding an id with that key.
 pub(super) enum Firsts {
-    /// The newest bucket, still taking ids.
+    /// The newest chunk of the newest bucket, still taking ids.
     Open(KeyMap<u32>),
-    /// An older bucket (it takes no more ids): `(key, batch)` sorted by key. 8 bytes per key
-    /// instead of a hash table's ~9 per slot at ~80 % load; a lookup (only after a bloom
-    /// "maybe") is a binary search.
-    Sealed(Box<[(u32, u32)]>),
+    /// A chunk that takes no more ids.
+    Sealed(Sorted),
 }
 
 impl Firsts {
     /// The first batch noted for `key`.
+    #[inline]
     pub(super) fn get(&self, key: u32) -> Option<u32> {
         match self {
             Firsts::Open(m) => m.get(&key).copied(),
-            Firsts::Sealed(v) => v
-                .binary_search_by_key(&key, |&(k, _)| k)
-                .ok()
-                .map(|i| v[i].1),
+            Firsts::Sealed(s) => s.get(key),
         }
     }
 
     /// Makes the locator sealed (no-op if it is).
     pub(super) fn seal(&mut self) {
         if let Firsts::Open(m) = self {
-            let mut v: Box<[(u32, u32)]> = m.drain().collect();
-            v.sort_unstable_by_key(|&(k, _)| k);
-            *self = Firsts::Sealed(v);
+            *self = Firsts::Sealed(Sorted::new(m.drain().collect()));
         }
+    }
+}
+
+/// Pairs per directory slot of a [`Sorted`], on average.
+const PAIRS_PER_SLOT: usize = 8;
+
+/// `(key, batch)` pairs sorted by key: 8 bytes per key instead of a hash table's ~9 per slot at
+/// ~80 % load. A directory gives the first pair of each run of keys that share their top bits,
+/// about [`PAIRS_PER_SLOT`]–16 pairs each, so a lookup (only after a bloom "maybe") searches one
+/// or two cache lines instead of binary-searching the whole array (a bloom false positive
+/// probes every chunk of a bucket). Locator keys are hash bits, so the runs are even. The
+/// directory costs about 0.3–0.5 bytes per key.
+pub(super) struct Sorted {
+    /// The pairs, sorted by key.
+    pairs: Box<[(u32, u32)]>,
+    /// `starts[s]` is the index of the first pair whose key's top bits are `s` or more; one
+    /// more entry than there are slots, so that `starts[s + 1]` ends slot `s`.
+    starts: Box<[u32]>,
+    /// A key's slot is `key >> shift` (as a 64-bit shift, so 32 gives slot 0).
+    shift: u32,
+}
+
+impl Sorted {
+    /// Sorts `pairs` and builds their directory.
+    pub(super) fn new(mut pairs: Box<[(u32, u32)]>) -> Sorted {
+        pairs.sort_unstable_by_key(|&(k, _)| k);
+        let bits = (pairs.len() / PAIRS_PER_SLOT).max(1).ilog2().min(24);
+        let shift = 32 - bits;
+        let slot = |k: u32| ((k as u64) >> shift) as usize;
+        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        let mut i = 0;
+        for s in 0..=(1usize << bits) {
+            while i < pairs.len() && slot(pairs[i].0) < s {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        Sorted {
+            pairs,
+            starts: starts.into(),
+            shift,
+        }
+    }
+
+    /// The batch paired with `key`.
+    #[inline]
+    pub(super) fn get(&self, key: u32) -> Option<u32> {
+        let s = ((key as u64) >> self.shift) as usize;
+        let run = &self.pairs[self.starts[s] as usize..self.starts[s + 1] as usize];
+        run.binary_search_by_key(&key, |&(k, _)| k)
+            .ok()
+            .map(|i| run[i].1)
+    }
+
+    /// Number of pairs.
+    pub(super) fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The pairs, sorted by key.
+    #[cfg(test)]
+    pub(super) fn pairs(&self) -> &[(u32, u32)] {
+        &self.pairs
     }
 }
 
@@ -216,10 +273,9 @@ impl Locator {
                     }
                     Firsts::Sealed(v) => {
                         let mut all: Vec<(u32, u32)> =
-                            v.iter().copied().filter(|e| e.0 != k).collect();
+                            v.pairs().iter().copied().filter(|e| e.0 != k).collect();
                         all.push((k, batches[0]));
-                        all.sort_unstable();
-                        *v = all.into();
+                        *v = Sorted::new(all.into());
                     }
                 }
                 c.more.insert(k, batches[1..].to_vec());
@@ -297,6 +353,31 @@ mod tests {
     }
 
     proptest! {
+        /// A sorted chunk finds the batch of every key it holds and none for any other key,
+        /// whatever the number of keys (the directory's size follows it) and wherever the keys
+        /// fall (both ends of the key space included).
+        #[test]
+        fn sorted_pairs_find_exactly_their_keys(
+            keys in proptest::collection::btree_set(
+                prop_oneof![any::<u32>(), Just(0u32), Just(u32::MAX), 0u32..64, (u32::MAX - 64)..],
+                0..3_000,
+            ),
+            probes in proptest::collection::vec(any::<u32>(), 0..200),
+        ) {
+            let pairs: Vec<(u32, u32)> = keys.iter().map(|&k| (k, k.wrapping_mul(7))).collect();
+            let mut shuffled = pairs.clone();
+            shuffled.reverse();
+            let sorted = Sorted::new(shuffled.into());
+            prop_assert_eq!(sorted.len(), pairs.len());
+            for &(k, b) in &pairs {
+                prop_assert_eq!(sorted.get(k), Some(b));
+            }
+            for p in probes.into_iter().chain([0, u32::MAX]) {
+                let want = keys.contains(&p).then(|| p.wrapping_mul(7));
+                prop_assert_eq!(sorted.get(p), want);
+            }
+        }
+
         /// Whatever keys are noted (collisions included), each key gives back exactly the
         /// distinct batches noted for it, in order, before and after sealing.
         #[test]
