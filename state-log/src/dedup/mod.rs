@@ -7,9 +7,10 @@
 //!   touches one cache line; about 1.5 bytes per id at 1 %, so the filters of all
 //!   buckets stay in the CPU caches);
 //! - a **locator**: 32 bits of the id's hash → the number of the stored batch that holds the
-//!   id, consulted only on a bloom "maybe": sorted arrays of 8 bytes per id, and for the newest
-//!   bucket one hash map of at most about 57 000 ids (the bucket's latest chunk), so that its
-//!   memory does not grow with the bucket size.
+//!   id, consulted only on a bloom "maybe": sorted arrays of 8 bytes per id with a small
+//!   directory (a lookup searches one or two cache lines), and for the newest bucket one hash
+//!   map of at most about 57 000 ids (the bucket's latest chunk), so that its memory does not
+//!   grow with the bucket size.
 //!
 //! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); the bloom block and bits of
 //! every bucket and the locator key are derived from that one hash.
