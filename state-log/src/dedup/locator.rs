@@ -2,8 +2,9 @@
 //! hold the id. It is consulted only after a bloom "maybe", and it narrows the confirmation in
 //! RocksDB to one stored batch (rarely a few: another id with the same 32 bits, or the same id
 //! inserted again in a later batch). Pure in-memory logic: it knows keys and batch numbers,
-//! neither ids nor RocksDB. The newest bucket's locator is a hash map that takes keys; an
-//! older bucket's is sealed into a sorted array, smaller and read-only.
+//! neither ids nor RocksDB. A locator is a list of chunks, each covering a run of stored
+//! batches: the newest bucket's last chunk is a hash map that takes keys, every other chunk is
+//! sealed into a sorted array with a directory, smaller and read-only.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -64,7 +65,7 @@ const PAIRS_PER_SLOT: usize = 8;
 /// about [`PAIRS_PER_SLOT`]–16 pairs each, so a lookup (only after a bloom "maybe") searches one
 /// or two cache lines instead of binary-searching the whole array (a bloom false positive
 /// probes every chunk of a bucket). Locator keys are hash bits, so the runs are even. The
-/// directory costs about 0.3–0.5 bytes per key.
+/// directory costs 0.25–0.5 bytes per key.
 pub(super) struct Sorted {
     /// The pairs, sorted by key.
     pairs: Box<[(u32, u32)]>,
@@ -264,22 +265,20 @@ impl Locator {
     /// for tests of the confirmation.
     #[cfg(test)]
     pub(super) fn force(&mut self, keys: &[u32], batches: &[u32]) {
-        {
-            let c = &mut self.chunks[0];
-            for &k in keys {
-                match &mut c.first {
-                    Firsts::Open(m) => {
-                        m.insert(k, batches[0]);
-                    }
-                    Firsts::Sealed(v) => {
-                        let mut all: Vec<(u32, u32)> =
-                            v.pairs().iter().copied().filter(|e| e.0 != k).collect();
-                        all.push((k, batches[0]));
-                        *v = Sorted::new(all.into());
-                    }
+        let c = &mut self.chunks[0];
+        for &k in keys {
+            match &mut c.first {
+                Firsts::Open(m) => {
+                    m.insert(k, batches[0]);
                 }
-                c.more.insert(k, batches[1..].to_vec());
+                Firsts::Sealed(v) => {
+                    let mut all: Vec<(u32, u32)> =
+                        v.pairs().iter().copied().filter(|e| e.0 != k).collect();
+                    all.push((k, batches[0]));
+                    *v = Sorted::new(all.into());
+                }
             }
+            c.more.insert(k, batches[1..].to_vec());
         }
     }
 }
