@@ -224,7 +224,7 @@ fn transitions(c: &mut Criterion) {
 fn dedup(c: &mut Criterion) {
     const N: i64 = 200_000;
     let key = |i: i64| sardonyx::slot::id_key(&Value::Int(i));
-    // A filter of the default shape (buckets of 100 000 ids) holding `n` ids: 0..n.
+    // A filter of the default shape (buckets of 200 000 ids) holding `n` ids: 0..n.
     let filled = |n: i64| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut filter =

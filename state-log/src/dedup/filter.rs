@@ -24,8 +24,8 @@ const MAX_IDS_PER_BATCH: usize = 1024;
 
 /// Memtable budget of the filter's database: ids are written once and read only to confirm a
 /// rare bloom "maybe", so a smaller budget than the log's costs nothing measurable. Ids reach
-/// it a whole bucket at a time, coded (about 200 KB per bucket of integer ids), so 1 MB holds
-/// about five buckets: what it does not hold is memory the process does not use.
+/// it a whole bucket at a time, coded (about 400 KB per default bucket of integer ids), and a
+/// full bucket's memtable is flushed at rotation, so the budget rarely fills.
 const MEMTABLE_BYTES: usize = 1 << 20;
 /// Block cache of the filter's database (confirmations and the rebuild on open read it).
 const BLOCK_CACHE_BYTES: usize = 2 << 20;
@@ -142,8 +142,9 @@ impl DedupFilter {
     /// A directory that holds buckets of an earlier layout (`bucket-…` column families, one key
     /// per id, written by versions before 2026-11-22; `batches-…`, ids without labels, written
     /// before 2026-12-06; `labelled-…`, whole ids, written before 2026-12-07) is not read: the
-    /// filter forgets everything in it and opens empty and without a mark (logged as a warning). The engine then rebuilds it from the ledger, as it
-    /// does for any filter whose mark does not name a replayed record.
+    /// filter forgets everything in it and opens empty and without a mark (logged as a
+    /// warning). The engine then rebuilds it from the ledger, as it does for any filter whose
+    /// mark does not name a replayed record.
     pub fn open(dir: impl AsRef<Path>, config: DedupConfig) -> Result<DedupFilter> {
         config.validate()?;
         let dir = dir.as_ref();
@@ -265,11 +266,9 @@ impl DedupFilter {
         self.flush()?;
         if let Some(b) = self.buckets.back_mut() {
             b.locator.seal();
-        }
-        // The full bucket takes no more writes: its memtable is flushed to a table file in the
-        // background now rather than held until the memtable budget is reached, so that the
-        // filter's RocksDB memory is about one bucket's recent writes, not several buckets'.
-        if let Some(b) = self.buckets.back() {
+            // The full bucket takes no more writes: its memtable is flushed to a table file in
+            // the background now rather than held until the memtable budget is reached, so that
+            // the filter's RocksDB memory is about one bucket's recent writes, not several.
             let handle = self
                 .db
                 .cf_handle(&b.name)

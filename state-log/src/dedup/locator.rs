@@ -211,20 +211,12 @@ impl Locator {
     /// If the locator is sealed: ids go to the newest bucket only, which is never sealed.
     #[inline]
     pub(super) fn note(&mut self, key: u32, batch: u32) {
-        let chunk = self.chunks.last_mut().expect("never empty");
-        if matches!(chunk.first, Firsts::Sealed(_)) {
-            unreachable!("ids go to the newest bucket only, which is never sealed");
+        if self.last != Some(batch) {
+            self.start_batch(batch);
         }
-        if self.last != Some(batch) && chunk.len() >= self.chunk_keys {
-            chunk.first.seal();
-            let noted: usize = self.chunks.iter().map(Chunk::len).sum();
-            self.chunks
-                .push(Chunk::open(self.expected.saturating_sub(noted)));
-        }
-        self.last = Some(batch);
         let chunk = self.chunks.last_mut().expect("never empty");
         let Firsts::Open(first) = &mut chunk.first else {
-            unreachable!("the last chunk is open");
+            unreachable!("ids go to the newest bucket only, which is never sealed");
         };
         match first.entry(key) {
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -237,6 +229,21 @@ impl Locator {
                         more.push(batch);
                     }
                 }
+            }
+        }
+    }
+
+    /// Notes that ids of stored batch `batch` follow: the open chunk is sealed, and a new one
+    /// opened, if it holds [`Locator::chunk_keys`] keys (so a batch never spans two chunks).
+    fn start_batch(&mut self, batch: u32) {
+        self.last = Some(batch);
+        let chunk = self.chunks.last_mut().expect("never empty");
+        if let Firsts::Open(m) = &chunk.first {
+            if m.len() >= self.chunk_keys {
+                chunk.first.seal();
+                let noted: usize = self.chunks.iter().map(Chunk::len).sum();
+                self.chunks
+                    .push(Chunk::open(self.expected.saturating_sub(noted)));
             }
         }
     }
