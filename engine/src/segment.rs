@@ -11,6 +11,7 @@
 //! **first** field's place, and bincode nests at most [`sardonyx_windowing::value::MAX_BINARY_DEPTH`]
 //! levels. Line length is bounded before parsing, by the inputs' `max_line_bytes`.
 
+use sardonyx_windowing::value::Text;
 pub use sardonyx_windowing::{Map, Value};
 
 /// One record: an ordered map from field name to value.
@@ -32,6 +33,8 @@ pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
 pub struct Fields {
     /// Sorted, each once.
     names: Vec<String>,
+    /// `names` as segment keys, built once: a parsed line's fields take a copy of these.
+    keys: Vec<Text>,
     /// Bit `n` (below 63) set when some name is `n` bytes long; bit 63 for 63 and longer.
     lengths: u64,
 }
@@ -45,7 +48,12 @@ impl Fields {
         names.sort();
         names.dedup();
         let lengths = names.iter().fold(0, |m, n| m | 1 << n.len().min(63));
-        Fields { names, lengths }
+        let keys = names.iter().map(Text::from).collect();
+        Fields {
+            names,
+            keys,
+            lengths,
+        }
     }
 
     /// The names, sorted.
@@ -55,13 +63,18 @@ impl Fields {
 
     /// True if `key` is one of the fields.
     pub fn has(&self, key: &str) -> bool {
+        self.index_of(key).is_some()
+    }
+
+    /// The place of `key` in [`Fields::names`], if it is one of the fields.
+    fn index_of(&self, key: &str) -> Option<usize> {
         if self.lengths & 1 << key.len().min(63) == 0 {
-            return false;
+            return None;
         }
         if self.names.len() <= Self::LINEAR_UP_TO {
-            self.names.iter().any(|n| n == key)
+            self.names.iter().position(|n| n == key)
         } else {
-            self.names.binary_search_by(|n| n.as_str().cmp(key)).is_ok()
+            self.names.binary_search_by(|n| n.as_str().cmp(key)).ok()
         }
     }
 }
@@ -122,12 +135,14 @@ mod flat {
     /// Parses `bytes` if it is a simple flat object, keeping only the fields of `keep` if given;
     /// the values of the others are checked but not built.
     pub(super) fn parse_projected(bytes: &[u8], keep: Option<&Fields>) -> Option<Segment> {
-        let kept = |key: &str| keep.is_none_or(|f| f.has(key));
         let text = std::str::from_utf8(bytes).ok()?;
         let mut c = Cursor { text, bytes, at: 0 };
         c.skip_ws();
         c.eat(b'{')?;
         let mut m = Map::with_capacity(keep.map_or(0, |f| f.names().len()));
+        // Bit `i` set once the field `keep.names()[i]` (for `i` below 64) is in `m`: a field
+        // seen for the first time is appended with its prebuilt key and no search of `m`.
+        let mut set = 0_u64;
         c.skip_ws();
         if c.peek() == Some(b'}') {
             c.at += 1;
@@ -137,13 +152,17 @@ mod flat {
                 c.skip_ws();
                 c.eat(b':')?;
                 c.skip_ws();
-                if kept(key) {
-                    let value = c.value()?;
-                    // As the full parser's map visitor: a repeated key replaces the value in
-                    // place.
-                    m.insert(key, value);
-                } else {
-                    c.skip_value()?;
+                // As the full parser's map visitor, a repeated key replaces the value in place
+                // (`insert`).
+                match keep.map(|f| (f, f.index_of(key))) {
+                    Some((f, Some(i))) if i < 64 && set & 1 << i == 0 => {
+                        set |= 1 << i;
+                        m.push_distinct(f.keys[i].clone(), c.value()?);
+                    }
+                    Some((_, None)) => c.skip_value()?,
+                    Some((_, Some(_))) | None => {
+                        m.insert(key, c.value()?);
+                    }
                 }
                 c.skip_ws();
                 match c.peek()? {
@@ -172,6 +191,30 @@ mod flat {
         }) != 0
     }
 
+    /// The place of the first quote, backslash or control byte in the first `words` whole
+    /// 8-byte words of `s` (`Ok`), or, if there is none, how many bytes were checked (`Err`).
+    /// Each word is tested with three "has a zero byte" bit tricks at once; the lowest flagged
+    /// byte is always a true match (a false flag only ever sits above a true one).
+    pub(super) fn special_in_words(s: &[u8], words: usize) -> Result<usize, usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let mut at = 0;
+        for chunk in s.chunks_exact(8).take(words) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            let quote = w ^ (ONES * u64::from(b'"'));
+            let backslash = w ^ (ONES * u64::from(b'\\'));
+            let flags = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (w.wrapping_sub(ONES * 0x20) & !w);
+            let flags = flags & HIGH;
+            if flags != 0 {
+                return Ok(at + (flags.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        Err(at)
+    }
+
     impl<'a> Cursor<'a> {
         fn peek(&self) -> Option<u8> {
             self.bytes.get(self.at).copied()
@@ -192,12 +235,22 @@ mod flat {
         fn string(&mut self) -> Option<&'a str> {
             self.eat(b'"')?;
             let start = self.at;
-            // The closing quote, then a check that nothing before it needs unescaping: two
-            // tight passes (memchr, then a byte test) instead of one three-way test per byte.
-            let n = memchr::memchr(b'"', &self.bytes[start..])?;
-            if needs_unescaping(&self.bytes[start..start + n]) {
-                return None;
-            }
+            let rest = &self.bytes[start..];
+            // Most keys and short values end within two words: found by a word-at-a-time test.
+            // Past them, the closing quote, then a check that nothing before it needs
+            // unescaping: two tight passes (memchr, then a byte test) instead of one three-way
+            // test per byte.
+            let n = match special_in_words(rest, 2) {
+                Ok(i) if rest[i] == b'"' => i,
+                Ok(_) => return None,
+                Err(clean) => {
+                    let n = clean + memchr::memchr(b'"', &rest[clean..])?;
+                    if needs_unescaping(&rest[clean..n]) {
+                        return None;
+                    }
+                    n
+                }
+            };
             // Both ends are ASCII quotes, so char boundaries of the checked line.
             let s = self.text.get(start..start + n)?;
             self.at = start + n + 1;
@@ -455,6 +508,23 @@ mod tests {
             let bytewise = |s: &[u8]| s.iter().any(|&b| b == b'\\' || b < 0x20);
             prop_assert_eq!(flat::needs_unescaping(&bytes), bytewise(&bytes));
             prop_assert!(!flat::needs_unescaping(clean.as_bytes()));
+        }
+
+        #[test]
+        fn the_word_scan_finds_the_first_quote_backslash_or_control_byte(
+            bytes in prop::collection::vec(prop_oneof![
+                Just(b'"'), Just(b'\\'), Just(0x1f_u8), Just(0x00), Just(0x20), Just(0x21),
+                Just(0x23), Just(0x5b), Just(0x5d), Just(0x7f), Just(0x80), Just(0xa0),
+                Just(0xdc), Just(0xff), any::<u8>(), any::<u8>(), any::<u8>(),
+            ], 0..40),
+            words in 0_usize..6,
+        ) {
+            let whole = (bytes.len() / 8).min(words) * 8;
+            let want = bytes[..whole]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .ok_or(whole);
+            prop_assert_eq!(flat::special_in_words(&bytes, words), want);
         }
 
         #[test]

@@ -576,6 +576,15 @@ impl Map {
         if let Some(slot) = self.get_mut(&key) {
             return Some(std::mem::replace(slot, value));
         }
+        self.push_distinct(key, value);
+        None
+    }
+
+    /// Appends field `key`, which the caller knows is not in the map: [`Map::insert`] without
+    /// the search for it (for a parser that keeps track of the fields it has set). A key already
+    /// present would be held twice; that is checked in debug builds only.
+    pub fn push_distinct(&mut self, key: Text, value: Value) {
+        debug_assert!(!self.contains_key(&key), "field {key:?} pushed twice");
         match &mut self.repr {
             Repr::Indexed(big) => {
                 big.index.insert(key.clone(), big.entries.len());
@@ -589,7 +598,6 @@ impl Map {
                 }
             }
         }
-        None
     }
 
     /// Removes field `key`, keeping the order of the others.
