@@ -215,70 +215,6 @@ mod flat {
         Err(at)
     }
 
-    /// The value and the number of the ASCII digits that `s` starts with; `None` when there
-    /// are more than 18 of them (so the value fits an `i64` with either sign). Eight bytes at a
-    /// time while eight are left: the run of digits is found with a bit trick as in
-    /// [`special_in_words`], and up to eight digits are combined in three multiplications.
-    pub(super) fn leading_digits(s: &[u8]) -> Option<(u64, usize)> {
-        const ZEROS: u64 = 0x3030_3030_3030_3030;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        const POW10: [u64; 9] = [
-            1,
-            10,
-            100,
-            1_000,
-            10_000,
-            100_000,
-            1_000_000,
-            10_000_000,
-            100_000_000,
-        ];
-        let (mut v, mut n) = (0_u64, 0_usize);
-        while let Some(word) = s.get(n..n + 8) {
-            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            // A digit byte becomes 0–9; any other byte has its high bit set here or after
-            // adding 0x76 (the lowest flagged byte is exact: borrows and carries only go up).
-            let d = w.wrapping_sub(ZEROS);
-            let other = (d | d.wrapping_add(0x7676_7676_7676_7676)) & HIGH;
-            let k = if other == 0 {
-                8
-            } else {
-                (other.trailing_zeros() / 8) as usize
-            };
-            if n + k > 18 {
-                return None;
-            }
-            if k > 0 {
-                // The `k` digits to the top, zeros (leading zero digits) below them.
-                v = v * POW10[k] + eight_digits(d << (8 * (8 - k)));
-            }
-            n += k;
-            if k < 8 {
-                return Some((v, n));
-            }
-        }
-        for &b in &s[n..] {
-            let d = b.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            if n == 18 {
-                return None;
-            }
-            v = v * 10 + u64::from(d);
-            n += 1;
-        }
-        Some((v, n))
-    }
-
-    /// The value of eight digit values (0–9), one per byte, the first in the lowest byte:
-    /// pairs, then fours, then all eight, one multiplication each.
-    fn eight_digits(d: u64) -> u64 {
-        let d = (d & 0x0f0f_0f0f_0f0f_0f0f).wrapping_mul(2561) >> 8;
-        let d = (d & 0x00ff_00ff_00ff_00ff).wrapping_mul(6_553_601) >> 16;
-        (d & 0x0000_ffff_0000_ffff).wrapping_mul(42_949_672_960_001) >> 32
-    }
-
     impl<'a> Cursor<'a> {
         fn peek(&self) -> Option<u8> {
             self.bytes.get(self.at).copied()
@@ -358,8 +294,19 @@ mod flat {
         /// zero, not followed by a fraction or an exponent.
         fn digits(&mut self) -> Option<u64> {
             let rest = &self.bytes[self.at..];
-            let (v, n) = leading_digits(rest)?;
-            if n == 0 || (n > 1 && rest[0] == b'0') {
+            // One pass: value and count together. At most 19 digits are taken, so the value
+            // cannot overflow before the length check refuses it.
+            let mut v = 0_u64;
+            let mut n = 0;
+            for &b in rest.iter().take(19) {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                v = v * 10 + u64::from(d);
+                n += 1;
+            }
+            if n == 0 || n > 18 || (n > 1 && rest[0] == b'0') {
                 return None;
             }
             if matches!(rest.get(n), Some(b'.' | b'e' | b'E')) {
@@ -561,27 +508,6 @@ mod tests {
             let bytewise = |s: &[u8]| s.iter().any(|&b| b == b'\\' || b < 0x20);
             prop_assert_eq!(flat::needs_unescaping(&bytes), bytewise(&bytes));
             prop_assert!(!flat::needs_unescaping(clean.as_bytes()));
-        }
-
-        #[test]
-        fn leading_digits_are_read_as_one_at_a_time(
-            bytes in prop::collection::vec(prop_oneof![
-                b'0'..=b'9', b'0'..=b'9', b'0'..=b'9', b'0'..=b'9',
-                Just(b'/'), Just(b':'), Just(b'.'), Just(b'e'), Just(b'"'), Just(b' '),
-                Just(0x00), Just(0x7f), Just(0x80), Just(0xb9), Just(0xba), Just(0xff),
-                any::<u8>(),
-            ], 0..40),
-            digits_first in 0_usize..30,
-        ) {
-            // Often a long run of digits first, so that every length up to 19 and beyond is met.
-            let mut s: Vec<u8> = (0..digits_first).map(|i| b"0123456789"[(i * 7 + 3) % 10]).collect();
-            s.extend(&bytes);
-            let run = s.iter().take_while(|b| b.is_ascii_digit()).count();
-            let want = (run <= 18).then(|| {
-                let v = s[..run].iter().fold(0_u64, |v, &b| v * 10 + u64::from(b - b'0'));
-                (v, run)
-            });
-            prop_assert_eq!(flat::leading_digits(&s), want);
         }
 
         #[test]

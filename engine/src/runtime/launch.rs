@@ -57,7 +57,9 @@ impl Default for RunOptions {
         RunOptions {
             peers_override: None,
             errors_path: PathBuf::from("sardonyx-errors.jsonl"),
-            channel_capacity: 8,
+            // Four batches in flight per peer keep both cores busy; each one more is a batch
+            // of segments held (8 held 2–4 MiB more in the vote jobs, at no gain in speed).
+            channel_capacity: 4,
             state: None,
             stop: CancellationToken::new(),
             max_restarts: MAX_RESTARTS,
