@@ -58,7 +58,7 @@ impl Default for RunOptions {
             peers_override: None,
             errors_path: PathBuf::from("sardonyx-errors.jsonl"),
             // Four batches in flight per peer keep both cores busy; each one more is a batch
-            // of segments held (8 held 2–4 MiB more in the vote jobs, at no gain in speed).
+            // of segments held (8 held 1–3 MiB more in vote Q2/Q3, at no gain in speed).
             channel_capacity: 4,
             state: None,
             stop: CancellationToken::new(),
