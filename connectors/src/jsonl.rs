@@ -76,6 +76,27 @@ pub struct JsonLinesSource {
     offset: u64,
     /// The number of lines before `offset`.
     line: u64,
+    /// Payload buffers of records handed back ([`Source::recycle`]), reused for the next
+    /// lines: one allocation per line saved.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Most payload buffers a source keeps for reuse.
+const SPARE_BUFFERS: usize = 8192;
+
+/// Largest payload buffer kept for reuse: a rare long line does not stay held.
+const SPARE_BUFFER_BYTES: usize = 4096;
+
+/// A copy of `bytes`, in a spare buffer if there is one.
+fn copy_into_spare(spare: &mut Vec<Vec<u8>>, bytes: &[u8]) -> Vec<u8> {
+    match spare.pop() {
+        Some(mut buffer) => {
+            buffer.clear();
+            buffer.extend_from_slice(bytes);
+            buffer
+        }
+        None => bytes.to_vec(),
+    }
 }
 
 impl JsonLinesSource {
@@ -117,6 +138,7 @@ impl JsonLinesSource {
             first_line_from,
             offset: 0,
             line: 0,
+            spare: Vec::new(),
         })
     }
 
@@ -256,7 +278,7 @@ impl Source for JsonLinesSource {
             out.push(Record {
                 position,
                 index: self.line,
-                payload: payload.to_vec(),
+                payload: copy_into_spare(&mut self.spare, payload),
                 fault: None,
             });
         }
@@ -265,6 +287,17 @@ impl Source for JsonLinesSource {
         } else {
             SourceBatch::Records(out)
         })
+    }
+
+    fn recycle(&mut self, records: Vec<Record>) {
+        let room = SPARE_BUFFERS.saturating_sub(self.spare.len());
+        self.spare.extend(
+            records
+                .into_iter()
+                .map(|r| r.payload)
+                .filter(|p| p.capacity() <= SPARE_BUFFER_BYTES)
+                .take(room),
+        );
     }
 
     /// Resumes just after a line this reader read (its committed offset). An offset before
@@ -463,6 +496,49 @@ mod tests {
 
     /// Seeking counts the lines before the position across read blocks, to the end of a file
     /// whose last line has no newline, and refuses positions past the end or inside a line.
+    /// Records handed back are reused for the next lines: each payload is exactly its line,
+    /// however long the line the buffer held before; buffers past the size bound are not kept.
+    #[test]
+    fn recycled_buffers_hold_exactly_the_next_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let long = format!("{{\"a\":\"{}\"}}", "x".repeat(SPARE_BUFFER_BYTES));
+        let lines = [
+            "{\"a\":\"a long line first\"}".to_owned(),
+            long.clone(),
+            "{\"b\":1}".to_owned(),
+            "{\"c\":22}".to_owned(),
+            "{\"d\":333}".to_owned(),
+            "{}".to_owned(),
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut src = JsonLinesSource::open(&path).unwrap();
+        let first = records(&mut src, 2);
+        src.recycle(first);
+        // The long line's buffer is over the bound: only the first one is kept.
+        assert_eq!(src.spare.len(), 1);
+        let second = records(&mut src, 3);
+        assert!(src.spare.is_empty(), "the spare buffer was reused");
+        let got: Vec<(u64, &[u8])> = second
+            .iter()
+            .map(|r| (r.index, r.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, lines[2].as_bytes()),
+                (4, lines[3].as_bytes()),
+                (5, lines[4].as_bytes())
+            ]
+        );
+        src.recycle(second);
+        assert_eq!(src.spare.len(), 3);
+        let last = records(&mut src, 10);
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].index, last[0].payload.as_slice()), (6, &b"{}"[..]));
+        assert_eq!(src.spare.len(), 2);
+    }
+
     #[test]
     fn seek_keeps_line_numbers_in_a_large_file() {
         let dir = tempfile::tempdir().unwrap();

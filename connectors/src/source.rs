@@ -138,6 +138,13 @@ pub trait Source: Send {
     fn commit_all(&mut self, positions: &Positions) -> Result<(), ConnectorError> {
         positions.iter().try_for_each(|p| self.commit(p))
     }
+
+    /// Takes back the records of a batch the engine is done with, so that a source may reuse
+    /// their buffers for the next batch instead of allocating one per record. The default drops
+    /// them.
+    fn recycle(&mut self, records: Vec<Record>) {
+        drop(records);
+    }
 }
 
 /// A sink for encoded records.

@@ -138,6 +138,9 @@ impl InputPeer {
             .await
             .map_err(RunError::PeerTask)?;
         }
+        // The last batch's records, handed back to the source with the next poll (to reuse
+        // their buffers).
+        let mut spent = Vec::new();
         loop {
             // A stop ends reading between batches (a poll waits at most `batch_timeout`).
             if self.ctx.topology.stop.is_cancelled() {
@@ -148,10 +151,12 @@ impl InputPeer {
                 .unwrap_or(false)
                 .then(|| committed.borrow_and_update().clone());
             let (batch_size, timeout) = (self.batch_size, self.timeout);
+            let handed_back = std::mem::take(&mut spent);
             let (back, polled) = tokio::task::spawn_blocking(move || {
                 if let Some(ps) = to_commit {
                     commit_to_source(source.as_mut(), &ps);
                 }
+                source.recycle(handed_back);
                 let r = source.poll_batch(batch_size, timeout);
                 (source, r)
             })
@@ -180,6 +185,7 @@ impl InputPeer {
             }
             self.end_batch(positions, now, records.len()).await?;
             self.ctx.counters.observe_batch(began.elapsed());
+            spent = records;
         }
     }
 
