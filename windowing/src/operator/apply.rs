@@ -214,10 +214,10 @@ impl WindowOperator {
     fn apply_extent(&mut self, w: usize, g: u32, e: i64, u: &Value) {
         let n = self.triggers[w].len();
         let bits = all_bits(n);
-        // A fixed or sliding extent's due key is a function of `e` and its changed bits alone
-        // (its upper bound is fixed by `e`): an update of an extent with every bit set already
-        // (the common case: every update after the first since it fired) keeps its key, and
-        // the due index has nothing to do.
+        // The due key of a fixed, sliding or global extent is a function of `e` and its changed
+        // bits alone (its bounds are fixed by `e`): an update of an extent with every bit set
+        // already (the common case: every update after the first since it fired) keeps its
+        // key, and the due index has nothing to do.
         let same_key = self.extent(w, g, e).is_some_and(|x| x.changed == bits);
         let old = if same_key { None } else { self.due_of(w, g, e) };
         let spec = &self.windows[w];
