@@ -65,6 +65,7 @@
 //! task's function and carries the commands out; `runtime/slot_log.rs` does the ledger and
 //! filter I/O.
 
+mod batch_codec;
 pub mod filter_mark;
 pub mod machine;
 pub mod record;

@@ -426,20 +426,10 @@ pub fn encode_record(r: &SlotRecord) -> Vec<u8> {
     bincode::serde::encode_to_vec(r, config()).expect("encoding into memory cannot fail")
 }
 
-/// [`SlotRecord`] by reference, for encoding without a copy (same variants, same bytes).
-#[derive(Serialize)]
-enum SlotRecordRef<'a> {
-    #[allow(dead_code)]
-    Owner {
-        epoch: u64,
-    },
-    Batch(&'a BatchRecord),
-}
-
-/// Encodes `SlotRecord::Batch(record)` without copying the record.
+/// Encodes `SlotRecord::Batch(record)` without copying the record: the bytes of
+/// [`encode_record`], written mostly by hand (`batch_codec`).
 pub fn encode_batch_record(record: &BatchRecord) -> Vec<u8> {
-    bincode::serde::encode_to_vec(SlotRecordRef::Batch(record), config())
-        .expect("encoding into memory cannot fail")
+    super::batch_codec::encode_batch_record(record)
 }
 
 /// Decodes a ledger entry.
