@@ -11,7 +11,7 @@
 //! **first** field's place, and bincode nests at most [`sardonyx_windowing::value::MAX_BINARY_DEPTH`]
 //! levels. Line length is bounded before parsing, by the inputs' `max_line_bytes`.
 
-use sardonyx_windowing::value::Text;
+use sardonyx_windowing::value::{field_eq, Text};
 pub use sardonyx_windowing::{Map, Value};
 
 /// One record: an ordered map from field name to value.
@@ -72,7 +72,7 @@ impl Fields {
             return None;
         }
         if self.names.len() <= Self::LINEAR_UP_TO {
-            self.names.iter().position(|n| n == key)
+            self.names.iter().position(|n| field_eq(n, key))
         } else {
             self.names.binary_search_by(|n| n.as_str().cmp(key)).ok()
         }
