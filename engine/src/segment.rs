@@ -31,10 +31,8 @@ pub fn from_json_slice(bytes: &[u8]) -> Result<Segment, String> {
 /// binary search of string comparisons per key was ~10 % of a Nexmark job's CPU).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fields {
-    /// Sorted, each once.
-    names: Vec<String>,
-    /// `names` as segment keys, built once: a parsed line's fields take a copy of these.
-    keys: Vec<Text>,
+    /// Sorted, each once, as segment keys: a parsed line's fields take a copy of these.
+    names: Vec<Text>,
     /// Bit `n` (below 63) set when some name is `n` bytes long; bit 63 for 63 and longer.
     lengths: u64,
 }
@@ -48,16 +46,12 @@ impl Fields {
         names.sort();
         names.dedup();
         let lengths = names.iter().fold(0, |m, n| m | 1 << n.len().min(63));
-        let keys = names.iter().map(Text::from).collect();
-        Fields {
-            names,
-            keys,
-            lengths,
-        }
+        let names = names.into_iter().map(Text::from).collect();
+        Fields { names, lengths }
     }
 
     /// The names, sorted.
-    pub fn names(&self) -> &[String] {
+    pub fn names(&self) -> &[Text] {
         &self.names
     }
 
@@ -157,7 +151,7 @@ mod flat {
                 match keep.map(|f| (f, f.index_of(key))) {
                     Some((f, Some(i))) if i < 64 && set & 1 << i == 0 => {
                         set |= 1 << i;
-                        m.push_distinct(f.keys[i].clone(), c.value()?);
+                        m.push_distinct(f.names[i].clone(), c.value()?);
                     }
                     Some((_, None)) => c.skip_value()?,
                     Some((_, Some(_))) | None => {
