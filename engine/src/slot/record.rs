@@ -109,6 +109,36 @@ fn take_leb(bytes: &mut &[u8]) -> Option<u64> {
     None
 }
 
+/// The positions `0..labels.len()` grouped by their label, smaller labels first, each group in
+/// position order. A counting sort when the labels span little beside the ids (the usual case:
+/// a batch's ids fall in one slot's key groups), else a sort.
+fn by_label(labels: &[u16]) -> Vec<u32> {
+    let top = labels.iter().copied().max().map_or(0, usize::from);
+    if top > 4 * labels.len() + 64 {
+        let mut order: Vec<u64> = (0..)
+            .zip(labels)
+            .map(|(i, &kg)| u64::from(kg) << 32 | i)
+            .collect();
+        order.sort_unstable();
+        return order.into_iter().map(|o| o as u32).collect();
+    }
+    // `next[kg]`: where the next position labelled `kg` goes (counts first, then summed).
+    let mut next = vec![0u32; top + 2];
+    for &kg in labels {
+        next[usize::from(kg) + 1] += 1;
+    }
+    for kg in 0..=top {
+        next[kg + 1] += next[kg];
+    }
+    let mut order = vec![0u32; labels.len()];
+    for (i, &kg) in (0..).zip(labels) {
+        let at = &mut next[usize::from(kg)];
+        order[*at as usize] = i;
+        *at += 1;
+    }
+    order
+}
+
 impl GroupedIds {
     /// Labels `values` (a batch's ids, in order) with `labels` (each id's key group), grouping
     /// them in runs of one key group.
@@ -117,24 +147,19 @@ impl GroupedIds {
     /// If there are not as many labels as ids.
     pub fn new(values: &[Value], labels: &[u16]) -> GroupedIds {
         assert_eq!(values.len(), labels.len(), "one label per id");
-        let mut order: Vec<u64> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, kg)| u64::from(*kg) << 32 | i as u64)
-            .collect();
-        order.sort_unstable();
+        let order = by_label(labels);
         let ints = values.iter().all(|v| matches!(v, Value::Int(_)));
         let mut bytes = Vec::with_capacity(values.len() + 8);
         bytes.push(if ints { GROUPED_INTS } else { GROUPED_KEYS });
         let (mut prev_kg, mut prev_id, mut key) = (0u64, 0i64, Vec::new());
-        let mut runs = order.chunk_by(|a, b| a >> 32 == b >> 32);
+        let mut runs = order.chunk_by(|&a, &b| labels[a as usize] == labels[b as usize]);
         for run in &mut runs {
-            let kg = run[0] >> 32;
+            let kg = u64::from(labels[run[0] as usize]);
             put_leb(&mut bytes, kg - prev_kg);
             put_leb(&mut bytes, run.len() as u64);
             prev_kg = kg;
-            for at in run {
-                let v = &values[(*at & 0xffff_ffff) as usize];
+            for &at in run {
+                let v = &values[at as usize];
                 match v {
                     Value::Int(i) if ints => {
                         let d = i.wrapping_sub(prev_id);

@@ -52,7 +52,8 @@ impl Firsts {
     /// Makes the locator sealed (no-op if it is).
     pub(super) fn seal(&mut self) {
         if let Firsts::Open(m) = self {
-            *self = Firsts::Sealed(Sorted::new(m.drain().collect()));
+            let sorted = Sorted::new(m.iter().map(|(&k, &b)| (k, b)));
+            *self = Firsts::Sealed(sorted);
         }
     }
 }
@@ -77,22 +78,40 @@ pub(super) struct Sorted {
 }
 
 impl Sorted {
-    /// Sorts `pairs` and builds their directory.
-    pub(super) fn new(mut pairs: Box<[(u32, u32)]>) -> Sorted {
-        pairs.sort_unstable_by_key(|&(k, _)| k);
-        let bits = (pairs.len() / PAIRS_PER_SLOT).max(1).ilog2().min(24);
+    /// Sorts `pairs` and builds their directory. A counting sort on the directory's slots
+    /// (one pass to count, one to place; the counts are the directory), then each slot's run,
+    /// about [`PAIRS_PER_SLOT`] pairs, sorted on its own: linear in the pairs where a
+    /// comparison sort of them all took about 200 instructions a pair (a bucket's locator is
+    /// sealed once per 56 320 ids, on the exactly-once path).
+    pub(super) fn new<I>(pairs: I) -> Sorted
+    where
+        I: ExactSizeIterator<Item = (u32, u32)> + Clone,
+    {
+        let n = pairs.len();
+        let bits = (n / PAIRS_PER_SLOT).max(1).ilog2().min(24);
         let shift = 32 - bits;
         let slot = |k: u32| ((k as u64) >> shift) as usize;
-        let mut starts = Vec::with_capacity((1 << bits) + 1);
-        let mut i = 0;
-        for s in 0..=(1usize << bits) {
-            while i < pairs.len() && slot(pairs[i].0) < s {
-                i += 1;
-            }
-            starts.push(i as u32);
+        let slots = 1usize << bits;
+        // `starts[s + 1]` counts slot `s`'s pairs, then (summed) ends its run.
+        let mut starts = vec![0u32; slots + 1];
+        for (k, _) in pairs.clone() {
+            starts[slot(k) + 1] += 1;
+        }
+        for s in 0..slots {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts[..slots].to_vec();
+        let mut placed = vec![(0u32, 0u32); starts[slots] as usize];
+        for (k, b) in pairs {
+            let at = &mut next[slot(k)];
+            placed[*at as usize] = (k, b);
+            *at += 1;
+        }
+        for run in starts.windows(2) {
+            placed[run[0] as usize..run[1] as usize].sort_unstable_by_key(|&(k, _)| k);
         }
         Sorted {
-            pairs,
+            pairs: placed.into(),
             starts: starts.into(),
             shift,
         }
@@ -282,7 +301,7 @@ impl Locator {
                     let mut all: Vec<(u32, u32)> =
                         v.pairs().iter().copied().filter(|e| e.0 != k).collect();
                     all.push((k, batches[0]));
-                    *v = Sorted::new(all.into());
+                    *v = Sorted::new(all.into_iter());
                 }
             }
             c.more.insert(k, batches[1..].to_vec());
@@ -373,7 +392,8 @@ mod tests {
             let pairs: Vec<(u32, u32)> = keys.iter().map(|&k| (k, k.wrapping_mul(7))).collect();
             let mut shuffled = pairs.clone();
             shuffled.reverse();
-            let sorted = Sorted::new(shuffled.into());
+            let sorted = Sorted::new(shuffled.into_iter());
+            prop_assert_eq!(sorted.pairs(), &pairs[..], "sorted by key");
             prop_assert_eq!(sorted.len(), pairs.len());
             for &(k, b) in &pairs {
                 prop_assert_eq!(sorted.get(k), Some(b));
