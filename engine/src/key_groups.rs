@@ -41,6 +41,28 @@ pub const MAX_KEY_GROUPS: usize = 32_768;
 /// The specified 64-bit hash of a group key: xxh3-64 with seed 0 over the key's canonical bytes
 /// ([`Value::write_canonical`]). The same in every process, build and Rust release.
 pub fn key_hash(key: &Value) -> u64 {
+    // The usual keys (integers, short strings) have their canonical bytes written on the
+    // stack: the same bytes, so the same hash, without the thread-local buffer.
+    let mut stack = [0u8; 64];
+    let n = match key {
+        Value::Int(i) => {
+            stack[0] = 0x02;
+            stack[1..9].copy_from_slice(&i.to_le_bytes());
+            9
+        }
+        Value::Str(s) if s.len() <= stack.len() - 9 => {
+            stack[0] = 0x05;
+            stack[1..9].copy_from_slice(&(s.len() as u64).to_le_bytes());
+            stack[9..9 + s.len()].copy_from_slice(s.as_bytes());
+            9 + s.len()
+        }
+        _ => return key_hash_buffered(key),
+    };
+    xxhash_rust::xxh3::xxh3_64(&stack[..n])
+}
+
+/// [`key_hash`] through a buffer of the key's canonical bytes (any key).
+fn key_hash_buffered(key: &Value) -> u64 {
     thread_local! {
         // One buffer per thread: hashing a key allocates nothing once it has grown.
         static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -265,6 +287,24 @@ mod tests {
     }
 
     proptest! {
+        /// The stack fast path hashes the same bytes as the buffered one: integers, strings
+        /// on both sides of its length limit (multi-byte characters included), and the kinds
+        /// it leaves to the buffer.
+        #[test]
+        fn the_fast_key_hash_is_the_canonical_one(
+            key in prop_oneof![
+                any::<i64>().prop_map(Value::Int),
+                any::<u64>().prop_map(Value::UInt),
+                "\\PC{0,70}".prop_map(|s| Value::from(s.as_str())),
+                "[a-z]{50,60}".prop_map(|s| Value::from(s.as_str())),
+                any::<bool>().prop_map(Value::Bool),
+                any::<f64>().prop_map(Value::Float),
+                Just(Value::Null),
+            ],
+        ) {
+            prop_assert_eq!(key_hash(&key), key_hash_buffered(&key));
+        }
+
         #[test]
         fn range_of_and_slot_of_are_inverse(
             key_groups in 1..=MAX_KEY_GROUPS,
