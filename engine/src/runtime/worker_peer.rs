@@ -349,7 +349,10 @@ impl Driver<'_> {
                     let stage = self.stage.as_ref().expect("a windowed slot");
                     deliver(ctx, stage, step, &mut self.router)?;
                 }
-                Command::Output { segments, through } => self.output(segments, through).await?,
+                Command::Output { segments, through } => {
+                    let emptied = self.output(segments, through).await?;
+                    slot.recycle_outputs(emptied);
+                }
                 Command::Compact { position, epoch } => {
                     let log = self.log.as_mut().expect("only a logged slot compacts");
                     log.compact(position, epoch, slot.operator()).await?;
@@ -367,10 +370,14 @@ impl Driver<'_> {
     /// Writes the segments of the batches up to `through` to the task's sink (durable, retried
     /// while retryable) or routes them on, then flushes what was sent, holding every batch not
     /// yet released (what is sent now may hold what a batch applied ahead produced: its
-    /// rejections, for one), and makes the error output durable.
-    async fn output(&mut self, segments: Vec<Segment>, through: u64) -> Result<(), RunError> {
+    /// rejections, for one), and makes the error output durable. Gives back the emptied vector.
+    async fn output(
+        &mut self,
+        segments: Vec<Segment>,
+        through: u64,
+    ) -> Result<Vec<Segment>, RunError> {
         let ctx = self.ctx;
-        let segments = match self.sink.take() {
+        let mut segments = match self.sink.take() {
             Some(out) if !segments.is_empty() => {
                 let (back, segments, result) = write_out(out, segments, self.retry).await?;
                 self.sink = Some(back);
@@ -389,7 +396,7 @@ impl Driver<'_> {
                 segments
             }
         };
-        for s in segments {
+        for s in segments.drain(..) {
             self.router.route(s)?;
         }
         // The batches' mark: the latest watermark any of them carried, the last one's idleness.
@@ -412,7 +419,8 @@ impl Driver<'_> {
                 all.release();
             }
         }
-        self.router.errors_durable()
+        self.router.errors_durable()?;
+        Ok(segments)
     }
 
     /// Batches up to `through` are handled: their acknowledgements go upstream, then the

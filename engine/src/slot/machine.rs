@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
-use sardonyx_windowing::{Completion, Step, WindowOperator};
+use sardonyx_windowing::{Completion, Step, Transition, WindowOperator};
 
 use super::filter_mark::FilterMark;
 use super::record::{encode_batch_record, id_key_into, BatchRecord, Ids, StateError};
@@ -188,6 +188,18 @@ impl Applied {
     }
 }
 
+/// The vectors of a record delivered, emptied and kept for the next record. A record's
+/// vectors grow with it (up to `max_merged_batches` batches); made afresh for every record,
+/// those past the allocator's mmap threshold were mapped, faulted in page by page, copied as
+/// they grew and unmapped again each time (`crate::allocator`).
+#[derive(Default)]
+struct Spare {
+    transitions: Vec<Transition>,
+    outputs: Vec<Segment>,
+    ids: Vec<Value>,
+    labels: Vec<u16>,
+}
+
 /// The record being appended and what waits for its commit.
 struct InFlight {
     applied: Applied,
@@ -224,6 +236,8 @@ pub struct Slot {
     config: SlotConfig,
     log: Option<LogState>,
     seen: SeenPair,
+    /// The last delivered record's vectors, for the next one.
+    spare: Spare,
     /// The batch whose ids the filter is being asked about.
     looking_up: Option<Batch>,
     own: VecDeque<Own>,
@@ -250,6 +264,7 @@ impl Slot {
             config,
             log,
             seen: SeenPair::default(),
+            spare: Spare::default(),
             looking_up: None,
             own: VecDeque::new(),
             finishing: false,
@@ -271,6 +286,15 @@ impl Slot {
     /// The next command to carry out.
     pub fn next_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
+    }
+
+    /// Hands back the vector of a [`Command::Output`] once its segments are taken out, for a
+    /// later record's segments (its capacity is kept, its contents dropped).
+    pub fn recycle_outputs(&mut self, mut segments: Vec<Segment>) {
+        segments.clear();
+        if segments.capacity() > self.spare.outputs.capacity() {
+            self.spare.outputs = segments;
+        }
     }
 
     /// The id keys of the batch being looked up ([`Command::LookUpIds`]), in order (an empty
@@ -463,12 +487,19 @@ impl Slot {
                 ahead.outputs.reserve(segments.len());
                 ahead
             }
-            None => Applied {
-                outputs: Vec::with_capacity(segments.len()),
-                inputs,
-                through: Some(seq),
-                ..Default::default()
-            },
+            None => {
+                let mut fresh = Applied {
+                    outputs: std::mem::take(&mut self.spare.outputs),
+                    ids: std::mem::take(&mut self.spare.ids),
+                    labels: std::mem::take(&mut self.spare.labels),
+                    inputs,
+                    through: Some(seq),
+                    ..Default::default()
+                };
+                fresh.step.transitions = std::mem::take(&mut self.spare.transitions);
+                fresh.outputs.reserve(segments.len());
+                fresh
+            }
         };
         let step = &mut applied.step;
         // About one transition per segment and window: grown once, not by doubling.
@@ -568,6 +599,7 @@ impl Slot {
             if let Some((ids, mark)) = log.uninserted.take() {
                 self.commands.push_back(Command::InsertIds { ids, mark });
             }
+            self.spare.transitions = record.transitions;
             self.finish_record(applied);
             return;
         }
@@ -578,11 +610,14 @@ impl Slot {
             bytes,
             ids: record.ids.len() as u64,
         });
-        log.in_flight = Some(InFlight {
-            applied,
-            ids: record.ids,
-            crc,
-        });
+        let BatchRecord {
+            ids,
+            mut transitions,
+            ..
+        } = record;
+        transitions.clear();
+        self.spare.transitions = transitions;
+        log.in_flight = Some(InFlight { applied, ids, crc });
         if let Some((ids, mark)) = log.uninserted.take() {
             self.commands.push_back(Command::InsertIds { ids, mark });
         }
@@ -592,11 +627,23 @@ impl Slot {
     /// compacts if due, releases its batches.
     fn finish_record(&mut self, applied: Applied) {
         let Applied {
-            step,
+            mut step,
             outputs,
+            mut ids,
+            mut labels,
             through,
             ..
         } = applied;
+        ids.clear();
+        labels.clear();
+        self.spare.ids = ids;
+        self.spare.labels = labels;
+        // In memory mode the transitions are still here (a logged record took them).
+        let mut transitions = std::mem::take(&mut step.transitions);
+        if transitions.capacity() > self.spare.transitions.capacity() {
+            transitions.clear();
+            self.spare.transitions = transitions;
+        }
         if !step.firings.is_empty() || !step.late.is_empty() {
             self.commands.push_back(Command::Deliver(step));
         }
