@@ -43,8 +43,9 @@ use nexmark::event::{Event, EventType};
 use nexmark::EventGenerator;
 use sardonyx::job::builder::JobBuilder;
 use sardonyx::job::{AggregationDef, Span, TaskSpec, TriggerDef, WindowDef};
+use sardonyx::plugin::{SyncContext, SyncPlugin, SyncSink};
 use sardonyx::runtime::{run_job_with_progress, Progress, StateOptions};
-use sardonyx::{Job, Registry, RunOptions};
+use sardonyx::{Job, Map, Registry, RunOptions, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::{check, proc_status_kib, Rows};
@@ -209,6 +210,15 @@ impl NexmarkQuery {
             .find(|q| q.name().eq_ignore_ascii_case(s.trim()))
     }
 
+    /// Whether the query's job writes its canonical CSV itself, a row per firing (through
+    /// [`CSV_SYNC`]), as PyFlink's CSV sink does: every query whose extents fire once (a
+    /// watermark trigger, and nothing late in the generator's files). Q12's timer fires a group
+    /// again and again, so its answer is folded from its firings after the job
+    /// ([`answer_from_sync_file`]).
+    pub fn writes_csv(self) -> bool {
+        self != NexmarkQuery::Q12
+    }
+
     /// The header of the canonical CSV; the last column is the row's value.
     pub fn csv_header(self) -> &'static str {
         match self {
@@ -243,11 +253,26 @@ impl Default for JobOptions {
     }
 }
 
+/// Where a query's job sends its firings.
+#[derive(Debug, Clone, Copy)]
+pub enum FiringsTo<'a> {
+    /// JSON lines at this path (the built-in `sardonyx/jsonl` sync).
+    JsonLines(&'a str),
+    /// The query's canonical CSV at this path ([`CSV_SYNC`]; only for queries that
+    /// [`NexmarkQuery::writes_csv`]).
+    Csv(&'a str),
+}
+
 /// The job of one query: `read-bids` (`sardonyx/jsonl` on `input`, watermark on `date_time`)
 /// → `window` (`sardonyx/identity` holding the query's window, deduplicated on `event_id`
-/// when the run has a state log) → `done` (`sardonyx/null`). Firings go as JSON lines to
-/// `sync_path` (built-in `sardonyx/jsonl` sync), accumulating.
-pub fn nexmark_job(query: NexmarkQuery, input: &str, sync_path: &str, options: JobOptions) -> Job {
+/// when the run has a state log) → `done` (`sardonyx/null`). Firings, accumulating, go to
+/// `firings`.
+pub fn nexmark_job(
+    query: NexmarkQuery,
+    input: &str,
+    firings: FiringsTo<'_>,
+    options: JobOptions,
+) -> Job {
     let mut read = TaskSpec::input("read-bids", "sardonyx/jsonl")
         .param("path", input)
         .watermark("date_time", Span::millis(MAX_OUT_OF_ORDER_MS));
@@ -310,8 +335,134 @@ pub fn nexmark_job(query: NexmarkQuery, input: &str, sync_path: &str, options: J
         .task(window_task)
         .task(TaskSpec::output("done", "sardonyx/null"))
         .window(window)
-        .trigger(trigger.accumulating().sync_jsonl(sync_path))
+        .trigger(match firings {
+            FiringsTo::JsonLines(path) => trigger.accumulating().sync_jsonl(path),
+            FiringsTo::Csv(path) => trigger
+                .accumulating()
+                .sync(CSV_SYNC)
+                .param("path", path)
+                .param("query", query.name()),
+        })
         .build()
+}
+
+/// The name under which [`csv_sync`] is registered.
+pub const CSV_SYNC: &str = "nexmark/csv";
+
+/// The `nexmark/csv` sync function: params `path` (the CSV file, emptied and given its header
+/// when opened) and `query` (one that [`NexmarkQuery::writes_csv`]). Each firing becomes one
+/// row of the query's canonical CSV, written out at each flush; a firing whose fields are not
+/// the integers the row needs is an error naming the field.
+pub fn csv_sync() -> SyncPlugin {
+    fn query_of(params: &Map) -> Option<NexmarkQuery> {
+        params
+            .get("query")
+            .and_then(Value::as_str)
+            .and_then(NexmarkQuery::parse)
+            .filter(|q| q.writes_csv())
+    }
+    SyncPlugin {
+        check: Arc::new(|params: &Map| {
+            let mut problems = Vec::new();
+            if params.get("path").and_then(Value::as_str).is_none() {
+                problems.push(("path".into(), "must be a string (the CSV file)".into()));
+            }
+            if query_of(params).is_none() {
+                problems.push(("query".into(), "must be \"q5\", \"q7\" or \"q11\"".into()));
+            }
+            problems
+        }),
+        open: Arc::new(|cx: &SyncContext<'_>| {
+            let path = cx.params.get("path").and_then(Value::as_str);
+            let (Some(path), Some(query)) = (path, query_of(cx.params)) else {
+                return Err("nexmark/csv: params not checked".into());
+            };
+            let open = || -> std::io::Result<std::fs::File> {
+                if let Some(dir) = Path::new(path).parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut file = std::fs::File::create(path)?;
+                writeln!(file, "{}", query.csv_header())?;
+                Ok(file)
+            };
+            let file = open().map_err(|e| format!("nexmark/csv: {path}: {e}"))?;
+            Ok(Box::new(CsvSync {
+                query,
+                file,
+                pending: String::new(),
+            }) as Box<dyn SyncSink>)
+        }),
+    }
+}
+
+/// The sink of [`csv_sync`].
+struct CsvSync {
+    query: NexmarkQuery,
+    file: std::fs::File,
+    pending: String,
+}
+
+impl SyncSink for CsvSync {
+    fn sync(&mut self, firing: &Map) -> Result<(), String> {
+        use std::fmt::Write as _;
+        let int = |field: &str| match firing.get(field) {
+            Some(Value::Int(i)) => Ok(*i),
+            other => Err(format!(
+                "nexmark/csv: firing field \"{field}\" is {other:?}, not an integer"
+            )),
+        };
+        let row = match self.query {
+            NexmarkQuery::Q5 => format!("{},{},{}", int("lower")?, int("group")?, int("state")?),
+            NexmarkQuery::Q7 => format!("{},{}", int("lower")?, int("state")?),
+            NexmarkQuery::Q11 => format!(
+                "{},{},{},{}",
+                int("group")?,
+                int("lower")?,
+                int("upper")?,
+                int("state")?
+            ),
+            NexmarkQuery::Q12 => unreachable!("q12 does not write its CSV (checked at open)"),
+        };
+        let _ = writeln!(self.pending, "{row}");
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.file
+            .write_all(self.pending.as_bytes())
+            .map_err(|e| format!("nexmark/csv: {e}"))?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// Reads a canonical CSV `query`'s job wrote ([`CSV_SYNC`]) into rows; a row whose key comes
+/// twice (an extent that fired twice) is an error.
+pub fn rows_from_csv(query: NexmarkQuery, path: &Path) -> anyhow::Result<Rows> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut lines = BufReader::with_capacity(1 << 20, f).lines();
+    let header = lines.next().transpose()?.unwrap_or_default();
+    anyhow::ensure!(
+        header == query.csv_header(),
+        "{}: header {header:?}",
+        path.display()
+    );
+    let mut rows = Rows::new();
+    for line in lines {
+        let line = line?;
+        let (key, value) = line
+            .rsplit_once(',')
+            .with_context(|| format!("{}: row without a value: {line}", path.display()))?;
+        let value: i64 = value
+            .parse()
+            .with_context(|| format!("{}: row {line}", path.display()))?;
+        anyhow::ensure!(
+            rows.insert(key.to_owned(), value).is_none(),
+            "{}: row {key} twice (an extent fired twice)",
+            path.display()
+        );
+    }
+    Ok(rows)
 }
 
 /// The fields of a bid line the reference needs.
@@ -650,13 +801,20 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
         .input
         .canonicalize()
         .with_context(|| format!("input {}", spec.input.display()))?;
+    // The queries whose extents fire once write their CSV during the job, as PyFlink's sink
+    // does; Q12's firings are folded into it afterwards.
+    let csv_path = spec.out.join(format!("{}.csv", spec.query.name()));
     let sync_path = spec.work.join("firings.jsonl");
-    let job = nexmark_job(
-        spec.query,
-        &input.display().to_string(),
-        &sync_path.display().to_string(),
-        spec.job,
+    let (csv, jsonl) = (
+        csv_path.display().to_string(),
+        sync_path.display().to_string(),
     );
+    let firings = if spec.query.writes_csv() {
+        FiringsTo::Csv(&csv)
+    } else {
+        FiringsTo::JsonLines(&jsonl)
+    };
+    let job = nexmark_job(spec.query, &input.display().to_string(), firings, spec.job);
     let state_dir = spec.work.join("state");
     let mut embedded = None;
     let state = match spec.mode {
@@ -672,7 +830,8 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
         state,
         ..RunOptions::default()
     };
-    let registry = Registry::new();
+    let mut registry = Registry::new();
+    registry.register_sync(CSV_SYNC, csv_sync());
     let cpu = || sardonyx::metrics::process::usage().map_or(0.0, |u| u.cpu_seconds);
     let cpu_before = cpu();
     let started = Instant::now();
@@ -685,8 +844,21 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
     let report = report?;
     let peak_rss_kib = proc_status_kib("VmHWM").unwrap_or(0);
 
-    let answer = answer_from_sync_file(spec.query, &sync_path)?;
-    write_csv(spec.query, &answer.rows, &spec.out)?;
+    let answer = if spec.query.writes_csv() {
+        // Read back only to check it (a harness checks the CSV itself).
+        let rows = match spec.check {
+            true => rows_from_csv(spec.query, &csv_path)?,
+            false => Rows::new(),
+        };
+        NexmarkAnswer {
+            rows,
+            firings: report.fired,
+        }
+    } else {
+        let answer = answer_from_sync_file(spec.query, &sync_path)?;
+        write_csv(spec.query, &answer.rows, &spec.out)?;
+        answer
+    };
     let verdict = if spec.check {
         let reference = Reference::from_file(spec.query, &input)?;
         let mut verdict = check(&reference.rows, &answer.rows).map(|_| ());
@@ -714,7 +886,11 @@ pub async fn run_once(spec: &OnceSpec, progress: Arc<Progress>) -> anyhow::Resul
         late: report.late,
         rejected: report.rejected,
         duplicates: report.duplicates,
-        rows: answer.rows.len(),
+        rows: if spec.query.writes_csv() {
+            report.fired as usize
+        } else {
+            answer.rows.len()
+        },
         correct: verdict.as_ref().map(Result::is_ok),
         difference: verdict.and_then(Result::err),
     })
@@ -865,13 +1041,105 @@ mod tests {
         assert_eq!(filtered[46].event_id, 54);
     }
 
+    /// The CSV sync names its bad params, writes one canonical row per firing (header first),
+    /// and refuses a firing without the integers a row needs; reading the CSV back refuses a
+    /// row that comes twice.
+    #[test]
+    fn the_csv_sync_writes_canonical_rows() {
+        let plugin = csv_sync();
+        let problems = (plugin.check)(&Map::new());
+        assert_eq!(
+            problems,
+            [
+                (
+                    "path".to_string(),
+                    "must be a string (the CSV file)".to_string()
+                ),
+                (
+                    "query".to_string(),
+                    "must be \"q5\", \"q7\" or \"q11\"".to_string()
+                ),
+            ]
+        );
+        let mut q12 = Map::new();
+        q12.insert("path", "x.csv");
+        q12.insert("query", "q12");
+        assert_eq!((plugin.check)(&q12).len(), 1, "q12 folds its firings");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out").join("q5.csv");
+        let mut params = Map::new();
+        params.insert("path", path.display().to_string());
+        params.insert("query", "q5");
+        assert!((plugin.check)(&params).is_empty());
+        let cx = SyncContext {
+            params: &params,
+            resuming: false,
+        };
+        let mut sink = (plugin.open)(&cx).unwrap();
+        let firing = |group: i64, lower: i64, state: i64| {
+            let mut f = Map::new();
+            f.insert("window", "q5");
+            f.insert("group", group);
+            f.insert("lower", lower);
+            f.insert("upper", lower + 10_000);
+            f.insert("state", state);
+            f
+        };
+        sink.sync(&firing(1001, 20_000, 13)).unwrap();
+        sink.sync(&firing(1000, 20_000, 758)).unwrap();
+        let mut bad = firing(1002, 22_000, 1);
+        bad.insert("state", Value::Null);
+        assert_eq!(
+            sink.sync(&bad).unwrap_err(),
+            "nexmark/csv: firing field \"state\" is Some(Null), not an integer"
+        );
+        sink.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "window_start,auction,count\n20000,1001,13\n20000,1000,758\n"
+        );
+        let rows = rows_from_csv(NexmarkQuery::Q5, &path).unwrap();
+        assert_eq!(
+            rows.into_iter().collect::<Vec<_>>(),
+            [
+                ("20000,1000".to_string(), 758),
+                ("20000,1001".to_string(), 13)
+            ]
+        );
+        sink.sync(&firing(1000, 20_000, 759)).unwrap();
+        sink.flush().unwrap();
+        let e = rows_from_csv(NexmarkQuery::Q5, &path).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("row 20000,1000 twice (an extent fired twice)"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn jobs_validate() {
-        let registry = Registry::new();
+        let mut registry = Registry::new();
+        registry.register_sync(CSV_SYNC, csv_sync());
         for q in NexmarkQuery::ALL {
-            nexmark_job(q, "bids.jsonl", "/tmp/s.jsonl", JobOptions::default())
+            nexmark_job(
+                q,
+                "bids.jsonl",
+                FiringsTo::JsonLines("/tmp/s.jsonl"),
+                JobOptions::default(),
+            )
+            .validate(&registry)
+            .unwrap();
+            if q.writes_csv() {
+                nexmark_job(
+                    q,
+                    "bids.jsonl",
+                    FiringsTo::Csv("/tmp/q.csv"),
+                    JobOptions::default(),
+                )
                 .validate(&registry)
                 .unwrap();
+            }
             assert_eq!(NexmarkQuery::parse(&q.name().to_uppercase()), Some(q));
         }
     }
