@@ -354,6 +354,7 @@ impl Driver<'_> {
                     slot.recycle_outputs(emptied);
                 }
                 Command::Compact { position, epoch } => {
+                    slot.drop_spare();
                     let log = self.log.as_mut().expect("only a logged slot compacts");
                     log.compact(position, epoch, slot.operator()).await?;
                 }

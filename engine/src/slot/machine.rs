@@ -297,6 +297,13 @@ impl Slot {
         }
     }
 
+    /// Gives up the vectors kept for the next record: a compaction's snapshot is the peak of a
+    /// slot's memory, and these need not be resident beside it (the next record grows its
+    /// own).
+    pub fn drop_spare(&mut self) {
+        self.spare = Spare::default();
+    }
+
     /// The id keys of the batch being looked up ([`Command::LookUpIds`]), in order (an empty
     /// key for a segment without the uniqueness field).
     pub fn lookup_keys(&self) -> impl Iterator<Item = &[u8]> + Clone {
