@@ -31,6 +31,12 @@ pub trait Aggregation: Send + Sync {
     /// The state of two merged sessions; `a` is the earlier one. Should be associative and
     /// commutative for session results to be independent of arrival order.
     fn merge(&self, a: Value, b: Value) -> Value;
+    /// True if `create_update` ignores its `state` argument (the update is the segment's
+    /// alone): a segment that falls into several extents (sliding windows) then has its update
+    /// made once, for all of them. False unless an implementation says so.
+    fn update_ignores_state(&self) -> bool {
+        false
+    }
 }
 
 impl fmt::Debug for dyn Aggregation {
@@ -168,6 +174,9 @@ fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
 struct Count;
 
 impl Aggregation for Count {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         "count"
     }
@@ -190,6 +199,9 @@ struct Sum {
 }
 
 impl Aggregation for Sum {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         "sum"
     }
@@ -225,6 +237,9 @@ impl Extremum {
 }
 
 impl Aggregation for Extremum {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         if self.keep == Ordering::Less {
             "min"
@@ -283,6 +298,9 @@ impl Average {
 }
 
 impl Aggregation for Average {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         "average"
     }
@@ -306,6 +324,9 @@ impl Aggregation for Average {
 struct Collect;
 
 impl Aggregation for Collect {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         "collect"
     }
@@ -348,6 +369,9 @@ fn key_string(v: &Value) -> Text {
 }
 
 impl Aggregation for CollectByKey {
+    fn update_ignores_state(&self) -> bool {
+        true
+    }
     fn name(&self) -> &str {
         "collect_by_key"
     }

@@ -555,6 +555,30 @@ fn user_aggregation_with_state_dependent_updates() {
     assert_eq!(r.snapshot(), o.snapshot());
 }
 
+/// A built-in aggregation's update ignores the state: a segment in several extents of a
+/// sliding window makes its update once, logged as one range for all of them.
+#[test]
+fn a_state_free_update_covers_every_extent_as_one_range() {
+    let specs = || vec![WindowSpec::sliding("w", "t", 10, 5, count())];
+    let mut o = op(specs(), vec![]);
+    // 7 is in [0,9] and [5,14] (extents 1 and 2).
+    let step = feed(&mut o, &[7]);
+    assert_eq!(
+        step.transitions.last(),
+        Some(&Transition::UpdateRange {
+            window: 0,
+            group: 0,
+            extent: 1,
+            count: 2,
+            update: i(1)
+        })
+    );
+    assert_eq!(
+        o.extents("w", &Value::Null),
+        vec![ext(0, 9, 1), ext(5, 14, 1)]
+    );
+}
+
 #[test]
 fn corrupt_transitions_are_rejected() {
     let mut o = op(vec![WindowSpec::fixed("w", "t", 10, count())], vec![]);

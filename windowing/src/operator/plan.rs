@@ -15,8 +15,17 @@ pub(super) enum Plan {
     Update {
         e: i64,
         u: Value,
-        rest: Vec<Value>,
+        rest: Rest,
     },
+}
+
+/// The updates of the extents after the first one a segment falls into.
+pub(super) enum Rest {
+    /// This many more extents, each updated with the first one's update (the aggregation's
+    /// update ignores the state).
+    Same(u32),
+    /// One update for each further extent.
+    Each(Vec<Value>),
 }
 
 impl WindowOperator {
@@ -92,7 +101,7 @@ impl WindowOperator {
                 Ok(Plan::Update {
                     e: 0,
                     u,
-                    rest: Vec::new(),
+                    rest: Rest::Same(0),
                 })
             }
             WindowKind::Session { gap } => {
@@ -135,7 +144,7 @@ impl WindowOperator {
                 Ok(Plan::Update {
                     e: t,
                     u,
-                    rest: Vec::new(),
+                    rest: Rest::Same(0),
                 })
             }
             WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
@@ -159,9 +168,12 @@ impl WindowOperator {
                     None => create(&agg.init()),
                 };
                 let u = update(first)?;
-                let rest = live
-                    .map(update)
-                    .collect::<Result<Vec<Value>, WindowError>>()?;
+                let rest = if agg.update_ignores_state() {
+                    // The others' updates would be `u` again: made once, counted.
+                    Rest::Same(live.count() as u32)
+                } else {
+                    Rest::Each(live.map(update).collect::<Result<_, WindowError>>()?)
+                };
                 Ok(Plan::Update { e: first, u, rest })
             }
         }

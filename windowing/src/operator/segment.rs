@@ -2,7 +2,7 @@
 //! then carry the plans out as transitions (interning the group when it is new, late counts,
 //! updates) and evaluate the segment's triggers.
 
-use super::plan::Plan;
+use super::plan::{Plan, Rest};
 use super::transition::Transition;
 use super::{Late, Step, WindowOperator};
 use crate::error::WindowError;
@@ -67,7 +67,7 @@ impl WindowOperator {
                 });
                 gid
             }
-            Plan::Update { e, u, mut rest } => {
+            Plan::Update { e, u, rest } => {
                 let g = match gid {
                     Some(g) => g,
                     None => {
@@ -83,29 +83,56 @@ impl WindowOperator {
                     }
                 };
                 let w16 = w as u16;
-                let n = 1 + rest.len();
-                let t = if rest.is_empty() {
-                    Transition::Update {
-                        window: w16,
-                        group: g,
-                        extent: e,
-                        update: u,
-                    }
-                } else if rest.iter().all(|r| *r == u) {
-                    Transition::UpdateRange {
-                        window: w16,
-                        group: g,
-                        extent: e,
-                        count: n as u32,
-                        update: u,
-                    }
-                } else {
-                    rest.insert(0, u);
-                    Transition::UpdateEach {
-                        window: w16,
-                        group: g,
-                        extent: e,
-                        updates: rest,
+                let (n, t) = match rest {
+                    Rest::Same(0) => (
+                        1,
+                        Transition::Update {
+                            window: w16,
+                            group: g,
+                            extent: e,
+                            update: u,
+                        },
+                    ),
+                    Rest::Same(more) => (
+                        1 + more as usize,
+                        Transition::UpdateRange {
+                            window: w16,
+                            group: g,
+                            extent: e,
+                            count: 1 + more,
+                            update: u,
+                        },
+                    ),
+                    Rest::Each(rest) if rest.is_empty() => (
+                        1,
+                        Transition::Update {
+                            window: w16,
+                            group: g,
+                            extent: e,
+                            update: u,
+                        },
+                    ),
+                    Rest::Each(rest) if rest.iter().all(|r| *r == u) => (
+                        1 + rest.len(),
+                        Transition::UpdateRange {
+                            window: w16,
+                            group: g,
+                            extent: e,
+                            count: 1 + rest.len() as u32,
+                            update: u,
+                        },
+                    ),
+                    Rest::Each(mut rest) => {
+                        rest.insert(0, u);
+                        (
+                            rest.len(),
+                            Transition::UpdateEach {
+                                window: w16,
+                                group: g,
+                                extent: e,
+                                updates: rest,
+                            },
+                        )
                     }
                 };
                 self.apply_and_record(step, t);
