@@ -411,19 +411,25 @@ impl SyncSink for CsvSync {
                 "nexmark/csv: firing field \"{field}\" is {other:?}, not an integer"
             )),
         };
-        let row = match self.query {
-            NexmarkQuery::Q5 => format!("{},{},{}", int("lower")?, int("group")?, int("state")?),
-            NexmarkQuery::Q7 => format!("{},{}", int("lower")?, int("state")?),
-            NexmarkQuery::Q11 => format!(
-                "{},{},{},{}",
-                int("group")?,
-                int("lower")?,
-                int("upper")?,
-                int("state")?
-            ),
+        // Every field is read before anything is written: a bad firing leaves no partial row.
+        let p = &mut self.pending;
+        let written = match self.query {
+            NexmarkQuery::Q5 => {
+                let (lower, group, state) = (int("lower")?, int("group")?, int("state")?);
+                writeln!(p, "{lower},{group},{state}")
+            }
+            NexmarkQuery::Q7 => {
+                let (lower, state) = (int("lower")?, int("state")?);
+                writeln!(p, "{lower},{state}")
+            }
+            NexmarkQuery::Q11 => {
+                let (group, lower) = (int("group")?, int("lower")?);
+                let (upper, state) = (int("upper")?, int("state")?);
+                writeln!(p, "{group},{lower},{upper},{state}")
+            }
             NexmarkQuery::Q12 => unreachable!("q12 does not write its CSV (checked at open)"),
         };
-        let _ = writeln!(self.pending, "{row}");
+        written.expect("writing to a String cannot fail");
         Ok(())
     }
 
