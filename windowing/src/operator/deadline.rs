@@ -57,6 +57,22 @@ impl WindowOperator {
         }
     }
 
+    /// True when window `w` numbers its extents (fixed, sliding) and the deadline of watermark
+    /// trigger `tr` for extent `e` is ahead of the watermark: then so is every later extent's
+    /// (a numbered extent's bounds, and so its deadline, grow with its id and depend on nothing
+    /// else), and none of them is due, without looking any of them up.
+    pub(super) fn none_due_from(&self, w: usize, tr: usize, e: i64) -> bool {
+        let spec = &self.windows[w];
+        match spec.kind {
+            WindowKind::Fixed { .. } | WindowKind::Sliding { .. } => {
+                let ext = spec.extents().expect("numbered extents");
+                self.threshold(w, tr, ext.lower(e), ext.upper(e))
+                    .is_some_and(|t| self.state.watermark < t)
+            }
+            WindowKind::Global | WindowKind::Session { .. } => false,
+        }
+    }
+
     /// True when the watermark trigger `tr` of window `w` has reached its deadline for extent `e`.
     pub(super) fn deadline_reached(&self, w: usize, tr: usize, e: i64, x: &Extent) -> bool {
         let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {

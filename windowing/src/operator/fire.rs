@@ -96,6 +96,9 @@ impl WindowOperator {
                 TriggerOn::Watermark { .. } | TriggerOn::PercentileWatermark { .. } => {
                     // Only extents whose deadline has passed fire here; before the first
                     // deadline (the common case) nothing is due and nothing is collected.
+                    if !all && self.none_due_from(w, tr, touched.start) {
+                        continue;
+                    }
                     let es: Vec<i64> = if all {
                         self.extent_keys(w, g)
                     } else {
