@@ -200,6 +200,14 @@ struct Spare {
     labels: Vec<u16>,
 }
 
+/// Empties `v` and keeps it in `spare` if it holds more than what is kept there.
+fn keep_larger<T>(spare: &mut Vec<T>, mut v: Vec<T>) {
+    if v.capacity() > spare.capacity() {
+        v.clear();
+        *spare = v;
+    }
+}
+
 /// The record being appended and what waits for its commit.
 struct InFlight {
     applied: Applied,
@@ -290,11 +298,8 @@ impl Slot {
 
     /// Hands back the vector of a [`Command::Output`] once its segments are taken out, for a
     /// later record's segments (its capacity is kept, its contents dropped).
-    pub fn recycle_outputs(&mut self, mut segments: Vec<Segment>) {
-        segments.clear();
-        if segments.capacity() > self.spare.outputs.capacity() {
-            self.spare.outputs = segments;
-        }
+    pub fn recycle_outputs(&mut self, segments: Vec<Segment>) {
+        keep_larger(&mut self.spare.outputs, segments);
     }
 
     /// Gives up the vectors kept for the next record: a compaction's snapshot is the peak of a
@@ -606,7 +611,7 @@ impl Slot {
             if let Some((ids, mark)) = log.uninserted.take() {
                 self.commands.push_back(Command::InsertIds { ids, mark });
             }
-            self.spare.transitions = record.transitions;
+            keep_larger(&mut self.spare.transitions, record.transitions);
             self.finish_record(applied);
             return;
         }
@@ -618,12 +623,9 @@ impl Slot {
             ids: record.ids.len() as u64,
         });
         let BatchRecord {
-            ids,
-            mut transitions,
-            ..
+            ids, transitions, ..
         } = record;
-        transitions.clear();
-        self.spare.transitions = transitions;
+        keep_larger(&mut self.spare.transitions, transitions);
         log.in_flight = Some(InFlight { applied, ids, crc });
         if let Some((ids, mark)) = log.uninserted.take() {
             self.commands.push_back(Command::InsertIds { ids, mark });
@@ -636,21 +638,18 @@ impl Slot {
         let Applied {
             mut step,
             outputs,
-            mut ids,
-            mut labels,
+            ids,
+            labels,
             through,
             ..
         } = applied;
-        ids.clear();
-        labels.clear();
-        self.spare.ids = ids;
-        self.spare.labels = labels;
+        keep_larger(&mut self.spare.ids, ids);
+        keep_larger(&mut self.spare.labels, labels);
         // In memory mode the transitions are still here (a logged record took them).
-        let mut transitions = std::mem::take(&mut step.transitions);
-        if transitions.capacity() > self.spare.transitions.capacity() {
-            transitions.clear();
-            self.spare.transitions = transitions;
-        }
+        keep_larger(
+            &mut self.spare.transitions,
+            std::mem::take(&mut step.transitions),
+        );
         if !step.firings.is_empty() || !step.late.is_empty() {
             self.commands.push_back(Command::Deliver(step));
         }
