@@ -83,6 +83,11 @@ impl WindowOperator {
                     }
                 };
                 let w16 = w as u16;
+                // Updates all equal to the first are one range, however they were planned.
+                let rest = match rest {
+                    Rest::Each(r) if r.iter().all(|x| *x == u) => Rest::Same(r.len() as u32),
+                    other => other,
+                };
                 let (n, t) = match rest {
                     Rest::Same(0) => (
                         1,
@@ -100,25 +105,6 @@ impl WindowOperator {
                             group: g,
                             extent: e,
                             count: 1 + more,
-                            update: u,
-                        },
-                    ),
-                    Rest::Each(rest) if rest.is_empty() => (
-                        1,
-                        Transition::Update {
-                            window: w16,
-                            group: g,
-                            extent: e,
-                            update: u,
-                        },
-                    ),
-                    Rest::Each(rest) if rest.iter().all(|r| *r == u) => (
-                        1 + rest.len(),
-                        Transition::UpdateRange {
-                            window: w16,
-                            group: g,
-                            extent: e,
-                            count: 1 + rest.len() as u32,
                             update: u,
                         },
                     ),
