@@ -555,7 +555,9 @@ fn a_log_server_serves_its_raft_metrics() {
         .next()
         .unwrap()
         .to_owned();
-    // Raft state has no event to wait on from outside the process: poll until elected.
+    // Raft state has no event to wait on from outside the process: poll until elected and
+    // the leader's first entry of its term is applied (a leader is named a moment before it
+    // applies that entry).
     let deadline = Instant::now() + Duration::from_secs(60);
     let m = loop {
         let (status, text) = http_get(&addr, "/metrics");
@@ -566,14 +568,17 @@ fn a_log_server_serves_its_raft_metrics() {
             "sardonyx_raft_role",
             &[("log", "server-1"), ("role", "leader")],
         ) == 1.0
+            && total(&m, "sardonyx_raft_applied_index", &[("log", "server-1")]) >= 1.0
         {
             break m;
         }
-        assert!(Instant::now() < deadline, "never elected:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "never elected and applied:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(total(&m, "sardonyx_raft_term", &[("log", "server-1")]) >= 1.0);
-    assert!(total(&m, "sardonyx_raft_applied_index", &[("log", "server-1")]) >= 1.0);
     assert!(
         total(
             &m,
