@@ -7,7 +7,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sardonyx::segment::{from_json_slice, from_json_slice_projected, to_bincode, Fields};
+use sardonyx::segment::{
+    from_json_slice, from_json_slice_projected, to_bincode, Fields, LineParser,
+};
 use sardonyx::{Segment, Value};
 use sardonyx_windowing::aggregation;
 use sardonyx_windowing::extent::Extents;
@@ -68,6 +70,11 @@ fn segment_access(c: &mut Criterion) {
     let q7 = Fields::new(["date_time", "event_id", "price"].map(String::from).into());
     g.bench_function("json parse projected (bid line, 3 of 8 fields)", |b| {
         b.iter(|| from_json_slice_projected(black_box(BID), black_box(&q7)))
+    });
+    // The same through the input's parser, which knows the keys from the line before.
+    let mut parser = LineParser::new(q7.clone());
+    g.bench_function("line parser (bid line, 3 of 8 fields)", |b| {
+        b.iter(|| parser.parse(black_box(BID)))
     });
     g.bench_function("json parse (bid line, all 8 fields)", |b| {
         b.iter(|| from_json_slice(black_box(BID)))

@@ -75,8 +75,9 @@ struct InputPeer {
     batch_size: usize,
     timeout: std::time::Duration,
     /// The fields of a record the job reads, if it reads only some
-    /// ([`super::projection::input_fields`]): a line is parsed into those alone.
-    fields: Option<segment::Fields>,
+    /// ([`super::projection::input_fields`]): a line is parsed into those alone, by a parser
+    /// that learns the lines' shape.
+    fields: Option<segment::LineParser>,
 }
 
 impl InputPeer {
@@ -106,7 +107,7 @@ impl InputPeer {
             timeout: ctx.task.effective_batch_timeout(),
             watermark: InputWatermark::new(&ctx.task),
             fields: super::projection::input_fields(&ctx.job, &ctx.task.name)
-                .map(segment::Fields::new),
+                .map(|names| segment::LineParser::new(segment::Fields::new(names))),
             lifecycles,
             issuer,
             ctx,
@@ -194,8 +195,8 @@ impl InputPeer {
     fn parse_and_route(&mut self, r: &Record) -> Result<(), RunError> {
         let parsed = match &r.fault {
             Some(fault) => Err(fault.to_string()),
-            None => match &self.fields {
-                Some(fields) => segment::from_json_slice_projected(&r.payload, fields),
+            None => match &mut self.fields {
+                Some(parser) => parser.parse(&r.payload),
                 None => segment::from_json_slice(&r.payload),
             },
         };
