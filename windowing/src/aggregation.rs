@@ -28,6 +28,11 @@ pub trait Aggregation: Send + Sync {
     fn create_update(&self, state: &Value, segment: &Map) -> Result<Value, AggregationError>;
     /// The state after applying `update` (made by `create_update`) to `state`.
     fn apply_update(&self, state: Value, update: &Value) -> Value;
+    /// [`Aggregation::apply_update`] on a state in place: the same new state. Sums and counts
+    /// add an integer where the state is, without moving the state out and back.
+    fn apply_update_in_place(&self, state: &mut Value, update: &Value) {
+        *state = self.apply_update(std::mem::take(state), update);
+    }
     /// The state of two merged sessions; `a` is the earlier one. Should be associative and
     /// commutative for session results to be independent of arrival order.
     fn merge(&self, a: Value, b: Value) -> Value;
@@ -158,6 +163,17 @@ fn add(a: &Value, b: &Value) -> Value {
     }
 }
 
+/// `*a = add(a, b)`, in place where both are integers and the sum fits.
+fn add_in_place(a: &mut Value, b: &Value) {
+    if let (Value::Int(x), Value::Int(y)) = (&mut *a, b) {
+        if let Some(sum) = x.checked_add(*y) {
+            *x = sum;
+            return;
+        }
+    }
+    *a = add(a, b);
+}
+
 /// Compares two numbers exactly when both are integers, else as floats.
 fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
     match (a.as_i64(), b.as_i64()) {
@@ -189,6 +205,9 @@ impl Aggregation for Count {
     fn apply_update(&self, state: Value, update: &Value) -> Value {
         add(&state, update)
     }
+    fn apply_update_in_place(&self, state: &mut Value, update: &Value) {
+        add_in_place(state, update);
+    }
     fn merge(&self, a: Value, b: Value) -> Value {
         add(&a, &b)
     }
@@ -213,6 +232,9 @@ impl Aggregation for Sum {
     }
     fn apply_update(&self, state: Value, update: &Value) -> Value {
         add(&state, update)
+    }
+    fn apply_update_in_place(&self, state: &mut Value, update: &Value) {
+        add_in_place(state, update);
     }
     fn merge(&self, a: Value, b: Value) -> Value {
         add(&a, &b)

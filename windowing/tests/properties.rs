@@ -485,3 +485,39 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// A number, or something that is not one, for an aggregation's state or update: integers
+/// near the overflow bounds, floats, and values a sum treats as zero.
+fn number_like() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::Int),
+        prop_oneof![
+            Just(i64::MAX),
+            Just(i64::MIN),
+            Just(i64::MAX - 1),
+            Just(-1_i64),
+            Just(1)
+        ]
+        .prop_map(Value::Int),
+        any::<f64>().prop_map(Value::Float),
+        Just(Value::Null),
+        Just(Value::from("7")),
+        (i64::MAX as u64 + 1..=u64::MAX).prop_map(Value::UInt),
+    ]
+}
+
+proptest! {
+    /// Every built-in aggregation's in-place update gives exactly the state its
+    /// `apply_update` gives (same variant, same bits), whatever the state and the update.
+    #[test]
+    fn an_update_in_place_is_the_update(state in number_like(), update in number_like()) {
+        let aggs: [std::sync::Arc<dyn Aggregation>; 6] =
+            [count(), sum("x"), min("x"), max("x"), average("x"), collect()];
+        for agg in aggs {
+            let want = agg.apply_update(state.clone(), &update);
+            let mut got = state.clone();
+            agg.apply_update_in_place(&mut got, &update);
+            prop_assert_eq!(format!("{got:?}"), format!("{want:?}"), "{}", agg.name());
+        }
+    }
+}

@@ -217,9 +217,20 @@ impl WindowOperator {
         // The due key of a fixed, sliding or global extent is a function of `e` and its changed
         // bits alone (its bounds are fixed by `e`): an update of an extent with every bit set
         // already (the common case: every update after the first since it fired) keeps its
-        // key, and the due index has nothing to do.
-        let same_key = self.extent(w, g, e).is_some_and(|x| x.changed == bits);
-        let old = if same_key { None } else { self.due_of(w, g, e) };
+        // key, and the due index has nothing to do. That extent is found with one lookup and
+        // updated in place.
+        if let Some(x) = self.state.windows[w]
+            .groups
+            .get_mut(&g)
+            .and_then(|gs| gs.extents.get_mut(&e))
+            .filter(|x| x.changed == bits)
+        {
+            self.windows[w]
+                .aggregation
+                .apply_update_in_place(&mut x.state, u);
+            return;
+        }
+        let old = self.due_of(w, g, e);
         let spec = &self.windows[w];
         let agg = &spec.aggregation;
         let upper = spec.extents().map_or(i64::MAX, |x| x.upper(e));
@@ -229,11 +240,9 @@ impl WindowOperator {
             state: agg.init(),
             changed: 0,
         });
-        x.state = agg.apply_update(std::mem::take(&mut x.state), u);
+        agg.apply_update_in_place(&mut x.state, u);
         x.changed = bits;
-        if !same_key {
-            self.reindex(w, g, e, old);
-        }
+        self.reindex(w, g, e, old);
     }
 
     fn apply_session(&mut self, w: usize, g: u32, t: i64, u: &Value) {
@@ -270,7 +279,7 @@ impl WindowOperator {
             changed: 0,
         });
         x.upper = x.upper.max(t);
-        x.state = agg.apply_update(x.state, u);
+        agg.apply_update_in_place(&mut x.state, u);
         x.changed = bits;
         gs.extents.insert(lower, x);
         self.reindex(w, g, lower, None);
