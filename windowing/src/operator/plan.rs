@@ -76,6 +76,9 @@ impl WindowOperator {
         let wm = self.state.watermark;
         let gs = g.and_then(|g| self.state.windows[w].groups.get(&g));
         let agg = &spec.aggregation;
+        // An aggregation whose update ignores the state is not shown one: no extent is looked
+        // up (or sessions merged) to make it.
+        let ignores_state = agg.update_ignores_state();
         let create = |state: &Value| {
             agg.create_update(state, segment)
                 .map_err(|source| WindowError::Aggregation {
@@ -94,9 +97,13 @@ impl WindowOperator {
         }
         match spec.kind {
             WindowKind::Global => {
-                let u = match gs.and_then(|gs| gs.extents.get(&0)) {
-                    Some(x) => create(&x.state)?,
-                    None => create(&agg.init())?,
+                let u = if ignores_state {
+                    create(&Value::Null)?
+                } else {
+                    match gs.and_then(|gs| gs.extents.get(&0)) {
+                        Some(x) => create(&x.state)?,
+                        None => create(&agg.init())?,
+                    }
                 };
                 Ok(Plan::Update {
                     e: 0,
@@ -133,6 +140,7 @@ impl WindowOperator {
                 }
                 // Only an event bridging two sessions pays for a merged copy of their states.
                 let u = match touching.as_slice() {
+                    _ if ignores_state => create(&Value::Null)?,
                     [] => create(&agg.init())?,
                     [(_, x)] => create(&x.state)?,
                     [(_, x), rest @ ..] => {
@@ -167,8 +175,12 @@ impl WindowOperator {
                     Some(x) => create(&x.state),
                     None => create(&agg.init()),
                 };
-                let u = update(first)?;
-                let rest = if agg.update_ignores_state() {
+                let u = if ignores_state {
+                    create(&Value::Null)?
+                } else {
+                    update(first)?
+                };
+                let rest = if ignores_state {
                     // The others' updates would be `u` again: made once, counted.
                     Rest::Same(live.count() as u32)
                 } else {
