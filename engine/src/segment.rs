@@ -40,7 +40,8 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Above this many names of one length a binary search beats comparing each.
+    /// Above this many names a binary search beats comparing each (for a length several
+    /// names share).
     const LINEAR_UP_TO: usize = 8;
     /// No name has this length.
     const NONE: u8 = 0;
@@ -315,8 +316,8 @@ mod flat {
         (c.at == bytes.len()).then_some(m)
     }
 
-    /// Whether two byte strings are equal: for strings of up to 16 bytes, two overlapping
-    /// word loads per side instead of a call to `memcmp`.
+    /// Whether two byte strings are equal: for strings of 8 to 16 bytes (most keys with their
+    /// quotes and colon), two overlapping word loads per side instead of a call to `memcmp`.
     #[inline]
     fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
         let n = a.len();

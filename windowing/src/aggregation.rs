@@ -37,8 +37,9 @@ pub trait Aggregation: Send + Sync {
     /// commutative for session results to be independent of arrival order.
     fn merge(&self, a: Value, b: Value) -> Value;
     /// True if `create_update` ignores its `state` argument (the update is the segment's
-    /// alone): a segment that falls into several extents (sliding windows) then has its update
-    /// made once, for all of them. False unless an implementation says so.
+    /// alone): the update is then made from a `Null` state without looking the extent up, and
+    /// a segment that falls into several extents (sliding windows) has its update made once,
+    /// for all of them. False unless an implementation says so.
     fn update_ignores_state(&self) -> bool {
         false
     }
