@@ -1,6 +1,6 @@
 //! The built-in `sardonyx/jsonl` plugins: an input reading one JSON document a line from a file
-//! (each of its peers the lines that start in its stripe of the file's bytes, as one partition
-//! resumed at a byte offset), an output writing one file per peer, and a sync function appending
+//! (each of its peers the lines that start in its blocks of the file's bytes, dealt out in
+//! turn, `params.stripe_block_bytes` each, as one partition resumed at a byte offset), an output writing one file per peer, and a sync function appending
 //! firings to a file. The files themselves are `sardonyx_connectors::jsonl`'s;
 //! this module adapts them to segments and registers them.
 
@@ -30,12 +30,15 @@ pub(crate) fn family() -> PluginFamily {
                 }),
                 open: Arc::new(|ctx| {
                     let path = param_path(ctx.task)?;
-                    let limit =
-                        sardonyx_connectors::jsonl::max_line_bytes(&to_json(&ctx.task.params))
-                            .map_err(|e| e.to_string())?;
-                    // Each peer reads the lines that start in its stripe of the file.
+                    let params = to_json(&ctx.task.params);
+                    let limit = sardonyx_connectors::jsonl::max_line_bytes(&params)
+                        .map_err(|e| e.to_string())?;
+                    let block = sardonyx_connectors::jsonl::stripe_block_bytes(&params)
+                        .map_err(|e| e.to_string())?;
+                    // Each peer reads the lines that start in its blocks of the file.
                     let mut source = JsonLinesSource::open_stripe(&path, ctx.peer, ctx.n_peers)
                         .map_err(|e| e.to_string())?
+                        .with_stripe_block_bytes(block)
                         .with_max_line_bytes(limit);
                     // One partition per peer: resume just after the peer's committed offset.
                     if let Some(offset) = ctx.positions.get(0) {
