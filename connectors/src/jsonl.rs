@@ -47,21 +47,18 @@ pub fn validate_source(params: &Value) -> Problems {
 
 /// The `stripe_block_bytes` of a JSON-lines source's params (the default when absent).
 pub fn stripe_block_bytes(params: &Value) -> Result<u64, ConnectorError> {
-    let problems = validate_source(params);
-    if !problems.is_empty() {
-        return Err(ConnectorError::fatal(
-            "sardonyx/jsonl params",
-            crate::params::describe(&problems),
-        ));
-    }
-    Ok(params
-        .get("stripe_block_bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_BLOCK_BYTES))
+    checked_count(params, "stripe_block_bytes", DEFAULT_BLOCK_BYTES)
 }
 
 /// The `max_line_bytes` of a JSON-lines source's params (the default when absent).
 pub fn max_line_bytes(params: &Value) -> Result<usize, ConnectorError> {
+    checked_count(params, "max_line_bytes", DEFAULT_MAX_LINE_BYTES as u64)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The count `name` of valid source params ([`validate_source`]; the error names every
+/// problem), or `default` when absent.
+fn checked_count(params: &Value, name: &str, default: u64) -> Result<u64, ConnectorError> {
     let problems = validate_source(params);
     if !problems.is_empty() {
         return Err(ConnectorError::fatal(
@@ -69,12 +66,7 @@ pub fn max_line_bytes(params: &Value) -> Result<usize, ConnectorError> {
             crate::params::describe(&problems),
         ));
     }
-    Ok(params
-        .get("max_line_bytes")
-        .and_then(Value::as_u64)
-        .map_or(DEFAULT_MAX_LINE_BYTES, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        }))
+    Ok(params.get(name).and_then(Value::as_u64).unwrap_or(default))
 }
 
 /// Reads a JSON-lines file, or one stripe of it (see [`crate::stripe`]: with several readers,
