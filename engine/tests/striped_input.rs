@@ -209,19 +209,15 @@ async fn two_input_peers_stopped_and_resumed_give_the_final_states_of_one() {
         .await
         .unwrap();
     let job = vote_job(&input, 2);
-    let len = std::fs::metadata(&input).unwrap().len();
 
     let options = state_options(&log, dir.path());
     // Vote 1000 is a sixth of the way into the file.
     let (r, first_finals) = registry(&options, Some(1_000));
     let first = run_job(&job, &r, options).await.unwrap();
     assert!(first.stopped, "{first:?}");
+    // Something is left to resume. (How far each peer got depends on timing: the peers are
+    // coupled only through the windowed task's channels.)
     assert!(first.read < VOTES, "{first:?}");
-    let stopped_at = committed(&first, 2);
-    assert!(
-        stopped_at.iter().all(|c| c.is_none_or(|c| c < len / 2)),
-        "{stopped_at:?}"
-    );
 
     let options = state_options(&log, dir.path());
     let (r, finals) = registry(&options, None);
