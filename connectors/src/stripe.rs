@@ -13,7 +13,7 @@
 //! and the readers stay within about a block of each other in the file, so their event times
 //! stay close too. (Contiguous ranges, the first design, had the second of two readers start
 //! in the middle of the file: its watermark ran far ahead of the first's, and every window it
-//! opened stayed open until the first caught up — a session window job held 3× the memory.)
+//! opened stayed open until the first caught up: a session window job held 3–4× the memory.)
 //!
 //! A reader resumes just after the last line it read (its committed offset) and goes on from
 //! there: the lines before its next own line are other readers'.

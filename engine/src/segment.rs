@@ -706,7 +706,8 @@ mod tests {
                 any::<bool>(),
             ), 1..12),
         ) {
-            let keep = Fields::new(["vote_id", "candidate", "event_time", "k"].map(String::from).into());
+            let names = ["vote_id", "candidate", "event_time", "k"];
+            let keep = Fields::new(names.map(String::from).into());
             let mut parser = LineParser::new(keep.clone());
             for (fields, truncate) in lines {
                 let body: Vec<String> = fields

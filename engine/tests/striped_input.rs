@@ -1,8 +1,8 @@
 //! The `sardonyx/jsonl` input on several peers (issue 21): each peer reads the lines that start
-//! in its blocks of the file's bytes, dealt out in turn. The vote job (`sardonyx::demo::votes_job`) with its input on 2
-//! peers gives exactly the final window states it gives on 1, in memory and with exactly-once
-//! state, also when stopped and resumed; a malformed line read by the second peer is rejected
-//! with its line number in the file.
+//! in its blocks of the file's bytes, dealt out in turn. The vote job
+//! (`sardonyx::demo::votes_job`) with its input on 2 peers gives exactly the final window
+//! states it gives on 1, in memory and with exactly-once state, also when stopped and resumed;
+//! a malformed line read by a later peer is rejected with its line number in the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

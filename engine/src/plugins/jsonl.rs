@@ -1,8 +1,9 @@
 //! The built-in `sardonyx/jsonl` plugins: an input reading one JSON document a line from a file
 //! (each of its peers the lines that start in its blocks of the file's bytes, dealt out in
-//! turn, `params.stripe_block_bytes` each, as one partition resumed at a byte offset), an output writing one file per peer, and a sync function appending
-//! firings to a file. The files themselves are `sardonyx_connectors::jsonl`'s;
-//! this module adapts them to segments and registers them.
+//! turn, `params.stripe_block_bytes` each, as one partition resumed at a byte offset), an
+//! output writing one file per peer, and a sync function appending firings to a file. The
+//! files themselves are `sardonyx_connectors::jsonl`'s; this module adapts them to segments
+//! and registers them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
