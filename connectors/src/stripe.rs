@@ -30,13 +30,6 @@ pub struct Stripe {
 }
 
 impl Stripe {
-    /// The whole file: one reader.
-    pub const WHOLE: Stripe = Stripe {
-        reader: 0,
-        readers: 1,
-        block: DEFAULT_BLOCK_BYTES,
-    };
-
     /// The lines of reader `reader` of `readers` (at least 1), in blocks of `block` bytes (at
     /// least 1). `reader` must be below `readers`.
     pub fn new(reader: usize, readers: usize, block: u64) -> Stripe {
@@ -156,7 +149,9 @@ mod tests {
 
     #[test]
     fn blocks_are_dealt_out_in_turn() {
-        assert!((0..1_000_000).step_by(997).all(|at| Stripe::WHOLE.owns(at)));
+        assert!((0..1_000_000)
+            .step_by(997)
+            .all(|at| Stripe::new(0, 1, DEFAULT_BLOCK_BYTES).owns(at)));
         let owner = |at: u64| (0..3).find(|&i| Stripe::new(i, 3, 10).owns(at)).unwrap();
         let owners: Vec<usize> = [0, 9, 10, 19, 20, 29, 30, 45].map(owner).into();
         assert_eq!(owners, [0, 0, 1, 1, 2, 2, 0, 1]);

@@ -166,6 +166,7 @@ fn from_json_slice_full(bytes: &[u8]) -> Result<Segment, String> {
 /// (and its error messages).
 mod flat {
     use super::{Fields, Map, Segment, Value};
+    use sardonyx_windowing::value::bytes_eq;
 
     struct Cursor<'a> {
         /// The whole line, checked as UTF-8 once (one pass over the line instead of one call
@@ -314,21 +315,6 @@ mod flat {
         }
         c.skip_ws();
         (c.at == bytes.len()).then_some(m)
-    }
-
-    /// Whether two byte strings are equal: for strings of 8 to 16 bytes (most keys with their
-    /// quotes and colon), two overlapping word loads per side instead of a call to `memcmp`.
-    #[inline]
-    fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-        let n = a.len();
-        if n != b.len() {
-            return false;
-        }
-        let word8 = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
-        match n {
-            8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
-            _ => a == b,
-        }
     }
 
     /// Whether `s` holds a byte a JSON string must escape (a backslash or a control

@@ -416,11 +416,17 @@ fn write_json_string(out: &mut String, s: &str) {
 }
 
 /// Whether two field names are equal: `a == b`, without a call of the C library's `memcmp` for
-/// names of up to 16 bytes (most of them), which are compared as two overlapping words (or three
-/// bytes). Finding a field by name in a small segment is a few of these per event.
+/// names of up to 16 bytes (most of them) ([`bytes_eq`]). Finding a field by name in a small
+/// segment is a few of these per event.
 #[inline]
 pub fn field_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    bytes_eq(a.as_bytes(), b.as_bytes())
+}
+
+/// Whether two byte strings are equal: `a == b`, with strings of up to 16 bytes compared as two
+/// overlapping words (or three bytes) instead of by a call of `memcmp`.
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

@@ -175,16 +175,15 @@ impl WindowOperator {
                     Some(x) => create(&x.state),
                     None => create(&agg.init()),
                 };
-                let u = if ignores_state {
-                    create(&Value::Null)?
-                } else {
-                    update(first)?
-                };
-                let rest = if ignores_state {
+                let (u, rest) = if ignores_state {
                     // The others' updates would be `u` again: made once, counted.
-                    Rest::Same(live.count() as u32)
+                    (create(&Value::Null)?, Rest::Same(live.count() as u32))
                 } else {
-                    Rest::Each(live.map(update).collect::<Result<_, WindowError>>()?)
+                    let u = update(first)?;
+                    (
+                        u,
+                        Rest::Each(live.map(update).collect::<Result<_, WindowError>>()?),
+                    )
                 };
                 Ok(Plan::Update { e: first, u, rest })
             }
