@@ -36,6 +36,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod plugin;
 mod plugins;
+pub mod recycle;
 pub mod registry;
 pub mod runtime;
 pub mod segment;

@@ -11,7 +11,7 @@
 //! **first** field's place, and bincode nests at most [`sardonyx_windowing::value::MAX_BINARY_DEPTH`]
 //! levels. Line length is bounded before parsing, by the inputs' `max_line_bytes`.
 
-use sardonyx_windowing::value::{field_eq, Text};
+use sardonyx_windowing::value::{field_eq, SpareFields, Text};
 pub use sardonyx_windowing::{Map, Value};
 
 /// One record: an ordered map from field name to value.
@@ -91,33 +91,72 @@ impl Fields {
     }
 }
 
-/// A projected parser for one stream of lines ([`from_json_slice_projected`] with a memory):
-/// it remembers the keys of the last line it parsed, in order, and where the next line has the
-/// same key at the same place (as lines of one producer do) it takes the key by one comparison
-/// of bytes instead of scanning it and looking it up. A line of another shape parses as
-/// before and becomes the one remembered. Every line gives exactly what
-/// [`from_json_slice_projected`] gives.
-#[derive(Clone, Debug)]
+/// A parser for one stream of lines, into segments of every field ([`LineParser::whole`]:
+/// [`from_json_slice`]) or of only some ([`LineParser::new`]: [`from_json_slice_projected`]),
+/// with a memory:
+/// - A projected parser remembers the keys of the last line it parsed, in order, and where the
+///   next line has the same key at the same place (as lines of one producer do) it takes the
+///   key by one comparison of bytes instead of scanning it and looking it up. A line of
+///   another shape parses as before and becomes the one remembered.
+/// - Segments are parsed into the field lists of segments an output has written, when the
+///   pool has some ([`LineParser::restock`], [`crate::recycle`]).
+///
+/// Every line gives exactly what the stateless function gives.
+#[derive(Debug)]
 pub struct LineParser {
-    fields: Fields,
+    /// The fields kept; `None` keeps every field.
+    fields: Option<Fields>,
     shape: flat::Shape,
+    /// Field lists to parse into, taken from the pool by [`LineParser::restock`].
+    spares: Vec<SpareFields>,
 }
 
 impl LineParser {
     /// A parser of lines into segments of only `fields`.
     pub fn new(fields: Fields) -> Self {
         LineParser {
-            fields,
+            fields: Some(fields),
             shape: flat::Shape::default(),
+            spares: Vec::new(),
         }
     }
 
-    /// Parses one JSON document that must be an object into a segment of only the fields:
-    /// [`from_json_slice_projected`]'s result and errors.
+    /// A parser of lines into segments of every field.
+    pub fn whole() -> Self {
+        LineParser {
+            fields: None,
+            shape: flat::Shape::default(),
+            spares: Vec::new(),
+        }
+    }
+
+    /// Takes a chunk of spare field lists from the process's pool ([`crate::recycle::POOL`])
+    /// if the parser has none left: segments parsed next hold their fields in them instead
+    /// of new allocations. Once per batch is enough.
+    pub fn restock(&mut self) {
+        if self.spares.is_empty() {
+            self.spares = crate::recycle::POOL.take();
+        }
+    }
+
+    /// Parses one JSON document that must be an object into a segment (of only the fields, if
+    /// projected): [`from_json_slice`]'s or [`from_json_slice_projected`]'s result and errors.
     pub fn parse(&mut self, bytes: &[u8]) -> Result<Segment, String> {
-        match flat::parse_projected(bytes, Some(&self.fields), Some(&mut self.shape)) {
-            Some(segment) => Ok(segment),
-            None => from_json_slice_full_projected(bytes, &self.fields),
+        let into = match self.spares.pop() {
+            Some(spare) => Map::from_spare(spare),
+            None => Map::with_capacity(self.fields.as_ref().map_or(0, |f| f.names().len())),
+        };
+        match &self.fields {
+            Some(fields) => {
+                match flat::parse_projected(bytes, into, Some(fields), Some(&mut self.shape)) {
+                    Some(segment) => Ok(segment),
+                    None => from_json_slice_full_projected(bytes, fields),
+                }
+            }
+            None => match flat::parse_projected(bytes, into, None, None) {
+                Some(segment) => Ok(segment),
+                None => from_json_slice_full(bytes),
+            },
         }
     }
 }
@@ -126,7 +165,8 @@ impl LineParser {
 /// [`from_json_slice`] with every other field removed, and the same errors. The fast path skips
 /// the other fields' values without building them.
 pub fn from_json_slice_projected(bytes: &[u8], fields: &Fields) -> Result<Segment, String> {
-    match flat::parse_projected(bytes, Some(fields), None) {
+    let into = Map::with_capacity(fields.names().len());
+    match flat::parse_projected(bytes, into, Some(fields), None) {
         Some(segment) => Ok(segment),
         None => from_json_slice_full_projected(bytes, fields),
     }
@@ -178,7 +218,7 @@ mod flat {
 
     /// Parses `bytes` if it is a simple flat object.
     pub(super) fn parse(bytes: &[u8]) -> Option<Segment> {
-        parse_projected(bytes, None, None)
+        parse_projected(bytes, Map::new(), None, None)
     }
 
     /// The keys of the last line a [`super::LineParser`] parsed, in order, each as the bytes
@@ -237,20 +277,21 @@ mod flat {
         }
     }
 
-    /// Parses `bytes` if it is a simple flat object, keeping only the fields of `keep` if given;
-    /// the values of the others are checked but not built. With a `shape` (and `keep`), a key
-    /// found where the shape's last line had it is taken without scanning, and the shape
-    /// learns the keys it did not know.
+    /// Parses `bytes` into `m` (empty) if it is a simple flat object, keeping only the fields
+    /// of `keep` if given; the values of the others are checked but not built. With a `shape`
+    /// (and `keep`), a key found where the shape's last line had it is taken without scanning,
+    /// and the shape learns the keys it did not know.
     pub(super) fn parse_projected(
         bytes: &[u8],
+        mut m: Map,
         keep: Option<&Fields>,
         mut shape: Option<&mut Shape>,
     ) -> Option<Segment> {
+        debug_assert!(m.is_empty());
         let text = std::str::from_utf8(bytes).ok()?;
         let mut c = Cursor { text, bytes, at: 0 };
         c.skip_ws();
         c.eat(b'{')?;
-        let mut m = Map::with_capacity(keep.map_or(0, |f| f.names().len()));
         // Bit `i` set once the field `keep.names()[i]` (for `i` below 64) is in `m`: a field
         // seen for the first time is appended with its prebuilt key and no search of `m`.
         let mut set = 0_u64;
@@ -695,6 +736,7 @@ mod tests {
             let names = ["vote_id", "candidate", "event_time", "k"];
             let keep = Fields::new(names.map(String::from).into());
             let mut parser = LineParser::new(keep.clone());
+            let mut whole = LineParser::whole();
             for (fields, truncate) in lines {
                 let body: Vec<String> = fields
                     .iter()
@@ -704,11 +746,19 @@ mod tests {
                 if truncate {
                     line.truncate(line.len() * 2 / 3);
                 }
+                // Both parse into the field lists of the segments they gave before, once
+                // given back.
+                parser.restock();
+                whole.restock();
+                let projected = parser.parse(line.as_bytes());
                 prop_assert_eq!(
-                    parser.parse(line.as_bytes()),
-                    from_json_slice_projected(line.as_bytes(), &keep),
+                    &projected,
+                    &from_json_slice_projected(line.as_bytes(), &keep),
                     "{}", line
                 );
+                let all = whole.parse(line.as_bytes());
+                prop_assert_eq!(&all, &from_json_slice(line.as_bytes()), "{}", line);
+                crate::recycle::POOL.give_back(projected.into_iter().chain(all));
             }
         }
 

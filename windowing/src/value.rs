@@ -452,6 +452,23 @@ pub struct Map {
     repr: Repr,
 }
 
+/// The emptied field list of a map ([`Map::into_spare`]), kept so that a later map can hold its
+/// fields without an allocation ([`Map::from_spare`]).
+pub struct SpareFields(Vec<(Text, Value)>);
+
+impl SpareFields {
+    /// How many fields it holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl fmt::Debug for SpareFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpareFields({})", self.capacity())
+    }
+}
+
 /// A map's fields: a plain list up to [`Map::INDEX_FROM`] fields, a list with an index beyond.
 /// The index lives behind one box so that a `Map`, and so every `Value`, stays as small as a
 /// `Vec` (the enum fits in the `Vec`'s niche).
@@ -544,6 +561,26 @@ impl Map {
             .collect();
         Map {
             repr: Repr::Indexed(Box::new(Indexed { entries, index })),
+        }
+    }
+
+    /// Empties the map and keeps its field list (its allocation) for [`Map::from_spare`];
+    /// `None` for a map with an index, or one that never had room for a field.
+    pub fn into_spare(self) -> Option<SpareFields> {
+        match self.repr {
+            Repr::Small(mut entries) if entries.capacity() > 0 => {
+                entries.clear();
+                Some(SpareFields(entries))
+            }
+            _ => None,
+        }
+    }
+
+    /// An empty map that holds its fields in `spare`'s list (no allocation until it outgrows
+    /// it).
+    pub fn from_spare(spare: SpareFields) -> Self {
+        Map {
+            repr: Repr::Small(spare.0),
         }
     }
 

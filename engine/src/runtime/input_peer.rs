@@ -74,10 +74,9 @@ struct InputPeer {
     issuer: AckIssuer,
     batch_size: usize,
     timeout: std::time::Duration,
-    /// The fields of a record the job reads, if it reads only some
-    /// ([`super::projection::input_fields`]): a line is parsed into those alone, by a parser
-    /// that learns the lines' shape.
-    fields: Option<segment::LineParser>,
+    /// The parser of the records' lines: of the fields the job reads if it reads only some
+    /// ([`super::projection::input_fields`]), by a parser that learns the lines' shape.
+    parser: segment::LineParser,
 }
 
 impl InputPeer {
@@ -106,8 +105,10 @@ impl InputPeer {
             batch_size: ctx.task.effective_batch_size(),
             timeout: ctx.task.effective_batch_timeout(),
             watermark: InputWatermark::new(&ctx.task),
-            fields: super::projection::input_fields(&ctx.job, &ctx.task.name)
-                .map(|names| segment::LineParser::new(segment::Fields::new(names))),
+            parser: super::projection::input_fields(&ctx.job, &ctx.task.name)
+                .map_or_else(segment::LineParser::whole, |names| {
+                    segment::LineParser::new(segment::Fields::new(names))
+                }),
             lifecycles,
             issuer,
             ctx,
@@ -181,6 +182,7 @@ impl InputPeer {
             let positions: Positions = records.iter().map(|r| r.position).collect();
             self.before_batch(records.len());
             let now = now_ms();
+            self.parser.restock();
             for r in &records {
                 self.parse_and_route(r)?;
             }
@@ -195,10 +197,7 @@ impl InputPeer {
     fn parse_and_route(&mut self, r: &Record) -> Result<(), RunError> {
         let parsed = match &r.fault {
             Some(fault) => Err(fault.to_string()),
-            None => match &mut self.fields {
-                Some(parser) => parser.parse(&r.payload),
-                None => segment::from_json_slice(&r.payload),
-            },
+            None => self.parser.parse(&r.payload),
         };
         match parsed {
             Ok(s) => {

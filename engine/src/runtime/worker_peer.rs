@@ -389,7 +389,9 @@ impl Driver<'_> {
                 let n = segments.len() as u64;
                 ctx.progress.written.fetch_add(n, Ordering::Relaxed);
                 ctx.counters.written.fetch_add(n, Ordering::Relaxed);
-                // What an output task wrote does not travel further (outputs have no edges).
+                // What an output task wrote does not travel further (outputs have no edges):
+                // its field lists go back to the inputs' parsers.
+                crate::recycle::POOL.give_back(segments);
                 Vec::new()
             }
             other => {
