@@ -13,8 +13,8 @@
 //! each arena keeps the pages of its own peak. Most of the per-event allocations now go around
 //! the allocator (segments' field lists are recycled, [`crate::recycle`]), so fewer arenas cost
 //! little contention and save the memory the others keep: one arena per two cores. On this
-//! project's 2-core machine (one arena) Q4 of the vote benchmark at 10M events, exactly-once,
-//! peaked at 90–92 MiB instead of 97–98, Q2 at 63 MiB instead of 65–67, with the same CPU time
+//! project's 2-core machine (one arena) Q4 of the vote benchmark at 10M events peaked at
+//! 90 MiB instead of 97–98, Q2 at 62–63 MiB instead of 66–68, with the same CPU time
 //! (BENCHMARKS.md "Session 22"). A many-core machine has not been measured.
 //!
 //! Only a program that owns its process should call this (the `sardonyx` binary and the
