@@ -13,8 +13,8 @@
 //! and parses into them.
 //!
 //! The pool is bounded ([`MAX_SPARES`] lists of at most [`MAX_FIELDS`] fields): past it, field
-//! lists are freed as before. A job whose inputs take none (segments handed over in memory, or
-//! an input that needs whole segments) leaves at most that many in the pool.
+//! lists are freed as before. A job whose inputs take none (segments handed over in memory
+//! through `sardonyx/channel`) leaves at most that many in the pool.
 
 use std::sync::Mutex;
 
