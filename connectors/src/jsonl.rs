@@ -221,21 +221,28 @@ impl Source for JsonLinesSource {
         _timeout: Duration,
     ) -> Result<SourceBatch, ConnectorError> {
         let mut out = Vec::with_capacity(max.min(4096));
+        let io =
+            |e: std::io::Error| ConnectorError::io(format!("reading {}", self.path.display()), &e);
         while out.len() < max {
-            let Some(crate::line_reader::Line { consumed, length }) = self
-                .lines
-                .next_line()
-                .map_err(|e| ConnectorError::io(format!("reading {}", self.path.display()), &e))?
+            if !self.stripe.owns(self.offset) {
+                // Other readers' lines, up to this reader's next block: counted, not read one by
+                // one and not handed over.
+                let limit = self.stripe.next_own_block(self.offset) - self.offset;
+                let (consumed, lines) = self.lines.skip_lines_before(limit).map_err(io)?;
+                self.offset += consumed;
+                self.line += lines;
+                if consumed == 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(crate::line_reader::Line { consumed, length }) =
+                self.lines.next_line().map_err(io)?
             else {
                 break;
             };
-            let start = self.offset;
             self.offset += consumed;
             self.line += 1;
-            if !self.stripe.owns(start) {
-                // Another reader's line: counted, not handed over.
-                continue;
-            }
             let position = Position {
                 partition: 0,
                 offset: self.offset,

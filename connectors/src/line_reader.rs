@@ -123,6 +123,53 @@ impl<R: BufRead> LineReader<R> {
         }
         Ok(Some(lines))
     }
+
+    /// From a line start, passes over every line that starts within the next `limit` bytes
+    /// (through its newline, even past `limit`): returns the bytes passed over (ending at a
+    /// line start, or at the end of the body) and how many lines they held, a last line with
+    /// no newline at the end of the body counting as one, as [`LineReader::next_line`] counts
+    /// it. Newlines are counted a chunk at a time, not line by line.
+    pub fn skip_lines_before(&mut self, limit: u64) -> io::Result<(u64, u64)> {
+        let (mut consumed, mut lines) = (0_u64, 0_u64);
+        // Whether `consumed` bytes from the start is a line start.
+        let mut at_start = true;
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                lines += u64::from(!at_start);
+                break;
+            }
+            if consumed >= limit && at_start {
+                break;
+            }
+            let take = if consumed < limit {
+                // Every byte before the limit is in a line that starts before it.
+                let n = chunk
+                    .len()
+                    .min(usize::try_from(limit - consumed).unwrap_or(usize::MAX));
+                lines += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
+                at_start = chunk[n - 1] == b'\n';
+                n
+            } else {
+                // Past the limit in a line that started before it: to its end.
+                match memchr::memchr(b'\n', chunk) {
+                    Some(i) => {
+                        lines += 1;
+                        at_start = true;
+                        i + 1
+                    }
+                    None => chunk.len(),
+                }
+            };
+            self.reader.consume(take);
+            consumed += take as u64;
+        }
+        Ok((consumed, lines))
+    }
 }
 
 #[cfg(test)]

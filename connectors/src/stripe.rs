@@ -8,8 +8,10 @@
 //! that open the file at different lengths agree, and lines appended later are dealt out the
 //! same way.
 //!
-//! Each reader goes through the whole file (finding where lines start costs little beside
-//! parsing them) and hands over only its own lines. It therefore knows every line's number,
+//! Each reader goes through the whole file and hands over only its own lines: it passes over
+//! the others' blocks counting their newlines a chunk at a time
+//! ([`Stripe::next_own_block`]; going through them line by line made two readers slower than
+//! one, BENCHMARKS.md "Session 22"). It therefore knows every line's number,
 //! and the readers stay within about a block of each other in the file, so their event times
 //! stay close too. (Contiguous ranges, the first design, had the second of two readers start
 //! in the middle of the file: its watermark ran far ahead of the first's, and every window it
@@ -53,6 +55,14 @@ impl Stripe {
     /// True when a line starting at `line_start` is this reader's to read.
     pub fn owns(&self, line_start: u64) -> bool {
         self.readers == 1 || (line_start / self.block) % self.readers == self.reader
+    }
+
+    /// The start of the first block at or after offset `at`'s block that this reader owns
+    /// (`at`'s own block's start if it owns it).
+    pub fn next_own_block(&self, at: u64) -> u64 {
+        let b = at / self.block;
+        let ahead = (self.reader + self.readers - b % self.readers) % self.readers;
+        (b + ahead).saturating_mul(self.block)
     }
 }
 
@@ -106,6 +116,23 @@ mod tests {
     }
 
     proptest! {
+
+        /// The next own block is owned, not before `at`'s block, and no block between is.
+        #[test]
+        fn the_next_own_block_is_the_first_owned_from_here(
+            readers in 1usize..9, block in 1u64..200, at in 0u64..100_000, r in 0usize..8,
+        ) {
+            let s = Stripe::new(r % readers, readers, block);
+            let next = s.next_own_block(at);
+            prop_assert!(s.owns(next));
+            prop_assert_eq!(next % block, 0);
+            prop_assert!(next >= at / block * block);
+            let mut b = at / block * block;
+            while b < next {
+                prop_assert!(!s.owns(b), "block at {} is owned before {}", b, next);
+                b += block;
+            }
+        }
         /// Across `n` readers every line is read exactly once.
         #[test]
         fn every_line_is_read_by_exactly_one_reader(
