@@ -77,11 +77,7 @@ impl<R: BufRead> LineReader<R> {
             .max(TOO_LONG_PREVIEW_BYTES);
         let (mut consumed, mut length) = (0_u64, 0_u64);
         loop {
-            let chunk = match self.reader.fill_buf() {
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(&mut self.reader)?;
             if chunk.is_empty() {
                 break;
             }
@@ -106,11 +102,7 @@ impl<R: BufRead> LineReader<R> {
     pub fn skip(&mut self, mut bytes: u64) -> io::Result<Option<u64>> {
         let mut lines = 0;
         while bytes > 0 {
-            let chunk = match self.reader.fill_buf() {
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(&mut self.reader)?;
             if chunk.is_empty() {
                 return Ok(None);
             }
@@ -134,11 +126,7 @@ impl<R: BufRead> LineReader<R> {
         // Whether `consumed` bytes from the start is a line start.
         let mut at_start = true;
         loop {
-            let chunk = match self.reader.fill_buf() {
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(&mut self.reader)?;
             if chunk.is_empty() {
                 lines += u64::from(!at_start);
                 break;
@@ -170,6 +158,18 @@ impl<R: BufRead> LineReader<R> {
         }
         Ok((consumed, lines))
     }
+}
+
+/// The reader's buffered bytes, read if it has none (empty at the end of the body); a read
+/// interrupted by a signal is retried. (The second `fill_buf` reads nothing once the first
+/// has filled the buffer.)
+fn fill<R: BufRead>(reader: &mut R) -> io::Result<&[u8]> {
+    while let Err(e) = reader.fill_buf() {
+        if e.kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    reader.fill_buf()
 }
 
 #[cfg(test)]
