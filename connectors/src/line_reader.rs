@@ -161,12 +161,14 @@ impl<R: BufRead> LineReader<R> {
 }
 
 /// The reader's buffered bytes, read if it has none (empty at the end of the body); a read
-/// interrupted by a signal is retried. (The second `fill_buf` reads nothing once the first
-/// has filled the buffer.)
+/// interrupted by a signal is retried, any other error is returned as it came. (The second
+/// `fill_buf` reads nothing once the first has filled the buffer.)
 fn fill<R: BufRead>(reader: &mut R) -> io::Result<&[u8]> {
-    while let Err(e) = reader.fill_buf() {
-        if e.kind() != io::ErrorKind::Interrupted {
-            break;
+    loop {
+        match reader.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     reader.fill_buf()
