@@ -131,9 +131,31 @@ impl Inbox {
 
     /// What is queued right now, up to a batch, without waiting (`None` if nothing is).
     pub(super) fn try_gather(&mut self) -> Option<(Vec<Segment>, HeldAcks)> {
-        let mut segments = Vec::new();
-        let mut acks = HeldAcks::default();
-        let mut got_any = false;
+        self.gather_queued(Vec::new(), HeldAcks::default(), false)
+    }
+
+    /// Waits for the next message, then takes what is queued behind it, up to a batch (`None`
+    /// if the message was the last sender going away). Never finishes once every sender is done.
+    /// Cancel safe: dropped before a message arrives, it has taken none (so it can race the
+    /// commit of a record in flight).
+    pub(super) async fn next_queued(&mut self) -> Option<(Vec<Segment>, HeldAcks)> {
+        if self.pending == 0 {
+            return std::future::pending().await;
+        }
+        let msg = self.rx.recv().await;
+        let (mut segments, mut acks) = (Vec::new(), HeldAcks::default());
+        let got_any = self.take(msg, &mut segments, &mut acks);
+        self.gather_queued(segments, acks, got_any)
+    }
+
+    /// Adds what is queued right now to `segments` and `acks`, up to a batch, without
+    /// waiting; `got_any`: whether something was received before.
+    fn gather_queued(
+        &mut self,
+        mut segments: Vec<Segment>,
+        mut acks: HeldAcks,
+        mut got_any: bool,
+    ) -> Option<(Vec<Segment>, HeldAcks)> {
         while self.pending > 0 && segments.len() < self.batch_size {
             let msg = match self.rx.try_recv() {
                 Ok(m) => Some(m),
@@ -254,6 +276,37 @@ mod tests {
         let (second, _) = inbox.try_gather().unwrap();
         assert_eq!(numbers(&second), vec![4]);
         assert!(inbox.try_gather().is_none());
+    }
+
+    /// `next_queued` waits for a message and takes what is queued behind it, up to a batch; one
+    /// dropped before anything arrives (a commit won the race) has taken nothing; once every
+    /// sender is done it never finishes.
+    #[tokio::test]
+    async fn next_queued_waits_for_a_message_then_takes_the_queue_and_loses_nothing_if_dropped() {
+        let (mut inbox, tx) = inbox(3, Duration::ZERO);
+        let raced = tokio::time::timeout(Duration::from_millis(1), inbox.next_queued()).await;
+        assert!(
+            raced.is_err(),
+            "nothing was queued: it waited, and was dropped"
+        );
+        tx.try_send(batch(0, segments(0, 2), None, false)).unwrap();
+        tx.try_send(batch(1, segments(2, 4), None, false)).unwrap();
+        tx.try_send(batch(0, segments(4, 5), None, false)).unwrap();
+        let (first, _) = inbox.next_queued().await.unwrap();
+        assert_eq!(numbers(&first), vec![0, 1, 2, 3]);
+        let sent = tokio::spawn(async move {
+            tx.send(Msg::Done { sender: 0 }).await.unwrap();
+            tx.send(Msg::Done { sender: 1 }).await.unwrap();
+        });
+        let (second, _) = inbox.next_queued().await.unwrap();
+        assert_eq!(numbers(&second), vec![4]);
+        sent.await.unwrap();
+        // The two `Done`s (whether they come with the batch above or after it).
+        while inbox.pending > 0 {
+            inbox.next_queued().await;
+        }
+        let after = tokio::time::timeout(Duration::from_millis(1), inbox.next_queued()).await;
+        assert!(after.is_err(), "every sender is done: it waits forever");
     }
 
     /// The watermark is the least over the senders, once every sender that is not idle has

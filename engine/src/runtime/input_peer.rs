@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sardonyx_connectors::{Position, Positions, Record, Source, SourceBatch};
+use sardonyx_connectors::{ConnectorError, Position, Positions, Record, Source, SourceBatch};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -63,6 +63,17 @@ enum End {
     Exhausted,
     /// The job was stopped before the input was exhausted.
     Stopped,
+}
+
+/// A read of the next batch, begun on a blocking thread: it gives the source back.
+type Reading = tokio::task::JoinHandle<(Box<dyn Source>, Result<SourceBatch, ConnectorError>)>;
+
+/// What follows the batch being parsed.
+enum Next {
+    /// The next batch, being read meanwhile.
+    Read(Reading),
+    /// A stop: reading ends after this batch.
+    Stop(Box<dyn Source>),
 }
 
 /// One input peer while it runs: its place in the job, hooks, router and watermark.
@@ -140,31 +151,18 @@ impl InputPeer {
             .await
             .map_err(RunError::PeerTask)?;
         }
-        // The last batch's records, handed back to the source with the next poll (to reuse
-        // their buffers).
+        // While a batch is parsed and routed, the next one is read on a blocking thread, so
+        // that reading the source and parsing overlap. A stop ends reading between batches:
+        // the batch read when it came is still processed, the next is not read.
+        if self.ctx.topology.stop.is_cancelled() {
+            return Ok((source, End::Stopped));
+        }
+        let mut reading = self.read_next(source, committed, Vec::new());
+        // The records of the batch parsed last, handed back to the source with the next read
+        // (to reuse their buffers).
         let mut spent = Vec::new();
         loop {
-            // A stop ends reading between batches (a poll waits at most `batch_timeout`).
-            if self.ctx.topology.stop.is_cancelled() {
-                return Ok((source, End::Stopped));
-            }
-            let to_commit = committed
-                .has_changed()
-                .unwrap_or(false)
-                .then(|| committed.borrow_and_update().clone());
-            let (batch_size, timeout) = (self.batch_size, self.timeout);
-            let handed_back = std::mem::take(&mut spent);
-            let (back, polled) = tokio::task::spawn_blocking(move || {
-                if let Some(ps) = to_commit {
-                    commit_to_source(source.as_mut(), &ps);
-                }
-                source.recycle(handed_back);
-                let r = source.poll_batch(batch_size, timeout);
-                (source, r)
-            })
-            .await
-            .map_err(RunError::PeerTask)?;
-            source = back;
+            let (source, polled) = reading.await.map_err(RunError::PeerTask)?;
             let records = match polled.map_err(|source| RunError::Source {
                 task: self.ctx.task.name.clone(),
                 source,
@@ -173,9 +171,18 @@ impl InputPeer {
                 SourceBatch::Idle => {
                     // Partitions may have turned idle: downstream learns it if so.
                     self.send_mark().await;
+                    if self.ctx.topology.stop.is_cancelled() {
+                        return Ok((source, End::Stopped));
+                    }
+                    reading = self.read_next(source, committed, std::mem::take(&mut spent));
                     continue;
                 }
                 SourceBatch::Records(r) => r,
+            };
+            let next = if self.ctx.topology.stop.is_cancelled() {
+                Next::Stop(source)
+            } else {
+                Next::Read(self.read_next(source, committed, std::mem::take(&mut spent)))
             };
             let began = Instant::now();
             // Where the batch ends in each partition it read.
@@ -189,7 +196,35 @@ impl InputPeer {
             self.end_batch(positions, now, records.len()).await?;
             self.ctx.counters.observe_batch(began.elapsed());
             spent = records;
+            match next {
+                Next::Read(next) => reading = next,
+                Next::Stop(source) => return Ok((source, End::Stopped)),
+            }
         }
+    }
+
+    /// Starts reading the next batch from `source` on a blocking thread, first passing on the
+    /// positions committed since the last read and handing back `spent`, the records of a
+    /// batch already parsed. The task gives the source back with what it read.
+    fn read_next(
+        &self,
+        mut source: Box<dyn Source>,
+        committed: &mut Committed,
+        spent: Vec<Record>,
+    ) -> Reading {
+        let to_commit = committed
+            .has_changed()
+            .unwrap_or(false)
+            .then(|| committed.borrow_and_update().clone());
+        let (batch_size, timeout) = (self.batch_size, self.timeout);
+        tokio::task::spawn_blocking(move || {
+            if let Some(ps) = to_commit {
+                commit_to_source(source.as_mut(), &ps);
+            }
+            source.recycle(spent);
+            let r = source.poll_batch(batch_size, timeout);
+            (source, r)
+        })
     }
 
     /// Parses one record into a segment and routes it, or rejects it (with its line number and

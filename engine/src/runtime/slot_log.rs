@@ -79,6 +79,8 @@ static AFTER_COMMIT: CrashPoint = CrashPoint::new(CRASH_AFTER_RECORDS);
 /// A batch record being appended ([`SlotLog::begin_append`]).
 pub(crate) struct Appending {
     append: tokio::task::JoinHandle<Result<u64, RunError>>,
+    /// The append's outcome, once [`Appending::finished`] has seen it.
+    outcome: Option<Result<Result<u64, RunError>, tokio::task::JoinError>>,
     len: u64,
     ids: u64,
 }
@@ -87,7 +89,15 @@ impl Appending {
     /// True once the append has finished (committed or failed): [`SlotLog::end_append`] will
     /// not wait.
     pub fn is_finished(&self) -> bool {
-        self.append.is_finished()
+        self.outcome.is_some() || self.append.is_finished()
+    }
+
+    /// Waits until the append has finished, keeping its outcome for [`SlotLog::end_append`].
+    /// Cancel safe: dropped before the append finishes, it has changed nothing.
+    pub async fn finished(&mut self) {
+        if self.outcome.is_none() {
+            self.outcome = Some((&mut self.append).await);
+        }
     }
 }
 
@@ -258,14 +268,27 @@ impl SlotLog {
                 .await
                 .map_err(slot_write_error(&ledger))
         });
-        Appending { append, len, ids }
+        Appending {
+            append,
+            outcome: None,
+            len,
+            ids,
+        }
     }
 
     /// Waits for a record begun by [`SlotLog::begin_append`] to be committed; returns its
     /// position.
     pub async fn end_append(&mut self, appending: Appending) -> Result<u64, RunError> {
-        let Appending { append, len, ids } = appending;
-        let position = append.await??;
+        let Appending {
+            append,
+            outcome,
+            len,
+            ids,
+        } = appending;
+        let position = match outcome {
+            Some(outcome) => outcome,
+            None => append.await,
+        }??;
         AFTER_COMMIT.pass();
         let p = &self.progress;
         p.logged_records.fetch_add(1, Ordering::Relaxed);

@@ -106,6 +106,17 @@ pub(crate) async fn run_worker(ctx: PeerContext, rx: mpsc::Receiver<Msg>) -> Res
                 let position = log.end_append(appending).await?;
                 slot.as_mut().expect("a slot").on_committed(position);
             }
+            Want::CommitOrBatch => {
+                let appending = driver.appending.as_mut().expect("a record is in flight");
+                let queued = tokio::select! {
+                    biased;
+                    () = appending.finished() => None,
+                    queued = driver.inbox.next_queued() => queued,
+                };
+                if let Some((segments, acks)) = queued {
+                    driver.take(segments, acks, slot.as_mut()).await?;
+                }
+            }
             Want::QueuedBatch => match driver.inbox.try_gather() {
                 Some((segments, acks)) => driver.take(segments, acks, slot.as_mut()).await?,
                 None => slot.as_mut().expect("a slot").on_queue_empty(),

@@ -124,6 +124,11 @@ pub enum Want {
     QueuedBatch,
     /// The commit of the record in flight: [`Slot::on_committed`].
     Commit,
+    /// The commit of the record in flight or, if one arrives first, a batch to prepare while it
+    /// commits (none was queued when last asked): [`Slot::on_committed`] or [`Slot::on_batch`],
+    /// whichever comes first. Waiting only for the commit, a slot would sit idle while its
+    /// inputs, their queues full, wait for it.
+    CommitOrBatch,
     /// Nothing more: the inputs are finished and every record delivered.
     Done,
 }
@@ -333,13 +338,12 @@ impl Slot {
             Some(f) => {
                 let ahead_ok = f.applied.through.is_some()
                     && !self.finishing
-                    && !log.queue_empty
                     && log.schedule.may_prepare_ahead(self.config.pipelined, true)
                     && log.schedule.may_merge_more(log.merged, commit_finished);
-                if ahead_ok {
-                    Want::QueuedBatch
-                } else {
-                    Want::Commit
+                match (ahead_ok, log.queue_empty) {
+                    (true, false) => Want::QueuedBatch,
+                    (true, true) if !commit_finished => Want::CommitOrBatch,
+                    _ => Want::Commit,
                 }
             }
             None if self.finishing => Want::Done,
@@ -415,7 +419,8 @@ impl Slot {
         self.apply(batch, in_filter, grouping);
     }
 
-    /// No batch was queued ([`Want::QueuedBatch`]): wait for the commit.
+    /// No batch was queued ([`Want::QueuedBatch`]): wait for the commit, or for a batch to
+    /// arrive before it ([`Want::CommitOrBatch`]).
     pub fn on_queue_empty(&mut self) {
         if let Some(log) = &mut self.log {
             log.queue_empty = true;

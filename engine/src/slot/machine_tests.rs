@@ -263,21 +263,31 @@ impl Harness {
         }
     }
 
+    /// The record in flight commits.
+    fn commit(&mut self) {
+        let bytes = self.in_flight.take().expect("a record in flight");
+        let p = self.commit_bytes(bytes);
+        self.slot.on_committed(p);
+    }
+
     /// Takes one step of the slot; `coin` decides what the world does where it may choose.
     /// Returns false once the slot is done.
     fn step(&mut self, coin: u8) -> bool {
         self.drain();
-        match self.slot.want(coin & 1 == 1) {
+        let commit_finished = coin & 1 == 1;
+        let want = self.slot.want(commit_finished);
+        assert!(
+            !(commit_finished && want == Want::CommitOrBatch),
+            "a finished commit is not raced against batches (the driver would spin)"
+        );
+        // Whether a batch comes before the commit (or is queued), if the slot would take one.
+        let batch_first = coin & 2 != 0 && self.next < self.source.len();
+        match want {
             Want::Done => return false,
-            Want::Commit => {
-                let bytes = self.in_flight.take().expect("a record in flight");
-                let p = self.commit_bytes(bytes);
-                self.slot.on_committed(p);
-            }
-            Want::QueuedBatch if coin & 2 == 0 || self.next == self.source.len() => {
-                self.slot.on_queue_empty()
-            }
-            Want::QueuedBatch | Want::Batch => {
+            Want::Commit => self.commit(),
+            Want::CommitOrBatch if !batch_first => self.commit(),
+            Want::QueuedBatch if !batch_first => self.slot.on_queue_empty(),
+            Want::QueuedBatch | Want::CommitOrBatch | Want::Batch => {
                 if self.next == self.source.len() {
                     self.slot.on_inputs_finished(false);
                 } else {
@@ -390,7 +400,10 @@ fn a_batch_is_appended_then_delivered_and_released_after_its_commit() {
     assert_eq!(slot.want(true), Want::QueuedBatch);
     assert_eq!(slot.want(false), Want::QueuedBatch);
     slot.on_queue_empty();
-    assert_eq!(slot.want(false), Want::Commit);
+    // None was queued: the commit, or a batch that arrives before it; the commit once it has
+    // finished.
+    assert_eq!(slot.want(false), Want::CommitOrBatch);
+    assert_eq!(slot.want(true), Want::Commit);
     slot.on_committed(7);
     let Some(Command::Output {
         segments,
@@ -556,6 +569,55 @@ fn commands(slot: &mut Slot, grouping: &impl GroupOf) -> Vec<Command> {
         }
     }
     out
+}
+
+#[test]
+fn batches_that_arrive_while_the_slot_waits_for_its_commit_join_the_next_record_up_to_the_bound() {
+    let mut slot = Slot::new(operator(), config(true, true, 1));
+    slot.on_recovered(None, &[]).unwrap();
+    slot.on_started(0);
+    slot.on_batch(batch(0, [1]), &NoGroup);
+    assert!(matches!(
+        commands(&mut slot, &NoGroup)[..],
+        [Command::Append { ids: 1, .. }]
+    ));
+    slot.on_queue_empty();
+    assert_eq!(slot.want(false), Want::CommitOrBatch);
+    // A batch arrives before the commit: applied ahead, nothing of it goes out yet.
+    slot.on_batch(batch(1, [2]), &NoGroup);
+    assert!(commands(&mut slot, &NoGroup).is_empty());
+    assert_eq!(
+        slot.want(false),
+        Want::CommitOrBatch,
+        "either may come next"
+    );
+    assert_eq!(
+        slot.want(true),
+        Want::Commit,
+        "a finished commit is taken before another batch is merged"
+    );
+    for (seq, id) in [(2, 3), (3, 4)] {
+        slot.on_batch(batch(seq, [id]), &NoGroup);
+        assert!(commands(&mut slot, &NoGroup).is_empty());
+    }
+    assert_eq!(
+        slot.want(false),
+        Want::Commit,
+        "three batches merged: the bound (max_merged_batches)"
+    );
+    slot.on_committed(1);
+    let c = commands(&mut slot, &NoGroup);
+    let appended = c
+        .iter()
+        .position(|c| matches!(c, Command::Append { ids: 3, .. }));
+    let output = c
+        .iter()
+        .position(|c| matches!(c, Command::Output { through: 0, .. }));
+    assert!(
+        matches!((output, appended), (Some(o), Some(a)) if o < a),
+        "the committed batch goes on, then the three that arrived become one record: {c:?}"
+    );
+    assert_eq!(count(slot.operator()), 4);
 }
 
 #[test]
