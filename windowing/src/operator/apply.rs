@@ -258,6 +258,12 @@ impl WindowOperator {
             .map_or_else(Vec::new, |gs| {
                 session::touching(&gs.extents, |x| x.upper, t, gap)
             });
+        // An event that extends one session without moving its start keeps the session's
+        // extent id, and its entry in the due index (`reindex`).
+        let old = match keys[..] {
+            [k] if k <= t => self.due_of(w, g, k),
+            _ => None,
+        };
         let gs = group_entry(&mut self.state.windows[w].groups, g, n);
         let mut lower = t;
         let mut merged: Option<Extent> = None;
@@ -282,7 +288,7 @@ impl WindowOperator {
         agg.apply_update_in_place(&mut x.state, u);
         x.changed = bits;
         gs.extents.insert(lower, x);
-        self.reindex(w, g, lower, None);
+        self.reindex(w, g, lower, old);
     }
 
     /// Applies a transition the operator made itself and records it in `step`.

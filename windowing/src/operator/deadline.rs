@@ -3,7 +3,7 @@
 //! by every transition, so that a watermark advance visits only the extents that are due. All
 //! of it is derived from the state, so the live operator and a replay agree.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Extent, WindowOperator, DUE_SLACK};
 use crate::due::DueEntry;
@@ -106,16 +106,20 @@ impl WindowOperator {
         self.extent(w, g, e).and_then(|x| self.due_key(w, e, x))
     }
 
-    /// Indexes extent `e` under its key now, if that differs from its key before a change
-    /// (`old`); the entry under `old` goes stale.
+    /// Indexes extent `e` under its key now, after a change, unless its key before the change
+    /// (`old`, `None` for an extent new or moved) was no greater: the extent's entry, at or
+    /// below `old`, still comes no later than it is due. A watermark that reaches that entry
+    /// early finds the extent not due yet and indexes it under its key then
+    /// ([`WindowOperator::take_due`]). So a session that grows with every event, its key with
+    /// it, is indexed once per watermark that passes its entry, not once per event.
     pub(super) fn reindex(&mut self, w: usize, g: u32, e: i64, old: Option<i64>) {
-        let new = self.due_of(w, g, e);
-        if new == old {
+        let Some(new) = self.due_of(w, g, e) else {
+            return;
+        };
+        if old.is_some_and(|old| old <= new) {
             return;
         }
-        if let Some(k) = new {
-            self.index_due(w, (k, g, e));
-        }
+        self.index_due(w, (new, g, e));
     }
 
     /// Adds `entry` to window `w`'s due index, rebuilding the index when stale entries have
@@ -155,11 +159,23 @@ impl WindowOperator {
     }
 
     /// Takes the extents of window `w` due at watermark `wm` out of the index, ordered by group
-    /// value, then extent (the firing order); stale entries are dropped. They are put back by
-    /// the transitions that fire or evict them, or by [`WindowOperator::restore_due`].
+    /// value, then extent (the firing order). Entries of extents gone are dropped; an extent
+    /// whose entry came early (its key grew since) goes back under its key. The extents taken
+    /// are put back by [`WindowOperator::restore_due`].
     pub(super) fn take_due(&mut self, w: usize, wm: i64) -> Vec<(u32, i64)> {
         let mut due = self.due[w].take_upto(wm);
-        due.retain(|&(k, g, e)| self.due_of(w, g, e) == Some(k));
+        let mut later = Vec::new();
+        due.retain(|&(_, g, e)| match self.due_of(w, g, e) {
+            Some(k) if k <= wm => true,
+            Some(k) => {
+                later.push((k, g, e));
+                false
+            }
+            None => false,
+        });
+        for entry in later {
+            self.index_due(w, entry);
+        }
         let groups = &self.state.groups;
         // Integer group keys (the common case) sort as plain integers, without comparing
         // `Value`s through the group table on every comparison.
@@ -196,10 +212,10 @@ impl WindowOperator {
     }
 
     /// Checks the operator's derived index against its state: every live extent of a
-    /// non-global window is indexed under its current due key (other entries are stale ones,
-    /// dropped when a watermark takes them), and (after
-    /// any event method) no extent is left that a watermark advance to the current watermark
-    /// would have fired or evicted. For tests; `Err` says what is wrong.
+    /// non-global window is indexed at or below its current due key (other entries are stale
+    /// ones, dropped or re-keyed when a watermark takes them), and (after any event method) no
+    /// extent is left that a watermark advance to the current watermark would have fired or
+    /// evicted. For tests; `Err` says what is wrong.
     #[doc(hidden)]
     pub fn check_due_index(&self) -> Result<(), String> {
         let wm = self.state.watermark;
@@ -217,12 +233,19 @@ impl WindowOperator {
                     }
                 }
             }
-            // Every live extent's current key is in the index; other entries are stale ones,
-            // dropped when popped.
-            let indexed: BTreeSet<(i64, u32, i64)> = self.due[w].iter().copied().collect();
-            if let Some(missing) = expected.difference(&indexed).next() {
+            // Every live extent has an entry at or below its current key: the earliest entry
+            // of each extent is what counts.
+            let mut earliest: BTreeMap<(u32, i64), i64> = BTreeMap::new();
+            for &(k, g, e) in self.due[w].iter() {
+                let at = earliest.entry((g, e)).or_insert(k);
+                *at = (*at).min(k);
+            }
+            let late = expected
+                .iter()
+                .find(|&&(k, g, e)| earliest.get(&(g, e)).is_none_or(|&at| at > k));
+            if let Some(missing) = late {
                 return Err(format!(
-                    "window {w}: the index {indexed:?} lacks {missing:?} (the state: {expected:?})"
+                    "window {w}: the index {earliest:?} has no entry at or below {missing:?} (the state: {expected:?})"
                 ));
             }
         }
