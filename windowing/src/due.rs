@@ -2,10 +2,12 @@
 //! reaches their key.
 //!
 //! The operator keeps one per window, keyed by the earliest watermark at which an extent needs
-//! attention. It is lazy: an entry is added whenever an extent's key changes and never removed
-//! in place (the caller drops an entry that no longer matches its state when it is taken). A
-//! session that grows with every event thus costs one push per event instead of a remove and
-//! an insert in a search tree.
+//! attention. It is lazy: an entry is added when an extent's key comes earlier than its entry
+//! (a new extent, or a key that shrank) and never removed in place; the caller drops an entry
+//! whose extent is gone, and indexes again an extent whose entry came before its key, when the
+//! entry is taken. A session that grows with every event thus costs no push per event, only
+//! one each time a watermark passes its entry, instead of a remove and an insert in a search
+//! tree.
 //!
 //! Entries are held in buckets of [`BUCKET_SPAN`] consecutive keys: a push appends to its
 //! bucket's vector, and taking everything up to a watermark takes whole buckets and splits at

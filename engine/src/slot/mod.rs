@@ -21,7 +21,8 @@
 //! committed; a record's syncs are flushed before the next record is appended.
 //!
 //! **Pipelining.** While record N commits, the slot inserts the ids of record N-1 and applies
-//! whatever batches are already queued; they become record N+1 together (up to
+//! whatever batches are queued or arrive before the commit ([`Want::CommitOrBatch`]); they
+//! become record N+1 together (up to
 //! `max_merged_batches`). Nothing of them is delivered, released or appended before N is
 //! committed and delivered. Not with lifecycle hooks (their calls would interleave across
 //! batches), nor when a compaction is due (the snapshot must be the state of exactly the

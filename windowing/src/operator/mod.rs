@@ -196,9 +196,9 @@ pub struct WindowOperator {
     /// Per window, the extents of non-global windows by the earliest watermark at which they
     /// need attention ([`WindowOperator::due_key`]): `(key, group, extent)`. Derived from the
     /// state (kept by `apply`, rebuilt by `restore`), so a watermark advance visits only the
-    /// extents that are due instead of every group. Lazy ([`crate::due`]): an entry that no
-    /// longer matches the state (the extent moved to another key, or is gone) is dropped when
-    /// it is taken.
+    /// extents that are due instead of every group. Lazy ([`crate::due`]): each live extent has
+    /// an entry at or below its key; an entry taken before its extent is due is indexed again
+    /// under the extent's key, one whose extent is gone is dropped.
     due: Vec<DueIndex>,
     /// Per window, the size past which the due index is rebuilt from the state (dropping its
     /// stale entries): twice its size after the last rebuild, plus [`DUE_SLACK`].
