@@ -32,16 +32,21 @@ pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_millis(500
 pub fn bound_retained_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let _ = std::thread::Builder::new()
-            .name("malloc-trim".into())
-            .spawn(|| loop {
-                std::thread::sleep(TRIM_EVERY);
-                // SAFETY: `malloc_trim` takes the arena locks it needs; any thread may call it.
-                #[allow(unsafe_code)]
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-            });
+        // One trimming thread per process, however often this is called.
+        static TRIMMER: std::sync::Once = std::sync::Once::new();
+        TRIMMER.call_once(|| {
+            let _ = std::thread::Builder::new()
+                .name("malloc-trim".into())
+                .spawn(|| loop {
+                    std::thread::sleep(TRIM_EVERY);
+                    // SAFETY: `malloc_trim` takes the arena locks it needs; any thread may call
+                    // it.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                });
+        });
         // SAFETY: `mallopt` only changes allocator parameters; glibc takes the arena locks it
         // needs, so it may be called at any time from any thread. It returns 0 (and changes
         // nothing) for a value it does not accept.

@@ -163,39 +163,35 @@ impl InputPeer {
         let mut spent = Vec::new();
         loop {
             let (source, polled) = reading.await.map_err(RunError::PeerTask)?;
-            let records = match polled.map_err(|source| RunError::Source {
+            let polled = polled.map_err(|source| RunError::Source {
                 task: self.ctx.task.name.clone(),
                 source,
-            })? {
-                SourceBatch::Done => return Ok((source, End::Exhausted)),
-                SourceBatch::Idle => {
-                    // Partitions may have turned idle: downstream learns it if so.
-                    self.send_mark().await;
-                    if self.ctx.topology.stop.is_cancelled() {
-                        return Ok((source, End::Stopped));
-                    }
-                    reading = self.read_next(source, committed, std::mem::take(&mut spent));
-                    continue;
-                }
-                SourceBatch::Records(r) => r,
-            };
+            })?;
+            if let SourceBatch::Done = polled {
+                return Ok((source, End::Exhausted));
+            }
             let next = if self.ctx.topology.stop.is_cancelled() {
                 Next::Stop(source)
             } else {
                 Next::Read(self.read_next(source, committed, std::mem::take(&mut spent)))
             };
-            let began = Instant::now();
-            // Where the batch ends in each partition it read.
-            let positions: Positions = records.iter().map(|r| r.position).collect();
-            self.before_batch(records.len());
-            let now = now_ms();
-            self.parser.restock();
-            for r in &records {
-                self.parse_and_route(r)?;
+            if let SourceBatch::Records(records) = polled {
+                let began = Instant::now();
+                // Where the batch ends in each partition it read.
+                let positions: Positions = records.iter().map(|r| r.position).collect();
+                self.before_batch(records.len());
+                let now = now_ms();
+                self.parser.restock();
+                for r in &records {
+                    self.parse_and_route(r)?;
+                }
+                self.end_batch(positions, now, records.len()).await?;
+                self.ctx.counters.observe_batch(began.elapsed());
+                spent = records;
+            } else {
+                // Idle: partitions may have turned idle, and downstream learns it if so.
+                self.send_mark().await;
             }
-            self.end_batch(positions, now, records.len()).await?;
-            self.ctx.counters.observe_batch(began.elapsed());
-            spent = records;
             match next {
                 Next::Read(next) => reading = next,
                 Next::Stop(source) => return Ok((source, End::Stopped)),

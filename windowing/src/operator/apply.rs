@@ -252,17 +252,18 @@ impl WindowOperator {
         let agg = &self.windows[w].aggregation;
         let n = self.triggers[w].len();
         let bits = all_bits(n);
-        let keys = self.state.windows[w]
-            .groups
-            .get(&g)
-            .map_or_else(Vec::new, |gs| {
-                session::touching(&gs.extents, |x| x.upper, t, gap)
-            });
         // An event that extends one session without moving its start keeps the session's
-        // extent id, and its entry in the due index (`reindex`).
-        let old = match keys[..] {
-            [k] if k <= t => self.due_of(w, g, k),
-            _ => None,
+        // extent id, and its entry in the due index: `old` is its due key (`reindex`).
+        let (keys, old) = match self.state.windows[w].groups.get(&g) {
+            Some(gs) => {
+                let keys = session::touching(&gs.extents, |x| x.upper, t, gap);
+                let old = match keys[..] {
+                    [k] if k <= t => gs.extents.get(&k).and_then(|x| self.due_key(w, k, x)),
+                    _ => None,
+                };
+                (keys, old)
+            }
+            None => (Vec::new(), None),
         };
         let gs = group_entry(&mut self.state.windows[w].groups, g, n);
         let mut lower = t;

@@ -86,7 +86,7 @@ impl WindowOperator {
     /// of window `w`: fire it by a watermark trigger whose changed bit is set, or evict it (past
     /// its horizon). `None` for global windows, which only job completion fires and nothing
     /// evicts. A pure function of the extent, so the live operator and a replay agree.
-    fn due_key(&self, w: usize, e: i64, x: &Extent) -> Option<i64> {
+    pub(super) fn due_key(&self, w: usize, e: i64, x: &Extent) -> Option<i64> {
         let (Some(lower), Some(upper)) = self.bounds(w, e, x) else {
             return None;
         };
