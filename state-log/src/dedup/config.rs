@@ -19,7 +19,7 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     /// 5 buckets of 200 000 ids (horizon 800 000 – 1 000 000 ids), 1 % false positives
     /// (about 300 KB of bloom filter per full bucket). Few, large buckets make a lookup cheap
-    /// (one bloom probe per bucket) and rotations (a column family created, one dropped) rare;
+    /// (one bloom probe per bucket) and rotations (a memtable flush and a range delete) rare;
     /// the open bucket's locator stays one bounded chunk whatever the bucket size. The maximum
     /// horizon is what memory holds (sealed locators, blooms, RocksDB memtables: ~12 bytes per
     /// id), and is the same as 10 buckets of 100 000 (BENCHMARKS.md, sessions 17 and 18).

@@ -1,5 +1,6 @@
-//! The byte layout of the dedup filter's stored batches: a bucket's column family holds one
-//! value per stored batch under the batch's number (8 bytes big-endian), and the value is its
+//! The byte layout of the dedup filter's stored batches: the filter's `ids` column family holds
+//! one value per stored batch under its bucket's and its own number ([`batch_key`]: 12 bytes,
+//! big-endian, so that a bucket's batches are one key range in order), and the value is its
 //! ids, each as its label's tag ([`label_tag`]: 0 for none, the label + 1 otherwise; LEB128)
 //! and the id coded against the one before it in the batch as the export codes ids
 //! (`export::put_id_v4`: the next integer id in one byte, any other front-coded; the first id
@@ -94,7 +95,7 @@ impl<'a> BlobIds<'a> {
     }
 }
 
-/// Calls `f` with each labelled id of stored batch `batch` of column family `bucket`, in
+/// Calls `f` with each labelled id of stored batch `batch` of the bucket named `bucket`, in
 /// order, until it returns `true`; whether it did. A batch that does not decode is
 /// [`Error::Corrupt`] (after `f` saw the ids before the fault).
 pub(super) fn scan_ids(
@@ -113,7 +114,7 @@ pub(super) fn scan_ids(
     Ok(false)
 }
 
-/// The error for stored batch `batch` of column family `bucket` that does not decode.
+/// The error for stored batch `batch` of the bucket named `bucket` that does not decode.
 pub(super) fn corrupt(bucket: &str, batch: u64) -> Error {
     Error::Corrupt {
         ledger: format!("<dedup filter {bucket}>"),
@@ -122,10 +123,37 @@ pub(super) fn corrupt(bucket: &str, batch: u64) -> Error {
     }
 }
 
-/// The number of a stored batch from its RocksDB key (8 bytes, big-endian, below 2^32).
-pub(super) fn batch_number(bucket: &str, key: &[u8]) -> Result<u32> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| corrupt(bucket, 0))?;
-    u32::try_from(u64::from_be_bytes(bytes)).map_err(|_| corrupt(bucket, 0))
+/// The RocksDB key of stored batch `batch` of bucket `seq`: the two numbers big-endian (8 and
+/// 4 bytes), so that keys sort by bucket, then batch.
+pub(super) fn batch_key(seq: u64, batch: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&batch.to_be_bytes());
+    key
+}
+
+/// The bucket and batch numbers of a [`batch_key`]; [`Error::Corrupt`] for a key of another
+/// length.
+pub(super) fn parse_batch_key(key: &[u8]) -> Result<(u64, u32)> {
+    let key: &[u8; 12] = key.try_into().map_err(|_| Error::Corrupt {
+        ledger: "<dedup filter>".into(),
+        position: 0,
+        detail: format!("stored batch key of {} bytes, not 12", key.len()),
+    })?;
+    let (seq, batch) = key.split_at(8);
+    Ok((
+        u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+        u32::from_be_bytes(batch.try_into().expect("4 bytes")),
+    ))
+}
+
+/// The keys of bucket `seq`'s stored batches: from its first possible key, below the second
+/// (the next bucket's first, or `None` past the last bucket number).
+pub(super) fn bucket_range(seq: u64) -> ([u8; 12], Option<[u8; 12]>) {
+    (
+        batch_key(seq, 0),
+        seq.checked_add(1).map(|s| batch_key(s, 0)),
+    )
 }
 
 #[cfg(test)]
@@ -237,10 +265,28 @@ mod tests {
         assert_eq!(ids_of(&blob), None);
     }
 
+    proptest! {
+        /// Keys read back, and sort as (bucket, batch) does; a bucket's range holds exactly its
+        /// own keys.
+        #[test]
+        fn batch_keys_sort_by_bucket_then_batch(
+            a in (any::<u64>(), any::<u32>()),
+            b in (any::<u64>(), any::<u32>()),
+        ) {
+            prop_assert_eq!(parse_batch_key(&batch_key(a.0, a.1)).unwrap(), a);
+            prop_assert_eq!(batch_key(a.0, a.1).cmp(&batch_key(b.0, b.1)), a.cmp(&b));
+            let (start, end) = bucket_range(a.0);
+            let key = batch_key(b.0, b.1);
+            let inside = key >= start && end.is_none_or(|e| key < e);
+            prop_assert_eq!(inside, b.0 == a.0);
+        }
+    }
+
     #[test]
-    fn batch_numbers_are_8_bytes_below_2_to_the_32() {
-        assert_eq!(batch_number("b", &7u64.to_be_bytes()).unwrap(), 7);
-        assert!(batch_number("b", &[0; 7]).is_err());
-        assert!(batch_number("b", &(1u64 << 32).to_be_bytes()).is_err());
+    fn batch_keys_are_12_bytes() {
+        assert_eq!(parse_batch_key(&batch_key(3, 7)).unwrap(), (3, 7));
+        let err = parse_batch_key(&[0; 8]).unwrap_err().to_string();
+        assert!(err.contains("stored batch key of 8 bytes, not 12"), "{err}");
+        assert_eq!(bucket_range(u64::MAX).1, None);
     }
 }

@@ -1,7 +1,7 @@
 //! The dedup filter: "has this segment id been applied?" for exactly-once state.
 //!
-//! Ids live in rotating **buckets**. Each bucket is a RocksDB column family (the truth) with two
-//! in-memory structures in front of it, both derived from it:
+//! Ids live in rotating **buckets**. Each bucket is a key range of one RocksDB column family,
+//! `ids` (the truth), with two in-memory structures in front of it, both derived from it:
 //!
 //! - a **bloom filter** (the fast "no"; split into 32-byte blocks so that probing it for an id
 //!   touches one cache line; about 1.5 bytes per id at 1 %, so the filters of all
@@ -15,10 +15,11 @@
 //! Each id is hashed **once** (a 64-bit multiply-fold hash, `IdHash`); the bloom block and bits of
 //! every bucket and the locator key are derived from that one hash.
 //!
-//! **Storage.** A bucket's column family holds one RocksDB value per stored batch (key: the batch's
-//! number in the bucket, 8 bytes big-endian; value: its ids, each as its label's tag and the id
-//! coded against the one before it as the export codes ids, so that the engine's sequential
-//! integer ids take 2 bytes each instead of 11), not one key per id. A stored batch holds up to
+//! **Storage.** A bucket's key range holds one RocksDB value per stored batch (key: the bucket's
+//! number, 8 bytes big-endian, then the batch's number in the bucket, 4 bytes; value: its ids,
+//! each as its label's tag and the id coded against the one before it as the export codes ids,
+//! so that the engine's sequential integer ids take 2 bytes each instead of 11), not one key
+//! per id. A stored batch holds up to
 //! 1024 ids (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
 //! successive inserts until it is full. The newest bucket's stored batches stay in memory until
 //! they are written (see "Durability"): an insert costs no RocksDB write at all, and a full
@@ -28,7 +29,8 @@
 //! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
 //! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
 //! bucket is started, and once there are more than `num_buckets` buckets the oldest one is dropped
-//! with its column family.
+//! with one range delete (one column family for all buckets: creating and dropping one per
+//! bucket cost RocksDB an OPTIONS file written and verified each time).
 //!
 //! **Horizon.** The filter remembers the most recent inserts: always at least
 //! `(num_buckets - 1) × bucket_size` ids and at most `num_buckets × bucket_size`
@@ -67,7 +69,8 @@
 //!
 //! Directories written by earlier versions (one key per id in `bucket-…` column families, before
 //! 2026-11-22; stored batches without labels in `batches-…`, before 2026-12-06; stored batches
-//! of whole ids in `labelled-…`, before 2026-12-07) are not read:
+//! of whole ids in `labelled-…`, before 2026-12-07; one column family per bucket, `coded-…`,
+//! before 2026-12-08) are not read:
 //! [`DedupFilter::open`] forgets them and opens the filter empty and without a mark, so the
 //! engine rebuilds it from the ledger (once, on the first run of the new version).
 //!
