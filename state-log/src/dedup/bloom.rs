@@ -56,10 +56,9 @@ impl BloomBits {
         ((h.block_bits() as u64 * self.blocks.len() as u64) >> 32) as usize
     }
 
-    /// Sets the bits of `h`: from now on `h` is a "maybe".
     /// Asks the CPU to start loading the block of `h` into its caches (a hint: no effect on
-    /// what any call answers), so that a [`BloomBits::set`] of it a few ids later does not
-    /// wait for memory.
+    /// what any call answers), so that a [`BloomBits::set`] or a check of it a few ids later
+    /// does not wait for memory.
     #[inline]
     pub(super) fn prefetch(&self, h: IdHash) {
         #[cfg(target_arch = "x86_64")]
@@ -76,6 +75,7 @@ impl BloomBits {
         let _ = h;
     }
 
+    /// Sets the bits of `h`: from now on `h` is a "maybe".
     #[inline]
     pub(super) fn set(&mut self, h: IdHash) {
         let (i, mask) = (self.block_of(h), BloomMask::of(h));

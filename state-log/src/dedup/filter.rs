@@ -1,9 +1,10 @@
 //! The [`DedupFilter`] and its RocksDB I/O: the buckets' stored batches (one column family, a
-//! key range per bucket) and the mark in one database, opening (rebuilding every bucket's bloom filter and locator from its stored
-//! batches), lookups (bloom, then locator, then one stored batch read), inserts kept in memory
-//! until the newest bucket is written as one `WriteBatch`, rotation, and the export and import
-//! of its ids. The decisions that need no I/O live in the modules beside it: the hash, the
-//! bloom filter, the locator, the bucket, the stored batches' and the export's layouts.
+//! key range per bucket) and the mark in one database, opening (rebuilding every bucket's bloom
+//! filter and locator from its stored batches), lookups (bloom, then locator, then one stored
+//! batch read), inserts kept in memory until the newest bucket is written as one `WriteBatch`,
+//! rotation, and the export and import of its ids. The decisions that need no I/O live in the
+//! modules beside it: the hash, the bloom filter, the locator, the bucket, the stored batches'
+//! and the export's layouts.
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -16,21 +16,20 @@
 //! every bucket and the locator key are derived from that one hash.
 //!
 //! **Storage.** A bucket's key range holds one RocksDB value per stored batch (key: the bucket's
-//! number, 8 bytes big-endian, then the batch's number in the bucket, 4 bytes; value: its ids,
-//! each as its label's tag and the id coded against the one before it as the export codes ids,
-//! so that the engine's sequential integer ids take 2 bytes each instead of 11), not one key
-//! per id. A stored batch holds up to
-//! 1024 ids (`MAX_IDS_PER_BATCH`, so that confirming an id never scans much) and takes the ids of
-//! successive inserts until it is full. The newest bucket's stored batches stay in memory until
-//! they are written (see "Durability"): an insert costs no RocksDB write at all, and a full
-//! bucket of 200 000 ids is written as one `WriteBatch`. A lookup asks each bucket's bloom
-//! filter, newest first; a "maybe" is looked up in the bucket's locator and confirmed by
-//! reading the stored batch it names (from memory if it is not yet written) and finding the
-//! exact id bytes in it, so the answer is exact: a bloom or locator false positive costs at most
-//! one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size` ids a new
-//! bucket is started, and once there are more than `num_buckets` buckets the oldest one is dropped
-//! with one range delete (one column family for all buckets: creating and dropping one per
-//! bucket cost RocksDB an OPTIONS file written and verified each time).
+//! number, 8 bytes big-endian, then the batch's number in the bucket, 4 bytes; value: its ids, each
+//! as its label's tag and the id coded against the one before it as the export codes ids, so that
+//! the engine's sequential integer ids take 2 bytes each instead of 11), not one key per id. A
+//! stored batch holds up to 1024 ids (`MAX_IDS_PER_BATCH`, so that confirming an id never scans
+//! much) and takes the ids of successive inserts until it is full. The newest bucket's stored
+//! batches stay in memory until they are written (see "Durability"): an insert costs no RocksDB
+//! write at all, and a full bucket of 200 000 ids is written as one `WriteBatch`. A lookup asks
+//! each bucket's bloom filter, newest first; a "maybe" is looked up in the bucket's locator and
+//! confirmed by reading the stored batch it names (from memory if it is not yet written) and
+//! finding the exact id bytes in it, so the answer is exact: a bloom or locator false positive
+//! costs at most one RocksDB read, never a wrong answer. When the newest bucket holds `bucket_size`
+//! ids a new bucket is started, and once there are more than `num_buckets` buckets the oldest one
+//! is dropped with one range delete (one column family for all buckets: creating and dropping one
+//! per bucket cost RocksDB an OPTIONS file written and verified each time).
 //!
 //! **Horizon.** The filter remembers the most recent inserts: always at least
 //! `(num_buckets - 1) × bucket_size` ids and at most `num_buckets × bucket_size`
