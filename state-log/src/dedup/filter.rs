@@ -46,8 +46,8 @@ const PAST_ALL_KEYS: [u8; 13] = [0xff; 13];
 /// Column families of buckets in layouts before the current one, no longer read:
 /// `bucket-<seq>` (one key per id, before 2026-11-22), `batches-<seq>` (stored batches of
 /// ids without labels, before 2026-12-06), `labelled-<seq>` (stored batches of whole ids,
-/// before 2026-12-07) and `coded-<seq>` (the current stored batches, one column family per
-/// bucket, before 2026-12-08).
+/// before 2026-12-07) and `coded-<seq>` (stored batches as today, but one column family per
+/// bucket, until `812e38d` of 2026-12-07).
 const LEGACY_PREFIXES: [&str; 4] = ["bucket-", "batches-", "labelled-", "coded-"];
 
 /// Ids an insert hashes (and whose bloom blocks it prefetches) ahead of the one it inserts:
@@ -160,7 +160,7 @@ impl DedupFilter {
     /// A directory that holds buckets of an earlier layout (`bucket-…` column families, one key
     /// per id, written by versions before 2026-11-22; `batches-…`, ids without labels, written
     /// before 2026-12-06; `labelled-…`, whole ids, written before 2026-12-07; `coded-…`, one
-    /// column family per bucket, written before 2026-12-08) is not read: the filter forgets
+    /// column family per bucket, written until 2026-12-07) is not read: the filter forgets
     /// everything in it and opens empty and without a mark (logged as a warning). The engine
     /// then rebuilds it from the ledger, as it does for any filter whose mark does not name a
     /// replayed record.
@@ -845,7 +845,7 @@ mod tests {
 
     /// A directory of an earlier layout (one key per id, before 2026-11-22, stored batches
     /// without labels, before 2026-12-06, of whole ids, before 2026-12-07, or one column
-    /// family per bucket, before 2026-12-08; here all four, as conversions cut short would
+    /// family per bucket, until 2026-12-07; here all four, as conversions cut short would
     /// leave),
     /// even one that holds a mark, opens empty and without a mark: never with some of its ids,
     /// never looking like a ledger prefix. Rebuilt from an export (as the engine does on a

@@ -69,7 +69,7 @@
 //! Directories written by earlier versions (one key per id in `bucket-…` column families, before
 //! 2026-11-22; stored batches without labels in `batches-…`, before 2026-12-06; stored batches
 //! of whole ids in `labelled-…`, before 2026-12-07; one column family per bucket, `coded-…`,
-//! before 2026-12-08) are not read:
+//! until 2026-12-07) are not read:
 //! [`DedupFilter::open`] forgets them and opens the filter empty and without a mark, so the
 //! engine rebuilds it from the ledger (once, on the first run of the new version).
 //!
