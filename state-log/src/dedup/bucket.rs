@@ -23,8 +23,6 @@ pub(super) fn parse_name(name: &str, prefix: &str) -> Option<u64> {
 pub(super) struct Bucket {
     /// The bucket's number (buckets are started in increasing order).
     pub(super) seq: u64,
-    /// How errors name it (`bucket <seq>`), made once.
-    pub(super) name: String,
     /// The fast "no".
     pub(super) bloom: BloomBits,
     /// Which stored batches may hold an id, consulted after a bloom "maybe".
@@ -41,7 +39,6 @@ impl Bucket {
         let items = config.bucket_size.max(items).max(1) as usize;
         Bucket {
             seq,
-            name: format!("bucket {seq}"),
             bloom: BloomBits::new(items, config.false_positive_rate),
             locator: Locator::with_capacity(items),
             next_batch: 0,

@@ -268,16 +268,15 @@ impl DedupFilter {
     /// Bucket `seq` rebuilt from its stored batches (numbered, in order).
     fn load_bucket(&self, seq: u64, batches: &[(u32, Box<[u8]>)]) -> Result<Bucket> {
         let mut count = 0u64;
-        let name = format!("bucket {seq}");
         for (n, v) in batches {
-            scan_ids(v, &name, *n, |_, _| {
+            scan_ids(v, seq, *n, |_, _| {
                 count += 1;
                 false
             })?;
         }
         let mut bucket = Bucket::new(seq, count, &self.config);
         for (n, v) in batches {
-            scan_ids(v, &name, *n, |_, id| {
+            scan_ids(v, seq, *n, |_, id| {
                 bucket.note(IdHash::of(id), *n);
                 false
             })?;
@@ -330,7 +329,7 @@ impl DedupFilter {
     fn batch_holds(&self, bucket: &Bucket, batch: u32, id: &[u8]) -> Result<bool> {
         let newest = self.buckets.back().is_some_and(|b| b.seq == bucket.seq);
         if let Some(blob) = self.unwritten.blob(bucket, batch).filter(|_| newest) {
-            return scan_ids(blob, &bucket.name, batch, |_, stored| stored == id);
+            return scan_ids(blob, bucket.seq, batch, |_, stored| stored == id);
         }
         let Some(blob) = self
             .db
@@ -338,7 +337,7 @@ impl DedupFilter {
         else {
             return Ok(false);
         };
-        scan_ids(&blob, &bucket.name, batch, |_, stored| stored == id)
+        scan_ids(&blob, bucket.seq, batch, |_, stored| stored == id)
     }
 
     /// True if `id` is stored in `bucket` (after a bloom "maybe").
@@ -564,7 +563,7 @@ impl DedupFilter {
             for kv in self.db.iterator_cf_opt(self.ids_cf(), once, from) {
                 let (k, v) = kv?;
                 let (_, n) = parse_batch_key(&k)?;
-                scan_ids(&v, &b.name, n, |label, id| {
+                scan_ids(&v, b.seq, n, |label, id| {
                     export.push(label, id);
                     false
                 })?;
@@ -573,7 +572,7 @@ impl DedupFilter {
         // The newest bucket's ids not yet written come after its stored ones.
         let newest = self.buckets.back().expect("non-empty");
         for (n, blob) in self.unwritten.numbered(newest) {
-            scan_ids(blob, &newest.name, n, |label, id| {
+            scan_ids(blob, newest.seq, n, |label, id| {
                 export.push(label, id);
                 false
             })?;

@@ -95,12 +95,12 @@ impl<'a> BlobIds<'a> {
     }
 }
 
-/// Calls `f` with each labelled id of stored batch `batch` of the bucket named `bucket`, in
+/// Calls `f` with each labelled id of stored batch `batch` of bucket `bucket`, in
 /// order, until it returns `true`; whether it did. A batch that does not decode is
 /// [`Error::Corrupt`] (after `f` saw the ids before the fault).
 pub(super) fn scan_ids(
     blob: &[u8],
-    bucket: &str,
+    bucket: u64,
     batch: u32,
     mut f: impl FnMut(Option<u16>, &[u8]) -> bool,
 ) -> Result<bool> {
@@ -114,10 +114,10 @@ pub(super) fn scan_ids(
     Ok(false)
 }
 
-/// The error for stored batch `batch` of the bucket named `bucket` that does not decode.
-pub(super) fn corrupt(bucket: &str, batch: u64) -> Error {
+/// The error for stored batch `batch` of bucket `bucket` that does not decode.
+pub(super) fn corrupt(bucket: u64, batch: u64) -> Error {
     Error::Corrupt {
-        ledger: format!("<dedup filter {bucket}>"),
+        ledger: format!("<dedup filter bucket {bucket}>"),
         position: batch,
         detail: "stored batch of ids does not decode".into(),
     }
